@@ -1,0 +1,33 @@
+/* Rendering of an ap_profile: colored or plain text, the versioned JSON report, and the
+ * short summary `allocprof run` prints.
+ *
+ * SPDX-License-Identifier: MIT OR Apache-2.0
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stdio.h>
+
+#include "profile.h"
+
+enum ap_sort { AP_SORT_ALLOCATIONS, AP_SORT_BYTES, AP_SORT_LEAKED, AP_SORT_PEAK };
+
+struct ap_report_opts {
+        unsigned top;      /* sites to show; 0 = all */
+        enum ap_sort sort;
+        bool color;        /* ANSI colors */
+};
+
+/* Full text report.  Returns 0 or -errno (write error). */
+int ap_report_text(FILE *out, const struct ap_profile *p, const struct ap_report_opts *o);
+
+/* The JSON report (schema documented in USAGE.md).  Returns 0 or -errno. */
+int ap_report_json(FILE *out, const struct ap_profile *p, const struct ap_report_opts *o);
+
+/* The few lines `allocprof run` prints to stderr at the end: totals, top 3 sites, leaks,
+ * dropped events, and where the profile went (profile_path may be NULL). Every line starts
+ * with "allocprof: ". */
+void ap_report_summary(FILE *out, const struct ap_profile *p, const char *profile_path);
+
+/* `allocprof report ...` (argv[0] = "report").  Returns the process exit status. */
+int ap_cmd_report(int argc, char **argv);

@@ -1,0 +1,106 @@
+/* A finished, symbolized profile in memory, and its file format (versioned JSON, see
+ * USAGE.md).  Written by the collector when a process image ends; read by `report`.
+ *
+ * SPDX-License-Identifier: MIT OR Apache-2.0
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define AP_PROFILE_SCHEMA_VERSION 1
+#define AP_NONE UINT32_MAX /* "no string"/"no module" index */
+#define AP_HIST_BUCKETS 64 /* size histogram: bucket i counts sizes in [2^(i-1), 2^i), 0 -> 0 */
+
+/* Interned source frame. */
+struct ap_pframe {
+        uint32_t function; /* string index or AP_NONE */
+        uint32_t file;     /* string index or AP_NONE */
+        uint32_t line;     /* 0 = unknown */
+        uint32_t module;   /* index into modules or AP_NONE */
+        uint64_t address;  /* module-relative address (offset in the ELF file's vaddr space) */
+        bool inlined;
+};
+
+/* A call site = one distinct call stack after allocator frames were folded out. */
+struct ap_psite {
+        uint64_t allocations, bytes;       /* calls that returned a block; requested bytes */
+        uint64_t frees, freed_bytes;       /* blocks of this site freed, and their bytes */
+        uint64_t leaked_blocks, leaked_bytes; /* still live when the process ended */
+        uint64_t peak_bytes;   /* this site's live bytes at the moment of the global peak */
+        uint64_t max_live_bytes; /* this site's own highest live bytes */
+        uint64_t temporary;    /* allocations freed with no other allocation in between */
+        uint64_t reallocs;     /* of `allocations`, how many were realloc calls */
+        uint32_t *frames;      /* indices into frames, innermost first */
+        uint32_t nframes;
+};
+
+struct ap_pmodule {
+        uint32_t path;     /* string index */
+        uint32_t build_id; /* string index (lower-case hex) or AP_NONE */
+        uint64_t allocations, bytes, leaked_blocks, leaked_bytes; /* by the module of frames[0] */
+};
+
+struct ap_ptimepoint {
+        uint64_t t_ns;       /* since process start */
+        uint64_t live_bytes; /* live requested bytes */
+        uint64_t allocations; /* cumulative */
+};
+
+struct ap_profile {
+        char *tool_version;
+        uint32_t pid, ppid;
+        char **command; /* argv of the process image (may be empty) */
+        uint32_t ncommand;
+        char *exe;      /* path of the main executable, may be NULL */
+        int exit_status; /* exit code, or -1 if unknown / killed */
+        int term_signal; /* signal that killed it, 0 if none */
+        char *mode;      /* "full" */
+        uint64_t sample_interval; /* 0 in full mode */
+        uint64_t start_unix_ns;   /* wall-clock start of the process image */
+        uint64_t duration_ns;
+
+        struct {
+                uint64_t allocations, bytes, frees, freed_bytes;
+                uint64_t leaked_blocks, leaked_bytes;
+                uint64_t peak_bytes, peak_blocks, peak_t_ns;
+                uint64_t temporary, reallocs;
+                uint64_t dropped_events;   /* records the agent could not deliver */
+                uint64_t dropped_frees;    /* of which frees (may show up as false leaks) */
+                uint64_t unmatched_frees;  /* frees of blocks never seen allocated */
+                uint64_t invalid_records;  /* ring records rejected by validation */
+                uint64_t threads;          /* threads that recorded */
+        } totals;
+
+        char **strings;
+        uint32_t nstrings;
+        struct ap_pframe *frames;
+        uint32_t nframes;
+        struct ap_psite *sites;
+        uint32_t nsites;
+        struct ap_pmodule *modules;
+        uint32_t nmodules;
+        uint64_t hist_count[AP_HIST_BUCKETS];
+        uint64_t hist_bytes[AP_HIST_BUCKETS];
+        struct ap_ptimepoint *timeline;
+        uint32_t ntimeline;
+};
+
+/* Allocates an empty profile (all zero, exit_status -1).  Returns NULL on OOM. */
+struct ap_profile *ap_profile_new(void);
+
+/* Frees the profile and everything it owns.  Accepts NULL. */
+void ap_profile_free(struct ap_profile *p);
+
+/* Interns a string into p->strings; returns its index, or AP_NONE on OOM / NULL input. */
+uint32_t ap_profile_intern(struct ap_profile *p, const char *s);
+
+/* Writes the profile to `path` atomically (temporary file in the same directory, then
+ * rename), mode 0600.  Returns 0 or -errno. */
+int ap_profile_write(const struct ap_profile *p, const char *path);
+
+/* Reads a profile file.  On success returns 0 and sets *ret.  On failure returns -errno
+ * (-EINVAL for a malformed file, -EPROTONOSUPPORT for an unknown schema version) and, if
+ * err is non-NULL, sets *err to a malloc'd one-line explanation. */
+int ap_profile_read(const char *path, struct ap_profile **ret, char **err);

@@ -1,0 +1,242 @@
+/* allocprof wire format: the shared-memory layout between the agent and the collector,
+ * the record types that cross the per-thread rings, and the registration message.
+ * This is the only definition of the format; agent and collector both include it.
+ *
+ * SPDX-License-Identifier: MIT OR Apache-2.0
+ */
+#ifndef ALLOCPROF_WIRE_H
+#define ALLOCPROF_WIRE_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/*
+ * Shared memory, one memfd per process image (created by the agent, passed to the
+ * collector with SCM_RIGHTS when the image registers):
+ *
+ *   offset 0                 struct ap_shm_header (one page; control + status)
+ *   slots_offset             nslots x (struct ap_ring_ctl + ring_bytes of data)
+ *   stacks_offset            stack heap: append-only struct ap_stack_entry
+ *   modules_offset           module log: append-only struct ap_module_rec
+ *
+ * Every offset and size in the header is written once by the agent before registration;
+ * the collector re-validates all of them against the mapping size it measured itself.
+ *
+ * Per-thread ring protocol (single producer = the owning thread, single consumer = the
+ * collector).  Positions are free-running 64-bit byte counts; data index = pos & (size-1).
+ *
+ *   producer (agent)                              consumer (collector)
+ *   ----------------                              --------------------
+ *   t = load_acquire(ctl->xtail)      (A) <-pairs-  store_release(ctl->xtail, t') (D)
+ *   ... checks space, writes record bytes ...
+ *   store_release(ctl->xhead, h')     (B) -pairs->  h = load_acquire(ctl->xhead)   (C)
+ *                                                   ... copies records, validates ...
+ *
+ *   (B)->(C): the consumer sees the record bytes written before the head moved.
+ *   (D)->(A): the producer overwrites space only after the consumer copied it out.
+ * Records never wrap: a record that does not fit before the end of the data area is
+ * preceded by an AP_REC_PAD record that fills the rest.
+ *
+ * Stack heap: an agent thread that inserts a new stack writes its entry, then publishes
+ * the entry's id with a release store into its private index; a thread that finds the
+ * id with an acquire load and then publishes a record naming it (B) makes the entry
+ * visible to the collector by transitivity.  The collector bounds-checks every id.
+ */
+
+#define AP_SHM_MAGIC 0x31464f52504c4c41ull /* "ALLPROF1" little endian */
+#define AP_LAYOUT_VERSION 1u
+
+#define AP_MAX_FRAMES 64          /* frames kept per stack (innermost first) */
+#define AP_NSLOTS 1024            /* per-thread rings per process */
+#define AP_RING_BYTES (256u << 10) /* data bytes per ring, power of two */
+#define AP_STACK_HEAP_BYTES (64ull << 20)
+#define AP_MODULE_LOG_BYTES (4ull << 20)
+#define AP_MAX_PATH 4096
+#define AP_MAX_BUILD_ID 64
+
+/* Agent modes, in ap_shm_header.xmode (written by the collector or agent). */
+enum ap_mode {
+        AP_MODE_FULL = 0,    /* every call recorded */
+        AP_MODE_SAMPLED = 1, /* Poisson sampling by bytes (reserved for a later version) */
+        AP_MODE_DORMANT = 2, /* registered, records nothing */
+        AP_MODE_OFF = 3,     /* collector gone or told us to stop: record nothing */
+};
+
+/* Slot states, ap_ring_ctl.xstate. */
+enum ap_slot_state {
+        AP_SLOT_FREE = 0,    /* may be claimed by an agent thread (CAS from FREE) */
+        AP_SLOT_OWNED = 1,   /* a live thread produces into it */
+        AP_SLOT_RETIRED = 2, /* owner exited; collector frees it once drained */
+};
+
+/* Drop/diagnostic counters, ap_shm_header.xcounters[] (agent increments, relaxed). */
+enum ap_counter {
+        AP_CNT_DROP_RING_FULL = 0,  /* records dropped: ring full after the bounded wait */
+        AP_CNT_DROP_NO_SLOT,        /* records dropped: no free ring slot */
+        AP_CNT_DROP_FREE,           /* of the drops above, how many were frees */
+        AP_CNT_INLINE_STACKS,       /* stacks sent inline (index full / racing insert) */
+        AP_CNT_RING_WAITS,          /* times a writer waited for ring space */
+        AP_CNT_MODULES_DROPPED,     /* module records that did not fit the log */
+        AP_CNT__MAX = 16,
+};
+
+struct ap_shm_header {
+        uint64_t magic;
+        uint32_t layout_version;
+        uint32_t header_bytes;
+        uint64_t total_bytes;
+        uint32_t nslots;
+        uint32_t ring_bytes;
+        uint64_t slots_offset;
+        uint64_t slot_stride;
+        uint64_t stacks_offset;
+        uint64_t stacks_bytes;
+        uint64_t modules_offset;
+        uint64_t modules_bytes;
+        uint32_t pid;
+        uint32_t ppid;
+        uint64_t start_ns; /* CLOCK_MONOTONIC at agent init */
+        uint64_t exec_id;  /* random per process image: same pid, new exec -> new id */
+        uint8_t reserved0[24];
+
+        /* cache line 2: collector -> agent control */
+        _Atomic uint32_t xmode;            /* enum ap_mode; agent: load_relaxed per call */
+        uint32_t pad1;
+        _Atomic uint64_t xsample_interval; /* bytes, sampled mode */
+        _Atomic uint64_t xheartbeat;       /* collector bumps it each drain round */
+        uint8_t reserved1[40];
+
+        /* cache line 3: agent -> collector status */
+        _Atomic uint32_t xslot_hwm;        /* 1 + highest slot index ever claimed */
+        uint32_t pad2;
+        _Atomic uint64_t xstacks_used;     /* bytes of stack heap handed out (fetch_add) */
+        _Atomic uint64_t xmodules_used;    /* bytes of module log published (release) */
+        uint8_t reserved2[40];
+
+        /* cache lines 4-5: counters */
+        _Atomic uint64_t xcounters[AP_CNT__MAX];
+};
+
+/* One per slot, followed by ring_bytes of data.  Producer and consumer fields live on
+ * separate cache lines so neither side's writes bounce the other's line. */
+struct ap_ring_ctl {
+        _Atomic uint64_t xhead; /* producer: store_release; consumer: load_acquire */
+        uint8_t pad0[56];
+        _Atomic uint64_t xtail; /* consumer: store_release; producer: load_acquire */
+        uint8_t pad1[56];
+        _Atomic uint32_t xstate; /* enum ap_slot_state */
+        uint32_t tid;            /* owner's kernel tid, written before OWNED is published */
+        uint8_t pad2[56];
+};
+
+#define AP_SLOT_STRIDE (sizeof(struct ap_ring_ctl) + AP_RING_BYTES)
+
+/* Record header: first 8 bytes of every record.  nwords counts 8-byte words of the whole
+ * record, header included; every record is a multiple of 8 bytes. */
+enum ap_rec_type {
+        AP_REC_PAD = 1,     /* skip nwords (fills the end of the data area) */
+        AP_REC_ALLOC = 2,   /* struct ap_rec_alloc [+ inline ips] */
+        AP_REC_FREE = 3,    /* struct ap_rec_free */
+        AP_REC_REALLOC = 4, /* struct ap_rec_realloc [+ inline ips] */
+};
+
+/* ap_rec_hdr.flags */
+#define AP_RECF_INLINE_STACK 0x1 /* ips follow the fixed part; depth in hdr.aux */
+
+struct ap_rec_hdr {
+        uint8_t type;
+        uint8_t flags;
+        uint16_t nwords;
+        uint32_t aux; /* ALLOC/REALLOC: stack id, or inline depth with AP_RECF_INLINE_STACK */
+};
+
+/* Allocation that returned a block (malloc, calloc, memalign family). */
+struct ap_rec_alloc {
+        struct ap_rec_hdr hdr;
+        uint64_t ts; /* CLOCK_MONOTONIC ns, taken after the block was obtained */
+        uint64_t addr;
+        uint64_t size; /* requested bytes (calloc: nmemb*size) */
+};
+
+/* free() of a non-NULL pointer.  ts is taken before the real free, and the record is
+ * published before the real free runs, so a thread that gets the same address back from
+ * malloc publishes its ALLOC with a larger ts. */
+struct ap_rec_free {
+        struct ap_rec_hdr hdr;
+        uint64_t ts;
+        uint64_t addr;
+};
+
+/* Successful realloc of a non-NULL block to a non-zero size: old freed, new allocated.
+ * ts is taken before the real realloc (the moment old may be reused by others). */
+struct ap_rec_realloc {
+        struct ap_rec_hdr hdr;
+        uint64_t ts;
+        uint64_t old_addr;
+        uint64_t new_addr;
+        uint64_t size;
+};
+
+/* Stack heap entry; its id is (offset from stacks_offset) / 8, never 0. */
+struct ap_stack_entry {
+        uint32_t depth; /* 1..AP_MAX_FRAMES */
+        uint32_t reserved;
+        uint64_t hash;
+        uint64_t ips[]; /* raw return addresses, innermost first */
+};
+
+/* Module log record: appended under the agent's module lock, published by a release
+ * store of xmodules_used.  Sizes are multiples of 8. */
+enum ap_module_kind { AP_MOD_LOAD = 1, AP_MOD_UNLOAD = 2 };
+
+struct ap_module_rec {
+        uint32_t nbytes; /* whole record, multiple of 8 */
+        uint16_t kind;
+        uint16_t path_len;     /* bytes of path, no NUL */
+        uint64_t ts;
+        uint64_t bias;         /* load bias (l_addr): file vaddr + bias = runtime address */
+        uint64_t lo, hi;       /* runtime address range covered by PT_LOAD segments */
+        uint32_t build_id_len; /* 0..AP_MAX_BUILD_ID */
+        uint8_t build_id[AP_MAX_BUILD_ID];
+        uint32_t reserved;
+        char path[]; /* path_len bytes, padded to 8 */
+};
+
+/* Registration: the agent connects to the collector socket (path in ALLOCPROF_SOCKET)
+ * and sends one struct ap_hello with the memfd attached as SCM_RIGHTS.  The connection
+ * stays open for the life of the process image; EOF tells the collector it ended. */
+#define AP_HELLO_MAGIC 0x4f4c4c4548504155ull
+struct ap_hello {
+        uint64_t magic;
+        uint32_t layout_version;
+        uint32_t pid;
+        uint32_t ppid;
+        uint32_t reserved;
+        uint64_t exec_id;
+        uint64_t shm_bytes;
+};
+
+/* Environment variables the agent reads. */
+#define AP_ENV_SOCKET "ALLOCPROF_SOCKET"
+#define AP_ENV_MODE "ALLOCPROF_MODE" /* full | dormant (default full) */
+
+_Static_assert(sizeof(struct ap_shm_header) <= 4096, "header fits one page");
+_Static_assert(offsetof(struct ap_shm_header, xmode) == 128, "control line");
+_Static_assert(offsetof(struct ap_shm_header, xslot_hwm) == 192, "status line");
+_Static_assert(sizeof(struct ap_ring_ctl) == 192, "ring ctl layout");
+_Static_assert(sizeof(struct ap_rec_hdr) == 8, "record header");
+_Static_assert(sizeof(struct ap_rec_alloc) == 32, "alloc record");
+_Static_assert(sizeof(struct ap_rec_free) == 24, "free record");
+_Static_assert(sizeof(struct ap_rec_realloc) == 40, "realloc record");
+_Static_assert(sizeof(struct ap_stack_entry) == 16, "stack entry header");
+_Static_assert(sizeof(struct ap_module_rec) % 8 == 0, "module record header");
+_Static_assert((AP_RING_BYTES & (AP_RING_BYTES - 1)) == 0, "ring size power of two");
+
+static inline uint64_t ap_shm_total_bytes(void)
+{
+        return 4096 + (uint64_t)AP_NSLOTS * AP_SLOT_STRIDE + AP_STACK_HEAP_BYTES +
+               AP_MODULE_LOG_BYTES;
+}
+
+#endif
