@@ -169,10 +169,12 @@ struct ap_rec_free {
 };
 
 /* Successful realloc of a non-NULL block to a non-zero size: old freed, new allocated.
- * ts is taken before the real realloc (the moment old may be reused by others). */
+ * ts_free is taken before the real realloc (from then on old may be reused by others),
+ * ts after it (new is ours from then on); records are ordered by ts. */
 struct ap_rec_realloc {
         struct ap_rec_hdr hdr;
         uint64_t ts;
+        uint64_t ts_free;
         uint64_t old_addr;
         uint64_t new_addr;
         uint64_t size;
@@ -228,10 +230,11 @@ _Static_assert(sizeof(struct ap_ring_ctl) == 192, "ring ctl layout");
 _Static_assert(sizeof(struct ap_rec_hdr) == 8, "record header");
 _Static_assert(sizeof(struct ap_rec_alloc) == 32, "alloc record");
 _Static_assert(sizeof(struct ap_rec_free) == 24, "free record");
-_Static_assert(sizeof(struct ap_rec_realloc) == 40, "realloc record");
+_Static_assert(sizeof(struct ap_rec_realloc) == 48, "realloc record");
 _Static_assert(sizeof(struct ap_stack_entry) == 16, "stack entry header");
 _Static_assert(sizeof(struct ap_module_rec) % 8 == 0, "module record header");
 _Static_assert((AP_RING_BYTES & (AP_RING_BYTES - 1)) == 0, "ring size power of two");
+_Static_assert(AP_RING_BYTES / 8 <= 65535, "a PAD record spans at most 65535 words");
 
 static inline uint64_t ap_shm_total_bytes(void)
 {

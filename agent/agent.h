@@ -1,0 +1,72 @@
+/* Internal interface between the agent's parts: session (shared memory, registration,
+ * modules, fork), record (per-thread rings and stack capture) and hooks (the interposed
+ * malloc family).  Nothing here is exported from liballocprof.so.
+ *
+ * SPDX-License-Identifier: MIT OR Apache-2.0
+ */
+#pragma once
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "allocprof/ring.h"
+#include "allocprof/wire.h"
+
+#define AP_HIDDEN __attribute__((visibility("hidden")))
+#define AP_TLS __attribute__((tls_model("initial-exec")))
+#define ap_likely(x) __builtin_expect(!!(x), 1)
+#define ap_unlikely(x) __builtin_expect(!!(x), 0)
+
+/* glibc's own allocator entry points: no dlsym bootstrap needed. */
+void *__libc_malloc(size_t);
+void __libc_free(void *);
+void *__libc_calloc(size_t, size_t);
+void *__libc_realloc(void *, size_t);
+void *__libc_memalign(size_t, size_t);
+void *__libc_valloc(size_t);
+void *__libc_pvalloc(size_t);
+
+/* Session state.  ap_session is the live shared mapping, or NULL when the agent is not
+ * recording (not yet initialized, disabled, or the child of a fork before re-init). */
+extern AP_HIDDEN _Atomic(struct ap_shm_header *) ap_session;
+extern AP_HIDDEN _Atomic uint64_t ap_session_gen; /* bumped on every (re)registration */
+
+/* Per-thread state, initial-exec TLS (no __tls_get_addr, which could allocate). */
+struct ap_thread {
+        struct ap_ring_ctl *ctl; /* our slot in the session, NULL if none */
+        struct ap_producer pr;   /* producer state of that slot */
+        uint64_t gen;            /* ap_session_gen the slot belongs to */
+        int in_hook;             /* recursion guard: set while we run agent code */
+        int exited;              /* thread-exit destructor has run */
+};
+extern AP_HIDDEN AP_TLS __thread struct ap_thread ap_tls;
+
+/* Ensures the session is initialized if the environment asks for it.  Safe to call from
+ * a hook (no allocation, no locks) as long as the caller set ap_tls.in_hook. */
+AP_HIDDEN void ap_session_ensure(void);
+
+/* Rescans the loaded modules and appends LOAD/UNLOAD records for changes.  Takes the
+ * module lock with trylock only: returns without scanning when another thread is in it. */
+AP_HIDDEN void ap_modules_rescan(void);
+
+/* True if addr lies inside a module the session has reported (lock-free read). */
+AP_HIDDEN bool ap_modules_known(uint64_t addr);
+
+/* True if addr lies inside liballocprof.so itself. */
+AP_HIDDEN bool ap_is_agent_addr(uint64_t addr);
+
+/* Records, called from hooks with ap_tls.in_hook set and errno saved by the caller. */
+AP_HIDDEN void ap_record_alloc(void *p, size_t size);
+AP_HIDDEN void ap_record_free(void *p, uint64_t ts);
+AP_HIDDEN void ap_record_realloc(void *old, void *p, size_t size, uint64_t ts);
+
+/* Slot release at thread exit / session reset. */
+AP_HIDDEN void ap_thread_release(void);
+
+/* Stack index reset (fork child). */
+AP_HIDDEN int ap_stacks_init(void);
+
+AP_HIDDEN uint64_t ap_now_ns(void);
+AP_HIDDEN void ap_count(enum ap_counter c, uint64_t n);

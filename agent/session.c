@@ -1,0 +1,392 @@
+/* Session set-up for one process image: the shared memory, registration with the
+ * collector, the module log (which files are mapped where), thread-exit and fork
+ * handling.  Runs rarely; still, it may run inside a hook, so nothing here allocates.
+ *
+ * SPDX-License-Identifier: MIT OR Apache-2.0
+ */
+#include <elf.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <link.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/auxv.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "agent.h"
+#include "allocprof/atomics.h"
+
+AP_HIDDEN _Atomic(struct ap_shm_header *) ap_session;
+AP_HIDDEN _Atomic uint64_t ap_session_gen;
+
+enum { INIT_UNTRIED = 0, INIT_BUSY = 1, INIT_DONE = 2 };
+static _Atomic int g_init_state;
+
+static pthread_key_t g_thread_key;
+static _Atomic int g_thread_key_ok;
+static uint64_t g_agent_lo, g_agent_hi; /* our own text, written before the session is published */
+static char g_exe_path[AP_MAX_PATH];
+
+/* ---- modules ------------------------------------------------------------------------
+ * g_known is append-only; readers (ap_modules_known, lock-free from any hook) load the
+ * count with acquire, pairing with the release store after an entry is filled. */
+#define MAX_KNOWN 4096
+struct known_module {
+        uint64_t lo, hi, bias;
+        uint64_t name_hash;
+        int present; /* scratch, under g_mod_lock */
+        int gone;    /* an UNLOAD was logged; under g_mod_lock */
+};
+static struct known_module g_known[MAX_KNOWN];
+static _Atomic uint32_t g_nknown;
+static pthread_mutex_t g_mod_lock = PTHREAD_MUTEX_INITIALIZER;
+
+AP_HIDDEN bool ap_is_agent_addr(uint64_t addr)
+{
+        return addr >= g_agent_lo && addr < g_agent_hi;
+}
+
+AP_HIDDEN bool ap_modules_known(uint64_t addr)
+{
+        uint32_t n = ap_load_acquire(&g_nknown);
+        for (uint32_t i = 0; i < n; i++)
+                if (addr >= g_known[i].lo && addr < g_known[i].hi)
+                        return true;
+        return false;
+}
+
+static uint64_t hash_str(const char *s)
+{
+        uint64_t h = 1469598103934665603ull;
+        for (; *s; s++)
+                h = (h ^ (uint8_t)*s) * 1099511628211ull;
+        return h;
+}
+
+static size_t read_build_id(const struct dl_phdr_info *info, uint8_t *out)
+{
+        for (int i = 0; i < info->dlpi_phnum; i++) {
+                const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+                if (ph->p_type != PT_NOTE)
+                        continue;
+                const uint8_t *p = (const uint8_t *)(info->dlpi_addr + ph->p_vaddr);
+                const uint8_t *end = p + ph->p_memsz;
+                size_t align = ph->p_align > 4 ? 8 : 4;
+                while (p + sizeof(ElfW(Nhdr)) <= end) {
+                        const ElfW(Nhdr) *nh = (const ElfW(Nhdr) *)p;
+                        size_t name_off = sizeof(*nh);
+                        size_t desc_off = name_off + ((nh->n_namesz + align - 1) & ~(align - 1));
+                        size_t next = desc_off + ((nh->n_descsz + align - 1) & ~(align - 1));
+                        if (p + next > end || next == 0)
+                                break;
+                        if (nh->n_type == NT_GNU_BUILD_ID && nh->n_namesz == 4 &&
+                            memcmp(p + name_off, "GNU", 4) == 0) {
+                                size_t n = nh->n_descsz < AP_MAX_BUILD_ID ? nh->n_descsz
+                                                                          : AP_MAX_BUILD_ID;
+                                memcpy(out, p + desc_off, n);
+                                return n;
+                        }
+                        p += next;
+                }
+        }
+        return 0;
+}
+
+/* Appends one record to the module log.  Caller holds g_mod_lock. */
+static void log_module(struct ap_shm_header *h, uint16_t kind, const char *path, uint64_t bias,
+                       uint64_t lo, uint64_t hi, const uint8_t *build_id, size_t build_id_len)
+{
+        size_t plen = strnlen(path, AP_MAX_PATH - 1);
+        uint64_t bytes = (sizeof(struct ap_module_rec) + plen + 7) & ~7ull;
+        /* Relaxed: only we (holding the lock) write xmodules_used. */
+        uint64_t used = ap_load_relaxed(&h->xmodules_used);
+        if (used + bytes > h->modules_bytes) {
+                ap_fetch_add_relaxed(&h->xcounters[AP_CNT_MODULES_DROPPED], 1);
+                return;
+        }
+        struct ap_module_rec *m = (struct ap_module_rec *)((uint8_t *)h + h->modules_offset + used);
+        memset(m, 0, sizeof(*m));
+        m->nbytes = (uint32_t)bytes;
+        m->kind = kind;
+        m->path_len = (uint16_t)plen;
+        m->ts = ap_now_ns();
+        m->bias = bias;
+        m->lo = lo;
+        m->hi = hi;
+        m->build_id_len = (uint32_t)build_id_len;
+        memcpy(m->build_id, build_id, build_id_len);
+        memcpy(m->path, path, plen);
+        /* Release pairs with the collector's acquire load of xmodules_used: the record is
+         * complete before it is counted. */
+        ap_store_release(&h->xmodules_used, used + bytes);
+}
+
+static int scan_cb(struct dl_phdr_info *info, size_t size, void *arg)
+{
+        struct ap_shm_header *h = arg;
+        uint64_t lo = UINT64_MAX, hi = 0;
+        (void)size;
+
+        for (int i = 0; i < info->dlpi_phnum; i++) {
+                const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+                if (ph->p_type != PT_LOAD)
+                        continue;
+                uint64_t a = info->dlpi_addr + ph->p_vaddr;
+                if (a < lo)
+                        lo = a;
+                if (a + ph->p_memsz > hi)
+                        hi = a + ph->p_memsz;
+        }
+        if (hi == 0)
+                return 0;
+
+        const char *name = info->dlpi_name;
+        char buf[AP_MAX_PATH];
+        if (name == NULL || name[0] == '\0') {
+                name = g_exe_path; /* the main program */
+        } else if (name[0] != '/') {
+                if (strchr(name, '/') == NULL)
+                        name = ""; /* the vDSO and friends: no file to read */
+                else if (getcwd(buf, sizeof(buf) - strlen(name) - 2) != NULL) {
+                        size_t l = strlen(buf);
+                        buf[l] = '/';
+                        strcpy(buf + l + 1, name);
+                        name = buf;
+                }
+        }
+
+        uint64_t nh = hash_str(name);
+        uint32_t n = ap_load_relaxed(&g_nknown);
+        for (uint32_t i = 0; i < n; i++) {
+                struct known_module *k = &g_known[i];
+                if (!k->gone && k->lo == lo && k->hi == hi && k->name_hash == nh) {
+                        k->present = 1;
+                        return 0;
+                }
+        }
+        if (n == MAX_KNOWN)
+                return 0;
+        struct known_module *k = &g_known[n];
+        k->lo = lo;
+        k->hi = hi;
+        k->bias = info->dlpi_addr;
+        k->name_hash = nh;
+        k->present = 1;
+        k->gone = 0;
+        ap_store_release(&g_nknown, n + 1); /* pairs with ap_modules_known's acquire */
+
+        if (h != NULL && name[0] != '\0') {
+                uint8_t bid[AP_MAX_BUILD_ID];
+                size_t bid_len = read_build_id(info, bid);
+                log_module(h, AP_MOD_LOAD, name, info->dlpi_addr, lo, hi, bid, bid_len);
+        }
+        if (g_agent_hi == 0 && (uint64_t)(uintptr_t)&ap_session_ensure >= lo &&
+            (uint64_t)(uintptr_t)&ap_session_ensure < hi) {
+                g_agent_lo = lo;
+                g_agent_hi = hi;
+        }
+        return 0;
+}
+
+AP_HIDDEN void ap_modules_rescan(void)
+{
+        /* trylock: a thread inside dl_iterate_phdr's callback may allocate and land here
+         * while another thread holds our lock and waits for the loader's lock. */
+        if (pthread_mutex_trylock(&g_mod_lock) != 0)
+                return;
+        struct ap_shm_header *h = atomic_load_explicit(&ap_session, memory_order_acquire);
+        uint32_t n = ap_load_relaxed(&g_nknown);
+        for (uint32_t i = 0; i < n; i++)
+                g_known[i].present = 0;
+        dl_iterate_phdr(scan_cb, h);
+        for (uint32_t i = 0; i < n; i++) {
+                struct known_module *k = &g_known[i];
+                if (!k->present && !k->gone) {
+                        k->gone = 1;
+                        if (h != NULL)
+                                log_module(h, AP_MOD_UNLOAD, "", k->bias, k->lo, k->hi, NULL, 0);
+                }
+        }
+        pthread_mutex_unlock(&g_mod_lock);
+}
+
+/* ---- registration ------------------------------------------------------------------- */
+
+static void thread_exit_cb(void *arg)
+{
+        (void)arg;
+        struct ap_thread *t = &ap_tls;
+        int saved = t->in_hook;
+        t->in_hook = 1;
+        ap_thread_release();
+        t->exited = 1;
+        t->in_hook = saved;
+}
+
+AP_HIDDEN void ap_thread_started(void);
+AP_HIDDEN void ap_thread_started(void)
+{
+        /* Arms the exit destructor.  If the key is not available the slot is reclaimed by
+         * the collector once the thread is gone. */
+        if (ap_load_relaxed(&g_thread_key_ok) && !ap_tls.exited)
+                pthread_setspecific(g_thread_key, (void *)1);
+}
+
+static int send_hello(const char *sock_path, int memfd, const struct ap_shm_header *h)
+{
+        struct sockaddr_un sa = {.sun_family = AF_UNIX};
+        if (strlen(sock_path) >= sizeof(sa.sun_path))
+                return -ENAMETOOLONG;
+        strcpy(sa.sun_path, sock_path);
+
+        /* Non-blocking: a collector that does not accept must not hang the program. */
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        if (fd < 0)
+                return -errno;
+        if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+                int r = -errno;
+                close(fd);
+                return r;
+        }
+        struct ap_hello hello = {
+                .magic = AP_HELLO_MAGIC,
+                .layout_version = AP_LAYOUT_VERSION,
+                .pid = h->pid,
+                .ppid = h->ppid,
+                .exec_id = h->exec_id,
+                .shm_bytes = h->total_bytes,
+        };
+        struct iovec iov = {.iov_base = &hello, .iov_len = sizeof(hello)};
+        union {
+                char buf[CMSG_SPACE(sizeof(int))];
+                struct cmsghdr align;
+        } u;
+        memset(&u, 0, sizeof(u));
+        struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1,
+                             .msg_control = u.buf, .msg_controllen = sizeof(u.buf)};
+        struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(c), &memfd, sizeof(int));
+        ssize_t n = sendmsg(fd, &msg, MSG_NOSIGNAL);
+        int r = n == (ssize_t)sizeof(hello) ? 0 : (n < 0 ? -errno : -EIO);
+        /* The collector watches the process itself (pidfd); the program keeps no extra
+         * descriptor of ours open. */
+        close(fd);
+        return r;
+}
+
+static int session_start(const char *sock_path)
+{
+        const uint64_t total = ap_shm_total_bytes();
+        int fd = (int)syscall(SYS_memfd_create, "allocprof", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+        if (fd < 0)
+                return -errno;
+        int r = 0;
+        if (ftruncate(fd, (off_t)total) < 0) {
+                r = -errno;
+                goto out_close;
+        }
+        (void)fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL);
+        void *map = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        if (map == MAP_FAILED) {
+                r = -errno;
+                goto out_close;
+        }
+        struct ap_shm_header *h = map;
+        ap_shm_init_layout(h);
+        h->pid = (uint32_t)getpid();
+        h->ppid = (uint32_t)getppid();
+        h->start_ns = ap_now_ns();
+        const uint8_t *rnd = (const uint8_t *)getauxval(AT_RANDOM);
+        uint64_t id = h->start_ns ^ ((uint64_t)h->pid << 40);
+        if (rnd != NULL)
+                memcpy(&id, rnd, sizeof(id));
+        h->exec_id = id ^ (ap_load_relaxed(&ap_session_gen) * 0x9e3779b97f4a7c15ull);
+        const char *mode = getenv(AP_ENV_MODE);
+        ap_store_relaxed(&h->xmode, mode != NULL && strcmp(mode, "dormant") == 0
+                                            ? AP_MODE_DORMANT : AP_MODE_FULL);
+
+        if (g_exe_path[0] == '\0') {
+                ssize_t l = readlink("/proc/self/exe", g_exe_path, sizeof(g_exe_path) - 1);
+                g_exe_path[l > 0 ? l : 0] = '\0';
+        }
+        r = ap_stacks_init();
+        if (r < 0)
+                goto out_unmap;
+
+        /* Log the modules before the collector can see a single record. */
+        pthread_mutex_lock(&g_mod_lock);
+        ap_store_relaxed(&g_nknown, 0);
+        dl_iterate_phdr(scan_cb, h);
+        pthread_mutex_unlock(&g_mod_lock);
+
+        r = send_hello(sock_path, fd, h);
+        if (r < 0)
+                goto out_unmap;
+        close(fd);
+        /* Release pairs with the hooks' acquire: the header, the module log and the
+         * stack index are ready before any thread records into this session. */
+        atomic_store_explicit(&ap_session, h, memory_order_release);
+        return 0;
+
+out_unmap:
+        munmap(map, total);
+out_close:
+        close(fd);
+        return r;
+}
+
+static void fork_child(void)
+{
+        /* The mapping we inherited is our parent's: forget it and register anew on the
+         * next call.  Only this thread exists in the child. */
+        atomic_store_explicit(&ap_session, NULL, memory_order_relaxed);
+        ap_fetch_add_relaxed(&ap_session_gen, 1);
+        ap_tls.ctl = NULL;
+        pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
+        memcpy(&g_mod_lock, &fresh, sizeof(fresh));
+        ap_store_relaxed(&g_init_state, INIT_UNTRIED);
+}
+
+extern char **environ;
+
+AP_HIDDEN void ap_session_ensure(void)
+{
+        int expected = INIT_UNTRIED;
+        if (ap_load_relaxed(&g_init_state) != INIT_UNTRIED ||
+            !ap_cas_acq_rel(&g_init_state, &expected, INIT_BUSY))
+                return;
+        if (environ == NULL) {
+                /* Too early in process start-up to read the environment: try later. */
+                ap_store_release(&g_init_state, INIT_UNTRIED);
+                return;
+        }
+        const char *sock = getenv(AP_ENV_SOCKET);
+        if (sock != NULL && sock[0] != '\0') {
+                if (!ap_load_relaxed(&g_thread_key_ok) &&
+                    pthread_key_create(&g_thread_key, thread_exit_cb) == 0)
+                        ap_store_relaxed(&g_thread_key_ok, 1);
+                (void)session_start(sock);
+        }
+        ap_store_release(&g_init_state, INIT_DONE);
+}
+
+__attribute__((constructor(101))) static void ap_agent_ctor(void)
+{
+        struct ap_thread *t = &ap_tls;
+        t->in_hook = 1; /* our own set-up allocations are not the program's */
+        ap_session_ensure();
+        static int atfork_done;
+        if (!atfork_done) {
+                atfork_done = 1;
+                pthread_atfork(NULL, NULL, fork_child);
+        }
+        t->in_hook = 0;
+}

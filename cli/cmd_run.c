@@ -1,0 +1,370 @@
+/* `allocprof run [-o FILE] [-q] -- PROG ARGS...`: starts PROG with the agent preloaded
+ * and a private collector in this process, forwards signals, writes a profile for every
+ * process image that registered, prints a summary, and exits with PROG's status.
+ *
+ * SPDX-License-Identifier: MIT OR Apache-2.0
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "allocprof/wire.h"
+#include "profile.h"
+#include "report.h"
+#include "run.h"
+#include "server.h"
+#include "symbolize.h"
+#include "util.h"
+
+/* After the program exits, how long to wait for its descendants' images to end. */
+#define DESCENDANT_GRACE_NS (500ull * 1000 * 1000)
+
+struct ended {
+        struct ap_process *p;
+        bool by_exec;
+        int order;
+};
+
+struct run_state {
+        struct ended *ended;
+        size_t nended, ended_cap;
+        int order;
+};
+
+static void on_done(void *userdata, struct ap_process *p, bool by_exec)
+{
+        struct run_state *rs = userdata;
+        if (AP_GROW(rs->ended, rs->ended_cap, rs->nended + 1) < 0) {
+                ap_process_free(p);
+                return;
+        }
+        rs->ended[rs->nended++] = (struct ended){.p = p, .by_exec = by_exec, .order = rs->order++};
+}
+
+static void usage(FILE *out)
+{
+        fprintf(out, "Usage: allocprof run [-o FILE] [-q] [--] PROG [ARGS...]\n"
+                     "  -o, --output FILE   write the profile to FILE\n"
+                     "                      (default: allocprof.<prog>.<pid>.approf here)\n"
+                     "  -q, --quiet         no summary on stderr\n");
+}
+
+static const char *base_name(const char *path)
+{
+        const char *s = strrchr(path, '/');
+        return s && s[1] ? s + 1 : path;
+}
+
+/* Checks that a profile can be created in the directory of `path`. */
+static int check_output_dir(const char *path)
+{
+        char *copy = strdup(path);
+        if (copy == NULL)
+                return -ENOMEM;
+        char *slash = strrchr(copy, '/');
+        const char *dir = ".";
+        if (slash == copy)
+                dir = "/";
+        else if (slash != NULL) {
+                *slash = '\0';
+                dir = copy;
+        }
+        struct stat st;
+        int r = 0;
+        if (stat(dir, &st) < 0)
+                r = -errno;
+        else if (!S_ISDIR(st.st_mode))
+                r = -ENOTDIR;
+        else if (access(dir, W_OK | X_OK) < 0)
+                r = -errno;
+        free(copy);
+        return r;
+}
+
+static char *make_socket_dir(void)
+{
+        const char *base = getenv("XDG_RUNTIME_DIR");
+        struct stat st;
+        if (base == NULL || base[0] == '\0' || stat(base, &st) < 0 || !S_ISDIR(st.st_mode) ||
+            access(base, W_OK) < 0 || strlen(base) > 60)
+                base = "/tmp";
+        char *tmpl = ap_asprintf("%s/allocprof-run-XXXXXX", base);
+        if (tmpl == NULL)
+                return NULL;
+        if (mkdtemp(tmpl) == NULL) { /* mode 0700 */
+                free(tmpl);
+                return NULL;
+        }
+        return tmpl;
+}
+
+static char *prepend_preload(const char *agent)
+{
+        const char *old = getenv("LD_PRELOAD");
+        if (old == NULL || old[0] == '\0')
+                return strdup(agent);
+        return ap_asprintf("%s:%s", agent, old);
+}
+
+/* Child side of fork: set up the environment and exec.  On failure, reports errno over
+ * the close-on-exec pipe and exits 127. */
+static __attribute__((noreturn)) void exec_child(char **argv, const char *preload,
+                                                 const char *sock, int err_fd,
+                                                 const sigset_t *orig_mask)
+{
+        signal(SIGINT, SIG_DFL);
+        signal(SIGTERM, SIG_DFL);
+        signal(SIGHUP, SIG_DFL);
+        signal(SIGQUIT, SIG_DFL);
+        sigprocmask(SIG_SETMASK, orig_mask, NULL);
+        if (setenv("LD_PRELOAD", preload, 1) < 0 || setenv(AP_ENV_SOCKET, sock, 1) < 0) {
+                int e = errno;
+                (void)!write(err_fd, &e, sizeof(e));
+                _exit(127);
+        }
+        execvp(argv[0], argv);
+        int e = errno;
+        (void)!write(err_fd, &e, sizeof(e));
+        _exit(e == ENOENT ? 127 : 126);
+}
+
+static char *default_profile_path(const char *dir, const struct ap_profile *prof,
+                                  const char *fallback_name)
+{
+        const char *name = prof->exe && prof->exe[0] ? base_name(prof->exe) : fallback_name;
+        return ap_asprintf("%s%sallocprof.%s.%u.approf", dir ? dir : "", dir ? "/" : "", name,
+                           prof->pid);
+}
+
+int ap_cmd_run(int argc, char **argv)
+{
+        static const struct option opts[] = {
+                {"output", required_argument, NULL, 'o'},
+                {"quiet", no_argument, NULL, 'q'},
+                {"help", no_argument, NULL, 'h'},
+                {0},
+        };
+        const char *output = NULL;
+        bool quiet = false;
+        int c;
+
+        optind = 1;
+        /* '+': stop at the first non-option, the program's own options are its own. */
+        while ((c = getopt_long(argc, argv, "+o:qh", opts, NULL)) != -1) {
+                switch (c) {
+                case 'o':
+                        output = optarg;
+                        break;
+                case 'q':
+                        quiet = true;
+                        break;
+                case 'h':
+                        usage(stdout);
+                        return 0;
+                default:
+                        usage(stderr);
+                        return 2;
+                }
+        }
+        if (optind >= argc) {
+                fprintf(stderr, "allocprof: run needs a program to run\n");
+                usage(stderr);
+                return 2;
+        }
+        char **prog_argv = argv + optind;
+        int prog_argc = argc - optind;
+
+        int r = check_output_dir(output ? output : "./x");
+        if (r < 0) {
+                fprintf(stderr, "allocprof: cannot write the profile %s%s: %s\n",
+                        output ? output : "in the current directory", "", strerror(-r));
+                return 1;
+        }
+        char *agent = ap_find_agent();
+        if (agent == NULL) {
+                fprintf(stderr, "allocprof: cannot find liballocprof.so next to the allocprof "
+                                "binary (set ALLOCPROF_AGENT to its path)\n");
+                return 1;
+        }
+        char *preload = prepend_preload(agent);
+        char *sock_dir = make_socket_dir();
+        char *sock = sock_dir ? ap_asprintf("%s/collector.sock", sock_dir) : NULL;
+        if (preload == NULL || sock == NULL) {
+                fprintf(stderr, "allocprof: cannot create a private socket directory: %s\n",
+                        strerror(errno));
+                return 1;
+        }
+
+        struct run_state rs = {0};
+        struct ap_collector *coll = NULL;
+        char *err = NULL;
+        r = ap_collector_new(sock, on_done, &rs, &coll, &err);
+        if (r < 0) {
+                fprintf(stderr, "allocprof: cannot start the collector: %s\n", err);
+                free(err);
+                rmdir(sock_dir);
+                return 1;
+        }
+
+        /* Signals arrive through a signalfd so the loop handles them in order. */
+        sigset_t mask, orig;
+        sigemptyset(&mask);
+        sigaddset(&mask, SIGCHLD);
+        sigaddset(&mask, SIGINT);
+        sigaddset(&mask, SIGTERM);
+        sigaddset(&mask, SIGHUP);
+        sigaddset(&mask, SIGQUIT);
+        sigprocmask(SIG_BLOCK, &mask, &orig);
+        int sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+        int errpipe[2];
+        if (sfd < 0 || pipe2(errpipe, O_CLOEXEC) < 0) {
+                fprintf(stderr, "allocprof: %s\n", strerror(errno));
+                ap_collector_free(coll);
+                rmdir(sock_dir);
+                return 1;
+        }
+
+        fflush(NULL);
+        pid_t child = fork();
+        if (child < 0) {
+                fprintf(stderr, "allocprof: fork: %s\n", strerror(errno));
+                ap_collector_free(coll);
+                rmdir(sock_dir);
+                return 1;
+        }
+        if (child == 0) {
+                close(errpipe[0]);
+                exec_child(prog_argv, preload, sock, errpipe[1], &orig);
+        }
+        close(errpipe[1]);
+        int exec_errno = 0;
+        if (read(errpipe[0], &exec_errno, sizeof(exec_errno)) != (ssize_t)sizeof(exec_errno))
+                exec_errno = 0; /* EOF: exec succeeded */
+        close(errpipe[0]);
+
+        int status = 0;
+        bool child_done = false;
+        uint64_t child_done_at = 0;
+        for (;;) {
+                int ev = ap_collector_step(coll, 100, sfd);
+                if (ev < 0) {
+                        fprintf(stderr, "allocprof: collector failed: %s\n", strerror(-ev));
+                        break;
+                }
+                struct signalfd_siginfo si;
+                while (ev > 0 && read(sfd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
+                        if (si.ssi_signo == SIGCHLD) {
+                                int st;
+                                pid_t w;
+                                while ((w = waitpid(-1, &st, WNOHANG)) > 0) {
+                                        if (w == child) {
+                                                status = st;
+                                                child_done = true;
+                                                child_done_at = ap_monotonic_ns();
+                                        }
+                                }
+                        } else if (!child_done) {
+                                /* A terminal's ^C already reached the whole foreground
+                                 * group, the program included: forward only signals sent
+                                 * to us alone (kill, timeout, a supervisor). */
+                                if (si.ssi_code != SI_KERNEL)
+                                        kill(child, (int)si.ssi_signo);
+                        }
+                }
+                if (child_done) {
+                        if (!ap_collector_has_pid(coll, child) && ap_collector_nprocs(coll) == 0)
+                                break;
+                        if (ap_monotonic_ns() - child_done_at > DESCENDANT_GRACE_NS)
+                                break;
+                }
+        }
+        ap_collector_flush_all(coll);
+        ap_collector_free(coll);
+        rmdir(sock_dir);
+        sigprocmask(SIG_SETMASK, &orig, NULL);
+
+        int exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+        int term_sig = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
+        int ret = WIFEXITED(status) ? exit_code : 128 + term_sig;
+
+        if (exec_errno != 0) {
+                fprintf(stderr, "allocprof: cannot run %s: %s\n", prog_argv[0],
+                        strerror(exec_errno));
+                ret = exec_errno == ENOENT ? 127 : 126;
+        }
+
+        /* The main program's profile is its last image (after any exec). */
+        struct ended *main_img = NULL;
+        for (size_t i = 0; i < rs.nended; i++)
+                if (ap_process_pid(rs.ended[i].p) == child && !rs.ended[i].by_exec)
+                        main_img = &rs.ended[i];
+        if (main_img != NULL)
+                ap_process_set_exit(main_img->p, exit_code, term_sig);
+        if (exec_errno == 0 && rs.nended == 0)
+                fprintf(stderr, "allocprof: %s never registered with the collector (statically "
+                                "linked, setuid, or it cleared LD_PRELOAD): no profile\n",
+                        prog_argv[0]);
+
+        struct ap_symbolizer *sym = NULL;
+        if (rs.nended > 0 && ap_symbolizer_new(&sym) < 0) {
+                fprintf(stderr, "allocprof: out of memory\n");
+                return ret ? ret : 1;
+        }
+        for (size_t i = 0; i < rs.nended; i++) {
+                struct ended *e = &rs.ended[i];
+                /* The command line of our own child is known exactly. */
+                if (e == main_img)
+                        ap_process_set_command(e->p, prog_argv, prog_argc);
+                struct ap_profile *prof = NULL;
+                r = ap_process_finalize(e->p, sym, &prof);
+                if (r < 0) {
+                        fprintf(stderr, "allocprof: cannot finalize the profile of pid %d: %s\n",
+                                (int)ap_process_pid(e->p), strerror(-r));
+                        continue;
+                }
+                char *path;
+                if (e == main_img && output != NULL) {
+                        path = strdup(output);
+                } else {
+                        char *dir = NULL;
+                        if (output != NULL && strchr(output, '/') != NULL) {
+                                dir = strdup(output);
+                                *strrchr(dir, '/') = '\0';
+                        }
+                        path = default_profile_path(dir, prof, base_name(prog_argv[0]));
+                        free(dir);
+                }
+                r = path ? ap_profile_write(prof, path) : -ENOMEM;
+                if (r < 0) {
+                        fprintf(stderr, "allocprof: cannot write profile %s: %s\n",
+                                path ? path : "", strerror(-r));
+                        if (ret == 0)
+                                ret = 1;
+                } else if (!quiet && (e == main_img || rs.nended == 1)) {
+                        ap_report_summary(stderr, prof, path);
+                } else if (!quiet) {
+                        fprintf(stderr, "allocprof: pid %u (%s) profile written to %s\n",
+                                prof->pid, prof->exe ? base_name(prof->exe) : "?", path);
+                }
+                free(path);
+                ap_profile_free(prof);
+        }
+        for (size_t i = 0; i < rs.nended; i++)
+                ap_process_free(rs.ended[i].p);
+        free(rs.ended);
+        ap_symbolizer_free(sym);
+        free(sock);
+        free(sock_dir);
+        free(preload);
+        free(agent);
+        return ret;
+}

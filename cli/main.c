@@ -1,0 +1,48 @@
+/* allocprof: the command-line front end.  Dispatches to the subcommands.
+ *
+ * SPDX-License-Identifier: MIT OR Apache-2.0
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "config.h"
+#include "report.h"
+#include "run.h"
+
+static void usage(FILE *out)
+{
+        fprintf(out,
+                "Usage: allocprof COMMAND [OPTIONS]\n"
+                "\n"
+                "Commands:\n"
+                "  run [-o FILE] [-q] -- PROG [ARGS...]   profile PROG's heap allocations\n"
+                "  report [FILE] [--json] [--top N] [--sort allocations|bytes|leaked|peak]\n"
+                "                                         show a profile (default: newest in .)\n"
+                "  help                                   this text\n"
+                "  version                                print the version\n"
+                "\n"
+                "See USAGE.md for every option and the JSON schema.\n");
+}
+
+int main(int argc, char **argv)
+{
+        if (argc < 2) {
+                usage(stderr);
+                return 2;
+        }
+        const char *cmd = argv[1];
+        if (strcmp(cmd, "run") == 0)
+                return ap_cmd_run(argc - 1, argv + 1);
+        if (strcmp(cmd, "report") == 0)
+                return ap_cmd_report(argc - 1, argv + 1);
+        if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
+                usage(stdout);
+                return 0;
+        }
+        if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
+                printf("allocprof %s\n", AP_VERSION);
+                return 0;
+        }
+        fprintf(stderr, "allocprof: unknown command '%s' (try 'allocprof help')\n", cmd);
+        return 2;
+}

@@ -1,0 +1,378 @@
+/* Turning a process's raw stacks into a symbolized profile: each return address is placed
+ * in the module that was mapped there, symbolized once (inline frames expanded), the
+ * agent's and the allocator's own frames are folded away, and stacks that become equal
+ * are merged into one call site.
+ *
+ * SPDX-License-Identifier: MIT OR Apache-2.0
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "allocprof/atomics.h"
+#include "process-internal.h"
+
+#ifndef AP_VERSION
+#include "config.h"
+#endif
+
+/* Symbolized unique address: a run of consecutive frames in the profile. */
+struct addr_syms {
+        uint32_t cmod;
+        uint64_t addr; /* module-relative return address, or raw ip when cmod is none */
+        uint32_t first, count;
+};
+
+struct fin {
+        struct ap_process *p;
+        struct ap_profile *prof;
+        struct ap_symbolizer *sym;
+        struct addr_syms *addrs;
+        size_t naddrs, addrs_cap;
+        struct ap_map addr_index; /* hash(cmod, addr) (probed) -> addrs index + 1 */
+        uint32_t *pmod_of_cmod;   /* cmodule -> profile module, AP_NONE = not yet */
+        size_t nframes_cap, nsites_cap, nmodules_cap, nstrings_cap_unused;
+};
+
+static const char *path_basename(const char *path)
+{
+        const char *s = strrchr(path, '/');
+        return s ? s + 1 : path;
+}
+
+static bool is_agent_module(const struct ap_cmodule *m)
+{
+        return strncmp(path_basename(m->path), "liballocprof", 12) == 0;
+}
+
+/* Finds the module mapped at ip: the newest load covering it, preferring one that is
+ * still loaded.  Returns the index or UINT32_MAX. */
+static uint32_t module_at(const struct ap_process *p, uint64_t ip)
+{
+        uint32_t best = UINT32_MAX;
+        for (size_t i = p->nmodules; i-- > 0;) {
+                const struct ap_cmodule *m = &p->modules[i];
+                if (ip < m->lo || ip >= m->hi)
+                        continue;
+                if (m->unload_ts == 0)
+                        return (uint32_t)i;
+                if (best == UINT32_MAX)
+                        best = (uint32_t)i;
+        }
+        return best;
+}
+
+static bool has_prefix(const char *s, const char *prefix)
+{
+        return strncmp(s, prefix, strlen(prefix)) == 0;
+}
+
+/* The allocator's own frames: folded out so frames[0] is the code that asked. */
+static bool is_allocator_function(const char *f)
+{
+        static const char *const exact[] = {
+                "malloc", "calloc", "realloc", "reallocarray", "free", "posix_memalign",
+                "aligned_alloc", "memalign", "valloc", "pvalloc", "__libc_malloc",
+                "__libc_calloc", "__libc_realloc", "__libc_memalign", "__rust_alloc",
+                "__rust_alloc_zeroed", "__rust_realloc", "__rdl_alloc", "__rdl_alloc_zeroed",
+                "__rdl_realloc", "__rg_alloc", "__rg_alloc_zeroed", "__rg_realloc",
+        };
+        for (size_t i = 0; i < sizeof(exact) / sizeof(exact[0]); i++)
+                if (strcmp(f, exact[i]) == 0)
+                        return true;
+        static const char *const prefixes[] = {
+                "operator new(", "operator new[](", "alloc::alloc::", "std::alloc::",
+                "__rust_alloc", "__rust_realloc",
+                "<alloc::alloc::Global as core::alloc::Allocator>::",
+                "<std::alloc::System as core::alloc::global::GlobalAlloc>::",
+                "std::sys::alloc::", "std::sys::pal::unix::alloc::",
+                "std::__new_allocator<", "__gnu_cxx::new_allocator<",
+                "std::allocator_traits<", "std::allocator<",
+        };
+        for (size_t i = 0; i < sizeof(prefixes) / sizeof(prefixes[0]); i++)
+                if (has_prefix(f, prefixes[i]))
+                        return true;
+        return false;
+}
+
+static uint32_t profile_module(struct fin *f, uint32_t cmod)
+{
+        if (f->pmod_of_cmod[cmod] != AP_NONE)
+                return f->pmod_of_cmod[cmod];
+        const struct ap_cmodule *m = &f->p->modules[cmod];
+        char hex[2 * AP_MAX_BUILD_ID + 1];
+        for (uint32_t i = 0; i < m->build_id_len; i++)
+                snprintf(hex + 2 * i, 3, "%02x", m->build_id[i]);
+        hex[2 * m->build_id_len] = '\0';
+        struct ap_profile *prof = f->prof;
+        /* Same file loaded twice (dlopen, dlclose, dlopen): one row. */
+        uint32_t path = ap_profile_intern(prof, m->path);
+        uint32_t bid = m->build_id_len ? ap_profile_intern(prof, hex) : AP_NONE;
+        for (uint32_t i = 0; i < prof->nmodules; i++) {
+                if (prof->modules[i].path == path && prof->modules[i].build_id == bid) {
+                        f->pmod_of_cmod[cmod] = i;
+                        return i;
+                }
+        }
+        if (AP_GROW(prof->modules, f->nmodules_cap, (size_t)prof->nmodules + 1) < 0)
+                return AP_NONE;
+        prof->modules[prof->nmodules] = (struct ap_pmodule){.path = path, .build_id = bid};
+        f->pmod_of_cmod[cmod] = prof->nmodules;
+        return prof->nmodules++;
+}
+
+static int add_frame(struct fin *f, const struct ap_pframe *fr)
+{
+        struct ap_profile *prof = f->prof;
+        if (AP_GROW(prof->frames, f->nframes_cap, (size_t)prof->nframes + 1) < 0)
+                return -ENOMEM;
+        prof->frames[prof->nframes++] = *fr;
+        return 0;
+}
+
+/* Symbolizes one return address (once per process).  Returns the addrs index or -errno. */
+static long symbolize_ip(struct fin *f, uint64_t ip)
+{
+        struct ap_process *p = f->p;
+        uint32_t cmod = ip ? module_at(p, ip) : UINT32_MAX;
+        uint64_t addr = cmod == UINT32_MAX ? ip : ip - p->modules[cmod].bias;
+        uint64_t h = ap_mix64(addr ^ ((uint64_t)cmod << 44) ^ 0x51);
+        for (int k = 0; k < 64; k++, h = ap_mix64(h + 1)) {
+                uint64_t *v = ap_map_get(&f->addr_index, h ? h : 1);
+                if (v == NULL)
+                        break;
+                struct addr_syms *a = &f->addrs[*v - 1];
+                if (a->cmod == cmod && a->addr == addr)
+                        return (long)(*v - 1);
+        }
+        if (AP_GROW(f->addrs, f->addrs_cap, f->naddrs + 1) < 0)
+                return -ENOMEM;
+        struct addr_syms *a = &f->addrs[f->naddrs];
+        a->cmod = cmod;
+        a->addr = addr;
+        a->first = f->prof->nframes;
+        a->count = 0;
+
+        if (cmod == UINT32_MAX) {
+                struct ap_pframe fr = {.function = AP_NONE, .file = AP_NONE, .module = AP_NONE,
+                                       .address = addr};
+                if (add_frame(f, &fr) < 0)
+                        return -ENOMEM;
+                a->count = 1;
+        } else if (is_agent_module(&p->modules[cmod])) {
+                a->count = 0; /* agent frames vanish */
+        } else {
+                const struct ap_cmodule *m = &p->modules[cmod];
+                uint32_t pmod = profile_module(f, cmod);
+                struct ap_sym_frame *sf = NULL;
+                /* Return addresses point after the call: look up the call itself. */
+                int n = ap_symbolizer_lookup(f->sym, m->path, m->build_id, m->build_id_len,
+                                             addr ? addr - 1 : 0, &sf);
+                if (n < 0)
+                        return n;
+                for (int i = 0; i < n; i++) {
+                        struct ap_pframe fr = {
+                                .function = sf[i].function ? ap_profile_intern(f->prof, sf[i].function)
+                                                           : AP_NONE,
+                                .file = sf[i].file ? ap_profile_intern(f->prof, sf[i].file) : AP_NONE,
+                                .line = sf[i].line,
+                                .module = pmod,
+                                .address = addr,
+                                .inlined = sf[i].inlined,
+                        };
+                        if (add_frame(f, &fr) < 0) {
+                                ap_sym_frames_free(sf, (size_t)n);
+                                return -ENOMEM;
+                        }
+                }
+                a->count = (uint32_t)n;
+                ap_sym_frames_free(sf, (size_t)n);
+        }
+        if (ap_map_put(&f->addr_index, h ? h : 1, f->naddrs + 1) < 0)
+                return -ENOMEM;
+        return (long)f->naddrs++;
+}
+
+static const char *frame_function(const struct ap_profile *prof, uint32_t frame)
+{
+        uint32_t fn = prof->frames[frame].function;
+        return fn == AP_NONE ? NULL : prof->strings[fn];
+}
+
+static int finalize_sites(struct fin *f)
+{
+        struct ap_process *p = f->p;
+        struct ap_profile *prof = f->prof;
+        uint32_t *frames = NULL;
+        size_t frames_cap = 0;
+        struct ap_map site_index = {0};
+        int r = 0;
+
+        for (size_t si = 0; si < p->nstacks; si++) {
+                struct ap_cstack *s = &p->stacks[si];
+                if (s->allocations == 0)
+                        continue;
+                size_t n = 0;
+                for (uint32_t d = 0; d < s->depth; d++) {
+                        long a = symbolize_ip(f, s->ips[d]);
+                        if (a < 0) {
+                                r = (int)a;
+                                goto out;
+                        }
+                        struct addr_syms *as = &f->addrs[a];
+                        if (AP_GROW(frames, frames_cap, n + as->count) < 0) {
+                                r = -ENOMEM;
+                                goto out;
+                        }
+                        for (uint32_t k = 0; k < as->count; k++)
+                                frames[n++] = as->first + k;
+                }
+                size_t skip = 0;
+                while (skip < n) {
+                        const char *fn = frame_function(prof, frames[skip]);
+                        if (fn == NULL || !is_allocator_function(fn))
+                                break;
+                        skip++;
+                }
+                if (skip == n && n > 0)
+                        skip = n - 1; /* nothing but allocator frames: keep the outermost */
+                uint32_t nf = (uint32_t)(n - skip);
+                const uint32_t *fv = frames + skip;
+
+                uint64_t h = ap_hash_bytes(fv, 4ull * nf) ^ nf;
+                struct ap_psite *site = NULL;
+                for (int k = 0; k < 64; k++, h = ap_mix64(h + 1)) {
+                        uint64_t *v = ap_map_get(&site_index, h ? h : 1);
+                        if (v == NULL)
+                                break;
+                        struct ap_psite *cand = &prof->sites[*v - 1];
+                        if (cand->nframes == nf && memcmp(cand->frames, fv, 4ull * nf) == 0) {
+                                site = cand;
+                                break;
+                        }
+                }
+                if (site == NULL) {
+                        if (AP_GROW(prof->sites, f->nsites_cap, (size_t)prof->nsites + 1) < 0) {
+                                r = -ENOMEM;
+                                goto out;
+                        }
+                        site = &prof->sites[prof->nsites];
+                        memset(site, 0, sizeof(*site));
+                        site->frames = malloc(4ull * (nf ? nf : 1));
+                        if (site->frames == NULL) {
+                                r = -ENOMEM;
+                                goto out;
+                        }
+                        memcpy(site->frames, fv, 4ull * nf);
+                        site->nframes = nf;
+                        prof->nsites++;
+                        if (ap_map_put(&site_index, h ? h : 1, prof->nsites) < 0) {
+                                r = -ENOMEM;
+                                goto out;
+                        }
+                }
+                site->allocations += s->allocations;
+                site->bytes += s->bytes;
+                site->frees += s->frees;
+                site->freed_bytes += s->freed_bytes;
+                site->leaked_blocks += s->live_blocks;
+                site->leaked_bytes += s->live_bytes;
+                site->peak_bytes += s->peak_epoch == p->peak_epoch ? s->peak_bytes : s->live_bytes;
+                site->max_live_bytes += s->max_live_bytes;
+                site->temporary += s->temporary;
+                site->reallocs += s->reallocs;
+
+                uint32_t mod = nf ? prof->frames[fv[0]].module : AP_NONE;
+                if (mod != AP_NONE) {
+                        struct ap_pmodule *pm = &prof->modules[mod];
+                        pm->allocations += s->allocations;
+                        pm->bytes += s->bytes;
+                        pm->leaked_blocks += s->live_blocks;
+                        pm->leaked_bytes += s->live_bytes;
+                }
+        }
+out:
+        free(frames);
+        ap_map_clear(&site_index);
+        return r;
+}
+
+int ap_process_finalize(struct ap_process *p, struct ap_symbolizer *sym, struct ap_profile **ret)
+{
+        struct ap_profile *prof = ap_profile_new();
+        if (prof == NULL)
+                return -ENOMEM;
+        struct fin f = {.p = p, .prof = prof, .sym = sym};
+        f.pmod_of_cmod = malloc(sizeof(uint32_t) * (p->nmodules ? p->nmodules : 1));
+        if (f.pmod_of_cmod == NULL) {
+                ap_profile_free(prof);
+                return -ENOMEM;
+        }
+        for (size_t i = 0; i < p->nmodules; i++)
+                f.pmod_of_cmod[i] = AP_NONE;
+
+        int r = -ENOMEM;
+        prof->tool_version = strdup(AP_VERSION);
+        prof->mode = strdup("full");
+        if (prof->tool_version == NULL || prof->mode == NULL)
+                goto out;
+        prof->pid = (uint32_t)p->pid;
+        prof->ppid = p->ppid;
+        if (p->argc > 0) {
+                prof->command = calloc((size_t)p->argc, sizeof(char *));
+                if (prof->command == NULL)
+                        goto out;
+                for (int i = 0; i < p->argc; i++) {
+                        prof->command[i] = strdup(p->argv[i]);
+                        if (prof->command[i] == NULL)
+                                goto out;
+                        prof->ncommand = (uint32_t)i + 1;
+                }
+        }
+        if (p->nmodules > 0 && (prof->exe = strdup(p->modules[0].path)) == NULL)
+                goto out;
+        prof->exit_status = p->exit_code;
+        prof->term_signal = p->term_signal;
+        prof->start_unix_ns = p->start_unix_ns;
+        prof->duration_ns = p->last_ts > p->start_ns ? p->last_ts - p->start_ns : 0;
+
+        const struct ap_shm_header *h = p->hdr;
+        prof->totals.allocations = p->t.allocations;
+        prof->totals.bytes = p->t.bytes;
+        prof->totals.frees = p->t.frees;
+        prof->totals.freed_bytes = p->t.freed_bytes;
+        prof->totals.leaked_blocks = p->t.live_blocks;
+        prof->totals.leaked_bytes = p->t.live_bytes;
+        prof->totals.peak_bytes = p->t.peak_bytes;
+        prof->totals.peak_blocks = p->t.peak_blocks;
+        prof->totals.peak_t_ns = p->t.peak_ts > p->start_ns ? p->t.peak_ts - p->start_ns : 0;
+        prof->totals.temporary = p->t.temporary;
+        prof->totals.reallocs = p->t.reallocs;
+        prof->totals.dropped_events = ap_load_relaxed(&h->xcounters[AP_CNT_DROP_RING_FULL]) +
+                                      ap_load_relaxed(&h->xcounters[AP_CNT_DROP_NO_SLOT]);
+        prof->totals.dropped_frees = ap_load_relaxed(&h->xcounters[AP_CNT_DROP_FREE]);
+        prof->totals.unmatched_frees = p->t.unmatched_frees;
+        prof->totals.invalid_records = p->t.invalid_records;
+        prof->totals.threads = p->threads;
+        memcpy(prof->hist_count, p->hist_count, sizeof(prof->hist_count));
+        memcpy(prof->hist_bytes, p->hist_bytes, sizeof(prof->hist_bytes));
+        if (p->ntimeline > 0) {
+                prof->timeline = malloc(sizeof(*prof->timeline) * p->ntimeline);
+                if (prof->timeline == NULL)
+                        goto out;
+                memcpy(prof->timeline, p->timeline, sizeof(*prof->timeline) * p->ntimeline);
+                prof->ntimeline = (uint32_t)p->ntimeline;
+        }
+
+        r = finalize_sites(&f);
+out:
+        free(f.addrs);
+        ap_map_clear(&f.addr_index);
+        free(f.pmod_of_cmod);
+        if (r < 0) {
+                ap_profile_free(prof);
+                return r;
+        }
+        *ret = prof;
+        return 0;
+}

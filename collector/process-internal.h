@@ -1,0 +1,99 @@
+/* Private state of struct ap_process, shared by process.c (drain + aggregate) and
+ * finalize.c (symbolize + fold).
+ *
+ * SPDX-License-Identifier: MIT OR Apache-2.0
+ */
+#pragma once
+
+#include "process.h"
+#include "util.h"
+
+/* A distinct raw stack (return addresses), and what was allocated from it. */
+struct ap_cstack {
+        uint64_t *ips;
+        uint32_t depth;
+        uint64_t hash;
+        uint64_t allocations, bytes, frees, freed_bytes;
+        uint64_t live_blocks, live_bytes, max_live_bytes;
+        uint64_t temporary, reallocs;
+        uint64_t peak_bytes;  /* live bytes at the last global peak, valid if peak_epoch == current */
+        uint64_t peak_epoch;
+};
+
+struct ap_cmodule {
+        char *path;
+        uint8_t build_id[AP_MAX_BUILD_ID];
+        uint32_t build_id_len;
+        uint64_t bias, lo, hi;
+        uint64_t load_ts, unload_ts; /* unload_ts 0 = still loaded */
+};
+
+/* A live block. */
+struct ap_live {
+        uint64_t size;
+        uint64_t ts;
+        uint32_t stack;
+};
+
+struct ap_slot {
+        uint64_t tail;          /* our read position (never trusted from shared memory) */
+        uint64_t snap_head;     /* head snapshot of the current drain round */
+        uint64_t last_alloc;    /* address of the slot's latest allocation (temporaries) */
+        bool bad;               /* failed validation: ignored from then on */
+        bool seen;
+};
+
+struct ap_process {
+        pid_t pid;
+        uint32_t ppid;
+        uint64_t exec_id;
+        uint8_t *map;
+        uint64_t map_bytes;
+        struct ap_shm_header *hdr; /* == map */
+        uint64_t start_ns;         /* agent's CLOCK_MONOTONIC at init */
+        uint64_t start_unix_ns;
+        uint64_t last_ts;
+
+        char **argv;
+        int argc;
+        char *exe;
+        int exit_code, term_signal;
+
+        struct ap_slot slots[AP_NSLOTS];
+        uint32_t threads;
+
+        struct ap_cstack *stacks;
+        size_t nstacks, stacks_cap;
+        struct ap_map stack_by_hash; /* ips hash -> stack index + 1 (chained by probing) */
+        struct ap_map stack_by_id;   /* agent stack id -> stack index + 1 */
+
+        struct ap_cmodule *modules;
+        size_t nmodules, modules_cap;
+        uint64_t modules_read; /* bytes of the module log consumed */
+
+        /* live blocks: addr -> index into live[] (+1); freed entries recycled */
+        struct ap_map live_by_addr;
+        struct ap_live *live;
+        size_t nlive, live_cap;
+        uint32_t *live_free;
+        size_t nlive_free, live_free_cap;
+
+        struct {
+                uint64_t allocations, bytes, frees, freed_bytes;
+                uint64_t live_blocks, live_bytes;
+                uint64_t peak_bytes, peak_blocks, peak_ts;
+                uint64_t temporary, reallocs;
+                uint64_t unmatched_frees, stale_frees, conflicts;
+                uint64_t invalid_records;
+        } t;
+        uint64_t peak_epoch;
+
+        uint64_t hist_count[AP_HIST_BUCKETS];
+        uint64_t hist_bytes[AP_HIST_BUCKETS];
+
+        struct ap_ptimepoint *timeline;
+        size_t ntimeline, timeline_cap;
+        uint64_t timeline_step_ns, timeline_next_ns;
+
+        uint8_t *scratch; /* one record, copied out of the ring before validation */
+};

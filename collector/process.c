@@ -1,0 +1,628 @@
+/* Draining one process image's rings and aggregating its events.  The shared memory is
+ * written by an untrusted process: every index, length, type, stack id and module record
+ * is copied out and checked before use.  A process that writes garbage spoils only its
+ * own profile.  Barrier pairs are described in wire.h.
+ *
+ * SPDX-License-Identifier: MIT OR Apache-2.0
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "allocprof/atomics.h"
+#include "process-internal.h"
+
+#define TIMELINE_MAX 2048
+#define RECORD_MAX (sizeof(struct ap_rec_realloc) + 8 * AP_MAX_FRAMES)
+
+static int fail(char **err, int r, const char *what)
+{
+        if (err != NULL)
+                *err = ap_asprintf("%s", what);
+        return r;
+}
+
+int ap_process_new(int memfd, pid_t pid, const struct ap_hello *hello, struct ap_process **ret,
+                   char **err)
+{
+        struct stat st;
+        int r;
+
+        if (hello->magic != AP_HELLO_MAGIC || hello->layout_version != AP_LAYOUT_VERSION) {
+                close(memfd);
+                return fail(err, -EPROTO, "agent speaks another wire layout version");
+        }
+        if (fstat(memfd, &st) < 0) {
+                r = -errno;
+                close(memfd);
+                return fail(err, r, "cannot stat the shared memory");
+        }
+        uint64_t expect = ap_shm_total_bytes();
+        /* Without the shrink seal the writer could truncate the file under our mapping
+         * and make every read a SIGBUS. */
+        int seals = fcntl(memfd, F_GET_SEALS);
+        if (seals < 0 || !(seals & F_SEAL_SHRINK)) {
+                close(memfd);
+                return fail(err, -EPROTO, "shared memory is not sealed against shrinking");
+        }
+        if ((uint64_t)st.st_size != expect) {
+                close(memfd);
+                return fail(err, -EPROTO, "shared memory has an unexpected size");
+        }
+        void *map = mmap(NULL, expect, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
+        r = map == MAP_FAILED ? -errno : 0;
+        close(memfd);
+        if (r < 0)
+                return fail(err, r, "cannot map the shared memory");
+
+        struct ap_shm_header *h = map;
+        /* The layout is fixed for this version: insist on exactly our numbers, so no
+         * offset read from the mapping is ever used. */
+        if (h->magic != AP_SHM_MAGIC || h->layout_version != AP_LAYOUT_VERSION ||
+            h->total_bytes != expect || h->nslots != AP_NSLOTS || h->ring_bytes != AP_RING_BYTES ||
+            h->slots_offset != 4096 || h->slot_stride != AP_SLOT_STRIDE ||
+            h->stacks_offset != 4096 + (uint64_t)AP_NSLOTS * AP_SLOT_STRIDE ||
+            h->stacks_bytes != AP_STACK_HEAP_BYTES ||
+            h->modules_offset != h->stacks_offset + AP_STACK_HEAP_BYTES ||
+            h->modules_bytes != AP_MODULE_LOG_BYTES) {
+                munmap(map, expect);
+                return fail(err, -EPROTO, "shared memory header is invalid");
+        }
+
+        struct ap_process *p = calloc(1, sizeof(*p));
+        uint8_t *scratch = malloc(RECORD_MAX);
+        if (p == NULL || scratch == NULL) {
+                free(p);
+                free(scratch);
+                munmap(map, expect);
+                return fail(err, -ENOMEM, "out of memory");
+        }
+        p->pid = pid;
+        p->ppid = hello->ppid;
+        p->exec_id = hello->exec_id;
+        p->map = map;
+        p->map_bytes = expect;
+        p->hdr = h;
+        p->start_ns = h->start_ns;
+        p->start_unix_ns = ap_realtime_ns() - (ap_monotonic_ns() - h->start_ns);
+        p->exit_code = -1;
+        p->scratch = scratch;
+        p->timeline_step_ns = 10 * 1000 * 1000;
+        *ret = p;
+        return 0;
+}
+
+void ap_process_free(struct ap_process *p)
+{
+        if (p == NULL)
+                return;
+        for (size_t i = 0; i < p->nstacks; i++)
+                free(p->stacks[i].ips);
+        free(p->stacks);
+        ap_map_clear(&p->stack_by_hash);
+        ap_map_clear(&p->stack_by_id);
+        for (size_t i = 0; i < p->nmodules; i++)
+                free(p->modules[i].path);
+        free(p->modules);
+        ap_map_clear(&p->live_by_addr);
+        free(p->live);
+        free(p->live_free);
+        free(p->timeline);
+        for (int i = 0; i < p->argc; i++)
+                free(p->argv[i]);
+        free(p->argv);
+        free(p->exe);
+        free(p->scratch);
+        if (p->map != NULL)
+                munmap(p->map, p->map_bytes);
+        free(p);
+}
+
+pid_t ap_process_pid(const struct ap_process *p)
+{
+        return p->pid;
+}
+
+uint64_t ap_process_exec_id(const struct ap_process *p)
+{
+        return p->exec_id;
+}
+
+void ap_process_set_command(struct ap_process *p, char **argv, int argc)
+{
+        for (int i = 0; i < p->argc; i++)
+                free(p->argv[i]);
+        free(p->argv);
+        p->argv = calloc((size_t)argc + 1, sizeof(char *));
+        p->argc = 0;
+        if (p->argv == NULL)
+                return;
+        for (int i = 0; i < argc; i++) {
+                p->argv[i] = strdup(argv[i]);
+                if (p->argv[i] == NULL)
+                        break;
+                p->argc = i + 1;
+        }
+}
+
+void ap_process_set_exit(struct ap_process *p, int exit_code, int term_signal)
+{
+        p->exit_code = exit_code;
+        p->term_signal = term_signal;
+}
+
+void ap_process_stats(const struct ap_process *p, uint64_t *allocations, uint64_t *live_bytes)
+{
+        *allocations = p->t.allocations;
+        *live_bytes = p->t.live_bytes;
+}
+
+/* ---- modules ------------------------------------------------------------------------- */
+
+static void read_modules(struct ap_process *p)
+{
+        struct ap_shm_header *h = p->hdr;
+        /* Acquire pairs with the agent's release after writing each record. */
+        uint64_t used = ap_load_acquire(&h->xmodules_used);
+        if (used > AP_MODULE_LOG_BYTES)
+                used = AP_MODULE_LOG_BYTES;
+        const uint8_t *log = p->map + h->modules_offset;
+        struct ap_module_rec m;
+
+        while (p->modules_read + sizeof(m) <= used) {
+                memcpy(&m, log + p->modules_read, sizeof(m));
+                if (m.nbytes < sizeof(m) || m.nbytes % 8 != 0 ||
+                    m.nbytes > used - p->modules_read ||
+                    m.path_len > m.nbytes - sizeof(m) || m.build_id_len > AP_MAX_BUILD_ID ||
+                    m.lo > m.hi) {
+                        p->t.invalid_records++;
+                        p->modules_read = UINT64_MAX / 2; /* stop reading a corrupt log */
+                        return;
+                }
+                const uint8_t *path = log + p->modules_read + sizeof(m);
+                p->modules_read += m.nbytes;
+                if (m.kind == AP_MOD_LOAD) {
+                        if (AP_GROW(p->modules, p->modules_cap, p->nmodules + 1) < 0)
+                                return;
+                        struct ap_cmodule *cm = &p->modules[p->nmodules];
+                        memset(cm, 0, sizeof(*cm));
+                        cm->path = strndup((const char *)path, m.path_len);
+                        if (cm->path == NULL)
+                                return;
+                        /* A path with NULs in it is cut at the first one, harmlessly. */
+                        memcpy(cm->build_id, m.build_id, m.build_id_len);
+                        cm->build_id_len = m.build_id_len;
+                        cm->bias = m.bias;
+                        cm->lo = m.lo;
+                        cm->hi = m.hi;
+                        cm->load_ts = m.ts;
+                        p->nmodules++;
+                } else if (m.kind == AP_MOD_UNLOAD) {
+                        for (size_t i = p->nmodules; i-- > 0;) {
+                                struct ap_cmodule *cm = &p->modules[i];
+                                if (cm->unload_ts == 0 && cm->lo == m.lo && cm->hi == m.hi) {
+                                        cm->unload_ts = m.ts ? m.ts : 1;
+                                        break;
+                                }
+                        }
+                } else {
+                        p->t.invalid_records++;
+                }
+        }
+}
+
+/* ---- stacks -------------------------------------------------------------------------- */
+
+static uint32_t stack_intern_ips(struct ap_process *p, const uint64_t *ips, uint32_t depth)
+{
+        uint64_t hash = ap_hash_bytes(ips, 8ull * depth);
+        uint64_t key = hash;
+        for (int k = 0; k < 64; k++, key = ap_mix64(hash + (uint64_t)k + 1)) {
+                uint64_t *v = ap_map_get(&p->stack_by_hash, key ? key : 1);
+                if (v == NULL)
+                        break;
+                struct ap_cstack *s = &p->stacks[*v - 1];
+                if (s->depth == depth && memcmp(s->ips, ips, 8ull * depth) == 0)
+                        return (uint32_t)(*v - 1);
+        }
+        if (AP_GROW(p->stacks, p->stacks_cap, p->nstacks + 1) < 0)
+                return UINT32_MAX;
+        struct ap_cstack *s = &p->stacks[p->nstacks];
+        memset(s, 0, sizeof(*s));
+        s->ips = malloc(8ull * depth);
+        if (s->ips == NULL)
+                return UINT32_MAX;
+        memcpy(s->ips, ips, 8ull * depth);
+        s->depth = depth;
+        s->hash = hash;
+        if (ap_map_put(&p->stack_by_hash, key ? key : 1, p->nstacks + 1) < 0) {
+                free(s->ips);
+                return UINT32_MAX;
+        }
+        return (uint32_t)p->nstacks++;
+}
+
+/* Resolves a record's stack reference.  Returns the stack index or UINT32_MAX when the
+ * reference is invalid. */
+static uint32_t stack_resolve(struct ap_process *p, const struct ap_rec_hdr *rh, const uint8_t *rec,
+                              uint32_t fixed)
+{
+        if (rh->flags & AP_RECF_INLINE_STACK) {
+                uint32_t depth = rh->aux;
+                if (depth == 0 || depth > AP_MAX_FRAMES || (uint32_t)rh->nwords * 8 != fixed + 8 * depth)
+                        return UINT32_MAX;
+                uint64_t ips[AP_MAX_FRAMES];
+                memcpy(ips, rec + fixed, 8ull * depth);
+                return stack_intern_ips(p, ips, depth);
+        }
+        if ((uint32_t)rh->nwords * 8 != fixed)
+                return UINT32_MAX;
+        uint32_t id = rh->aux;
+        uint64_t *v = ap_map_get(&p->stack_by_id, id);
+        if (v != NULL)
+                return (uint32_t)*v;
+        uint64_t off = (uint64_t)id * 8;
+        struct ap_stack_entry e;
+        if (id == 0 || off + sizeof(e) > AP_STACK_HEAP_BYTES)
+                return UINT32_MAX;
+        const uint8_t *base = p->map + p->hdr->stacks_offset;
+        memcpy(&e, base + off, sizeof(e));
+        if (e.depth == 0 || e.depth > AP_MAX_FRAMES ||
+            off + sizeof(e) + 8ull * e.depth > AP_STACK_HEAP_BYTES)
+                return UINT32_MAX;
+        uint64_t ips[AP_MAX_FRAMES];
+        memcpy(ips, base + off + sizeof(e), 8ull * e.depth);
+        uint32_t s = stack_intern_ips(p, ips, e.depth);
+        if (s != UINT32_MAX && ap_map_put(&p->stack_by_id, id, s) < 0)
+                return UINT32_MAX;
+        return s;
+}
+
+/* ---- live blocks and accounting ---------------------------------------------------- */
+
+static unsigned hist_bucket(uint64_t size)
+{
+        return size == 0 ? 0 : (unsigned)(64 - __builtin_clzll(size));
+}
+
+/* The site's live bytes are about to change: remember what they were at the last peak. */
+static inline void peak_touch(struct ap_process *p, struct ap_cstack *s)
+{
+        if (s->peak_epoch != p->peak_epoch) {
+                s->peak_bytes = s->live_bytes;
+                s->peak_epoch = p->peak_epoch;
+        }
+}
+
+static void timeline_point(struct ap_process *p, uint64_t ts)
+{
+        uint64_t t = ts > p->start_ns ? ts - p->start_ns : 0;
+        if (t < p->timeline_next_ns && p->ntimeline > 0)
+                return;
+        if (p->ntimeline == TIMELINE_MAX) {
+                /* Halve the resolution: keep every other point. */
+                for (size_t i = 0; i < TIMELINE_MAX / 2; i++)
+                        p->timeline[i] = p->timeline[2 * i];
+                p->ntimeline = TIMELINE_MAX / 2;
+                p->timeline_step_ns *= 2;
+        }
+        if (AP_GROW(p->timeline, p->timeline_cap, p->ntimeline + 1) < 0)
+                return;
+        p->timeline[p->ntimeline++] = (struct ap_ptimepoint){
+                .t_ns = t, .live_bytes = p->t.live_bytes, .allocations = p->t.allocations};
+        p->timeline_next_ns = t + p->timeline_step_ns;
+}
+
+static void block_gone(struct ap_process *p, uint32_t idx, bool temporary)
+{
+        struct ap_live *l = &p->live[idx];
+        struct ap_cstack *s = &p->stacks[l->stack];
+        peak_touch(p, s);
+        s->frees++;
+        s->freed_bytes += l->size;
+        s->live_blocks--;
+        s->live_bytes -= l->size;
+        if (temporary) {
+                s->temporary++;
+                p->t.temporary++;
+        }
+        p->t.frees++;
+        p->t.freed_bytes += l->size;
+        p->t.live_blocks--;
+        p->t.live_bytes -= l->size;
+        if (AP_GROW(p->live_free, p->live_free_cap, p->nlive_free + 1) == 0)
+                p->live_free[p->nlive_free++] = idx;
+}
+
+static void do_free(struct ap_process *p, struct ap_slot *slot, uint64_t addr, uint64_t ts,
+                    bool can_be_temporary)
+{
+        uint64_t *v = ap_map_get(&p->live_by_addr, addr);
+        if (v == NULL) {
+                p->t.unmatched_frees++;
+                return;
+        }
+        uint32_t idx = (uint32_t)(*v - 1);
+        if (p->live[idx].ts > ts) {
+                /* A free of an earlier block at this address whose end we already
+                 * inferred when the address was handed out again (see do_alloc). */
+                p->t.stale_frees++;
+                return;
+        }
+        ap_map_del(&p->live_by_addr, addr);
+        block_gone(p, idx, can_be_temporary && slot->last_alloc == addr);
+        slot->last_alloc = 0;
+}
+
+static void do_alloc(struct ap_process *p, struct ap_slot *slot, uint32_t stack, uint64_t addr,
+                     uint64_t size, uint64_t ts, bool realloc)
+{
+        struct ap_cstack *s = &p->stacks[stack];
+        uint64_t *v = ap_map_get(&p->live_by_addr, addr);
+        if (v != NULL) {
+                /* The address is live in our books, so its free is still in another
+                 * thread's ring: account for that free now; the late record is stale. */
+                p->t.conflicts++;
+                block_gone(p, (uint32_t)(*v - 1), false);
+                ap_map_del(&p->live_by_addr, addr);
+        }
+        uint32_t idx;
+        if (p->nlive_free > 0) {
+                idx = p->live_free[--p->nlive_free];
+        } else {
+                if (AP_GROW(p->live, p->live_cap, p->nlive + 1) < 0)
+                        return;
+                idx = (uint32_t)p->nlive++;
+        }
+        p->live[idx] = (struct ap_live){.size = size, .ts = ts, .stack = stack};
+        if (ap_map_put(&p->live_by_addr, addr, (uint64_t)idx + 1) < 0)
+                return;
+
+        peak_touch(p, s);
+        s->allocations++;
+        s->bytes += size;
+        s->live_blocks++;
+        s->live_bytes += size;
+        if (s->live_bytes > s->max_live_bytes)
+                s->max_live_bytes = s->live_bytes;
+        if (realloc) {
+                s->reallocs++;
+                p->t.reallocs++;
+        }
+        p->t.allocations++;
+        p->t.bytes += size;
+        p->t.live_blocks++;
+        p->t.live_bytes += size;
+        unsigned b = hist_bucket(size);
+        p->hist_count[b]++;
+        p->hist_bytes[b] += size;
+        if (p->t.live_bytes > p->t.peak_bytes) {
+                /* New global peak: every site's current live bytes are its share of it;
+                 * sites record that lazily before they next change (peak_touch). */
+                p->t.peak_bytes = p->t.live_bytes;
+                p->t.peak_blocks = p->t.live_blocks;
+                p->t.peak_ts = ts;
+                p->peak_epoch++;
+        }
+        slot->last_alloc = addr;
+        timeline_point(p, ts);
+}
+
+/* ---- drain --------------------------------------------------------------------------- */
+
+static inline struct ap_ring_ctl *slot_ctl(struct ap_process *p, uint32_t i)
+{
+        return (struct ap_ring_ctl *)(p->map + p->hdr->slots_offset + (uint64_t)i * AP_SLOT_STRIDE);
+}
+
+/* Copies the next record of slot i into p->scratch and validates its framing.  Returns
+ * its length in bytes, 0 if the slot has nothing left this round, -1 if corrupt. */
+static long next_record(struct ap_process *p, uint32_t i, uint64_t *ts)
+{
+        struct ap_slot *sl = &p->slots[i];
+        for (;;) {
+                uint64_t avail = sl->snap_head - sl->tail;
+                if (avail == 0)
+                        return 0;
+                const uint8_t *data = (const uint8_t *)(slot_ctl(p, i) + 1);
+                uint64_t off = sl->tail & (AP_RING_BYTES - 1);
+                struct ap_rec_hdr rh;
+                if (avail < sizeof(rh))
+                        return -1;
+                memcpy(&rh, data + off, sizeof(rh));
+                uint64_t len = (uint64_t)rh.nwords * 8;
+                if (len == 0 || len > avail || off + len > AP_RING_BYTES)
+                        return -1;
+                if (rh.type == AP_REC_PAD) {
+                        sl->tail += len;
+                        continue;
+                }
+                if (len > RECORD_MAX)
+                        return -1;
+                memcpy(p->scratch, data + off, len);
+                /* Re-check the header from our private copy: the writer may change the
+                 * shared bytes under us. */
+                memcpy(&rh, p->scratch, sizeof(rh));
+                if ((uint64_t)rh.nwords * 8 != len)
+                        return -1;
+                switch (rh.type) {
+                case AP_REC_ALLOC:
+                        if (len < sizeof(struct ap_rec_alloc))
+                                return -1;
+                        *ts = ((struct ap_rec_alloc *)p->scratch)->ts;
+                        break;
+                case AP_REC_FREE:
+                        if (len != sizeof(struct ap_rec_free))
+                                return -1;
+                        *ts = ((struct ap_rec_free *)p->scratch)->ts;
+                        break;
+                case AP_REC_REALLOC:
+                        if (len < sizeof(struct ap_rec_realloc))
+                                return -1;
+                        *ts = ((struct ap_rec_realloc *)p->scratch)->ts;
+                        break;
+                default:
+                        return -1;
+                }
+                return (long)len;
+        }
+}
+
+static void process_record(struct ap_process *p, struct ap_slot *slot)
+{
+        struct ap_rec_hdr rh;
+        memcpy(&rh, p->scratch, sizeof(rh));
+        uint32_t stack;
+
+        switch (rh.type) {
+        case AP_REC_ALLOC: {
+                struct ap_rec_alloc r;
+                memcpy(&r, p->scratch, sizeof(r));
+                stack = stack_resolve(p, &rh, p->scratch, sizeof(r));
+                if (stack == UINT32_MAX || r.addr == 0) {
+                        p->t.invalid_records++;
+                        return;
+                }
+                do_alloc(p, slot, stack, r.addr, r.size, r.ts, false);
+                break;
+        }
+        case AP_REC_FREE: {
+                struct ap_rec_free r;
+                memcpy(&r, p->scratch, sizeof(r));
+                do_free(p, slot, r.addr, r.ts, true);
+                break;
+        }
+        case AP_REC_REALLOC: {
+                struct ap_rec_realloc r;
+                memcpy(&r, p->scratch, sizeof(r));
+                stack = stack_resolve(p, &rh, p->scratch, sizeof(r));
+                if (stack == UINT32_MAX || r.new_addr == 0) {
+                        p->t.invalid_records++;
+                        return;
+                }
+                do_free(p, slot, r.old_addr, r.ts_free, false);
+                do_alloc(p, slot, stack, r.new_addr, r.size, r.ts, true);
+                break;
+        }
+        }
+        if (p->last_ts < ((struct ap_rec_free *)p->scratch)->ts)
+                p->last_ts = ((struct ap_rec_free *)p->scratch)->ts;
+}
+
+long ap_process_drain(struct ap_process *p)
+{
+        struct ap_shm_header *h = p->hdr;
+        uint32_t hwm = ap_load_acquire(&h->xslot_hwm);
+        if (hwm > AP_NSLOTS)
+                hwm = AP_NSLOTS;
+
+        /* 1. Snapshot every ring's head.  Acquire pairs with the agent's release of xhead
+         *    (B->C in wire.h): the records below the head are complete. */
+        uint32_t active[AP_NSLOTS];
+        uint32_t nactive = 0;
+        for (uint32_t i = 0; i < hwm; i++) {
+                struct ap_slot *sl = &p->slots[i];
+                if (sl->bad)
+                        continue;
+                uint64_t head = ap_load_acquire(&slot_ctl(p, i)->xhead);
+                if (head - sl->tail > AP_RING_BYTES) {
+                        /* Head moved backwards or past our tail + size: not a ring any
+                         * more.  Ignore this slot from now on. */
+                        sl->bad = true;
+                        p->t.invalid_records++;
+                        continue;
+                }
+                sl->snap_head = head;
+                if (head != sl->tail) {
+                        if (!sl->seen) {
+                                sl->seen = true;
+                                p->threads++;
+                        }
+                        active[nactive++] = i;
+                }
+        }
+
+        /* 2. Modules after heads: every module a published stack names is in the log. */
+        read_modules(p);
+
+        /* 3. Merge the rings by timestamp so cross-thread free/alloc pairs of the same
+         *    address and the peak come out in the order they happened. */
+        uint64_t cur_ts[AP_NSLOTS];
+        long cur_len[AP_NSLOTS];
+        uint32_t n = 0;
+        for (uint32_t k = 0; k < nactive; k++) {
+                uint32_t i = active[k];
+                long len = next_record(p, i, &cur_ts[i]);
+                if (len < 0) {
+                        p->slots[i].bad = true;
+                        p->t.invalid_records++;
+                        continue;
+                }
+                if (len > 0) {
+                        cur_len[i] = len;
+                        active[n++] = i;
+                }
+        }
+        nactive = n;
+        long processed = 0;
+        /* scratch holds one record: the one next_record() copied last, of slot_in_scratch. */
+        uint32_t slot_in_scratch = nactive > 0 ? active[nactive - 1] : UINT32_MAX;
+        while (nactive > 0) {
+                uint32_t best = 0;
+                for (uint32_t k = 1; k < nactive; k++)
+                        if (cur_ts[active[k]] < cur_ts[active[best]])
+                                best = k;
+                uint32_t i = active[best];
+                struct ap_slot *sl = &p->slots[i];
+                if (slot_in_scratch != i) {
+                        long len = next_record(p, i, &cur_ts[i]);
+                        slot_in_scratch = i;
+                        if (len <= 0) {
+                                /* The writer changed bytes we had already looked at. */
+                                sl->bad = true;
+                                p->t.invalid_records++;
+                                active[best] = active[--nactive];
+                                continue;
+                        }
+                        cur_len[i] = len;
+                }
+                process_record(p, sl);
+                processed++;
+                sl->tail += (uint64_t)cur_len[i];
+                long len = next_record(p, i, &cur_ts[i]);
+                if (len <= 0) {
+                        if (len < 0) {
+                                sl->bad = true;
+                                p->t.invalid_records++;
+                        }
+                        active[best] = active[--nactive];
+                } else {
+                        cur_len[i] = len;
+                }
+        }
+
+        /* 4. Give the space back and recycle slots of threads that have exited. */
+        for (uint32_t i = 0; i < hwm; i++) {
+                struct ap_slot *sl = &p->slots[i];
+                struct ap_ring_ctl *ctl = slot_ctl(p, i);
+                if (sl->bad)
+                        continue;
+                /* Release pairs with the agent's acquire of xtail (D->A): we are done
+                 * reading the space below our tail. */
+                if (ap_load_relaxed(&ctl->xtail) != sl->tail)
+                        ap_store_release(&ctl->xtail, sl->tail);
+                if (ap_load_acquire(&ctl->xstate) == AP_SLOT_RETIRED &&
+                    ap_load_acquire(&ctl->xhead) == sl->tail) {
+                        sl->last_alloc = 0;
+                        /* Release pairs with the claiming thread's CAS (acquire): it
+                         * sees our final tail. */
+                        ap_store_release(&ctl->xstate, AP_SLOT_FREE);
+                }
+        }
+        ap_store_relaxed(&h->xheartbeat, ap_load_relaxed(&h->xheartbeat) + 1);
+        return processed;
+}

@@ -1,0 +1,47 @@
+/* One profiled process image as the collector sees it: the validated shared mapping, the
+ * drain of its rings, and everything aggregated from them (stacks, live blocks, peak,
+ * histogram, timeline).  Memory grows with unique stacks and live blocks only.
+ *
+ * SPDX-License-Identifier: MIT OR Apache-2.0
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "allocprof/wire.h"
+#include "profile.h"
+#include "symbolize.h"
+
+struct ap_process;
+
+/* Maps and validates the shared memory of a newly registered process image.  `memfd` is
+ * consumed (closed) in all cases.  `pid` is the peer's pid from SO_PEERCRED (trusted),
+ * hello the message it sent (untrusted).  On error returns -errno and sets *err to a
+ * malloc'd explanation. */
+int ap_process_new(int memfd, pid_t pid, const struct ap_hello *hello, struct ap_process **ret,
+                   char **err);
+
+/* Frees the process and its mapping.  Accepts NULL. */
+void ap_process_free(struct ap_process *p);
+
+/* Drains every ring once, in timestamp order across threads.  Returns the number of
+ * records processed (>= 0).  Never fails: invalid input is counted and skipped. */
+long ap_process_drain(struct ap_process *p);
+
+pid_t ap_process_pid(const struct ap_process *p);
+uint64_t ap_process_exec_id(const struct ap_process *p);
+
+/* Sets the command line / executable shown in the profile (copied). */
+void ap_process_set_command(struct ap_process *p, char **argv, int argc);
+
+/* The process image ended: normally (exit code), by a signal, or by exec (both < 0). */
+void ap_process_set_exit(struct ap_process *p, int exit_code, int term_signal);
+
+/* Live totals for status lines. */
+void ap_process_stats(const struct ap_process *p, uint64_t *allocations, uint64_t *live_bytes);
+
+/* Symbolizes and folds everything into a new profile.  The process can keep running and
+ * be finalized again later (a snapshot).  Returns 0 or -errno. */
+int ap_process_finalize(struct ap_process *p, struct ap_symbolizer *sym, struct ap_profile **ret);

@@ -1,0 +1,298 @@
+/* The collector's event loop (see server.h).  Registration messages are untrusted:
+ * fixed size, one descriptor, peer identity from SO_PEERCRED, and a deadline; a client
+ * that misbehaves loses its connection and delays nobody.
+ *
+ * SPDX-License-Identifier: MIT OR Apache-2.0
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "server.h"
+#include "util.h"
+
+#define PENDING_MAX 256
+#define PENDING_DEADLINE_NS (5ull * 1000 * 1000 * 1000)
+
+struct pending {
+        int fd;
+        uint64_t since;
+};
+
+struct tracked {
+        struct ap_process *p;
+        int pidfd; /* -1 if the process was already gone at registration */
+        bool ended;
+};
+
+struct ap_collector {
+        int listen_fd;
+        char *path;
+        ap_collector_done_fn done;
+        void *userdata;
+        struct pending pending[PENDING_MAX];
+        size_t npending;
+        struct tracked *procs;
+        size_t nprocs, procs_cap;
+        struct pollfd *pfds;
+        size_t pfds_cap;
+        bool busy; /* the last round moved data: poll briefly */
+};
+
+int ap_collector_new(const char *socket_path, ap_collector_done_fn done, void *userdata,
+                     struct ap_collector **ret, char **err)
+{
+        struct sockaddr_un sa = {.sun_family = AF_UNIX};
+        if (strlen(socket_path) >= sizeof(sa.sun_path)) {
+                *err = ap_asprintf("socket path too long: %s", socket_path);
+                return -ENAMETOOLONG;
+        }
+        strcpy(sa.sun_path, socket_path);
+        struct ap_collector *c = calloc(1, sizeof(*c));
+        if (c == NULL || (c->path = strdup(socket_path)) == NULL) {
+                free(c);
+                *err = ap_asprintf("out of memory");
+                return -ENOMEM;
+        }
+        c->done = done;
+        c->userdata = userdata;
+        c->listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        int r = 0;
+        if (c->listen_fd < 0 ||
+            bind(c->listen_fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
+            listen(c->listen_fd, 128) < 0) {
+                r = -errno;
+                *err = ap_asprintf("cannot listen on %s: %s", socket_path, strerror(errno));
+                if (c->listen_fd >= 0)
+                        close(c->listen_fd);
+                free(c->path);
+                free(c);
+                return r;
+        }
+        *ret = c;
+        return 0;
+}
+
+void ap_collector_free(struct ap_collector *c)
+{
+        if (c == NULL)
+                return;
+        close(c->listen_fd);
+        unlink(c->path);
+        free(c->path);
+        for (size_t i = 0; i < c->npending; i++)
+                close(c->pending[i].fd);
+        for (size_t i = 0; i < c->nprocs; i++) {
+                if (c->procs[i].pidfd >= 0)
+                        close(c->procs[i].pidfd);
+                ap_process_free(c->procs[i].p);
+        }
+        free(c->procs);
+        free(c->pfds);
+        free(c);
+}
+
+size_t ap_collector_nprocs(const struct ap_collector *c)
+{
+        return c->nprocs;
+}
+
+bool ap_collector_has_pid(const struct ap_collector *c, int pid)
+{
+        for (size_t i = 0; i < c->nprocs; i++)
+                if (ap_process_pid(c->procs[i].p) == pid)
+                        return true;
+        return false;
+}
+
+static void read_cmdline(struct ap_process *p, pid_t pid)
+{
+        char path[64], *buf = NULL;
+        snprintf(path, sizeof(path), "/proc/%d/cmdline", (int)pid);
+        ssize_t n = ap_read_file(path, &buf, 1 << 16);
+        if (n <= 0) {
+                free(buf);
+                return;
+        }
+        char *argv[256];
+        int argc = 0;
+        for (char *s = buf; s < buf + n && argc < 256; s += strlen(s) + 1)
+                argv[argc++] = s;
+        ap_process_set_command(p, argv, argc);
+        free(buf);
+}
+
+/* Hands a finished image to the owner and forgets it. */
+static void retire(struct ap_collector *c, size_t i, bool by_exec)
+{
+        struct tracked t = c->procs[i];
+        c->procs[i] = c->procs[--c->nprocs];
+        while (ap_process_drain(t.p) > 0)
+                ;
+        if (t.pidfd >= 0)
+                close(t.pidfd);
+        c->done(c->userdata, t.p, by_exec);
+}
+
+static void register_process(struct ap_collector *c, int memfd, pid_t pid,
+                             const struct ap_hello *hello)
+{
+        struct ap_process *p = NULL;
+        char *err = NULL;
+        if (ap_process_new(memfd, pid, hello, &p, &err) < 0) {
+                free(err); /* a broken agent: nothing to profile */
+                return;
+        }
+        /* Same pid registering again: the previous image exec'ed into this one. */
+        for (size_t i = 0; i < c->nprocs; i++) {
+                if (ap_process_pid(c->procs[i].p) == pid) {
+                        ap_process_set_exit(c->procs[i].p, -1, 0);
+                        retire(c, i, true);
+                        break;
+                }
+        }
+        read_cmdline(p, pid);
+        if (AP_GROW(c->procs, c->procs_cap, c->nprocs + 1) < 0) {
+                ap_process_free(p);
+                return;
+        }
+        int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+        c->procs[c->nprocs++] = (struct tracked){.p = p, .pidfd = pidfd, .ended = pidfd < 0};
+}
+
+/* Reads the hello of a pending connection.  Returns true when the connection is done
+ * with (registered or rejected), false to keep waiting. */
+static bool read_hello(struct ap_collector *c, int fd)
+{
+        struct ap_hello hello;
+        struct iovec iov = {.iov_base = &hello, .iov_len = sizeof(hello)};
+        union {
+                char buf[CMSG_SPACE(sizeof(int) * 4)];
+                struct cmsghdr align;
+        } u;
+        struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1,
+                             .msg_control = u.buf, .msg_controllen = sizeof(u.buf)};
+        ssize_t n = recvmsg(fd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+                return false;
+        int memfd = -1;
+        for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); cm != NULL; cm = CMSG_NXTHDR(&msg, cm)) {
+                if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
+                        continue;
+                size_t nfds = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+                for (size_t k = 0; k < nfds; k++) {
+                        int got;
+                        memcpy(&got, CMSG_DATA(cm) + k * sizeof(int), sizeof(int));
+                        if (memfd < 0)
+                                memfd = got;
+                        else
+                                close(got); /* only one descriptor is expected */
+                }
+        }
+        struct ucred cred;
+        socklen_t len = sizeof(cred);
+        bool ok = n == (ssize_t)sizeof(hello) && !(msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) &&
+                  memfd >= 0 && getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0 &&
+                  (cred.uid == geteuid() || cred.uid == 0);
+        if (ok) {
+                struct stat st;
+                /* Only a memfd-like regular file will do: no sockets, devices, fifos. */
+                ok = fstat(memfd, &st) == 0 && S_ISREG(st.st_mode);
+        }
+        if (ok)
+                register_process(c, memfd, cred.pid, &hello);
+        else if (memfd >= 0)
+                close(memfd);
+        return true;
+}
+
+static void accept_all(struct ap_collector *c)
+{
+        for (;;) {
+                int fd = accept4(c->listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+                if (fd < 0)
+                        return;
+                if (read_hello(c, fd)) {
+                        close(fd);
+                        continue;
+                }
+                if (c->npending == PENDING_MAX) {
+                        close(fd); /* flooded: the oldest honest agents have priority */
+                        continue;
+                }
+                c->pending[c->npending++] = (struct pending){.fd = fd, .since = ap_monotonic_ns()};
+        }
+}
+
+int ap_collector_step(struct ap_collector *c, int timeout_ms, int extra_fd)
+{
+        size_t need = 2 + c->npending + c->nprocs;
+        if (AP_GROW(c->pfds, c->pfds_cap, need) < 0)
+                return -ENOMEM;
+        size_t n = 0;
+        c->pfds[n++] = (struct pollfd){.fd = c->listen_fd, .events = POLLIN};
+        c->pfds[n++] = (struct pollfd){.fd = extra_fd, .events = POLLIN};
+        size_t pend0 = n;
+        for (size_t i = 0; i < c->npending; i++)
+                c->pfds[n++] = (struct pollfd){.fd = c->pending[i].fd, .events = POLLIN};
+        size_t proc0 = n;
+        for (size_t i = 0; i < c->nprocs; i++)
+                c->pfds[n++] = (struct pollfd){.fd = c->procs[i].pidfd, .events = POLLIN};
+
+        /* While data flows, come back quickly so rings do not fill up. */
+        int t = c->busy && timeout_ms > 1 ? 1 : timeout_ms;
+        int r = poll(c->pfds, n, t);
+        if (r < 0 && errno != EINTR)
+                return -errno;
+        bool extra = r > 0 && extra_fd >= 0 && (c->pfds[1].revents & POLLIN);
+
+        /* Pending connections first (their pollfds are indexed before accept_all adds). */
+        uint64_t now = ap_monotonic_ns();
+        size_t keep = 0;
+        for (size_t i = 0; i < c->npending; i++) {
+                struct pending pd = c->pending[i];
+                bool done = false;
+                if (r > 0 && c->pfds[pend0 + i].revents)
+                        done = read_hello(c, pd.fd);
+                if (!done && now - pd.since > PENDING_DEADLINE_NS)
+                        done = true;
+                if (done)
+                        close(pd.fd);
+                else
+                        c->pending[keep++] = pd;
+        }
+        c->npending = keep;
+        for (size_t i = 0; i < c->nprocs && proc0 + i < n; i++)
+                if (r > 0 && (c->pfds[proc0 + i].revents & (POLLIN | POLLHUP | POLLERR)))
+                        c->procs[i].ended = true;
+        if (r > 0 && (c->pfds[0].revents & POLLIN))
+                accept_all(c);
+
+        long moved = 0;
+        for (size_t i = 0; i < c->nprocs; i++)
+                moved += ap_process_drain(c->procs[i].p);
+        c->busy = moved > 0;
+        for (size_t i = c->nprocs; i-- > 0;)
+                if (c->procs[i].ended)
+                        retire(c, i, false);
+        return extra ? 1 : 0;
+}
+
+void ap_collector_flush_all(struct ap_collector *c)
+{
+        accept_all(c);
+        for (size_t i = 0; i < c->npending; i++) {
+                read_hello(c, c->pending[i].fd);
+                close(c->pending[i].fd);
+        }
+        c->npending = 0;
+        while (c->nprocs > 0)
+                retire(c, c->nprocs - 1, false);
+}

@@ -1,0 +1,43 @@
+/* The collector's event loop: a listening Unix socket where agents register (memfd via
+ * SCM_RIGHTS), a pidfd per registered process to learn when it ends, and draining of
+ * every process's rings.  Used embedded by `allocprof run` and by allocprofd.
+ *
+ * SPDX-License-Identifier: MIT OR Apache-2.0
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "process.h"
+
+struct ap_collector;
+
+/* Called when a process image has ended (exit, death, or exec into a new image) and its
+ * rings were drained for the last time.  The callee owns `p` (free with
+ * ap_process_free).  `by_exec` tells an image replaced by exec from a process exit. */
+typedef void (*ap_collector_done_fn)(void *userdata, struct ap_process *p, bool by_exec);
+
+/* Creates the socket at socket_path (which must not exist; its directory must be
+ * private) and starts listening.  Returns 0 or -errno with *err set to a malloc'd
+ * message. */
+int ap_collector_new(const char *socket_path, ap_collector_done_fn done, void *userdata,
+                     struct ap_collector **ret, char **err);
+
+/* Closes the socket (unlinking it) and frees every process still tracked without
+ * calling `done`.  Accepts NULL. */
+void ap_collector_free(struct ap_collector *c);
+
+/* One round: waits up to timeout_ms for registrations, process ends or `extra_fd`
+ * (ignored if < 0), then drains every process.  Returns 1 if extra_fd became readable,
+ * 0 otherwise, -errno on a fatal error. */
+int ap_collector_step(struct ap_collector *c, int timeout_ms, int extra_fd);
+
+/* Number of process images being tracked. */
+size_t ap_collector_nprocs(const struct ap_collector *c);
+
+/* True if a process image of this pid is still tracked. */
+bool ap_collector_has_pid(const struct ap_collector *c, int pid);
+
+/* Drains every tracked process a last time and hands each to `done`, alive or not. */
+void ap_collector_flush_all(struct ap_collector *c);

@@ -1,0 +1,219 @@
+/* Small containers and helpers (see util.h).
+ *
+ * SPDX-License-Identifier: MIT OR Apache-2.0
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "util.h"
+
+int ap_grow(void **items, size_t *cap, size_t need, size_t elem)
+{
+        if (need <= *cap)
+                return 0;
+        size_t n = *cap ? *cap : 16;
+        while (n < need) {
+                if (n > SIZE_MAX / 2 / elem)
+                        return -ENOMEM;
+                n *= 2;
+        }
+        void *p = realloc(*items, n * elem);
+        if (p == NULL)
+                return -ENOMEM;
+        *items = p;
+        *cap = n;
+        return 0;
+}
+
+uint64_t *ap_map_get(const struct ap_map *m, uint64_t key)
+{
+        if (m->cap == 0 || key == 0)
+                return NULL;
+        size_t mask = m->cap - 1;
+        for (size_t i = ap_mix64(key) & mask;; i = (i + 1) & mask) {
+                if (m->keys[i] == key)
+                        return &m->vals[i];
+                if (m->keys[i] == 0)
+                        return NULL;
+        }
+}
+
+static int map_resize(struct ap_map *m, size_t cap)
+{
+        uint64_t *keys = calloc(cap, sizeof(*keys));
+        uint64_t *vals = malloc(cap * sizeof(*vals));
+        if (keys == NULL || vals == NULL) {
+                free(keys);
+                free(vals);
+                return -ENOMEM;
+        }
+        size_t mask = cap - 1;
+        for (size_t j = 0; j < m->cap; j++) {
+                if (m->keys[j] == 0)
+                        continue;
+                size_t i = ap_mix64(m->keys[j]) & mask;
+                while (keys[i] != 0)
+                        i = (i + 1) & mask;
+                keys[i] = m->keys[j];
+                vals[i] = m->vals[j];
+        }
+        free(m->keys);
+        free(m->vals);
+        m->keys = keys;
+        m->vals = vals;
+        m->cap = cap;
+        return 0;
+}
+
+int ap_map_put(struct ap_map *m, uint64_t key, uint64_t val)
+{
+        if (key == 0)
+                return -EINVAL;
+        if ((m->len + 1) * 4 > m->cap * 3) {
+                int r = map_resize(m, m->cap ? m->cap * 2 : 64);
+                if (r < 0)
+                        return r;
+        }
+        size_t mask = m->cap - 1;
+        size_t i = ap_mix64(key) & mask;
+        while (m->keys[i] != 0 && m->keys[i] != key)
+                i = (i + 1) & mask;
+        if (m->keys[i] == 0) {
+                m->keys[i] = key;
+                m->len++;
+        }
+        m->vals[i] = val;
+        return 0;
+}
+
+bool ap_map_del(struct ap_map *m, uint64_t key)
+{
+        if (m->cap == 0 || key == 0)
+                return false;
+        size_t mask = m->cap - 1;
+        size_t i = ap_mix64(key) & mask;
+        while (m->keys[i] != key) {
+                if (m->keys[i] == 0)
+                        return false;
+                i = (i + 1) & mask;
+        }
+        /* Backward-shift deletion keeps probe chains intact without tombstones. */
+        size_t j = i;
+        for (;;) {
+                j = (j + 1) & mask;
+                if (m->keys[j] == 0)
+                        break;
+                size_t home = ap_mix64(m->keys[j]) & mask;
+                /* Move j into the hole at i unless its home lies cyclically in (i, j]. */
+                bool in_range = i <= j ? (home > i && home <= j) : (home > i || home <= j);
+                if (in_range)
+                        continue;
+                m->keys[i] = m->keys[j];
+                m->vals[i] = m->vals[j];
+                i = j;
+        }
+        m->keys[i] = 0;
+        m->len--;
+        return true;
+}
+
+void ap_map_clear(struct ap_map *m)
+{
+        free(m->keys);
+        free(m->vals);
+        m->keys = NULL;
+        m->vals = NULL;
+        m->cap = m->len = 0;
+}
+
+uint64_t ap_hash_bytes(const void *p, size_t n)
+{
+        const uint8_t *b = p;
+        uint64_t h = 0xcbf29ce484222325ull ^ n;
+        size_t i = 0;
+        for (; i + 8 <= n; i += 8) {
+                uint64_t w;
+                memcpy(&w, b + i, 8);
+                h = ap_mix64(h ^ w);
+        }
+        uint64_t tail = 0;
+        memcpy(&tail, b + i, n - i);
+        return ap_mix64(h ^ tail ^ 0x5bd1e995);
+}
+
+char *ap_asprintf(const char *fmt, ...)
+{
+        va_list ap;
+        char *s = NULL;
+        va_start(ap, fmt);
+        int r = vasprintf(&s, fmt, ap);
+        va_end(ap);
+        return r < 0 ? NULL : s;
+}
+
+const char *ap_fmt_bytes(char *buf, size_t len, uint64_t bytes)
+{
+        static const char *units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
+        if (bytes < 1024) {
+                snprintf(buf, len, "%llu B", (unsigned long long)bytes);
+                return buf;
+        }
+        double v = (double)bytes;
+        int u = 0;
+        while (v >= 1024.0 && u < 5) {
+                v /= 1024.0;
+                u++;
+        }
+        snprintf(buf, len, "%.2f %s", v, units[u]);
+        return buf;
+}
+
+uint64_t ap_monotonic_ns(void)
+{
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+uint64_t ap_realtime_ns(void)
+{
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+ssize_t ap_read_file(const char *path, char **ret, size_t max)
+{
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+                return -errno;
+        char *buf = malloc(max + 1);
+        if (buf == NULL) {
+                close(fd);
+                return -ENOMEM;
+        }
+        size_t n = 0;
+        while (n < max) {
+                ssize_t r = read(fd, buf + n, max - n);
+                if (r < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        int e = -errno;
+                        free(buf);
+                        close(fd);
+                        return e;
+                }
+                if (r == 0)
+                        break;
+                n += (size_t)r;
+        }
+        close(fd);
+        buf[n] = '\0';
+        *ret = buf;
+        return (ssize_t)n;
+}

@@ -1,0 +1,59 @@
+/* Small containers and helpers shared by the collector and the CLI: growable arrays, an
+ * open-addressing u64 map, string helpers.
+ *
+ * SPDX-License-Identifier: MIT OR Apache-2.0
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <sys/types.h>
+
+/* Grows *items (of *cap elements of size `elem`) to hold at least `need`.  Returns 0 or
+ * -ENOMEM (the array is unchanged then). */
+int ap_grow(void **items, size_t *cap, size_t need, size_t elem);
+
+#define AP_GROW(arr, cap, need) ap_grow((void **)&(arr), &(cap), (need), sizeof(*(arr)))
+
+/* u64 -> u64 map with open addressing.  Key 0 is reserved (never stored). */
+struct ap_map {
+        uint64_t *keys;
+        uint64_t *vals;
+        size_t cap; /* power of two, or 0 */
+        size_t len;
+};
+
+/* Returns a pointer to the value for key, or NULL. */
+uint64_t *ap_map_get(const struct ap_map *m, uint64_t key);
+/* Inserts or overwrites.  Returns 0 or -ENOMEM. */
+int ap_map_put(struct ap_map *m, uint64_t key, uint64_t val);
+/* Removes key if present; returns true if it was. */
+bool ap_map_del(struct ap_map *m, uint64_t key);
+void ap_map_clear(struct ap_map *m);
+
+static inline uint64_t ap_mix64(uint64_t x)
+{
+        x ^= x >> 33;
+        x *= 0xff51afd7ed558ccdull;
+        x ^= x >> 33;
+        x *= 0xc4ceb9fe1a85ec53ull;
+        x ^= x >> 33;
+        return x;
+}
+
+uint64_t ap_hash_bytes(const void *p, size_t n);
+
+/* malloc'd formatted string, or NULL on OOM. */
+char *ap_asprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Human-readable byte count into buf ("1.50 MiB"). Returns buf. */
+const char *ap_fmt_bytes(char *buf, size_t len, uint64_t bytes);
+
+uint64_t ap_monotonic_ns(void);
+uint64_t ap_realtime_ns(void);
+
+/* Reads a whole small file (e.g. /proc/PID/cmdline).  Returns bytes read or -errno;
+ * *ret is malloc'd and NUL-terminated. */
+ssize_t ap_read_file(const char *path, char **ret, size_t max);

@@ -1,0 +1,90 @@
+/* Producer side of the per-thread ring (protocol and barrier pairs in wire.h).  Header
+ * only so the agent inlines it and the stress test drives the very same code.
+ *
+ * SPDX-License-Identifier: MIT OR Apache-2.0
+ */
+#ifndef ALLOCPROF_RING_H
+#define ALLOCPROF_RING_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "allocprof/atomics.h"
+#include "allocprof/wire.h"
+
+struct ap_producer {
+        struct ap_ring_ctl *ctl; /* in the shared mapping */
+        uint8_t *data;           /* ring_bytes of record space after ctl */
+        uint64_t head;           /* our position; the shared xhead trails it until commit */
+        uint64_t tail_cache;     /* consumer position as last read */
+};
+
+/* Attaches to a slot we own: continues from the slot's current head. */
+static inline void ap_producer_attach(struct ap_producer *pr, struct ap_ring_ctl *ctl)
+{
+        pr->ctl = ctl;
+        pr->data = (uint8_t *)(ctl + 1);
+        /* Relaxed: only the owner writes xhead, and ownership came with an acquire. */
+        pr->head = ap_load_relaxed(&ctl->xhead);
+        /* Acquire pairs with the consumer's store_release of xtail (D->A). */
+        pr->tail_cache = ap_load_acquire(&ctl->xtail);
+}
+
+/* Reserves nbytes (a multiple of 8) contiguous bytes, inserting a PAD record when the
+ * record would cross the end of the data area.  Returns where to write, or NULL if the
+ * ring is full even after re-reading the consumer's tail. */
+static inline uint8_t *ap_ring_try_reserve(struct ap_producer *pr, uint32_t nbytes)
+{
+        const uint64_t size = AP_RING_BYTES;
+        uint64_t off = pr->head & (size - 1);
+        uint64_t pad = off + nbytes > size ? size - off : 0;
+        uint64_t need = pad + nbytes;
+
+        if (pr->head + need - pr->tail_cache > size) {
+                /* Acquire pairs with the consumer's store_release of xtail (D->A): the
+                 * space it returned is no longer being read. */
+                pr->tail_cache = ap_load_acquire(&pr->ctl->xtail);
+                if (pr->head + need - pr->tail_cache > size)
+                        return NULL;
+        }
+        if (pad != 0) {
+                struct ap_rec_hdr *ph = (struct ap_rec_hdr *)(pr->data + off);
+                ph->type = AP_REC_PAD;
+                ph->flags = 0;
+                ph->nwords = (uint16_t)(pad / 8);
+                ph->aux = 0;
+                pr->head += pad; /* published together with the record by commit */
+        }
+        return pr->data + (pr->head & (size - 1));
+}
+
+/* Publishes the record written at the reserved place. */
+static inline void ap_ring_commit(struct ap_producer *pr, uint32_t nbytes)
+{
+        pr->head += nbytes;
+        /* Release pairs with the consumer's load_acquire of xhead (B->C): the record
+         * bytes are visible before the new head is. */
+        ap_store_release(&pr->ctl->xhead, pr->head);
+}
+
+/* Fills in a fresh header for the fixed layout of AP_LAYOUT_VERSION.  The mapping must be
+ * ap_shm_total_bytes() long and zeroed. */
+static inline void ap_shm_init_layout(struct ap_shm_header *h)
+{
+        h->magic = AP_SHM_MAGIC;
+        h->layout_version = AP_LAYOUT_VERSION;
+        h->header_bytes = sizeof(*h);
+        h->total_bytes = ap_shm_total_bytes();
+        h->nslots = AP_NSLOTS;
+        h->ring_bytes = AP_RING_BYTES;
+        h->slots_offset = 4096;
+        h->slot_stride = AP_SLOT_STRIDE;
+        h->stacks_offset = h->slots_offset + (uint64_t)AP_NSLOTS * AP_SLOT_STRIDE;
+        h->stacks_bytes = AP_STACK_HEAP_BYTES;
+        h->modules_offset = h->stacks_offset + AP_STACK_HEAP_BYTES;
+        h->modules_bytes = AP_MODULE_LOG_BYTES;
+        /* Stack ids are offsets/8 and 0 means "none": skip the first word. */
+        ap_store_relaxed(&h->xstacks_used, 8);
+}
+
+#endif

@@ -1,0 +1,166 @@
+/* The collector against a hostile agent: a writer scribbles random bytes over the ring
+ * indices, slot states, record space, stack heap and module log while the collector
+ * drains and finalizes.  Nothing may crash (run under ASan/UBSan), the drain must always
+ * return, and the damage must show up as invalid records, not as a silent profile.
+ *
+ * SPDX-License-Identifier: MIT OR Apache-2.0
+ */
+#include <fcntl.h>
+#include <pthread.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "allocprof/ring.h"
+#include "helpers.h"
+#include "process.h"
+#include "symbolize.h"
+
+static struct ap_shm_header *g_h;
+static uint64_t g_total;
+static _Atomic int g_stop;
+
+static uint64_t now_ns(void)
+{
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static uint64_t rng(uint64_t *s)
+{
+        /* xorshift64*: fixed seed, reproducible runs */
+        *s ^= *s >> 12;
+        *s ^= *s << 25;
+        *s ^= *s >> 27;
+        return *s * 2685821657736338717ull;
+}
+
+static void scribble(uint64_t *seed)
+{
+        uint8_t *base = (uint8_t *)g_h;
+        uint64_t r = rng(seed);
+        uint64_t region = r % 6;
+        uint64_t off;
+        switch (region) {
+        case 0: /* header past the fixed layout: counters, hwm, used sizes */
+                off = 128 + rng(seed) % (4096 - 136);
+                break;
+        case 1: /* ring control words of the first slots */
+                off = g_h->slots_offset + (rng(seed) % 8) * AP_SLOT_STRIDE + (rng(seed) % 24) * 8;
+                break;
+        case 2: /* ring data of the first slots */
+                off = g_h->slots_offset + (rng(seed) % 8) * AP_SLOT_STRIDE +
+                      sizeof(struct ap_ring_ctl) + (rng(seed) % (AP_RING_BYTES / 8)) * 8;
+                break;
+        case 3: /* stack heap */
+                off = g_h->stacks_offset + (rng(seed) % 4096) * 8;
+                break;
+        case 4: /* module log */
+                off = g_h->modules_offset + (rng(seed) % 512) * 8;
+                break;
+        default: /* plausible-looking records: valid header, random payload */
+                off = g_h->slots_offset + (rng(seed) % 8) * AP_SLOT_STRIDE +
+                      sizeof(struct ap_ring_ctl) + (rng(seed) % 64) * 8;
+                {
+                        struct ap_rec_hdr h = {.type = (uint8_t)(1 + rng(seed) % 4),
+                                               .flags = (uint8_t)(rng(seed) % 2),
+                                               .nwords = (uint16_t)(rng(seed) % 80),
+                                               .aux = (uint32_t)rng(seed) % 100};
+                        memcpy(base + off, &h, sizeof(h));
+                        return;
+                }
+        }
+        uint64_t v = rng(seed);
+        if (rng(seed) % 4 == 0)
+                v %= 1u << 20; /* small numbers hit more validation edges */
+        if (off + 8 <= g_total)
+                memcpy(base + off, &v, 8);
+}
+
+static void *hostile(void *arg)
+{
+        uint64_t seed = (uint64_t)(uintptr_t)arg;
+        while (!atomic_load(&g_stop)) {
+                for (int i = 0; i < 64; i++)
+                        scribble(&seed);
+                /* Move some heads forward so the reader parses what we wrote. */
+                struct ap_ring_ctl *ctl = (struct ap_ring_ctl *)((uint8_t *)g_h + g_h->slots_offset +
+                                                                 (rng(&seed) % 8) * AP_SLOT_STRIDE);
+                atomic_fetch_add(&ctl->xhead, (rng(&seed) % 512) * 8);
+                ap_store_relaxed(&g_h->xslot_hwm, (uint32_t)(rng(&seed) % 4096));
+        }
+        return NULL;
+}
+
+int main(void)
+{
+        g_total = ap_shm_total_bytes();
+        struct ap_symbolizer *sym = NULL;
+        ASSERT_OK(ap_symbolizer_new(&sym));
+        uint64_t invalid = 0;
+
+        for (int round = 0; round < 20; round++) {
+                int fd = memfd_create("hostile", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+                ASSERT_TRUE(fd >= 0);
+                ASSERT_OK(ftruncate(fd, (off_t)g_total));
+                ASSERT_OK(fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW));
+                g_h = mmap(NULL, g_total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+                ASSERT_TRUE(g_h != MAP_FAILED);
+                ap_shm_init_layout(g_h);
+                struct ap_hello hello = {.magic = AP_HELLO_MAGIC, .layout_version = AP_LAYOUT_VERSION};
+                struct ap_process *p = NULL;
+                char *err = NULL;
+                ASSERT_OK(ap_process_new(dup(fd), getpid(), &hello, &p, &err));
+
+                atomic_store(&g_stop, 0);
+                pthread_t th;
+                ASSERT_EQ(pthread_create(&th, NULL, hostile, (void *)(uintptr_t)(round * 7919 + 1)), 0);
+                /* Drain concurrently for a while (the writer needs time to start). */
+                uint64_t until = now_ns() + 40 * 1000 * 1000;
+                while (now_ns() < until)
+                        ap_process_drain(p);
+                atomic_store(&g_stop, 1);
+                pthread_join(th, NULL);
+                ap_process_drain(p);
+
+                struct ap_profile *prof = NULL;
+                ASSERT_OK(ap_process_finalize(p, sym, &prof));
+                invalid += prof->totals.invalid_records;
+                ap_profile_free(prof);
+                ap_process_free(p);
+                munmap(g_h, g_total);
+                close(fd);
+        }
+        ap_symbolizer_free(sym);
+        ASSERT_TRUE(invalid > 0);
+
+        /* Not sealed against shrinking: could be truncated under the collector. */
+        int fd = memfd_create("hostile", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+        ASSERT_OK(ftruncate(fd, (off_t)g_total));
+        g_h = mmap(NULL, g_total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        ASSERT_TRUE(g_h != MAP_FAILED);
+        ap_shm_init_layout(g_h);
+        struct ap_hello hello = {.magic = AP_HELLO_MAGIC, .layout_version = AP_LAYOUT_VERSION};
+        struct ap_process *p = NULL;
+        char *err = NULL;
+        ASSERT_ERR(ap_process_new(dup(fd), getpid(), &hello, &p, &err), -EPROTO);
+        ASSERT_CONTAINS(err, "sealed");
+        free(err);
+        /* Sealed, but a fixed layout field is wrong: refused outright. */
+        ASSERT_OK(fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW));
+        g_h->stacks_offset += 8;
+        err = NULL;
+        ASSERT_ERR(ap_process_new(dup(fd), getpid(), &hello, &p, &err), -EPROTO);
+        ASSERT_CONTAINS(err, "header");
+        free(err);
+        /* Another layout version. */
+        hello.layout_version = 99;
+        err = NULL;
+        ASSERT_ERR(ap_process_new(dup(fd), getpid(), &hello, &p, &err), -EPROTO);
+        free(err);
+        munmap(g_h, g_total);
+        close(fd);
+        printf("ok: %llu invalid records rejected\n", (unsigned long long)invalid);
+        return 0;
+}
