@@ -1,0 +1,140 @@
+#!/bin/sh
+# End-to-end checks of the allocprof command line as a user meets it: the examples,
+# exit statuses and error messages, signal forwarding, unchanged program output, the
+# agent's exported symbols, and an installed copy finding its agent by itself.
+#
+#   test-cli.sh ALLOCPROF AGENT SIMPLE DEMO BUILD_ROOT SOURCE_ROOT
+#
+# SPDX-License-Identifier: MIT OR Apache-2.0
+set -u
+abs() { case $1 in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
+AP=$(abs "$1") AGENT=$(abs "$2") SIMPLE=$(abs "$3") DEMO=$(abs "$4") BUILD=$(abs "$5") SRC=$(abs "$6")
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+cd "$T" || exit 1
+fails=0
+checks=0
+
+fail() {
+        echo "FAIL: $*"
+        fails=$((fails + 1))
+}
+check_eq() { # what expected got
+        checks=$((checks + 1))
+        [ "$2" = "$3" ] || fail "$1: expected '$2', got '$3'"
+}
+check_contains() { # what file needle
+        checks=$((checks + 1))
+        grep -qF -- "$3" "$2" || { fail "$1: '$3' not in $2:"; sed 's/^/    /' "$2" | head -20; }
+}
+json() { # file python-expression-on-d
+        python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print($2)" "$1"
+}
+
+# --- simple: exact figures, leak attributed to the right line -----------------------
+"$AP" run -o simple.approf -- "$SIMPLE" 2>simple.err
+check_eq "simple exit" 0 $?
+check_contains "simple summary" simple.err "profile written to simple.approf"
+"$AP" report simple.approf --json >simple.json
+check_eq "report --json exit" 0 $?
+check_eq "simple totals" "3 422 2 1 12 400" \
+        "$(json simple.json '" ".join(str(d["totals"][k]) for k in ("allocations","bytes","frees","leaked_blocks","leaked_bytes","peak_bytes"))')"
+check_eq "simple leak site" "copy_text main" \
+        "$(json simple.json '" ".join(f["function"] for f in [s for s in d["sites"] if s["leaked_blocks"]][0]["frames"][:2])')"
+check_eq "simple leak line" "$(grep -n 'greeting = copy_text' "$SRC/examples/simple.c" | cut -d: -f1)" \
+        "$(json simple.json '[f["line"] for f in [s for s in d["sites"] if s["leaked_blocks"]][0]["frames"] if f["function"]=="main"][0]')"
+check_eq "schema" "1 allocprof full" "$(json simple.json 'd["schema_version"], d["tool"]["name"], d["mode"]')"
+
+# Default output name and report's default file (newest in the directory).
+"$AP" run -q -- "$SIMPLE"
+check_eq "default-name run exit" 0 $?
+n=$(ls allocprof.simple.*.approf 2>/dev/null | wc -l)
+check_eq "default profile name allocprof.simple.<pid>.approf" 1 "$n"
+"$AP" report --json >default.json
+check_eq "report with no FILE" 3 "$(json default.json 'd["totals"]["allocations"]')"
+NO_COLOR=1 "$AP" report >report.txt
+check_contains "text report" report.txt "copy_text"
+checks=$((checks + 1))
+if grep -q "$(printf '\033')" report.txt; then fail "colour escapes in a non-tty report"; fi
+
+# --- demo: every part of the report ----------------------------------------------------
+"$AP" run -o demo.approf -- "$DEMO" >demo.out 2>demo.err
+check_eq "demo exit" 0 $?
+"$AP" report demo.approf --json >demo.json
+check_eq "demo has 2+ modules with allocations" True \
+        "$(json demo.json 'len([m for m in d["modules"] if m["allocations"] > 0]) >= 2')"
+check_eq "demo shared library in modules" True \
+        "$(json demo.json 'any("libdemoshapes" in m["path"] and m["allocations"] > 0 for m in d["modules"])')"
+check_eq "demo leaks something" True "$(json demo.json 'd["totals"]["leaked_blocks"] > 0')"
+check_eq "demo threads" True "$(json demo.json 'd["totals"].get("threads", 2) >= 2')"
+check_eq "demo deep site parse_record<-main" True \
+        "$(json demo.json 'any([f["function"] for f in s["frames"]][:4].count("parse_record") for s in d["sites"])')"
+NO_COLOR=1 "$AP" report demo.approf --top 3 >demo.txt
+check_contains "demo text: modules" demo.txt "libdemoshapes"
+check_eq "--top 3 sites" 3 "$("$AP" report demo.approf --json --top 3 | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["sites"]))')"
+"$AP" report demo.approf --json --sort leaked >leaked.json
+check_eq "--sort leaked puts a leak first" True "$(json leaked.json 'd["sites"][0]["leaked_bytes"] > 0')"
+
+# --- exit statuses and errors -------------------------------------------------------------
+"$AP" run -q -- /nonexistent/prog 2>nf.err
+check_eq "program not found" 127 $?
+check_contains "program not found message" nf.err "/nonexistent/prog"
+printf 'not a program\n' >notexec
+chmod 644 notexec
+"$AP" run -q -- ./notexec 2>ne.err
+check_eq "program not executable" 126 $?
+"$AP" run -q -o /nonexistent/dir/x.approf -- "$SIMPLE" 2>od.err
+check_eq "unwritable output" 1 $?
+check_contains "unwritable output message" od.err "/nonexistent/dir/x.approf"
+"$AP" run -q -- sh -c 'exit 42'
+check_eq "exit status passed through" 42 $?
+"$AP" run -q -- sh -c 'kill -SEGV $$'
+check_eq "signal death 128+N" 139 $?
+"$AP" bogus 2>/dev/null
+check_eq "unknown command" 2 $?
+"$AP" run 2>/dev/null
+check_eq "run without program" 2 $?
+mkdir empty && (cd empty && "$AP" report 2>../noprof.err)
+check_eq "report without profiles" 1 $?
+check_contains "report without profiles message" noprof.err "no profile"
+printf '{"format": "nope"' >corrupt.approf
+"$AP" report corrupt.approf 2>corrupt.err
+check_eq "corrupt profile" 1 $?
+check_contains "corrupt profile message" corrupt.err "corrupt.approf"
+
+# --- the program's own output and input are untouched -----------------------------------
+printf 'a\nb\n' | sort -r >plain.out 2>plain.err
+printf 'a\nb\n' | "$AP" run -q -- sort -r >prof.out 2>prof.err
+check_eq "sort exit" 0 $?
+checks=$((checks + 1))
+cmp -s plain.out prof.out || fail "stdout differs under allocprof"
+checks=$((checks + 1))
+cmp -s plain.err prof.err || fail "stderr differs under allocprof"
+
+# --- signals sent to allocprof reach the program, the profile is still written -----------
+"$AP" run -q -o sleep.approf -- sleep 30 &
+appid=$!
+sleep 1
+kill -TERM "$appid"
+wait "$appid"
+check_eq "SIGTERM forwarded: 128+15" 143 $?
+checks=$((checks + 1))
+[ -s sleep.approf ] || fail "no profile after SIGTERM"
+check_eq "sleep profile exit status" 143 "$("$AP" report sleep.approf --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["process"]["exit_status"])')"
+
+# --- the agent exports the malloc family and nothing else -------------------------------
+exported=$(nm -D --defined-only "$AGENT" | awk '$2 ~ /[TW]/ {print $3}' | sort | tr '\n' ' ')
+check_eq "agent exports" "aligned_alloc calloc free malloc memalign posix_memalign pvalloc realloc reallocarray valloc " "$exported"
+
+# --- an installed copy finds its agent with nothing set ----------------------------------
+if meson install -C "$BUILD" --destdir "$T/root" --no-rebuild >install.log 2>&1; then
+        inst=$(find "$T/root" -path '*/bin/allocprof' -type f | head -1)
+        env -u ALLOCPROF_AGENT "$inst" run -q -o inst.approf -- "$SIMPLE"
+        check_eq "installed allocprof runs" 0 $?
+        check_eq "installed profile" 3 "$("$inst" report inst.approf --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["totals"]["allocations"])')"
+else
+        fail "meson install failed: $(tail -3 install.log)"
+fi
+
+echo "$checks checks, $fails failed"
+[ "$fails" -eq 0 ]
