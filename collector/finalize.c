@@ -80,14 +80,15 @@ static bool is_allocator_function(const char *f)
         for (size_t i = 0; i < sizeof(exact) / sizeof(exact[0]); i++)
                 if (strcmp(f, exact[i]) == 0)
                         return true;
+        /* Rust's allocator layers have been renamed across releases (legacy vs v0
+         * demangling, __rustc:: symbols since 1.88): match the families. */
         static const char *const prefixes[] = {
-                "operator new(", "operator new[](", "alloc::alloc::", "std::alloc::",
-                "__rust_alloc", "__rust_realloc",
-                "<alloc::alloc::Global as core::alloc::Allocator>::",
-                "<std::alloc::System as core::alloc::global::GlobalAlloc>::",
-                "std::sys::alloc::", "std::sys::pal::unix::alloc::",
+                "operator new(", "operator new[](",
                 "std::__new_allocator<", "__gnu_cxx::new_allocator<",
                 "std::allocator_traits<", "std::allocator<",
+                "alloc::alloc::", "<alloc::alloc::Global", "std::alloc::", "<std::alloc::System",
+                "std::sys::alloc::", "std::sys::pal::unix::alloc::",
+                "__rustc::", "__rust_", "__rdl_", "__rg_",
         };
         for (size_t i = 0; i < sizeof(prefixes) / sizeof(prefixes[0]); i++)
                 if (has_prefix(f, prefixes[i]))
