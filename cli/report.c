@@ -1,0 +1,1465 @@
+/* Renders a profile: the text report (`allocprof report`), the versioned JSON report
+ * (`--json`, schema in USAGE.md) and the few lines `allocprof run` prints at exit.
+ *
+ * SPDX-License-Identifier: MIT OR Apache-2.0
+ */
+#include "report.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define JSON_REPORT_SCHEMA_VERSION 1
+
+/* Lines of stack shown per site in the text report; deeper stacks end with "... N more". */
+#define TEXT_MAX_FROWS       8
+#define TEXT_FUNCTION_COLUMN 48 /* longer names are not aligned with the others */
+#define TEXT_LOCATION_COLUMN 40
+
+/* Hint thresholds.  They are deliberately conservative: a hint should point at something
+ * worth an engineer's hour, not restate every number in the report. */
+#define HINT_SMALL_AVG        64        /* bytes: "small" for a pool/arena hint */
+#define HINT_POOL_MIN_ALLOCS  1000      /* fewer calls than this are not worth a pool */
+#define HINT_TEMP_FRACTION    0.5       /* share freed before the next allocation */
+#define HINT_FREED_FRACTION   0.9       /* ... or this share freed, with */
+#define HINT_LIVE_SHARE       0.01      /* at most this share of the bytes live at once */
+#define HINT_REALLOC_MIN      100       /* reallocs at one site: a growth loop */
+#define HINT_LEAK_BYTES       (1 << 20) /* a leak this big is always worth a look */
+#define HINT_LEAK_PEAK_SHARE  0.10      /* ... as is one holding 10% of the peak heap */
+#define HINT_LEAK_MIN_BYTES   65536     /* but not if it is tiny in absolute terms */
+#define HINT_CHURN_MIN_ALLOCS 10000
+#define HINT_CHURN_RATIO      100 /* allocations per block of peak heap */
+#define HINT_MAX_PER_KIND     3
+
+/* ------------------------------------------------------------------------------------ */
+/* Profile accessors.  A profile from ap_profile_read() is validated, but one built in
+ * memory is not, so every index is checked again here: rendering must never crash. */
+
+static const char *pstr(const struct ap_profile *p, uint32_t i)
+{
+        return i < p->nstrings ? p->strings[i] : NULL;
+}
+
+static const struct ap_pframe *pframe(const struct ap_profile *p, uint32_t i)
+{
+        return i < p->nframes ? &p->frames[i] : NULL;
+}
+
+static const struct ap_pmodule *pmodule(const struct ap_profile *p, uint32_t i)
+{
+        return i < p->nmodules ? &p->modules[i] : NULL;
+}
+
+static const char *module_path(const struct ap_profile *p, uint32_t i)
+{
+        const struct ap_pmodule *m = pmodule(p, i);
+
+        return m ? pstr(p, m->path) : NULL;
+}
+
+static const char *base_name(const char *path)
+{
+        const char *slash = path ? strrchr(path, '/') : NULL;
+
+        return slash && slash[1] ? slash + 1 : path;
+}
+
+static bool is_sampled(const struct ap_profile *p)
+{
+        return p->mode && strcmp(p->mode, "sampled") == 0;
+}
+
+static double share(uint64_t part, uint64_t whole)
+{
+        return whole ? 100.0 * (double)part / (double)whole : 0.0;
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Ordering of sites */
+
+struct sort_ctx {
+        const struct ap_profile *p;
+        enum ap_sort sort;
+};
+
+static int cmp_u64_desc(uint64_t a, uint64_t b)
+{
+        return a > b ? -1 : a < b ? 1 : 0;
+}
+
+static int cmp_str(const char *a, const char *b)
+{
+        /* Unknown sorts after known, so stacks with symbols come first among equals. */
+        if (!a || !b)
+                return (a == NULL) - (b == NULL);
+        return strcmp(a, b);
+}
+
+/* Total order on stacks by their text, so that equal counters still give one order. */
+static int cmp_stacks(const struct ap_profile *p, const struct ap_psite *a,
+                      const struct ap_psite *b)
+{
+        for (uint32_t i = 0; i < a->nframes && i < b->nframes; i++) {
+                const struct ap_pframe *x = pframe(p, a->frames[i]), *y = pframe(p, b->frames[i]);
+                int c;
+
+                if (!x || !y) {
+                        if ((c = (x == NULL) - (y == NULL)) != 0)
+                                return c;
+                        continue;
+                }
+                if ((c = cmp_str(pstr(p, x->function), pstr(p, y->function))) != 0 ||
+                    (c = cmp_str(pstr(p, x->file), pstr(p, y->file))) != 0 ||
+                    (c = (x->line > y->line) - (x->line < y->line)) != 0 ||
+                    (c = cmp_str(module_path(p, x->module), module_path(p, y->module))) != 0 ||
+                    (c = (x->address > y->address) - (x->address < y->address)) != 0)
+                        return c;
+        }
+        return (a->nframes > b->nframes) - (a->nframes < b->nframes);
+}
+
+static int cmp_sites(const void *va, const void *vb, void *vctx)
+{
+        const struct sort_ctx *ctx = vctx;
+        const uint32_t ia = *(const uint32_t *)va, ib = *(const uint32_t *)vb;
+        const struct ap_psite *a = &ctx->p->sites[ia], *b = &ctx->p->sites[ib];
+        int c = 0;
+
+        switch (ctx->sort) {
+        case AP_SORT_ALLOCATIONS:
+                c = cmp_u64_desc(a->allocations, b->allocations);
+                break;
+        case AP_SORT_BYTES:
+                c = cmp_u64_desc(a->bytes, b->bytes);
+                break;
+        case AP_SORT_LEAKED:
+                if ((c = cmp_u64_desc(a->leaked_bytes, b->leaked_bytes)) == 0)
+                        c = cmp_u64_desc(a->leaked_blocks, b->leaked_blocks);
+                break;
+        case AP_SORT_PEAK:
+                if ((c = cmp_u64_desc(a->peak_bytes, b->peak_bytes)) == 0)
+                        c = cmp_u64_desc(a->max_live_bytes, b->max_live_bytes);
+                break;
+        }
+        if (c == 0)
+                c = cmp_u64_desc(a->bytes, b->bytes);
+        if (c == 0)
+                c = cmp_u64_desc(a->allocations, b->allocations);
+        if (c == 0)
+                c = cmp_stacks(ctx->p, a, b);
+        if (c == 0)
+                c = (ia > ib) - (ia < ib);
+        return c;
+}
+
+/* Site indices in report order.  Returns NULL on OOM (or when there are no sites). */
+static uint32_t *sorted_sites(const struct ap_profile *p, enum ap_sort sort)
+{
+        struct sort_ctx ctx = {p, sort};
+        uint32_t *idx;
+
+        if (p->nsites == 0 || !(idx = calloc(p->nsites, sizeof(*idx))))
+                return NULL;
+        for (uint32_t i = 0; i < p->nsites; i++)
+                idx[i] = i;
+        qsort_r(idx, p->nsites, sizeof(*idx), cmp_sites, &ctx);
+        return idx;
+}
+
+static uint32_t shown(unsigned top, uint32_t n)
+{
+        return top == 0 || top > n ? n : top;
+}
+
+static const char *sort_name(enum ap_sort sort)
+{
+        switch (sort) {
+        case AP_SORT_ALLOCATIONS:
+                return "allocations";
+        case AP_SORT_BYTES:
+                return "bytes";
+        case AP_SORT_LEAKED:
+                return "leaked";
+        case AP_SORT_PEAK:
+                return "peak";
+        }
+        return "bytes";
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Number formatting */
+
+struct numbuf {
+        char s[48];
+};
+
+/* 1234567 -> "1,234,567" */
+static struct numbuf fmt_count(uint64_t v)
+{
+        struct numbuf b;
+        char digits[24];
+        int n = snprintf(digits, sizeof(digits), "%" PRIu64, v), o = 0;
+
+        for (int i = 0; i < n; i++) {
+                if (i > 0 && (n - i) % 3 == 0)
+                        b.s[o++] = ',';
+                b.s[o++] = digits[i];
+        }
+        b.s[o] = '\0';
+        return b;
+}
+
+/* 1572864 -> "1.50 MiB"; below 1 KiB exact: "512 B". */
+static struct numbuf fmt_size(uint64_t v)
+{
+        static const char *const units[] = {"KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+        struct numbuf b;
+        double x = (double)v;
+        unsigned u = 0;
+
+        if (v < 1024) {
+                snprintf(b.s, sizeof(b.s), "%" PRIu64 " B", v);
+                return b;
+        }
+        x /= 1024;
+        /* Switch units before rounding would print "1024.00". */
+        while (x >= 1024 - 0.005 && u + 1 < sizeof(units) / sizeof(units[0])) {
+                x /= 1024;
+                u++;
+        }
+        snprintf(b.s, sizeof(b.s), "%.2f %s", x, units[u]);
+        return b;
+}
+
+static struct numbuf fmt_duration(uint64_t ns)
+{
+        struct numbuf b;
+        double s = (double)ns / 1e9;
+
+        if (ns < 1000000)
+                snprintf(b.s, sizeof(b.s), "%.0f us", (double)ns / 1e3);
+        else if (ns < 1000000000)
+                snprintf(b.s, sizeof(b.s), "%.1f ms", (double)ns / 1e6);
+        else if (s < 60)
+                snprintf(b.s, sizeof(b.s), "%.2f s", s);
+        else
+                snprintf(b.s, sizeof(b.s), "%" PRIu64 " min %02" PRIu64 " s",
+                         ns / UINT64_C(60000000000), ns / UINT64_C(1000000000) % 60);
+        return b;
+}
+
+static struct numbuf fmt_percent(uint64_t part, uint64_t whole)
+{
+        struct numbuf b;
+        double x = share(part, whole);
+
+        /* Never round a non-zero share down to a misleading "0.0%" or up to "100.0%". */
+        if (part > 0 && x < 0.1)
+                snprintf(b.s, sizeof(b.s), "<0.1%%");
+        else if (part < whole && x > 99.9)
+                snprintf(b.s, sizeof(b.s), ">99.9%%");
+        else
+                snprintf(b.s, sizeof(b.s), "%.1f%%", x);
+        return b;
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Text output */
+
+#define SGR_RESET  "\033[0m"
+#define SGR_BOLD   "\033[1m"
+#define SGR_DIM    "\033[2m"
+#define SGR_RED    "\033[31m"
+#define SGR_GREEN  "\033[32m"
+#define SGR_YELLOW "\033[33m"
+#define SGR_CYAN   "\033[36m"
+
+struct out {
+        FILE *f;
+        bool color;
+};
+
+static void sgr(const struct out *o, const char *code)
+{
+        if (o->color)
+                fputs(code, o->f);
+}
+
+static void say(const struct out *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void say(const struct out *o, const char *fmt, ...)
+{
+        va_list ap;
+
+        va_start(ap, fmt);
+        vfprintf(o->f, fmt, ap);
+        va_end(ap);
+}
+
+/* Like say() but wrapped in an SGR code (when colors are on). */
+static void say_in(const struct out *o, const char *code, const char *fmt, ...)
+        __attribute__((format(printf, 3, 4)));
+
+static void say_in(const struct out *o, const char *code, const char *fmt, ...)
+{
+        va_list ap;
+
+        if (*code)
+                sgr(o, code);
+        va_start(ap, fmt);
+        vfprintf(o->f, fmt, ap);
+        va_end(ap);
+        if (*code)
+                sgr(o, SGR_RESET);
+}
+
+/* Columns a UTF-8 string takes (one per code point; close enough for names and paths). */
+static size_t text_width(const char *s)
+{
+        size_t n = 0;
+
+        for (; *s; s++)
+                n += ((unsigned char)*s & 0xc0) != 0x80;
+        return n;
+}
+
+/* Writes a string from the profile.  Control characters (C0, DEL and C1) are replaced so a
+ * crafted profile cannot drive the terminal, and padded to `width` columns. */
+static void put_str(const struct out *o, const char *s, size_t width)
+{
+        const unsigned char *u = (const unsigned char *)s;
+        size_t w = text_width(s);
+
+        for (; *u; u++) {
+                if (*u < 0x20 || *u == 0x7f)
+                        fputc('?', o->f);
+                else if (u[0] == 0xc2 && u[1] >= 0x80 && u[1] <= 0x9f)
+                        fputc('?', o->f), u++;
+                else
+                        fputc(*u, o->f);
+        }
+        for (; w < width; w++)
+                fputc(' ', o->f);
+}
+
+static void section(const struct out *o, const char *title)
+{
+        say(o, "\n");
+        say_in(o, SGR_BOLD, "%s", title);
+        say(o, "\n");
+}
+
+/* "func (file:line)" for the innermost frame of a site: the code that allocated. */
+static void put_site_label(const struct out *o, const struct ap_profile *p,
+                           const struct ap_psite *s)
+{
+        const struct ap_pframe *f = s->nframes ? pframe(p, s->frames[0]) : NULL;
+        const char *fn, *file, *mod;
+
+        if (!f) {
+                say(o, "(no stack)");
+                return;
+        }
+        fn = pstr(p, f->function);
+        file = pstr(p, f->file);
+        mod = base_name(module_path(p, f->module));
+        if (fn)
+                put_str(o, fn, 0);
+        else
+                say(o, "0x%" PRIx64, f->address);
+        if (file) {
+                say(o, " (");
+                put_str(o, file, 0);
+                if (f->line)
+                        say(o, ":%" PRIu32, f->line);
+                say(o, ")");
+        } else if (mod) {
+                say(o, " (");
+                put_str(o, mod, 0);
+                say(o, ")");
+        }
+}
+
+/* Whether a frame is the program's main(): what lies outside it is the C runtime's
+ * start-up code, the same in every stack, so the text report stops there. */
+static bool is_main(const struct ap_profile *p, uint32_t frame)
+{
+        const struct ap_pframe *f = pframe(p, frame);
+        const char *fn = f ? pstr(p, f->function) : NULL;
+
+        return fn && strcmp(fn, "main") == 0;
+}
+
+static void pad(const struct out *o, size_t n)
+{
+        for (; n > 0; n--)
+                fputc(' ', o->f);
+}
+
+/* Function name, or the address when there is none; returns the columns it took. */
+static size_t put_function(const struct out *o, const struct ap_profile *p,
+                           const struct ap_pframe *f)
+{
+        const char *fn = f ? pstr(p, f->function) : NULL;
+        char addr[24];
+
+        if (fn) {
+                put_str(o, fn, 0);
+                return text_width(fn);
+        }
+        snprintf(addr, sizeof(addr), "0x%" PRIx64, f ? f->address : 0);
+        say_in(o, SGR_DIM, "%s", addr);
+        return strlen(addr);
+}
+
+static size_t function_width(const struct ap_profile *p, const struct ap_pframe *f)
+{
+        const char *fn = f ? pstr(p, f->function) : NULL;
+        char addr[24];
+
+        return fn ? text_width(fn)
+                  : (size_t)snprintf(addr, sizeof(addr), "0x%" PRIx64, f ? f->address : 0);
+}
+
+static size_t location_width(const struct ap_profile *p, const struct ap_pframe *f)
+{
+        const char *file = f ? pstr(p, f->file) : NULL;
+        char line[16];
+
+        if (!file)
+                return 0;
+        return text_width(file) +
+               (f->line ? (size_t)snprintf(line, sizeof(line), ":%" PRIu32, f->line) : 0);
+}
+
+static bool same_source(const struct ap_profile *p, uint32_t a, uint32_t b)
+{
+        const struct ap_pframe *x = pframe(p, a), *y = pframe(p, b);
+
+        if (a == b)
+                return true;
+        return x && y && x->function != AP_NONE && x->function == y->function &&
+               x->file == y->file && x->line == y->line && x->module == y->module &&
+               x->inlined == y->inlined;
+}
+
+/* One frame per line: "function  file:line  [module]  (inlined)".  Recursion (the same
+ * source line again and again) is folded into one line with a count.  Columns are aligned
+ * within the stack, but a very long (C++) name runs on instead of pushing every other
+ * line off the screen; padding is only written before text, never at the end of a line. */
+static void put_stack(const struct out *o, const struct ap_profile *p, const struct ap_psite *s,
+                      const char *indent)
+{
+        struct {
+                uint32_t frame, repeat;
+        } rows[TEXT_MAX_FROWS];
+        uint32_t depth = s->nframes, nrows = 0, used = 0;
+        size_t wfn = 0, wloc = 0;
+
+        if (s->nframes == 0) {
+                say(o, "%s", indent);
+                say_in(o, SGR_DIM, "(no stack recorded)");
+                say(o, "\n");
+                return;
+        }
+        for (uint32_t i = 0; i < s->nframes; i++) {
+                if (is_main(p, s->frames[i])) {
+                        depth = i + 1;
+                        break;
+                }
+        }
+        while (used < depth && nrows < TEXT_MAX_FROWS) {
+                uint32_t n = 1;
+
+                while (used + n < depth && same_source(p, s->frames[used], s->frames[used + n]))
+                        n++;
+                rows[nrows].frame = s->frames[used];
+                rows[nrows++].repeat = n;
+                used += n;
+        }
+        for (uint32_t i = 0; i < nrows; i++) {
+                size_t w = function_width(p, pframe(p, rows[i].frame));
+
+                if (w <= TEXT_FUNCTION_COLUMN && w > wfn)
+                        wfn = w;
+        }
+        for (uint32_t i = 0; i < nrows; i++) {
+                const struct ap_pframe *f = pframe(p, rows[i].frame);
+                size_t w = location_width(p, f);
+
+                if (function_width(p, f) <= wfn && w <= TEXT_LOCATION_COLUMN && w > wloc)
+                        wloc = w;
+        }
+        for (uint32_t i = 0; i < nrows; i++) {
+                const struct ap_pframe *f = pframe(p, rows[i].frame);
+                const char *file = f ? pstr(p, f->file) : NULL;
+                const char *mod = f ? base_name(module_path(p, f->module)) : NULL;
+                size_t w, pending;
+                bool aligned;
+
+                say(o, "%s", indent);
+                w = put_function(o, p, f);
+                aligned = w <= wfn;
+                pending = (aligned ? wfn - w : 0) + 2;
+                if (file) {
+                        pad(o, pending);
+                        sgr(o, SGR_CYAN);
+                        put_str(o, file, 0);
+                        if (f->line)
+                                say(o, ":%" PRIu32, f->line);
+                        sgr(o, SGR_RESET);
+                        w = location_width(p, f);
+                        pending = (aligned && w <= wloc ? wloc - w : 0) + 2;
+                } else if (aligned && wloc) {
+                        pending += wloc + 2;
+                }
+                if (mod) {
+                        pad(o, pending);
+                        sgr(o, SGR_DIM);
+                        say(o, "[");
+                        put_str(o, mod, 0);
+                        say(o, "]");
+                        sgr(o, SGR_RESET);
+                        pending = 2;
+                }
+                if (f && f->inlined) {
+                        pad(o, pending);
+                        say_in(o, SGR_DIM, "(inlined)");
+                        pending = 2;
+                }
+                if (rows[i].repeat > 1) {
+                        pad(o, pending);
+                        say_in(o, SGR_DIM, "(x%" PRIu32 ", recursive)", rows[i].repeat);
+                }
+                say(o, "\n");
+        }
+        if (depth > used) {
+                say(o, "%s", indent);
+                say_in(o, SGR_DIM, "... %" PRIu32 " more frame%s", depth - used,
+                       depth - used == 1 ? "" : "s");
+                say(o, "\n");
+        }
+}
+
+static void put_header(const struct out *o, const struct ap_profile *p)
+{
+        say_in(o, SGR_BOLD, "allocprof report");
+        if (p->ncommand > 0) {
+                say(o, " for ");
+                sgr(o, SGR_BOLD);
+                for (uint32_t i = 0; i < p->ncommand; i++) {
+                        if (i)
+                                say(o, " ");
+                        put_str(o, p->command[i] ? p->command[i] : "", 0);
+                }
+                sgr(o, SGR_RESET);
+        } else if (p->exe) {
+                say(o, " for ");
+                put_str(o, p->exe, 0);
+        }
+        say(o, "\n  pid %" PRIu32, p->pid);
+        if (p->ppid)
+                say(o, " (parent %" PRIu32 ")", p->ppid);
+        if (p->term_signal > 0) {
+                const char *abbrev = sigabbrev_np(p->term_signal);
+
+                say(o, ", ");
+                if (abbrev)
+                        say_in(o, SGR_RED, "killed by SIG%s", abbrev);
+                else
+                        say_in(o, SGR_RED, "killed by signal %d", p->term_signal);
+        } else if (p->exit_status >= 0) {
+                say(o, ", exited with status %d", p->exit_status);
+        }
+        if (p->duration_ns)
+                say(o, ", ran %s", fmt_duration(p->duration_ns).s);
+        if (p->start_unix_ns) {
+                time_t t = (time_t)(p->start_unix_ns / 1000000000ull);
+                struct tm tm;
+                char when[64];
+
+                if (localtime_r(&t, &tm) &&
+                    strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S %Z", &tm))
+                        say(o, ", started %s", when);
+        }
+        say(o, "\n");
+        if (is_sampled(p))
+                say(o,
+                    "  mode sampled: one sample per %s allocated on average; figures are "
+                    "estimates\n",
+                    fmt_size(p->sample_interval).s);
+        else if (p->mode && strcmp(p->mode, "full") == 0)
+                say(o, "  mode full: every allocation recorded; counts are exact\n");
+        else {
+                say(o, "  mode ");
+                put_str(o, p->mode ? p->mode : "unknown", 0);
+                say(o, "\n");
+        }
+}
+
+/* One summary row: label, a count column, a size column, then free text. */
+static void summary_row(const struct out *o, const char *label, const char *count, const char *size,
+                        const char *color)
+{
+        say(o, "  %-16s", label);
+        say_in(o, color ? color : SGR_BOLD, "%13s", count);
+        if (*size) {
+                say(o, "  ");
+                say_in(o, color ? color : SGR_BOLD, "%10s", size);
+        }
+}
+
+static void put_summary(const struct out *o, const struct ap_profile *p, uint32_t leaking_sites)
+{
+        const typeof(p->totals) *t = &p->totals;
+
+        section(o, "Summary");
+        summary_row(o, "allocations", fmt_count(t->allocations).s, fmt_size(t->bytes).s, NULL);
+        say(o, "  %s bytes", fmt_count(t->bytes).s);
+        if (t->allocations)
+                say(o, ", %s on average", fmt_size(t->bytes / t->allocations).s);
+        say(o, "\n");
+        summary_row(o, "frees", fmt_count(t->frees).s, fmt_size(t->freed_bytes).s, NULL);
+        say(o, "  %s bytes\n", fmt_count(t->freed_bytes).s);
+        summary_row(o, "peak heap", fmt_count(t->peak_blocks).s, fmt_size(t->peak_bytes).s, NULL);
+        say(o, "  %s bytes live in %s blocks", fmt_count(t->peak_bytes).s,
+            fmt_count(t->peak_blocks).s);
+        if (t->peak_t_ns)
+                say(o, ", at %s", fmt_duration(t->peak_t_ns).s);
+        say(o, "\n");
+        summary_row(o, "leaked", fmt_count(t->leaked_blocks).s, fmt_size(t->leaked_bytes).s,
+                    t->leaked_blocks ? SGR_RED : NULL);
+        if (t->leaked_blocks)
+                say(o, "  %s bytes never freed, from %" PRIu32 " call site%s\n",
+                    fmt_count(t->leaked_bytes).s, leaking_sites, leaking_sites == 1 ? "" : "s");
+        else
+                say(o, "  every block was freed\n");
+        summary_row(o, "temporary", fmt_count(t->temporary).s,
+                    fmt_percent(t->temporary, t->allocations).s, NULL);
+        say(o, "  of allocations were freed before the next allocation\n");
+        summary_row(o, "reallocs", fmt_count(t->reallocs).s,
+                    fmt_percent(t->reallocs, t->allocations).s, NULL);
+        say(o, "  of allocations were realloc calls\n");
+        if (t->threads) {
+                summary_row(o, "threads", fmt_count(t->threads).s, "", NULL);
+                say(o, "\n");
+        }
+        if (t->unmatched_frees) {
+                summary_row(o, "unmatched frees", fmt_count(t->unmatched_frees).s, "", NULL);
+                say(o, "  frees of blocks allocated before profiling started\n");
+        }
+        if (t->dropped_events) {
+                say(o, "  ");
+                say_in(o, SGR_BOLD SGR_RED, "warning: %s events were dropped",
+                       fmt_count(t->dropped_events).s);
+                if (t->dropped_frees)
+                        say_in(o, SGR_RED, " (%s of them frees: leaks may be overstated)",
+                               fmt_count(t->dropped_frees).s);
+                say_in(o, SGR_RED, "; figures are incomplete");
+                say(o, "\n");
+        }
+        if (t->invalid_records) {
+                say(o, "  ");
+                say_in(o, SGR_RED, "warning: %s malformed records from the process were ignored",
+                       fmt_count(t->invalid_records).s);
+                say(o, "\n");
+        }
+}
+
+/* "#1   1.00 MiB in 1,000 allocations (avg 1 KiB), 12.5% of bytes" and a second line of
+ * detail, with the number the report is sorted by in bold. */
+static void put_site_headline(const struct out *o, const struct ap_profile *p,
+                              const struct ap_psite *s, uint32_t rank, enum ap_sort sort)
+{
+        const char *strong = SGR_BOLD;
+        bool by_allocs = sort == AP_SORT_ALLOCATIONS;
+
+        say(o, "\n  ");
+        say_in(o, SGR_BOLD, "#%-3" PRIu32, rank);
+        say(o, " ");
+        if (sort == AP_SORT_LEAKED) {
+                say_in(o, SGR_BOLD SGR_RED, "%s leaked", fmt_size(s->leaked_bytes).s);
+                say(o, " in %s block%s (of %s allocated)", fmt_count(s->leaked_blocks).s,
+                    s->leaked_blocks == 1 ? "" : "s", fmt_count(s->allocations).s);
+                if (p->totals.leaked_bytes)
+                        say(o, ", %s of all leaked bytes",
+                            fmt_percent(s->leaked_bytes, p->totals.leaked_bytes).s);
+                say(o, "\n");
+                return;
+        }
+        say_in(o, sort == AP_SORT_BYTES ? strong : "", "%s", fmt_size(s->bytes).s);
+        say(o, " in ");
+        say_in(o, by_allocs ? strong : "", "%s", fmt_count(s->allocations).s);
+        say(o, " allocation%s", s->allocations == 1 ? "" : "s");
+        if (s->allocations > 1)
+                say(o, " (avg %s)", fmt_size(s->bytes / s->allocations).s);
+        say(o, ", %s of %s\n",
+            fmt_percent(by_allocs ? s->allocations : s->bytes,
+                        by_allocs ? p->totals.allocations : p->totals.bytes)
+                    .s,
+            by_allocs ? "calls" : "bytes");
+        say(o, "       ");
+        say_in(o, sort == AP_SORT_PEAK ? strong : "", "%s", fmt_size(s->peak_bytes).s);
+        say(o, " live at the peak (%s at most)", fmt_size(s->max_live_bytes).s);
+        if (s->temporary)
+                say(o, ", %s temporary", fmt_percent(s->temporary, s->allocations).s);
+        if (s->reallocs)
+                say(o, ", %s realloc%s", fmt_count(s->reallocs).s, s->reallocs == 1 ? "" : "s");
+        if (s->leaked_blocks || s->leaked_bytes) {
+                say(o, ", ");
+                say_in(o, SGR_RED, "%s leaked", fmt_size(s->leaked_bytes).s);
+        }
+        say(o, "\n");
+}
+
+static void put_hot_sites(const struct out *o, const struct ap_profile *p, const uint32_t *order,
+                          const struct ap_report_opts *opts)
+{
+        uint32_t n = shown(opts->top, p->nsites);
+        char title[128];
+
+        if (n < p->nsites)
+                snprintf(title, sizeof(title),
+                         "Hot call sites (top %" PRIu32 " of %" PRIu32 ", by %s)", n, p->nsites,
+                         sort_name(opts->sort));
+        else
+                snprintf(title, sizeof(title), "Hot call sites (%" PRIu32 ", by %s)", p->nsites,
+                         sort_name(opts->sort));
+        section(o, title);
+        if (p->nsites == 0) {
+                say(o, "  no allocations recorded\n");
+                return;
+        }
+        for (uint32_t i = 0; i < n; i++) {
+                const struct ap_psite *s = &p->sites[order[i]];
+
+                put_site_headline(o, p, s, i + 1, opts->sort);
+                put_stack(o, p, s, "       ");
+        }
+}
+
+static int cmp_modules(const void *va, const void *vb, void *vctx)
+{
+        const struct ap_profile *p = vctx;
+        const uint32_t ia = *(const uint32_t *)va, ib = *(const uint32_t *)vb;
+        const struct ap_pmodule *a = &p->modules[ia], *b = &p->modules[ib];
+        int c;
+
+        if ((c = cmp_u64_desc(a->bytes, b->bytes)) != 0 ||
+            (c = cmp_u64_desc(a->allocations, b->allocations)) != 0 ||
+            (c = cmp_str(pstr(p, a->path), pstr(p, b->path))) != 0)
+                return c;
+        return (ia > ib) - (ia < ib);
+}
+
+static uint32_t *sorted_modules(const struct ap_profile *p)
+{
+        uint32_t *idx;
+
+        if (p->nmodules == 0 || !(idx = calloc(p->nmodules, sizeof(*idx))))
+                return NULL;
+        for (uint32_t i = 0; i < p->nmodules; i++)
+                idx[i] = i;
+        qsort_r(idx, p->nmodules, sizeof(*idx), cmp_modules, (void *)p);
+        return idx;
+}
+
+static void put_modules(const struct out *o, const struct ap_profile *p, const uint32_t *order)
+{
+        uint32_t quiet = 0;
+        size_t wname = 6;
+
+        section(o, "Modules (by the code that called the allocator)");
+        for (uint32_t i = 0; i < p->nmodules; i++) {
+                const char *name = base_name(pstr(p, p->modules[i].path));
+                size_t w = name ? text_width(name) : 1;
+
+                if (p->modules[i].allocations && w > wname && w <= 40)
+                        wname = w;
+        }
+        sgr(o, SGR_DIM);
+        say(o, "  %-*s  %13s  %10s  %7s  %10s\n", (int)wname, "module", "allocations", "bytes",
+            "share", "leaked");
+        sgr(o, SGR_RESET);
+        for (uint32_t i = 0; order && i < p->nmodules; i++) {
+                const struct ap_pmodule *m = &p->modules[order[i]];
+                const char *name = base_name(pstr(p, m->path));
+
+                if (m->allocations == 0 && m->leaked_blocks == 0) {
+                        quiet++;
+                        continue;
+                }
+                say(o, "  ");
+                put_str(o, name ? name : "?", wname);
+                say(o, "  %13s  %10s  %7s  ", fmt_count(m->allocations).s, fmt_size(m->bytes).s,
+                    fmt_percent(m->bytes, p->totals.bytes).s);
+                say_in(o, m->leaked_bytes ? SGR_RED : "", "%10s", fmt_size(m->leaked_bytes).s);
+                say(o, "\n");
+        }
+        if (p->nmodules == 0)
+                say(o, "  no modules recorded\n");
+        if (quiet)
+                say_in(o, SGR_DIM, "  (%" PRIu32 " more module%s made no allocations)\n", quiet,
+                       quiet == 1 ? "" : "s");
+}
+
+static void put_leaks(const struct out *o, const struct ap_profile *p, const uint32_t *by_leak,
+                      uint32_t leaking, unsigned top)
+{
+        uint32_t n = shown(top, leaking);
+
+        section(o, "Leaks");
+        if (leaking == 0 && p->totals.leaked_blocks == 0) {
+                say(o, "  ");
+                say_in(o, SGR_GREEN, "no leaks: every allocated block was freed before exit");
+                say(o, "\n");
+                return;
+        }
+        say(o, "  ");
+        say_in(o, SGR_RED, "%s in %s blocks", fmt_size(p->totals.leaked_bytes).s,
+               fmt_count(p->totals.leaked_blocks).s);
+        say(o, " were still allocated at exit, from %" PRIu32 " call site%s\n", leaking,
+            leaking == 1 ? "" : "s");
+        if (p->totals.dropped_frees)
+                say_in(o, SGR_YELLOW,
+                       "  (%s frees were dropped: some of these blocks may have "
+                       "been freed)\n",
+                       fmt_count(p->totals.dropped_frees).s);
+        for (uint32_t i = 0; i < n; i++) {
+                const struct ap_psite *s = &p->sites[by_leak[i]];
+
+                put_site_headline(o, p, s, i + 1, AP_SORT_LEAKED);
+                put_stack(o, p, s, "       ");
+        }
+        if (n < leaking)
+                say_in(o, SGR_DIM,
+                       "\n  ... and %" PRIu32 " more leaking site%s (use --top 0 to "
+                       "see all)\n",
+                       leaking - n, leaking - n == 1 ? "" : "s");
+}
+
+/* Bucket i counts sizes in [2^(i-1), 2^i); bucket 0 counts zero-byte requests. */
+static uint64_t bucket_min(unsigned i)
+{
+        return i == 0 ? 0 : (uint64_t)1 << (i - 1);
+}
+
+static uint64_t bucket_max(unsigned i)
+{
+        return i == 0 ? 0 : i >= 64 ? UINT64_MAX : ((uint64_t)1 << i) - 1;
+}
+
+/* "0 B", "16-31 B", and from 1 KiB on in whole units: "4-8 KiB" = [4 KiB, 8 KiB). */
+static struct numbuf fmt_bucket(unsigned i)
+{
+        static const char *const units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+        struct numbuf b;
+        uint64_t lo = bucket_min(i), hi = bucket_max(i);
+        unsigned u = 0;
+
+        if (i <= 1) {
+                snprintf(b.s, sizeof(b.s), "%" PRIu64 " B", lo);
+                return b;
+        }
+        if (lo < 1024) {
+                snprintf(b.s, sizeof(b.s), "%" PRIu64 "-%" PRIu64 " B", lo, hi);
+                return b;
+        }
+        while (lo >= 1024 && u < 6) {
+                lo /= 1024;
+                hi /= 1024;
+                u++;
+        }
+        snprintf(b.s, sizeof(b.s), "%" PRIu64 "-%" PRIu64 " %s", lo, hi + 1, units[u]);
+        return b;
+}
+
+static void put_histogram(const struct out *o, const struct ap_profile *p)
+{
+        uint64_t max = 0, total = 0;
+
+        for (unsigned i = 0; i < AP_HIST_BUCKETS; i++) {
+                total += p->hist_count[i];
+                if (p->hist_count[i] > max)
+                        max = p->hist_count[i];
+        }
+        if (max == 0)
+                return;
+        section(o, "Allocation sizes");
+        sgr(o, SGR_DIM);
+        say(o, "  %-12s  %13s  %7s  %10s\n", "requested", "allocations", "share", "bytes");
+        sgr(o, SGR_RESET);
+        for (unsigned i = 0; i < AP_HIST_BUCKETS; i++) {
+                uint64_t c = p->hist_count[i];
+                long bar = (long)(40.0 * (double)c / (double)max + 0.5);
+
+                if (c == 0)
+                        continue;
+                say(o, "  %-12s  %13s  %7s  %10s  ", fmt_bucket(i).s, fmt_count(c).s,
+                    fmt_percent(c, total).s, fmt_size(p->hist_bytes[i]).s);
+                sgr(o, SGR_CYAN);
+                for (long k = 0; k < (bar > 0 ? bar : 1); k++)
+                        fputc('#', o->f);
+                sgr(o, SGR_RESET);
+                say(o, "\n");
+        }
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Hints */
+
+/* Starts a hint: a bullet and what it is about (a site, or a title). */
+static void hint_start(const struct out *o, unsigned *count, const struct ap_profile *p,
+                       const struct ap_psite *s, const char *title)
+{
+        if ((*count)++ == 0)
+                section(o, "Hints");
+        say(o, "  ");
+        say_in(o, SGR_YELLOW, "*");
+        say(o, " ");
+        sgr(o, SGR_BOLD);
+        if (s)
+                put_site_label(o, p, s);
+        else
+                say(o, "%s", title);
+        sgr(o, SGR_RESET);
+        say(o, "\n");
+}
+
+/* Sites ordered by a hint's own measure; only the first few per kind are worth reading. */
+static void put_hints(const struct out *o, const struct ap_profile *p, const uint32_t *by_allocs,
+                      const uint32_t *by_leak, uint32_t leaking)
+{
+        const typeof(p->totals) *t = &p->totals;
+        uint64_t per_block = t->allocations / (t->peak_blocks ? t->peak_blocks : 1);
+        unsigned count = 0, kind;
+
+        /* Many small, short-lived blocks: what pools, arenas and stack buffers are for.
+         * Short-lived: mostly freed before the next allocation, or so few live at once
+         * that the site's high-water mark is a sliver of what it allocated in total. */
+        kind = 0;
+        for (uint32_t i = 0; i < p->nsites && by_allocs && kind < HINT_MAX_PER_KIND; i++) {
+                const struct ap_psite *s = &p->sites[by_allocs[i]];
+                bool temporary, few_live;
+
+                if (s->allocations < HINT_POOL_MIN_ALLOCS)
+                        break;
+                if (s->bytes / s->allocations >= HINT_SMALL_AVG)
+                        continue;
+                temporary = (double)s->temporary >= HINT_TEMP_FRACTION * (double)s->allocations;
+                few_live = (double)s->frees >= HINT_FREED_FRACTION * (double)s->allocations &&
+                           (double)s->max_live_bytes <= HINT_LIVE_SHARE * (double)s->bytes;
+                if (!temporary && !few_live)
+                        continue;
+                hint_start(o, &count, p, s, NULL);
+                say(o, "    %s allocations averaging %s, ", fmt_count(s->allocations).s,
+                    fmt_size(s->bytes / s->allocations).s);
+                if (temporary)
+                        say(o, "%s of them freed before the next\n    allocation",
+                            fmt_percent(s->temporary, s->allocations).s);
+                else
+                        say(o, "and never more than %s live at\n    once",
+                            fmt_size(s->max_live_bytes).s);
+                say(o, ": consider a pool/arena allocator or a stack buffer.\n");
+                kind++;
+        }
+
+        /* Realloc growth loops: every step may copy the whole buffer. */
+        kind = 0;
+        for (uint32_t i = 0; i < p->nsites && by_allocs && kind < HINT_MAX_PER_KIND; i++) {
+                const struct ap_psite *s = &p->sites[by_allocs[i]];
+
+                if (s->reallocs < HINT_REALLOC_MIN)
+                        continue;
+                hint_start(o, &count, p, s, NULL);
+                say(o,
+                    "    %s reallocs (%s of this site's calls) grow a buffer step by step:\n"
+                    "    reserve the capacity up front, or grow it geometrically.\n",
+                    fmt_count(s->reallocs).s, fmt_percent(s->reallocs, s->allocations).s);
+                kind++;
+        }
+
+        /* Big leaks, biggest first. */
+        kind = 0;
+        for (uint32_t i = 0; i < leaking && by_leak && kind < HINT_MAX_PER_KIND; i++) {
+                const struct ap_psite *s = &p->sites[by_leak[i]];
+                bool big =
+                        s->leaked_bytes >= HINT_LEAK_BYTES ||
+                        (s->leaked_bytes >= HINT_LEAK_MIN_BYTES &&
+                         (double)s->leaked_bytes >= HINT_LEAK_PEAK_SHARE * (double)t->peak_bytes);
+
+                if (!big)
+                        break;
+                hint_start(o, &count, p, s, NULL);
+                say(o, "    leaks %s in %s block%s", fmt_size(s->leaked_bytes).s,
+                    fmt_count(s->leaked_blocks).s, s->leaked_blocks == 1 ? "" : "s");
+                if (t->peak_bytes)
+                        say(o, " (%s of the peak heap)",
+                            fmt_percent(s->leaked_bytes, t->peak_bytes).s);
+                say(o, ":\n    free it, or make sure it is meant to live until exit.\n");
+                kind++;
+        }
+
+        /* Churn: far more allocations than are ever live at once. */
+        if (t->allocations >= HINT_CHURN_MIN_ALLOCS && per_block >= HINT_CHURN_RATIO) {
+                hint_start(o, &count, p, NULL, "heap churn");
+                say(o,
+                    "    %s allocations, but never more than %s blocks live at once (%sx):\n"
+                    "    reuse objects or buffers instead of freeing and allocating them again.\n",
+                    fmt_count(t->allocations).s, fmt_count(t->peak_blocks).s,
+                    fmt_count(per_block).s);
+                if (p->nsites && by_allocs) {
+                        say(o, "    The busiest site is ");
+                        put_site_label(o, p, &p->sites[by_allocs[0]]);
+                        say(o, ".\n");
+                }
+        }
+
+        if (t->dropped_events) {
+                hint_start(o, &count, p, NULL, "dropped events");
+                say(o,
+                    "    the profiled program outran the collector and %s events were lost:\n"
+                    "    the figures above are incomplete.\n",
+                    fmt_count(t->dropped_events).s);
+        }
+        if (count == 0) {
+                section(o, "Hints");
+                say(o, "  nothing stands out\n");
+        }
+}
+
+int ap_report_text(FILE *out, const struct ap_profile *p, const struct ap_report_opts *opts)
+{
+        const struct out o = {out, opts->color};
+        uint32_t *order = sorted_sites(p, opts->sort);
+        uint32_t *by_allocs = sorted_sites(p, AP_SORT_ALLOCATIONS);
+        uint32_t *by_leak = sorted_sites(p, AP_SORT_LEAKED);
+        uint32_t *mods = sorted_modules(p);
+        uint32_t leaking = 0;
+        int r = 0;
+
+        if (p->nsites && (!order || !by_allocs || !by_leak)) {
+                r = -ENOMEM;
+                goto out;
+        }
+        if (p->nmodules && !mods) {
+                r = -ENOMEM;
+                goto out;
+        }
+        for (uint32_t i = 0; i < p->nsites; i++)
+                leaking += p->sites[i].leaked_blocks > 0 || p->sites[i].leaked_bytes > 0;
+
+        put_header(&o, p);
+        put_summary(&o, p, leaking);
+        put_hot_sites(&o, p, order, opts);
+        put_leaks(&o, p, by_leak, leaking, opts->top);
+        put_modules(&o, p, mods);
+        put_histogram(&o, p);
+        put_hints(&o, p, by_allocs, by_leak, leaking);
+        if (fflush(out) != 0 || ferror(out))
+                r = -EIO;
+out:
+        free(order);
+        free(by_allocs);
+        free(by_leak);
+        free(mods);
+        return r;
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* JSON report */
+
+/* Written directly rather than built as a jansson tree: a report of every site of a big
+ * profile has millions of frames, and a tree of them costs gigabytes and seconds.  The
+ * layout is fixed, one value per line, except that each frame, module, histogram bucket
+ * and timeline point is one line of its own. */
+
+/* Length of the valid UTF-8 sequence at s (no overlongs, surrogates or values above
+ * U+10FFFF), or 0. */
+static size_t utf8_len(const unsigned char *s)
+{
+        unsigned c = s[0];
+        uint32_t cp;
+        size_t n;
+
+        if (c < 0x80)
+                return 1;
+        if (c >= 0xc2 && c <= 0xdf)
+                n = 2, cp = c & 0x1f;
+        else if (c >= 0xe0 && c <= 0xef)
+                n = 3, cp = c & 0x0f;
+        else if (c >= 0xf0 && c <= 0xf4)
+                n = 4, cp = c & 0x07;
+        else
+                return 0;
+        for (size_t i = 1; i < n; i++) {
+                if ((s[i] & 0xc0) != 0x80) /* also stops at the terminating NUL */
+                        return 0;
+                cp = (cp << 6) | (s[i] & 0x3f);
+        }
+        if ((n == 3 && cp < 0x800) || (n == 4 && cp < 0x10000) || cp > 0x10ffff ||
+            (cp >= 0xd800 && cp <= 0xdfff))
+                return 0;
+        return n;
+}
+
+/* A JSON string, or null.  Control characters (C0, DEL, C1) are escaped, so the report is
+ * safe to cat to a terminal; invalid UTF-8 becomes U+FFFD so it is always valid JSON. */
+static void json_str(FILE *f, const char *s)
+{
+        const unsigned char *u = (const unsigned char *)s;
+
+        if (!s) {
+                fputs("null", f);
+                return;
+        }
+        fputc('"', f);
+        while (*u) {
+                size_t n = utf8_len(u);
+
+                if (n == 0) {
+                        fputs("\xef\xbf\xbd", f);
+                        u++;
+                } else if (*u == '"' || *u == '\\') {
+                        fputc('\\', f);
+                        fputc(*u++, f);
+                } else if (*u == '\n') {
+                        fputs("\\n", f), u++;
+                } else if (*u == '\t') {
+                        fputs("\\t", f), u++;
+                } else if (*u < 0x20 || *u == 0x7f) {
+                        fprintf(f, "\\u%04x", *u++);
+                } else if (n == 2 && u[0] == 0xc2 && u[1] < 0xa0) {
+                        fprintf(f, "\\u%04x", u[1]);
+                        u += 2;
+                } else {
+                        fwrite(u, 1, n, f);
+                        u += n;
+                }
+        }
+        fputc('"', f);
+}
+
+/* JSON integers are signed 64-bit: counters saturate (2^63 events cannot happen). */
+static void json_u64(FILE *f, uint64_t v)
+{
+        fprintf(f, "%" PRIu64, v > (uint64_t)INT64_MAX ? (uint64_t)INT64_MAX : v);
+}
+
+/* `"key": value` members, each on its own line at `indent`, comma-separated. */
+struct jobj {
+        FILE *f;
+        const char *indent;
+        bool first;
+};
+
+static void jkey(struct jobj *o, const char *key)
+{
+        fprintf(o->f, "%s\n%s\"%s\": ", o->first ? "" : ",", o->indent, key);
+        o->first = false;
+}
+
+static void jkey_u64(struct jobj *o, const char *key, uint64_t v)
+{
+        jkey(o, key);
+        json_u64(o->f, v);
+}
+
+static void jkey_str(struct jobj *o, const char *key, const char *v)
+{
+        jkey(o, key);
+        json_str(o->f, v);
+}
+
+static void json_frame(FILE *f, const struct ap_profile *p, uint32_t idx)
+{
+        const struct ap_pframe *fr = pframe(p, idx);
+
+        fputs("{\"function\": ", f);
+        json_str(f, fr ? pstr(p, fr->function) : NULL);
+        fputs(", \"file\": ", f);
+        json_str(f, fr ? pstr(p, fr->file) : NULL);
+        if (fr && fr->line)
+                fprintf(f, ", \"line\": %" PRIu32, fr->line);
+        else
+                fputs(", \"line\": null", f);
+        fputs(", \"module\": ", f);
+        json_str(f, fr ? module_path(p, fr->module) : NULL);
+        fprintf(f, ", \"address\": \"0x%" PRIx64 "\", \"inlined\": %s}", fr ? fr->address : 0,
+                fr && fr->inlined ? "true" : "false");
+}
+
+static void json_site(FILE *f, const struct ap_profile *p, const struct ap_psite *s)
+{
+        struct jobj o = {f, "      ", true};
+
+        fputs("    {", f);
+        jkey_u64(&o, "allocations", s->allocations);
+        jkey_u64(&o, "bytes", s->bytes);
+        jkey_u64(&o, "frees", s->frees);
+        jkey_u64(&o, "freed_bytes", s->freed_bytes);
+        jkey_u64(&o, "leaked_blocks", s->leaked_blocks);
+        jkey_u64(&o, "leaked_bytes", s->leaked_bytes);
+        jkey_u64(&o, "peak_bytes", s->peak_bytes);
+        jkey_u64(&o, "max_live_bytes", s->max_live_bytes);
+        jkey_u64(&o, "temporary", s->temporary);
+        jkey_u64(&o, "reallocs", s->reallocs);
+        jkey(&o, "frames");
+        fputc('[', f);
+        for (uint32_t i = 0; i < s->nframes; i++) {
+                fputs(i ? ",\n        " : "\n        ", f);
+                json_frame(f, p, s->frames[i]);
+        }
+        fputs(s->nframes ? "\n      ]\n    }" : "]\n    }", f);
+}
+
+static void json_process(struct jobj *root, const struct ap_profile *p)
+{
+        FILE *f = root->f;
+        struct jobj o = {f, "    ", true};
+
+        jkey(root, "process");
+        fputc('{', f);
+        jkey_u64(&o, "pid", p->pid);
+        jkey_u64(&o, "ppid", p->ppid);
+        jkey(&o, "command");
+        fputc('[', f);
+        for (uint32_t i = 0; i < p->ncommand; i++) {
+                if (i)
+                        fputs(", ", f);
+                json_str(f, p->command[i]);
+        }
+        fputc(']', f);
+        jkey_str(&o, "exe", p->exe);
+        /* Like a shell's $?: 128 + signal when killed, so CI can compare one number. */
+        jkey(&o, "exit_status");
+        if (p->term_signal > 0)
+                fprintf(f, "%d", 128 + p->term_signal);
+        else if (p->exit_status >= 0)
+                fprintf(f, "%d", p->exit_status);
+        else
+                fputs("null", f);
+        jkey(&o, "term_signal");
+        if (p->term_signal > 0)
+                fprintf(f, "%d", p->term_signal);
+        else
+                fputs("null", f);
+        jkey_u64(&o, "start_unix_ns", p->start_unix_ns);
+        jkey_u64(&o, "duration_ns", p->duration_ns);
+        fputs("\n  }", f);
+}
+
+static void json_totals(struct jobj *root, const struct ap_profile *p)
+{
+        const typeof(p->totals) *t = &p->totals;
+        struct jobj o = {root->f, "    ", true};
+
+        jkey(root, "totals");
+        fputc('{', root->f);
+        jkey_u64(&o, "allocations", t->allocations);
+        jkey_u64(&o, "bytes", t->bytes);
+        jkey_u64(&o, "frees", t->frees);
+        jkey_u64(&o, "freed_bytes", t->freed_bytes);
+        jkey_u64(&o, "leaked_blocks", t->leaked_blocks);
+        jkey_u64(&o, "leaked_bytes", t->leaked_bytes);
+        jkey_u64(&o, "peak_bytes", t->peak_bytes);
+        jkey_u64(&o, "peak_blocks", t->peak_blocks);
+        jkey_u64(&o, "peak_t_ns", t->peak_t_ns);
+        jkey_u64(&o, "temporary", t->temporary);
+        jkey_u64(&o, "reallocs", t->reallocs);
+        jkey_u64(&o, "dropped_events", t->dropped_events);
+        jkey_u64(&o, "dropped_frees", t->dropped_frees);
+        jkey_u64(&o, "unmatched_frees", t->unmatched_frees);
+        jkey_u64(&o, "invalid_records", t->invalid_records);
+        jkey_u64(&o, "threads", t->threads);
+        fputs("\n  }", root->f);
+}
+
+/* Opens the i-th element of a top-level array whose elements are one line each. */
+static void json_row(FILE *f, uint32_t i)
+{
+        fputs(i ? ",\n    " : "\n    ", f);
+}
+
+static void json_end_rows(FILE *f, uint32_t n)
+{
+        fputs(n ? "\n  ]" : "]", f);
+}
+
+int ap_report_json(FILE *out, const struct ap_profile *p, const struct ap_report_opts *opts)
+{
+        uint32_t *order = sorted_sites(p, opts->sort), *mods = sorted_modules(p);
+        uint32_t n = shown(opts->top, p->nsites), rows = 0;
+        struct jobj root = {out, "  ", true};
+        int r = 0;
+
+        if ((p->nsites && !order) || (p->nmodules && !mods)) {
+                r = -ENOMEM;
+                goto out;
+        }
+        fputc('{', out);
+        jkey_u64(&root, "schema_version", JSON_REPORT_SCHEMA_VERSION);
+        jkey(&root, "tool");
+        fputs("{\"name\": \"allocprof\", \"version\": ", out);
+        json_str(out, p->tool_version);
+        fputc('}', out);
+        json_process(&root, p);
+        jkey_str(&root, "mode", p->mode);
+        jkey_u64(&root, "sample_interval", p->sample_interval);
+        jkey(&root, "estimated");
+        fputs(is_sampled(p) ? "true" : "false", out);
+        json_totals(&root, p);
+        jkey_str(&root, "sort", sort_name(opts->sort));
+        jkey_u64(&root, "sites_total", p->nsites);
+
+        jkey(&root, "sites");
+        fputc('[', out);
+        for (uint32_t i = 0; i < n; i++) {
+                fputs(i ? ",\n" : "\n", out);
+                json_site(out, p, &p->sites[order[i]]);
+        }
+        fputs(n ? "\n  ]" : "]", out);
+
+        jkey(&root, "modules");
+        fputc('[', out);
+        for (uint32_t i = 0; i < p->nmodules; i++) {
+                const struct ap_pmodule *m = &p->modules[mods[i]];
+
+                json_row(out, i);
+                fputs("{\"path\": ", out);
+                json_str(out, pstr(p, m->path));
+                fputs(", \"build_id\": ", out);
+                json_str(out, pstr(p, m->build_id));
+                fputs(", \"allocations\": ", out);
+                json_u64(out, m->allocations);
+                fputs(", \"bytes\": ", out);
+                json_u64(out, m->bytes);
+                fputs(", \"leaked_blocks\": ", out);
+                json_u64(out, m->leaked_blocks);
+                fputs(", \"leaked_bytes\": ", out);
+                json_u64(out, m->leaked_bytes);
+                fputc('}', out);
+        }
+        json_end_rows(out, p->nmodules);
+
+        jkey(&root, "histogram");
+        fputc('[', out);
+        for (unsigned i = 0; i < AP_HIST_BUCKETS; i++) {
+                if (p->hist_count[i] == 0 && p->hist_bytes[i] == 0)
+                        continue;
+                json_row(out, rows++);
+                fputs("{\"min\": ", out);
+                json_u64(out, bucket_min(i));
+                fputs(", \"max\": ", out);
+                json_u64(out, bucket_max(i));
+                fputs(", \"count\": ", out);
+                json_u64(out, p->hist_count[i]);
+                fputs(", \"bytes\": ", out);
+                json_u64(out, p->hist_bytes[i]);
+                fputc('}', out);
+        }
+        json_end_rows(out, rows);
+
+        jkey(&root, "timeline");
+        fputc('[', out);
+        for (uint32_t i = 0; i < p->ntimeline; i++) {
+                json_row(out, i);
+                fputs("{\"t_ns\": ", out);
+                json_u64(out, p->timeline[i].t_ns);
+                fputs(", \"live_bytes\": ", out);
+                json_u64(out, p->timeline[i].live_bytes);
+                fputs(", \"allocations\": ", out);
+                json_u64(out, p->timeline[i].allocations);
+                fputc('}', out);
+        }
+        json_end_rows(out, p->ntimeline);
+        fputs("\n}\n", out);
+        if (fflush(out) != 0 || ferror(out))
+                r = -EIO;
+out:
+        free(order);
+        free(mods);
+        return r;
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Summary for `allocprof run` */
+
+/* Whether a path can be pasted into a shell as is. */
+static bool shell_safe(const char *s)
+{
+        if (!*s)
+                return false;
+        for (; *s; s++)
+                if (!strchr("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+                            "_-+.,/:=@%",
+                            *s))
+                        return false;
+        return true;
+}
+
+static void put_shell_word(const struct out *o, const char *s)
+{
+        if (shell_safe(s)) {
+                put_str(o, s, 0);
+                return;
+        }
+        fputc('\'', o->f);
+        for (const unsigned char *c = (const unsigned char *)s; *c; c++) {
+                if (*c == '\'')
+                        fputs("'\\''", o->f);
+                else
+                        fputc(*c < 0x20 || *c == 0x7f ? '?' : *c, o->f);
+        }
+        fputc('\'', o->f);
+}
+
+void ap_report_summary(FILE *out, const struct ap_profile *p, const char *profile_path)
+{
+        const struct out o = {out, false};
+        const typeof(p->totals) *t = &p->totals;
+        uint32_t *order = sorted_sites(p, AP_SORT_BYTES);
+        uint32_t n = shown(3, p->nsites);
+
+        say(&o, "allocprof: %s allocations (%s), %s frees, peak %s in %s blocks%s\n",
+            fmt_count(t->allocations).s, fmt_size(t->bytes).s, fmt_count(t->frees).s,
+            fmt_size(t->peak_bytes).s, fmt_count(t->peak_blocks).s,
+            is_sampled(p) ? " (estimated)" : "");
+        if (t->leaked_blocks)
+                say(&o, "allocprof: leaked %s in %s blocks\n", fmt_size(t->leaked_bytes).s,
+                    fmt_count(t->leaked_blocks).s);
+        else
+                say(&o, "allocprof: no leaks\n");
+        if (order && n > 0) {
+                say(&o, "allocprof: top call sites by bytes:\n");
+                for (uint32_t i = 0; i < n; i++) {
+                        const struct ap_psite *s = &p->sites[order[i]];
+
+                        say(&o, "allocprof:   %10s in %9s call%s  ", fmt_size(s->bytes).s,
+                            fmt_count(s->allocations).s, s->allocations == 1 ? " " : "s");
+                        put_site_label(&o, p, s);
+                        say(&o, "\n");
+                }
+        }
+        if (t->dropped_events) {
+                say(&o, "allocprof: warning: %s events were dropped",
+                    fmt_count(t->dropped_events).s);
+                if (t->dropped_frees)
+                        say(&o, " (%s frees: leaks may be overstated)",
+                            fmt_count(t->dropped_frees).s);
+                say(&o, "; figures are incomplete\n");
+        }
+        if (profile_path) {
+                say(&o, "allocprof: profile written to ");
+                put_str(&o, profile_path, 0);
+                say(&o, "\nallocprof: view it with: allocprof report ");
+                put_shell_word(&o, profile_path);
+                say(&o, "\n");
+        }
+        fflush(out);
+        free(order);
+}

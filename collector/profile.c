@@ -1,0 +1,1300 @@
+/* The in-memory profile (struct ap_profile) and its file format: one compact, versioned
+ * JSON document with interned string and frame tables.  The reader treats the file as
+ * hostile input: every type, range and index is checked before it is used.
+ *
+ * SPDX-License-Identifier: MIT OR Apache-2.0
+ */
+#include "profile.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/*
+ * File layout (format_version 1), written with JSON_COMPACT:
+ *
+ *   {"format":"allocprof-profile", "format_version":1,
+ *    "tool":{"name":"allocprof","version":S|null},
+ *    "process":{"pid","ppid","command":[S...],"exe":S|null,"exit_status","term_signal",
+ *               "start_unix_ns","duration_ns"},
+ *    "mode":S|null, "sample_interval":N,
+ *    "totals":{one key per field of ap_profile.totals},
+ *    "strings":[S...],
+ *    "modules":[{"path":I|null,"build_id":I|null,"allocations","bytes","leaked_blocks",
+ *                "leaked_bytes"}...],
+ *    "frames":[[function I|null, file I|null, line, module M|null, "0x<hex addr>", inlined]...],
+ *    "sites":[{"allocations",...,"reallocs","frames":[F...]}...],
+ *    "histogram":[[bucket, count, bytes]...],          (non-empty buckets only)
+ *    "timeline":[[t_ns, live_bytes, allocations]...]}
+ *
+ * I = index into "strings", M = into "modules", F = into "frames"; null stands for
+ * AP_NONE.  Unknown keys are ignored so that version 1 can grow optional fields.
+ *
+ * 64-bit values: jansson integers are signed 64-bit.  Counters, sizes and times are
+ * saturated at INT64_MAX when written (2^63 bytes or events cannot happen; saturating keeps
+ * "at least this much" true, where wrapping would turn it into a negative number that every
+ * reader rejects).  Addresses, which may legitimately use all 64 bits, are written as hex
+ * strings and so round-trip exactly.
+ *
+ * Strings are UTF-8 in JSON; argv and paths are arbitrary bytes, so invalid sequences are
+ * replaced by U+FFFD on write.  The reader gets only valid UTF-8 without NULs (jansson
+ * rejects \u0000 by default), so every string it returns is a safe C string.
+ */
+
+#define FORMAT_NAME "allocprof-profile"
+
+/* A real profile is a few MB; the DOM costs ~30x the file size in memory, so refuse files
+ * that could only be an attack or an accident before handing them to the parser. */
+#define MAX_FILE_SIZE (1ull << 30)
+
+/* ap_profile_new() allocates this; the intern index lives behind the public struct so the
+ * header stays a plain data model.  Profiles must therefore come from ap_profile_new(). */
+struct profile_impl {
+        struct ap_profile pub; /* must stay first: the API passes &impl->pub */
+
+        /* Open-addressing hash over p->strings (slot = string index + 1, 0 = empty), so
+         * ap_profile_intern() is O(1) when finalize interns every frame's strings.  The
+         * index remembers which array it describes and catches up lazily if a caller
+         * appended to or replaced p->strings directly. */
+        char **idx_strings;
+        uint32_t idx_count;
+        uint32_t strings_cap;
+        uint32_t *slots;
+        size_t nslots; /* power of two, or 0 */
+};
+
+/* ------------------------------------------------------------------------------------ */
+/* Model                                                                                */
+
+struct ap_profile *ap_profile_new(void)
+{
+        struct profile_impl *impl = calloc(1, sizeof(*impl));
+
+        if (!impl)
+                return NULL;
+        impl->pub.exit_status = -1;
+        return &impl->pub;
+}
+
+void ap_profile_free(struct ap_profile *p)
+{
+        struct profile_impl *impl = (struct profile_impl *)p;
+
+        if (!p)
+                return;
+        free(p->tool_version);
+        for (uint32_t i = 0; i < p->ncommand; i++)
+                free(p->command[i]);
+        free(p->command);
+        free(p->exe);
+        free(p->mode);
+        for (uint32_t i = 0; i < p->nstrings; i++)
+                free(p->strings[i]);
+        free(p->strings);
+        free(p->frames);
+        for (uint32_t i = 0; i < p->nsites; i++)
+                free(p->sites[i].frames);
+        free(p->sites);
+        free(p->modules);
+        free(p->timeline);
+        free(impl->slots);
+        free(impl);
+}
+
+static uint64_t hash_str(const char *s)
+{
+        /* FNV-1a: short strings, no adversary (the collector interns its own symbols). */
+        uint64_t h = 0xcbf29ce484222325ull;
+
+        for (; *s; s++)
+                h = (h ^ (unsigned char)*s) * 0x100000001b3ull;
+        return h;
+}
+
+/* Returns the slot where `s` is, or the empty slot where it would go. */
+static size_t index_find(const struct profile_impl *impl, const char *s)
+{
+        size_t mask = impl->nslots - 1;
+        size_t i = hash_str(s) & mask;
+
+        while (impl->slots[i] != 0 && strcmp(impl->pub.strings[impl->slots[i] - 1], s) != 0)
+                i = (i + 1) & mask;
+        return i;
+}
+
+static int index_resize(struct profile_impl *impl, size_t nslots)
+{
+        uint32_t *old = impl->slots;
+        size_t oldn = impl->nslots;
+
+        impl->slots = calloc(nslots, sizeof(*impl->slots));
+        if (!impl->slots) {
+                impl->slots = old;
+                return -ENOMEM;
+        }
+        impl->nslots = nslots;
+        for (size_t i = 0; i < oldn; i++)
+                if (old[i] != 0)
+                        impl->slots[index_find(impl, impl->pub.strings[old[i] - 1])] = old[i];
+        free(old);
+        return 0;
+}
+
+/* Makes room for one more entry at <= 50% load. */
+static int index_reserve(struct profile_impl *impl, uint32_t entries)
+{
+        size_t want = impl->nslots ? impl->nslots : 64;
+
+        while ((size_t)entries + 1 > want / 2)
+                want *= 2;
+        return want == impl->nslots ? 0 : index_resize(impl, want);
+}
+
+/* Brings the index up to date with p->strings.  Duplicates already in the array (a file
+ * may contain them) keep their first index. */
+static int index_sync(struct profile_impl *impl)
+{
+        struct ap_profile *p = &impl->pub;
+
+        if (p->strings != impl->idx_strings || p->nstrings < impl->idx_count) {
+                if (impl->slots)
+                        memset(impl->slots, 0, impl->nslots * sizeof(*impl->slots));
+                impl->idx_count = 0;
+                impl->idx_strings = p->strings;
+                impl->strings_cap = p->nstrings;
+        }
+        while (impl->idx_count < p->nstrings) {
+                uint32_t i = impl->idx_count;
+                size_t slot;
+
+                if (index_reserve(impl, i + 1) < 0)
+                        return -ENOMEM;
+                if (p->strings[i]) {
+                        slot = index_find(impl, p->strings[i]);
+                        if (impl->slots[slot] == 0)
+                                impl->slots[slot] = i + 1;
+                }
+                impl->idx_count++;
+        }
+        return 0;
+}
+
+uint32_t ap_profile_intern(struct ap_profile *p, const char *s)
+{
+        struct profile_impl *impl = (struct profile_impl *)p;
+        size_t slot;
+        char *copy;
+
+        if (!p || !s || index_sync(impl) < 0 || index_reserve(impl, p->nstrings + 1) < 0)
+                return AP_NONE;
+        slot = index_find(impl, s);
+        if (impl->slots[slot] != 0)
+                return impl->slots[slot] - 1;
+        /* AP_NONE itself must never become a valid index. */
+        if (p->nstrings >= AP_NONE - 1)
+                return AP_NONE;
+        if (p->nstrings == impl->strings_cap) {
+                uint32_t cap = impl->strings_cap < 32               ? 64
+                               : impl->strings_cap > UINT32_MAX / 2 ? UINT32_MAX
+                                                                    : impl->strings_cap * 2;
+                char **n = reallocarray(p->strings, cap, sizeof(*n));
+
+                if (!n)
+                        return AP_NONE;
+                p->strings = impl->idx_strings = n;
+                impl->strings_cap = cap;
+        }
+        copy = strdup(s);
+        if (!copy)
+                return AP_NONE;
+        p->strings[p->nstrings] = copy;
+        impl->slots[slot] = p->nstrings + 1;
+        impl->idx_count = ++p->nstrings;
+        return p->nstrings - 1;
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Writing                                                                              */
+
+struct wctx {
+        bool oom;
+};
+
+/* The builders below never fail midway: a NULL value or a failed insert sets w->oom and
+ * the whole document is abandoned at the end. */
+static void put(struct wctx *w, json_t *obj, const char *key, json_t *v)
+{
+        if (!obj || !v || json_object_set_new(obj, key, v) < 0)
+                w->oom = true;
+}
+
+static void push(struct wctx *w, json_t *arr, json_t *v)
+{
+        if (!arr || !v || json_array_append_new(arr, v) < 0)
+                w->oom = true;
+}
+
+static json_t *ju64(uint64_t v)
+{
+        return json_integer(v > (uint64_t)INT64_MAX ? INT64_MAX : (json_int_t)v);
+}
+
+static json_t *jindex(uint32_t i)
+{
+        return i == AP_NONE ? json_null() : json_integer(i);
+}
+
+static json_t *jaddr(uint64_t a)
+{
+        char buf[2 + 16 + 1];
+
+        snprintf(buf, sizeof(buf), "0x%" PRIx64, a);
+        return json_string(buf);
+}
+
+/* Length of the valid UTF-8 sequence at s (same rules as jansson: no overlongs, no
+ * surrogates, <= U+10FFFF), or 0 if invalid. */
+static size_t utf8_seq_len(const unsigned char *s)
+{
+        unsigned c = s[0];
+        size_t n;
+        uint32_t cp;
+
+        if (c < 0x80)
+                return 1;
+        if (c >= 0xc2 && c <= 0xdf)
+                n = 2, cp = c & 0x1f;
+        else if (c >= 0xe0 && c <= 0xef)
+                n = 3, cp = c & 0x0f;
+        else if (c >= 0xf0 && c <= 0xf4)
+                n = 4, cp = c & 0x07;
+        else
+                return 0;
+        for (size_t i = 1; i < n; i++) {
+                if ((s[i] & 0xc0) != 0x80) /* also stops at the terminating NUL */
+                        return 0;
+                cp = (cp << 6) | (s[i] & 0x3f);
+        }
+        if ((n == 3 && cp < 0x800) || (n == 4 && cp < 0x10000) || cp > 0x10ffff ||
+            (cp >= 0xd800 && cp <= 0xdfff))
+                return 0;
+        return n;
+}
+
+static json_t *jstr(const char *s)
+{
+        json_t *v;
+        char *clean, *o;
+
+        if (!s)
+                return json_null();
+        v = json_string(s);
+        if (v)
+                return v;
+        /* Invalid UTF-8 (or OOM, in which case the retry fails too). */
+        clean = malloc(strlen(s) * 3 + 1);
+        if (!clean)
+                return NULL;
+        o = clean;
+        for (const unsigned char *in = (const unsigned char *)s; *in;) {
+                size_t n = utf8_seq_len(in);
+
+                if (n == 0) {
+                        memcpy(o, "\xef\xbf\xbd", 3);
+                        o += 3;
+                        in++;
+                } else {
+                        memcpy(o, in, n);
+                        o += n;
+                        in += n;
+                }
+        }
+        *o = '\0';
+        v = json_string(clean);
+        free(clean);
+        return v;
+}
+
+struct u64_field {
+        const char *name;
+        size_t offset;
+};
+
+#define TOTAL(f)                                                                                   \
+        {                                                                                          \
+#f, offsetof(struct ap_profile, totals.f)                                          \
+        }
+static const struct u64_field totals_fields[] = {
+        TOTAL(allocations),   TOTAL(bytes),           TOTAL(frees),           TOTAL(freed_bytes),
+        TOTAL(leaked_blocks), TOTAL(leaked_bytes),    TOTAL(peak_bytes),      TOTAL(peak_blocks),
+        TOTAL(peak_t_ns),     TOTAL(temporary),       TOTAL(reallocs),        TOTAL(dropped_events),
+        TOTAL(dropped_frees), TOTAL(unmatched_frees), TOTAL(invalid_records), TOTAL(threads),
+};
+
+#define SITE(f)                                                                                    \
+        {                                                                                          \
+#f, offsetof(struct ap_psite, f)                                                   \
+        }
+static const struct u64_field site_fields[] = {
+        SITE(allocations),   SITE(bytes),        SITE(frees),      SITE(freed_bytes),
+        SITE(leaked_blocks), SITE(leaked_bytes), SITE(peak_bytes), SITE(max_live_bytes),
+        SITE(temporary),     SITE(reallocs),
+};
+
+#define MODULE(f)                                                                                  \
+        {                                                                                          \
+#f, offsetof(struct ap_pmodule, f)                                                 \
+        }
+static const struct u64_field module_fields[] = {
+        MODULE(allocations),
+        MODULE(bytes),
+        MODULE(leaked_blocks),
+        MODULE(leaked_bytes),
+};
+
+#define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+static uint64_t *u64_at(void *base, const struct u64_field *f)
+{
+        return (uint64_t *)((char *)base + f->offset);
+}
+
+static void put_u64_fields(struct wctx *w, json_t *obj, const void *base,
+                           const struct u64_field *fields, size_t n)
+{
+        for (size_t i = 0; i < n; i++)
+                put(w, obj, fields[i].name, ju64(*u64_at((void *)base, &fields[i])));
+}
+
+static bool valid_index(uint32_t i, uint32_t n)
+{
+        return i == AP_NONE || i < n;
+}
+
+/* The writer refuses a profile its own reader would reject, so that a bug in the code that
+ * built it surfaces at write time instead of as an unreadable file later. */
+static int validate_for_write(const struct ap_profile *p)
+{
+        if ((p->ncommand && !p->command) || (p->nstrings && !p->strings) ||
+            (p->nframes && !p->frames) || (p->nsites && !p->sites) ||
+            (p->nmodules && !p->modules) || (p->ntimeline && !p->timeline))
+                return -EINVAL;
+        if (p->nstrings >= AP_NONE || p->nframes >= AP_NONE || p->nmodules >= AP_NONE)
+                return -EINVAL;
+        for (uint32_t i = 0; i < p->ncommand; i++)
+                if (!p->command[i])
+                        return -EINVAL;
+        for (uint32_t i = 0; i < p->nstrings; i++)
+                if (!p->strings[i])
+                        return -EINVAL;
+        for (uint32_t i = 0; i < p->nmodules; i++)
+                if (!valid_index(p->modules[i].path, p->nstrings) ||
+                    !valid_index(p->modules[i].build_id, p->nstrings))
+                        return -EINVAL;
+        for (uint32_t i = 0; i < p->nframes; i++) {
+                const struct ap_pframe *f = &p->frames[i];
+
+                if (!valid_index(f->function, p->nstrings) || !valid_index(f->file, p->nstrings) ||
+                    !valid_index(f->module, p->nmodules))
+                        return -EINVAL;
+        }
+        for (uint32_t i = 0; i < p->nsites; i++) {
+                const struct ap_psite *s = &p->sites[i];
+
+                if (s->nframes && !s->frames)
+                        return -EINVAL;
+                for (uint32_t j = 0; j < s->nframes; j++)
+                        if (s->frames[j] >= p->nframes)
+                                return -EINVAL;
+        }
+        return 0;
+}
+
+static json_t *build_document(const struct ap_profile *p)
+{
+        struct wctx w = {0};
+        json_t *root = json_object(), *o, *a;
+
+        put(&w, root, "format", json_string(FORMAT_NAME));
+        put(&w, root, "format_version", json_integer(AP_PROFILE_SCHEMA_VERSION));
+
+        o = json_object();
+        put(&w, o, "name", json_string("allocprof"));
+        put(&w, o, "version", jstr(p->tool_version));
+        put(&w, root, "tool", o);
+
+        o = json_object();
+        put(&w, o, "pid", json_integer(p->pid));
+        put(&w, o, "ppid", json_integer(p->ppid));
+        a = json_array();
+        for (uint32_t i = 0; i < p->ncommand; i++)
+                push(&w, a, jstr(p->command[i]));
+        put(&w, o, "command", a);
+        put(&w, o, "exe", jstr(p->exe));
+        put(&w, o, "exit_status", json_integer(p->exit_status));
+        put(&w, o, "term_signal", json_integer(p->term_signal));
+        put(&w, o, "start_unix_ns", ju64(p->start_unix_ns));
+        put(&w, o, "duration_ns", ju64(p->duration_ns));
+        put(&w, root, "process", o);
+
+        put(&w, root, "mode", jstr(p->mode));
+        put(&w, root, "sample_interval", ju64(p->sample_interval));
+
+        o = json_object();
+        put_u64_fields(&w, o, p, totals_fields, ARRAY_SIZE(totals_fields));
+        put(&w, root, "totals", o);
+
+        a = json_array();
+        for (uint32_t i = 0; i < p->nstrings && !w.oom; i++)
+                push(&w, a, jstr(p->strings[i]));
+        put(&w, root, "strings", a);
+
+        a = json_array();
+        for (uint32_t i = 0; i < p->nmodules && !w.oom; i++) {
+                const struct ap_pmodule *m = &p->modules[i];
+
+                o = json_object();
+                put(&w, o, "path", jindex(m->path));
+                put(&w, o, "build_id", jindex(m->build_id));
+                put_u64_fields(&w, o, m, module_fields, ARRAY_SIZE(module_fields));
+                push(&w, a, o);
+        }
+        put(&w, root, "modules", a);
+
+        a = json_array();
+        for (uint32_t i = 0; i < p->nframes && !w.oom; i++) {
+                const struct ap_pframe *f = &p->frames[i];
+                json_t *fa = json_array();
+
+                push(&w, fa, jindex(f->function));
+                push(&w, fa, jindex(f->file));
+                push(&w, fa, json_integer(f->line));
+                push(&w, fa, jindex(f->module));
+                push(&w, fa, jaddr(f->address));
+                push(&w, fa, json_boolean(f->inlined));
+                push(&w, a, fa);
+        }
+        put(&w, root, "frames", a);
+
+        a = json_array();
+        for (uint32_t i = 0; i < p->nsites && !w.oom; i++) {
+                const struct ap_psite *s = &p->sites[i];
+                json_t *fa = json_array();
+
+                o = json_object();
+                put_u64_fields(&w, o, s, site_fields, ARRAY_SIZE(site_fields));
+                for (uint32_t j = 0; j < s->nframes; j++)
+                        push(&w, fa, json_integer(s->frames[j]));
+                put(&w, o, "frames", fa);
+                push(&w, a, o);
+        }
+        put(&w, root, "sites", a);
+
+        a = json_array();
+        for (unsigned i = 0; i < AP_HIST_BUCKETS; i++) {
+                json_t *b;
+
+                if (p->hist_count[i] == 0 && p->hist_bytes[i] == 0)
+                        continue;
+                b = json_array();
+                push(&w, b, json_integer(i));
+                push(&w, b, ju64(p->hist_count[i]));
+                push(&w, b, ju64(p->hist_bytes[i]));
+                push(&w, a, b);
+        }
+        put(&w, root, "histogram", a);
+
+        a = json_array();
+        for (uint32_t i = 0; i < p->ntimeline && !w.oom; i++) {
+                const struct ap_ptimepoint *t = &p->timeline[i];
+                json_t *ta = json_array();
+
+                push(&w, ta, ju64(t->t_ns));
+                push(&w, ta, ju64(t->live_bytes));
+                push(&w, ta, ju64(t->allocations));
+                push(&w, a, ta);
+        }
+        put(&w, root, "timeline", a);
+
+        if (w.oom) {
+                json_decref(root);
+                return NULL;
+        }
+        return root;
+}
+
+/* jansson hands the dump callback one token at a time; batch them into few writes. */
+struct fd_sink {
+        int fd;
+        int error; /* first errno seen */
+        size_t len;
+        char buf[64 * 1024];
+};
+
+static int sink_flush(struct fd_sink *sink)
+{
+        const char *p = sink->buf;
+
+        while (sink->len > 0) {
+                ssize_t n = write(sink->fd, p, sink->len);
+
+                if (n < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        sink->error = errno;
+                        return -1;
+                }
+                p += n;
+                sink->len -= (size_t)n;
+        }
+        return 0;
+}
+
+static int sink_write(const char *buf, size_t size, void *data)
+{
+        struct fd_sink *sink = data;
+
+        while (size > 0) {
+                size_t n = sizeof(sink->buf) - sink->len;
+
+                if (n == 0) {
+                        if (sink_flush(sink) < 0)
+                                return -1;
+                        continue;
+                }
+                if (n > size)
+                        n = size;
+                memcpy(sink->buf + sink->len, buf, n);
+                sink->len += n;
+                buf += n;
+                size -= n;
+        }
+        return 0;
+}
+
+int ap_profile_write(const struct ap_profile *p, const char *path)
+{
+        /* Several collector threads may write profiles into one directory at once. */
+        static atomic_uint counter;
+        struct fd_sink *sink = NULL;
+        char *tmp = NULL;
+        json_t *doc;
+        int r;
+
+        if (!p || !path)
+                return -EINVAL;
+        r = validate_for_write(p);
+        if (r < 0)
+                return r;
+        doc = build_document(p);
+        sink = malloc(sizeof(*sink));
+        if (!doc || !sink) {
+                r = -ENOMEM;
+                goto out;
+        }
+        sink->fd = -1;
+        sink->error = 0;
+        sink->len = 0;
+
+        /* The temporary lives next to the target so rename() stays on one filesystem; its
+         * name matches the *.approf.tmp* ignore pattern. */
+        for (int attempt = 0; attempt < 100; attempt++) {
+                free(tmp);
+                if (asprintf(&tmp, "%s.tmp.%ld.%u", path, (long)getpid(),
+                             atomic_fetch_add_explicit(&counter, 1, memory_order_relaxed)) < 0) {
+                        tmp = NULL;
+                        r = -ENOMEM;
+                        goto out;
+                }
+                sink->fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+                if (sink->fd >= 0 || errno != EEXIST)
+                        break;
+        }
+        if (sink->fd < 0) {
+                r = -errno;
+                goto out;
+        }
+        /* A umask can only narrow 0600; set it exactly so that the owner can always read
+         * the profile back. */
+        if (fchmod(sink->fd, 0600) < 0) {
+                r = -errno;
+                goto out_unlink;
+        }
+        if (json_dump_callback(doc, sink_write, sink, JSON_COMPACT) < 0 ||
+            sink_write("\n", 1, sink) < 0 || sink_flush(sink) < 0) {
+                r = sink->error ? -sink->error : -ENOMEM;
+                goto out_unlink;
+        }
+        r = close(sink->fd);
+        sink->fd = -1;
+        if (r < 0) {
+                r = -errno;
+                goto out_unlink;
+        }
+        if (rename(tmp, path) < 0) {
+                r = -errno;
+                goto out_unlink;
+        }
+        r = 0;
+        goto out;
+
+out_unlink:
+        if (sink->fd >= 0)
+                close(sink->fd);
+        unlink(tmp);
+out:
+        free(tmp);
+        free(sink);
+        json_decref(doc);
+        return r;
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Reading                                                                              */
+
+struct rctx {
+        char *err; /* first error, malloc'd */
+        int r;     /* its code */
+};
+
+static int fail(struct rctx *rc, int r, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+static int fail(struct rctx *rc, int r, const char *fmt, ...)
+{
+        va_list ap;
+
+        if (!rc->err) {
+                va_start(ap, fmt);
+                if (vasprintf(&rc->err, fmt, ap) < 0)
+                        rc->err = NULL;
+                va_end(ap);
+                rc->r = r;
+        }
+        return r;
+}
+
+static int oom(struct rctx *rc)
+{
+        return fail(rc, -ENOMEM, "out of memory");
+}
+
+/* A location in the document, for error messages: "sites[3].frames[1]". */
+struct loc {
+        char s[96];
+};
+
+static struct loc at_key(const struct loc *parent, const char *key)
+{
+        struct loc l;
+
+        if (snprintf(l.s, sizeof(l.s), "%s%s%s", parent ? parent->s : "", parent ? "." : "", key) >=
+            (int)sizeof(l.s))
+                strcpy(l.s + sizeof(l.s) - 4, "...");
+        return l;
+}
+
+static struct loc at_index(const struct loc *parent, size_t i)
+{
+        struct loc l;
+
+        if (snprintf(l.s, sizeof(l.s), "%s[%zu]", parent->s, i) >= (int)sizeof(l.s))
+                strcpy(l.s + sizeof(l.s) - 4, "...");
+        return l;
+}
+
+static const char *type_name(const json_t *v)
+{
+        switch (json_typeof(v)) {
+        case JSON_OBJECT:
+                return "an object";
+        case JSON_ARRAY:
+                return "an array";
+        case JSON_STRING:
+                return "a string";
+        case JSON_INTEGER:
+                return "an integer";
+        case JSON_REAL:
+                return "a real number";
+        case JSON_TRUE:
+        case JSON_FALSE:
+                return "a boolean";
+        case JSON_NULL:
+                return "null";
+        }
+        return "?";
+}
+
+static int expect(struct rctx *rc, const json_t *v, const struct loc *l, const char *what)
+{
+        return fail(rc, -EINVAL, "%s: expected %s, found %s", l->s, what, type_name(v));
+}
+
+/* Member `key` of obj (which the caller checked is an object). */
+static int member(struct rctx *rc, const json_t *obj, const struct loc *parent, const char *key,
+                  json_t **ret)
+{
+        json_t *v = json_object_get(obj, key);
+
+        if (!v) {
+                struct loc l = at_key(parent, key);
+
+                return fail(rc, -EINVAL, "%s: missing", l.s);
+        }
+        *ret = v;
+        return 0;
+}
+
+static int get_object(struct rctx *rc, const json_t *obj, const struct loc *parent, const char *key,
+                      json_t **ret)
+{
+        struct loc l = at_key(parent, key);
+        int r = member(rc, obj, parent, key, ret);
+
+        if (r < 0)
+                return r;
+        return json_is_object(*ret) ? 0 : expect(rc, *ret, &l, "an object");
+}
+
+/* An array whose length fits a uint32 index space that excludes AP_NONE. */
+static int get_array(struct rctx *rc, const json_t *obj, const struct loc *parent, const char *key,
+                     json_t **ret, uint32_t *ret_n)
+{
+        struct loc l = at_key(parent, key);
+        int r = member(rc, obj, parent, key, ret);
+
+        if (r < 0)
+                return r;
+        if (!json_is_array(*ret))
+                return expect(rc, *ret, &l, "an array");
+        if (json_array_size(*ret) >= AP_NONE)
+                return fail(rc, -EINVAL, "%s: too many elements", l.s);
+        *ret_n = (uint32_t)json_array_size(*ret);
+        return 0;
+}
+
+static int as_int(struct rctx *rc, const json_t *v, const struct loc *l, int64_t min, int64_t max,
+                  int64_t *ret)
+{
+        json_int_t x;
+
+        if (!json_is_integer(v))
+                return expect(rc, v, l, "an integer");
+        x = json_integer_value(v);
+        if (x < min || x > max)
+                return fail(rc, -EINVAL, "%s: %lld is out of range [%lld, %lld]", l->s,
+                            (long long)x, (long long)min, (long long)max);
+        *ret = x;
+        return 0;
+}
+
+static int as_u64(struct rctx *rc, const json_t *v, const struct loc *l, uint64_t *ret)
+{
+        int64_t x = 0;
+        int r = as_int(rc, v, l, 0, INT64_MAX, &x);
+
+        if (r >= 0)
+                *ret = (uint64_t)x;
+        return r;
+}
+
+static int as_u32(struct rctx *rc, const json_t *v, const struct loc *l, uint32_t *ret)
+{
+        int64_t x = 0;
+        int r = as_int(rc, v, l, 0, UINT32_MAX, &x);
+
+        if (r >= 0)
+                *ret = (uint32_t)x;
+        return r;
+}
+
+/* An index < n, or null meaning AP_NONE. */
+static int as_index(struct rctx *rc, const json_t *v, const struct loc *l, uint32_t n,
+                    const char *table, uint32_t *ret)
+{
+        int64_t x = 0;
+
+        if (json_is_null(v)) {
+                *ret = AP_NONE;
+                return 0;
+        }
+        if (!json_is_integer(v))
+                return expect(rc, v, l, "an index or null");
+        x = json_integer_value(v);
+        if (x < 0 || x >= n)
+                return fail(rc, -EINVAL, "%s: index %lld out of range (%u %s)", l->s, (long long)x,
+                            n, table);
+        *ret = (uint32_t)x;
+        return 0;
+}
+
+/* A malloc'd copy of a string, or NULL for null when nullable. */
+static int as_strdup(struct rctx *rc, const json_t *v, const struct loc *l, bool nullable,
+                     char **ret)
+{
+        if (nullable && json_is_null(v)) {
+                *ret = NULL;
+                return 0;
+        }
+        if (!json_is_string(v))
+                return expect(rc, v, l, nullable ? "a string or null" : "a string");
+        *ret = strdup(json_string_value(v));
+        return *ret ? 0 : oom(rc);
+}
+
+static int as_addr(struct rctx *rc, const json_t *v, const struct loc *l, uint64_t *ret)
+{
+        const char *s;
+        uint64_t x = 0;
+        size_t n;
+
+        if (!json_is_string(v))
+                return expect(rc, v, l, "a hex address string");
+        s = json_string_value(v);
+        n = strlen(s);
+        if (n < 3 || n > 18 || s[0] != '0' || s[1] != 'x')
+                return fail(rc, -EINVAL, "%s: malformed address", l->s);
+        for (size_t i = 2; i < n; i++) {
+                unsigned d;
+
+                if (s[i] >= '0' && s[i] <= '9')
+                        d = (unsigned)(s[i] - '0');
+                else if (s[i] >= 'a' && s[i] <= 'f')
+                        d = (unsigned)(s[i] - 'a' + 10);
+                else if (s[i] >= 'A' && s[i] <= 'F')
+                        d = (unsigned)(s[i] - 'A' + 10);
+                else
+                        return fail(rc, -EINVAL, "%s: malformed address", l->s);
+                x = (x << 4) | d;
+        }
+        *ret = x;
+        return 0;
+}
+
+/* Member helpers: look up `key` in obj (an object) and convert it, or fail naming the key. */
+static int field_u64(struct rctx *rc, const json_t *obj, const struct loc *parent, const char *key,
+                     uint64_t *ret)
+{
+        struct loc l = at_key(parent, key);
+        json_t *v = NULL;
+        int r = member(rc, obj, parent, key, &v);
+
+        return r < 0 ? r : as_u64(rc, v, &l, ret);
+}
+
+static int field_u32(struct rctx *rc, const json_t *obj, const struct loc *parent, const char *key,
+                     uint32_t *ret)
+{
+        struct loc l = at_key(parent, key);
+        json_t *v = NULL;
+        int r = member(rc, obj, parent, key, &v);
+
+        return r < 0 ? r : as_u32(rc, v, &l, ret);
+}
+
+static int field_int(struct rctx *rc, const json_t *obj, const struct loc *parent, const char *key,
+                     int min, int max, int *ret)
+{
+        struct loc l = at_key(parent, key);
+        json_t *v = NULL;
+        int64_t x = 0;
+        int r = member(rc, obj, parent, key, &v);
+
+        if (r < 0 || (r = as_int(rc, v, &l, min, max, &x)) < 0)
+                return r;
+        *ret = (int)x;
+        return 0;
+}
+
+static int field_index(struct rctx *rc, const json_t *obj, const struct loc *parent,
+                       const char *key, uint32_t n, const char *table, uint32_t *ret)
+{
+        struct loc l = at_key(parent, key);
+        json_t *v = NULL;
+        int r = member(rc, obj, parent, key, &v);
+
+        return r < 0 ? r : as_index(rc, v, &l, n, table, ret);
+}
+
+static int field_strdup(struct rctx *rc, const json_t *obj, const struct loc *parent,
+                        const char *key, bool nullable, char **ret)
+{
+        struct loc l = at_key(parent, key);
+        json_t *v = NULL;
+        int r = member(rc, obj, parent, key, &v);
+
+        return r < 0 ? r : as_strdup(rc, v, &l, nullable, ret);
+}
+
+static int fields_u64(struct rctx *rc, const json_t *obj, const struct loc *parent, void *base,
+                      const struct u64_field *fields, size_t n)
+{
+        for (size_t i = 0; i < n; i++) {
+                int r = field_u64(rc, obj, parent, fields[i].name, u64_at(base, &fields[i]));
+
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
+/* A fixed-length array element of an array-of-arrays table ("frames", "histogram"...). */
+static int tuple(struct rctx *rc, const json_t *v, const struct loc *l, size_t len,
+                 const char *shape)
+{
+        if (!json_is_array(v) || json_array_size(v) != len)
+                return fail(rc, -EINVAL, "%s: expected %s", l->s, shape);
+        return 0;
+}
+
+/* Converts element i of a tuple. */
+static int tuple_u64(struct rctx *rc, const json_t *t, const struct loc *l, size_t i, uint64_t *ret)
+{
+        struct loc li = at_index(l, i);
+
+        return as_u64(rc, json_array_get(t, i), &li, ret);
+}
+
+static int tuple_index(struct rctx *rc, const json_t *t, const struct loc *l, size_t i, uint32_t n,
+                       const char *table, uint32_t *ret)
+{
+        struct loc li = at_index(l, i);
+
+        return as_index(rc, json_array_get(t, i), &li, n, table, ret);
+}
+
+/* Allocates a zeroed table of n elements (NULL when n == 0). */
+static int alloc_table(struct rctx *rc, void **ret, uint32_t n, size_t size)
+{
+        *ret = NULL;
+        if (n > 0 && !(*ret = calloc(n, size)))
+                return oom(rc);
+        return 0;
+}
+
+static int read_process(struct rctx *rc, struct ap_profile *p, const json_t *root)
+{
+        struct loc l = at_key(NULL, "process"), lc = at_key(&l, "command");
+        json_t *proc = NULL, *cmd = NULL;
+        uint32_t n = 0;
+        int r;
+
+        if ((r = get_object(rc, root, NULL, "process", &proc)) < 0 ||
+            (r = field_u32(rc, proc, &l, "pid", &p->pid)) < 0 ||
+            (r = field_u32(rc, proc, &l, "ppid", &p->ppid)) < 0 ||
+            (r = field_int(rc, proc, &l, "exit_status", -1, 255, &p->exit_status)) < 0 ||
+            (r = field_int(rc, proc, &l, "term_signal", 0, 255, &p->term_signal)) < 0 ||
+            (r = field_u64(rc, proc, &l, "start_unix_ns", &p->start_unix_ns)) < 0 ||
+            (r = field_u64(rc, proc, &l, "duration_ns", &p->duration_ns)) < 0 ||
+            (r = field_strdup(rc, proc, &l, "exe", true, &p->exe)) < 0 ||
+            (r = get_array(rc, proc, &l, "command", &cmd, &n)) < 0 ||
+            (r = alloc_table(rc, (void **)&p->command, n, sizeof(*p->command))) < 0)
+                return r;
+        for (uint32_t i = 0; i < n; i++) {
+                struct loc li = at_index(&lc, i);
+
+                if ((r = as_strdup(rc, json_array_get(cmd, i), &li, false, &p->command[i])) < 0)
+                        return r;
+                p->ncommand++;
+        }
+        return 0;
+}
+
+static int read_strings(struct rctx *rc, struct ap_profile *p, const json_t *root)
+{
+        struct loc l = at_key(NULL, "strings");
+        json_t *a = NULL;
+        uint32_t n = 0;
+        int r;
+
+        if ((r = get_array(rc, root, NULL, "strings", &a, &n)) < 0 ||
+            (r = alloc_table(rc, (void **)&p->strings, n, sizeof(*p->strings))) < 0)
+                return r;
+        for (uint32_t i = 0; i < n; i++) {
+                struct loc li = at_index(&l, i);
+
+                if ((r = as_strdup(rc, json_array_get(a, i), &li, false, &p->strings[i])) < 0)
+                        return r;
+                p->nstrings++;
+        }
+        return 0;
+}
+
+static int read_modules(struct rctx *rc, struct ap_profile *p, const json_t *root)
+{
+        struct loc l = at_key(NULL, "modules");
+        json_t *a = NULL;
+        uint32_t n = 0;
+        int r;
+
+        if ((r = get_array(rc, root, NULL, "modules", &a, &n)) < 0 ||
+            (r = alloc_table(rc, (void **)&p->modules, n, sizeof(*p->modules))) < 0)
+                return r;
+        p->nmodules = n; /* plain data: a partly filled table is still safe to free */
+        for (uint32_t i = 0; i < n; i++) {
+                struct ap_pmodule *m = &p->modules[i];
+                json_t *o = json_array_get(a, i);
+                struct loc li = at_index(&l, i);
+
+                if (!json_is_object(o))
+                        return expect(rc, o, &li, "an object");
+                if ((r = field_index(rc, o, &li, "path", p->nstrings, "strings", &m->path)) < 0 ||
+                    (r = field_index(rc, o, &li, "build_id", p->nstrings, "strings",
+                                     &m->build_id)) < 0 ||
+                    (r = fields_u64(rc, o, &li, m, module_fields, ARRAY_SIZE(module_fields))) < 0)
+                        return r;
+        }
+        return 0;
+}
+
+static int read_frames(struct rctx *rc, struct ap_profile *p, const json_t *root)
+{
+        struct loc l = at_key(NULL, "frames");
+        json_t *a = NULL;
+        uint32_t n = 0;
+        int r;
+
+        if ((r = get_array(rc, root, NULL, "frames", &a, &n)) < 0 ||
+            (r = alloc_table(rc, (void **)&p->frames, n, sizeof(*p->frames))) < 0)
+                return r;
+        p->nframes = n;
+        for (uint32_t i = 0; i < n; i++) {
+                struct ap_pframe *f = &p->frames[i];
+                json_t *t = json_array_get(a, i);
+                struct loc li = at_index(&l, i), l4 = at_index(&li, 4), l5 = at_index(&li, 5);
+                uint64_t line = 0;
+
+                if ((r = tuple(rc, t, &li, 6, "[function, file, line, module, address, inlined]")) <
+                            0 ||
+                    (r = tuple_index(rc, t, &li, 0, p->nstrings, "strings", &f->function)) < 0 ||
+                    (r = tuple_index(rc, t, &li, 1, p->nstrings, "strings", &f->file)) < 0 ||
+                    (r = tuple_u64(rc, t, &li, 2, &line)) < 0 ||
+                    (r = tuple_index(rc, t, &li, 3, p->nmodules, "modules", &f->module)) < 0 ||
+                    (r = as_addr(rc, json_array_get(t, 4), &l4, &f->address)) < 0)
+                        return r;
+                if (line > UINT32_MAX) {
+                        struct loc l2 = at_index(&li, 2);
+
+                        return fail(rc, -EINVAL, "%s: line number out of range", l2.s);
+                }
+                f->line = (uint32_t)line;
+                if (!json_is_boolean(json_array_get(t, 5)))
+                        return expect(rc, json_array_get(t, 5), &l5, "a boolean");
+                f->inlined = json_is_true(json_array_get(t, 5));
+        }
+        return 0;
+}
+
+static int read_sites(struct rctx *rc, struct ap_profile *p, const json_t *root)
+{
+        struct loc l = at_key(NULL, "sites");
+        json_t *a = NULL;
+        uint32_t n = 0;
+        int r;
+
+        if ((r = get_array(rc, root, NULL, "sites", &a, &n)) < 0 ||
+            (r = alloc_table(rc, (void **)&p->sites, n, sizeof(*p->sites))) < 0)
+                return r;
+        p->nsites = n; /* zeroed sites (frames NULL) are safe to free */
+        for (uint32_t i = 0; i < n; i++) {
+                struct ap_psite *s = &p->sites[i];
+                json_t *o = json_array_get(a, i), *fa = NULL;
+                struct loc li = at_index(&l, i), lf = at_key(&li, "frames");
+                uint32_t nf = 0;
+
+                if (!json_is_object(o))
+                        return expect(rc, o, &li, "an object");
+                if ((r = fields_u64(rc, o, &li, s, site_fields, ARRAY_SIZE(site_fields))) < 0 ||
+                    (r = get_array(rc, o, &li, "frames", &fa, &nf)) < 0 ||
+                    (r = alloc_table(rc, (void **)&s->frames, nf, sizeof(*s->frames))) < 0)
+                        return r;
+                s->nframes = nf;
+                for (uint32_t j = 0; j < nf; j++) {
+                        json_t *v = json_array_get(fa, j);
+
+                        if (json_is_null(v)) {
+                                struct loc lj = at_index(&lf, j);
+
+                                return expect(rc, v, &lj, "a frame index");
+                        }
+                        if ((r = tuple_index(rc, fa, &lf, j, p->nframes, "frames", &s->frames[j])) <
+                            0)
+                                return r;
+                }
+        }
+        return 0;
+}
+
+static int read_histogram(struct rctx *rc, struct ap_profile *p, const json_t *root)
+{
+        struct loc l = at_key(NULL, "histogram");
+        bool seen[AP_HIST_BUCKETS] = {false};
+        json_t *a = NULL;
+        uint32_t n = 0;
+        int r;
+
+        if ((r = get_array(rc, root, NULL, "histogram", &a, &n)) < 0)
+                return r;
+        for (uint32_t i = 0; i < n; i++) {
+                json_t *t = json_array_get(a, i);
+                struct loc li = at_index(&l, i), l0 = at_index(&li, 0);
+                int64_t b = 0;
+
+                if ((r = tuple(rc, t, &li, 3, "[bucket, count, bytes]")) < 0 ||
+                    (r = as_int(rc, json_array_get(t, 0), &l0, 0, AP_HIST_BUCKETS - 1, &b)) < 0)
+                        return r;
+                if (seen[b])
+                        return fail(rc, -EINVAL, "%s: bucket %d appears twice", l0.s, (int)b);
+                seen[b] = true;
+                if ((r = tuple_u64(rc, t, &li, 1, &p->hist_count[b])) < 0 ||
+                    (r = tuple_u64(rc, t, &li, 2, &p->hist_bytes[b])) < 0)
+                        return r;
+        }
+        return 0;
+}
+
+static int read_timeline(struct rctx *rc, struct ap_profile *p, const json_t *root)
+{
+        struct loc l = at_key(NULL, "timeline");
+        json_t *a = NULL;
+        uint32_t n = 0;
+        int r;
+
+        if ((r = get_array(rc, root, NULL, "timeline", &a, &n)) < 0 ||
+            (r = alloc_table(rc, (void **)&p->timeline, n, sizeof(*p->timeline))) < 0)
+                return r;
+        p->ntimeline = n;
+        for (uint32_t i = 0; i < n; i++) {
+                struct ap_ptimepoint *tp = &p->timeline[i];
+                json_t *t = json_array_get(a, i);
+                struct loc li = at_index(&l, i);
+
+                if ((r = tuple(rc, t, &li, 3, "[t_ns, live_bytes, allocations]")) < 0 ||
+                    (r = tuple_u64(rc, t, &li, 0, &tp->t_ns)) < 0 ||
+                    (r = tuple_u64(rc, t, &li, 1, &tp->live_bytes)) < 0 ||
+                    (r = tuple_u64(rc, t, &li, 2, &tp->allocations)) < 0)
+                        return r;
+        }
+        return 0;
+}
+
+static int read_document(struct rctx *rc, struct ap_profile *p, const json_t *root)
+{
+        struct loc lv = at_key(NULL, "format_version"), lt = at_key(NULL, "tool");
+        struct loc ltot = at_key(NULL, "totals");
+        json_t *v = NULL, *o = NULL;
+        int64_t version = 0;
+        int r;
+
+        if (!json_is_object(root))
+                return fail(rc, -EINVAL, "not an allocprof profile (top level is %s)",
+                            type_name(root));
+        v = json_object_get(root, "format");
+        if (!json_is_string(v) || strcmp(json_string_value(v), FORMAT_NAME) != 0)
+                return fail(rc, -EINVAL, "not an allocprof profile (\"format\" is not \"%s\")",
+                            FORMAT_NAME);
+        /* Checked before anything else: a newer file must say "upgrade", not "corrupt". */
+        if ((r = member(rc, root, NULL, "format_version", &v)) < 0 ||
+            (r = as_int(rc, v, &lv, INT64_MIN, INT64_MAX, &version)) < 0)
+                return r;
+        if (version != AP_PROFILE_SCHEMA_VERSION)
+                return fail(rc, -EPROTONOSUPPORT,
+                            "profile format version %lld is not supported (this allocprof "
+                            "reads version %d)",
+                            (long long)version, AP_PROFILE_SCHEMA_VERSION);
+
+        /* Tables in dependency order: each one is checked against those before it. */
+        if ((r = get_object(rc, root, NULL, "tool", &o)) < 0 ||
+            (r = field_strdup(rc, o, &lt, "version", true, &p->tool_version)) < 0 ||
+            (r = field_strdup(rc, root, NULL, "mode", true, &p->mode)) < 0 ||
+            (r = field_u64(rc, root, NULL, "sample_interval", &p->sample_interval)) < 0 ||
+            (r = get_object(rc, root, NULL, "totals", &o)) < 0 ||
+            (r = fields_u64(rc, o, &ltot, p, totals_fields, ARRAY_SIZE(totals_fields))) < 0 ||
+            (r = read_process(rc, p, root)) < 0 || (r = read_strings(rc, p, root)) < 0 ||
+            (r = read_modules(rc, p, root)) < 0 || (r = read_frames(rc, p, root)) < 0 ||
+            (r = read_sites(rc, p, root)) < 0 || (r = read_histogram(rc, p, root)) < 0 ||
+            (r = read_timeline(rc, p, root)) < 0)
+                return r;
+        return 0;
+}
+
+int ap_profile_read(const char *path, struct ap_profile **ret, char **err)
+{
+        struct rctx rc = {0};
+        struct ap_profile *p = NULL;
+        json_error_t jerr;
+        json_t *root = NULL;
+        FILE *f = NULL;
+        struct stat st;
+        int fd, r;
+
+        if (err)
+                *err = NULL;
+        if (!path || !ret)
+                return -EINVAL;
+        fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+        if (fd < 0 || fstat(fd, &st) < 0) {
+                r = -errno;
+                fail(&rc, r, "%s", strerror(-r));
+                goto out;
+        }
+        if (S_ISDIR(st.st_mode)) {
+                r = fail(&rc, -EISDIR, "is a directory");
+                goto out;
+        }
+        if (S_ISREG(st.st_mode) && (uint64_t)st.st_size > MAX_FILE_SIZE) {
+                r = fail(&rc, -EFBIG, "file too large for a profile (%lld bytes)",
+                         (long long)st.st_size);
+                goto out;
+        }
+        if (S_ISREG(st.st_mode) && st.st_size == 0) {
+                r = fail(&rc, -EINVAL, "empty file");
+                goto out;
+        }
+        /* Through stdio: json_loadfd() reads one byte per syscall. */
+        f = fdopen(fd, "r");
+        if (!f) {
+                r = -errno;
+                fail(&rc, r, "%s", strerror(-r));
+                goto out;
+        }
+        fd = -1;
+        /* Duplicate keys are rejected: a hostile file must not show one value to a human
+         * reading it and another to us. */
+        root = json_loadf(f, JSON_REJECT_DUPLICATES, &jerr);
+        if (!root) {
+                r = fail(&rc, -EINVAL, "not valid JSON (line %d, column %d): %s", jerr.line,
+                         jerr.column, jerr.text);
+                goto out;
+        }
+        p = ap_profile_new();
+        if (!p) {
+                r = oom(&rc);
+                goto out;
+        }
+        r = read_document(&rc, p, root);
+        if (r < 0)
+                goto out;
+        *ret = p;
+        p = NULL;
+out:
+        if (f)
+                fclose(f);
+        else if (fd >= 0)
+                close(fd);
+        json_decref(root);
+        ap_profile_free(p);
+        if (r < 0 && err)
+                *err = rc.err ? rc.err : strdup(strerror(-r));
+        else
+                free(rc.err);
+        return r;
+}

@@ -1,0 +1,791 @@
+/* Tests for the profile model and file format: exact round trips, string interning, and
+ * a reader that turns every kind of corrupt or hostile file into a clean error.
+ *
+ * SPDX-License-Identifier: MIT OR Apache-2.0
+ */
+#include <dirent.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "../helpers.h"
+#include "profile.h"
+
+static char tmpdir[] = "/tmp/ap-test-profile.XXXXXX";
+
+static char *path_in_tmp(const char *name)
+{
+        char *s;
+
+        ASSERT_TRUE(asprintf(&s, "%s/%s", tmpdir, name) > 0);
+        return s;
+}
+
+static char *xstrdup(const char *s)
+{
+        char *c = strdup(s);
+
+        ASSERT_NOT_NULL(c);
+        return c;
+}
+
+static uint32_t add_frame(struct ap_profile *p, const char *function, const char *file,
+                          uint32_t line, uint32_t module, uint64_t address, bool inlined)
+{
+        struct ap_pframe *f;
+
+        p->frames = reallocarray(p->frames, p->nframes + 1, sizeof(*p->frames));
+        ASSERT_NOT_NULL(p->frames);
+        f = &p->frames[p->nframes];
+        f->function = function ? ap_profile_intern(p, function) : AP_NONE;
+        f->file = file ? ap_profile_intern(p, file) : AP_NONE;
+        f->line = line;
+        f->module = module;
+        f->address = address;
+        f->inlined = inlined;
+        return p->nframes++;
+}
+
+static struct ap_psite *add_site(struct ap_profile *p, uint64_t seed, uint32_t nframes,
+                                 const uint32_t *frames)
+{
+        struct ap_psite *s;
+
+        p->sites = reallocarray(p->sites, p->nsites + 1, sizeof(*p->sites));
+        ASSERT_NOT_NULL(p->sites);
+        s = &p->sites[p->nsites++];
+        /* Distinct values per field, so a field swapped in the format cannot go unnoticed. */
+        s->allocations = seed + 1;
+        s->bytes = seed + 2;
+        s->frees = seed + 3;
+        s->freed_bytes = seed + 4;
+        s->leaked_blocks = seed + 5;
+        s->leaked_bytes = seed + 6;
+        s->peak_bytes = seed + 7;
+        s->max_live_bytes = seed + 8;
+        s->temporary = seed + 9;
+        s->reallocs = seed + 10;
+        s->nframes = nframes;
+        s->frames = nframes ? calloc(nframes, sizeof(*frames)) : NULL;
+        if (nframes)
+                memcpy(s->frames, frames, nframes * sizeof(*frames));
+        return s;
+}
+
+/* A profile that exercises every field and edge: unknown strings/modules, a frameless
+ * site, full 64-bit addresses, the first and last histogram buckets. */
+static struct ap_profile *build_sample(void)
+{
+        struct ap_profile *p = ap_profile_new();
+        uint32_t f[5];
+
+        ASSERT_NOT_NULL(p);
+        ASSERT_EQ(p->exit_status, -1);
+        p->tool_version = xstrdup("0.1.0");
+        p->pid = 4242;
+        p->ppid = 1;
+        p->ncommand = 3;
+        p->command = calloc(3, sizeof(char *));
+        p->command[0] = xstrdup("./prog");
+        p->command[1] = xstrdup("--flag");
+        p->command[2] = xstrdup("a \"quoted\" arg\twith\\escapes \xc3\xa9");
+        p->exe = xstrdup("/usr/bin/prog");
+        p->exit_status = 3;
+        p->term_signal = 0;
+        p->mode = xstrdup("full");
+        p->sample_interval = 0;
+        p->start_unix_ns = 1732575000123456789ull;
+        p->duration_ns = 2500000000ull;
+
+        p->totals.allocations = 101;
+        p->totals.bytes = 102;
+        p->totals.frees = 103;
+        p->totals.freed_bytes = 104;
+        p->totals.leaked_blocks = 105;
+        p->totals.leaked_bytes = 106;
+        p->totals.peak_bytes = 107;
+        p->totals.peak_blocks = 108;
+        p->totals.peak_t_ns = 109;
+        p->totals.temporary = 110;
+        p->totals.reallocs = 111;
+        p->totals.dropped_events = 112;
+        p->totals.dropped_frees = 113;
+        p->totals.unmatched_frees = 114;
+        p->totals.invalid_records = 115;
+        p->totals.threads = (uint64_t)INT64_MAX; /* the largest value that round-trips */
+
+        p->modules = calloc(2, sizeof(*p->modules));
+        p->nmodules = 2;
+        p->modules[0] = (struct ap_pmodule){.path = ap_profile_intern(p, "/usr/bin/prog"),
+                                            .build_id = ap_profile_intern(p, "0123abcd"),
+                                            .allocations = 201,
+                                            .bytes = 202,
+                                            .leaked_blocks = 203,
+                                            .leaked_bytes = 204};
+        p->modules[1] = (struct ap_pmodule){.path = ap_profile_intern(p, "/lib/libc.so.6"),
+                                            .build_id = AP_NONE,
+                                            .allocations = 301,
+                                            .bytes = 302,
+                                            .leaked_blocks = 303,
+                                            .leaked_bytes = 304};
+
+        f[0] = add_frame(p, "make_node", "src/tree.c", 42, 0, 0x1234, true);
+        f[1] = add_frame(p, "tree_insert", "src/tree.c", 97, 0, 0x1234, false);
+        f[2] = add_frame(p, "main", "src/main.c", 12, 0, 0x10a0, false);
+        f[3] = add_frame(p, NULL, NULL, 0, 1, 0xffffffffffffffffull, false);
+        f[4] = add_frame(p, "ns::Widget<int>::grow()", NULL, 7, AP_NONE, 0, false);
+
+        add_site(p, 1000, 3, (uint32_t[]){f[0], f[1], f[2]});
+        add_site(p, 2000, 2, (uint32_t[]){f[4], f[3]});
+        add_site(p, 3000, 0, NULL);
+
+        p->hist_count[0] = 5;
+        p->hist_bytes[0] = 0;
+        p->hist_count[7] = 9;
+        p->hist_bytes[7] = 800;
+        p->hist_count[AP_HIST_BUCKETS - 1] = 1;
+        p->hist_bytes[AP_HIST_BUCKETS - 1] = (uint64_t)1 << 62;
+
+        p->ntimeline = 3;
+        p->timeline = calloc(3, sizeof(*p->timeline));
+        p->timeline[0] = (struct ap_ptimepoint){0, 0, 0};
+        p->timeline[1] = (struct ap_ptimepoint){1000000, 4096, 12};
+        p->timeline[2] = (struct ap_ptimepoint){2000000, 512, 30};
+        return p;
+}
+
+static void assert_same(const struct ap_profile *a, const struct ap_profile *b)
+{
+        ASSERT_STREQ(a->tool_version, b->tool_version);
+        ASSERT_EQ(a->pid, b->pid);
+        ASSERT_EQ(a->ppid, b->ppid);
+        ASSERT_EQ(a->ncommand, b->ncommand);
+        for (uint32_t i = 0; i < a->ncommand; i++)
+                ASSERT_STREQ(a->command[i], b->command[i]);
+        ASSERT_STREQ(a->exe, b->exe);
+        ASSERT_EQ(a->exit_status, b->exit_status);
+        ASSERT_EQ(a->term_signal, b->term_signal);
+        ASSERT_STREQ(a->mode, b->mode);
+        ASSERT_EQ(a->sample_interval, b->sample_interval);
+        ASSERT_EQ(a->start_unix_ns, b->start_unix_ns);
+        ASSERT_EQ(a->duration_ns, b->duration_ns);
+
+        ASSERT_EQ(a->totals.allocations, b->totals.allocations);
+        ASSERT_EQ(a->totals.bytes, b->totals.bytes);
+        ASSERT_EQ(a->totals.frees, b->totals.frees);
+        ASSERT_EQ(a->totals.freed_bytes, b->totals.freed_bytes);
+        ASSERT_EQ(a->totals.leaked_blocks, b->totals.leaked_blocks);
+        ASSERT_EQ(a->totals.leaked_bytes, b->totals.leaked_bytes);
+        ASSERT_EQ(a->totals.peak_bytes, b->totals.peak_bytes);
+        ASSERT_EQ(a->totals.peak_blocks, b->totals.peak_blocks);
+        ASSERT_EQ(a->totals.peak_t_ns, b->totals.peak_t_ns);
+        ASSERT_EQ(a->totals.temporary, b->totals.temporary);
+        ASSERT_EQ(a->totals.reallocs, b->totals.reallocs);
+        ASSERT_EQ(a->totals.dropped_events, b->totals.dropped_events);
+        ASSERT_EQ(a->totals.dropped_frees, b->totals.dropped_frees);
+        ASSERT_EQ(a->totals.unmatched_frees, b->totals.unmatched_frees);
+        ASSERT_EQ(a->totals.invalid_records, b->totals.invalid_records);
+        ASSERT_EQ(a->totals.threads, b->totals.threads);
+
+        ASSERT_EQ(a->nstrings, b->nstrings);
+        for (uint32_t i = 0; i < a->nstrings; i++)
+                ASSERT_STREQ(a->strings[i], b->strings[i]);
+
+        ASSERT_EQ(a->nmodules, b->nmodules);
+        for (uint32_t i = 0; i < a->nmodules; i++) {
+                ASSERT_EQ(a->modules[i].path, b->modules[i].path);
+                ASSERT_EQ(a->modules[i].build_id, b->modules[i].build_id);
+                ASSERT_EQ(a->modules[i].allocations, b->modules[i].allocations);
+                ASSERT_EQ(a->modules[i].bytes, b->modules[i].bytes);
+                ASSERT_EQ(a->modules[i].leaked_blocks, b->modules[i].leaked_blocks);
+                ASSERT_EQ(a->modules[i].leaked_bytes, b->modules[i].leaked_bytes);
+        }
+
+        ASSERT_EQ(a->nframes, b->nframes);
+        for (uint32_t i = 0; i < a->nframes; i++) {
+                ASSERT_EQ(a->frames[i].function, b->frames[i].function);
+                ASSERT_EQ(a->frames[i].file, b->frames[i].file);
+                ASSERT_EQ(a->frames[i].line, b->frames[i].line);
+                ASSERT_EQ(a->frames[i].module, b->frames[i].module);
+                ASSERT_EQ(a->frames[i].address, b->frames[i].address);
+                ASSERT_EQ(a->frames[i].inlined, b->frames[i].inlined);
+        }
+
+        ASSERT_EQ(a->nsites, b->nsites);
+        for (uint32_t i = 0; i < a->nsites; i++) {
+                const struct ap_psite *x = &a->sites[i], *y = &b->sites[i];
+
+                ASSERT_EQ(x->allocations, y->allocations);
+                ASSERT_EQ(x->bytes, y->bytes);
+                ASSERT_EQ(x->frees, y->frees);
+                ASSERT_EQ(x->freed_bytes, y->freed_bytes);
+                ASSERT_EQ(x->leaked_blocks, y->leaked_blocks);
+                ASSERT_EQ(x->leaked_bytes, y->leaked_bytes);
+                ASSERT_EQ(x->peak_bytes, y->peak_bytes);
+                ASSERT_EQ(x->max_live_bytes, y->max_live_bytes);
+                ASSERT_EQ(x->temporary, y->temporary);
+                ASSERT_EQ(x->reallocs, y->reallocs);
+                ASSERT_EQ(x->nframes, y->nframes);
+                for (uint32_t j = 0; j < x->nframes; j++)
+                        ASSERT_EQ(x->frames[j], y->frames[j]);
+        }
+
+        for (unsigned i = 0; i < AP_HIST_BUCKETS; i++) {
+                ASSERT_EQ(a->hist_count[i], b->hist_count[i]);
+                ASSERT_EQ(a->hist_bytes[i], b->hist_bytes[i]);
+        }
+
+        ASSERT_EQ(a->ntimeline, b->ntimeline);
+        for (uint32_t i = 0; i < a->ntimeline; i++) {
+                ASSERT_EQ(a->timeline[i].t_ns, b->timeline[i].t_ns);
+                ASSERT_EQ(a->timeline[i].live_bytes, b->timeline[i].live_bytes);
+                ASSERT_EQ(a->timeline[i].allocations, b->timeline[i].allocations);
+        }
+}
+
+static struct ap_profile *read_ok(const char *path)
+{
+        struct ap_profile *p = NULL;
+        char *err = NULL;
+        int r = ap_profile_read(path, &p, &err);
+
+        if (r < 0)
+                fprintf(stderr, "reading %s: %s\n", path, err ? err : "?");
+        ASSERT_OK(r);
+        ASSERT_NULL(err);
+        ASSERT_NOT_NULL(p);
+        return p;
+}
+
+/* Counts directory entries other than . and .. */
+static unsigned count_entries(const char *dir)
+{
+        DIR *d = opendir(dir);
+        struct dirent *e;
+        unsigned n = 0;
+
+        ASSERT_NOT_NULL(d);
+        while ((e = readdir(d)))
+                if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0)
+                        n++;
+        closedir(d);
+        return n;
+}
+
+static void test_round_trip(void)
+{
+        struct ap_profile *p = build_sample(), *q, *e;
+        char *path = path_in_tmp("allocprof.prog.4242.approf");
+        struct stat st;
+
+        ASSERT_OK(ap_profile_write(p, path));
+        ASSERT_EQ(stat(path, &st), 0);
+        ASSERT_EQ(st.st_mode & 07777, 0600);
+        ASSERT_EQ(count_entries(tmpdir), 1); /* the temporary is gone */
+        q = read_ok(path);
+        assert_same(p, q);
+
+        /* Rewriting what was read gives the same profile again, and replaces the file. */
+        ASSERT_OK(ap_profile_write(q, path));
+        ap_profile_free(q);
+        q = read_ok(path);
+        assert_same(p, q);
+        ASSERT_EQ(count_entries(tmpdir), 1);
+        ap_profile_free(q);
+
+        /* An empty profile round-trips too (NULL strings become null and back). */
+        e = ap_profile_new();
+        ASSERT_NOT_NULL(e);
+        ASSERT_OK(ap_profile_write(e, path));
+        q = read_ok(path);
+        assert_same(e, q);
+        ASSERT_NULL(q->mode);
+        ASSERT_NULL(q->exe);
+        ASSERT_EQ(q->exit_status, -1);
+        ap_profile_free(q);
+        ap_profile_free(e);
+
+        unlink(path);
+        free(path);
+        ap_profile_free(p);
+}
+
+/* Counters above INT64_MAX saturate; addresses keep all 64 bits. */
+static void test_u64_limits(void)
+{
+        struct ap_profile *p = build_sample(), *q;
+        char *path = path_in_tmp("limits.approf");
+
+        p->totals.bytes = UINT64_MAX;
+        p->sites[0].allocations = (uint64_t)INT64_MAX + 1;
+        p->frames[0].address = 0x8000000000000001ull;
+        ASSERT_OK(ap_profile_write(p, path));
+        q = read_ok(path);
+        ASSERT_EQ(q->totals.bytes, (uint64_t)INT64_MAX);
+        ASSERT_EQ(q->sites[0].allocations, (uint64_t)INT64_MAX);
+        ASSERT_EQ(q->frames[0].address, 0x8000000000000001ull);
+        ASSERT_EQ(q->frames[3].address, 0xffffffffffffffffull);
+        ap_profile_free(q);
+        ap_profile_free(p);
+        unlink(path);
+        free(path);
+}
+
+/* Bytes that are not UTF-8 (argv, paths) become U+FFFD instead of failing the write. */
+static void test_invalid_utf8(void)
+{
+        struct ap_profile *p = build_sample(), *q;
+        char *path = path_in_tmp("utf8.approf");
+
+        free(p->command[1]);
+        p->command[1] = xstrdup("a\xff"
+                                "b\xc3");
+        p->strings[0][0] = '\x80';
+        ASSERT_OK(ap_profile_write(p, path));
+        q = read_ok(path);
+        ASSERT_STREQ(q->command[1], "a\xef\xbf\xbd"
+                                    "b\xef\xbf\xbd");
+        ASSERT_EQ((unsigned char)q->strings[0][0], 0xef);
+        ASSERT_STREQ(q->command[2], p->command[2]); /* valid UTF-8 is untouched */
+        ap_profile_free(q);
+        ap_profile_free(p);
+        unlink(path);
+        free(path);
+}
+
+static void test_intern(void)
+{
+        struct ap_profile *p = ap_profile_new();
+        char name[32];
+        uint32_t a, b;
+
+        ASSERT_NOT_NULL(p);
+        ASSERT_EQ(ap_profile_intern(p, NULL), AP_NONE);
+        a = ap_profile_intern(p, "malloc");
+        b = ap_profile_intern(p, "free");
+        ASSERT_EQ(a, 0u);
+        ASSERT_EQ(b, 1u);
+        ASSERT_EQ(ap_profile_intern(p, "malloc"), a);
+        ASSERT_EQ(ap_profile_intern(p, ""), 2u);
+        ASSERT_EQ(p->nstrings, 3u);
+
+        /* Enough strings to force several rehashes; every one stays findable. */
+        for (unsigned i = 0; i < 5000; i++) {
+                snprintf(name, sizeof(name), "sym%u", i);
+                ASSERT_EQ(ap_profile_intern(p, name), 3 + i);
+        }
+        for (unsigned i = 0; i < 5000; i += 7) {
+                snprintf(name, sizeof(name), "sym%u", i);
+                ASSERT_EQ(ap_profile_intern(p, name), 3 + i);
+                ASSERT_STREQ(p->strings[3 + i], name);
+        }
+
+        /* A caller that appends to the table directly is seen by the next intern. */
+        p->strings = reallocarray(p->strings, p->nstrings + 1, sizeof(char *));
+        ASSERT_NOT_NULL(p->strings);
+        p->strings[p->nstrings++] = xstrdup("appended");
+        ASSERT_EQ(ap_profile_intern(p, "appended"), p->nstrings - 1);
+        ASSERT_EQ(ap_profile_intern(p, "after"), p->nstrings - 1);
+        ASSERT_EQ(ap_profile_intern(p, "sym4999"), 5002u);
+        ap_profile_free(p);
+
+        /* A profile that was read (exactly sized table) keeps interning correctly. */
+        {
+                struct ap_profile *s = build_sample(), *q;
+                char *path = path_in_tmp("intern.approf");
+                uint32_t n;
+
+                ASSERT_OK(ap_profile_write(s, path));
+                q = read_ok(path);
+                n = q->nstrings;
+                ASSERT_EQ(ap_profile_intern(q, "src/tree.c"), ap_profile_intern(s, "src/tree.c"));
+                ASSERT_EQ(ap_profile_intern(q, "new string"), n);
+                ASSERT_EQ(q->nstrings, n + 1);
+                ap_profile_free(q);
+                ap_profile_free(s);
+                unlink(path);
+                free(path);
+        }
+        ap_profile_free(NULL);
+}
+
+/* The writer refuses a profile its reader would reject, and leaves nothing behind. */
+static void test_write_errors(void)
+{
+        struct ap_profile *p = build_sample();
+        char *path = path_in_tmp("bad.approf");
+        uint32_t saved;
+
+        saved = p->sites[0].frames[1];
+        p->sites[0].frames[1] = p->nframes;
+        ASSERT_ERR(ap_profile_write(p, path), -EINVAL);
+        p->sites[0].frames[1] = saved;
+
+        saved = p->frames[2].file;
+        p->frames[2].file = p->nstrings;
+        ASSERT_ERR(ap_profile_write(p, path), -EINVAL);
+        p->frames[2].file = saved;
+
+        saved = p->frames[2].module;
+        p->frames[2].module = p->nmodules;
+        ASSERT_ERR(ap_profile_write(p, path), -EINVAL);
+        p->frames[2].module = saved;
+
+        saved = p->modules[1].path;
+        p->modules[1].path = 12345;
+        ASSERT_ERR(ap_profile_write(p, path), -EINVAL);
+        p->modules[1].path = saved;
+        ASSERT_EQ(count_entries(tmpdir), 0);
+
+        ASSERT_ERR(ap_profile_write(p, "/nonexistent-dir/x.approf"), -ENOENT);
+
+        /* A failed rename leaves no temporary behind. */
+        {
+                char *dir = path_in_tmp("dir.approf");
+
+                ASSERT_EQ(mkdir(dir, 0700), 0);
+                ASSERT_ERR(ap_profile_write(p, dir), -EISDIR);
+                ASSERT_EQ(count_entries(tmpdir), 1);
+                ASSERT_EQ(rmdir(dir), 0);
+                free(dir);
+        }
+        ASSERT_ERR(ap_profile_write(NULL, path), -EINVAL);
+        ASSERT_EQ(count_entries(tmpdir), 0);
+        ap_profile_free(p);
+        free(path);
+}
+
+/* ---- hostile files ------------------------------------------------------------------ */
+
+static void write_text(const char *path, const char *text, size_t len)
+{
+        int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+
+        ASSERT_TRUE(fd >= 0);
+        ASSERT_EQ(write(fd, text, len), (ssize_t)len);
+        close(fd);
+}
+
+static char *slurp(const char *path, size_t *len)
+{
+        FILE *f = fopen(path, "rb");
+        char *buf;
+        long n;
+
+        ASSERT_NOT_NULL(f);
+        fseek(f, 0, SEEK_END);
+        n = ftell(f);
+        rewind(f);
+        buf = malloc((size_t)n + 1);
+        ASSERT_NOT_NULL(buf);
+        ASSERT_EQ(fread(buf, 1, (size_t)n, f), (size_t)n);
+        buf[n] = '\0';
+        fclose(f);
+        *len = (size_t)n;
+        return buf;
+}
+
+/* Reads `path` expecting failure `expect`; the explanation must be one line containing
+ * `needle`.  Returns nothing: the assertions are the test. */
+static void expect_read_error(const char *path, int expect, const char *needle)
+{
+        struct ap_profile *p = (struct ap_profile *)0x1; /* must stay untouched */
+        char *err = NULL;
+        int r = ap_profile_read(path, &p, &err);
+
+        if (r != expect)
+                fprintf(stderr, "expected %d for '%s', got %d: %s\n", expect, needle, r,
+                        err ? err : "(no message)");
+        ASSERT_ERR(r, expect);
+        ASSERT_TRUE(p == (struct ap_profile *)0x1);
+        ASSERT_NOT_NULL(err);
+        ASSERT_TRUE(strchr(err, '\n') == NULL);
+        if (needle)
+                ASSERT_CONTAINS(err, needle);
+        free(err);
+}
+
+static void expect_text_error(const char *text, int expect, const char *needle)
+{
+        char *path = path_in_tmp("hostile.approf");
+
+        write_text(path, text, strlen(text));
+        expect_read_error(path, expect, needle);
+        unlink(path);
+        free(path);
+}
+
+/* The sample profile as a jansson document, to be damaged by a test case. */
+static json_t *sample_doc(void)
+{
+        struct ap_profile *p = build_sample();
+        char *path = path_in_tmp("sample.approf");
+        json_error_t jerr;
+        json_t *doc;
+
+        ASSERT_OK(ap_profile_write(p, path));
+        doc = json_load_file(path, 0, &jerr);
+        ASSERT_NOT_NULL(doc);
+        unlink(path);
+        free(path);
+        ap_profile_free(p);
+        return doc;
+}
+
+/* Follows a path like "sites/0/frames" (object keys and array indices). */
+static json_t *dig(json_t *v, const char *where)
+{
+        char *copy = xstrdup(where), *save = NULL;
+
+        for (char *tok = strtok_r(copy, "/", &save); tok; tok = strtok_r(NULL, "/", &save)) {
+                if (json_is_array(v))
+                        v = json_array_get(v, strtoul(tok, NULL, 10));
+                else
+                        v = json_object_get(v, tok);
+                ASSERT_NOT_NULL(v);
+        }
+        free(copy);
+        return v;
+}
+
+/* Replaces the member/element `key` of the container at `where` with `value` (NULL value
+ * = delete), writes the document and expects the reader to fail. */
+static void expect_mutation_error(const char *where, const char *key, json_t *value, int expect,
+                                  const char *needle)
+{
+        json_t *doc = sample_doc(), *c = dig(doc, where);
+        char *path = path_in_tmp("mutated.approf");
+
+        if (json_is_array(c)) {
+                size_t i = strtoul(key, NULL, 10);
+
+                if (value)
+                        ASSERT_EQ(json_array_set_new(c, i, value), 0);
+                else
+                        ASSERT_EQ(json_array_remove(c, i), 0);
+        } else {
+                if (value)
+                        ASSERT_EQ(json_object_set_new(c, key, value), 0);
+                else
+                        ASSERT_EQ(json_object_del(c, key), 0);
+        }
+        ASSERT_EQ(json_dump_file(doc, path, JSON_COMPACT), 0);
+        expect_read_error(path, expect, needle);
+        json_decref(doc);
+        unlink(path);
+        free(path);
+}
+
+static void test_hostile_documents(void)
+{
+        const int E = -EINVAL;
+
+        /* Not JSON / not ours. */
+        expect_text_error("", E, "empty");
+        expect_text_error("{", E, "not valid JSON");
+        expect_text_error("[]", E, "not an allocprof profile");
+        expect_text_error("null", E, "not valid JSON"); /* jansson wants a container */
+        expect_text_error("{\"format\":\"something-else\",\"format_version\":1}", E,
+                          "not an allocprof profile");
+        expect_text_error("{\"format\":\"allocprof-profile\",\"format_version\":1,"
+                          "\"format\":\"allocprof-profile\"}",
+                          E, "duplicate");
+        expect_text_error("{\"format\":\"allocprof-profile\",\"format_version\":1e999}", E,
+                          "not valid JSON");
+        expect_text_error("{\"format\":\"allocprof-profile\",\"format_version\":"
+                          "99999999999999999999}",
+                          E, "not valid JSON");
+        expect_text_error("{\"format\":\"allocprof-profile\",\"format_version\":1,"
+                          "\"strings\":[\"a\\u0000b\"]}",
+                          E, "not valid JSON");
+        expect_text_error("{\"format\":\"allocprof-profile\",\"format_version\":\"1\"}", E,
+                          "format_version: expected an integer");
+
+        /* Versions. */
+        expect_text_error("{\"format\":\"allocprof-profile\",\"format_version\":2}",
+                          -EPROTONOSUPPORT, "version 2 is not supported");
+        expect_text_error("{\"format\":\"allocprof-profile\",\"format_version\":0}",
+                          -EPROTONOSUPPORT, "version 0");
+        expect_mutation_error("", "format_version", json_integer(-7), -EPROTONOSUPPORT, "-7");
+        expect_mutation_error("", "format_version", NULL, E, "format_version: missing");
+        expect_mutation_error("", "format", NULL, E, "not an allocprof profile");
+
+        /* Wrong types and ranges. */
+        expect_mutation_error("totals", "bytes", json_integer(-1), E, "totals.bytes");
+        expect_mutation_error("totals", "bytes", json_real(1.5), E,
+                              "totals.bytes: expected an integer, found a real number");
+        expect_mutation_error("totals", "bytes", json_string("12"), E, "totals.bytes");
+        expect_mutation_error("totals", "threads", NULL, E, "totals.threads: missing");
+        expect_mutation_error("", "totals", json_array(), E, "totals: expected an object");
+        expect_mutation_error("", "mode", json_integer(1), E, "mode: expected a string or null");
+        expect_mutation_error("", "sample_interval", json_null(), E, "sample_interval");
+        expect_mutation_error("tool", "version", json_true(), E, "tool.version");
+        expect_mutation_error("process", "pid", json_integer(1ll << 32), E, "process.pid");
+        expect_mutation_error("process", "exit_status", json_integer(256), E,
+                              "process.exit_status");
+        expect_mutation_error("process", "term_signal", json_integer(-1), E, "process.term_signal");
+        expect_mutation_error("process", "command", json_string("ls -l"), E,
+                              "process.command: expected an array");
+        expect_mutation_error("process/command", "1", json_integer(5), E,
+                              "process.command[1]: expected a string");
+        expect_mutation_error("process", "exe", NULL, E, "process.exe: missing");
+        expect_mutation_error("strings", "0", json_null(), E, "strings[0]: expected a string");
+        expect_mutation_error("", "strings", json_object(), E, "strings: expected an array");
+
+        /* Out-of-range indices, one per table reference. */
+        expect_mutation_error("frames/0", "0", json_integer(1000), E,
+                              "frames[0][0]: index 1000 out of range");
+        expect_mutation_error("frames/0", "1", json_integer(-1), E, "frames[0][1]: index -1");
+        expect_mutation_error("frames/0", "3", json_integer(2), E,
+                              "frames[0][3]: index 2 out of range (2 modules)");
+        expect_mutation_error("modules/1", "path", json_integer(10000), E, "modules[1].path");
+        expect_mutation_error("modules/0", "build_id", json_string("x"), E,
+                              "modules[0].build_id: expected an index or null");
+        expect_mutation_error("sites/0/frames", "2", json_integer(5), E,
+                              "sites[0].frames[2]: index 5 out of range (5 frames)");
+        expect_mutation_error("sites/1/frames", "0", json_null(), E, "sites[1].frames[0]");
+        expect_mutation_error("sites/1/frames", "0", json_integer(INT64_MAX), E,
+                              "sites[1].frames[0]");
+
+        /* Malformed tuples. */
+        expect_mutation_error("frames", "1", json_pack("[n,n,i,n,s]", 0, "0x1"), E,
+                              "frames[1]: expected [function, file, line, module, address");
+        expect_mutation_error("frames/2", "4", json_string("0xZZ"), E, "frames[2][4]: malformed");
+        expect_mutation_error("frames/2", "4", json_string("0x"), E, "malformed address");
+        expect_mutation_error("frames/2", "4", json_string("0x10000000000000000"), E, "malformed");
+        expect_mutation_error("frames/2", "4", json_integer(16), E, "frames[2][4]: expected");
+        expect_mutation_error("frames/2", "5", json_integer(1), E,
+                              "frames[2][5]: expected a boolean");
+        expect_mutation_error("frames/2", "2", json_integer(1ll << 32), E, "frames[2][2]");
+        expect_mutation_error("sites", "2", json_array(), E, "sites[2]: expected an object");
+        expect_mutation_error("sites/2", "temporary", json_integer(-5), E, "sites[2].temporary");
+        expect_mutation_error("histogram/0", "0", json_integer(AP_HIST_BUCKETS), E,
+                              "histogram[0][0]: 64 is out of range");
+        expect_mutation_error("histogram/1", "0", json_integer(0), E, "appears twice");
+        expect_mutation_error("histogram", "0", json_pack("[i,i]", 1, 2), E, "histogram[0]");
+        expect_mutation_error("timeline", "2", json_pack("[i,i,i,i]", 1, 2, 3, 4), E,
+                              "timeline[2]: expected [t_ns, live_bytes, allocations]");
+        expect_mutation_error("timeline/1", "1", json_integer(-1), E, "timeline[1][1]");
+        expect_mutation_error("", "timeline", NULL, E, "timeline: missing");
+}
+
+/* Deep nesting must hit jansson's depth limit, not our stack. */
+static void test_deep_nesting(void)
+{
+        size_t depth = 100000;
+        char *text = malloc(2 * depth + 1);
+
+        ASSERT_NOT_NULL(text);
+        memset(text, '[', depth);
+        memset(text + depth, ']', depth);
+        text[2 * depth] = '\0';
+        expect_text_error(text, -EINVAL, "not valid JSON");
+        free(text);
+}
+
+/* Arrays are bounded only by the file: a big table is fine, not a crash or a refusal. */
+static void test_huge_arrays(void)
+{
+        json_t *doc = sample_doc(), *strings = dig(doc, "strings");
+        json_t *frames = dig(doc, "sites/0/frames");
+        char *path = path_in_tmp("huge.approf");
+        struct ap_profile *p;
+
+        for (unsigned i = 0; i < 200000; i++)
+                ASSERT_EQ(json_array_append_new(strings, json_string("")), 0);
+        for (unsigned i = 0; i < 100000; i++)
+                ASSERT_EQ(json_array_append_new(frames, json_integer(i % 5)), 0);
+        ASSERT_EQ(json_dump_file(doc, path, JSON_COMPACT), 0);
+        p = read_ok(path);
+        ASSERT_TRUE(p->nstrings > 200000);
+        ASSERT_EQ(p->sites[0].nframes, 100003u);
+        ap_profile_free(p);
+        json_decref(doc);
+        unlink(path);
+        free(path);
+}
+
+static void test_file_errors(void)
+{
+        char *path = path_in_tmp("big.approf");
+        struct ap_profile *p = NULL;
+        int fd;
+
+        expect_read_error("/nonexistent/allocprof.x.1.approf", -ENOENT, "No such file");
+        expect_read_error(tmpdir, -EISDIR, "directory");
+
+        /* A sparse file larger than any real profile is refused before parsing. */
+        fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        ASSERT_TRUE(fd >= 0);
+        ASSERT_EQ(ftruncate(fd, (off_t)2 << 30), 0);
+        close(fd);
+        expect_read_error(path, -EFBIG, "too large");
+        unlink(path);
+        free(path);
+
+        /* err is optional. */
+        ASSERT_ERR(ap_profile_read("/nonexistent", &p, NULL), -ENOENT);
+        ASSERT_NULL(p);
+}
+
+/* Every truncation of a valid file, and single-byte corruptions across it, must give a
+ * clean result (an error, or a profile that passes validation), never a crash. */
+static void test_truncations_and_flips(void)
+{
+        struct ap_profile *s = build_sample();
+        char *path = path_in_tmp("good.approf"), *bad = path_in_tmp("damaged.approf");
+        static const char flips[] = {'0', '9', '"', ',', ']', '}', '-', 'x', '\\', '\0'};
+        uint32_t rng = 12345;
+        size_t len;
+        char *text;
+
+        ASSERT_OK(ap_profile_write(s, path));
+        text = slurp(path, &len);
+        for (size_t n = 0; n + 1 < len; n++) {
+                write_text(bad, text, n);
+                expect_read_error(bad, -EINVAL, NULL);
+        }
+        for (unsigned i = 0; i < 4000; i++) {
+                struct ap_profile *p = NULL;
+                char *err = NULL, saved;
+                size_t at;
+                int r;
+
+                rng = rng * 1103515245u + 12345u;
+                at = (rng >> 8) % len;
+                saved = text[at];
+                text[at] = flips[(rng >> 4) % sizeof(flips)];
+                write_text(bad, text, len);
+                r = ap_profile_read(bad, &p, &err);
+                ASSERT_TRUE(r == 0 || r == -EINVAL || r == -EPROTONOSUPPORT);
+                ASSERT_TRUE(r == 0 ? p != NULL && err == NULL : err != NULL);
+                ap_profile_free(p);
+                free(err);
+                text[at] = saved;
+        }
+        unlink(bad);
+        unlink(path);
+        free(text);
+        free(bad);
+        free(path);
+        ap_profile_free(s);
+}
+
+int main(void)
+{
+        ASSERT_NOT_NULL(mkdtemp(tmpdir));
+        test_intern();
+        test_round_trip();
+        test_u64_limits();
+        test_invalid_utf8();
+        test_write_errors();
+        test_hostile_documents();
+        test_deep_nesting();
+        test_huge_arrays();
+        test_file_errors();
+        test_truncations_and_flips();
+        ASSERT_EQ(rmdir(tmpdir), 0);
+        printf("profile: all tests passed\n");
+        return 0;
+}

@@ -1,0 +1,1190 @@
+/* Tests for the report renderers and `allocprof report`: the JSON report parsed back with
+ * exact values, names and order; the text report's content and colors; the run summary;
+ * and the command's file selection, options and exit statuses.
+ *
+ * SPDX-License-Identifier: MIT OR Apache-2.0
+ */
+#include <fcntl.h>
+#include <jansson.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "../helpers.h"
+#include "report.h"
+
+static char tmpdir[] = "/tmp/ap-test-report.XXXXXX";
+
+/* ---- a known profile ---------------------------------------------------------------- */
+
+enum { M_EXE, M_LIBC, M_STDCXX, M_ZLIB, NMODULES };
+
+struct fspec {
+        const char *function, *file;
+        uint32_t line, module;
+        uint64_t address;
+        bool inlined;
+};
+
+static char *xstrdup(const char *s)
+{
+        char *c = strdup(s);
+
+        ASSERT_NOT_NULL(c);
+        return c;
+}
+
+static uint32_t frame(struct ap_profile *p, const struct fspec *f)
+{
+        struct ap_pframe *fr;
+
+        p->frames = reallocarray(p->frames, p->nframes + 1, sizeof(*p->frames));
+        ASSERT_NOT_NULL(p->frames);
+        fr = &p->frames[p->nframes];
+        fr->function = f->function ? ap_profile_intern(p, f->function) : AP_NONE;
+        fr->file = f->file ? ap_profile_intern(p, f->file) : AP_NONE;
+        fr->line = f->line;
+        fr->module = f->module;
+        fr->address = f->address;
+        fr->inlined = f->inlined;
+        return p->nframes++;
+}
+
+/* Appends a site; also adds it to the totals and to the module of its innermost frame, so
+ * the profile stays self-consistent. */
+static struct ap_psite *site(struct ap_profile *p, struct ap_psite counters, size_t nframes,
+                             const struct fspec *frames)
+{
+        struct ap_psite *s;
+
+        p->sites = reallocarray(p->sites, p->nsites + 1, sizeof(*p->sites));
+        ASSERT_NOT_NULL(p->sites);
+        s = &p->sites[p->nsites++];
+        *s = counters;
+        s->nframes = (uint32_t)nframes;
+        s->frames = nframes ? calloc(nframes, sizeof(uint32_t)) : NULL;
+        for (size_t i = 0; i < nframes; i++)
+                s->frames[i] = frame(p, &frames[i]);
+
+        p->totals.allocations += s->allocations;
+        p->totals.bytes += s->bytes;
+        p->totals.frees += s->frees;
+        p->totals.freed_bytes += s->freed_bytes;
+        p->totals.leaked_blocks += s->leaked_blocks;
+        p->totals.leaked_bytes += s->leaked_bytes;
+        p->totals.temporary += s->temporary;
+        p->totals.reallocs += s->reallocs;
+        if (nframes && frames[0].module != AP_NONE) {
+                struct ap_pmodule *m = &p->modules[frames[0].module];
+
+                m->allocations += s->allocations;
+                m->bytes += s->bytes;
+                m->leaked_blocks += s->leaked_blocks;
+                m->leaked_bytes += s->leaked_bytes;
+        }
+        return s;
+}
+
+/* The C runtime's frames outside main(), as glibc has them. */
+/* clang-format off */
+#define START_FRAMES                                                                        \
+        {"__libc_start_call_main", "../sysdeps/nptl/libc_start_call_main.h", 58, M_LIBC,    \
+         0x271c9, false},                                                                   \
+        {"__libc_start_main_impl", "../csu/libc-start.c", 360, M_LIBC, 0x27284, false},     \
+        {"_start", NULL, 0, M_EXE, 0x1a80, false}
+/* clang-format on */
+
+/* A small C/C++ program: a tree of small temporary nodes (pool hint), a string buffer
+ * grown by realloc (realloc hint), a config blob never freed (leak hint), a vector, an
+ * unsymbolized library, a deep recursion and a site without a stack. */
+static struct ap_profile *build_known(void)
+{
+        struct ap_profile *p = ap_profile_new();
+        static const char *const libs[NMODULES] = {"/usr/local/bin/tree-bench",
+                                                   "/usr/lib/x86_64-linux-gnu/libc.so.6",
+                                                   "/usr/lib/x86_64-linux-gnu/libstdc++.so.6.0.30",
+                                                   "/usr/lib/x86_64-linux-gnu/libz.so.1"};
+        struct fspec deep[13];
+
+        ASSERT_NOT_NULL(p);
+        p->tool_version = xstrdup("0.1.0");
+        p->pid = 4242;
+        p->ppid = 4200;
+        p->ncommand = 3;
+        p->command = calloc(3, sizeof(char *));
+        p->command[0] = xstrdup("./tree-bench");
+        p->command[1] = xstrdup("--size");
+        p->command[2] = xstrdup("1000");
+        p->exe = xstrdup("/usr/local/bin/tree-bench");
+        p->exit_status = 0;
+        p->mode = xstrdup("full");
+        p->duration_ns = 2345000000ull;
+        p->start_unix_ns = 1732575000000000000ull;
+
+        p->modules = calloc(NMODULES, sizeof(*p->modules));
+        p->nmodules = NMODULES;
+        for (unsigned i = 0; i < NMODULES; i++) {
+                p->modules[i].path = ap_profile_intern(p, libs[i]);
+                p->modules[i].build_id = AP_NONE;
+        }
+        p->modules[M_EXE].build_id = ap_profile_intern(p, "3f2a9c0d1e");
+
+        /* 0: pool candidate. */
+        site(p,
+             (struct ap_psite){.allocations = 50000,
+                               .bytes = 1600000,
+                               .frees = 50000,
+                               .freed_bytes = 1600000,
+                               .peak_bytes = 32000,
+                               .max_live_bytes = 64000,
+                               .temporary = 45000},
+             7,
+             (struct fspec[]){{"make_node", "src/tree.c", 42, M_EXE, 0x2210, true},
+                              {"tree_insert", "src/tree.c", 97, M_EXE, 0x2210, false},
+                              {"build_tree", "src/tree.c", 130, M_EXE, 0x23f0, false},
+                              {"main", "src/main.c", 31, M_EXE, 0x1b40, false},
+                              START_FRAMES});
+        /* 1: realloc growth loop. */
+        site(p,
+             (struct ap_psite){.allocations = 2400,
+                               .bytes = 9000000,
+                               .frees = 2400,
+                               .freed_bytes = 9000000,
+                               .peak_bytes = 1048576,
+                               .max_live_bytes = 2097152,
+                               .temporary = 100,
+                               .reallocs = 2300},
+             3,
+             (struct fspec[]){{"strbuf_append", "src/strbuf.c", 58, M_EXE, 0x3120, false},
+                              {"format_report", "src/report.c", 210, M_EXE, 0x3400, false},
+                              {"main", "src/main.c", 40, M_EXE, 0x1b80, false}});
+        /* 2: one big leak. */
+        site(p,
+             (struct ap_psite){.allocations = 1,
+                               .bytes = 4194304,
+                               .leaked_blocks = 1,
+                               .leaked_bytes = 4194304,
+                               .peak_bytes = 4194304,
+                               .max_live_bytes = 4194304},
+             2,
+             (struct fspec[]){{"load_config", "src/config.c", 88, M_EXE, 0x4010, false},
+                              {"main", "src/main.c", 22, M_EXE, 0x1b10, false}});
+        /* 3: C++ vector growth, three small leaks. */
+        site(p,
+             (struct ap_psite){.allocations = 300,
+                               .bytes = 2000000,
+                               .frees = 297,
+                               .freed_bytes = 1998800,
+                               .leaked_blocks = 3,
+                               .leaked_bytes = 1200,
+                               .peak_bytes = 600000,
+                               .max_live_bytes = 700000,
+                               .temporary = 10},
+             3,
+             (struct fspec[]){
+                     {"std::vector<Node*, std::allocator<Node*> >::_M_realloc_insert(Node* const&)",
+                      "/usr/include/c++/12/bits/vector.tcc", 449, M_STDCXX, 0xa5f10, false},
+                     {"Tree::rebalance()", "src/tree.cc", 210, M_EXE, 0x5200, false},
+                     {"main", "src/main.c", 35, M_EXE, 0x1b60, false}});
+        /* 4: no symbols at all. */
+        site(p,
+             (struct ap_psite){.allocations = 10,
+                               .bytes = 640,
+                               .frees = 10,
+                               .freed_bytes = 640,
+                               .peak_bytes = 64,
+                               .max_live_bytes = 128},
+             2,
+             (struct fspec[]){{NULL, NULL, 0, M_ZLIB, 0x7bc0, false},
+                              {NULL, NULL, 0, AP_NONE, 0xdeadbeef, false}});
+        /* 5: deep recursion, leaks. */
+        for (unsigned i = 0; i < 12; i++)
+                deep[i] = (struct fspec){"recurse", "src/deep.c", 5 + (i == 0),
+                                         M_EXE,     0x6000 + i,   false};
+        deep[12] = (struct fspec){"main", "src/main.c", 44, M_EXE, 0x1ba0, false};
+        site(p,
+             (struct ap_psite){.allocations = 20,
+                               .bytes = 2000,
+                               .leaked_blocks = 20,
+                               .leaked_bytes = 2000,
+                               .peak_bytes = 2000,
+                               .max_live_bytes = 2000},
+             13, deep);
+        /* 6: no stack. */
+        site(p,
+             (struct ap_psite){.allocations = 5,
+                               .bytes = 50,
+                               .frees = 5,
+                               .freed_bytes = 50,
+                               .peak_bytes = 10,
+                               .max_live_bytes = 20},
+             0, NULL);
+
+        p->totals.peak_bytes = 5878272;
+        p->totals.peak_blocks = 1234;
+        p->totals.peak_t_ns = 1200000000;
+        p->totals.threads = 2;
+
+        p->hist_count[0] = 1;
+        p->hist_count[5] = 40000;
+        p->hist_bytes[5] = 1280000;
+        p->hist_count[6] = 10000;
+        p->hist_bytes[6] = 320000;
+        p->hist_count[13] = 2400;
+        p->hist_bytes[13] = 9000000;
+        p->hist_count[23] = 1;
+        p->hist_bytes[23] = 4194304;
+
+        p->ntimeline = 2;
+        p->timeline = calloc(2, sizeof(*p->timeline));
+        p->timeline[0] =
+                (struct ap_ptimepoint){.t_ns = 1000, .live_bytes = 4194304, .allocations = 1};
+        p->timeline[1] = (struct ap_ptimepoint){
+                .t_ns = 1200000000, .live_bytes = 5878272, .allocations = 40000};
+        return p;
+}
+
+/* ---- capturing output --------------------------------------------------------------- */
+
+struct capture {
+        char *text;
+        size_t len;
+        FILE *f;
+};
+
+static void capture_begin(struct capture *c)
+{
+        c->text = NULL;
+        c->len = 0;
+        c->f = open_memstream(&c->text, &c->len);
+        ASSERT_NOT_NULL(c->f);
+}
+
+static char *capture_end(struct capture *c)
+{
+        ASSERT_EQ(fclose(c->f), 0);
+        return c->text;
+}
+
+static char *render_text(const struct ap_profile *p, unsigned top, enum ap_sort sort, bool color)
+{
+        struct ap_report_opts o = {.top = top, .sort = sort, .color = color};
+        struct capture c;
+
+        capture_begin(&c);
+        ASSERT_OK(ap_report_text(c.f, p, &o));
+        return capture_end(&c);
+}
+
+static json_t *render_json(const struct ap_profile *p, unsigned top, enum ap_sort sort)
+{
+        struct ap_report_opts o = {.top = top, .sort = sort, .color = true};
+        struct capture c;
+        json_error_t jerr;
+        json_t *doc;
+
+        capture_begin(&c);
+        ASSERT_OK(ap_report_json(c.f, p, &o));
+        capture_end(&c);
+        ASSERT_NOT_CONTAINS(c.text, "\033"); /* JSON never has colors */
+        doc = json_loads(c.text, JSON_REJECT_DUPLICATES, &jerr);
+        if (!doc)
+                fprintf(stderr, "JSON report does not parse: %s\n%s\n", jerr.text, c.text);
+        ASSERT_NOT_NULL(doc);
+        free(c.text);
+        return doc;
+}
+
+/* ---- JSON accessors ----------------------------------------------------------------- */
+
+static json_t *jget(json_t *obj, const char *key)
+{
+        json_t *v = json_object_get(obj, key);
+
+        if (!v)
+                fprintf(stderr, "missing key \"%s\"\n", key);
+        ASSERT_NOT_NULL(v);
+        return v;
+}
+
+static long long jint(json_t *obj, const char *key)
+{
+        json_t *v = jget(obj, key);
+
+        ASSERT_TRUE(json_is_integer(v));
+        return json_integer_value(v);
+}
+
+static const char *jstring(json_t *obj, const char *key)
+{
+        json_t *v = jget(obj, key);
+
+        ASSERT_TRUE(json_is_string(v));
+        return json_string_value(v);
+}
+
+static void assert_null(json_t *obj, const char *key)
+{
+        ASSERT_TRUE(json_is_null(jget(obj, key)));
+}
+
+/* Asserts that obj has exactly the given keys. */
+static void assert_keys(json_t *obj, const char *const *keys)
+{
+        size_t n = 0;
+
+        ASSERT_TRUE(json_is_object(obj));
+        for (; keys[n]; n++)
+                jget(obj, keys[n]);
+        ASSERT_EQ(json_object_size(obj), n);
+}
+
+static const char *site_function(json_t *doc, size_t i)
+{
+        json_t *frames = jget(json_array_get(jget(doc, "sites"), i), "frames");
+        json_t *f0 = json_array_get(frames, 0);
+
+        if (!f0)
+                return "(none)";
+        return json_is_null(jget(f0, "function")) ? "(null)" : jstring(f0, "function");
+}
+
+/* Checks the report's site order by the innermost function names ("(none)" = no frames,
+ * "(null)" = unknown function). */
+static void assert_order(json_t *doc, const char *const *functions)
+{
+        size_t n = 0;
+
+        for (; functions[n]; n++)
+                ASSERT_STREQ(site_function(doc, n), functions[n]);
+        ASSERT_EQ(json_array_size(jget(doc, "sites")), n);
+}
+
+/* ---- tests -------------------------------------------------------------------------- */
+
+static void test_json_schema(void)
+{
+        struct ap_profile *p = build_known();
+        json_t *doc = render_json(p, 0, AP_SORT_BYTES), *o, *s, *f;
+        static const char *const root_keys[] = {
+                "schema_version", "tool",      "process",  "mode",        "sample_interval",
+                "estimated",      "totals",    "sort",     "sites_total", "sites",
+                "modules",        "histogram", "timeline", NULL};
+        static const char *const process_keys[] = {"pid",           "ppid",        "command",
+                                                   "exe",           "exit_status", "term_signal",
+                                                   "start_unix_ns", "duration_ns", NULL};
+        static const char *const totals_keys[] = {"allocations",
+                                                  "bytes",
+                                                  "frees",
+                                                  "freed_bytes",
+                                                  "leaked_blocks",
+                                                  "leaked_bytes",
+                                                  "peak_bytes",
+                                                  "peak_blocks",
+                                                  "peak_t_ns",
+                                                  "temporary",
+                                                  "reallocs",
+                                                  "dropped_events",
+                                                  "dropped_frees",
+                                                  "unmatched_frees",
+                                                  "invalid_records",
+                                                  "threads",
+                                                  NULL};
+        static const char *const site_keys[] = {"allocations", "bytes",          "frees",
+                                                "freed_bytes", "leaked_blocks",  "leaked_bytes",
+                                                "peak_bytes",  "max_live_bytes", "temporary",
+                                                "reallocs",    "frames",         NULL};
+        static const char *const frame_keys[] = {"function", "file",    "line", "module",
+                                                 "address",  "inlined", NULL};
+        static const char *const module_keys[] = {
+                "path", "build_id", "allocations", "bytes", "leaked_blocks", "leaked_bytes", NULL};
+        static const char *const hist_keys[] = {"min", "max", "count", "bytes", NULL};
+        static const char *const time_keys[] = {"t_ns", "live_bytes", "allocations", NULL};
+
+        assert_keys(doc, root_keys);
+        ASSERT_EQ(jint(doc, "schema_version"), 1);
+        ASSERT_STREQ(jstring(jget(doc, "tool"), "name"), "allocprof");
+        ASSERT_STREQ(jstring(jget(doc, "tool"), "version"), "0.1.0");
+        ASSERT_STREQ(jstring(doc, "mode"), "full");
+        ASSERT_EQ(jint(doc, "sample_interval"), 0);
+        ASSERT_TRUE(json_is_false(jget(doc, "estimated")));
+        ASSERT_STREQ(jstring(doc, "sort"), "bytes");
+        ASSERT_EQ(jint(doc, "sites_total"), 7);
+
+        o = jget(doc, "process");
+        assert_keys(o, process_keys);
+        ASSERT_EQ(jint(o, "pid"), 4242);
+        ASSERT_EQ(jint(o, "ppid"), 4200);
+        ASSERT_EQ(json_array_size(jget(o, "command")), 3u);
+        ASSERT_STREQ(json_string_value(json_array_get(jget(o, "command"), 1)), "--size");
+        ASSERT_STREQ(jstring(o, "exe"), "/usr/local/bin/tree-bench");
+        ASSERT_EQ(jint(o, "exit_status"), 0);
+        assert_null(o, "term_signal");
+        ASSERT_EQ(jint(o, "duration_ns"), 2345000000ll);
+        ASSERT_EQ(jint(o, "start_unix_ns"), 1732575000000000000ll);
+
+        o = jget(doc, "totals");
+        assert_keys(o, totals_keys);
+        ASSERT_EQ(jint(o, "allocations"), 52736);
+        ASSERT_EQ(jint(o, "bytes"), 16796994);
+        ASSERT_EQ(jint(o, "frees"), 52712);
+        ASSERT_EQ(jint(o, "freed_bytes"), 12599490);
+        ASSERT_EQ(jint(o, "leaked_blocks"), 24);
+        ASSERT_EQ(jint(o, "leaked_bytes"), 4197504);
+        ASSERT_EQ(jint(o, "peak_bytes"), 5878272);
+        ASSERT_EQ(jint(o, "peak_blocks"), 1234);
+        ASSERT_EQ(jint(o, "peak_t_ns"), 1200000000);
+        ASSERT_EQ(jint(o, "temporary"), 45110);
+        ASSERT_EQ(jint(o, "reallocs"), 2300);
+        ASSERT_EQ(jint(o, "dropped_events"), 0);
+        ASSERT_EQ(jint(o, "threads"), 2);
+
+        /* Sites by bytes, each with every counter. */
+        assert_order(
+                doc,
+                (const char *const[]){
+                        "strbuf_append", "load_config",
+                        "std::vector<Node*, std::allocator<Node*> >::_M_realloc_insert(Node* const&)",
+                        "make_node", "recurse", "(null)", "(none)", NULL});
+        s = json_array_get(jget(doc, "sites"), 0);
+        assert_keys(s, site_keys);
+        ASSERT_EQ(jint(s, "allocations"), 2400);
+        ASSERT_EQ(jint(s, "bytes"), 9000000);
+        ASSERT_EQ(jint(s, "frees"), 2400);
+        ASSERT_EQ(jint(s, "freed_bytes"), 9000000);
+        ASSERT_EQ(jint(s, "leaked_blocks"), 0);
+        ASSERT_EQ(jint(s, "leaked_bytes"), 0);
+        ASSERT_EQ(jint(s, "peak_bytes"), 1048576);
+        ASSERT_EQ(jint(s, "max_live_bytes"), 2097152);
+        ASSERT_EQ(jint(s, "temporary"), 100);
+        ASSERT_EQ(jint(s, "reallocs"), 2300);
+        ASSERT_EQ(json_array_size(jget(s, "frames")), 3u);
+        f = json_array_get(jget(s, "frames"), 1);
+        assert_keys(f, frame_keys);
+        ASSERT_STREQ(jstring(f, "function"), "format_report");
+        ASSERT_STREQ(jstring(f, "file"), "src/report.c");
+        ASSERT_EQ(jint(f, "line"), 210);
+        ASSERT_STREQ(jstring(f, "module"), "/usr/local/bin/tree-bench");
+        ASSERT_STREQ(jstring(f, "address"), "0x3400");
+        ASSERT_TRUE(json_is_false(jget(f, "inlined")));
+
+        /* Inlined frame, innermost first. */
+        s = json_array_get(jget(doc, "sites"), 3);
+        f = json_array_get(jget(s, "frames"), 0);
+        ASSERT_TRUE(json_is_true(jget(f, "inlined")));
+        ASSERT_STREQ(jstring(json_array_get(jget(s, "frames"), 6), "function"), "_start");
+        assert_null(json_array_get(jget(s, "frames"), 6), "file");
+        assert_null(json_array_get(jget(s, "frames"), 6), "line");
+
+        /* Unknown everything: nulls, but the address is always there. */
+        s = json_array_get(jget(doc, "sites"), 5);
+        f = json_array_get(jget(s, "frames"), 1);
+        assert_keys(f, frame_keys);
+        assert_null(f, "function");
+        assert_null(f, "file");
+        assert_null(f, "line");
+        assert_null(f, "module");
+        ASSERT_STREQ(jstring(f, "address"), "0xdeadbeef");
+        ASSERT_STREQ(jstring(json_array_get(jget(s, "frames"), 0), "module"),
+                     "/usr/lib/x86_64-linux-gnu/libz.so.1");
+        s = json_array_get(jget(doc, "sites"), 6);
+        ASSERT_EQ(json_array_size(jget(s, "frames")), 0u);
+        ASSERT_EQ(jint(s, "allocations"), 5);
+
+        /* Modules by bytes, all of them. */
+        o = jget(doc, "modules");
+        ASSERT_EQ(json_array_size(o), 4u);
+        assert_keys(json_array_get(o, 0), module_keys);
+        ASSERT_STREQ(jstring(json_array_get(o, 0), "path"), "/usr/local/bin/tree-bench");
+        ASSERT_STREQ(jstring(json_array_get(o, 0), "build_id"), "3f2a9c0d1e");
+        ASSERT_EQ(jint(json_array_get(o, 0), "allocations"), 52421);
+        ASSERT_EQ(jint(json_array_get(o, 0), "bytes"), 14796304);
+        ASSERT_EQ(jint(json_array_get(o, 0), "leaked_blocks"), 21);
+        ASSERT_EQ(jint(json_array_get(o, 0), "leaked_bytes"), 4196304);
+        ASSERT_STREQ(jstring(json_array_get(o, 1), "path"),
+                     "/usr/lib/x86_64-linux-gnu/libstdc++.so.6.0.30");
+        assert_null(json_array_get(o, 1), "build_id");
+        ASSERT_STREQ(jstring(json_array_get(o, 2), "path"), "/usr/lib/x86_64-linux-gnu/libz.so.1");
+        ASSERT_STREQ(jstring(json_array_get(o, 3), "path"), "/usr/lib/x86_64-linux-gnu/libc.so.6");
+        ASSERT_EQ(jint(json_array_get(o, 3), "allocations"), 0);
+
+        /* Histogram: non-empty buckets only, inclusive bounds. */
+        o = jget(doc, "histogram");
+        ASSERT_EQ(json_array_size(o), 5u);
+        assert_keys(json_array_get(o, 0), hist_keys);
+        ASSERT_EQ(jint(json_array_get(o, 0), "min"), 0);
+        ASSERT_EQ(jint(json_array_get(o, 0), "max"), 0);
+        ASSERT_EQ(jint(json_array_get(o, 0), "count"), 1);
+        ASSERT_EQ(jint(json_array_get(o, 1), "min"), 16);
+        ASSERT_EQ(jint(json_array_get(o, 1), "max"), 31);
+        ASSERT_EQ(jint(json_array_get(o, 1), "count"), 40000);
+        ASSERT_EQ(jint(json_array_get(o, 1), "bytes"), 1280000);
+        ASSERT_EQ(jint(json_array_get(o, 4), "min"), 4194304);
+        ASSERT_EQ(jint(json_array_get(o, 4), "max"), 8388607);
+
+        o = jget(doc, "timeline");
+        ASSERT_EQ(json_array_size(o), 2u);
+        assert_keys(json_array_get(o, 1), time_keys);
+        ASSERT_EQ(jint(json_array_get(o, 1), "t_ns"), 1200000000);
+        ASSERT_EQ(jint(json_array_get(o, 1), "live_bytes"), 5878272);
+        ASSERT_EQ(jint(json_array_get(o, 1), "allocations"), 40000);
+
+        json_decref(doc);
+        ap_profile_free(p);
+}
+
+static void test_json_sort_and_top(void)
+{
+        struct ap_profile *p = build_known();
+        json_t *doc;
+
+        doc = render_json(p, 2, AP_SORT_BYTES);
+        assert_order(doc, (const char *const[]){"strbuf_append", "load_config", NULL});
+        ASSERT_EQ(jint(doc, "sites_total"), 7);
+        ASSERT_EQ(json_array_size(jget(doc, "modules")), 4u); /* --top limits sites only */
+        json_decref(doc);
+
+        doc = render_json(p, 0, AP_SORT_ALLOCATIONS);
+        ASSERT_STREQ(jstring(doc, "sort"), "allocations");
+        assert_order(
+                doc,
+                (const char *const[]){
+                        "make_node", "strbuf_append",
+                        "std::vector<Node*, std::allocator<Node*> >::_M_realloc_insert(Node* const&)",
+                        "recurse", "(null)", "(none)", "load_config", NULL});
+        json_decref(doc);
+
+        /* Leaks first (by leaked bytes); sites without leaks follow by bytes. */
+        doc = render_json(p, 0, AP_SORT_LEAKED);
+        assert_order(
+                doc,
+                (const char *const[]){
+                        "load_config", "recurse",
+                        "std::vector<Node*, std::allocator<Node*> >::_M_realloc_insert(Node* const&)",
+                        "strbuf_append", "make_node", "(null)", "(none)", NULL});
+        json_decref(doc);
+
+        doc = render_json(p, 3, AP_SORT_PEAK);
+        assert_order(
+                doc,
+                (const char *const[]){
+                        "load_config", "strbuf_append",
+                        "std::vector<Node*, std::allocator<Node*> >::_M_realloc_insert(Node* const&)",
+                        NULL});
+        json_decref(doc);
+
+        /* --top larger than the number of sites. */
+        doc = render_json(p, 100, AP_SORT_BYTES);
+        ASSERT_EQ(json_array_size(jget(doc, "sites")), 7u);
+        json_decref(doc);
+        ap_profile_free(p);
+}
+
+/* Sites with equal counters come out in one order whatever the input order. */
+static void test_ties(void)
+{
+        for (int flip = 0; flip < 2; flip++) {
+                struct ap_profile *p = ap_profile_new();
+                struct ap_psite c = {.allocations = 7, .bytes = 70};
+                const char *names[2] = {flip ? "beta" : "alpha", flip ? "alpha" : "beta"};
+                json_t *doc;
+
+                ASSERT_NOT_NULL(p);
+                p->modules = calloc(1, sizeof(*p->modules));
+                p->nmodules = 1;
+                p->modules[0].path = ap_profile_intern(p, "/bin/x");
+                p->modules[0].build_id = AP_NONE;
+                for (int i = 0; i < 2; i++)
+                        site(p, c, 2,
+                             (struct fspec[]){{names[i], "x.c", 1, 0, 0x10, false},
+                                              {"main", "x.c", 9, 0, 0x20, false}});
+                site(p, c, 2,
+                     (struct fspec[]){{"alpha", "x.c", 1, 0, 0x10, false},
+                                      {"main", "x.c", 8, 0, 0x20, false}});
+                doc = render_json(p, 0, AP_SORT_BYTES);
+                assert_order(doc, (const char *const[]){"alpha", "alpha", "beta", NULL});
+                /* Same function: the caller's line decides. */
+                ASSERT_EQ(jint(json_array_get(jget(json_array_get(jget(doc, "sites"), 0), "frames"),
+                                              1),
+                               "line"),
+                          8);
+                json_decref(doc);
+                ap_profile_free(p);
+        }
+}
+
+static void test_json_exit_status(void)
+{
+        struct ap_profile *p = build_known();
+        json_t *doc, *proc;
+
+        p->exit_status = -1;
+        p->term_signal = 9;
+        doc = render_json(p, 1, AP_SORT_BYTES);
+        proc = jget(doc, "process");
+        ASSERT_EQ(jint(proc, "exit_status"), 137);
+        ASSERT_EQ(jint(proc, "term_signal"), 9);
+        json_decref(doc);
+
+        p->term_signal = 0;
+        doc = render_json(p, 1, AP_SORT_BYTES);
+        proc = jget(doc, "process");
+        assert_null(proc, "exit_status");
+        assert_null(proc, "term_signal");
+        json_decref(doc);
+
+        p->exit_status = 3;
+        free(p->mode);
+        p->mode = xstrdup("sampled");
+        p->sample_interval = 524288;
+        doc = render_json(p, 1, AP_SORT_BYTES);
+        ASSERT_EQ(jint(jget(doc, "process"), "exit_status"), 3);
+        ASSERT_TRUE(json_is_true(jget(doc, "estimated")));
+        ASSERT_EQ(jint(doc, "sample_interval"), 524288);
+        json_decref(doc);
+
+        /* Counters beyond INT64_MAX saturate rather than wrap negative. */
+        p->totals.bytes = UINT64_MAX;
+        doc = render_json(p, 1, AP_SORT_BYTES);
+        ASSERT_EQ(jint(jget(doc, "totals"), "bytes"), INT64_MAX);
+        json_decref(doc);
+        ap_profile_free(p);
+}
+
+static void test_text(void)
+{
+        struct ap_profile *p = build_known();
+        char *t = render_text(p, 10, AP_SORT_BYTES, false), *c;
+
+        ASSERT_NOT_CONTAINS(t, "\033");
+        ASSERT_NOT_CONTAINS(t, " \n"); /* no trailing blanks */
+        ASSERT_TRUE(strncmp(t, "allocprof report for ./tree-bench --size 1000\n", 46) == 0);
+        ASSERT_CONTAINS(t, "\n  pid 4242 (parent 4200), exited with status 0, ran 2.35 s, "
+                           "started 2024-11-25 22:50:00 UTC\n");
+        ASSERT_CONTAINS(t, "\n  mode full: every allocation recorded; counts are exact\n");
+        ASSERT_CONTAINS(
+                t,
+                "\nSummary\n"
+                "  allocations            52,736   16.02 MiB  16,796,994 bytes, 318 B on average\n"
+                "  frees                  52,712   12.02 MiB  12,599,490 bytes\n"
+                "  peak heap               1,234    5.61 MiB  5,878,272 bytes live in 1,234 blocks, at 1.20 s\n"
+                "  leaked                     24    4.00 MiB  4,197,504 bytes never freed, from 3 call sites\n"
+                "  temporary              45,110       85.5%  of allocations were freed before the next allocation\n"
+                "  reallocs                2,300        4.4%  of allocations were realloc calls\n"
+                "  threads                     2\n");
+        ASSERT_NOT_CONTAINS(t, "dropped");
+
+        /* Hot sites: headline, detail line, aligned stack. */
+        ASSERT_CONTAINS(
+                t,
+                "\nHot call sites (7, by bytes)\n\n"
+                "  #1   8.58 MiB in 2,400 allocations (avg 3.66 KiB), 53.6% of bytes\n"
+                "       1.00 MiB live at the peak (2.00 MiB at most), 4.2% temporary, 2,300 reallocs\n"
+                "       strbuf_append  src/strbuf.c:58   [tree-bench]\n"
+                "       format_report  src/report.c:210  [tree-bench]\n"
+                "       main           src/main.c:40     [tree-bench]\n\n"
+                "  #2   4.00 MiB in 1 allocation, 25.0% of bytes\n");
+        /* A long C++ name runs on; the other lines stay aligned among themselves. */
+        ASSERT_CONTAINS(
+                t,
+                "       std::vector<Node*, std::allocator<Node*> >::_M_realloc_insert(Node* const&)"
+                "  /usr/include/c++/12/bits/vector.tcc:449  [libstdc++.so.6.0.30]\n"
+                "       Tree::rebalance()  src/tree.cc:210  [tree-bench]\n"
+                "       main               src/main.c:35    [tree-bench]\n");
+        /* Inlined frames are marked; start-up code outside main() is not shown. */
+        ASSERT_CONTAINS(t, "       make_node    src/tree.c:42   [tree-bench]  (inlined)\n"
+                           "       tree_insert  src/tree.c:97   [tree-bench]\n");
+        ASSERT_NOT_CONTAINS(t, "__libc_start");
+        ASSERT_NOT_CONTAINS(t, "_start ");
+        /* Recursion folds; unknown functions show their address. */
+        ASSERT_CONTAINS(t, "       recurse  src/deep.c:6   [tree-bench]\n"
+                           "       recurse  src/deep.c:5   [tree-bench]  (x11, recursive)\n"
+                           "       main     src/main.c:44  [tree-bench]\n");
+        ASSERT_CONTAINS(t, "       0x7bc0      [libz.so.1]\n       0xdeadbeef\n");
+        ASSERT_CONTAINS(t, "       (no stack recorded)\n");
+
+        ASSERT_CONTAINS(
+                t,
+                "\nLeaks\n  4.00 MiB in 24 blocks were still allocated at exit, from 3 call sites\n\n"
+                "  #1   4.00 MiB leaked in 1 block (of 1 allocated), >99.9% of all leaked bytes\n"
+                "       load_config  src/config.c:88  [tree-bench]\n");
+        ASSERT_CONTAINS(
+                t,
+                "  #3   1.17 KiB leaked in 3 blocks (of 300 allocated), <0.1% of all leaked bytes\n");
+        ASSERT_CONTAINS(t, "\nModules (by the code that called the allocator)\n"
+                           "  module                 allocations       bytes    share      leaked\n"
+                           "  tree-bench                  52,421   14.11 MiB    88.1%    4.00 MiB\n"
+                           "  libstdc++.so.6.0.30            300    1.91 MiB    11.9%    1.17 KiB\n"
+                           "  libz.so.1                       10       640 B    <0.1%         0 B\n"
+                           "  (1 more module made no allocations)\n");
+        ASSERT_CONTAINS(
+                t,
+                "\nAllocation sizes\n"
+                "  requested       allocations    share       bytes\n"
+                "  0 B                       1    <0.1%         0 B  #\n"
+                "  16-31 B              40,000    76.3%    1.22 MiB  ########################################\n"
+                "  32-63 B              10,000    19.1%  312.50 KiB  ##########\n"
+                "  4-8 KiB               2,400     4.6%    8.58 MiB  ##\n"
+                "  4-8 MiB                   1    <0.1%    4.00 MiB  #\n");
+
+        ASSERT_CONTAINS(
+                t, "\nHints\n"
+                   "  * make_node (src/tree.c:42)\n"
+                   "    50,000 allocations averaging 32 B, 90.0% of them freed before the next\n"
+                   "    allocation: consider a pool/arena allocator or a stack buffer.\n"
+                   "  * strbuf_append (src/strbuf.c:58)\n"
+                   "    2,300 reallocs (95.8% of this site's calls) grow a buffer step by step:\n"
+                   "    reserve the capacity up front, or grow it geometrically.\n"
+                   "  * load_config (src/config.c:88)\n"
+                   "    leaks 4.00 MiB in 1 block (71.4% of the peak heap):\n"
+                   "    free it, or make sure it is meant to live until exit.\n");
+        ASSERT_NOT_CONTAINS(t, "heap churn");
+        free(t);
+
+        /* Short-lived by another measure: hardly any of the site's bytes live at once. */
+        p->sites[0].temporary = 0;
+        p->sites[0].max_live_bytes = 3200;
+        t = render_text(p, 10, AP_SORT_BYTES, false);
+        ASSERT_CONTAINS(
+                t, "  * make_node (src/tree.c:42)\n"
+                   "    50,000 allocations averaging 32 B, and never more than 3.12 KiB live at\n"
+                   "    once: consider a pool/arena allocator or a stack buffer.\n");
+        free(t);
+        p->sites[0].max_live_bytes = 64000; /* 4%: neither temporary nor few live */
+        t = render_text(p, 10, AP_SORT_BYTES, false);
+        ASSERT_NOT_CONTAINS(t, "pool/arena");
+        free(t);
+        p->sites[0].temporary = 45000;
+
+        /* --top limits both the hot sites and the leaks. */
+        t = render_text(p, 1, AP_SORT_ALLOCATIONS, false);
+        ASSERT_CONTAINS(t, "\nHot call sites (top 1 of 7, by allocations)\n\n"
+                           "  #1   1.53 MiB in 50,000 allocations (avg 32 B), 94.8% of calls\n");
+        ASSERT_NOT_CONTAINS(t, "#2 ");
+        ASSERT_CONTAINS(t, "\n  ... and 2 more leaking sites (use --top 0 to see all)\n");
+        free(t);
+
+        /* Colors when asked, and only then. */
+        c = render_text(p, 10, AP_SORT_BYTES, true);
+        ASSERT_CONTAINS(c, "\033[1mSummary\033[0m");
+        ASSERT_CONTAINS(c, "\033[31m4.00 MiB leaked\033[0m");
+        ASSERT_CONTAINS(c, "\033[36msrc/tree.c:42\033[0m");
+        free(c);
+
+        /* Churn, dropped events, a kill. */
+        p->totals.peak_blocks = 100;
+        p->totals.dropped_events = 12;
+        p->totals.dropped_frees = 3;
+        p->exit_status = -1;
+        p->term_signal = 9;
+        t = render_text(p, 10, AP_SORT_BYTES, false);
+        ASSERT_CONTAINS(t, "\n  pid 4242 (parent 4200), killed by SIGKILL, ran 2.35 s");
+        ASSERT_CONTAINS(
+                t,
+                "\n  warning: 12 events were dropped (3 of them frees: leaks may be overstated); "
+                "figures are incomplete\n");
+        ASSERT_CONTAINS(
+                t, "  * heap churn\n"
+                   "    52,736 allocations, but never more than 100 blocks live at once (527x):\n"
+                   "    reuse objects or buffers instead of freeing and allocating them again.\n"
+                   "    The busiest site is make_node (src/tree.c:42).\n");
+        ASSERT_CONTAINS(t, "  * dropped events\n");
+        ASSERT_NOT_CONTAINS(t, "\033");
+        free(t);
+        c = render_text(p, 10, AP_SORT_BYTES, true);
+        ASSERT_CONTAINS(c, "\033[1m\033[31mwarning: 12 events were dropped\033[0m");
+        free(c);
+
+        /* Sampled profiles say their figures are estimates. */
+        free(p->mode);
+        p->mode = xstrdup("sampled");
+        p->sample_interval = 524288;
+        t = render_text(p, 10, AP_SORT_BYTES, false);
+        ASSERT_CONTAINS(
+                t, "\n  mode sampled: one sample per 512.00 KiB allocated on average; figures are "
+                   "estimates\n");
+        free(t);
+        ap_profile_free(p);
+}
+
+/* Stacks deeper than the text report shows end with a count of what was left out. */
+static void test_text_deep_stack(void)
+{
+        struct ap_profile *p = ap_profile_new();
+        struct fspec frames[14];
+        char names[13][16];
+        char *t;
+
+        ASSERT_NOT_NULL(p);
+        p->modules = calloc(1, sizeof(*p->modules));
+        p->nmodules = 1;
+        p->modules[0].path = ap_profile_intern(p, "/opt/app/bin/app");
+        p->modules[0].build_id = AP_NONE;
+        for (unsigned i = 0; i < 13; i++) {
+                snprintf(names[i], sizeof(names[i]), "level_%u", i);
+                frames[i] = (struct fspec){names[i], "lib/levels.c", 100 + i, 0, 0x100 + i, false};
+        }
+        frames[13] = (struct fspec){"main", "main.c", 3, 0, 0x50, false};
+        site(p, (struct ap_psite){.allocations = 1, .bytes = 8}, 14, frames);
+        t = render_text(p, 0, AP_SORT_BYTES, false);
+        ASSERT_CONTAINS(t, "       level_0  lib/levels.c:100  [app]\n");
+        ASSERT_CONTAINS(t, "       level_7  lib/levels.c:107  [app]\n"
+                           "       ... 6 more frames\n");
+        ASSERT_NOT_CONTAINS(t, "level_8");
+        free(t);
+        ap_profile_free(p);
+}
+
+/* A crafted profile cannot put terminal escapes on the screen. */
+static void test_text_sanitizes(void)
+{
+        struct ap_profile *p = build_known();
+        char *t;
+
+        free(p->strings[p->frames[0].function]);
+        p->strings[p->frames[0].function] = xstrdup("evil\033]0;pwned\007\xc2\x9b"
+                                                    "31m");
+        free(p->command[0]);
+        p->command[0] = xstrdup("\033[2J");
+        t = render_text(p, 0, AP_SORT_BYTES, false);
+        ASSERT_NOT_CONTAINS(t, "\033");
+        ASSERT_NOT_CONTAINS(t, "\007");
+        ASSERT_NOT_CONTAINS(t, "\xc2\x9b");
+        ASSERT_CONTAINS(t, "evil?]0;pwned??31m");
+        free(t);
+        ap_profile_free(p);
+}
+
+/* Strings reach JSON intact, escaped where needed, valid even when the input is not. */
+static void test_json_escaping(void)
+{
+        struct ap_profile *p = build_known();
+        struct ap_report_opts o = {.top = 1, .sort = AP_SORT_ALLOCATIONS};
+        struct capture c;
+        json_t *doc;
+
+        free(p->strings[p->frames[0].function]);
+        p->strings[p->frames[0].function] = xstrdup("a\"b\\c\n\t\x01\x7f\xc2\x85\xc3\xa9\xff/");
+        free(p->command[1]);
+        p->command[1] = xstrdup("\033[2J");
+        capture_begin(&c);
+        ASSERT_OK(ap_report_json(c.f, p, &o));
+        capture_end(&c);
+        ASSERT_CONTAINS(
+                c.text,
+                "\"function\": \"a\\\"b\\\\c\\n\\t\\u0001\\u007f\\u0085\xc3\xa9\xef\xbf\xbd/\"");
+        ASSERT_CONTAINS(c.text, "\"command\": [\"./tree-bench\", \"\\u001b[2J\", \"1000\"]");
+        ASSERT_NOT_CONTAINS(c.text, "\033");
+        ASSERT_NOT_CONTAINS(c.text, "\x01");
+        ASSERT_NOT_CONTAINS(c.text, "\xc2\x85");
+        doc = json_loads(c.text, JSON_REJECT_DUPLICATES, NULL);
+        ASSERT_NOT_NULL(doc);
+        ASSERT_STREQ(site_function(doc, 0), "a\"b\\c\n\t\x01\x7f\xc2\x85\xc3\xa9\xef\xbf\xbd/");
+        ASSERT_STREQ(json_string_value(json_array_get(jget(jget(doc, "process"), "command"), 1)),
+                     "\033[2J");
+        json_decref(doc);
+        free(c.text);
+        ap_profile_free(p);
+}
+
+/* An empty or inconsistent profile renders without crashing. */
+static void test_degenerate(void)
+{
+        struct ap_profile *p = ap_profile_new();
+        struct ap_report_opts o = {.top = 10, .sort = AP_SORT_PEAK, .color = true};
+        struct capture c;
+        json_t *doc;
+        char *t;
+
+        ASSERT_NOT_NULL(p);
+        t = render_text(p, 10, AP_SORT_BYTES, false);
+        ASSERT_CONTAINS(t, "no allocations recorded");
+        ASSERT_CONTAINS(t, "no leaks");
+        ASSERT_CONTAINS(t, "nothing stands out");
+        free(t);
+        doc = render_json(p, 0, AP_SORT_BYTES);
+        ASSERT_EQ(json_array_size(jget(doc, "sites")), 0u);
+        assert_null(doc, "mode");
+        assert_null(jget(doc, "tool"), "version");
+        json_decref(doc);
+
+        /* Dangling indices (a profile built in memory is not validated). */
+        site(p, (struct ap_psite){.allocations = 1, .bytes = 1}, 1,
+             (struct fspec[]){{"f", "f.c", 1, AP_NONE, 1, false}});
+        p->sites[0].frames[0] = 99;
+        p->frames[0].function = 1234;
+        capture_begin(&c);
+        ASSERT_OK(ap_report_text(c.f, p, &o));
+        ASSERT_OK(ap_report_json(c.f, p, &o));
+        ap_report_summary(c.f, p, NULL);
+        free(capture_end(&c));
+        ap_profile_free(p);
+}
+
+static void test_summary(void)
+{
+        struct ap_profile *p = build_known();
+        struct capture c;
+        char *t, *line, *save = NULL;
+        unsigned lines = 0;
+
+        p->totals.dropped_events = 5;
+        capture_begin(&c);
+        ap_report_summary(c.f, p, "allocprof.tree-bench.4242.approf");
+        t = capture_end(&c);
+        ASSERT_CONTAINS(
+                t,
+                "allocprof: 52,736 allocations (16.02 MiB), 52,712 frees, peak 5.61 MiB in 1,234 blocks\n");
+        ASSERT_CONTAINS(t, "allocprof: leaked 4.00 MiB in 24 blocks\n");
+        ASSERT_CONTAINS(
+                t,
+                "allocprof: top call sites by bytes:\n"
+                "allocprof:     8.58 MiB in     2,400 calls  strbuf_append (src/strbuf.c:58)\n"
+                "allocprof:     4.00 MiB in         1 call   load_config (src/config.c:88)\n"
+                "allocprof:     1.91 MiB in       300 calls  std::vector<Node*, std::allocator<Node*> >"
+                "::_M_realloc_insert(Node* const&) (/usr/include/c++/12/bits/vector.tcc:449)\n");
+        ASSERT_NOT_CONTAINS(t, "make_node"); /* only three sites */
+        ASSERT_CONTAINS(t, "allocprof: warning: 5 events were dropped; figures are incomplete\n");
+        ASSERT_CONTAINS(t, "allocprof: profile written to allocprof.tree-bench.4242.approf\n");
+        ASSERT_CONTAINS(
+                t, "allocprof: view it with: allocprof report allocprof.tree-bench.4242.approf\n");
+        ASSERT_NOT_CONTAINS(t, "\033");
+        for (line = strtok_r(t, "\n", &save); line; line = strtok_r(NULL, "\n", &save), lines++)
+                ASSERT_TRUE(strncmp(line, "allocprof: ", 11) == 0);
+        ASSERT_EQ(lines, 9u);
+        free(t);
+
+        /* A path a shell would split is quoted in the hint. */
+        capture_begin(&c);
+        ap_report_summary(c.f, p, "/tmp/my dir/it's.approf");
+        t = capture_end(&c);
+        ASSERT_CONTAINS(t, "allocprof report '/tmp/my dir/it'\\''s.approf'\n");
+        free(t);
+        ap_profile_free(p);
+}
+
+/* ---- the command -------------------------------------------------------------------- */
+
+struct run {
+        int status;
+        char *out, *err;
+};
+
+static char *read_all(const char *path)
+{
+        FILE *f = fopen(path, "r");
+        char *buf = NULL;
+        size_t cap = 0, len = 0, n;
+
+        ASSERT_NOT_NULL(f);
+        do {
+                if (cap - len < 4096) {
+                        cap = cap ? 2 * cap : 8192;
+                        buf = realloc(buf, cap);
+                        ASSERT_NOT_NULL(buf);
+                }
+                n = fread(buf + len, 1, cap - len - 1, f);
+                len += n;
+        } while (n > 0);
+        buf[len] = '\0';
+        fclose(f);
+        return buf;
+}
+
+/* Runs ap_cmd_report with stdout and stderr captured.  `args` is NULL-terminated and
+ * does not include "report". */
+static struct run run_report(const char *const *args)
+{
+        char *argv[16] = {"report"};
+        int argc = 1, saved_out, saved_err, fd;
+        struct run r;
+
+        for (; args[argc - 1]; argc++)
+                argv[argc] = (char *)args[argc - 1];
+        fflush(stdout);
+        fflush(stderr);
+        saved_out = dup(STDOUT_FILENO);
+        saved_err = dup(STDERR_FILENO);
+        fd = open("out.txt", O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        ASSERT_TRUE(fd >= 0);
+        dup2(fd, STDOUT_FILENO);
+        close(fd);
+        fd = open("err.txt", O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        ASSERT_TRUE(fd >= 0);
+        dup2(fd, STDERR_FILENO);
+        close(fd);
+
+        r.status = ap_cmd_report(argc, argv);
+
+        fflush(stdout);
+        fflush(stderr);
+        dup2(saved_out, STDOUT_FILENO);
+        dup2(saved_err, STDERR_FILENO);
+        close(saved_out);
+        close(saved_err);
+        r.out = read_all("out.txt");
+        r.err = read_all("err.txt");
+        unlink("out.txt");
+        unlink("err.txt");
+        return r;
+}
+
+static void run_free(struct run *r)
+{
+        free(r->out);
+        free(r->err);
+}
+
+/* Expects a usage error (2) or a failure (1) with one "allocprof: " line on stderr. */
+static void expect_failure(const char *const *args, int status, const char *message)
+{
+        struct run r = run_report(args);
+
+        if (r.status != status)
+                fprintf(stderr, "stderr was: %s\n", r.err);
+        ASSERT_EQ(r.status, status);
+        ASSERT_STREQ(r.out, "");
+        ASSERT_TRUE(strncmp(r.err, "allocprof: ", 11) == 0);
+        ASSERT_EQ((size_t)(strchr(r.err, '\n') - r.err), strlen(r.err) - 1);
+        ASSERT_CONTAINS(r.err, message);
+        run_free(&r);
+}
+
+static void set_mtime(const char *path, time_t when)
+{
+        struct timespec ts[2] = {{when, 0}, {when, 0}};
+
+        ASSERT_EQ(utimensat(AT_FDCWD, path, ts, 0), 0);
+}
+
+static void test_command(void)
+{
+        struct ap_profile *p = build_known();
+        char cwd[4096];
+        struct run r;
+        json_t *doc;
+
+        ASSERT_NOT_NULL(getcwd(cwd, sizeof(cwd)));
+        ASSERT_EQ(chdir(tmpdir), 0);
+        unsetenv("NO_COLOR");
+
+        expect_failure((const char *const[]){NULL}, 1,
+                       "allocprof: no profile found in the current directory (looked for "
+                       "allocprof.*.approf)\n");
+
+        /* The newest file wins; the older one has more sites shown to tell them apart. */
+        ASSERT_OK(ap_profile_write(p, "allocprof.tree-bench.4242.approf"));
+        set_mtime("allocprof.tree-bench.4242.approf", 2000000000);
+        p->pid = 77;
+        p->nsites = 2;
+        ASSERT_OK(ap_profile_write(p, "allocprof.other.77.approf"));
+        set_mtime("allocprof.other.77.approf", 1000000000);
+        p->nsites = 7;
+        ASSERT_OK(ap_profile_write(p, "allocprof.x.approf.tmp.1.0")); /* not a profile name */
+
+        r = run_report((const char *const[]){NULL});
+        ASSERT_EQ(r.status, 0);
+        ASSERT_CONTAINS(r.out, "Hot call sites (7, by bytes)");
+        ASSERT_NOT_CONTAINS(r.out, "\033"); /* not a terminal */
+        ASSERT_CONTAINS(r.err, "allocprof: showing allocprof.tree-bench.4242.approf");
+        run_free(&r);
+
+        r = run_report((const char *const[]){"--json", NULL});
+        ASSERT_EQ(r.status, 0);
+        ASSERT_STREQ(r.err, "");
+        doc = json_loads(r.out, 0, NULL);
+        ASSERT_NOT_NULL(doc);
+        ASSERT_EQ(json_array_size(jget(doc, "sites")), 7u); /* JSON: all sites by default */
+        ASSERT_EQ(jint(jget(doc, "process"), "pid"), 4242);
+        json_decref(doc);
+        run_free(&r);
+
+        /* By PID; options after the file; --top and --sort; forced colors. */
+        r = run_report(
+                (const char *const[]){"77", "--json", "--top", "1", "--sort=allocations", NULL});
+        ASSERT_EQ(r.status, 0);
+        doc = json_loads(r.out, 0, NULL);
+        ASSERT_NOT_NULL(doc);
+        ASSERT_EQ(jint(jget(doc, "process"), "pid"), 77);
+        assert_order(doc, (const char *const[]){"make_node", NULL});
+        ASSERT_EQ(jint(doc, "sites_total"), 2);
+        json_decref(doc);
+        run_free(&r);
+
+        r = run_report(
+                (const char *const[]){"allocprof.other.77.approf", "--color", "--top=0", NULL});
+        ASSERT_EQ(r.status, 0);
+        ASSERT_CONTAINS(r.out, "\033[1m");
+        ASSERT_CONTAINS(r.out, "Hot call sites (2, by bytes)");
+        ASSERT_STREQ(r.err, "");
+        run_free(&r);
+
+        r = run_report((const char *const[]){"--help", NULL});
+        ASSERT_EQ(r.status, 0);
+        ASSERT_CONTAINS(r.out, "Usage: allocprof report");
+        run_free(&r);
+
+        /* Usage errors: 2. */
+        expect_failure((const char *const[]){"--top", "x", NULL}, 2, "invalid --top value 'x'");
+        expect_failure((const char *const[]){"--top", "-1", NULL}, 2, "invalid --top value '-1'");
+        expect_failure((const char *const[]){"--top", NULL}, 2, "option '--top' needs a value");
+        expect_failure((const char *const[]){"--sort", "size", NULL}, 2,
+                       "invalid --sort value 'size' (expected allocations, bytes, leaked or peak)");
+        expect_failure((const char *const[]){"--frobnicate", NULL}, 2,
+                       "unknown option '--frobnicate'");
+        expect_failure((const char *const[]){"-x", NULL}, 2, "unknown option '-x'");
+        expect_failure((const char *const[]){"a.approf", "b.approf", NULL}, 2,
+                       "report takes one profile, got 'a.approf' and 'b.approf'");
+
+        /* Unreadable input: 1. */
+        expect_failure((const char *const[]){"missing.approf", NULL}, 1,
+                       "allocprof: cannot read missing.approf: No such file or directory\n");
+        expect_failure((const char *const[]){"999", NULL}, 1, "no profile of pid 999");
+        {
+                int fd = open("allocprof.bad.1.approf", O_WRONLY | O_CREAT | O_TRUNC, 0600);
+
+                ASSERT_TRUE(fd >= 0);
+                ASSERT_EQ(write(fd, "{\"format\":", 10), 10);
+                close(fd);
+        }
+        expect_failure((const char *const[]){"allocprof.bad.1.approf", NULL}, 1,
+                       "allocprof: cannot read allocprof.bad.1.approf: not valid JSON");
+        {
+                int fd = open("newer.approf", O_WRONLY | O_CREAT | O_TRUNC, 0600);
+                const char *v2 = "{\"format\":\"allocprof-profile\",\"format_version\":2}";
+
+                ASSERT_TRUE(fd >= 0);
+                ASSERT_EQ(write(fd, v2, strlen(v2)), (ssize_t)strlen(v2));
+                close(fd);
+        }
+        expect_failure((const char *const[]){"newer.approf", NULL}, 1,
+                       "profile format version 2 is not supported");
+
+        unlink("allocprof.tree-bench.4242.approf");
+        unlink("allocprof.other.77.approf");
+        unlink("allocprof.x.approf.tmp.1.0");
+        unlink("allocprof.bad.1.approf");
+        unlink("newer.approf");
+        ASSERT_EQ(chdir(cwd), 0);
+        ap_profile_free(p);
+}
+
+int main(void)
+{
+        ASSERT_NOT_NULL(mkdtemp(tmpdir));
+        /* Fixed zone: the text report prints the start time in local time. */
+        setenv("TZ", "UTC", 1);
+        test_json_schema();
+        test_json_sort_and_top();
+        test_ties();
+        test_json_exit_status();
+        test_text();
+        test_text_deep_stack();
+        test_json_escaping();
+        test_text_sanitizes();
+        test_degenerate();
+        test_summary();
+        test_command();
+        ASSERT_EQ(rmdir(tmpdir), 0);
+        printf("report: all tests passed\n");
+        return 0;
+}
