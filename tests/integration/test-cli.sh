@@ -102,6 +102,15 @@ printf '{"format": "nope"' >corrupt.approf
 check_eq "corrupt profile" 1 $?
 check_contains "corrupt profile message" corrupt.err "corrupt.approf"
 
+# A statically linked program cannot load the agent: say so, keep its exit status.
+if printf 'int main(void){return 5;}\n' >st.c && cc -static -o static st.c 2>/dev/null; then
+        "$AP" run -o static.approf -- ./static 2>static.err
+        check_eq "static program exit status" 5 $?
+        check_contains "static program message" static.err "never registered"
+        checks=$((checks + 1))
+        [ ! -e static.approf ] || fail "a profile was written for a static program"
+fi
+
 # --- the program's own output and input are untouched -----------------------------------
 printf 'a\nb\n' | sort -r >plain.out 2>plain.err
 printf 'a\nb\n' | "$AP" run -q -- sort -r >prof.out 2>prof.err
