@@ -5,9 +5,9 @@
  * SPDX-License-Identifier: MIT OR Apache-2.0
  */
 #include <errno.h>
+#include <malloc.h>
 #include <stdint.h>
 #include <stdlib.h>
-#include <malloc.h>
 
 #include "agent.h"
 #include "allocprof/atomics.h"
@@ -136,8 +136,7 @@ AP_EXPORT int posix_memalign(void **memptr, size_t alignment, size_t size)
 {
         int saved = errno;
 
-        if (alignment % sizeof(void *) != 0 || (alignment & (alignment - 1)) != 0 ||
-            alignment == 0)
+        if (alignment % sizeof(void *) != 0 || (alignment & (alignment - 1)) != 0 || alignment == 0)
                 return EINVAL;
         void *p = __libc_memalign(alignment, size);
         errno = saved; /* posix_memalign reports through its return value only */

@@ -100,7 +100,8 @@ static uint32_t stack_intern(struct ap_shm_header *h, const uint64_t *ips, uint3
                                         return 0;
                                 }
                                 struct ap_stack_entry *e =
-                                        (struct ap_stack_entry *)((uint8_t *)h + h->stacks_offset + off);
+                                        (struct ap_stack_entry *)((uint8_t *)h + h->stacks_offset +
+                                                                  off);
                                 e->depth = n;
                                 e->reserved = 0;
                                 e->hash = hash;
@@ -142,8 +143,8 @@ static bool slot_claim(struct ap_thread *t, struct ap_shm_header *h)
 
         for (uint32_t k = 0; k < n; k++) {
                 uint32_t i = (start + k) % n;
-                struct ap_ring_ctl *ctl =
-                        (struct ap_ring_ctl *)((uint8_t *)h + h->slots_offset + (uint64_t)i * h->slot_stride);
+                struct ap_ring_ctl *ctl = (struct ap_ring_ctl *)((uint8_t *)h + h->slots_offset +
+                                                                 (uint64_t)i * h->slot_stride);
                 uint32_t expected = AP_SLOT_FREE;
                 if (ap_load_relaxed(&ctl->xstate) != AP_SLOT_FREE)
                         continue;
@@ -157,10 +158,9 @@ static bool slot_claim(struct ap_thread *t, struct ap_shm_header *h)
                 ap_producer_attach(&t->pr, ctl);
                 t->gen = ap_load_relaxed(&ap_session_gen);
                 uint32_t hwm = ap_load_relaxed(&h->xslot_hwm);
-                while (hwm < i + 1 &&
-                       !atomic_compare_exchange_weak_explicit(&h->xslot_hwm, &hwm, i + 1,
-                                                              memory_order_release,
-                                                              memory_order_relaxed))
+                while (hwm < i + 1 && !atomic_compare_exchange_weak_explicit(
+                                              &h->xslot_hwm, &hwm, i + 1, memory_order_release,
+                                              memory_order_relaxed))
                         ;
                 return true;
         }

@@ -267,8 +267,10 @@ static int send_hello(const char *sock_path, int memfd, const struct ap_shm_head
                 struct cmsghdr align;
         } u;
         memset(&u, 0, sizeof(u));
-        struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1,
-                             .msg_control = u.buf, .msg_controllen = sizeof(u.buf)};
+        struct msghdr msg = {.msg_iov = &iov,
+                             .msg_iovlen = 1,
+                             .msg_control = u.buf,
+                             .msg_controllen = sizeof(u.buf)};
         struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
         c->cmsg_level = SOL_SOCKET;
         c->cmsg_type = SCM_RIGHTS;
@@ -310,8 +312,8 @@ static int session_start(const char *sock_path)
                 memcpy(&id, rnd, sizeof(id));
         h->exec_id = id ^ (ap_load_relaxed(&ap_session_gen) * 0x9e3779b97f4a7c15ull);
         const char *mode = getenv(AP_ENV_MODE);
-        ap_store_relaxed(&h->xmode, mode != NULL && strcmp(mode, "dormant") == 0
-                                            ? AP_MODE_DORMANT : AP_MODE_FULL);
+        ap_store_relaxed(&h->xmode, mode != NULL && strcmp(mode, "dormant") == 0 ? AP_MODE_DORMANT
+                                                                                 : AP_MODE_FULL);
 
         if (g_exe_path[0] == '\0') {
                 ssize_t l = readlink("/proc/self/exe", g_exe_path, sizeof(g_exe_path) - 1);

@@ -117,9 +117,8 @@ static char *prepend_preload(const char *agent)
 
 /* Child side of fork: set up the environment and exec.  On failure, reports errno over
  * the close-on-exec pipe and exits 127. */
-static __attribute__((noreturn)) void exec_child(char **argv, const char *preload,
-                                                 const char *sock, int err_fd,
-                                                 const sigset_t *orig_mask)
+static __attribute__((noreturn)) void exec_child(char **argv, const char *preload, const char *sock,
+                                                 int err_fd, const sigset_t *orig_mask)
 {
         signal(SIGINT, SIG_DFL);
         signal(SIGTERM, SIG_DFL);
@@ -310,8 +309,9 @@ int ap_cmd_run(int argc, char **argv)
         if (main_img != NULL)
                 ap_process_set_exit(main_img->p, exit_code, term_sig);
         if (exec_errno == 0 && rs.nended == 0)
-                fprintf(stderr, "allocprof: %s never registered with the collector (statically "
-                                "linked, setuid, or it cleared LD_PRELOAD): no profile\n",
+                fprintf(stderr,
+                        "allocprof: %s never registered with the collector (statically "
+                        "linked, setuid, or it cleared LD_PRELOAD): no profile\n",
                         prog_argv[0]);
 
         struct ap_symbolizer *sym = NULL;
@@ -352,8 +352,8 @@ int ap_cmd_run(int argc, char **argv)
                 } else if (!quiet && (e == main_img || rs.nended == 1)) {
                         ap_report_summary(stderr, prof, path);
                 } else if (!quiet) {
-                        fprintf(stderr, "allocprof: pid %u (%s) profile written to %s\n",
-                                prof->pid, prof->exe ? base_name(prof->exe) : "?", path);
+                        fprintf(stderr, "allocprof: pid %u (%s) profile written to %s\n", prof->pid,
+                                prof->exe ? base_name(prof->exe) : "?", path);
                 }
                 free(path);
                 ap_profile_free(prof);

@@ -16,24 +16,24 @@
 #define JSON_REPORT_SCHEMA_VERSION 1
 
 /* Lines of stack shown per site in the text report; deeper stacks end with "... N more". */
-#define TEXT_MAX_FROWS       8
+#define TEXT_MAX_FROWS 8
 #define TEXT_FUNCTION_COLUMN 48 /* longer names are not aligned with the others */
 #define TEXT_LOCATION_COLUMN 40
 
 /* Hint thresholds.  They are deliberately conservative: a hint should point at something
  * worth an engineer's hour, not restate every number in the report. */
-#define HINT_SMALL_AVG        64        /* bytes: "small" for a pool/arena hint */
-#define HINT_POOL_MIN_ALLOCS  1000      /* fewer calls than this are not worth a pool */
-#define HINT_TEMP_FRACTION    0.5       /* share freed before the next allocation */
-#define HINT_FREED_FRACTION   0.9       /* ... or this share freed, with */
-#define HINT_LIVE_SHARE       0.01      /* at most this share of the bytes live at once */
-#define HINT_REALLOC_MIN      100       /* reallocs at one site: a growth loop */
-#define HINT_LEAK_BYTES       (1 << 20) /* a leak this big is always worth a look */
-#define HINT_LEAK_PEAK_SHARE  0.10      /* ... as is one holding 10% of the peak heap */
-#define HINT_LEAK_MIN_BYTES   65536     /* but not if it is tiny in absolute terms */
+#define HINT_SMALL_AVG 64         /* bytes: "small" for a pool/arena hint */
+#define HINT_POOL_MIN_ALLOCS 1000 /* fewer calls than this are not worth a pool */
+#define HINT_TEMP_FRACTION 0.5    /* share freed before the next allocation */
+#define HINT_FREED_FRACTION 0.9   /* ... or this share freed, with */
+#define HINT_LIVE_SHARE 0.01      /* at most this share of the bytes live at once */
+#define HINT_REALLOC_MIN 100      /* reallocs at one site: a growth loop */
+#define HINT_LEAK_BYTES (1 << 20) /* a leak this big is always worth a look */
+#define HINT_LEAK_PEAK_SHARE 0.10 /* ... as is one holding 10% of the peak heap */
+#define HINT_LEAK_MIN_BYTES 65536 /* but not if it is tiny in absolute terms */
 #define HINT_CHURN_MIN_ALLOCS 10000
-#define HINT_CHURN_RATIO      100 /* allocations per block of peak heap */
-#define HINT_MAX_PER_KIND     3
+#define HINT_CHURN_RATIO 100 /* allocations per block of peak heap */
+#define HINT_MAX_PER_KIND 3
 
 /* ------------------------------------------------------------------------------------ */
 /* Profile accessors.  A profile from ap_profile_read() is validated, but one built in
@@ -270,13 +270,13 @@ static struct numbuf fmt_percent(uint64_t part, uint64_t whole)
 /* ------------------------------------------------------------------------------------ */
 /* Text output */
 
-#define SGR_RESET  "\033[0m"
-#define SGR_BOLD   "\033[1m"
-#define SGR_DIM    "\033[2m"
-#define SGR_RED    "\033[31m"
-#define SGR_GREEN  "\033[32m"
+#define SGR_RESET "\033[0m"
+#define SGR_BOLD "\033[1m"
+#define SGR_DIM "\033[2m"
+#define SGR_RED "\033[31m"
+#define SGR_GREEN "\033[32m"
 #define SGR_YELLOW "\033[33m"
-#define SGR_CYAN   "\033[36m"
+#define SGR_CYAN "\033[36m"
 
 struct out {
         FILE *f;

@@ -13,9 +13,9 @@
 enum ap_sort { AP_SORT_ALLOCATIONS, AP_SORT_BYTES, AP_SORT_LEAKED, AP_SORT_PEAK };
 
 struct ap_report_opts {
-        unsigned top;      /* sites to show; 0 = all */
+        unsigned top; /* sites to show; 0 = all */
         enum ap_sort sort;
-        bool color;        /* ANSI colors */
+        bool color; /* ANSI colors */
 };
 
 /* Full text report.  Returns 0 or -errno (write error). */

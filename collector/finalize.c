@@ -71,11 +71,29 @@ static bool has_prefix(const char *s, const char *prefix)
 static bool is_allocator_function(const char *f)
 {
         static const char *const exact[] = {
-                "malloc", "calloc", "realloc", "reallocarray", "free", "posix_memalign",
-                "aligned_alloc", "memalign", "valloc", "pvalloc", "__libc_malloc",
-                "__libc_calloc", "__libc_realloc", "__libc_memalign", "__rust_alloc",
-                "__rust_alloc_zeroed", "__rust_realloc", "__rdl_alloc", "__rdl_alloc_zeroed",
-                "__rdl_realloc", "__rg_alloc", "__rg_alloc_zeroed", "__rg_realloc",
+                "malloc",
+                "calloc",
+                "realloc",
+                "reallocarray",
+                "free",
+                "posix_memalign",
+                "aligned_alloc",
+                "memalign",
+                "valloc",
+                "pvalloc",
+                "__libc_malloc",
+                "__libc_calloc",
+                "__libc_realloc",
+                "__libc_memalign",
+                "__rust_alloc",
+                "__rust_alloc_zeroed",
+                "__rust_realloc",
+                "__rdl_alloc",
+                "__rdl_alloc_zeroed",
+                "__rdl_realloc",
+                "__rg_alloc",
+                "__rg_alloc_zeroed",
+                "__rg_realloc",
         };
         for (size_t i = 0; i < sizeof(exact) / sizeof(exact[0]); i++)
                 if (strcmp(f, exact[i]) == 0)
@@ -83,12 +101,22 @@ static bool is_allocator_function(const char *f)
         /* Rust's allocator layers have been renamed across releases (legacy vs v0
          * demangling, __rustc:: symbols since 1.88): match the families. */
         static const char *const prefixes[] = {
-                "operator new(", "operator new[](",
-                "std::__new_allocator<", "__gnu_cxx::new_allocator<",
-                "std::allocator_traits<", "std::allocator<",
-                "alloc::alloc::", "<alloc::alloc::Global", "std::alloc::", "<std::alloc::System",
-                "std::sys::alloc::", "std::sys::pal::unix::alloc::",
-                "__rustc::", "__rust_", "__rdl_", "__rg_",
+                "operator new(",
+                "operator new[](",
+                "std::__new_allocator<",
+                "__gnu_cxx::new_allocator<",
+                "std::allocator_traits<",
+                "std::allocator<",
+                "alloc::alloc::",
+                "<alloc::alloc::Global",
+                "std::alloc::",
+                "<std::alloc::System",
+                "std::sys::alloc::",
+                "std::sys::pal::unix::alloc::",
+                "__rustc::",
+                "__rust_",
+                "__rdl_",
+                "__rg_",
         };
         for (size_t i = 0; i < sizeof(prefixes) / sizeof(prefixes[0]); i++)
                 if (has_prefix(f, prefixes[i]))
@@ -155,8 +183,8 @@ static long symbolize_ip(struct fin *f, uint64_t ip)
         a->count = 0;
 
         if (cmod == UINT32_MAX) {
-                struct ap_pframe fr = {.function = AP_NONE, .file = AP_NONE, .module = AP_NONE,
-                                       .address = addr};
+                struct ap_pframe fr = {
+                        .function = AP_NONE, .file = AP_NONE, .module = AP_NONE, .address = addr};
                 if (add_frame(f, &fr) < 0)
                         return -ENOMEM;
                 a->count = 1;
@@ -173,9 +201,11 @@ static long symbolize_ip(struct fin *f, uint64_t ip)
                         return n;
                 for (int i = 0; i < n; i++) {
                         struct ap_pframe fr = {
-                                .function = sf[i].function ? ap_profile_intern(f->prof, sf[i].function)
-                                                           : AP_NONE,
-                                .file = sf[i].file ? ap_profile_intern(f->prof, sf[i].file) : AP_NONE,
+                                .function = sf[i].function
+                                                    ? ap_profile_intern(f->prof, sf[i].function)
+                                                    : AP_NONE,
+                                .file = sf[i].file ? ap_profile_intern(f->prof, sf[i].file)
+                                                   : AP_NONE,
                                 .line = sf[i].line,
                                 .module = pmod,
                                 .address = addr,

@@ -16,7 +16,8 @@ struct ap_cstack {
         uint64_t allocations, bytes, frees, freed_bytes;
         uint64_t live_blocks, live_bytes, max_live_bytes;
         uint64_t temporary, reallocs;
-        uint64_t peak_bytes;  /* live bytes at the last global peak, valid if peak_epoch == current */
+        uint64_t
+                peak_bytes; /* live bytes at the last global peak, valid if peak_epoch == current */
         uint64_t peak_epoch;
 };
 
@@ -36,10 +37,10 @@ struct ap_live {
 };
 
 struct ap_slot {
-        uint64_t tail;          /* our read position (never trusted from shared memory) */
-        uint64_t snap_head;     /* head snapshot of the current drain round */
-        uint64_t last_alloc;    /* address of the slot's latest allocation (temporaries) */
-        bool bad;               /* failed validation: ignored from then on */
+        uint64_t tail;       /* our read position (never trusted from shared memory) */
+        uint64_t snap_head;  /* head snapshot of the current drain round */
+        uint64_t last_alloc; /* address of the slot's latest allocation (temporaries) */
+        bool bad;            /* failed validation: ignored from then on */
         bool seen;
 };
 

@@ -176,9 +176,8 @@ static void read_modules(struct ap_process *p)
         while (p->modules_read + sizeof(m) <= used) {
                 memcpy(&m, log + p->modules_read, sizeof(m));
                 if (m.nbytes < sizeof(m) || m.nbytes % 8 != 0 ||
-                    m.nbytes > used - p->modules_read ||
-                    m.path_len > m.nbytes - sizeof(m) || m.build_id_len > AP_MAX_BUILD_ID ||
-                    m.lo > m.hi) {
+                    m.nbytes > used - p->modules_read || m.path_len > m.nbytes - sizeof(m) ||
+                    m.build_id_len > AP_MAX_BUILD_ID || m.lo > m.hi) {
                         p->t.invalid_records++;
                         p->modules_read = UINT64_MAX / 2; /* stop reading a corrupt log */
                         return;
@@ -253,7 +252,8 @@ static uint32_t stack_resolve(struct ap_process *p, const struct ap_rec_hdr *rh,
 {
         if (rh->flags & AP_RECF_INLINE_STACK) {
                 uint32_t depth = rh->aux;
-                if (depth == 0 || depth > AP_MAX_FRAMES || (uint32_t)rh->nwords * 8 != fixed + 8 * depth)
+                if (depth == 0 || depth > AP_MAX_FRAMES ||
+                    (uint32_t)rh->nwords * 8 != fixed + 8 * depth)
                         return UINT32_MAX;
                 uint64_t ips[AP_MAX_FRAMES];
                 memcpy(ips, rec + fixed, 8ull * depth);

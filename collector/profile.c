@@ -329,9 +329,9 @@ struct u64_field {
         size_t offset;
 };
 
-#define TOTAL(f)                                                                                   \
-        {                                                                                          \
-#f, offsetof(struct ap_profile, totals.f)                                          \
+#define TOTAL(f)                                          \
+        {                                                 \
+#f, offsetof(struct ap_profile, totals.f) \
         }
 static const struct u64_field totals_fields[] = {
         TOTAL(allocations),   TOTAL(bytes),           TOTAL(frees),           TOTAL(freed_bytes),
@@ -340,9 +340,9 @@ static const struct u64_field totals_fields[] = {
         TOTAL(dropped_frees), TOTAL(unmatched_frees), TOTAL(invalid_records), TOTAL(threads),
 };
 
-#define SITE(f)                                                                                    \
-        {                                                                                          \
-#f, offsetof(struct ap_psite, f)                                                   \
+#define SITE(f)                                  \
+        {                                        \
+#f, offsetof(struct ap_psite, f) \
         }
 static const struct u64_field site_fields[] = {
         SITE(allocations),   SITE(bytes),        SITE(frees),      SITE(freed_bytes),
@@ -350,9 +350,9 @@ static const struct u64_field site_fields[] = {
         SITE(temporary),     SITE(reallocs),
 };
 
-#define MODULE(f)                                                                                  \
-        {                                                                                          \
-#f, offsetof(struct ap_pmodule, f)                                                 \
+#define MODULE(f)                                  \
+        {                                          \
+#f, offsetof(struct ap_pmodule, f) \
         }
 static const struct u64_field module_fields[] = {
         MODULE(allocations),

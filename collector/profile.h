@@ -25,14 +25,14 @@ struct ap_pframe {
 
 /* A call site = one distinct call stack after allocator frames were folded out. */
 struct ap_psite {
-        uint64_t allocations, bytes;       /* calls that returned a block; requested bytes */
-        uint64_t frees, freed_bytes;       /* blocks of this site freed, and their bytes */
+        uint64_t allocations, bytes;          /* calls that returned a block; requested bytes */
+        uint64_t frees, freed_bytes;          /* blocks of this site freed, and their bytes */
         uint64_t leaked_blocks, leaked_bytes; /* still live when the process ended */
-        uint64_t peak_bytes;   /* this site's live bytes at the moment of the global peak */
+        uint64_t peak_bytes;     /* this site's live bytes at the moment of the global peak */
         uint64_t max_live_bytes; /* this site's own highest live bytes */
-        uint64_t temporary;    /* allocations freed with no other allocation in between */
-        uint64_t reallocs;     /* of `allocations`, how many were realloc calls */
-        uint32_t *frames;      /* indices into frames, innermost first */
+        uint64_t temporary;      /* allocations freed with no other allocation in between */
+        uint64_t reallocs;       /* of `allocations`, how many were realloc calls */
+        uint32_t *frames;        /* indices into frames, innermost first */
         uint32_t nframes;
 };
 
@@ -43,8 +43,8 @@ struct ap_pmodule {
 };
 
 struct ap_ptimepoint {
-        uint64_t t_ns;       /* since process start */
-        uint64_t live_bytes; /* live requested bytes */
+        uint64_t t_ns;        /* since process start */
+        uint64_t live_bytes;  /* live requested bytes */
         uint64_t allocations; /* cumulative */
 };
 
@@ -53,10 +53,10 @@ struct ap_profile {
         uint32_t pid, ppid;
         char **command; /* argv of the process image (may be empty) */
         uint32_t ncommand;
-        char *exe;      /* path of the main executable, may be NULL */
-        int exit_status; /* exit code, or -1 if unknown / killed */
-        int term_signal; /* signal that killed it, 0 if none */
-        char *mode;      /* "full" */
+        char *exe;                /* path of the main executable, may be NULL */
+        int exit_status;          /* exit code, or -1 if unknown / killed */
+        int term_signal;          /* signal that killed it, 0 if none */
+        char *mode;               /* "full" */
         uint64_t sample_interval; /* 0 in full mode */
         uint64_t start_unix_ns;   /* wall-clock start of the process image */
         uint64_t duration_ns;
@@ -66,11 +66,11 @@ struct ap_profile {
                 uint64_t leaked_blocks, leaked_bytes;
                 uint64_t peak_bytes, peak_blocks, peak_t_ns;
                 uint64_t temporary, reallocs;
-                uint64_t dropped_events;   /* records the agent could not deliver */
-                uint64_t dropped_frees;    /* of which frees (may show up as false leaks) */
-                uint64_t unmatched_frees;  /* frees of blocks never seen allocated */
-                uint64_t invalid_records;  /* ring records rejected by validation */
-                uint64_t threads;          /* threads that recorded */
+                uint64_t dropped_events;  /* records the agent could not deliver */
+                uint64_t dropped_frees;   /* of which frees (may show up as false leaks) */
+                uint64_t unmatched_frees; /* frees of blocks never seen allocated */
+                uint64_t invalid_records; /* ring records rejected by validation */
+                uint64_t threads;         /* threads that recorded */
         } totals;
 
         char **strings;

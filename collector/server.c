@@ -65,8 +65,7 @@ int ap_collector_new(const char *socket_path, ap_collector_done_fn done, void *u
         c->userdata = userdata;
         c->listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
         int r = 0;
-        if (c->listen_fd < 0 ||
-            bind(c->listen_fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
+        if (c->listen_fd < 0 || bind(c->listen_fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
             listen(c->listen_fd, 128) < 0) {
                 r = -errno;
                 *err = ap_asprintf("cannot listen on %s: %s", socket_path, strerror(errno));
@@ -177,8 +176,10 @@ static bool read_hello(struct ap_collector *c, int fd)
                 char buf[CMSG_SPACE(sizeof(int) * 4)];
                 struct cmsghdr align;
         } u;
-        struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1,
-                             .msg_control = u.buf, .msg_controllen = sizeof(u.buf)};
+        struct msghdr msg = {.msg_iov = &iov,
+                             .msg_iovlen = 1,
+                             .msg_control = u.buf,
+                             .msg_controllen = sizeof(u.buf)};
         ssize_t n = recvmsg(fd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
         if (n < 0 && (errno == EAGAIN || errno == EINTR))
                 return false;

@@ -92,7 +92,7 @@ struct func_range {
 };
 
 struct cu_info {
-        Dwarf_Die die; /* the split unit's DIE for split DWARF, else the CU DIE */
+        Dwarf_Die die;            /* the split unit's DIE for split DWARF, else the CU DIE */
         struct func_range *funcs; /* sorted by lo, built on first use */
         size_t nfuncs;
         bool indexed;
@@ -150,12 +150,12 @@ struct sym_module {
 struct ap_symbolizer {
         struct sym_module **mods;
         size_t nmods;
-        uint64_t clock; /* use counter for least-recently-used eviction */
+        uint64_t clock;          /* use counter for least-recently-used eviction */
         struct sym_module *last; /* consecutive lookups usually hit the same module */
 };
 
-static int find_debuginfo(Dwfl_Module *mod, void **userdata, const char *modname,
-                          GElf_Addr base, const char *file_name, const char *debuglink_file,
+static int find_debuginfo(Dwfl_Module *mod, void **userdata, const char *modname, GElf_Addr base,
+                          const char *file_name, const char *debuglink_file,
                           GElf_Word debuglink_crc, char **debuginfo_file_name);
 
 /* Offline session: the main file is handed over as a descriptor, separate debuginfo is
@@ -516,8 +516,8 @@ static bool file_dir_has_hazard(const char *file, const char *name)
  * for good.  When such a name is not a regular file, only the build-id lookup under the
  * system debug directory is done.  (A program racing this check can still win; this closes
  * the easy case.) */
-static int find_debuginfo(Dwfl_Module *mod, void **userdata, const char *modname,
-                          GElf_Addr base, const char *file_name, const char *debuglink_file,
+static int find_debuginfo(Dwfl_Module *mod, void **userdata, const char *modname, GElf_Addr base,
+                          const char *file_name, const char *debuglink_file,
                           GElf_Word debuglink_crc, char **debuginfo_file_name)
 {
         bool hazard = true;
@@ -543,9 +543,8 @@ static int find_debuginfo(Dwfl_Module *mod, void **userdata, const char *modname
                 return dwfl_build_id_find_debuginfo(mod, userdata, modname, base, file_name,
                                                     debuglink_file, debuglink_crc,
                                                     debuginfo_file_name);
-        return dwfl_standard_find_debuginfo(mod, userdata, modname, base, file_name,
-                                            debuglink_file, debuglink_crc,
-                                            debuginfo_file_name);
+        return dwfl_standard_find_debuginfo(mod, userdata, modname, base, file_name, debuglink_file,
+                                            debuglink_crc, debuginfo_file_name);
 }
 
 static void module_close(struct sym_module *m)
@@ -630,8 +629,7 @@ static int module_open(struct sym_module *m)
         GElf_Addr bias = 0;
         Elf *elf = dwfl_module_getelf(m->mod, &bias);
         GElf_Ehdr ehdr;
-        if (!elf || !gelf_getehdr(elf, &ehdr) ||
-            (ehdr.e_type != ET_EXEC && ehdr.e_type != ET_DYN))
+        if (!elf || !gelf_getehdr(elf, &ehdr) || (ehdr.e_type != ET_EXEC && ehdr.e_type != ET_DYN))
                 goto unusable;
         m->elf_bias = bias;
 
@@ -677,8 +675,8 @@ static int module_recheck(struct sym_module *m)
 
         struct stat st;
         bool exists = stat(m->path, &st) == 0;
-        bool same = exists ? (st.st_dev == m->dev && st.st_ino == m->ino &&
-                              st.st_size == m->size && st.st_mtim.tv_sec == m->mtime.tv_sec &&
+        bool same = exists ? (st.st_dev == m->dev && st.st_ino == m->ino && st.st_size == m->size &&
+                              st.st_mtim.tv_sec == m->mtime.tv_sec &&
                               st.st_mtim.tv_nsec == m->mtime.tv_nsec)
                            : m->size < 0;
         if (same)
@@ -783,8 +781,7 @@ static int build_cu_table(struct sym_module *m)
                 Dwarf_Die use = cudie;
                 if (unit_type == DW_UT_skeleton) {
                         Dwarf_Die split;
-                        if (dwarf_cu_info(cu, NULL, NULL, NULL, &split, NULL, NULL, NULL) ==
-                                    0 &&
+                        if (dwarf_cu_info(cu, NULL, NULL, NULL, &split, NULL, NULL, NULL) == 0 &&
                             dwarf_tag(&split) == DW_TAG_compile_unit)
                                 use = split;
                 }
@@ -800,13 +797,13 @@ static int build_cu_table(struct sym_module *m)
                         /* Code discarded by the linker keeps ranges at 0 (or a tombstone). */
                         if (lo == 0 || lo >= hi || lo == (Dwarf_Addr)-1)
                                 continue;
-                        struct cu_range *nr = vec_grow(m->cu_ranges, &ranges_cap,
-                                                       m->ncu_ranges, sizeof(*nr));
+                        struct cu_range *nr =
+                                vec_grow(m->cu_ranges, &ranges_cap, m->ncu_ranges, sizeof(*nr));
                         if (!nr)
                                 return -ENOMEM;
                         m->cu_ranges = nr;
                         m->cu_ranges[m->ncu_ranges++] =
-                                (struct cu_range){ .lo = lo, .hi = hi, .cu = idx };
+                                (struct cu_range){.lo = lo, .hi = hi, .cu = idx};
                         any = true;
                 }
                 if (!any)
@@ -815,7 +812,7 @@ static int build_cu_table(struct sym_module *m)
                 if (!nc)
                         return -ENOMEM;
                 m->cus = nc;
-                m->cus[m->ncus++] = (struct cu_info){ .die = use };
+                m->cus[m->ncus++] = (struct cu_info){.die = use};
         }
         if (m->ncu_ranges)
                 qsort(m->cu_ranges, m->ncu_ranges, sizeof(*m->cu_ranges), cmp_cu_range);
@@ -909,10 +906,9 @@ static bool child_next(struct child_iter *it, Dwarf_Die *parent)
 /* Collects the code ranges of every concrete function defined at `parent`'s level,
  * descending into namespaces and classes (C++ in-class definitions) but not into function
  * bodies. */
-static int index_scope(Dwarf_Die *parent, int depth, struct func_range **v, size_t *n,
-                       size_t *cap)
+static int index_scope(Dwarf_Die *parent, int depth, struct func_range **v, size_t *n, size_t *cap)
 {
-        struct child_iter it = { 0 };
+        struct child_iter it = {0};
         while (child_next(&it, parent)) {
                 switch (dwarf_tag(&it.die)) {
                 case DW_TAG_subprogram: {
@@ -929,7 +925,7 @@ static int index_scope(Dwarf_Die *parent, int depth, struct func_range **v, size
                                         return -ENOMEM;
                                 *v = nv;
                                 (*v)[(*n)++] =
-                                        (struct func_range){ .lo = lo, .hi = hi, .die = it.die };
+                                        (struct func_range){.lo = lo, .hi = hi, .die = it.die};
                         }
                         break;
                 }
@@ -997,7 +993,7 @@ static size_t inline_chain(Dwarf_Die *fn, Dwarf_Addr pc, Dwarf_Die *chain, Dwarf
         Dwarf_Die cur = *fn;
         *physical = *fn;
         for (int depth = 0; depth < 2 * MAX_INLINE_DEPTH; depth++) {
-                struct child_iter it = { 0 };
+                struct child_iter it = {0};
                 bool found = false;
                 int tag = 0;
                 while (child_next(&it, &cur)) {
@@ -1076,8 +1072,8 @@ static int build_symtab(struct sym_module *m)
                 GElf_Word shndx;
                 Elf *elf;
                 Dwarf_Addr bias;
-                const char *name = dwfl_module_getsym_info(m->mod, i, &sym, &addr, &shndx,
-                                                           &elf, &bias);
+                const char *name =
+                        dwfl_module_getsym_info(m->mod, i, &sym, &addr, &shndx, &elf, &bias);
                 if (!name || !*name || sym.st_shndx == SHN_UNDEF || addr == 0)
                         continue;
                 int type = GELF_ST_TYPE(sym.st_info), bind = GELF_ST_BIND(sym.st_info);
@@ -1092,10 +1088,11 @@ static int build_symtab(struct sym_module *m)
                 if (!ns)
                         return -ENOMEM;
                 m->syms = ns;
-                m->syms[m->nsyms++] = (struct sym_entry){
-                        .addr = addr, .size = sym.st_size, .limit = limit, .name = name,
-                        .rank = rank
-                };
+                m->syms[m->nsyms++] = (struct sym_entry){.addr = addr,
+                                                         .size = sym.st_size,
+                                                         .limit = limit,
+                                                         .name = name,
+                                                         .rank = rank};
         }
         if (!m->nsyms)
                 return 0;
@@ -1203,8 +1200,7 @@ static int die_name(struct sym_module *m, Dwarf_Die *die, const char **ret)
         return 0;
 }
 
-static int display_file(struct sym_module *m, Dwarf_Die *cudie, const char *raw,
-                        const char **ret)
+static int display_file(struct sym_module *m, Dwarf_Die *cudie, const char *raw, const char **ret)
 {
         *ret = NULL;
         if (!raw || !*raw)
@@ -1252,8 +1248,7 @@ static int call_site(struct sym_module *m, Dwarf_Die *inl, const char **file, ui
         Dwarf_Die cudie;
         *file = NULL;
         *line = 0;
-        if (dwarf_attr(inl, DW_AT_call_line, &a) && dwarf_formudata(&a, &v) == 0 &&
-            v <= UINT32_MAX)
+        if (dwarf_attr(inl, DW_AT_call_line, &a) && dwarf_formudata(&a, &v) == 0 && v <= UINT32_MAX)
                 *line = (uint32_t)v;
         if (!dwarf_attr(inl, DW_AT_call_file, &a) || dwarf_formudata(&a, &v) != 0)
                 return 0;
@@ -1302,7 +1297,7 @@ static int symbolize_dwarf(struct sym_module *m, uint64_t offset, struct frame_b
         if (!fn) {
                 /* Assembly and other code with a line table but no function DIE: the
                  * caller names it from the symbol table. */
-                out->f[0] = (struct cached_frame){ .file = file, .line = line };
+                out->f[0] = (struct cached_frame){.file = file, .line = line};
                 out->n = 1;
                 return 0;
         }

@@ -16,8 +16,8 @@
 #define ap_fetch_add_acq_rel(p, v) atomic_fetch_add_explicit((p), (v), memory_order_acq_rel)
 /* CAS: acq_rel on success (publishes our prior writes, sees the previous owner's),
  * acquire on failure. */
-#define ap_cas_acq_rel(p, expected, desired)                                                \
-        atomic_compare_exchange_strong_explicit((p), (expected), (desired),                 \
-                                                memory_order_acq_rel, memory_order_acquire)
+#define ap_cas_acq_rel(p, expected, desired)                                                      \
+        atomic_compare_exchange_strong_explicit((p), (expected), (desired), memory_order_acq_rel, \
+                                                memory_order_acquire)
 
 #endif

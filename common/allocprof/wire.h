@@ -47,8 +47,8 @@
 #define AP_SHM_MAGIC 0x31464f52504c4c41ull /* "ALLPROF1" little endian */
 #define AP_LAYOUT_VERSION 1u
 
-#define AP_MAX_FRAMES 64          /* frames kept per stack (innermost first) */
-#define AP_NSLOTS 1024            /* per-thread rings per process */
+#define AP_MAX_FRAMES 64           /* frames kept per stack (innermost first) */
+#define AP_NSLOTS 1024             /* per-thread rings per process */
 #define AP_RING_BYTES (256u << 10) /* data bytes per ring, power of two */
 #define AP_STACK_HEAP_BYTES (64ull << 20)
 #define AP_MODULE_LOG_BYTES (4ull << 20)
@@ -72,12 +72,12 @@ enum ap_slot_state {
 
 /* Drop/diagnostic counters, ap_shm_header.xcounters[] (agent increments, relaxed). */
 enum ap_counter {
-        AP_CNT_DROP_RING_FULL = 0,  /* records dropped: ring full after the bounded wait */
-        AP_CNT_DROP_NO_SLOT,        /* records dropped: no free ring slot */
-        AP_CNT_DROP_FREE,           /* of the drops above, how many were frees */
-        AP_CNT_INLINE_STACKS,       /* stacks sent inline (index full / racing insert) */
-        AP_CNT_RING_WAITS,          /* times a writer waited for ring space */
-        AP_CNT_MODULES_DROPPED,     /* module records that did not fit the log */
+        AP_CNT_DROP_RING_FULL = 0, /* records dropped: ring full after the bounded wait */
+        AP_CNT_DROP_NO_SLOT,       /* records dropped: no free ring slot */
+        AP_CNT_DROP_FREE,          /* of the drops above, how many were frees */
+        AP_CNT_INLINE_STACKS,      /* stacks sent inline (index full / racing insert) */
+        AP_CNT_RING_WAITS,         /* times a writer waited for ring space */
+        AP_CNT_MODULES_DROPPED,    /* module records that did not fit the log */
         AP_CNT__MAX = 16,
 };
 
@@ -101,17 +101,17 @@ struct ap_shm_header {
         uint8_t reserved0[24];
 
         /* cache line 2: collector -> agent control */
-        _Atomic uint32_t xmode;            /* enum ap_mode; agent: load_relaxed per call */
+        _Atomic uint32_t xmode; /* enum ap_mode; agent: load_relaxed per call */
         uint32_t pad1;
         _Atomic uint64_t xsample_interval; /* bytes, sampled mode */
         _Atomic uint64_t xheartbeat;       /* collector bumps it each drain round */
         uint8_t reserved1[40];
 
         /* cache line 3: agent -> collector status */
-        _Atomic uint32_t xslot_hwm;        /* 1 + highest slot index ever claimed */
+        _Atomic uint32_t xslot_hwm; /* 1 + highest slot index ever claimed */
         uint32_t pad2;
-        _Atomic uint64_t xstacks_used;     /* bytes of stack heap handed out (fetch_add) */
-        _Atomic uint64_t xmodules_used;    /* bytes of module log published (release) */
+        _Atomic uint64_t xstacks_used;  /* bytes of stack heap handed out (fetch_add) */
+        _Atomic uint64_t xmodules_used; /* bytes of module log published (release) */
         uint8_t reserved2[40];
 
         /* cache lines 4-5: counters */
@@ -195,7 +195,7 @@ enum ap_module_kind { AP_MOD_LOAD = 1, AP_MOD_UNLOAD = 2 };
 struct ap_module_rec {
         uint32_t nbytes; /* whole record, multiple of 8 */
         uint16_t kind;
-        uint16_t path_len;     /* bytes of path, no NUL */
+        uint16_t path_len; /* bytes of path, no NUL */
         uint64_t ts;
         uint64_t bias;         /* load bias (l_addr): file vaddr + bias = runtime address */
         uint64_t lo, hi;       /* runtime address range covered by PT_LOAD segments */

@@ -85,8 +85,9 @@ static void *hostile(void *arg)
                 for (int i = 0; i < 64; i++)
                         scribble(&seed);
                 /* Move some heads forward so the reader parses what we wrote. */
-                struct ap_ring_ctl *ctl = (struct ap_ring_ctl *)((uint8_t *)g_h + g_h->slots_offset +
-                                                                 (rng(&seed) % 8) * AP_SLOT_STRIDE);
+                struct ap_ring_ctl *ctl =
+                        (struct ap_ring_ctl *)((uint8_t *)g_h + g_h->slots_offset +
+                                               (rng(&seed) % 8) * AP_SLOT_STRIDE);
                 atomic_fetch_add(&ctl->xhead, (rng(&seed) % 512) * 8);
                 ap_store_relaxed(&g_h->xslot_hwm, (uint32_t)(rng(&seed) % 4096));
         }
@@ -108,14 +109,16 @@ int main(void)
                 g_h = mmap(NULL, g_total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
                 ASSERT_TRUE(g_h != MAP_FAILED);
                 ap_shm_init_layout(g_h);
-                struct ap_hello hello = {.magic = AP_HELLO_MAGIC, .layout_version = AP_LAYOUT_VERSION};
+                struct ap_hello hello = {.magic = AP_HELLO_MAGIC,
+                                         .layout_version = AP_LAYOUT_VERSION};
                 struct ap_process *p = NULL;
                 char *err = NULL;
                 ASSERT_OK(ap_process_new(dup(fd), getpid(), &hello, &p, &err));
 
                 atomic_store(&g_stop, 0);
                 pthread_t th;
-                ASSERT_EQ(pthread_create(&th, NULL, hostile, (void *)(uintptr_t)(round * 7919 + 1)), 0);
+                ASSERT_EQ(pthread_create(&th, NULL, hostile, (void *)(uintptr_t)(round * 7919 + 1)),
+                          0);
                 /* Drain concurrently for a while (the writer needs time to start). */
                 uint64_t until = now_ns() + 40 * 1000 * 1000;
                 while (now_ns() < until)

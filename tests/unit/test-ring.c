@@ -40,8 +40,8 @@ static uint8_t *reserve(struct ap_producer *pr, uint32_t n)
 static void *producer(void *arg)
 {
         uint32_t id = (uint32_t)(uintptr_t)arg;
-        struct ap_ring_ctl *ctl =
-                (struct ap_ring_ctl *)((uint8_t *)g_h + g_h->slots_offset + (uint64_t)id * AP_SLOT_STRIDE);
+        struct ap_ring_ctl *ctl = (struct ap_ring_ctl *)((uint8_t *)g_h + g_h->slots_offset +
+                                                         (uint64_t)id * AP_SLOT_STRIDE);
         uint32_t expected = AP_SLOT_FREE;
         ASSERT_TRUE(ap_cas_acq_rel(&ctl->xstate, &expected, AP_SLOT_OWNED));
         struct ap_producer pr;
@@ -54,8 +54,10 @@ static void *producer(void *arg)
                 uint32_t n = sizeof(struct ap_rec_alloc) + 8 * depth;
                 uint8_t *w = reserve(&pr, n);
                 struct ap_rec_alloc *r = (struct ap_rec_alloc *)w;
-                r->hdr = (struct ap_rec_hdr){.type = AP_REC_ALLOC, .flags = AP_RECF_INLINE_STACK,
-                                             .nwords = (uint16_t)(n / 8), .aux = depth};
+                r->hdr = (struct ap_rec_hdr){.type = AP_REC_ALLOC,
+                                             .flags = AP_RECF_INLINE_STACK,
+                                             .nwords = (uint16_t)(n / 8),
+                                             .aux = depth};
                 r->ts = now_ns();
                 r->addr = addr;
                 r->size = 1 + (i % 100);
@@ -87,8 +89,10 @@ int main(void)
         ap_shm_init_layout(g_h);
         ap_store_relaxed(&g_h->xslot_hwm, THREADS);
 
-        struct ap_hello hello = {.magic = AP_HELLO_MAGIC, .layout_version = AP_LAYOUT_VERSION,
-                                 .pid = (uint32_t)getpid(), .shm_bytes = total};
+        struct ap_hello hello = {.magic = AP_HELLO_MAGIC,
+                                 .layout_version = AP_LAYOUT_VERSION,
+                                 .pid = (uint32_t)getpid(),
+                                 .shm_bytes = total};
         struct ap_process *p = NULL;
         char *err = NULL;
         ASSERT_OK(ap_process_new(dup(fd), getpid(), &hello, &p, &err));
@@ -138,8 +142,9 @@ int main(void)
 
         /* Retired, drained slots were handed back. */
         for (uint32_t i = 0; i < THREADS; i++) {
-                struct ap_ring_ctl *ctl = (struct ap_ring_ctl *)((uint8_t *)g_h + g_h->slots_offset +
-                                                                 (uint64_t)i * AP_SLOT_STRIDE);
+                struct ap_ring_ctl *ctl =
+                        (struct ap_ring_ctl *)((uint8_t *)g_h + g_h->slots_offset +
+                                               (uint64_t)i * AP_SLOT_STRIDE);
                 ASSERT_EQ(ap_load_acquire(&ctl->xstate), (uint32_t)AP_SLOT_FREE);
         }
         ap_profile_free(prof);
