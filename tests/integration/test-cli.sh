@@ -75,6 +75,23 @@ check_eq "--top 3 sites" 3 "$("$AP" report demo.approf --json --top 3 | python3 
 "$AP" report demo.approf --json --sort leaked >leaked.json
 check_eq "--sort leaked puts a leak first" True "$(json leaked.json 'd["sites"][0]["leaked_bytes"] > 0')"
 
+# --- exact demangled names: C++ with parameters, Rust legacy and v0 without hashes ------
+names() { # workload -> every frame function of its profile, one per line
+        "$AP" run -q -o names.approf -- "$BUILD/tests/workloads/$1" >/dev/null 2>&1
+        "$AP" report names.approf --json |
+                python3 -c 'import json,sys; [print(f["function"]) for s in json.load(sys.stdin)["sites"] for f in s["frames"] if f["function"]]'
+}
+names containers >cpp.names
+check_contains "C++ method demangled with parameters" cpp.names "ns::Widget::build(int)"
+for rs in rustprog rustprog_v0; do
+        [ -x "$BUILD/tests/workloads/$rs" ] || continue
+        names $rs >$rs.names
+        check_contains "$rs: rustprog::make_boxes named exactly" $rs.names "rustprog::make_boxes"
+        check_eq "$rs: exact line" yes "$(grep -qx 'rustprog::make_boxes' $rs.names && echo yes)"
+        checks=$((checks + 1))
+        if grep -Eq '::h[0-9a-f]{16}$|^_R|^_ZN' $rs.names; then fail "$rs: mangled name or hash left: $(grep -E '::h[0-9a-f]{16}$|^_R|^_ZN' $rs.names | head -3)"; fi
+done
+
 # --- exit statuses and errors -------------------------------------------------------------
 "$AP" run -q -- /nonexistent/prog 2>nf.err
 check_eq "program not found" 127 $?
