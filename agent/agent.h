@@ -11,6 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "allocprof/clock.h"
 #include "allocprof/ring.h"
 #include "allocprof/wire.h"
 
@@ -68,5 +69,6 @@ AP_HIDDEN void ap_thread_release(void);
 /* Stack index reset (fork child). */
 AP_HIDDEN int ap_stacks_init(void);
 
+/* CLOCK_MONOTONIC nanoseconds, for waits (records use ap_clock_ticks()). */
 AP_HIDDEN uint64_t ap_now_ns(void);
 AP_HIDDEN void ap_count(enum ap_counter c, uint64_t n);

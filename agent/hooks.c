@@ -80,7 +80,7 @@ AP_EXPORT void free(void *p)
         /* Published before the real free: once the block can be handed to another
          * thread, our record of its death is already visible (see wire.h). */
         if (p != NULL && hook_begin(t, &e)) {
-                ap_record_free(p, ap_now_ns());
+                ap_record_free(p, ap_clock_ticks());
                 hook_end(t, e);
         }
         __libc_free(p);
@@ -96,12 +96,12 @@ AP_EXPORT void *realloc(void *old, size_t size)
         if (size == 0) {
                 /* glibc frees the block and returns NULL. */
                 if (hook_begin(t, &e)) {
-                        ap_record_free(old, ap_now_ns());
+                        ap_record_free(old, ap_clock_ticks());
                         hook_end(t, e);
                 }
                 return __libc_realloc(old, 0);
         }
-        uint64_t ts = ap_now_ns();
+        uint64_t ts = ap_clock_ticks();
         void *p = __libc_realloc(old, size);
         if (p != NULL && hook_begin(t, &e)) {
                 ap_record_realloc(old, p, size, ts);

@@ -313,7 +313,7 @@ static void write_alloc_like(uint8_t type, void *old, void *p, size_t size, uint
         rh->aux = id == 0 ? n : id;
         if (type == AP_REC_REALLOC) {
                 struct ap_rec_realloc *r = (struct ap_rec_realloc *)w;
-                r->ts = ap_now_ns();
+                r->ts = ap_clock_ticks();
                 r->ts_free = ts;
                 r->old_addr = (uint64_t)(uintptr_t)old;
                 r->new_addr = (uint64_t)(uintptr_t)p;
@@ -333,7 +333,7 @@ static void write_alloc_like(uint8_t type, void *old, void *p, size_t size, uint
 
 AP_HIDDEN void ap_record_alloc(void *p, size_t size)
 {
-        write_alloc_like(AP_REC_ALLOC, NULL, p, size, ap_now_ns());
+        write_alloc_like(AP_REC_ALLOC, NULL, p, size, ap_clock_ticks());
 }
 
 AP_HIDDEN void ap_record_realloc(void *old, void *p, size_t size, uint64_t ts)

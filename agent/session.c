@@ -114,7 +114,7 @@ static void log_module(struct ap_shm_header *h, uint16_t kind, const char *path,
         m->nbytes = (uint32_t)bytes;
         m->kind = kind;
         m->path_len = (uint16_t)plen;
-        m->ts = ap_now_ns();
+        m->ts = ap_clock_ticks();
         m->bias = bias;
         m->lo = lo;
         m->hi = hi;
@@ -305,7 +305,9 @@ static int session_start(const char *sock_path)
         ap_shm_init_layout(h);
         h->pid = (uint32_t)getpid();
         h->ppid = (uint32_t)getppid();
-        h->start_ns = ap_now_ns();
+        h->start_ns = ap_clock_mono_ns();
+        h->start_ticks = ap_clock_ticks();
+        h->clock_kind = AP_CLOCK_KIND;
         const uint8_t *rnd = (const uint8_t *)getauxval(AT_RANDOM);
         uint64_t id = h->start_ns ^ ((uint64_t)h->pid << 40);
         if (rnd != NULL)

@@ -365,7 +365,7 @@ int ap_process_finalize(struct ap_process *p, struct ap_symbolizer *sym, struct 
         prof->exit_status = p->exit_code;
         prof->term_signal = p->term_signal;
         prof->start_unix_ns = p->start_unix_ns;
-        prof->duration_ns = p->last_ts > p->start_ns ? p->last_ts - p->start_ns : 0;
+        prof->duration_ns = ap_process_ticks_to_ns(p, p->last_ts);
 
         const struct ap_shm_header *h = p->hdr;
         prof->totals.allocations = p->t.allocations;
@@ -376,7 +376,7 @@ int ap_process_finalize(struct ap_process *p, struct ap_symbolizer *sym, struct 
         prof->totals.leaked_bytes = p->t.live_bytes;
         prof->totals.peak_bytes = p->t.peak_bytes;
         prof->totals.peak_blocks = p->t.peak_blocks;
-        prof->totals.peak_t_ns = p->t.peak_ts > p->start_ns ? p->t.peak_ts - p->start_ns : 0;
+        prof->totals.peak_t_ns = ap_process_ticks_to_ns(p, p->t.peak_ts);
         prof->totals.temporary = p->t.temporary;
         prof->totals.reallocs = p->t.reallocs;
         prof->totals.dropped_events = ap_load_relaxed(&h->xcounters[AP_CNT_DROP_RING_FULL]) +

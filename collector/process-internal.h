@@ -40,6 +40,7 @@ struct ap_slot {
         uint64_t tail;       /* our read position (never trusted from shared memory) */
         uint64_t snap_head;  /* head snapshot of the current drain round */
         uint64_t last_alloc; /* address of the slot's latest allocation (temporaries) */
+        uint32_t tid; /* owner last seen (untrusted, only counted) */
         bool bad;            /* failed validation: ignored from then on */
         bool seen;
 };
@@ -52,6 +53,8 @@ struct ap_process {
         uint64_t map_bytes;
         struct ap_shm_header *hdr; /* == map */
         uint64_t start_ns;         /* agent's CLOCK_MONOTONIC at init */
+        uint64_t start_ticks;      /* agent's ap_clock_ticks() at init: records count from it */
+        double ns_per_tick;
         uint64_t start_unix_ns;
         uint64_t last_ts;
 
@@ -98,3 +101,9 @@ struct ap_process {
 
         uint8_t *scratch; /* one record, copied out of the ring before validation */
 };
+
+/* Record timestamp -> nanoseconds since the image's agent started. */
+static inline uint64_t ap_process_ticks_to_ns(const struct ap_process *p, uint64_t ts)
+{
+        return ts > p->start_ticks ? (uint64_t)((double)(ts - p->start_ticks) * p->ns_per_tick) : 0;
+}

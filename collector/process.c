@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "allocprof/atomics.h"
+#include "allocprof/clock.h"
 #include "process-internal.h"
 
 #define TIMELINE_MAX 2048
@@ -88,6 +89,8 @@ int ap_process_new(int memfd, pid_t pid, const struct ap_hello *hello, struct ap
         p->map_bytes = expect;
         p->hdr = h;
         p->start_ns = h->start_ns;
+        p->start_ticks = h->start_ticks;
+        p->ns_per_tick = h->clock_kind == AP_CLOCK_KIND ? ap_ns_per_tick() : 1.0;
         p->start_unix_ns = ap_realtime_ns() - (ap_monotonic_ns() - h->start_ns);
         p->exit_code = -1;
         p->scratch = scratch;
@@ -300,7 +303,7 @@ static inline void peak_touch(struct ap_process *p, struct ap_cstack *s)
 
 static void timeline_point(struct ap_process *p, uint64_t ts)
 {
-        uint64_t t = ts > p->start_ns ? ts - p->start_ns : 0;
+        uint64_t t = ap_process_ticks_to_ns(p, ts);
         if (t < p->timeline_next_ns && p->ntimeline > 0)
                 return;
         if (p->ntimeline == TIMELINE_MAX) {
@@ -513,37 +516,57 @@ static void process_record(struct ap_process *p, struct ap_slot *slot)
                 p->last_ts = ((struct ap_rec_free *)p->scratch)->ts;
 }
 
-long ap_process_drain(struct ap_process *p)
+/* How long a record must have been published before a non-final drain takes it. */
+#define SETTLE_NS 200000
+
+long ap_process_drain(struct ap_process *p, bool final)
 {
         struct ap_shm_header *h = p->hdr;
-        uint32_t hwm = ap_load_acquire(&h->xslot_hwm);
-        if (hwm > AP_NSLOTS)
-                hwm = AP_NSLOTS;
-
         /* 1. Snapshot every ring's head.  Acquire pairs with the agent's release of xhead
-         *    (B->C in wire.h): the records below the head are complete. */
+         *    (B->C in wire.h): the records below the head are complete.  The slot count
+         *    is read again afterwards: a thread that claimed a slot before another
+         *    thread published something we saw must not be missed (acquire pairs with
+         *    the claimer's release of xslot_hwm). */
         uint32_t active[AP_NSLOTS];
         uint32_t nactive = 0;
-        for (uint32_t i = 0; i < hwm; i++) {
-                struct ap_slot *sl = &p->slots[i];
-                if (sl->bad)
-                        continue;
-                uint64_t head = ap_load_acquire(&slot_ctl(p, i)->xhead);
-                if (head - sl->tail > AP_RING_BYTES) {
-                        /* Head moved backwards or past our tail + size: not a ring any
-                         * more.  Ignore this slot from now on. */
-                        sl->bad = true;
-                        p->t.invalid_records++;
-                        continue;
-                }
-                sl->snap_head = head;
-                if (head != sl->tail) {
-                        if (!sl->seen) {
-                                sl->seen = true;
-                                p->threads++;
+        uint32_t done = 0, hwm;
+        while ((hwm = ap_load_acquire(&h->xslot_hwm)) > done && done < AP_NSLOTS) {
+                if (hwm > AP_NSLOTS)
+                        hwm = AP_NSLOTS;
+                for (uint32_t i = done; i < hwm; i++) {
+                        struct ap_slot *sl = &p->slots[i];
+                        if (sl->bad)
+                                continue;
+                        uint64_t head = ap_load_acquire(&slot_ctl(p, i)->xhead);
+                        if (head - sl->tail > AP_RING_BYTES) {
+                                /* Head moved backwards or past our tail + size: not a
+                                 * ring any more.  Ignore this slot from now on. */
+                                sl->bad = true;
+                                p->t.invalid_records++;
+                                continue;
                         }
-                        active[nactive++] = i;
+                        sl->snap_head = head;
+                        if (head != sl->tail) {
+                                /* Slots are reused: count owners by their thread id. */
+                                uint32_t tid = slot_ctl(p, i)->tid;
+                                if (!sl->seen || tid != sl->tid) {
+                                        sl->seen = true;
+                                        sl->tid = tid;
+                                        p->threads++;
+                                }
+                                active[nactive++] = i;
+                        }
                 }
+                done = hwm;
+        }
+        hwm = done;
+
+        uint64_t watermark = UINT64_MAX;
+        if (!final) {
+                uint64_t now = p->hdr->clock_kind == AP_CLOCK_KIND ? ap_clock_ticks()
+                                                                  : ap_clock_mono_ns();
+                uint64_t settle = (uint64_t)(SETTLE_NS / p->ns_per_tick);
+                watermark = now > settle ? now - settle : 0;
         }
 
         /* 2. Modules after heads: every module a published stack names is in the log. */
@@ -578,6 +601,8 @@ long ap_process_drain(struct ap_process *p)
                                 best = k;
                 uint32_t i = active[best];
                 struct ap_slot *sl = &p->slots[i];
+                if (cur_ts[i] > watermark)
+                        break; /* every remaining record is younger: next round */
                 if (slot_in_scratch != i) {
                         long len = next_record(p, i, &cur_ts[i]);
                         slot_in_scratch = i;

@@ -26,9 +26,12 @@ int ap_process_new(int memfd, pid_t pid, const struct ap_hello *hello, struct ap
 /* Frees the process and its mapping.  Accepts NULL. */
 void ap_process_free(struct ap_process *p);
 
-/* Drains every ring once, in timestamp order across threads.  Returns the number of
+/* Drains every ring once, in timestamp order across threads.  Unless `final`, records
+ * younger than a short settling delay stay for the next round, so that a thread that
+ * took its timestamp but has not published yet cannot be overtaken by later events of
+ * other threads.  `final` (the process is gone) takes everything.  Returns the number of
  * records processed (>= 0).  Never fails: invalid input is counted and skipped. */
-long ap_process_drain(struct ap_process *p);
+long ap_process_drain(struct ap_process *p, bool final);
 
 pid_t ap_process_pid(const struct ap_process *p);
 uint64_t ap_process_exec_id(const struct ap_process *p);

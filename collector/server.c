@@ -133,7 +133,7 @@ static void retire(struct ap_collector *c, size_t i, bool by_exec)
 {
         struct tracked t = c->procs[i];
         c->procs[i] = c->procs[--c->nprocs];
-        while (ap_process_drain(t.p) > 0)
+        while (ap_process_drain(t.p, true) > 0)
                 ;
         if (t.pidfd >= 0)
                 close(t.pidfd);
@@ -278,7 +278,7 @@ int ap_collector_step(struct ap_collector *c, int timeout_ms, int extra_fd)
 
         long moved = 0;
         for (size_t i = 0; i < c->nprocs; i++)
-                moved += ap_process_drain(c->procs[i].p);
+                moved += ap_process_drain(c->procs[i].p, false);
         c->busy = moved > 0;
         for (size_t i = c->nprocs; i-- > 0;)
                 if (c->procs[i].ended)

@@ -10,6 +10,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "allocprof/clock.h"
 #include "util.h"
 
 int ap_grow(void **items, size_t *cap, size_t need, size_t elem)
@@ -216,4 +217,23 @@ ssize_t ap_read_file(const char *path, char **ret, size_t max)
         buf[n] = '\0';
         *ret = buf;
         return (ssize_t)n;
+}
+
+double ap_ns_per_tick(void)
+{
+        static double cached;
+        if (cached > 0)
+                return cached;
+        if (AP_CLOCK_KIND == AP_CLOCK_MONOTONIC_NS)
+                return cached = 1.0;
+        /* Two (ns, ticks) pairs 2 ms apart: each read pair is ~40 ns wide, so the ratio is
+         * good to a few parts in 10^5, plenty for timelines and durations. */
+        uint64_t n0 = ap_clock_mono_ns(), t0 = ap_clock_ticks();
+        uint64_t n1, t1;
+        do {
+                n1 = ap_clock_mono_ns();
+                t1 = ap_clock_ticks();
+        } while (n1 - n0 < 2000000);
+        cached = t1 > t0 ? (double)(n1 - n0) / (double)(t1 - t0) : 1.0;
+        return cached;
 }

@@ -52,6 +52,9 @@ char *ap_asprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 const char *ap_fmt_bytes(char *buf, size_t len, uint64_t bytes);
 
 uint64_t ap_monotonic_ns(void);
+
+/* Nanoseconds per ap_clock_ticks() tick, measured once per process (about 2 ms). */
+double ap_ns_per_tick(void);
 uint64_t ap_realtime_ns(void);
 
 /* Reads a whole small file (e.g. /proc/PID/cmdline).  Returns bytes read or -errno;

@@ -98,7 +98,10 @@ struct ap_shm_header {
         uint32_t ppid;
         uint64_t start_ns; /* CLOCK_MONOTONIC at agent init */
         uint64_t exec_id;  /* random per process image: same pid, new exec -> new id */
-        uint8_t reserved0[24];
+        uint64_t start_ticks; /* ap_clock_ticks() at agent init, read right after start_ns */
+        uint32_t clock_kind;  /* enum ap_clock_kind of every record timestamp */
+        uint32_t pad0;
+        uint8_t reserved0[8];
 
         /* cache line 2: collector -> agent control */
         _Atomic uint32_t xmode; /* enum ap_mode; agent: load_relaxed per call */
@@ -154,7 +157,7 @@ struct ap_rec_hdr {
 /* Allocation that returned a block (malloc, calloc, memalign family). */
 struct ap_rec_alloc {
         struct ap_rec_hdr hdr;
-        uint64_t ts; /* CLOCK_MONOTONIC ns, taken after the block was obtained */
+        uint64_t ts; /* ap_clock_ticks() (allocprof/clock.h), taken after the block was obtained */
         uint64_t addr;
         uint64_t size; /* requested bytes (calloc: nmemb*size) */
 };

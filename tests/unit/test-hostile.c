@@ -122,10 +122,10 @@ int main(void)
                 /* Drain concurrently for a while (the writer needs time to start). */
                 uint64_t until = now_ns() + 40 * 1000 * 1000;
                 while (now_ns() < until)
-                        ap_process_drain(p);
+                        ap_process_drain(p, false);
                 atomic_store(&g_stop, 1);
                 pthread_join(th, NULL);
-                ap_process_drain(p);
+                ap_process_drain(p, true);
 
                 struct ap_profile *prof = NULL;
                 ASSERT_OK(ap_process_finalize(p, sym, &prof));

@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "allocprof/clock.h"
 #include "allocprof/ring.h"
 #include "helpers.h"
 #include "process.h"
@@ -22,12 +23,6 @@
 
 static struct ap_shm_header *g_h;
 
-static uint64_t now_ns(void)
-{
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 static uint8_t *reserve(struct ap_producer *pr, uint32_t n)
 {
@@ -58,7 +53,7 @@ static void *producer(void *arg)
                                              .flags = AP_RECF_INLINE_STACK,
                                              .nwords = (uint16_t)(n / 8),
                                              .aux = depth};
-                r->ts = now_ns();
+                r->ts = ap_clock_ticks();
                 r->addr = addr;
                 r->size = 1 + (i % 100);
                 uint64_t *ips = (uint64_t *)(w + sizeof(*r));
@@ -68,7 +63,7 @@ static void *producer(void *arg)
                 if (i % 2 == 0) {
                         struct ap_rec_free *f = (struct ap_rec_free *)reserve(&pr, sizeof(*f));
                         f->hdr = (struct ap_rec_hdr){.type = AP_REC_FREE, .nwords = sizeof(*f) / 8};
-                        f->ts = now_ns();
+                        f->ts = ap_clock_ticks();
                         f->addr = addr;
                         ap_ring_commit(&pr, sizeof(*f));
                 }
@@ -87,6 +82,8 @@ int main(void)
         g_h = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
         ASSERT_TRUE(g_h != MAP_FAILED);
         ap_shm_init_layout(g_h);
+        g_h->clock_kind = AP_CLOCK_KIND;
+        g_h->start_ticks = ap_clock_ticks();
         ap_store_relaxed(&g_h->xslot_hwm, THREADS);
 
         struct ap_hello hello = {.magic = AP_HELLO_MAGIC,
@@ -103,7 +100,7 @@ int main(void)
         long drained = 0;
         int joined = 0;
         for (;;) {
-                long n = ap_process_drain(p);
+                long n = ap_process_drain(p, joined == THREADS);
                 drained += n;
                 if (joined == THREADS && n == 0)
                         break;
