@@ -13,6 +13,7 @@
 
 #include "allocprof/clock.h"
 #include "allocprof/ring.h"
+#include "allocprof/sampler.h"
 #include "allocprof/wire.h"
 
 #define AP_HIDDEN __attribute__((visibility("hidden")))
@@ -39,6 +40,8 @@ struct ap_thread {
         struct ap_ring_ctl *ctl; /* our slot in the session, NULL if none */
         struct ap_producer pr;   /* producer state of that slot */
         uint64_t gen;            /* ap_session_gen the slot belongs to */
+        struct ap_sampler sampler; /* sampled mode: bytes to the next sample point */
+        int sampler_ready;       /* sampler drawn for the current interval */
         int in_hook;             /* recursion guard: set while we run agent code */
         int exited;              /* thread-exit destructor has run */
 };
@@ -60,6 +63,33 @@ AP_HIDDEN bool ap_is_agent_addr(uint64_t addr);
 
 /* Records, called from hooks with ap_tls.in_hook set and errno saved by the caller. */
 AP_HIDDEN void ap_record_alloc(void *p, size_t size);
+/* Sampled mode: an allocation that covered sample points worth `weight` bytes. */
+AP_HIDDEN void ap_record_alloc_sampled(void *p, size_t size, uint64_t weight, bool realloc);
+/* Sampled mode: remembers / forgets a sampled block (lock-free set).  forget returns true
+ * if the block was sampled, i.e. its free must be recorded. */
+AP_HIDDEN void ap_sampled_remember(void *p);
+AP_HIDDEN bool ap_sampled_forget(void *p);
+AP_HIDDEN bool ap_sampled_contains(const void *p);
+/* Counting filter in front of the sampled set (record.c): a zero bucket means "certainly
+ * not sampled", one load of a cache-resident byte. */
+#define AP_FILTER_BITS 16
+extern AP_HIDDEN _Atomic uint8_t ap_filter[1u << AP_FILTER_BITS];
+
+static inline uint32_t ap_filter_slot(uint64_t key)
+{
+        /* Blocks are 16-byte aligned: drop those bits, fold the rest. */
+        key >>= 4;
+        return (uint32_t)((key ^ (key >> AP_FILTER_BITS) ^ (key >> (2 * AP_FILTER_BITS))) &
+                          ((1u << AP_FILTER_BITS) - 1));
+}
+
+static inline bool ap_sampled_maybe(const void *p)
+{
+        return atomic_load_explicit(&ap_filter[ap_filter_slot((uint64_t)(uintptr_t)p)],
+                                    memory_order_relaxed) != 0;
+}
+/* Seed for a new thread's sampler. */
+AP_HIDDEN uint64_t ap_sampler_seed(void);
 AP_HIDDEN void ap_record_free(void *p, uint64_t ts);
 AP_HIDDEN void ap_record_realloc(void *old, void *p, size_t size, uint64_t ts);
 

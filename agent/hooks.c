@@ -2,6 +2,10 @@
  * __libc_*), then records what happened.  Hooks preserve errno, never allocate and never
  * take a lock; recursion (the unwinder allocating, say) passes straight through.
  *
+ * Every hook has an inline fast path that decides, with a few loads, whether this call
+ * is recorded at all (in sampled mode almost never), and an out-of-line slow path that
+ * saves errno and does the work.
+ *
  * SPDX-License-Identifier: MIT OR Apache-2.0
  */
 #include <errno.h>
@@ -13,100 +17,209 @@
 #include "allocprof/atomics.h"
 
 #define AP_EXPORT __attribute__((visibility("default")))
+#define AP_SLOW __attribute__((noinline, cold))
 
-/* Starts recording for one call.  Returns false when this call must not be recorded:
- * recursion, no session, or a mode other than full.  The check costs one acquire load of
- * the session pointer and one relaxed load of the mode word in the common case. */
-static inline bool hook_begin(struct ap_thread *t, int *saved_errno)
+/* The live session, or NULL.  Acquire pairs with the release that published it
+ * (session.c): header and rings are initialized before we see the pointer. */
+static inline struct ap_shm_header *session(void)
 {
-        if (ap_unlikely(t->in_hook))
-                return false;
-        /* Acquire pairs with the release that published the session (session.c): the
-         * header and rings are initialized before we see the pointer. */
-        struct ap_shm_header *h = atomic_load_explicit(&ap_session, memory_order_acquire);
-        if (ap_unlikely(h == NULL)) {
-                *saved_errno = errno;
-                t->in_hook = 1;
-                ap_session_ensure();
-                t->in_hook = 0;
-                errno = *saved_errno;
-                h = atomic_load_explicit(&ap_session, memory_order_acquire);
-                if (h == NULL)
-                        return false;
-        }
-        /* Relaxed: the mode is a hint that the collector may flip at any time; a call
-         * racing with the flip may go either way. */
-        if (ap_load_relaxed(&h->xmode) != AP_MODE_FULL)
-                return false;
-        *saved_errno = errno;
+        return atomic_load_explicit(&ap_session, memory_order_acquire);
+}
+
+/* No session yet: maybe this is the first call of the process (or of a fork child). */
+static AP_SLOW struct ap_shm_header *session_slow(struct ap_thread *t)
+{
+        int e = errno;
         t->in_hook = 1;
-        return true;
-}
-
-static inline void hook_end(struct ap_thread *t, int saved_errno)
-{
+        ap_session_ensure();
         t->in_hook = 0;
-        errno = saved_errno;
+        errno = e;
+        return session();
 }
 
-static inline void *after_alloc(void *p, size_t size)
+/* Relaxed: the mode is a hint the collector may flip at any time; a call racing with the
+ * flip may go either way. */
+static inline uint32_t mode_of(struct ap_shm_header *h)
+{
+        return ap_load_relaxed(&h->xmode);
+}
+
+static AP_SLOW void alloc_full(struct ap_thread *t, void *p, size_t size)
+{
+        int e = errno;
+        t->in_hook = 1;
+        ap_record_alloc(p, size);
+        t->in_hook = 0;
+        errno = e;
+}
+
+/* Sampled mode, the sampler's countdown ran out (or was never set): count the sample
+ * points this block covers and record it if there are any. */
+static AP_SLOW void alloc_sampled(struct ap_thread *t, struct ap_shm_header *h, void *p,
+                                  size_t size, bool realloc)
+{
+        int e = errno;
+        t->in_hook = 1;
+        uint64_t interval = ap_load_relaxed(&h->xsample_interval);
+        uint64_t n;
+        if (!t->sampler_ready || t->sampler.interval != interval) {
+                ap_sampler_init(&t->sampler, interval, ap_sampler_seed());
+                t->sampler_ready = 1;
+                n = ap_sampler_take(&t->sampler, size);
+        } else {
+                /* The fast path already subtracted size and found left <= 0. */
+                n = 0;
+                while (t->sampler.left <= 0) {
+                        n++;
+                        t->sampler.left += ap_sampler_gap(&t->sampler);
+                }
+        }
+        if (n > 0) {
+                ap_sampled_remember(p);
+                ap_record_alloc_sampled(p, size, n * t->sampler.interval, realloc);
+        }
+        t->in_hook = 0;
+        errno = e;
+}
+
+/* A new block p of size bytes (malloc & co, or the new block of a realloc in sampled
+ * mode). */
+static inline void new_block(void *p, size_t size, bool realloc)
 {
         struct ap_thread *t = &ap_tls;
-        int e;
-
-        if (ap_likely(p != NULL) && hook_begin(t, &e)) {
-                ap_record_alloc(p, size);
-                hook_end(t, e);
+        if (ap_unlikely(p == NULL || t->in_hook))
+                return;
+        struct ap_shm_header *h = session();
+        if (ap_unlikely(h == NULL) && (h = session_slow(t)) == NULL)
+                return;
+        uint32_t mode = mode_of(h);
+        if (mode == AP_MODE_SAMPLED) {
+                if (ap_likely(t->sampler_ready) &&
+                    ap_likely(t->sampler.interval == ap_load_relaxed(&h->xsample_interval))) {
+                        t->sampler.left -= (int64_t)size;
+                        if (ap_likely(t->sampler.left > 0))
+                                return;
+                }
+                alloc_sampled(t, h, p, size, realloc);
+        } else if (mode == AP_MODE_FULL) {
+                alloc_full(t, p, size);
         }
-        return p;
+}
+
+static AP_SLOW void free_record(struct ap_thread *t, void *p)
+{
+        int e = errno;
+        t->in_hook = 1;
+        ap_record_free(p, ap_clock_ticks());
+        t->in_hook = 0;
+        errno = e;
+}
+
+static AP_SLOW void free_sampled(struct ap_thread *t, void *p)
+{
+        int e = errno;
+        t->in_hook = 1;
+        if (ap_sampled_forget(p))
+                ap_record_free(p, ap_clock_ticks());
+        t->in_hook = 0;
+        errno = e;
+}
+
+/* Block p ends (called before it is really freed, so that once another thread can get
+ * the address back, our record of its death is already visible; see wire.h).  Always
+ * recorded in full mode; in sampled mode only if p was sampled, which the cache-resident
+ * filter rules out for almost every block. */
+static inline void end_block(void *p)
+{
+        struct ap_thread *t = &ap_tls;
+        if (ap_unlikely(p == NULL || t->in_hook))
+                return;
+        struct ap_shm_header *h = session();
+        if (ap_unlikely(h == NULL))
+                return; /* no session: nothing of ours can be live */
+        uint32_t mode = mode_of(h);
+        if (mode == AP_MODE_SAMPLED) {
+                if (ap_sampled_maybe(p))
+                        free_sampled(t, p);
+        } else if (mode == AP_MODE_FULL) {
+                free_record(t, p);
+        }
 }
 
 AP_EXPORT void *malloc(size_t size)
 {
-        return after_alloc(__libc_malloc(size), size);
+        void *p = __libc_malloc(size);
+        new_block(p, size, false);
+        return p;
 }
 
 AP_EXPORT void *calloc(size_t nmemb, size_t size)
 {
         /* On overflow glibc returns NULL and nothing is recorded. */
-        return after_alloc(__libc_calloc(nmemb, size), nmemb * size);
+        void *p = __libc_calloc(nmemb, size);
+        new_block(p, nmemb * size, false);
+        return p;
 }
 
 AP_EXPORT void free(void *p)
 {
-        struct ap_thread *t = &ap_tls;
-        int e;
-
-        /* Published before the real free: once the block can be handed to another
-         * thread, our record of its death is already visible (see wire.h). */
-        if (p != NULL && hook_begin(t, &e)) {
-                ap_record_free(p, ap_clock_ticks());
-                hook_end(t, e);
-        }
+        end_block(p);
         __libc_free(p);
+}
+
+static AP_SLOW void realloc_full(struct ap_thread *t, void *old, void *p, size_t size,
+                                 uint64_t ts)
+{
+        int e = errno;
+        t->in_hook = 1;
+        ap_record_realloc(old, p, size, ts);
+        t->in_hook = 0;
+        errno = e;
 }
 
 AP_EXPORT void *realloc(void *old, size_t size)
 {
         struct ap_thread *t = &ap_tls;
-        int e;
 
-        if (old == NULL)
-                return after_alloc(__libc_realloc(NULL, size), size);
+        if (old == NULL) {
+                void *p = __libc_realloc(NULL, size);
+                new_block(p, size, false);
+                return p;
+        }
         if (size == 0) {
                 /* glibc frees the block and returns NULL. */
-                if (hook_begin(t, &e)) {
-                        ap_record_free(old, ap_clock_ticks());
-                        hook_end(t, e);
-                }
+                end_block(old);
                 return __libc_realloc(old, 0);
         }
-        uint64_t ts = ap_clock_ticks();
-        void *p = __libc_realloc(old, size);
-        if (p != NULL && hook_begin(t, &e)) {
-                ap_record_realloc(old, p, size, ts);
-                hook_end(t, e);
+        struct ap_shm_header *h = t->in_hook ? NULL : session();
+        uint32_t mode = h ? mode_of(h) : AP_MODE_OFF;
+        if (mode == AP_MODE_FULL) {
+                /* old may be reused by other threads from inside the real realloc: its
+                 * end is stamped before. */
+                uint64_t ts = ap_clock_ticks();
+                void *p = __libc_realloc(old, size);
+                if (p != NULL)
+                        realloc_full(t, old, p, size, ts);
+                return p;
         }
+        if (mode == AP_MODE_SAMPLED && ap_sampled_maybe(old) && ap_sampled_contains(old)) {
+                /* A sampled block: it ends only if the realloc succeeds. */
+                uint64_t ts = ap_clock_ticks();
+                void *p = __libc_realloc(old, size);
+                if (p != NULL) {
+                        int e = errno;
+                        t->in_hook = 1;
+                        if (ap_sampled_forget(old))
+                                ap_record_free(old, ts);
+                        t->in_hook = 0;
+                        errno = e;
+                        new_block(p, size, true);
+                }
+                return p;
+        }
+        void *p = __libc_realloc(old, size);
+        if (mode == AP_MODE_SAMPLED)
+                new_block(p, size, true);
         return p;
 }
 
@@ -123,35 +236,45 @@ AP_EXPORT void *reallocarray(void *old, size_t nmemb, size_t size)
 
 AP_EXPORT void *memalign(size_t alignment, size_t size)
 {
-        return after_alloc(__libc_memalign(alignment, size), size);
+        void *p = __libc_memalign(alignment, size);
+        new_block(p, size, false);
+        return p;
 }
 
 AP_EXPORT void *aligned_alloc(size_t alignment, size_t size)
 {
         /* glibc 2.36 implements aligned_alloc as memalign. */
-        return after_alloc(__libc_memalign(alignment, size), size);
+        void *p = __libc_memalign(alignment, size);
+        new_block(p, size, false);
+        return p;
 }
 
 AP_EXPORT int posix_memalign(void **memptr, size_t alignment, size_t size)
 {
         int saved = errno;
 
-        if (alignment % sizeof(void *) != 0 || (alignment & (alignment - 1)) != 0 || alignment == 0)
+        if (alignment % sizeof(void *) != 0 || (alignment & (alignment - 1)) != 0 ||
+            alignment == 0)
                 return EINVAL;
         void *p = __libc_memalign(alignment, size);
         errno = saved; /* posix_memalign reports through its return value only */
         if (p == NULL)
                 return ENOMEM;
-        *memptr = after_alloc(p, size);
+        new_block(p, size, false);
+        *memptr = p;
         return 0;
 }
 
 AP_EXPORT void *valloc(size_t size)
 {
-        return after_alloc(__libc_valloc(size), size);
+        void *p = __libc_valloc(size);
+        new_block(p, size, false);
+        return p;
 }
 
 AP_EXPORT void *pvalloc(size_t size)
 {
-        return after_alloc(__libc_pvalloc(size), size);
+        void *p = __libc_pvalloc(size);
+        new_block(p, size, false);
+        return p;
 }

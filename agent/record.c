@@ -5,6 +5,7 @@
  * SPDX-License-Identifier: MIT OR Apache-2.0
  */
 #include <errno.h>
+#include <signal.h>
 #include <pthread.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -54,6 +55,16 @@ AP_HIDDEN int ap_stacks_init(void)
         }
         g_index = p;
         return 0;
+}
+
+static inline uint64_t ap_mix(uint64_t x)
+{
+        x ^= x >> 33;
+        x *= 0xff51afd7ed558ccdull;
+        x ^= x >> 33;
+        x *= 0xc4ceb9fe1a85ec53ull;
+        x ^= x >> 33;
+        return x ? x : 1;
 }
 
 static inline uint64_t hash_ips(const uint64_t *ips, uint32_t n)
@@ -194,15 +205,23 @@ AP_HIDDEN uint64_t ap_now_ns(void)
 /* The collector is presumed gone when its heartbeat did not move for this long while our
  * ring stayed full; from then on full rings drop at once instead of waiting. */
 #define WAIT_STALL_NS (200ull * 1000 * 1000)
-#define WAIT_MAX_NS (2000ull * 1000 * 1000)
+#define WAIT_MAX_NS (5000ull * 1000 * 1000)
 static _Atomic int g_collector_stalled;
+
+/* The collector is slow rather than gone as long as its process exists. */
+static bool collector_alive(struct ap_shm_header *h)
+{
+        pid_t pid = (pid_t)ap_load_relaxed(&h->xcollector_pid);
+        return pid > 0 && (kill(pid, 0) == 0 || errno == EPERM);
+}
 
 /* Makes room for nbytes at the producer position, waiting a bounded time for the
  * collector when the ring is full.  Returns where to write, or NULL (record dropped; the
  * caller counts it). */
-static uint8_t *ring_reserve(struct ap_thread *t, struct ap_shm_header *h, uint32_t nbytes)
+static uint8_t *ring_reserve(struct ap_thread *t, struct ap_shm_header *h, uint32_t nbytes,
+                             uint32_t keep)
 {
-        uint8_t *w = ap_ring_try_reserve(&t->pr, nbytes);
+        uint8_t *w = ap_ring_try_reserve(&t->pr, nbytes, keep);
         if (ap_likely(w != NULL)) {
                 if (ap_unlikely(ap_load_relaxed(&g_collector_stalled)))
                         ap_store_relaxed(&g_collector_stalled, 0); /* it drained: alive */
@@ -216,7 +235,7 @@ static uint8_t *ring_reserve(struct ap_thread *t, struct ap_shm_header *h, uint3
         for (;;) {
                 struct timespec ts = {0, 50 * 1000};
                 nanosleep(&ts, NULL);
-                w = ap_ring_try_reserve(&t->pr, nbytes);
+                w = ap_ring_try_reserve(&t->pr, nbytes, keep);
                 if (w != NULL)
                         return w;
                 if (ap_load_relaxed(&h->xmode) != AP_MODE_FULL)
@@ -226,7 +245,8 @@ static uint8_t *ring_reserve(struct ap_thread *t, struct ap_shm_header *h, uint3
                 if (b != beat) {
                         beat = b;
                         beat_at = now;
-                } else if (now - beat_at > WAIT_STALL_NS) {
+                } else if (now - beat_at > WAIT_STALL_NS && !collector_alive(h)) {
+                        /* Gone: from now on full rings drop at once. */
                         ap_store_relaxed(&g_collector_stalled, 1);
                         return NULL;
                 }
@@ -285,7 +305,8 @@ static void check_modules(const uint64_t *ips, uint32_t n)
         }
 }
 
-static void write_alloc_like(uint8_t type, void *old, void *p, size_t size, uint64_t ts)
+static void write_alloc_like(uint8_t type, uint8_t flags, void *old, void *p, size_t size,
+                             uint64_t ts, uint64_t weight)
 {
         struct ap_thread *t = &ap_tls;
         struct ap_shm_header *h = thread_ring(t);
@@ -298,17 +319,18 @@ static void write_alloc_like(uint8_t type, void *old, void *p, size_t size, uint
         if (id == 0)
                 check_modules(ips, n);
 
-        uint32_t fixed = type == AP_REC_REALLOC ? sizeof(struct ap_rec_realloc)
-                                                : sizeof(struct ap_rec_alloc);
+        uint32_t fixed = type == AP_REC_REALLOC         ? sizeof(struct ap_rec_realloc)
+                         : type == AP_REC_ALLOC_SAMPLED ? sizeof(struct ap_rec_alloc_sampled)
+                                                        : sizeof(struct ap_rec_alloc);
         uint32_t nbytes = fixed + (id == 0 ? 8 * n : 0);
-        uint8_t *w = ring_reserve(t, h, nbytes);
+        uint8_t *w = ring_reserve(t, h, nbytes, AP_RING_FREE_RESERVE);
         if (w == NULL) {
                 ap_count(AP_CNT_DROP_RING_FULL, 1);
                 return;
         }
         struct ap_rec_hdr *rh = (struct ap_rec_hdr *)w;
         rh->type = type;
-        rh->flags = id == 0 ? AP_RECF_INLINE_STACK : 0;
+        rh->flags = (uint8_t)(flags | (id == 0 ? AP_RECF_INLINE_STACK : 0));
         rh->nwords = (uint16_t)(nbytes / 8);
         rh->aux = id == 0 ? n : id;
         if (type == AP_REC_REALLOC) {
@@ -318,6 +340,12 @@ static void write_alloc_like(uint8_t type, void *old, void *p, size_t size, uint
                 r->old_addr = (uint64_t)(uintptr_t)old;
                 r->new_addr = (uint64_t)(uintptr_t)p;
                 r->size = size;
+        } else if (type == AP_REC_ALLOC_SAMPLED) {
+                struct ap_rec_alloc_sampled *r = (struct ap_rec_alloc_sampled *)w;
+                r->ts = ts;
+                r->addr = (uint64_t)(uintptr_t)p;
+                r->size = size;
+                r->weight = weight;
         } else {
                 struct ap_rec_alloc *r = (struct ap_rec_alloc *)w;
                 r->ts = ts;
@@ -333,12 +361,158 @@ static void write_alloc_like(uint8_t type, void *old, void *p, size_t size, uint
 
 AP_HIDDEN void ap_record_alloc(void *p, size_t size)
 {
-        write_alloc_like(AP_REC_ALLOC, NULL, p, size, ap_clock_ticks());
+        write_alloc_like(AP_REC_ALLOC, 0, NULL, p, size, ap_clock_ticks(), 0);
+}
+
+AP_HIDDEN void ap_record_alloc_sampled(void *p, size_t size, uint64_t weight, bool realloc)
+{
+        write_alloc_like(AP_REC_ALLOC_SAMPLED, realloc ? AP_RECF_REALLOC : 0, NULL, p, size,
+                         ap_clock_ticks(), weight);
 }
 
 AP_HIDDEN void ap_record_realloc(void *old, void *p, size_t size, uint64_t ts)
 {
-        write_alloc_like(AP_REC_REALLOC, old, p, size, ts);
+        write_alloc_like(AP_REC_REALLOC, 0, old, p, size, ts, 0);
+}
+
+/* ---- sampled blocks ------------------------------------------------------------------
+ * A lock-free set of the addresses of live sampled blocks, so that the free of an
+ * unsampled block costs one probe and sends nothing.  Open addressing, linear probing
+ * limited to SET_PROBES cells; deleted cells become tombstones that later inserts reuse.
+ * An address is in the set at most once: it is inserted after malloc returned it and
+ * removed before free gives it back, so two threads never race on the same key.  Cells
+ * are claimed with CAS (acq_rel); lookups need no ordering beyond that of the key itself
+ * (relaxed): the thread that frees a block is ordered after the one that allocated it by
+ * the program's own synchronization.
+ *
+ * In front of it sits a 64 KiB counting filter (one byte per bucket of addresses, cache
+ * resident): the free of an unsampled block almost always finds a zero there and never
+ * touches the 8 MiB set, whose random probes would miss the cache on every free.  A
+ * bucket is incremented before its key is inserted and decremented after it is removed;
+ * a saturated bucket (255) stays saturated, which only costs probes. */
+#define SET_BITS 20
+#define SET_CAP (1u << SET_BITS)
+#define SET_PROBES 64
+#define SET_TOMB UINT64_MAX
+
+static _Atomic uint64_t *g_sampled; /* mmap'ed on first use, SET_CAP cells */
+AP_HIDDEN _Atomic uint8_t ap_filter[1u << AP_FILTER_BITS];
+static _Atomic int g_sampled_state; /* 0 none, 1 mapping, 2 ready, 3 failed */
+
+static _Atomic uint64_t *sampled_set(void)
+{
+        int st = ap_load_acquire(&g_sampled_state);
+        if (ap_likely(st == 2))
+                return g_sampled;
+        int expected = 0;
+        if (st == 0 && ap_cas_acq_rel(&g_sampled_state, &expected, 1)) {
+                void *m = mmap(NULL, sizeof(uint64_t) * SET_CAP, PROT_READ | PROT_WRITE,
+                               MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+                if (m == MAP_FAILED) {
+                        ap_store_release(&g_sampled_state, 3);
+                        return NULL;
+                }
+                g_sampled = m;
+                ap_store_release(&g_sampled_state, 2); /* pairs with the acquire above */
+                return g_sampled;
+        }
+        return NULL; /* another thread is mapping it, or it failed: not tracked */
+}
+
+static inline uint32_t set_slot(uint64_t key)
+{
+        key ^= key >> 29;
+        key *= 0xbf58476d1ce4e5b9ull;
+        return (uint32_t)(key >> (64 - SET_BITS));
+}
+
+static inline void filter_inc(uint64_t key)
+{
+        _Atomic uint8_t *b = &ap_filter[ap_filter_slot(key)];
+        uint8_t v = ap_load_relaxed(b);
+        while (v != 255 && !atomic_compare_exchange_weak_explicit(b, &v, (uint8_t)(v + 1),
+                                                                   memory_order_relaxed,
+                                                                   memory_order_relaxed))
+                ;
+}
+
+static inline void filter_dec(uint64_t key)
+{
+        _Atomic uint8_t *b = &ap_filter[ap_filter_slot(key)];
+        uint8_t v = ap_load_relaxed(b);
+        while (v != 255 && v != 0 &&
+               !atomic_compare_exchange_weak_explicit(b, &v, (uint8_t)(v - 1), memory_order_relaxed,
+                                                      memory_order_relaxed))
+                ;
+}
+
+AP_HIDDEN void ap_sampled_remember(void *p)
+{
+        _Atomic uint64_t *set = sampled_set();
+        uint64_t key = (uint64_t)(uintptr_t)p;
+        if (set != NULL) {
+                filter_inc(key);
+                uint32_t i = set_slot(key);
+                for (int k = 0; k < SET_PROBES; k++, i = (i + 1) & (SET_CAP - 1)) {
+                        uint64_t cur = ap_load_relaxed(&set[i]);
+                        if ((cur == 0 || cur == SET_TOMB) && ap_cas_acq_rel(&set[i], &cur, key))
+                                return;
+                }
+                filter_dec(key);
+        }
+        ap_count(AP_CNT_SAMPLED_SET_FULL, 1);
+}
+
+AP_HIDDEN bool ap_sampled_forget(void *p)
+{
+        if (ap_load_acquire(&g_sampled_state) != 2) /* pairs with the release in sampled_set */
+                return false;
+        _Atomic uint64_t *set = g_sampled;
+        uint64_t key = (uint64_t)(uintptr_t)p;
+        if (ap_likely(ap_load_relaxed(&ap_filter[ap_filter_slot(key)]) == 0))
+                return false;
+        uint32_t i = set_slot(key);
+        for (int k = 0; k < SET_PROBES; k++, i = (i + 1) & (SET_CAP - 1)) {
+                uint64_t cur = ap_load_relaxed(&set[i]);
+                if (cur == key) {
+                        ap_store_relaxed(&set[i], SET_TOMB);
+                        filter_dec(key);
+                        return true;
+                }
+                if (cur == 0)
+                        return false;
+        }
+        return false;
+}
+
+AP_HIDDEN bool ap_sampled_contains(const void *p)
+{
+        if (ap_load_acquire(&g_sampled_state) != 2) /* pairs with the release in sampled_set */
+                return false;
+        uint64_t key = (uint64_t)(uintptr_t)p;
+        if (ap_likely(ap_load_relaxed(&ap_filter[ap_filter_slot(key)]) == 0))
+                return false;
+        uint32_t i = set_slot(key);
+        for (int k = 0; k < SET_PROBES; k++, i = (i + 1) & (SET_CAP - 1)) {
+                uint64_t cur = ap_load_relaxed(&g_sampled[i]);
+                if (cur == key)
+                        return true;
+                if (cur == 0)
+                        return false;
+        }
+        return false;
+}
+
+static _Atomic uint64_t g_seed_counter;
+
+AP_HIDDEN uint64_t ap_sampler_seed(void)
+{
+        /* Fixed seed (tests): threads draw distinct, reproducible streams in the order
+         * they first sample. */
+        extern AP_HIDDEN uint64_t ap_sample_seed;
+        uint64_t k = ap_fetch_add_relaxed(&g_seed_counter, 1) + 1;
+        uint64_t base = ap_sample_seed ? ap_sample_seed : ap_clock_ticks() ^ (uint64_t)(uintptr_t)&ap_tls;
+        return ap_mix(base + k * 0x9e3779b97f4a7c15ull);
 }
 
 AP_HIDDEN void ap_record_free(void *p, uint64_t ts)
@@ -349,7 +523,7 @@ AP_HIDDEN void ap_record_free(void *p, uint64_t ts)
                 ap_count(AP_CNT_DROP_FREE, 1);
                 return;
         }
-        uint8_t *w = ring_reserve(t, h, sizeof(struct ap_rec_free));
+        uint8_t *w = ring_reserve(t, h, sizeof(struct ap_rec_free), 0);
         if (w == NULL) {
                 ap_count(AP_CNT_DROP_RING_FULL, 1);
                 ap_count(AP_CNT_DROP_FREE, 1);

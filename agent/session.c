@@ -237,6 +237,22 @@ AP_HIDDEN void ap_thread_started(void)
                 pthread_setspecific(g_thread_key, (void *)1);
 }
 
+AP_HIDDEN uint64_t ap_sample_seed;
+
+/* Decimal digits only; anything else (or nothing) is 0.  No strtoull: no locale. */
+static uint64_t parse_u64(const char *s)
+{
+        uint64_t v = 0;
+        if (s == NULL)
+                return 0;
+        for (; *s >= '0' && *s <= '9'; s++) {
+                if (v > (UINT64_MAX - 9) / 10)
+                        return 0;
+                v = v * 10 + (uint64_t)(*s - '0');
+        }
+        return *s == '\0' ? v : 0;
+}
+
 static int send_hello(const char *sock_path, int memfd, const struct ap_shm_header *h)
 {
         struct sockaddr_un sa = {.sun_family = AF_UNIX};
@@ -314,8 +330,13 @@ static int session_start(const char *sock_path)
                 memcpy(&id, rnd, sizeof(id));
         h->exec_id = id ^ (ap_load_relaxed(&ap_session_gen) * 0x9e3779b97f4a7c15ull);
         const char *mode = getenv(AP_ENV_MODE);
-        ap_store_relaxed(&h->xmode, mode != NULL && strcmp(mode, "dormant") == 0 ? AP_MODE_DORMANT
-                                                                                 : AP_MODE_FULL);
+        uint64_t interval = parse_u64(getenv(AP_ENV_SAMPLE));
+        ap_sample_seed = parse_u64(getenv(AP_ENV_SAMPLE_SEED));
+        ap_store_relaxed(&h->xsample_interval, interval ? interval : 512 * 1024);
+        uint32_t m = interval ? AP_MODE_SAMPLED : AP_MODE_FULL;
+        if (mode != NULL && strcmp(mode, "dormant") == 0)
+                m = AP_MODE_DORMANT;
+        ap_store_relaxed(&h->xmode, m);
 
         if (g_exe_path[0] == '\0') {
                 ssize_t l = readlink("/proc/self/exe", g_exe_path, sizeof(g_exe_path) - 1);

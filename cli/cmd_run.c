@@ -52,10 +52,52 @@ static void on_done(void *userdata, struct ap_process *p, bool by_exec)
 
 static void usage(FILE *out)
 {
-        fprintf(out, "Usage: allocprof run [-o FILE] [-q] [--] PROG [ARGS...]\n"
-                     "  -o, --output FILE   write the profile to FILE\n"
-                     "                      (default: allocprof.<prog>.<pid>.approf here)\n"
-                     "  -q, --quiet         no summary on stderr\n");
+        fprintf(out, "Usage: allocprof run [-o FILE] [-q] [--sample BYTES] [--] PROG [ARGS...]\n"
+                     "  -o, --output FILE     write the profile to FILE\n"
+                     "                        (default: allocprof.<prog>.<pid>.approf here)\n"
+                     "  -q, --quiet           no summary on stderr\n"
+                     "  -s, --sample BYTES    sample one allocation per BYTES allocated on\n"
+                     "                        average (K, M, G suffixes; 0 = record every\n"
+                     "                        allocation, the default); figures become\n"
+                     "                        unbiased estimates\n");
+}
+
+/* "512K" -> 524288.  Returns 0 or -EINVAL. */
+static int parse_size(const char *s, uint64_t *ret)
+{
+        char *end;
+        errno = 0;
+        if (s[0] < '0' || s[0] > '9')
+                return -EINVAL;
+        unsigned long long v = strtoull(s, &end, 10);
+        if (errno != 0)
+                return -EINVAL;
+        unsigned shift = 0;
+        switch (*end) {
+        case '\0':
+                break;
+        case 'k':
+        case 'K':
+                shift = 10;
+                break;
+        case 'm':
+        case 'M':
+                shift = 20;
+                break;
+        case 'g':
+        case 'G':
+                shift = 30;
+                break;
+        default:
+                return -EINVAL;
+        }
+        if (*end != '\0' && end[1] != '\0' && !((end[1] == 'i' || end[1] == 'B') && end[2] == '\0') &&
+            !(end[1] == 'i' && end[2] == 'B' && end[3] == '\0'))
+                return -EINVAL;
+        if (v > (UINT64_MAX >> 1) >> shift)
+                return -EINVAL;
+        *ret = (uint64_t)v << shift;
+        return 0;
 }
 
 static const char *base_name(const char *path)
@@ -118,14 +160,18 @@ static char *prepend_preload(const char *agent)
 /* Child side of fork: set up the environment and exec.  On failure, reports errno over
  * the close-on-exec pipe and exits 127. */
 static __attribute__((noreturn)) void exec_child(char **argv, const char *preload, const char *sock,
-                                                 int err_fd, const sigset_t *orig_mask)
+                                                 uint64_t sample, int err_fd,
+                                                 const sigset_t *orig_mask)
 {
         signal(SIGINT, SIG_DFL);
         signal(SIGTERM, SIG_DFL);
         signal(SIGHUP, SIG_DFL);
         signal(SIGQUIT, SIG_DFL);
         sigprocmask(SIG_SETMASK, orig_mask, NULL);
-        if (setenv("LD_PRELOAD", preload, 1) < 0 || setenv(AP_ENV_SOCKET, sock, 1) < 0) {
+        char sample_str[32];
+        snprintf(sample_str, sizeof(sample_str), "%llu", (unsigned long long)sample);
+        if (setenv("LD_PRELOAD", preload, 1) < 0 || setenv(AP_ENV_SOCKET, sock, 1) < 0 ||
+            (sample ? setenv(AP_ENV_SAMPLE, sample_str, 1) : unsetenv(AP_ENV_SAMPLE)) < 0) {
                 int e = errno;
                 (void)!write(err_fd, &e, sizeof(e));
                 _exit(127);
@@ -149,22 +195,31 @@ int ap_cmd_run(int argc, char **argv)
         static const struct option opts[] = {
                 {"output", required_argument, NULL, 'o'},
                 {"quiet", no_argument, NULL, 'q'},
+                {"sample", required_argument, NULL, 's'},
                 {"help", no_argument, NULL, 'h'},
                 {0},
         };
         const char *output = NULL;
         bool quiet = false;
+        uint64_t sample = 0;
         int c;
 
         optind = 1;
         /* '+': stop at the first non-option, the program's own options are its own. */
-        while ((c = getopt_long(argc, argv, "+o:qh", opts, NULL)) != -1) {
+        while ((c = getopt_long(argc, argv, "+o:qs:h", opts, NULL)) != -1) {
                 switch (c) {
                 case 'o':
                         output = optarg;
                         break;
                 case 'q':
                         quiet = true;
+                        break;
+                case 's':
+                        if (parse_size(optarg, &sample) < 0) {
+                                fprintf(stderr, "allocprof: --sample: '%s' is not a size in bytes "
+                                                "(examples: 0, 4096, 512K, 1M)\n", optarg);
+                                return 2;
+                        }
                         break;
                 case 'h':
                         usage(stdout);
@@ -242,7 +297,7 @@ int ap_cmd_run(int argc, char **argv)
         }
         if (child == 0) {
                 close(errpipe[0]);
-                exec_child(prog_argv, preload, sock, errpipe[1], &orig);
+                exec_child(prog_argv, preload, sock, sample, errpipe[1], &orig);
         }
         close(errpipe[1]);
         int exec_errno = 0;

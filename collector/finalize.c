@@ -34,6 +34,12 @@ struct fin {
         size_t nframes_cap, nsites_cap, nmodules_cap, nstrings_cap_unused;
 };
 
+/* Counts are kept in 1/AP_CW units (process-internal.h). */
+static uint64_t cnt(uint64_t units)
+{
+        return (units + AP_CW / 2) / AP_CW;
+}
+
 static const char *path_basename(const char *path)
 {
         const char *s = strrchr(path, '/');
@@ -302,6 +308,7 @@ static int finalize_sites(struct fin *f)
                                 goto out;
                         }
                 }
+                /* Sites collect units; converted to counts once all stacks are in. */
                 site->allocations += s->allocations;
                 site->bytes += s->bytes;
                 site->frees += s->frees;
@@ -321,6 +328,18 @@ static int finalize_sites(struct fin *f)
                         pm->leaked_blocks += s->live_blocks;
                         pm->leaked_bytes += s->live_bytes;
                 }
+        }
+        for (uint32_t i = 0; i < prof->nsites; i++) {
+                struct ap_psite *site = &prof->sites[i];
+                site->allocations = cnt(site->allocations);
+                site->frees = cnt(site->frees);
+                site->leaked_blocks = cnt(site->leaked_blocks);
+                site->temporary = cnt(site->temporary);
+                site->reallocs = cnt(site->reallocs);
+        }
+        for (uint32_t i = 0; i < prof->nmodules; i++) {
+                prof->modules[i].allocations = cnt(prof->modules[i].allocations);
+                prof->modules[i].leaked_blocks = cnt(prof->modules[i].leaked_blocks);
         }
 out:
         free(frames);
@@ -344,7 +363,11 @@ int ap_process_finalize(struct ap_process *p, struct ap_symbolizer *sym, struct 
 
         int r = -ENOMEM;
         prof->tool_version = strdup(AP_VERSION);
-        prof->mode = strdup("full");
+        prof->mode = strdup(p->sampled ? "sampled" : "full");
+        if (p->sampled) {
+                uint64_t iv = ap_load_relaxed(&p->hdr->xsample_interval);
+                prof->sample_interval = iv;
+        }
         if (prof->tool_version == NULL || prof->mode == NULL)
                 goto out;
         prof->pid = (uint32_t)p->pid;
@@ -368,24 +391,25 @@ int ap_process_finalize(struct ap_process *p, struct ap_symbolizer *sym, struct 
         prof->duration_ns = ap_process_ticks_to_ns(p, p->last_ts);
 
         const struct ap_shm_header *h = p->hdr;
-        prof->totals.allocations = p->t.allocations;
+        prof->totals.allocations = cnt(p->t.allocations);
         prof->totals.bytes = p->t.bytes;
-        prof->totals.frees = p->t.frees;
+        prof->totals.frees = cnt(p->t.frees);
         prof->totals.freed_bytes = p->t.freed_bytes;
-        prof->totals.leaked_blocks = p->t.live_blocks;
+        prof->totals.leaked_blocks = cnt(p->t.live_blocks);
         prof->totals.leaked_bytes = p->t.live_bytes;
         prof->totals.peak_bytes = p->t.peak_bytes;
-        prof->totals.peak_blocks = p->t.peak_blocks;
+        prof->totals.peak_blocks = cnt(p->t.peak_blocks);
         prof->totals.peak_t_ns = ap_process_ticks_to_ns(p, p->t.peak_ts);
-        prof->totals.temporary = p->t.temporary;
-        prof->totals.reallocs = p->t.reallocs;
+        prof->totals.temporary = cnt(p->t.temporary);
+        prof->totals.reallocs = cnt(p->t.reallocs);
         prof->totals.dropped_events = ap_load_relaxed(&h->xcounters[AP_CNT_DROP_RING_FULL]) +
                                       ap_load_relaxed(&h->xcounters[AP_CNT_DROP_NO_SLOT]);
         prof->totals.dropped_frees = ap_load_relaxed(&h->xcounters[AP_CNT_DROP_FREE]);
         prof->totals.unmatched_frees = p->t.unmatched_frees;
         prof->totals.invalid_records = p->t.invalid_records;
         prof->totals.threads = p->threads;
-        memcpy(prof->hist_count, p->hist_count, sizeof(prof->hist_count));
+        for (int b = 0; b < AP_HIST_BUCKETS; b++)
+                prof->hist_count[b] = cnt(p->hist_count[b]);
         memcpy(prof->hist_bytes, p->hist_bytes, sizeof(prof->hist_bytes));
         if (p->ntimeline > 0) {
                 prof->timeline = malloc(sizeof(*prof->timeline) * p->ntimeline);

@@ -8,6 +8,11 @@
 #include "process.h"
 #include "util.h"
 
+/* Counts of allocations, frees, blocks and temporaries are kept in units of 1/AP_CW so
+ * that sampled mode can add fractional estimates; full mode adds exactly AP_CW per
+ * block.  Byte counters are plain bytes (estimated in sampled mode). */
+#define AP_CW 65536ull
+
 /* A distinct raw stack (return addresses), and what was allocated from it. */
 struct ap_cstack {
         uint64_t *ips;
@@ -31,7 +36,8 @@ struct ap_cmodule {
 
 /* A live block. */
 struct ap_live {
-        uint64_t size;
+        uint64_t wbytes; /* bytes it stands for (its size in full mode) */
+        uint64_t wcount; /* allocations it stands for, in AP_CW units */
         uint64_t ts;
         uint32_t stack;
 };
@@ -91,6 +97,7 @@ struct ap_process {
                 uint64_t invalid_records;
         } t;
         uint64_t peak_epoch;
+        bool sampled; /* sampled records were seen: figures are estimates */
 
         uint64_t hist_count[AP_HIST_BUCKETS];
         uint64_t hist_bytes[AP_HIST_BUCKETS];

@@ -95,6 +95,8 @@ int ap_process_new(int memfd, pid_t pid, const struct ap_hello *hello, struct ap
         p->exit_code = -1;
         p->scratch = scratch;
         p->timeline_step_ns = 10 * 1000 * 1000;
+        /* Lets a waiting agent tell a slow collector from a dead one. */
+        ap_store_relaxed(&h->xcollector_pid, (uint32_t)getpid());
         *ret = p;
         return 0;
 }
@@ -160,7 +162,7 @@ void ap_process_set_exit(struct ap_process *p, int exit_code, int term_signal)
 
 void ap_process_stats(const struct ap_process *p, uint64_t *allocations, uint64_t *live_bytes)
 {
-        *allocations = p->t.allocations;
+        *allocations = (p->t.allocations + AP_CW / 2) / AP_CW;
         *live_bytes = p->t.live_bytes;
 }
 
@@ -316,7 +318,9 @@ static void timeline_point(struct ap_process *p, uint64_t ts)
         if (AP_GROW(p->timeline, p->timeline_cap, p->ntimeline + 1) < 0)
                 return;
         p->timeline[p->ntimeline++] = (struct ap_ptimepoint){
-                .t_ns = t, .live_bytes = p->t.live_bytes, .allocations = p->t.allocations};
+                .t_ns = t,
+                .live_bytes = p->t.live_bytes,
+                .allocations = (p->t.allocations + AP_CW / 2) / AP_CW};
         p->timeline_next_ns = t + p->timeline_step_ns;
 }
 
@@ -325,18 +329,18 @@ static void block_gone(struct ap_process *p, uint32_t idx, bool temporary)
         struct ap_live *l = &p->live[idx];
         struct ap_cstack *s = &p->stacks[l->stack];
         peak_touch(p, s);
-        s->frees++;
-        s->freed_bytes += l->size;
-        s->live_blocks--;
-        s->live_bytes -= l->size;
+        s->frees += l->wcount;
+        s->freed_bytes += l->wbytes;
+        s->live_blocks -= l->wcount;
+        s->live_bytes -= l->wbytes;
         if (temporary) {
-                s->temporary++;
-                p->t.temporary++;
+                s->temporary += l->wcount;
+                p->t.temporary += l->wcount;
         }
-        p->t.frees++;
-        p->t.freed_bytes += l->size;
-        p->t.live_blocks--;
-        p->t.live_bytes -= l->size;
+        p->t.frees += l->wcount;
+        p->t.freed_bytes += l->wbytes;
+        p->t.live_blocks -= l->wcount;
+        p->t.live_bytes -= l->wbytes;
         if (AP_GROW(p->live_free, p->live_free_cap, p->nlive_free + 1) == 0)
                 p->live_free[p->nlive_free++] = idx;
 }
@@ -361,8 +365,10 @@ static void do_free(struct ap_process *p, struct ap_slot *slot, uint64_t addr, u
         slot->last_alloc = 0;
 }
 
+/* A new block at addr from `stack`, standing for wcount/AP_CW allocations of wbytes bytes
+ * (exactly 1 and its size in full mode; estimates in sampled mode). */
 static void do_alloc(struct ap_process *p, struct ap_slot *slot, uint32_t stack, uint64_t addr,
-                     uint64_t size, uint64_t ts, bool realloc)
+                     uint64_t size, uint64_t wbytes, uint64_t wcount, uint64_t ts, bool realloc)
 {
         struct ap_cstack *s = &p->stacks[stack];
         uint64_t *v = ap_map_get(&p->live_by_addr, addr);
@@ -381,28 +387,28 @@ static void do_alloc(struct ap_process *p, struct ap_slot *slot, uint32_t stack,
                         return;
                 idx = (uint32_t)p->nlive++;
         }
-        p->live[idx] = (struct ap_live){.size = size, .ts = ts, .stack = stack};
+        p->live[idx] = (struct ap_live){.wbytes = wbytes, .wcount = wcount, .ts = ts, .stack = stack};
         if (ap_map_put(&p->live_by_addr, addr, (uint64_t)idx + 1) < 0)
                 return;
 
         peak_touch(p, s);
-        s->allocations++;
-        s->bytes += size;
-        s->live_blocks++;
-        s->live_bytes += size;
+        s->allocations += wcount;
+        s->bytes += wbytes;
+        s->live_blocks += wcount;
+        s->live_bytes += wbytes;
         if (s->live_bytes > s->max_live_bytes)
                 s->max_live_bytes = s->live_bytes;
         if (realloc) {
-                s->reallocs++;
-                p->t.reallocs++;
+                s->reallocs += wcount;
+                p->t.reallocs += wcount;
         }
-        p->t.allocations++;
-        p->t.bytes += size;
-        p->t.live_blocks++;
-        p->t.live_bytes += size;
+        p->t.allocations += wcount;
+        p->t.bytes += wbytes;
+        p->t.live_blocks += wcount;
+        p->t.live_bytes += wbytes;
         unsigned b = hist_bucket(size);
-        p->hist_count[b]++;
-        p->hist_bytes[b] += size;
+        p->hist_count[b] += wcount;
+        p->hist_bytes[b] += wbytes;
         if (p->t.live_bytes > p->t.peak_bytes) {
                 /* New global peak: every site's current live bytes are its share of it;
                  * sites record that lazily before they next change (peak_touch). */
@@ -468,6 +474,11 @@ static long next_record(struct ap_process *p, uint32_t i, uint64_t *ts)
                                 return -1;
                         *ts = ((struct ap_rec_realloc *)p->scratch)->ts;
                         break;
+                case AP_REC_ALLOC_SAMPLED:
+                        if (len < sizeof(struct ap_rec_alloc_sampled))
+                                return -1;
+                        *ts = ((struct ap_rec_alloc_sampled *)p->scratch)->ts;
+                        break;
                 default:
                         return -1;
                 }
@@ -490,7 +501,25 @@ static void process_record(struct ap_process *p, struct ap_slot *slot)
                         p->t.invalid_records++;
                         return;
                 }
-                do_alloc(p, slot, stack, r.addr, r.size, r.ts, false);
+                do_alloc(p, slot, stack, r.addr, r.size, r.size, AP_CW, r.ts, false);
+                break;
+        }
+        case AP_REC_ALLOC_SAMPLED: {
+                struct ap_rec_alloc_sampled r;
+                memcpy(&r, p->scratch, sizeof(r));
+                stack = stack_resolve(p, &rh, p->scratch, sizeof(r));
+                if (stack == UINT32_MAX || r.addr == 0 || r.weight == 0 ||
+                    r.weight > (1ull << 48)) {
+                        p->t.invalid_records++;
+                        return;
+                }
+                /* weight / size allocations, in AP_CW units; a zero-size block cannot
+                 * cover a sample point, treat it as one byte. */
+                unsigned __int128 wc = (unsigned __int128)r.weight * AP_CW / (r.size ? r.size : 1);
+                uint64_t wcount = wc > (1ull << 60) ? (1ull << 60) : (uint64_t)wc;
+                p->sampled = true;
+                do_alloc(p, slot, stack, r.addr, r.size, r.weight, wcount ? wcount : 1, r.ts,
+                         (rh.flags & AP_RECF_REALLOC) != 0);
                 break;
         }
         case AP_REC_FREE: {
@@ -508,7 +537,7 @@ static void process_record(struct ap_process *p, struct ap_slot *slot)
                         return;
                 }
                 do_free(p, slot, r.old_addr, r.ts_free, false);
-                do_alloc(p, slot, stack, r.new_addr, r.size, r.ts, true);
+                do_alloc(p, slot, stack, r.new_addr, r.size, r.size, AP_CW, r.ts, true);
                 break;
         }
         }

@@ -247,8 +247,11 @@ int ap_collector_step(struct ap_collector *c, int timeout_ms, int extra_fd)
         for (size_t i = 0; i < c->nprocs; i++)
                 c->pfds[n++] = (struct pollfd){.fd = c->procs[i].pidfd, .events = POLLIN};
 
-        /* While data flows, come back quickly so rings do not fill up. */
+        /* While data flows, come back quickly so rings do not fill up; while processes
+         * are registered, at least every 10 ms (agents do not wake us). */
         int t = c->busy && timeout_ms > 1 ? 1 : timeout_ms;
+        if (c->nprocs > 0 && t > 10)
+                t = 10;
         int r = poll(c->pfds, n, t);
         if (r < 0 && errno != EINTR)
                 return -errno;

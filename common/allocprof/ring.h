@@ -31,20 +31,23 @@ static inline void ap_producer_attach(struct ap_producer *pr, struct ap_ring_ctl
 }
 
 /* Reserves nbytes (a multiple of 8) contiguous bytes, inserting a PAD record when the
- * record would cross the end of the data area.  Returns where to write, or NULL if the
- * ring is full even after re-reading the consumer's tail. */
-static inline uint8_t *ap_ring_try_reserve(struct ap_producer *pr, uint32_t nbytes)
+ * record would cross the end of the data area.  `reserve` bytes of free space are left
+ * untouched (AP_RING_FREE_RESERVE for allocation records, 0 for frees).  Returns where
+ * to write, or NULL if the ring is full even after re-reading the consumer's tail. */
+static inline uint8_t *ap_ring_try_reserve(struct ap_producer *pr, uint32_t nbytes,
+                                           uint32_t reserve)
 {
         const uint64_t size = AP_RING_BYTES;
+        const uint64_t usable = size - reserve;
         uint64_t off = pr->head & (size - 1);
         uint64_t pad = off + nbytes > size ? size - off : 0;
         uint64_t need = pad + nbytes;
 
-        if (pr->head + need - pr->tail_cache > size) {
+        if (pr->head + need - pr->tail_cache > usable) {
                 /* Acquire pairs with the consumer's store_release of xtail (D->A): the
                  * space it returned is no longer being read. */
                 pr->tail_cache = ap_load_acquire(&pr->ctl->xtail);
-                if (pr->head + need - pr->tail_cache > size)
+                if (pr->head + need - pr->tail_cache > usable)
                         return NULL;
         }
         if (pad != 0) {

@@ -58,7 +58,7 @@
 /* Agent modes, in ap_shm_header.xmode (written by the collector or agent). */
 enum ap_mode {
         AP_MODE_FULL = 0,    /* every call recorded */
-        AP_MODE_SAMPLED = 1, /* Poisson sampling by bytes (reserved for a later version) */
+        AP_MODE_SAMPLED = 1, /* Poisson sampling by bytes, mean xsample_interval */
         AP_MODE_DORMANT = 2, /* registered, records nothing */
         AP_MODE_OFF = 3,     /* collector gone or told us to stop: record nothing */
 };
@@ -78,6 +78,7 @@ enum ap_counter {
         AP_CNT_INLINE_STACKS,      /* stacks sent inline (index full / racing insert) */
         AP_CNT_RING_WAITS,         /* times a writer waited for ring space */
         AP_CNT_MODULES_DROPPED,    /* module records that did not fit the log */
+        AP_CNT_SAMPLED_SET_FULL,   /* sampled blocks not tracked: their frees are lost */
         AP_CNT__MAX = 16,
 };
 
@@ -108,7 +109,9 @@ struct ap_shm_header {
         uint32_t pad1;
         _Atomic uint64_t xsample_interval; /* bytes, sampled mode */
         _Atomic uint64_t xheartbeat;       /* collector bumps it each drain round */
-        uint8_t reserved1[40];
+        _Atomic uint32_t xcollector_pid;   /* collector process, for a liveness check */
+        uint32_t pad3;
+        uint8_t reserved1[32];
 
         /* cache line 3: agent -> collector status */
         _Atomic uint32_t xslot_hwm; /* 1 + highest slot index ever claimed */
@@ -135,6 +138,11 @@ struct ap_ring_ctl {
 
 #define AP_SLOT_STRIDE (sizeof(struct ap_ring_ctl) + AP_RING_BYTES)
 
+/* Space at the end of a ring that only free records may use: when the collector falls
+ * behind, allocations are dropped first, since a lost free would show up as a false
+ * leak while a lost allocation only makes its free unmatched. */
+#define AP_RING_FREE_RESERVE (AP_RING_BYTES / 8)
+
 /* Record header: first 8 bytes of every record.  nwords counts 8-byte words of the whole
  * record, header included; every record is a multiple of 8 bytes. */
 enum ap_rec_type {
@@ -142,10 +150,12 @@ enum ap_rec_type {
         AP_REC_ALLOC = 2,   /* struct ap_rec_alloc [+ inline ips] */
         AP_REC_FREE = 3,    /* struct ap_rec_free */
         AP_REC_REALLOC = 4, /* struct ap_rec_realloc [+ inline ips] */
+        AP_REC_ALLOC_SAMPLED = 5, /* struct ap_rec_alloc_sampled [+ inline ips] */
 };
 
 /* ap_rec_hdr.flags */
 #define AP_RECF_INLINE_STACK 0x1 /* ips follow the fixed part; depth in hdr.aux */
+#define AP_RECF_REALLOC 0x2      /* ALLOC_SAMPLED: the block came from realloc */
 
 struct ap_rec_hdr {
         uint8_t type;
@@ -181,6 +191,18 @@ struct ap_rec_realloc {
         uint64_t old_addr;
         uint64_t new_addr;
         uint64_t size;
+};
+
+/* Sampled mode (allocprof/sampler.h): an allocation that covered sample points.  weight
+ * is the number of points times the mean interval, in bytes: the collector estimates
+ * weight bytes and weight / size allocations for it.  Frees of sampled blocks are plain
+ * AP_REC_FREE records; frees of unsampled blocks send nothing. */
+struct ap_rec_alloc_sampled {
+        struct ap_rec_hdr hdr;
+        uint64_t ts;
+        uint64_t addr;
+        uint64_t size;
+        uint64_t weight;
 };
 
 /* Stack heap entry; its id is (offset from stacks_offset) / 8, never 0. */
@@ -224,7 +246,9 @@ struct ap_hello {
 
 /* Environment variables the agent reads. */
 #define AP_ENV_SOCKET "ALLOCPROF_SOCKET"
-#define AP_ENV_MODE "ALLOCPROF_MODE" /* full | dormant (default full) */
+#define AP_ENV_MODE "ALLOCPROF_MODE"     /* full | dormant (default full) */
+#define AP_ENV_SAMPLE "ALLOCPROF_SAMPLE" /* mean sampling interval in bytes; 0 = full */
+#define AP_ENV_SAMPLE_SEED "ALLOCPROF_SAMPLE_SEED" /* fixed sampler seed (tests) */
 
 _Static_assert(sizeof(struct ap_shm_header) <= 4096, "header fits one page");
 _Static_assert(offsetof(struct ap_shm_header, xmode) == 128, "control line");
@@ -234,6 +258,7 @@ _Static_assert(sizeof(struct ap_rec_hdr) == 8, "record header");
 _Static_assert(sizeof(struct ap_rec_alloc) == 32, "alloc record");
 _Static_assert(sizeof(struct ap_rec_free) == 24, "free record");
 _Static_assert(sizeof(struct ap_rec_realloc) == 48, "realloc record");
+_Static_assert(sizeof(struct ap_rec_alloc_sampled) == 40, "sampled alloc record");
 _Static_assert(sizeof(struct ap_stack_entry) == 16, "stack entry header");
 _Static_assert(sizeof(struct ap_module_rec) % 8 == 0, "module record header");
 _Static_assert((AP_RING_BYTES & (AP_RING_BYTES - 1)) == 0, "ring size power of two");

@@ -24,10 +24,10 @@
 static struct ap_shm_header *g_h;
 
 
-static uint8_t *reserve(struct ap_producer *pr, uint32_t n)
+static uint8_t *reserve(struct ap_producer *pr, uint32_t n, uint32_t keep)
 {
         uint8_t *w;
-        while ((w = ap_ring_try_reserve(pr, n)) == NULL)
+        while ((w = ap_ring_try_reserve(pr, n, keep)) == NULL)
                 sched_yield(); /* full: the consumer is behind, never drop here */
         return w;
 }
@@ -47,7 +47,7 @@ static void *producer(void *arg)
                 /* depth varies so records have different lengths and wrap differently */
                 uint32_t depth = 1 + (uint32_t)(i % 3);
                 uint32_t n = sizeof(struct ap_rec_alloc) + 8 * depth;
-                uint8_t *w = reserve(&pr, n);
+                uint8_t *w = reserve(&pr, n, AP_RING_FREE_RESERVE);
                 struct ap_rec_alloc *r = (struct ap_rec_alloc *)w;
                 r->hdr = (struct ap_rec_hdr){.type = AP_REC_ALLOC,
                                              .flags = AP_RECF_INLINE_STACK,
@@ -61,7 +61,7 @@ static void *producer(void *arg)
                         ips[d] = 0x1000 * (id + 1) + d;
                 ap_ring_commit(&pr, n);
                 if (i % 2 == 0) {
-                        struct ap_rec_free *f = (struct ap_rec_free *)reserve(&pr, sizeof(*f));
+                        struct ap_rec_free *f = (struct ap_rec_free *)reserve(&pr, sizeof(*f), 0);
                         f->hdr = (struct ap_rec_hdr){.type = AP_REC_FREE, .nwords = sizeof(*f) / 8};
                         f->ts = ap_clock_ticks();
                         f->addr = addr;

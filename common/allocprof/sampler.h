@@ -1,0 +1,73 @@
+/* Poisson sampling by bytes, as tcmalloc, jemalloc (lg_prof_sample) and Go
+ * (MemProfileRate) do it: sample points fall on the stream of allocated bytes with
+ * exponentially distributed gaps of mean `interval`; an allocation is recorded when it
+ * covers at least one point, with the weight of every point it covers.  Header only, so
+ * the agent inlines the fast path and the tests check the very same code.
+ *
+ * Estimator: with N points in an allocation of s bytes, N is Poisson(s / interval), so
+ * N * interval is an unbiased estimate of s bytes and N * interval / s of one allocation.
+ * The agent sends weight = N * interval; the collector adds weight bytes and weight / s
+ * allocations (and the same for live, leaked and peak).
+ *
+ * SPDX-License-Identifier: MIT OR Apache-2.0
+ */
+#ifndef ALLOCPROF_SAMPLER_H
+#define ALLOCPROF_SAMPLER_H
+
+#include <math.h>
+#include <stdint.h>
+
+struct ap_sampler {
+        int64_t left;      /* bytes until the next sample point; <= 0: not drawn yet */
+        uint64_t rng;      /* xorshift64* state, never 0 */
+        uint64_t interval; /* mean gap in bytes */
+};
+
+static inline uint64_t ap_sampler_next_u64(struct ap_sampler *s)
+{
+        uint64_t x = s->rng;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        s->rng = x;
+        return x * 0x2545f4914f6cdd1dull;
+}
+
+/* One exponential gap with mean s->interval, at least 1 byte. */
+static inline int64_t ap_sampler_gap(struct ap_sampler *s)
+{
+        /* u in (0, 1]: 53 random bits, never 0 so log() stays finite. */
+        double u = (double)((ap_sampler_next_u64(s) >> 11) + 1) * (1.0 / 9007199254740992.0);
+        /* Rounded, not truncated: truncation would shorten the mean gap by half a byte
+         * and bias every estimate by 0.5 / interval. */
+        double gap = -log(u) * (double)s->interval + 0.5;
+        if (gap < 1.0)
+                return 1;
+        if (gap > 9.0e18)
+                return INT64_MAX / 2;
+        return (int64_t)gap;
+}
+
+static inline void ap_sampler_init(struct ap_sampler *s, uint64_t interval, uint64_t seed)
+{
+        s->interval = interval ? interval : 1;
+        s->rng = seed ? seed : 0x9e3779b97f4a7c15ull;
+        s->left = ap_sampler_gap(s);
+}
+
+/* Consumes `size` bytes of the stream.  Returns the number of sample points they cover
+ * (usually 0: one subtraction and one compare). */
+static inline uint64_t ap_sampler_take(struct ap_sampler *s, uint64_t size)
+{
+        s->left -= (int64_t)size;
+        if (__builtin_expect(s->left > 0, 1))
+                return 0;
+        uint64_t n = 0;
+        while (s->left <= 0) {
+                n++;
+                s->left += ap_sampler_gap(s);
+        }
+        return n;
+}
+
+#endif

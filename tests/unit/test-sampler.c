@@ -1,0 +1,107 @@
+/* The Poisson byte sampler (allocprof/sampler.h) on a fixed seed: gaps are exponential
+ * with the configured mean, and the points an allocation stream covers estimate its bytes
+ * without bias, whatever the sizes.
+ *
+ * SPDX-License-Identifier: MIT OR Apache-2.0
+ */
+#include <math.h>
+
+#include "allocprof/sampler.h"
+#include "helpers.h"
+
+#define ASSERT_NEAR(x, want, rel)                                                          \
+        do {                                                                               \
+                double x_ = (x), w_ = (want);                                              \
+                if (fabs(x_ - w_) > (rel) * fabs(w_)) {                                     \
+                        fprintf(stderr, "%s:%d: %s = %.6g, expected %.6g within %.2g%%\n", \
+                                __FILE__, __LINE__, #x, x_, w_, 100.0 * (rel));            \
+                        exit(1);                                                           \
+                }                                                                          \
+        } while (0)
+
+static void test_gaps(uint64_t interval)
+{
+        struct ap_sampler s;
+        ap_sampler_init(&s, interval, 12345);
+        const int n = 1000000;
+        double sum = 0, sum2 = 0;
+        int below_mean = 0, below_tenth = 0;
+        for (int i = 0; i < n; i++) {
+                double g = (double)ap_sampler_gap(&s);
+                ASSERT_TRUE(g >= 1);
+                sum += g;
+                sum2 += g * g;
+                below_mean += g < (double)interval;
+                below_tenth += g < (double)interval / 10;
+        }
+        double mean = sum / n, var = sum2 / n - mean * mean;
+        /* Exponential: mean m, variance m^2, P(X < m) = 1 - 1/e, P(X < m/10) = 1 - e^-0.1 */
+        ASSERT_NEAR(mean, (double)interval, 0.005);
+        ASSERT_NEAR(var, (double)interval * (double)interval, 0.02);
+        ASSERT_NEAR((double)below_mean / n, 1 - exp(-1.0), 0.005);
+        ASSERT_NEAR((double)below_tenth / n, 1 - exp(-0.1), 0.02);
+}
+
+/* A stream of mixed sizes: sum(points) * interval estimates sum(sizes), and
+ * sum(points * interval / size) estimates the number of allocations. */
+/* Byte estimates converge fast; count estimates much slower when many blocks are far
+ * smaller than the interval (a sampled 1-byte block stands for `interval` blocks), so the
+ * count tolerance is given per interval. */
+static void test_estimates(uint64_t interval, double count_tolerance)
+{
+        struct ap_sampler s;
+        ap_sampler_init(&s, interval, 777);
+        uint64_t rng = 99, bytes = 0, sampled = 0;
+        double est_bytes = 0, est_count = 0;
+        const int n = 2000000;
+        for (int i = 0; i < n; i++) {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                /* sizes from 1 byte to 64 KiB, log-uniform-ish: most small, some large */
+                uint64_t size = 1 + (rng % (1u << (1 + rng % 16)));
+                bytes += size;
+                uint64_t pts = ap_sampler_take(&s, size);
+                if (pts) {
+                        sampled++;
+                        est_bytes += (double)(pts * interval);
+                        est_count += (double)(pts * interval) / (double)size;
+                }
+        }
+        ASSERT_TRUE(sampled > 1000);
+        ASSERT_NEAR(est_bytes, (double)bytes, 0.02);
+        ASSERT_NEAR(est_count, (double)n, count_tolerance);
+        printf("interval %llu: %llu of %d allocations sampled; bytes %.4f, count %.4f of exact\n",
+               (unsigned long long)interval, (unsigned long long)sampled, n, est_bytes / bytes,
+               est_count / n);
+}
+
+/* An allocation many intervals long covers about size/interval points. */
+static void test_big(void)
+{
+        struct ap_sampler s;
+        ap_sampler_init(&s, 4096, 5);
+        uint64_t pts = 0;
+        for (int i = 0; i < 100; i++)
+                pts += ap_sampler_take(&s, 1 << 20);
+        ASSERT_NEAR((double)pts, 100.0 * (1 << 20) / 4096, 0.02);
+}
+
+int main(void)
+{
+        test_gaps(512 * 1024);
+        test_gaps(4096);
+        test_gaps(1024);
+        test_estimates(512 * 1024, 0.5);
+        test_estimates(16 * 1024, 0.05);
+        test_estimates(1024, 0.02);
+        test_big();
+        /* Same seed, same stream. */
+        struct ap_sampler a, b;
+        ap_sampler_init(&a, 1000, 42);
+        ap_sampler_init(&b, 1000, 42);
+        for (int i = 0; i < 1000; i++)
+                ASSERT_EQ(ap_sampler_take(&a, 100 + i), ap_sampler_take(&b, 100 + i));
+        printf("ok\n");
+        return 0;
+}
