@@ -167,8 +167,7 @@ AP_EXPORT void free(void *p)
         __libc_free(p);
 }
 
-static AP_SLOW void realloc_full(struct ap_thread *t, void *old, void *p, size_t size,
-                                 uint64_t ts)
+static AP_SLOW void realloc_full(struct ap_thread *t, void *old, void *p, size_t size, uint64_t ts)
 {
         int e = errno;
         t->in_hook = 1;
@@ -253,8 +252,7 @@ AP_EXPORT int posix_memalign(void **memptr, size_t alignment, size_t size)
 {
         int saved = errno;
 
-        if (alignment % sizeof(void *) != 0 || (alignment & (alignment - 1)) != 0 ||
-            alignment == 0)
+        if (alignment % sizeof(void *) != 0 || (alignment & (alignment - 1)) != 0 || alignment == 0)
                 return EINVAL;
         void *p = __libc_memalign(alignment, size);
         errno = saved; /* posix_memalign reports through its return value only */

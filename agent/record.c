@@ -5,8 +5,8 @@
  * SPDX-License-Identifier: MIT OR Apache-2.0
  */
 #include <errno.h>
-#include <signal.h>
 #include <pthread.h>
+#include <signal.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
@@ -278,8 +278,44 @@ static inline struct ap_shm_header *thread_ring(struct ap_thread *t)
 #define CAPTURE_MAX (AP_MAX_FRAMES + 8)
 
 /* Captures the caller's stack without the agent's own frames.  Returns the depth. */
+/* Frame-pointer walk (ALLOCPROF_UNWIND=fp): a few loads per frame instead of a DWARF
+ * unwind, but it is only right for code built with frame pointers; through code without
+ * them (Debian's libc, for one) the chain ends early or skips callers.  Each step must
+ * move up the stack by less than 1 MiB, stay aligned and yield a return address inside a
+ * known module, else the walk stops: a garbage rbp is never followed far. */
+#define FP_MAX_STEP (1u << 20)
+AP_HIDDEN int ap_unwind_fp;
+
+static __attribute__((noinline)) uint32_t capture_fp(uint64_t *out)
+{
+        const uintptr_t *fp = __builtin_frame_address(0);
+        uint32_t depth = 0;
+        bool ours = true;
+        for (int i = 0; i < CAPTURE_MAX && depth < AP_MAX_FRAMES; i++) {
+                uintptr_t next = fp[0], ret = fp[1];
+                if (ret == 0)
+                        break;
+                if (ours && ap_is_agent_addr(ret)) {
+                        /* still inside the agent */
+                } else if (!ap_modules_known(ret)) {
+                        break;
+                } else {
+                        ours = false;
+                        out[depth++] = ret;
+                }
+                if (next <= (uintptr_t)fp || next - (uintptr_t)fp > FP_MAX_STEP || (next & 7))
+                        break;
+                fp = (const uintptr_t *)next;
+        }
+        if (depth == 0)
+                out[depth++] = 0;
+        return depth;
+}
+
 static __attribute__((noinline)) uint32_t capture(uint64_t *out)
 {
+        if (ap_unwind_fp)
+                return capture_fp(out);
         void *buf[CAPTURE_MAX];
         int n = unw_backtrace(buf, CAPTURE_MAX);
         int skip = 0;
@@ -430,9 +466,9 @@ static inline void filter_inc(uint64_t key)
 {
         _Atomic uint8_t *b = &ap_filter[ap_filter_slot(key)];
         uint8_t v = ap_load_relaxed(b);
-        while (v != 255 && !atomic_compare_exchange_weak_explicit(b, &v, (uint8_t)(v + 1),
-                                                                   memory_order_relaxed,
-                                                                   memory_order_relaxed))
+        while (v != 255 &&
+               !atomic_compare_exchange_weak_explicit(b, &v, (uint8_t)(v + 1), memory_order_relaxed,
+                                                      memory_order_relaxed))
                 ;
 }
 
@@ -511,7 +547,8 @@ AP_HIDDEN uint64_t ap_sampler_seed(void)
          * they first sample. */
         extern AP_HIDDEN uint64_t ap_sample_seed;
         uint64_t k = ap_fetch_add_relaxed(&g_seed_counter, 1) + 1;
-        uint64_t base = ap_sample_seed ? ap_sample_seed : ap_clock_ticks() ^ (uint64_t)(uintptr_t)&ap_tls;
+        uint64_t base =
+                ap_sample_seed ? ap_sample_seed : ap_clock_ticks() ^ (uint64_t)(uintptr_t)&ap_tls;
         return ap_mix(base + k * 0x9e3779b97f4a7c15ull);
 }
 

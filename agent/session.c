@@ -238,6 +238,7 @@ AP_HIDDEN void ap_thread_started(void)
 }
 
 AP_HIDDEN uint64_t ap_sample_seed;
+extern AP_HIDDEN int ap_unwind_fp;
 
 /* Decimal digits only; anything else (or nothing) is 0.  No strtoull: no locale. */
 static uint64_t parse_u64(const char *s)
@@ -332,6 +333,8 @@ static int session_start(const char *sock_path)
         const char *mode = getenv(AP_ENV_MODE);
         uint64_t interval = parse_u64(getenv(AP_ENV_SAMPLE));
         ap_sample_seed = parse_u64(getenv(AP_ENV_SAMPLE_SEED));
+        const char *unwind = getenv(AP_ENV_UNWIND);
+        ap_unwind_fp = unwind != NULL && strcmp(unwind, "fp") == 0;
         ap_store_relaxed(&h->xsample_interval, interval ? interval : 512 * 1024);
         uint32_t m = interval ? AP_MODE_SAMPLED : AP_MODE_FULL;
         if (mode != NULL && strcmp(mode, "dormant") == 0)

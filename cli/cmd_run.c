@@ -59,7 +59,11 @@ static void usage(FILE *out)
                      "  -s, --sample BYTES    sample one allocation per BYTES allocated on\n"
                      "                        average (K, M, G suffixes; 0 = record every\n"
                      "                        allocation, the default); figures become\n"
-                     "                        unbiased estimates\n");
+                     "                        unbiased estimates\n"
+                     "  -u, --unwind dwarf|fp  how stacks are captured: DWARF unwind tables\n"
+                     "                        (default; right for any code) or frame\n"
+                     "                        pointers (faster; only for code built with\n"
+                     "                        -fno-omit-frame-pointer)\n");
 }
 
 /* "512K" -> 524288.  Returns 0 or -EINVAL. */
@@ -91,7 +95,8 @@ static int parse_size(const char *s, uint64_t *ret)
         default:
                 return -EINVAL;
         }
-        if (*end != '\0' && end[1] != '\0' && !((end[1] == 'i' || end[1] == 'B') && end[2] == '\0') &&
+        if (*end != '\0' && end[1] != '\0' &&
+            !((end[1] == 'i' || end[1] == 'B') && end[2] == '\0') &&
             !(end[1] == 'i' && end[2] == 'B' && end[3] == '\0'))
                 return -EINVAL;
         if (v > (UINT64_MAX >> 1) >> shift)
@@ -160,7 +165,7 @@ static char *prepend_preload(const char *agent)
 /* Child side of fork: set up the environment and exec.  On failure, reports errno over
  * the close-on-exec pipe and exits 127. */
 static __attribute__((noreturn)) void exec_child(char **argv, const char *preload, const char *sock,
-                                                 uint64_t sample, int err_fd,
+                                                 uint64_t sample, const char *unwind, int err_fd,
                                                  const sigset_t *orig_mask)
 {
         signal(SIGINT, SIG_DFL);
@@ -171,7 +176,8 @@ static __attribute__((noreturn)) void exec_child(char **argv, const char *preloa
         char sample_str[32];
         snprintf(sample_str, sizeof(sample_str), "%llu", (unsigned long long)sample);
         if (setenv("LD_PRELOAD", preload, 1) < 0 || setenv(AP_ENV_SOCKET, sock, 1) < 0 ||
-            (sample ? setenv(AP_ENV_SAMPLE, sample_str, 1) : unsetenv(AP_ENV_SAMPLE)) < 0) {
+            (sample ? setenv(AP_ENV_SAMPLE, sample_str, 1) : unsetenv(AP_ENV_SAMPLE)) < 0 ||
+            setenv(AP_ENV_UNWIND, unwind, 1) < 0) {
                 int e = errno;
                 (void)!write(err_fd, &e, sizeof(e));
                 _exit(127);
@@ -193,20 +199,19 @@ static char *default_profile_path(const char *dir, const struct ap_profile *prof
 int ap_cmd_run(int argc, char **argv)
 {
         static const struct option opts[] = {
-                {"output", required_argument, NULL, 'o'},
-                {"quiet", no_argument, NULL, 'q'},
-                {"sample", required_argument, NULL, 's'},
-                {"help", no_argument, NULL, 'h'},
-                {0},
+                {"output", required_argument, NULL, 'o'}, {"quiet", no_argument, NULL, 'q'},
+                {"sample", required_argument, NULL, 's'}, {"unwind", required_argument, NULL, 'u'},
+                {"help", no_argument, NULL, 'h'},         {0},
         };
         const char *output = NULL;
         bool quiet = false;
         uint64_t sample = 0;
+        const char *unwind = "dwarf";
         int c;
 
         optind = 1;
         /* '+': stop at the first non-option, the program's own options are its own. */
-        while ((c = getopt_long(argc, argv, "+o:qs:h", opts, NULL)) != -1) {
+        while ((c = getopt_long(argc, argv, "+o:qs:u:h", opts, NULL)) != -1) {
                 switch (c) {
                 case 'o':
                         output = optarg;
@@ -214,10 +219,22 @@ int ap_cmd_run(int argc, char **argv)
                 case 'q':
                         quiet = true;
                         break;
+                case 'u':
+                        if (strcmp(optarg, "dwarf") != 0 && strcmp(optarg, "fp") != 0) {
+                                fprintf(stderr,
+                                        "allocprof: --unwind: '%s' is neither 'dwarf' "
+                                        "nor 'fp'\n",
+                                        optarg);
+                                return 2;
+                        }
+                        unwind = optarg;
+                        break;
                 case 's':
                         if (parse_size(optarg, &sample) < 0) {
-                                fprintf(stderr, "allocprof: --sample: '%s' is not a size in bytes "
-                                                "(examples: 0, 4096, 512K, 1M)\n", optarg);
+                                fprintf(stderr,
+                                        "allocprof: --sample: '%s' is not a size in bytes "
+                                        "(examples: 0, 4096, 512K, 1M)\n",
+                                        optarg);
                                 return 2;
                         }
                         break;
@@ -297,7 +314,7 @@ int ap_cmd_run(int argc, char **argv)
         }
         if (child == 0) {
                 close(errpipe[0]);
-                exec_child(prog_argv, preload, sock, sample, errpipe[1], &orig);
+                exec_child(prog_argv, preload, sock, sample, unwind, errpipe[1], &orig);
         }
         close(errpipe[1]);
         int exec_errno = 0;

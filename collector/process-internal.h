@@ -5,6 +5,7 @@
  */
 #pragma once
 
+#include "live.h"
 #include "process.h"
 #include "util.h"
 
@@ -34,13 +35,7 @@ struct ap_cmodule {
         uint64_t load_ts, unload_ts; /* unload_ts 0 = still loaded */
 };
 
-/* A live block. */
-struct ap_live {
-        uint64_t wbytes; /* bytes it stands for (its size in full mode) */
-        uint64_t wcount; /* allocations it stands for, in AP_CW units */
-        uint64_t ts;
-        uint32_t stack;
-};
+
 
 struct ap_slot {
         uint64_t tail;       /* our read position (never trusted from shared memory) */
@@ -82,11 +77,7 @@ struct ap_process {
         uint64_t modules_read; /* bytes of the module log consumed */
 
         /* live blocks: addr -> index into live[] (+1); freed entries recycled */
-        struct ap_map live_by_addr;
-        struct ap_live *live;
-        size_t nlive, live_cap;
-        uint32_t *live_free;
-        size_t nlive_free, live_free_cap;
+        struct ap_live_table live;
 
         struct {
                 uint64_t allocations, bytes, frees, freed_bytes;

@@ -113,9 +113,7 @@ void ap_process_free(struct ap_process *p)
         for (size_t i = 0; i < p->nmodules; i++)
                 free(p->modules[i].path);
         free(p->modules);
-        ap_map_clear(&p->live_by_addr);
-        free(p->live);
-        free(p->live_free);
+        ap_live_clear(&p->live);
         free(p->timeline);
         for (int i = 0; i < p->argc; i++)
                 free(p->argv[i]);
@@ -317,16 +315,16 @@ static void timeline_point(struct ap_process *p, uint64_t ts)
         }
         if (AP_GROW(p->timeline, p->timeline_cap, p->ntimeline + 1) < 0)
                 return;
-        p->timeline[p->ntimeline++] = (struct ap_ptimepoint){
-                .t_ns = t,
-                .live_bytes = p->t.live_bytes,
-                .allocations = (p->t.allocations + AP_CW / 2) / AP_CW};
+        p->timeline[p->ntimeline++] =
+                (struct ap_ptimepoint){.t_ns = t,
+                                       .live_bytes = p->t.live_bytes,
+                                       .allocations = (p->t.allocations + AP_CW / 2) / AP_CW};
         p->timeline_next_ns = t + p->timeline_step_ns;
 }
 
-static void block_gone(struct ap_process *p, uint32_t idx, bool temporary)
+/* Accounts for the end of a live block (its entry is about to be removed). */
+static void block_gone(struct ap_process *p, const struct ap_live *l, bool temporary)
 {
-        struct ap_live *l = &p->live[idx];
         struct ap_cstack *s = &p->stacks[l->stack];
         peak_touch(p, s);
         s->frees += l->wcount;
@@ -341,27 +339,24 @@ static void block_gone(struct ap_process *p, uint32_t idx, bool temporary)
         p->t.freed_bytes += l->wbytes;
         p->t.live_blocks -= l->wcount;
         p->t.live_bytes -= l->wbytes;
-        if (AP_GROW(p->live_free, p->live_free_cap, p->nlive_free + 1) == 0)
-                p->live_free[p->nlive_free++] = idx;
 }
 
 static void do_free(struct ap_process *p, struct ap_slot *slot, uint64_t addr, uint64_t ts,
                     bool can_be_temporary)
 {
-        uint64_t *v = ap_map_get(&p->live_by_addr, addr);
-        if (v == NULL) {
+        struct ap_live *l = ap_live_find(&p->live, addr);
+        if (l == NULL) {
                 p->t.unmatched_frees++;
                 return;
         }
-        uint32_t idx = (uint32_t)(*v - 1);
-        if (p->live[idx].ts > ts) {
+        if (l->ts > ts) {
                 /* A free of an earlier block at this address whose end we already
                  * inferred when the address was handed out again (see do_alloc). */
                 p->t.stale_frees++;
                 return;
         }
-        ap_map_del(&p->live_by_addr, addr);
-        block_gone(p, idx, can_be_temporary && slot->last_alloc == addr);
+        block_gone(p, l, can_be_temporary && slot->last_alloc == addr);
+        ap_live_remove(&p->live, l);
         slot->last_alloc = 0;
 }
 
@@ -371,25 +366,18 @@ static void do_alloc(struct ap_process *p, struct ap_slot *slot, uint32_t stack,
                      uint64_t size, uint64_t wbytes, uint64_t wcount, uint64_t ts, bool realloc)
 {
         struct ap_cstack *s = &p->stacks[stack];
-        uint64_t *v = ap_map_get(&p->live_by_addr, addr);
-        if (v != NULL) {
+        struct ap_live *l, old;
+        int r = ap_live_insert(&p->live, addr, &l, &old);
+        if (r < 0)
+                return;
+        if (r > 0) {
                 /* The address is live in our books, so its free is still in another
                  * thread's ring: account for that free now; the late record is stale. */
                 p->t.conflicts++;
-                block_gone(p, (uint32_t)(*v - 1), false);
-                ap_map_del(&p->live_by_addr, addr);
+                block_gone(p, &old, false);
         }
-        uint32_t idx;
-        if (p->nlive_free > 0) {
-                idx = p->live_free[--p->nlive_free];
-        } else {
-                if (AP_GROW(p->live, p->live_cap, p->nlive + 1) < 0)
-                        return;
-                idx = (uint32_t)p->nlive++;
-        }
-        p->live[idx] = (struct ap_live){.wbytes = wbytes, .wcount = wcount, .ts = ts, .stack = stack};
-        if (ap_map_put(&p->live_by_addr, addr, (uint64_t)idx + 1) < 0)
-                return;
+        *l = (struct ap_live){
+                .addr = addr, .wbytes = wbytes, .wcount = wcount, .ts = ts, .stack = stack};
 
         peak_touch(p, s);
         s->allocations += wcount;
@@ -592,8 +580,8 @@ long ap_process_drain(struct ap_process *p, bool final)
 
         uint64_t watermark = UINT64_MAX;
         if (!final) {
-                uint64_t now = p->hdr->clock_kind == AP_CLOCK_KIND ? ap_clock_ticks()
-                                                                  : ap_clock_mono_ns();
+                uint64_t now =
+                        p->hdr->clock_kind == AP_CLOCK_KIND ? ap_clock_ticks() : ap_clock_mono_ns();
                 uint64_t settle = (uint64_t)(SETTLE_NS / p->ns_per_tick);
                 watermark = now > settle ? now - settle : 0;
         }

@@ -1,0 +1,97 @@
+/* The live-block table (see live.h).
+ *
+ * SPDX-License-Identifier: MIT OR Apache-2.0
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "live.h"
+
+static inline size_t home(const struct ap_live_table *t, uint64_t addr)
+{
+        /* Blocks are 16-byte aligned and clustered: multiply-shift spreads them. */
+        return (size_t)((addr * 0x9e3779b97f4a7c15ull) >> 17) & (t->cap - 1);
+}
+
+static int grow(struct ap_live_table *t)
+{
+        size_t cap = t->cap ? t->cap * 2 : 1024;
+        struct ap_live *cells = calloc(cap, sizeof(*cells));
+        if (cells == NULL)
+                return -ENOMEM;
+        struct ap_live_table n = {.cells = cells, .cap = cap, .len = t->len};
+        for (size_t i = 0; i < t->cap; i++) {
+                if (t->cells[i].addr == 0)
+                        continue;
+                size_t j = home(&n, t->cells[i].addr);
+                while (cells[j].addr != 0)
+                        j = (j + 1) & (cap - 1);
+                cells[j] = t->cells[i];
+        }
+        free(t->cells);
+        *t = n;
+        return 0;
+}
+
+int ap_live_insert(struct ap_live_table *t, uint64_t addr, struct ap_live **ret,
+                   struct ap_live *old)
+{
+        if ((t->len + 1) * 2 > t->cap) {
+                int r = grow(t);
+                if (r < 0)
+                        return r;
+        }
+        size_t mask = t->cap - 1;
+        size_t i = home(t, addr);
+        while (t->cells[i].addr != 0 && t->cells[i].addr != addr)
+                i = (i + 1) & mask;
+        struct ap_live *e = &t->cells[i];
+        int existed = e->addr == addr;
+        if (existed)
+                *old = *e;
+        else
+                t->len++;
+        memset(e, 0, sizeof(*e));
+        e->addr = addr;
+        *ret = e;
+        return existed;
+}
+
+struct ap_live *ap_live_find(struct ap_live_table *t, uint64_t addr)
+{
+        if (t->cap == 0)
+                return NULL;
+        size_t mask = t->cap - 1;
+        for (size_t i = home(t, addr);; i = (i + 1) & mask) {
+                if (t->cells[i].addr == addr)
+                        return &t->cells[i];
+                if (t->cells[i].addr == 0)
+                        return NULL;
+        }
+}
+
+void ap_live_remove(struct ap_live_table *t, struct ap_live *e)
+{
+        size_t mask = t->cap - 1;
+        size_t i = (size_t)(e - t->cells);
+        /* Backward shift: pull later members of the probe run into the hole unless their
+         * home lies cyclically in (hole, j]. */
+        for (size_t j = (i + 1) & mask; t->cells[j].addr != 0; j = (j + 1) & mask) {
+                size_t h = home(t, t->cells[j].addr);
+                bool stays = i <= j ? (h > i && h <= j) : (h > i || h <= j);
+                if (stays)
+                        continue;
+                t->cells[i] = t->cells[j];
+                i = j;
+        }
+        t->cells[i].addr = 0;
+        t->len--;
+}
+
+void ap_live_clear(struct ap_live_table *t)
+{
+        free(t->cells);
+        t->cells = NULL;
+        t->cap = t->len = 0;
+}

@@ -1,0 +1,41 @@
+/* The live-block table: address -> what the block stands for, for every block allocated
+ * and not yet freed.  Open addressing with the entry stored in the table itself, so an
+ * allocation or a free costs one probe sequence and usually one cache miss; deletion by
+ * backward shift (no tombstones).  Grows with live blocks, never with calls.
+ *
+ * SPDX-License-Identifier: MIT OR Apache-2.0
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct ap_live {
+        uint64_t addr;   /* 0 = empty cell */
+        uint64_t wbytes; /* bytes it stands for (its size in full mode) */
+        uint64_t wcount; /* allocations it stands for, in AP_CW units */
+        uint64_t ts;
+        uint32_t stack;
+        uint32_t pad;
+};
+
+struct ap_live_table {
+        struct ap_live *cells;
+        size_t cap; /* power of two, or 0 */
+        size_t len;
+};
+
+/* Inserts addr.  If it was already there, copies the old entry to *old and returns 1
+ * (the caller accounts for it), else 0; -ENOMEM if the table could not grow.  On success
+ * *ret points at the entry to fill in (valid until the next insert). */
+int ap_live_insert(struct ap_live_table *t, uint64_t addr, struct ap_live **ret,
+                   struct ap_live *old);
+
+/* Finds addr; NULL if absent.  The pointer is valid until the next insert or take. */
+struct ap_live *ap_live_find(struct ap_live_table *t, uint64_t addr);
+
+/* Removes the entry e (from ap_live_find). */
+void ap_live_remove(struct ap_live_table *t, struct ap_live *e);
+
+void ap_live_clear(struct ap_live_table *t);
