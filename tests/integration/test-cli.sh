@@ -27,6 +27,9 @@ check_contains() { # what file needle
         checks=$((checks + 1))
         grep -qF -- "$3" "$2" || { fail "$1: '$3' not in $2:"; sed 's/^/    /' "$2" | head -20; }
 }
+json_of() { # profile python-expression-on-d (over its JSON report)
+        "$AP" report "$1" --json | python3 -c "import json,sys; d=json.load(sys.stdin); print($2)"
+}
 json() { # file python-expression-on-d
         python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print($2)" "$1"
 }
@@ -91,6 +94,18 @@ for rs in rustprog rustprog_v0; do
         checks=$((checks + 1))
         if grep -Eq '::h[0-9a-f]{16}$|^_R|^_ZN' $rs.names; then fail "$rs: mangled name or hash left: $(grep -E '::h[0-9a-f]{16}$|^_R|^_ZN' $rs.names | head -3)"; fi
 done
+
+# --- both unwinders on code with frame pointers ------------------------------------------
+for u in dwarf fp; do
+        "$AP" run -q --unwind $u -o fp.approf -- "$BUILD/tests/workloads/fp_chain"
+        check_eq "--unwind $u exit" 0 $?
+        check_eq "--unwind $u chain" "3 leaf_alloc outer main" \
+                "$(json_of fp.approf '[" ".join([str(s["allocations"])] + [f["function"] for f in s["frames"][:3]]) for s in d["sites"] if s["frames"][0]["function"] == "leaf_alloc"][0]')"
+done
+"$AP" run -q --unwind bogus -- true 2>/dev/null
+check_eq "--unwind bogus" 2 $?
+"$AP" run -q --sample 12X -- true 2>/dev/null
+check_eq "--sample 12X" 2 $?
 
 # --- exit statuses and errors -------------------------------------------------------------
 "$AP" run -q -- /nonexistent/prog 2>nf.err
