@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <link.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -295,6 +296,23 @@ static int send_hello(const char *sock_path, int memfd, const struct ap_shm_head
         memcpy(CMSG_DATA(c), &memfd, sizeof(int));
         ssize_t n = sendmsg(fd, &msg, MSG_NOSIGNAL);
         int r = n == (ssize_t)sizeof(hello) ? 0 : (n < 0 ? -errno : -EIO);
+        if (r == 0) {
+                /* Bounded wait for the verdict: a collector that does not answer leaves
+                 * the program unprofiled, never stuck. */
+                struct ap_reply reply;
+                struct pollfd pfd = {.fd = fd, .events = POLLIN};
+                int pr;
+                do
+                        pr = poll(&pfd, 1, AP_REPLY_TIMEOUT_MS);
+                while (pr < 0 && errno == EINTR);
+                if (pr <= 0)
+                        r = -ETIMEDOUT;
+                else if (recv(fd, &reply, sizeof(reply), MSG_DONTWAIT) != (ssize_t)sizeof(reply) ||
+                         reply.magic != AP_REPLY_MAGIC)
+                        r = -EPROTO;
+                else if (reply.status != AP_REPLY_ACCEPTED)
+                        r = -EPERM;
+        }
         /* The collector watches the process itself (pidfd); the program keeps no extra
          * descriptor of ours open. */
         close(fd);

@@ -15,6 +15,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "merge.h"
 #include "report.h"
 
 #define PROFILE_PREFIX "allocprof."
@@ -26,17 +27,20 @@ enum {
         OPT_SORT,
         OPT_COLOR,
         OPT_NO_COLOR,
+        OPT_ALL,
 };
 
 static void usage(FILE *out)
 {
-        fprintf(out, "Usage: allocprof report [FILE|PID] [OPTIONS]\n"
+        fprintf(out, "Usage: allocprof report [FILE|PID]... [OPTIONS]\n"
                      "\n"
                      "Shows a profile written by 'allocprof run'.  Without FILE, the newest\n"
                      "allocprof.*.approf in the current directory; a PID picks the newest\n"
-                     "allocprof.*.PID.approf.\n"
+                     "allocprof.*.PID.approf.  Several FILEs are merged into one report.\n"
                      "\n"
                      "Options:\n"
+                     "  --all                every profile of the newest run here (all the\n"
+                     "                       processes one 'allocprof run' profiled), merged\n"
                      "  --json               the JSON report (schema in USAGE.md)\n"
                      "  --top N              call sites to show (default 10; JSON: all); 0 = all\n"
                      "  --sort KEY           allocations, bytes (default), leaked or peak\n"
@@ -64,7 +68,7 @@ static bool is_profile_name(const char *name, const char *pid_suffix)
 
 /* The newest profile (by mtime; the name breaks ties) in the current directory.  Returns
  * 0 and a malloc'd name, -ENOENT if there is none, or another -errno. */
-static int find_newest(const char *pid_suffix, char **ret)
+static int find_newest(const char *pid_suffix, char **ret, bool any_name)
 {
         struct timespec best_time = {0, 0};
         char *best = NULL;
@@ -77,7 +81,8 @@ static int find_newest(const char *pid_suffix, char **ret)
                 struct stat st;
                 bool newer;
 
-                if (!is_profile_name(e->d_name, pid_suffix) ||
+                if (!(any_name ? ends_with(e->d_name, PROFILE_SUFFIX)
+                               : is_profile_name(e->d_name, pid_suffix)) ||
                     fstatat(dirfd(d), e->d_name, &st, 0) < 0 || !S_ISREG(st.st_mode))
                         continue;
                 newer = !best || st.st_mtim.tv_sec > best_time.tv_sec ||
@@ -182,7 +187,7 @@ static int resolve_profile(const char *arg, char **ret, bool *ret_guessed)
         }
         if (arg)
                 snprintf(pid_suffix, sizeof(pid_suffix), ".%s" PROFILE_SUFFIX, arg);
-        r = find_newest(arg ? pid_suffix : NULL, ret);
+        r = find_newest(arg ? pid_suffix : NULL, ret, false);
         if (r == -ENOENT && arg) {
                 fprintf(stderr,
                         "allocprof: no profile of pid %s in the current directory "
@@ -203,6 +208,117 @@ static int resolve_profile(const char *arg, char **ret, bool *ret_guessed)
         return 0;
 }
 
+/* Reads the profiles named in argv (or, with `all`, every profile in the current
+ * directory that shares the run id of the newest one) and merges them into *ret.  Prints
+ * the error itself and returns the exit status on failure, 0 on success. */
+static int load_many(int argc, char **argv, bool all, struct ap_profile **ret)
+{
+        char **names = NULL;
+        size_t n = 0;
+        int status = 1;
+
+        if (all) {
+                char *newest = NULL;
+                struct ap_profile *np = NULL;
+                char *err = NULL;
+                if (argc > 0) {
+                        fprintf(stderr, "allocprof: --all takes no FILE\n");
+                        return 2;
+                }
+                /* Any *.approf here counts (run -o names its main profile freely). */
+                int r = find_newest(NULL, &newest, true);
+                if (r < 0) {
+                        fprintf(stderr, "allocprof: no profile found in the current directory "
+                                        "(looked for *.approf)\n");
+                        return 1;
+                }
+                r = ap_profile_read(newest, &np, &err);
+                if (r < 0) {
+                        fprintf(stderr, "allocprof: cannot read %s: %s\n", newest,
+                                err ? err : strerror(-r));
+                        free(err);
+                        free(newest);
+                        return 1;
+                }
+                char *run_id = np->run_id ? strdup(np->run_id) : NULL;
+                ap_profile_free(np);
+                DIR *d = opendir(".");
+                struct dirent *e;
+                while (d != NULL && (e = readdir(d)) != NULL) {
+                        if (!ends_with(e->d_name, PROFILE_SUFFIX))
+                                continue;
+                        bool same = strcmp(e->d_name, newest) == 0;
+                        if (!same && run_id != NULL) {
+                                struct ap_profile *q = NULL;
+                                char *qerr = NULL;
+                                if (ap_profile_read(e->d_name, &q, &qerr) == 0)
+                                        same = q->run_id && strcmp(q->run_id, run_id) == 0;
+                                free(qerr);
+                                ap_profile_free(q);
+                        }
+                        if (!same)
+                                continue;
+                        char **nn = realloc(names, sizeof(char *) * (n + 1));
+                        if (nn == NULL)
+                                break;
+                        names = nn;
+                        names[n++] = strdup(e->d_name);
+                }
+                if (d != NULL)
+                        closedir(d);
+                free(run_id);
+                free(newest);
+        } else {
+                names = calloc((size_t)argc, sizeof(char *));
+                for (int i = 0; names != NULL && i < argc; i++) {
+                        bool guessed;
+                        int r = resolve_profile(argv[i], &names[n], &guessed);
+                        if (r != 0) {
+                                status = r;
+                                goto out;
+                        }
+                        n++;
+                }
+        }
+
+        struct ap_profile **ps = calloc(n ? n : 1, sizeof(*ps));
+        size_t main_index = 0;
+        if (ps == NULL || names == NULL) {
+                fprintf(stderr, "allocprof: out of memory\n");
+                free(ps);
+                goto out;
+        }
+        for (size_t i = 0; i < n; i++) {
+                char *err = NULL;
+                int r = names[i] ? ap_profile_read(names[i], &ps[i], &err) : -ENOMEM;
+                if (r < 0) {
+                        fprintf(stderr, "allocprof: cannot read %s: %s\n",
+                                names[i] ? names[i] : "?", err ? err : strerror(-r));
+                        free(err);
+                        for (size_t k = 0; k < i; k++)
+                                ap_profile_free(ps[k]);
+                        free(ps);
+                        goto out;
+                }
+                /* The program itself is the image whose exit status its run knew. */
+                if (ps[i]->exit_status >= 0 || ps[i]->term_signal > 0)
+                        main_index = i;
+        }
+        int r = ap_profile_merge(ps, n, main_index, ret);
+        for (size_t k = 0; k < n; k++)
+                ap_profile_free(ps[k]);
+        free(ps);
+        if (r < 0)
+                fprintf(stderr, "allocprof: cannot merge the profiles: %s\n", strerror(-r));
+        else
+                status = 0;
+out:
+        for (size_t i = 0; i < n; i++)
+                free(names[i]);
+        free(names);
+        return status;
+}
+
 int ap_cmd_report(int argc, char **argv)
 {
         static const struct option opts[] = {
@@ -213,6 +329,7 @@ int ap_cmd_report(int argc, char **argv)
                 {"colour", no_argument, NULL, OPT_COLOR},
                 {"no-color", no_argument, NULL, OPT_NO_COLOR},
                 {"no-colour", no_argument, NULL, OPT_NO_COLOR},
+                {"all", no_argument, NULL, OPT_ALL},
                 {"help", no_argument, NULL, 'h'},
                 {NULL, 0, NULL, 0},
         };
@@ -220,7 +337,7 @@ int ap_cmd_report(int argc, char **argv)
         struct ap_profile *p = NULL;
         const char *file = NULL;
         char *path = NULL, *err = NULL;
-        bool json = false, top_set = false, guessed;
+        bool json = false, top_set = false, guessed, all = false;
         int color = -1; /* -1 = decide from the terminal */
         int c, r;
 
@@ -257,6 +374,9 @@ int ap_cmd_report(int argc, char **argv)
                 case OPT_NO_COLOR:
                         color = 0;
                         break;
+                case OPT_ALL:
+                        all = true;
+                        break;
                 case 'h':
                         usage(stdout);
                         return 0;
@@ -280,29 +400,31 @@ int ap_cmd_report(int argc, char **argv)
                         return 2;
                 }
         }
-        if (optind < argc)
-                file = argv[optind++];
-        if (optind < argc) {
-                fprintf(stderr, "allocprof: report takes one profile, got '%s' and '%s'\n", file,
-                        argv[optind]);
-                return 2;
-        }
         if (json && !top_set)
                 ro.top = 0;
         ro.color = !json && (color >= 0 ? color == 1 : want_color());
 
-        r = resolve_profile(file, &path, &guessed);
-        if (r != 0)
-                return r;
-        r = ap_profile_read(path, &p, &err);
-        if (r < 0) {
-                fprintf(stderr, "allocprof: cannot read %s: %s\n", path, err ? err : strerror(-r));
-                free(err);
-                free(path);
-                return 1;
+        if (all || argc - optind > 1) {
+                r = load_many(argc - optind, argv + optind, all, &p);
+                if (r != 0)
+                        return r;
+        } else {
+                if (optind < argc)
+                        file = argv[optind++];
+                r = resolve_profile(file, &path, &guessed);
+                if (r != 0)
+                        return r;
+                r = ap_profile_read(path, &p, &err);
+                if (r < 0) {
+                        fprintf(stderr, "allocprof: cannot read %s: %s\n", path,
+                                err ? err : strerror(-r));
+                        free(err);
+                        free(path);
+                        return 1;
+                }
+                if (guessed && !json)
+                        fprintf(stderr, "allocprof: showing %s (the newest profile here)\n", path);
         }
-        if (guessed && !json)
-                fprintf(stderr, "allocprof: showing %s (the newest profile here)\n", path);
 
         r = json ? ap_report_json(stdout, p, &ro) : ap_report_text(stdout, p, &ro);
         if (r < 0)

@@ -38,7 +38,15 @@ struct run_state {
         struct ended *ended;
         size_t nended, ended_cap;
         int order;
+        bool follow; /* profile every process that registers, not only the program */
+        pid_t child;
 };
+
+static bool on_register(void *userdata, pid_t pid)
+{
+        const struct run_state *rs = userdata;
+        return rs->follow || pid == rs->child;
+}
 
 static void on_done(void *userdata, struct ap_process *p, bool by_exec)
 {
@@ -60,6 +68,7 @@ static void usage(FILE *out)
                      "                        average (K, M, G suffixes; 0 = record every\n"
                      "                        allocation, the default); figures become\n"
                      "                        unbiased estimates\n"
+                     "      --no-follow       profile PROG only, not the processes it starts\n"
                      "  -u, --unwind dwarf|fp  how stacks are captured: DWARF unwind tables\n"
                      "                        (default; right for any code) or frame\n"
                      "                        pointers (faster; only for code built with\n"
@@ -199,14 +208,19 @@ static char *default_profile_path(const char *dir, const struct ap_profile *prof
 int ap_cmd_run(int argc, char **argv)
 {
         static const struct option opts[] = {
-                {"output", required_argument, NULL, 'o'}, {"quiet", no_argument, NULL, 'q'},
-                {"sample", required_argument, NULL, 's'}, {"unwind", required_argument, NULL, 'u'},
-                {"help", no_argument, NULL, 'h'},         {0},
+                {"output", required_argument, NULL, 'o'},
+                {"quiet", no_argument, NULL, 'q'},
+                {"sample", required_argument, NULL, 's'},
+                {"unwind", required_argument, NULL, 'u'},
+                {"no-follow", no_argument, NULL, 'F'},
+                {"help", no_argument, NULL, 'h'},
+                {0},
         };
         const char *output = NULL;
         bool quiet = false;
         uint64_t sample = 0;
         const char *unwind = "dwarf";
+        bool follow = true;
         int c;
 
         optind = 1;
@@ -218,6 +232,9 @@ int ap_cmd_run(int argc, char **argv)
                         break;
                 case 'q':
                         quiet = true;
+                        break;
+                case 'F':
+                        follow = false;
                         break;
                 case 'u':
                         if (strcmp(optarg, "dwarf") != 0 && strcmp(optarg, "fp") != 0) {
@@ -275,10 +292,12 @@ int ap_cmd_run(int argc, char **argv)
                 return 1;
         }
 
-        struct run_state rs = {0};
+        struct run_state rs = {.follow = follow};
         struct ap_collector *coll = NULL;
         char *err = NULL;
         r = ap_collector_new(sock, on_done, &rs, &coll, &err);
+        if (r >= 0)
+                ap_collector_set_accept(coll, on_register, &rs);
         if (r < 0) {
                 fprintf(stderr, "allocprof: cannot start the collector: %s\n", err);
                 free(err);
@@ -312,6 +331,7 @@ int ap_cmd_run(int argc, char **argv)
                 rmdir(sock_dir);
                 return 1;
         }
+        rs.child = child;
         if (child == 0) {
                 close(errpipe[0]);
                 exec_child(prog_argv, preload, sock, sample, unwind, errpipe[1], &orig);
@@ -391,6 +411,20 @@ int ap_cmd_run(int argc, char **argv)
                 fprintf(stderr, "allocprof: out of memory\n");
                 return ret ? ret : 1;
         }
+        /* One id for every profile of this run: `allocprof report --all` finds them. */
+        char run_id[17];
+        uint64_t rid = ap_realtime_ns() ^ ((uint64_t)getpid() << 32) ^ (uint64_t)child;
+        snprintf(run_id, sizeof(run_id), "%016llx", (unsigned long long)ap_mix64(rid));
+        char **written = calloc(rs.nended + 1, sizeof(char *));
+        size_t nwritten = 0;
+        /* The program's own profile last, so its summary ends the output. */
+        if (main_img != NULL && main_img != &rs.ended[rs.nended - 1]) {
+                struct ended tmp = *main_img;
+                memmove(main_img, main_img + 1,
+                        (size_t)(&rs.ended[rs.nended - 1] - main_img) * sizeof(*main_img));
+                rs.ended[rs.nended - 1] = tmp;
+                main_img = &rs.ended[rs.nended - 1];
+        }
         for (size_t i = 0; i < rs.nended; i++) {
                 struct ended *e = &rs.ended[i];
                 /* The command line of our own child is known exactly. */
@@ -415,7 +449,24 @@ int ap_cmd_run(int argc, char **argv)
                         path = default_profile_path(dir, prof, base_name(prog_argv[0]));
                         free(dir);
                 }
+                /* The same program exec'ed again under the same pid: number the images. */
+                char *stem = path ? strdup(path) : NULL;
+                if (stem != NULL && strrchr(stem, '.') != NULL)
+                        *strrchr(stem, '.') = '\0';
+                for (int k = 2; path != NULL && stem != NULL && written != NULL; k++) {
+                        bool taken = false;
+                        for (size_t w = 0; w < nwritten; w++)
+                                taken |= strcmp(written[w], path) == 0;
+                        if (!taken)
+                                break;
+                        free(path);
+                        path = ap_asprintf("%s-%d.approf", stem, k);
+                }
+                free(stem);
+                prof->run_id = strdup(run_id);
                 r = path ? ap_profile_write(prof, path) : -ENOMEM;
+                if (r >= 0 && written != NULL)
+                        written[nwritten++] = strdup(path);
                 if (r < 0) {
                         fprintf(stderr, "allocprof: cannot write profile %s: %s\n",
                                 path ? path : "", strerror(-r));
@@ -430,6 +481,9 @@ int ap_cmd_run(int argc, char **argv)
                 free(path);
                 ap_profile_free(prof);
         }
+        for (size_t i = 0; i < nwritten; i++)
+                free(written[i]);
+        free(written);
         for (size_t i = 0; i < rs.nended; i++)
                 ap_process_free(rs.ended[i].p);
         free(rs.ended);

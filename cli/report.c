@@ -561,6 +561,10 @@ static void put_header(const struct out *o, const struct ap_profile *p)
                 say(o, " for ");
                 put_str(o, p->exe, 0);
         }
+        if (p->merged_from > 1)
+                say(o, "\n  merged from %" PRIu32 " profiles (processes of one run); peak and "
+                       "totals are sums over them;\n  the process shown is the program itself",
+                    p->merged_from);
         say(o, "\n  pid %" PRIu32, p->pid);
         if (p->ppid)
                 say(o, " (parent %" PRIu32 ")", p->ppid);
@@ -1235,6 +1239,9 @@ static void json_process(struct jobj *root, const struct ap_profile *p)
         }
         fputc(']', f);
         jkey_str(&o, "exe", p->exe);
+        jkey_str(&o, "run_id", p->run_id);
+        if (p->merged_from > 1)
+                jkey_u64(&o, "merged_from", p->merged_from);
         /* Like a shell's $?: 128 + signal when killed, so CI can compare one number. */
         jkey(&o, "exit_status");
         if (p->term_signal > 0)

@@ -96,6 +96,7 @@ void ap_profile_free(struct ap_profile *p)
                 free(p->command[i]);
         free(p->command);
         free(p->exe);
+        free(p->run_id);
         free(p->mode);
         for (uint32_t i = 0; i < p->nstrings; i++)
                 free(p->strings[i]);
@@ -440,6 +441,8 @@ static json_t *build_document(const struct ap_profile *p)
                 push(&w, a, jstr(p->command[i]));
         put(&w, o, "command", a);
         put(&w, o, "exe", jstr(p->exe));
+        if (p->run_id != NULL)
+                put(&w, o, "run_id", jstr(p->run_id));
         put(&w, o, "exit_status", json_integer(p->exit_status));
         put(&w, o, "term_signal", json_integer(p->term_signal));
         put(&w, o, "start_unix_ns", ju64(p->start_unix_ns));
@@ -995,6 +998,8 @@ static int read_process(struct rctx *rc, struct ap_profile *p, const json_t *roo
             (r = field_u64(rc, proc, &l, "start_unix_ns", &p->start_unix_ns)) < 0 ||
             (r = field_u64(rc, proc, &l, "duration_ns", &p->duration_ns)) < 0 ||
             (r = field_strdup(rc, proc, &l, "exe", true, &p->exe)) < 0 ||
+            (json_object_get(proc, "run_id") != NULL &&
+             (r = field_strdup(rc, proc, &l, "run_id", true, &p->run_id)) < 0) ||
             (r = get_array(rc, proc, &l, "command", &cmd, &n)) < 0 ||
             (r = alloc_table(rc, (void **)&p->command, n, sizeof(*p->command))) < 0)
                 return r;

@@ -54,6 +54,8 @@ struct ap_profile {
         char **command; /* argv of the process image (may be empty) */
         uint32_t ncommand;
         char *exe;                /* path of the main executable, may be NULL */
+        char *run_id; /* profiles of one `allocprof run` share it; may be NULL */
+        uint32_t merged_from; /* > 1: a merge of that many profiles (not stored in files) */
         int exit_status;          /* exit code, or -1 if unknown / killed */
         int term_signal;          /* signal that killed it, 0 if none */
         char *mode;               /* "full" */

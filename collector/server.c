@@ -44,7 +44,15 @@ struct ap_collector {
         struct pollfd *pfds;
         size_t pfds_cap;
         bool busy; /* the last round moved data: poll briefly */
+        ap_collector_accept_fn accept;
+        void *accept_userdata;
 };
+
+void ap_collector_set_accept(struct ap_collector *c, ap_collector_accept_fn fn, void *userdata)
+{
+        c->accept = fn;
+        c->accept_userdata = userdata;
+}
 
 int ap_collector_new(const char *socket_path, ap_collector_done_fn done, void *userdata,
                      struct ap_collector **ret, char **err)
@@ -140,14 +148,19 @@ static void retire(struct ap_collector *c, size_t i, bool by_exec)
         c->done(c->userdata, t.p, by_exec);
 }
 
-static void register_process(struct ap_collector *c, int memfd, pid_t pid,
+/* Returns true if the process is now tracked. */
+static bool register_process(struct ap_collector *c, int memfd, pid_t pid,
                              const struct ap_hello *hello)
 {
         struct ap_process *p = NULL;
         char *err = NULL;
+        if (c->accept != NULL && !c->accept(c->accept_userdata, pid)) {
+                close(memfd);
+                return false;
+        }
         if (ap_process_new(memfd, pid, hello, &p, &err) < 0) {
                 free(err); /* a broken agent: nothing to profile */
-                return;
+                return false;
         }
         /* Same pid registering again: the previous image exec'ed into this one. */
         for (size_t i = 0; i < c->nprocs; i++) {
@@ -160,10 +173,11 @@ static void register_process(struct ap_collector *c, int memfd, pid_t pid,
         read_cmdline(p, pid);
         if (AP_GROW(c->procs, c->procs_cap, c->nprocs + 1) < 0) {
                 ap_process_free(p);
-                return;
+                return false;
         }
         int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
         c->procs[c->nprocs++] = (struct tracked){.p = p, .pidfd = pidfd, .ended = pidfd < 0};
+        return true;
 }
 
 /* Reads the hello of a pending connection.  Returns true when the connection is done
@@ -207,10 +221,15 @@ static bool read_hello(struct ap_collector *c, int fd)
                 /* Only a memfd-like regular file will do: no sockets, devices, fifos. */
                 ok = fstat(memfd, &st) == 0 && S_ISREG(st.st_mode);
         }
+        bool accepted = false;
         if (ok)
-                register_process(c, memfd, cred.pid, &hello);
+                accepted = register_process(c, memfd, cred.pid, &hello);
         else if (memfd >= 0)
                 close(memfd);
+        /* The agent waits for this (bounded); a full socket buffer is impossible here. */
+        struct ap_reply reply = {.magic = AP_REPLY_MAGIC,
+                                 .status = accepted ? AP_REPLY_ACCEPTED : AP_REPLY_DECLINED};
+        (void)!send(fd, &reply, sizeof(reply), MSG_DONTWAIT | MSG_NOSIGNAL);
         return true;
 }
 

@@ -24,6 +24,11 @@ typedef void (*ap_collector_done_fn)(void *userdata, struct ap_process *p, bool 
 int ap_collector_new(const char *socket_path, ap_collector_done_fn done, void *userdata,
                      struct ap_collector **ret, char **err);
 
+/* Decides whether a registering process is profiled (true) or told to record nothing.
+ * Without a filter every process of an allowed user is accepted. */
+typedef bool (*ap_collector_accept_fn)(void *userdata, pid_t pid);
+void ap_collector_set_accept(struct ap_collector *c, ap_collector_accept_fn fn, void *userdata);
+
 /* Closes the socket (unlinking it) and frees every process still tracked without
  * calling `done`.  Accepts NULL. */
 void ap_collector_free(struct ap_collector *c);

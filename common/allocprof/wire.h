@@ -230,9 +230,10 @@ struct ap_module_rec {
         char path[]; /* path_len bytes, padded to 8 */
 };
 
-/* Registration: the agent connects to the collector socket (path in ALLOCPROF_SOCKET)
- * and sends one struct ap_hello with the memfd attached as SCM_RIGHTS.  The connection
- * stays open for the life of the process image; EOF tells the collector it ended. */
+/* Registration: the agent connects to the collector socket (path in ALLOCPROF_SOCKET),
+ * sends one struct ap_hello with the memfd attached as SCM_RIGHTS, and waits (bounded,
+ * AP_REPLY_TIMEOUT_MS) for one struct ap_reply; then it closes the connection.  The
+ * collector learns that the process ended from a pidfd, not from the socket. */
 #define AP_HELLO_MAGIC 0x4f4c4c4548504155ull
 struct ap_hello {
         uint64_t magic;
@@ -242,6 +243,18 @@ struct ap_hello {
         uint32_t reserved;
         uint64_t exec_id;
         uint64_t shm_bytes;
+};
+
+#define AP_REPLY_MAGIC 0x594c504552504155ull
+#define AP_REPLY_TIMEOUT_MS 3000
+enum ap_reply_status {
+        AP_REPLY_ACCEPTED = 0, /* record into the memory you sent */
+        AP_REPLY_DECLINED = 1, /* not profiled (e.g. run --no-follow): record nothing */
+};
+struct ap_reply {
+        uint64_t magic;
+        uint32_t status; /* enum ap_reply_status */
+        uint32_t reserved;
 };
 
 /* Environment variables the agent reads. */

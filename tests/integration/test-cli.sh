@@ -107,6 +107,32 @@ check_eq "--unwind bogus" 2 $?
 "$AP" run -q --sample 12X -- true 2>/dev/null
 check_eq "--sample 12X" 2 $?
 
+# --- fork and exec: one profile per process image, --no-follow, report --all ---------------
+mkdir fork && cd fork || exit 1
+"$AP" run -o main.approf -- "$BUILD/tests/workloads/forker" 2>fork.err
+check_eq "forker exit" 0 $?
+# parent + 3 workers + the image `true` exec'ed by the third worker
+check_eq "profiles written" 5 "$(ls *.approf | wc -l)"
+check_eq "run lists the other profiles" 4 "$(grep -c '^allocprof: pid .* profile written to' fork.err)"
+check_eq "parent figures" "10 640 10 0" \
+        "$(json_of main.approf '" ".join(str(d["totals"][k]) for k in ("allocations","bytes","frees","leaked_blocks"))')"
+n5=0
+for f in allocprof.forker.*.approf; do
+        [ "$(json_of "$f" 'd["totals"]["allocations"], d["totals"]["leaked_bytes"]')" = "5 500" ] && n5=$((n5 + 1))
+done
+check_eq "three workers with 5 leaked blocks of 100 bytes each" 3 "$n5"
+check_eq "the exec'ed image has its own profile" 1 "$(ls allocprof.true.*.approf 2>/dev/null | wc -l)"
+"$AP" report --all --json >all.json
+check_eq "report --all merges the run" "5 True" "$(json all.json 'd["process"]["merged_from"], d["totals"]["allocations"] >= 25')"
+check_eq "report --all shows the program" 0 "$(json all.json 'd["process"]["exit_status"]')"
+"$AP" report main.approf allocprof.forker.*.approf --json >two.json
+check_eq "report FILE FILE merges" "4 25" "$(json two.json 'd["process"]["merged_from"], d["totals"]["allocations"]')"
+cd .. && mkdir nofollow && cd nofollow || exit 1
+"$AP" run -q --no-follow -o main.approf -- "$BUILD/tests/workloads/forker"
+check_eq "--no-follow exit" 0 $?
+check_eq "--no-follow: only the program's profile" "main.approf" "$(ls *.approf | tr '\n' ' ' | sed 's/ $//')"
+cd .. || exit 1
+
 # --- exit statuses and errors -------------------------------------------------------------
 "$AP" run -q -- /nonexistent/prog 2>nf.err
 check_eq "program not found" 127 $?

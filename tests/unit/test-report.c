@@ -370,7 +370,7 @@ static void test_json_schema(void)
                 "estimated",      "totals",    "sort",     "sites_total", "sites",
                 "modules",        "histogram", "timeline", NULL};
         static const char *const process_keys[] = {"pid",           "ppid",        "command",
-                                                   "exe",           "exit_status", "term_signal",
+                                                   "exe",           "run_id",      "exit_status", "term_signal",
                                                    "start_unix_ns", "duration_ns", NULL};
         static const char *const totals_keys[] = {"allocations",
                                                   "bytes",
@@ -1132,8 +1132,11 @@ static void test_command(void)
         expect_failure((const char *const[]){"--frobnicate", NULL}, 2,
                        "unknown option '--frobnicate'");
         expect_failure((const char *const[]){"-x", NULL}, 2, "unknown option '-x'");
-        expect_failure((const char *const[]){"a.approf", "b.approf", NULL}, 2,
-                       "report takes one profile, got 'a.approf' and 'b.approf'");
+        /* Several files are merged: each must be readable. */
+        expect_failure((const char *const[]){"a.approf", "b.approf", NULL}, 1,
+                       "cannot read a.approf");
+        expect_failure((const char *const[]){"--all", "a.approf", NULL}, 2,
+                       "--all takes no FILE");
 
         /* Unreadable input: 1. */
         expect_failure((const char *const[]){"missing.approf", NULL}, 1,

@@ -1,0 +1,239 @@
+/* Merging profiles (several processes of one run, or several runs of one program) into
+ * one: modules are matched by path and build-id, frames by everything they say, call
+ * sites by their frames; counters add up.
+ *
+ * SPDX-License-Identifier: MIT OR Apache-2.0
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "merge.h"
+#include "util.h"
+
+struct merger {
+        struct ap_profile *out;
+        struct ap_map frame_index; /* hash of a frame (probed) -> out frame index + 1 */
+        struct ap_map site_index;  /* hash of a frame list (probed) -> out site index + 1 */
+        size_t frames_cap, sites_cap, modules_cap;
+};
+
+static const char *str(const struct ap_profile *p, uint32_t i)
+{
+        return i == AP_NONE || i >= p->nstrings ? NULL : p->strings[i];
+}
+
+static uint32_t intern(struct merger *m, const struct ap_profile *in, uint32_t i)
+{
+        const char *s = str(in, i);
+        return s ? ap_profile_intern(m->out, s) : AP_NONE;
+}
+
+static int map_module(struct merger *m, const struct ap_profile *in, uint32_t mod, uint32_t *ret)
+{
+        if (mod == AP_NONE || mod >= in->nmodules) {
+                *ret = AP_NONE;
+                return 0;
+        }
+        uint32_t path = intern(m, in, in->modules[mod].path);
+        uint32_t bid = intern(m, in, in->modules[mod].build_id);
+        struct ap_profile *o = m->out;
+        for (uint32_t i = 0; i < o->nmodules; i++) {
+                if (o->modules[i].path == path && o->modules[i].build_id == bid) {
+                        *ret = i;
+                        return 0;
+                }
+        }
+        if (AP_GROW(o->modules, m->modules_cap, (size_t)o->nmodules + 1) < 0)
+                return -ENOMEM;
+        o->modules[o->nmodules] = (struct ap_pmodule){.path = path, .build_id = bid};
+        *ret = o->nmodules++;
+        return 0;
+}
+
+static int map_frame(struct merger *m, const struct ap_profile *in, uint32_t f, uint32_t *ret)
+{
+        const struct ap_pframe *src = &in->frames[f];
+        struct ap_pframe fr = {
+                .function = intern(m, in, src->function),
+                .file = intern(m, in, src->file),
+                .line = src->line,
+                .address = src->address,
+                .inlined = src->inlined,
+        };
+        int r = map_module(m, in, src->module, &fr.module);
+        if (r < 0)
+                return r;
+        uint64_t h =
+                ap_mix64(fr.address ^ ((uint64_t)fr.module << 40) ^ ((uint64_t)fr.function << 20) ^
+                         fr.file ^ ((uint64_t)fr.line << 50) ^ (fr.inlined ? 0x5bd1e995 : 0));
+        struct ap_profile *o = m->out;
+        for (int k = 0; k < 64; k++, h = ap_mix64(h + 1)) {
+                uint64_t *v = ap_map_get(&m->frame_index, h ? h : 1);
+                if (v == NULL)
+                        break;
+                const struct ap_pframe *c = &o->frames[*v - 1];
+                if (c->function == fr.function && c->file == fr.file && c->line == fr.line &&
+                    c->module == fr.module && c->address == fr.address &&
+                    c->inlined == fr.inlined) {
+                        *ret = (uint32_t)(*v - 1);
+                        return 0;
+                }
+        }
+        if (AP_GROW(o->frames, m->frames_cap, (size_t)o->nframes + 1) < 0 ||
+            ap_map_put(&m->frame_index, h ? h : 1, (uint64_t)o->nframes + 1) < 0)
+                return -ENOMEM;
+        o->frames[o->nframes] = fr;
+        *ret = o->nframes++;
+        return 0;
+}
+
+static int merge_site(struct merger *m, const struct ap_profile *in, const struct ap_psite *s)
+{
+        struct ap_profile *o = m->out;
+        uint32_t *frames = malloc(sizeof(uint32_t) * (s->nframes ? s->nframes : 1));
+        if (frames == NULL)
+                return -ENOMEM;
+        for (uint32_t i = 0; i < s->nframes; i++) {
+                int r = s->frames[i] < in->nframes ? map_frame(m, in, s->frames[i], &frames[i])
+                                                   : -EINVAL;
+                if (r < 0) {
+                        free(frames);
+                        return r;
+                }
+        }
+        uint64_t h = ap_hash_bytes(frames, 4ull * s->nframes) ^ s->nframes;
+        struct ap_psite *dst = NULL;
+        for (int k = 0; k < 64; k++, h = ap_mix64(h + 1)) {
+                uint64_t *v = ap_map_get(&m->site_index, h ? h : 1);
+                if (v == NULL)
+                        break;
+                struct ap_psite *c = &o->sites[*v - 1];
+                if (c->nframes == s->nframes && memcmp(c->frames, frames, 4ull * s->nframes) == 0) {
+                        dst = c;
+                        break;
+                }
+        }
+        if (dst == NULL) {
+                if (AP_GROW(o->sites, m->sites_cap, (size_t)o->nsites + 1) < 0 ||
+                    ap_map_put(&m->site_index, h ? h : 1, (uint64_t)o->nsites + 1) < 0) {
+                        free(frames);
+                        return -ENOMEM;
+                }
+                dst = &o->sites[o->nsites++];
+                memset(dst, 0, sizeof(*dst));
+                dst->frames = frames;
+                dst->nframes = s->nframes;
+        } else {
+                free(frames);
+        }
+        dst->allocations += s->allocations;
+        dst->bytes += s->bytes;
+        dst->frees += s->frees;
+        dst->freed_bytes += s->freed_bytes;
+        dst->leaked_blocks += s->leaked_blocks;
+        dst->leaked_bytes += s->leaked_bytes;
+        dst->peak_bytes += s->peak_bytes;
+        dst->max_live_bytes += s->max_live_bytes;
+        dst->temporary += s->temporary;
+        dst->reallocs += s->reallocs;
+        return 0;
+}
+
+static int copy_header(struct ap_profile *o, const struct ap_profile *first)
+{
+        o->tool_version = strdup(first->tool_version ? first->tool_version : "");
+        o->mode = strdup(first->mode ? first->mode : "full");
+        o->exe = first->exe ? strdup(first->exe) : NULL;
+        o->run_id = first->run_id ? strdup(first->run_id) : NULL;
+        if (o->tool_version == NULL || o->mode == NULL || (first->exe && o->exe == NULL) ||
+            (first->run_id && o->run_id == NULL))
+                return -ENOMEM;
+        o->pid = first->pid;
+        o->ppid = first->ppid;
+        o->exit_status = first->exit_status;
+        o->term_signal = first->term_signal;
+        o->start_unix_ns = first->start_unix_ns;
+        o->sample_interval = first->sample_interval;
+        if (first->ncommand > 0) {
+                o->command = calloc(first->ncommand, sizeof(char *));
+                if (o->command == NULL)
+                        return -ENOMEM;
+                for (uint32_t i = 0; i < first->ncommand; i++) {
+                        if ((o->command[i] = strdup(first->command[i])) == NULL)
+                                return -ENOMEM;
+                        o->ncommand = i + 1;
+                }
+        }
+        return 0;
+}
+
+int ap_profile_merge(struct ap_profile *const *in, size_t n, size_t main_index,
+                     struct ap_profile **ret)
+{
+        if (n == 0 || main_index >= n)
+                return -EINVAL;
+        struct merger m = {.out = ap_profile_new()};
+        if (m.out == NULL)
+                return -ENOMEM;
+        struct ap_profile *o = m.out;
+        int r = copy_header(o, in[main_index]);
+        uint64_t end = 0;
+        for (size_t k = 0; k < n && r >= 0; k++) {
+                const struct ap_profile *p = in[k];
+                if (strcmp(p->mode ? p->mode : "full", "full") != 0 &&
+                    strcmp(o->mode, "full") == 0) {
+                        free(o->mode);
+                        o->mode = strdup(p->mode);
+                        o->sample_interval = p->sample_interval;
+                        if (o->mode == NULL)
+                                r = -ENOMEM;
+                }
+                if (p->start_unix_ns != 0 && p->start_unix_ns < o->start_unix_ns)
+                        o->start_unix_ns = p->start_unix_ns;
+                if (p->start_unix_ns + p->duration_ns > end)
+                        end = p->start_unix_ns + p->duration_ns;
+                o->totals.allocations += p->totals.allocations;
+                o->totals.bytes += p->totals.bytes;
+                o->totals.frees += p->totals.frees;
+                o->totals.freed_bytes += p->totals.freed_bytes;
+                o->totals.leaked_blocks += p->totals.leaked_blocks;
+                o->totals.leaked_bytes += p->totals.leaked_bytes;
+                /* Processes peak at different moments: the sum bounds the run's peak. */
+                o->totals.peak_bytes += p->totals.peak_bytes;
+                o->totals.peak_blocks += p->totals.peak_blocks;
+                o->totals.temporary += p->totals.temporary;
+                o->totals.reallocs += p->totals.reallocs;
+                o->totals.dropped_events += p->totals.dropped_events;
+                o->totals.dropped_frees += p->totals.dropped_frees;
+                o->totals.unmatched_frees += p->totals.unmatched_frees;
+                o->totals.invalid_records += p->totals.invalid_records;
+                o->totals.threads += p->totals.threads;
+                for (int b = 0; b < AP_HIST_BUCKETS; b++) {
+                        o->hist_count[b] += p->hist_count[b];
+                        o->hist_bytes[b] += p->hist_bytes[b];
+                }
+                for (uint32_t i = 0; i < p->nsites && r >= 0; i++)
+                        r = merge_site(&m, p, &p->sites[i]);
+                for (uint32_t i = 0; i < p->nmodules && r >= 0; i++) {
+                        uint32_t mod;
+                        r = map_module(&m, p, i, &mod);
+                        if (r >= 0) {
+                                o->modules[mod].allocations += p->modules[i].allocations;
+                                o->modules[mod].bytes += p->modules[i].bytes;
+                                o->modules[mod].leaked_blocks += p->modules[i].leaked_blocks;
+                                o->modules[mod].leaked_bytes += p->modules[i].leaked_bytes;
+                        }
+                }
+        }
+        o->duration_ns = end > o->start_unix_ns ? end - o->start_unix_ns : 0;
+        o->merged_from = (uint32_t)n;
+        ap_map_clear(&m.frame_index);
+        ap_map_clear(&m.site_index);
+        if (r < 0) {
+                ap_profile_free(o);
+                return r;
+        }
+        *ret = o;
+        return 0;
+}
