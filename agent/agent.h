@@ -37,13 +37,22 @@ extern AP_HIDDEN _Atomic uint64_t ap_session_gen; /* bumped on every (re)registr
 
 /* Per-thread state, initial-exec TLS (no __tls_get_addr, which could allocate). */
 struct ap_thread {
-        struct ap_ring_ctl *ctl; /* our slot in the session, NULL if none */
-        struct ap_producer pr;   /* producer state of that slot */
-        uint64_t gen;            /* ap_session_gen the slot belongs to */
+        struct ap_ring_ctl *ctl;   /* our slot in the session, NULL if none */
+        struct ap_producer pr;     /* producer state of that slot */
+        uint64_t gen;              /* ap_session_gen the slot belongs to */
         struct ap_sampler sampler; /* sampled mode: bytes to the next sample point */
-        int sampler_ready;       /* sampler drawn for the current interval */
-        int in_hook;             /* recursion guard: set while we run agent code */
-        int exited;              /* thread-exit destructor has run */
+        int sampler_ready;         /* sampler drawn for the current interval */
+        int in_hook;               /* set while we run agent code */
+        int own_alloc;             /* inside agent code that may allocate by itself */
+        int unwound;               /* this thread's first unwind (which sets up libunwind's
+                                    * per-thread cache, allocating) is behind us */
+        /* A signal handler that allocates while this thread is inside the agent records
+         * into a second slot of its own (the first may hold a half-written record). */
+        struct ap_ring_ctl *nctl;
+        struct ap_producer npr;
+        uint64_t ngen;
+        int nested_busy;
+        int exited; /* thread-exit destructor has run */
 };
 extern AP_HIDDEN AP_TLS __thread struct ap_thread ap_tls;
 
@@ -92,6 +101,13 @@ static inline bool ap_sampled_maybe(const void *p)
 AP_HIDDEN uint64_t ap_sampler_seed(void);
 AP_HIDDEN void ap_record_free(void *p, uint64_t ts);
 AP_HIDDEN void ap_record_realloc(void *old, void *p, size_t size, uint64_t ts);
+
+/* A hook entered while this thread was already inside the agent (a signal handler that
+ * allocates): records into the thread's nested slot with a frame-pointer stack, the one
+ * capture that is safe to run over an interrupted unwinder.  Ignores the agent's own
+ * allocations (own_alloc) and a second level of nesting (counted as dropped). */
+AP_HIDDEN void ap_nested_alloc(void *p, size_t size, bool realloc);
+AP_HIDDEN void ap_nested_free(void *p);
 
 /* Slot release at thread exit / session reset. */
 AP_HIDDEN void ap_thread_release(void);

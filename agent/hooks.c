@@ -31,7 +31,9 @@ static AP_SLOW struct ap_shm_header *session_slow(struct ap_thread *t)
 {
         int e = errno;
         t->in_hook = 1;
+        t->own_alloc++;
         ap_session_ensure();
+        t->own_alloc--;
         t->in_hook = 0;
         errno = e;
         return session();
@@ -82,13 +84,33 @@ static AP_SLOW void alloc_sampled(struct ap_thread *t, struct ap_shm_header *h, 
         errno = e;
 }
 
+/* This thread is inside the agent already: a signal handler allocates, or the agent
+ * itself does (ap_nested_* tell them apart). */
+static AP_SLOW void nested_alloc(void *p, size_t size, bool realloc)
+{
+        int e = errno;
+        ap_nested_alloc(p, size, realloc);
+        errno = e;
+}
+
+static AP_SLOW void nested_free(void *p)
+{
+        int e = errno;
+        ap_nested_free(p);
+        errno = e;
+}
+
 /* A new block p of size bytes (malloc & co, or the new block of a realloc in sampled
  * mode). */
 static inline void new_block(void *p, size_t size, bool realloc)
 {
         struct ap_thread *t = &ap_tls;
-        if (ap_unlikely(p == NULL || t->in_hook))
+        if (ap_unlikely(p == NULL))
                 return;
+        if (ap_unlikely(t->in_hook)) {
+                nested_alloc(p, size, realloc);
+                return;
+        }
         struct ap_shm_header *h = session();
         if (ap_unlikely(h == NULL) && (h = session_slow(t)) == NULL)
                 return;
@@ -132,8 +154,12 @@ static AP_SLOW void free_sampled(struct ap_thread *t, void *p)
 static inline void end_block(void *p)
 {
         struct ap_thread *t = &ap_tls;
-        if (ap_unlikely(p == NULL || t->in_hook))
+        if (ap_unlikely(p == NULL))
                 return;
+        if (ap_unlikely(t->in_hook)) {
+                nested_free(p);
+                return;
+        }
         struct ap_shm_header *h = session();
         if (ap_unlikely(h == NULL))
                 return; /* no session: nothing of ours can be live */
@@ -190,7 +216,15 @@ AP_EXPORT void *realloc(void *old, size_t size)
                 end_block(old);
                 return __libc_realloc(old, 0);
         }
-        struct ap_shm_header *h = t->in_hook ? NULL : session();
+        if (ap_unlikely(t->in_hook)) {
+                void *p = __libc_realloc(old, size);
+                if (p != NULL) {
+                        nested_free(old);
+                        nested_alloc(p, size, true);
+                }
+                return p;
+        }
+        struct ap_shm_header *h = session();
         uint32_t mode = h ? mode_of(h) : AP_MODE_OFF;
         if (mode == AP_MODE_FULL) {
                 /* old may be reused by other threads from inside the real realloc: its

@@ -147,7 +147,8 @@ static pid_t gettid_raw(void)
         return (pid_t)syscall(SYS_gettid);
 }
 
-static bool slot_claim(struct ap_thread *t, struct ap_shm_header *h)
+static bool slot_claim(struct ap_shm_header *h, struct ap_ring_ctl **ret_ctl,
+                       struct ap_producer *pr, uint64_t *ret_gen)
 {
         uint32_t n = h->nslots;
         uint32_t start = (uint32_t)gettid_raw() % n;
@@ -164,10 +165,10 @@ static bool slot_claim(struct ap_thread *t, struct ap_shm_header *h)
                 if (!ap_cas_acq_rel(&ctl->xstate, &expected, AP_SLOT_OWNED))
                         continue;
                 ctl->tid = (uint32_t)gettid_raw();
-                t->ctl = ctl;
+                *ret_ctl = ctl;
                 /* We are the only producer now; the previous owner's last head stands. */
-                ap_producer_attach(&t->pr, ctl);
-                t->gen = ap_load_relaxed(&ap_session_gen);
+                ap_producer_attach(pr, ctl);
+                *ret_gen = ap_load_relaxed(&ap_session_gen);
                 uint32_t hwm = ap_load_relaxed(&h->xslot_hwm);
                 while (hwm < i + 1 && !atomic_compare_exchange_weak_explicit(
                                               &h->xslot_hwm, &hwm, i + 1, memory_order_release,
@@ -185,7 +186,10 @@ AP_HIDDEN void ap_thread_release(void)
                 /* Release: our last head store is visible before the slot is retired. */
                 ap_store_release(&t->ctl->xstate, AP_SLOT_RETIRED);
         }
+        if (t->nctl != NULL && t->ngen == ap_load_relaxed(&ap_session_gen))
+                ap_store_release(&t->nctl->xstate, AP_SLOT_RETIRED); /* same pairing */
         t->ctl = NULL;
+        t->nctl = NULL;
 }
 
 AP_HIDDEN void ap_count(enum ap_counter c, uint64_t n)
@@ -263,12 +267,15 @@ static inline struct ap_shm_header *thread_ring(struct ap_thread *t)
                 return NULL;
         if (ap_unlikely(t->ctl == NULL || t->gen != ap_load_relaxed(&ap_session_gen))) {
                 t->ctl = NULL;
-                if (!slot_claim(t, h)) {
+                if (!slot_claim(h, &t->ctl, &t->pr, &t->gen)) {
                         ap_count(AP_CNT_DROP_NO_SLOT, 1);
                         return NULL;
                 }
                 extern AP_HIDDEN void ap_thread_started(void);
+                /* pthread_setspecific may allocate its key block: ours, not the program's */
+                t->own_alloc++;
                 ap_thread_started();
+                t->own_alloc--;
         }
         return h;
 }
@@ -317,7 +324,17 @@ static __attribute__((noinline)) uint32_t capture(uint64_t *out)
         if (ap_unwind_fp)
                 return capture_fp(out);
         void *buf[CAPTURE_MAX];
+        struct ap_thread *t = &ap_tls;
+        /* The first unwind of a thread sets up libunwind's per-thread cache (and may
+         * allocate for it); later ones do not allocate, so an allocation that interrupts
+         * them comes from a signal handler and is the program's. */
+        if (ap_unlikely(!t->unwound))
+                t->own_alloc++;
         int n = unw_backtrace(buf, CAPTURE_MAX);
+        if (ap_unlikely(!t->unwound)) {
+                t->own_alloc--;
+                t->unwound = 1;
+        }
         int skip = 0;
         while (skip < n && ap_is_agent_addr((uint64_t)(uintptr_t)buf[skip]))
                 skip++;
@@ -409,6 +426,100 @@ AP_HIDDEN void ap_record_alloc_sampled(void *p, size_t size, uint64_t weight, bo
 AP_HIDDEN void ap_record_realloc(void *old, void *p, size_t size, uint64_t ts)
 {
         write_alloc_like(AP_REC_REALLOC, 0, old, p, size, ts, 0);
+}
+
+/* ---- nested (signal handler) records ------------------------------------------------ */
+
+static struct ap_shm_header *nested_ring(struct ap_thread *t)
+{
+        struct ap_shm_header *h = atomic_load_explicit(&ap_session, memory_order_acquire);
+        if (h == NULL)
+                return NULL;
+        if (ap_unlikely(t->nctl == NULL || t->ngen != ap_load_relaxed(&ap_session_gen))) {
+                t->nctl = NULL;
+                if (!slot_claim(h, &t->nctl, &t->npr, &t->ngen))
+                        return NULL;
+        }
+        return h;
+}
+
+/* Writes one record into the nested ring, no waiting (a handler must not block). */
+static uint8_t *nested_reserve(struct ap_thread *t, uint32_t nbytes, uint32_t keep)
+{
+        uint8_t *w = ap_ring_try_reserve(&t->npr, nbytes, keep);
+        if (w == NULL)
+                ap_count(AP_CNT_DROP_RING_FULL, 1);
+        return w;
+}
+
+AP_HIDDEN void ap_nested_alloc(void *p, size_t size, bool realloc)
+{
+        struct ap_thread *t = &ap_tls;
+        if (t->own_alloc)
+                return;
+        if (t->nested_busy) {
+                ap_count(AP_CNT_DROP_RING_FULL, 1); /* a handler inside a handler */
+                return;
+        }
+        t->nested_busy = 1;
+        struct ap_shm_header *h = nested_ring(t);
+        uint32_t mode = h ? ap_load_relaxed(&h->xmode) : AP_MODE_OFF;
+        uint64_t weight = 0;
+        if (mode == AP_MODE_SAMPLED) {
+                uint64_t n = t->sampler_ready ? ap_sampler_take(&t->sampler, size) : 0;
+                weight = n * t->sampler.interval;
+                if (n == 0)
+                        mode = AP_MODE_OFF;
+                else
+                        ap_sampled_remember(p);
+        }
+        if (mode == AP_MODE_FULL || mode == AP_MODE_SAMPLED) {
+                uint64_t ips[AP_MAX_FRAMES];
+                uint32_t n = capture_fp(ips);
+                uint64_t ts = ap_clock_ticks();
+                uint32_t fixed = mode == AP_MODE_SAMPLED ? sizeof(struct ap_rec_alloc_sampled)
+                                                         : sizeof(struct ap_rec_alloc);
+                uint32_t nbytes = fixed + 8 * n;
+                uint8_t *w = nested_reserve(t, nbytes, AP_RING_FREE_RESERVE);
+                if (w != NULL) {
+                        struct ap_rec_hdr *rh = (struct ap_rec_hdr *)w;
+                        rh->type = mode == AP_MODE_SAMPLED ? AP_REC_ALLOC_SAMPLED : AP_REC_ALLOC;
+                        rh->flags = AP_RECF_INLINE_STACK |
+                                    (realloc && mode == AP_MODE_SAMPLED ? AP_RECF_REALLOC : 0);
+                        rh->nwords = (uint16_t)(nbytes / 8);
+                        rh->aux = n;
+                        struct ap_rec_alloc_sampled *r = (struct ap_rec_alloc_sampled *)w;
+                        r->ts = ts;
+                        r->addr = (uint64_t)(uintptr_t)p;
+                        r->size = size;
+                        if (mode == AP_MODE_SAMPLED)
+                                r->weight = weight;
+                        memcpy(w + fixed, ips, 8ull * n);
+                        ap_ring_commit(&t->npr, nbytes);
+                }
+        }
+        t->nested_busy = 0;
+}
+
+AP_HIDDEN void ap_nested_free(void *p)
+{
+        struct ap_thread *t = &ap_tls;
+        if (t->own_alloc || t->nested_busy)
+                return;
+        t->nested_busy = 1;
+        struct ap_shm_header *h = nested_ring(t);
+        uint32_t mode = h ? ap_load_relaxed(&h->xmode) : AP_MODE_OFF;
+        if (mode == AP_MODE_FULL || (mode == AP_MODE_SAMPLED && ap_sampled_forget(p))) {
+                uint8_t *w = nested_reserve(t, sizeof(struct ap_rec_free), 0);
+                if (w != NULL) {
+                        struct ap_rec_free *r = (struct ap_rec_free *)w;
+                        r->hdr = (struct ap_rec_hdr){.type = AP_REC_FREE, .nwords = sizeof(*r) / 8};
+                        r->ts = ap_clock_ticks();
+                        r->addr = (uint64_t)(uintptr_t)p;
+                        ap_ring_commit(&t->npr, sizeof(*r));
+                }
+        }
+        t->nested_busy = 0;
 }
 
 /* ---- sampled blocks ------------------------------------------------------------------

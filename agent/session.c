@@ -396,6 +396,7 @@ static void fork_child(void)
         atomic_store_explicit(&ap_session, NULL, memory_order_relaxed);
         ap_fetch_add_relaxed(&ap_session_gen, 1);
         ap_tls.ctl = NULL;
+        ap_tls.nctl = NULL;
         pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
         memcpy(&g_mod_lock, &fresh, sizeof(fresh));
         ap_store_relaxed(&g_init_state, INIT_UNTRIED);
@@ -428,11 +429,13 @@ __attribute__((constructor(101))) static void ap_agent_ctor(void)
 {
         struct ap_thread *t = &ap_tls;
         t->in_hook = 1; /* our own set-up allocations are not the program's */
+        t->own_alloc++;
         ap_session_ensure();
         static int atfork_done;
         if (!atfork_done) {
                 atfork_done = 1;
                 pthread_atfork(NULL, NULL, fork_child);
         }
+        t->own_alloc--;
         t->in_hook = 0;
 }

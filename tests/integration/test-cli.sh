@@ -133,6 +133,15 @@ check_eq "--no-follow exit" 0 $?
 check_eq "--no-follow: only the program's profile" "main.approf" "$(ls *.approf | tr '\n' ' ' | sed 's/ $//')"
 cd .. || exit 1
 
+# --- allocations in a signal handler, many of them interrupting the agent itself ---------
+"$AP" run -q -o sig.approf -- "$BUILD/tests/workloads/signals" >sig.out
+check_eq "signals exit" 0 $?
+hits=$(cat sig.out)
+check_eq "every handler allocation recorded (hits, then leaked)" "$hits $(( (hits + 1) / 2 ))" \
+        "$(json_of sig.approf 'sum(s["allocations"] for s in d["sites"] if s["frames"] and s["frames"][0]["function"] == "handler_alloc"), sum(s["leaked_blocks"] for s in d["sites"] if s["frames"] and s["frames"][0]["function"] == "handler_alloc")')"
+check_eq "signals totals: loop + handler + stdout buffer" "$((3000000 + hits + 1)) 0" \
+        "$(json_of sig.approf 'd["totals"]["allocations"], d["totals"]["dropped_events"]')"
+
 # --- exit statuses and errors -------------------------------------------------------------
 "$AP" run -q -- /nonexistent/prog 2>nf.err
 check_eq "program not found" 127 $?
