@@ -142,6 +142,13 @@ check_eq "every handler allocation recorded (hits, then leaked)" "$hits $(( (hit
 check_eq "signals totals: loop + handler + stdout buffer" "$((3000000 + hits + 1)) 0" \
         "$(json_of sig.approf 'd["totals"]["allocations"], d["totals"]["dropped_events"]')"
 
+# --- 3,000 short-lived threads, a cancelled one, running ones, exit() from a thread -------
+"$AP" run -q -o tm.approf -- "$BUILD/tests/workloads/threads_many"
+check_eq "threads_many exit" 0 $?
+check_eq "per-thread figures exact (allocations, leaked, 200-byte blocks, drops)" "9015 3005 4 0" \
+        "$(json_of tm.approf '" ".join(str(x) for x in (sum(s["allocations"] for s in d["sites"] if s["frames"][0]["function"] == "thread_work"), sum(s["leaked_blocks"] for s in d["sites"] if s["frames"][0]["function"] == "thread_work"), sum(s["allocations"] for s in d["sites"] if s["frames"][0]["function"] == "still_running"), d["totals"]["dropped_events"]))')"
+check_eq "threads that recorded" True "$(json_of tm.approf 'd["totals"]["threads"] >= 3005')"
+
 # --- exit statuses and errors -------------------------------------------------------------
 "$AP" run -q -- /nonexistent/prog 2>nf.err
 check_eq "program not found" 127 $?
