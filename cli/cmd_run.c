@@ -69,6 +69,7 @@ static void usage(FILE *out)
                      "                        allocation, the default); figures become\n"
                      "                        unbiased estimates\n"
                      "      --no-follow       profile PROG only, not the processes it starts\n"
+                     "      --output-dir DIR  write profiles to DIR (default: .)\n"
                      "  -u, --unwind dwarf|fp  how stacks are captured: DWARF unwind tables\n"
                      "                        (default; right for any code) or frame\n"
                      "                        pointers (faster; only for code built with\n"
@@ -213,6 +214,7 @@ int ap_cmd_run(int argc, char **argv)
                 {"sample", required_argument, NULL, 's'},
                 {"unwind", required_argument, NULL, 'u'},
                 {"no-follow", no_argument, NULL, 'F'},
+                {"output-dir", required_argument, NULL, 'D'},
                 {"help", no_argument, NULL, 'h'},
                 {0},
         };
@@ -221,6 +223,7 @@ int ap_cmd_run(int argc, char **argv)
         uint64_t sample = 0;
         const char *unwind = "dwarf";
         bool follow = true;
+        const char *outdir = NULL;
         int c;
 
         optind = 1;
@@ -235,6 +238,9 @@ int ap_cmd_run(int argc, char **argv)
                         break;
                 case 'F':
                         follow = false;
+                        break;
+                case 'D':
+                        outdir = optarg;
                         break;
                 case 'u':
                         if (strcmp(optarg, "dwarf") != 0 && strcmp(optarg, "fp") != 0) {
@@ -271,7 +277,9 @@ int ap_cmd_run(int argc, char **argv)
         char **prog_argv = argv + optind;
         int prog_argc = argc - optind;
 
-        int r = check_output_dir(output ? output : "./x");
+        char *probe = outdir ? ap_asprintf("%s/x", outdir) : NULL;
+        int r = check_output_dir(output ? output : probe ? probe : "./x");
+        free(probe);
         if (r < 0) {
                 fprintf(stderr, "allocprof: cannot write the profile %s%s: %s\n",
                         output ? output : "in the current directory", "", strerror(-r));
@@ -441,8 +449,8 @@ int ap_cmd_run(int argc, char **argv)
                 if (e == main_img && output != NULL) {
                         path = strdup(output);
                 } else {
-                        char *dir = NULL;
-                        if (output != NULL && strchr(output, '/') != NULL) {
+                        char *dir = outdir ? strdup(outdir) : NULL;
+                        if (dir == NULL && output != NULL && strchr(output, '/') != NULL) {
                                 dir = strdup(output);
                                 *strrchr(dir, '/') = '\0';
                         }

@@ -26,6 +26,9 @@ static void usage(FILE *out)
 
 int main(int argc, char **argv)
 {
+        const char *self = strrchr(argv[0], '/') ? strrchr(argv[0], '/') + 1 : argv[0];
+        if (strcmp(self, "cargo-alloc-profile") == 0)
+                return ap_cmd_cargo(argc, argv);
         if (argc < 2) {
                 usage(stderr);
                 return 2;

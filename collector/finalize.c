@@ -123,6 +123,7 @@ static bool is_allocator_function(const char *f)
                 "__rust_",
                 "__rdl_",
                 "__rg_",
+                "alloc::boxed::box_new", /* Box::new's allocation helper */
         };
         for (size_t i = 0; i < sizeof(prefixes) / sizeof(prefixes[0]); i++)
                 if (has_prefix(f, prefixes[i]))
