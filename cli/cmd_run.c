@@ -4,6 +4,7 @@
  *
  * SPDX-License-Identifier: MIT OR Apache-2.0
  */
+#include <elf.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -164,6 +165,76 @@ static char *make_socket_dir(void)
         return tmpl;
 }
 
+/* Finds PROG as execvp would.  Returns a malloc'd path or NULL (not found). */
+static char *which(const char *prog)
+{
+        if (strchr(prog, '/') != NULL)
+                return strdup(prog);
+        const char *path = getenv("PATH");
+        char *copy = strdup(path && *path ? path : "/usr/local/bin:/usr/bin:/bin");
+        char *save = NULL, *found = NULL;
+        for (char *dir = copy ? strtok_r(copy, ":", &save) : NULL; dir && !found;
+             dir = strtok_r(NULL, ":", &save)) {
+                char *cand = ap_asprintf("%s/%s", *dir ? dir : ".", prog);
+                if (cand != NULL && access(cand, X_OK) == 0)
+                        found = cand;
+                else
+                        free(cand);
+        }
+        free(copy);
+        return found;
+}
+
+/* Says, before running it, why PROG cannot be profiled, if it cannot: a statically
+ * linked ELF has no dynamic loader to honour LD_PRELOAD, and the loader ignores
+ * LD_PRELOAD for a set-user-ID or set-group-ID program run by someone else.  Returns
+ * true if a note was printed (the program still runs, unprofiled). */
+static bool note_unprofilable(const char *prog)
+{
+        char *path = which(prog);
+        struct stat st;
+        bool noted = false;
+        if (path == NULL || stat(path, &st) < 0 || !S_ISREG(st.st_mode)) {
+                free(path);
+                return false;
+        }
+        if (((st.st_mode & S_ISUID) && st.st_uid != geteuid()) ||
+            ((st.st_mode & S_ISGID) && st.st_gid != getegid())) {
+                fprintf(stderr, "allocprof: %s is set-user-ID or set-group-ID: the loader ignores "
+                                "LD_PRELOAD for it, so it runs unprofiled\n",
+                        prog);
+                noted = true;
+        }
+        int fd = noted ? -1 : open(path, O_RDONLY | O_CLOEXEC);
+        Elf64_Ehdr eh;
+        if (fd >= 0 && pread(fd, &eh, sizeof(eh), 0) == (ssize_t)sizeof(eh) &&
+            memcmp(eh.e_ident, ELFMAG, SELFMAG) == 0 && eh.e_ident[EI_CLASS] == ELFCLASS64 &&
+            eh.e_phentsize == sizeof(Elf64_Phdr) && eh.e_phnum < 4096) {
+                bool interp = false, dynamic = false;
+                for (unsigned i = 0; i < eh.e_phnum; i++) {
+                        Elf64_Phdr ph;
+                        if (pread(fd, &ph, sizeof(ph), (off_t)(eh.e_phoff + i * sizeof(ph))) !=
+                            (ssize_t)sizeof(ph))
+                                break;
+                        interp |= ph.p_type == PT_INTERP;
+                        dynamic |= ph.p_type == PT_DYNAMIC;
+                }
+                /* An ET_DYN with PT_DYNAMIC but no interpreter is a shared library or a
+                 * static-pie; without an interpreter nobody reads LD_PRELOAD either way. */
+                if (!interp && (eh.e_type == ET_EXEC || eh.e_type == ET_DYN)) {
+                        fprintf(stderr, "allocprof: %s is statically linked: LD_PRELOAD cannot "
+                                        "reach its allocator, so it runs unprofiled\n",
+                                prog);
+                        noted = true;
+                }
+                (void)dynamic;
+        }
+        if (fd >= 0)
+                close(fd);
+        free(path);
+        return noted;
+}
+
 static char *prepend_preload(const char *agent)
 {
         const char *old = getenv("LD_PRELOAD");
@@ -285,6 +356,7 @@ int ap_cmd_run(int argc, char **argv)
                         output ? output : "in the current directory", "", strerror(-r));
                 return 1;
         }
+        bool noted = note_unprofilable(prog_argv[0]);
         char *agent = ap_find_agent();
         if (agent == NULL) {
                 fprintf(stderr, "allocprof: cannot find liballocprof.so next to the allocprof "
@@ -408,7 +480,7 @@ int ap_cmd_run(int argc, char **argv)
                         main_img = &rs.ended[i];
         if (main_img != NULL)
                 ap_process_set_exit(main_img->p, exit_code, term_sig);
-        if (exec_errno == 0 && rs.nended == 0)
+        if (exec_errno == 0 && rs.nended == 0 && !noted)
                 fprintf(stderr,
                         "allocprof: %s never registered with the collector (statically "
                         "linked, setuid, or it cleared LD_PRELOAD): no profile\n",
