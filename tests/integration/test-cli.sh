@@ -149,6 +149,12 @@ check_eq "per-thread figures exact (allocations, leaked, 200-byte blocks, drops)
         "$(json_of tm.approf '" ".join(str(x) for x in (sum(s["allocations"] for s in d["sites"] if s["frames"][0]["function"] == "thread_work"), sum(s["leaked_blocks"] for s in d["sites"] if s["frames"][0]["function"] == "thread_work"), sum(s["allocations"] for s in d["sites"] if s["frames"][0]["function"] == "still_running"), d["totals"]["dropped_events"]))')"
 check_eq "threads that recorded" True "$(json_of tm.approf 'd["totals"]["threads"] >= 3005')"
 
+# --- before main (a library constructor) and after it (atexit, library destructor) --------
+"$AP" run -q -o early.approf -- "$BUILD/tests/workloads/early_late"
+check_eq "early_late exit" 0 $?
+check_eq "allocations before, in and after main" "early_ctor:123 late_dtor:789 main:10 at_exit_handler:456" \
+        "$(json_of early.approf '" ".join(f"{fn}:{b}" for fn, b in sorted(((s["frames"][0]["function"], s["bytes"]) for s in d["sites"] if s["frames"][0]["function"] in ("early_ctor", "late_dtor", "main", "at_exit_handler")), key=lambda x: ["early_ctor", "late_dtor", "main", "at_exit_handler"].index(x[0])))')"
+
 # --- exit statuses and errors -------------------------------------------------------------
 "$AP" run -q -- /nonexistent/prog 2>nf.err
 check_eq "program not found" 127 $?
