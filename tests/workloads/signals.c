@@ -1,8 +1,13 @@
 /* Allocations inside a signal handler: a 1 kHz profiling timer interrupts a loop that
  * allocates and frees without pause (so under a profiler most signals land while the
- * agent is at work), and the handler allocates a 77-byte block each time, freeing every
+ * agent is at work), and the handler allocates a 200-byte block each time, freeing every
  * other one.  The program prints how many times the handler ran: the profile must have
  * exactly that many allocations at handler_alloc, half of them still live at exit.
+ *
+ * glibc's malloc is not async-signal-safe: a signal that lands inside glibc's own malloc
+ * code (not the profiler's) can corrupt its caches.  The loop and the handler use
+ * different size classes (16-40 and 200 bytes) so that the tcache bin the handler uses
+ * is never the one being updated by the interrupted call.
  *
  * SPDX-License-Identifier: MIT OR Apache-2.0
  */
@@ -23,7 +28,7 @@ void churn(long n);
 
 __attribute__((noinline)) void *handler_alloc(void)
 {
-        void *p = malloc(77);
+        void *p = malloc(200);
         __asm__ volatile("" : : "r"(p) : "memory"); /* keep this frame */
         return p;
 }
@@ -45,7 +50,7 @@ static void on_prof(int sig)
 __attribute__((noinline)) void churn(long n)
 {
         for (long i = 0; i < n; i++) {
-                loop_sink = malloc(16 + (size_t)(i & 63));
+                loop_sink = malloc(16 + (size_t)(i % 25));
                 free(loop_sink);
         }
 }
