@@ -4,7 +4,6 @@
  *
  * SPDX-License-Identifier: MIT OR Apache-2.0
  */
-#include <elf.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -42,6 +41,13 @@ struct run_state {
         bool follow; /* profile every process that registers, not only the program */
         pid_t child;
 };
+
+static void on_note(void *userdata, int pid, const char *why)
+{
+        (void)userdata;
+        (void)pid;
+        fprintf(stderr, "allocprof: %s\n", why);
+}
 
 static bool on_register(void *userdata, pid_t pid)
 {
@@ -185,54 +191,22 @@ static char *which(const char *prog)
         return found;
 }
 
-/* Says, before running it, why PROG cannot be profiled, if it cannot: a statically
- * linked ELF has no dynamic loader to honour LD_PRELOAD, and the loader ignores
- * LD_PRELOAD for a set-user-ID or set-group-ID program run by someone else.  Returns
- * true if a note was printed (the program still runs, unprofiled). */
+/* Says, before running it, why PROG cannot be profiled, if it cannot.  Returns true if a
+ * note was printed (the program still runs, unprofiled). */
 static bool note_unprofilable(const char *prog)
 {
         char *path = which(prog);
-        struct stat st;
-        bool noted = false;
-        if (path == NULL || stat(path, &st) < 0 || !S_ISREG(st.st_mode)) {
-                free(path);
-                return false;
-        }
-        if (((st.st_mode & S_ISUID) && st.st_uid != geteuid()) ||
-            ((st.st_mode & S_ISGID) && st.st_gid != getegid())) {
+        int why = path ? ap_exe_unprofilable(path) : 0;
+        free(path);
+        if (why == 1)
+                fprintf(stderr, "allocprof: %s is statically linked: LD_PRELOAD cannot reach its "
+                                "allocator, so it runs unprofiled\n",
+                        prog);
+        else if (why == 2)
                 fprintf(stderr, "allocprof: %s is set-user-ID or set-group-ID: the loader ignores "
                                 "LD_PRELOAD for it, so it runs unprofiled\n",
                         prog);
-                noted = true;
-        }
-        int fd = noted ? -1 : open(path, O_RDONLY | O_CLOEXEC);
-        Elf64_Ehdr eh;
-        if (fd >= 0 && pread(fd, &eh, sizeof(eh), 0) == (ssize_t)sizeof(eh) &&
-            memcmp(eh.e_ident, ELFMAG, SELFMAG) == 0 && eh.e_ident[EI_CLASS] == ELFCLASS64 &&
-            eh.e_phentsize == sizeof(Elf64_Phdr) && eh.e_phnum < 4096) {
-                bool interp = false, dynamic = false;
-                for (unsigned i = 0; i < eh.e_phnum; i++) {
-                        Elf64_Phdr ph;
-                        if (pread(fd, &ph, sizeof(ph), (off_t)(eh.e_phoff + i * sizeof(ph))) !=
-                            (ssize_t)sizeof(ph))
-                                break;
-                        interp |= ph.p_type == PT_INTERP;
-                        dynamic |= ph.p_type == PT_DYNAMIC;
-                }
-                /* An ET_DYN with PT_DYNAMIC but no interpreter is a shared library or a
-                 * static-pie; without an interpreter nobody reads LD_PRELOAD either way. */
-                if (!interp && (eh.e_type == ET_EXEC || eh.e_type == ET_DYN)) {
-                        fprintf(stderr, "allocprof: %s is statically linked: LD_PRELOAD cannot "
-                                        "reach its allocator, so it runs unprofiled\n",
-                                prog);
-                        noted = true;
-                }
-                (void)dynamic;
-        }
-        if (fd >= 0)
-                close(fd);
-        free(path);
-        return noted;
+        return why != 0;
 }
 
 static char *prepend_preload(const char *agent)
@@ -249,10 +223,8 @@ static __attribute__((noreturn)) void exec_child(char **argv, const char *preloa
                                                  uint64_t sample, const char *unwind, int err_fd,
                                                  const sigset_t *orig_mask)
 {
-        signal(SIGINT, SIG_DFL);
-        signal(SIGTERM, SIG_DFL);
-        signal(SIGHUP, SIG_DFL);
-        signal(SIGQUIT, SIG_DFL);
+        /* The parent only blocked signals (for its signalfd); dispositions are untouched,
+         * so the program inherits exactly what allocprof was given, ignored ones too. */
         sigprocmask(SIG_SETMASK, orig_mask, NULL);
         char sample_str[32];
         snprintf(sample_str, sizeof(sample_str), "%llu", (unsigned long long)sample);
@@ -376,8 +348,10 @@ int ap_cmd_run(int argc, char **argv)
         struct ap_collector *coll = NULL;
         char *err = NULL;
         r = ap_collector_new(sock, on_done, &rs, &coll, &err);
-        if (r >= 0)
+        if (r >= 0) {
                 ap_collector_set_accept(coll, on_register, &rs);
+                ap_collector_set_note(coll, on_note, &rs);
+        }
         if (r < 0) {
                 fprintf(stderr, "allocprof: cannot start the collector: %s\n", err);
                 free(err);
@@ -476,7 +450,7 @@ int ap_cmd_run(int argc, char **argv)
         /* The main program's profile is its last image (after any exec). */
         struct ended *main_img = NULL;
         for (size_t i = 0; i < rs.nended; i++)
-                if (ap_process_pid(rs.ended[i].p) == child && !rs.ended[i].by_exec)
+                if (ap_process_pid(rs.ended[i].p) == child) /* its last image */
                         main_img = &rs.ended[i];
         if (main_img != NULL)
                 ap_process_set_exit(main_img->p, exit_code, term_sig);

@@ -30,7 +30,11 @@ struct tracked {
         struct ap_process *p;
         int pidfd; /* -1 if the process was already gone at registration */
         bool ended;
+        char *exe; /* /proc/PID/exe at registration, to notice an exec we cannot follow */
 };
+
+/* How often registered processes are checked for an exec into an unprofilable image. */
+#define EXE_CHECK_NS (100ull * 1000 * 1000)
 
 struct ap_collector {
         int listen_fd;
@@ -46,7 +50,27 @@ struct ap_collector {
         bool busy; /* the last round moved data: poll briefly */
         ap_collector_accept_fn accept;
         void *accept_userdata;
+        ap_collector_note_fn note;
+        void *note_userdata;
+        uint64_t exe_checked;
 };
+
+void ap_collector_set_note(struct ap_collector *c, ap_collector_note_fn fn, void *userdata)
+{
+        c->note = fn;
+        c->note_userdata = userdata;
+}
+
+static char *proc_exe(pid_t pid)
+{
+        char link[64], buf[4096];
+        snprintf(link, sizeof(link), "/proc/%d/exe", (int)pid);
+        ssize_t n = readlink(link, buf, sizeof(buf) - 1);
+        if (n <= 0)
+                return NULL;
+        buf[n] = '\0';
+        return strdup(buf);
+}
 
 void ap_collector_set_accept(struct ap_collector *c, ap_collector_accept_fn fn, void *userdata)
 {
@@ -99,6 +123,7 @@ void ap_collector_free(struct ap_collector *c)
         for (size_t i = 0; i < c->nprocs; i++) {
                 if (c->procs[i].pidfd >= 0)
                         close(c->procs[i].pidfd);
+                free(c->procs[i].exe);
                 ap_process_free(c->procs[i].p);
         }
         free(c->procs);
@@ -145,6 +170,7 @@ static void retire(struct ap_collector *c, size_t i, bool by_exec)
                 ;
         if (t.pidfd >= 0)
                 close(t.pidfd);
+        free(t.exe);
         c->done(c->userdata, t.p, by_exec);
 }
 
@@ -176,7 +202,8 @@ static bool register_process(struct ap_collector *c, int memfd, pid_t pid,
                 return false;
         }
         int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
-        c->procs[c->nprocs++] = (struct tracked){.p = p, .pidfd = pidfd, .ended = pidfd < 0};
+        c->procs[c->nprocs++] = (struct tracked){
+                .p = p, .pidfd = pidfd, .ended = pidfd < 0, .exe = proc_exe(pid)};
         return true;
 }
 
@@ -297,6 +324,31 @@ int ap_collector_step(struct ap_collector *c, int timeout_ms, int extra_fd)
                         c->procs[i].ended = true;
         if (r > 0 && (c->pfds[0].revents & POLLIN))
                 accept_all(c);
+
+        /* An image that exec'ed a program which will never register (static, setuid) is
+         * over: finalize it now and say why nothing follows. */
+        if (now - c->exe_checked > EXE_CHECK_NS) {
+                c->exe_checked = now;
+                for (size_t i = c->nprocs; i-- > 0;) {
+                        struct tracked *tp = &c->procs[i];
+                        char *exe = tp->exe && !tp->ended ? proc_exe(ap_process_pid(tp->p)) : NULL;
+                        int why = exe && strcmp(exe, tp->exe) != 0 ? ap_exe_unprofilable(exe) : 0;
+                        if (why != 0 && c->note != NULL) {
+                                char *msg = ap_asprintf(
+                                        "pid %d exec'ed %s, which is %s: not profiled from there on",
+                                        (int)ap_process_pid(tp->p), exe,
+                                        why == 1 ? "statically linked" : "set-user-ID");
+                                if (msg != NULL)
+                                        c->note(c->note_userdata, (int)ap_process_pid(tp->p), msg);
+                                free(msg);
+                        }
+                        free(exe);
+                        if (why != 0) {
+                                ap_process_set_exit(tp->p, -1, 0);
+                                retire(c, i, true);
+                        }
+                }
+        }
 
         long moved = 0;
         for (size_t i = 0; i < c->nprocs; i++)

@@ -24,6 +24,11 @@ typedef void (*ap_collector_done_fn)(void *userdata, struct ap_process *p, bool 
 int ap_collector_new(const char *socket_path, ap_collector_done_fn done, void *userdata,
                      struct ap_collector **ret, char **err);
 
+/* Called when a profiled process exec'ed a program the agent cannot follow (statically
+ * linked, or set-user-ID): `why` is one line without a trailing newline. */
+typedef void (*ap_collector_note_fn)(void *userdata, int pid, const char *why);
+void ap_collector_set_note(struct ap_collector *c, ap_collector_note_fn fn, void *userdata);
+
 /* Decides whether a registering process is profiled (true) or told to record nothing.
  * Without a filter every process of an allowed user is accepted. */
 typedef bool (*ap_collector_accept_fn)(void *userdata, pid_t pid);

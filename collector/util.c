@@ -2,11 +2,13 @@
  *
  * SPDX-License-Identifier: MIT OR Apache-2.0
  */
+#include <elf.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -236,4 +238,36 @@ double ap_ns_per_tick(void)
         } while (n1 - n0 < 2000000);
         cached = t1 > t0 ? (double)(n1 - n0) / (double)(t1 - t0) : 1.0;
         return cached;
+}
+
+int ap_exe_unprofilable(const char *path)
+{
+        struct stat st;
+        if (stat(path, &st) < 0 || !S_ISREG(st.st_mode))
+                return 0;
+        if (((st.st_mode & S_ISUID) && st.st_uid != geteuid()) ||
+            ((st.st_mode & S_ISGID) && st.st_gid != getegid()))
+                return 2;
+        int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+        if (fd < 0)
+                return 0;
+        Elf64_Ehdr eh;
+        int r = 0;
+        if (pread(fd, &eh, sizeof(eh), 0) == (ssize_t)sizeof(eh) &&
+            memcmp(eh.e_ident, ELFMAG, SELFMAG) == 0 && eh.e_ident[EI_CLASS] == ELFCLASS64 &&
+            eh.e_phentsize == sizeof(Elf64_Phdr) && eh.e_phnum < 4096 &&
+            (eh.e_type == ET_EXEC || eh.e_type == ET_DYN)) {
+                bool interp = false;
+                for (unsigned i = 0; i < eh.e_phnum; i++) {
+                        Elf64_Phdr ph;
+                        if (pread(fd, &ph, sizeof(ph), (off_t)(eh.e_phoff + i * sizeof(ph))) !=
+                            (ssize_t)sizeof(ph))
+                                break;
+                        interp |= ph.p_type == PT_INTERP;
+                }
+                /* No interpreter: nothing reads LD_PRELOAD (static or static-pie). */
+                r = interp ? 0 : 1;
+        }
+        close(fd);
+        return r;
 }

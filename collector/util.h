@@ -57,6 +57,11 @@ uint64_t ap_monotonic_ns(void);
 double ap_ns_per_tick(void);
 uint64_t ap_realtime_ns(void);
 
+/* Why the executable at path cannot be profiled by an LD_PRELOAD agent: 0 it can (or we
+ * cannot tell), 1 statically linked (no dynamic loader), 2 set-user-ID or set-group-ID
+ * of another user (the loader ignores LD_PRELOAD). */
+int ap_exe_unprofilable(const char *path);
+
 /* Reads a whole small file (e.g. /proc/PID/cmdline).  Returns bytes read or -errno;
  * *ret is malloc'd and NUL-terminated. */
 ssize_t ap_read_file(const char *path, char **ret, size_t max);

@@ -189,6 +189,15 @@ if printf 'int main(void){return 5;}\n' >st.c && cc -static -o static st.c 2>/de
         check_contains "static program message" static.err "is statically linked: LD_PRELOAD cannot reach its allocator"
         checks=$((checks + 1))
         [ ! -e static.approf ] || fail "a profile was written for a static program"
+        # ... and exec'ed by a profiled program: a note, the run goes on
+        printf '#include <unistd.h>\nint main(void){usleep(400000);return 6;}\n' >sts.c
+        if cc -static -o static-sleeper sts.c 2>/dev/null; then
+                "$AP" run -q -o sh-static.approf -- sh -c "exec ./static-sleeper" 2>shst.err
+                check_eq "exec of a static program: its status" 6 $?
+                check_contains "exec of a static program: note" shst.err "exec'ed $T/static-sleeper, which is statically linked: not profiled from there on"
+                checks=$((checks + 1))
+                [ -s sh-static.approf ] || fail "no profile for the shell that exec'ed the static program"
+        fi
 fi
 
 # A set-user-ID program of another user: the loader drops LD_PRELOAD; say so, run it.
