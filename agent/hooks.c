@@ -132,7 +132,7 @@ static AP_SLOW void free_record(struct ap_thread *t, void *p)
 {
         int e = errno;
         t->in_hook = 1;
-        ap_record_free(p, ap_clock_ticks());
+        ap_record_free(p, ap_clock_ticks_early());
         t->in_hook = 0;
         errno = e;
 }
@@ -142,7 +142,7 @@ static AP_SLOW void free_sampled(struct ap_thread *t, void *p)
         int e = errno;
         t->in_hook = 1;
         if (ap_sampled_forget(p))
-                ap_record_free(p, ap_clock_ticks());
+                ap_record_free(p, ap_clock_ticks_early());
         t->in_hook = 0;
         errno = e;
 }
@@ -229,7 +229,7 @@ AP_EXPORT void *realloc(void *old, size_t size)
         if (mode == AP_MODE_FULL) {
                 /* old may be reused by other threads from inside the real realloc: its
                  * end is stamped before. */
-                uint64_t ts = ap_clock_ticks();
+                uint64_t ts = ap_clock_ticks_early();
                 void *p = __libc_realloc(old, size);
                 if (p != NULL)
                         realloc_full(t, old, p, size, ts);
@@ -237,7 +237,7 @@ AP_EXPORT void *realloc(void *old, size_t size)
         }
         if (mode == AP_MODE_SAMPLED && ap_sampled_maybe(old) && ap_sampled_contains(old)) {
                 /* A sampled block: it ends only if the realloc succeeds. */
-                uint64_t ts = ap_clock_ticks();
+                uint64_t ts = ap_clock_ticks_early();
                 void *p = __libc_realloc(old, size);
                 if (p != NULL) {
                         int e = errno;

@@ -514,7 +514,7 @@ AP_HIDDEN void ap_nested_free(void *p)
                 if (w != NULL) {
                         struct ap_rec_free *r = (struct ap_rec_free *)w;
                         r->hdr = (struct ap_rec_hdr){.type = AP_REC_FREE, .nwords = sizeof(*r) / 8};
-                        r->ts = ap_clock_ticks();
+                        r->ts = ap_clock_ticks_early();
                         r->addr = (uint64_t)(uintptr_t)p;
                         ap_ring_commit(&t->npr, sizeof(*r));
                 }

@@ -19,6 +19,14 @@ enum ap_clock_kind {
 #if defined(__x86_64__)
 #include <x86intrin.h>
 #define AP_CLOCK_KIND AP_CLOCK_TSC
+/* Unordered read, for the timestamp of a free taken before the real free: executing
+ * early only makes it smaller, and it cannot become visible after the free's own stores
+ * (they retire after it).  Saves the fence, about 25 ns, on every free. */
+static inline uint64_t ap_clock_ticks_early(void)
+{
+        return __rdtsc();
+}
+
 static inline uint64_t ap_clock_ticks(void)
 {
         /* Ordered like the kernel's rdtsc_ordered(): a bare rdtsc may execute before the
@@ -35,6 +43,11 @@ static inline uint64_t ap_clock_ticks(void)
         struct timespec ts;
         clock_gettime(CLOCK_MONOTONIC, &ts);
         return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static inline uint64_t ap_clock_ticks_early(void)
+{
+        return ap_clock_ticks();
 }
 #endif
 
