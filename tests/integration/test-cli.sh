@@ -127,6 +127,17 @@ check_eq "report --all merges the run" "5 True" "$(json all.json 'd["process"]["
 check_eq "report --all shows the program" 0 "$(json all.json 'd["process"]["exit_status"]')"
 "$AP" report main.approf allocprof.forker.*.approf --json >two.json
 check_eq "report FILE FILE merges" "4 25" "$(json two.json 'd["process"]["merged_from"], d["totals"]["allocations"]')"
+cd .. && mkdir spawn && cd spawn || exit 1
+"$AP" run -q -o main.approf -- "$BUILD/tests/workloads/spawner"
+check_eq "spawner exit" 0 $?
+check_eq "posix_spawn, vfork and system() each profiled" "3 1" \
+        "$(ls allocprof.true.*.approf 2>/dev/null | wc -l) $(ls allocprof.*sh.*.approf 2>/dev/null | wc -l)"
+check_eq "spawner's own block" "1 33" "$(json_of main.approf 'd["totals"]["allocations"], d["totals"]["bytes"]')"
+cd .. && mkdir pipeline && cd pipeline || exit 1
+out=$("$AP" run -q -o main.approf -- sh -c 'seq 100 | sort -rn | head -1')
+check_eq "pipeline output and exit" "100 0" "$out $?"
+check_eq "every program of the pipeline profiled" "1 1 1" \
+        "$(ls allocprof.seq.*.approf | wc -l) $(ls allocprof.sort.*.approf | wc -l) $(ls allocprof.head.*.approf | wc -l)"
 cd .. && mkdir nofollow && cd nofollow || exit 1
 "$AP" run -q --no-follow -o main.approf -- "$BUILD/tests/workloads/forker"
 check_eq "--no-follow exit" 0 $?
