@@ -4,6 +4,7 @@
  * SPDX-License-Identifier: MIT OR Apache-2.0
  */
 #include "report.h"
+#include "util.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -1082,34 +1083,6 @@ out:
  * layout is fixed, one value per line, except that each frame, module, histogram bucket
  * and timeline point is one line of its own. */
 
-/* Length of the valid UTF-8 sequence at s (no overlongs, surrogates or values above
- * U+10FFFF), or 0. */
-static size_t utf8_len(const unsigned char *s)
-{
-        unsigned c = s[0];
-        uint32_t cp;
-        size_t n;
-
-        if (c < 0x80)
-                return 1;
-        if (c >= 0xc2 && c <= 0xdf)
-                n = 2, cp = c & 0x1f;
-        else if (c >= 0xe0 && c <= 0xef)
-                n = 3, cp = c & 0x0f;
-        else if (c >= 0xf0 && c <= 0xf4)
-                n = 4, cp = c & 0x07;
-        else
-                return 0;
-        for (size_t i = 1; i < n; i++) {
-                if ((s[i] & 0xc0) != 0x80) /* also stops at the terminating NUL */
-                        return 0;
-                cp = (cp << 6) | (s[i] & 0x3f);
-        }
-        if ((n == 3 && cp < 0x800) || (n == 4 && cp < 0x10000) || cp > 0x10ffff ||
-            (cp >= 0xd800 && cp <= 0xdfff))
-                return 0;
-        return n;
-}
 
 /* A JSON string, or null.  Control characters (C0, DEL, C1) are escaped, so the report is
  * safe to cat to a terminal; invalid UTF-8 becomes U+FFFD so it is always valid JSON. */
@@ -1123,7 +1096,7 @@ static void json_str(FILE *f, const char *s)
         }
         fputc('"', f);
         while (*u) {
-                size_t n = utf8_len(u);
+                size_t n = ap_utf8_len(u);
 
                 if (n == 0) {
                         fputs("\xef\xbf\xbd", f);

@@ -5,6 +5,7 @@
  * SPDX-License-Identifier: MIT OR Apache-2.0
  */
 #include "profile.h"
+#include "util.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -262,34 +263,6 @@ static json_t *jaddr(uint64_t a)
         return json_string(buf);
 }
 
-/* Length of the valid UTF-8 sequence at s (same rules as jansson: no overlongs, no
- * surrogates, <= U+10FFFF), or 0 if invalid. */
-static size_t utf8_seq_len(const unsigned char *s)
-{
-        unsigned c = s[0];
-        size_t n;
-        uint32_t cp;
-
-        if (c < 0x80)
-                return 1;
-        if (c >= 0xc2 && c <= 0xdf)
-                n = 2, cp = c & 0x1f;
-        else if (c >= 0xe0 && c <= 0xef)
-                n = 3, cp = c & 0x0f;
-        else if (c >= 0xf0 && c <= 0xf4)
-                n = 4, cp = c & 0x07;
-        else
-                return 0;
-        for (size_t i = 1; i < n; i++) {
-                if ((s[i] & 0xc0) != 0x80) /* also stops at the terminating NUL */
-                        return 0;
-                cp = (cp << 6) | (s[i] & 0x3f);
-        }
-        if ((n == 3 && cp < 0x800) || (n == 4 && cp < 0x10000) || cp > 0x10ffff ||
-            (cp >= 0xd800 && cp <= 0xdfff))
-                return 0;
-        return n;
-}
 
 static json_t *jstr(const char *s)
 {
@@ -307,7 +280,7 @@ static json_t *jstr(const char *s)
                 return NULL;
         o = clean;
         for (const unsigned char *in = (const unsigned char *)s; *in;) {
-                size_t n = utf8_seq_len(in);
+                size_t n = ap_utf8_len(in);
 
                 if (n == 0) {
                         memcpy(o, "\xef\xbf\xbd", 3);

@@ -15,6 +15,7 @@
 #include <gelf.h>
 #include <libiberty/demangle.h>
 #include <limits.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -842,13 +843,17 @@ static int ensure_dwarf(struct sym_module *m)
         return r;
 }
 
-/* Binary searches for the last entry with lo <= pc; returns n when there is none. */
-static size_t cu_range_at(const struct cu_range *v, size_t n, Dwarf_Addr pc)
+/* Binary searches an array of n elements of `stride` bytes, sorted by the Dwarf_Addr
+ * `lo` each starts with (struct cu_range, struct func_range), for the last one with
+ * lo <= pc; returns n when there is none. */
+static size_t range_at(const void *v, size_t n, size_t stride, Dwarf_Addr pc)
 {
         size_t lo = 0, hi = n;
         while (lo < hi) {
                 size_t mid = lo + (hi - lo) / 2;
-                if (v[mid].lo <= pc)
+                Dwarf_Addr start;
+                memcpy(&start, (const char *)v + mid * stride, sizeof(start));
+                if (start <= pc)
                         lo = mid + 1;
                 else
                         hi = mid;
@@ -856,22 +861,12 @@ static size_t cu_range_at(const struct cu_range *v, size_t n, Dwarf_Addr pc)
         return lo == 0 ? n : lo - 1;
 }
 
-static size_t func_range_at(const struct func_range *v, size_t n, Dwarf_Addr pc)
-{
-        size_t lo = 0, hi = n;
-        while (lo < hi) {
-                size_t mid = lo + (hi - lo) / 2;
-                if (v[mid].lo <= pc)
-                        lo = mid + 1;
-                else
-                        hi = mid;
-        }
-        return lo == 0 ? n : lo - 1;
-}
+_Static_assert(offsetof(struct cu_range, lo) == 0, "range_at reads lo first");
+_Static_assert(offsetof(struct func_range, lo) == 0, "range_at reads lo first");
 
 static struct cu_info *find_cu(struct sym_module *m, Dwarf_Addr pc)
 {
-        size_t i = cu_range_at(m->cu_ranges, m->ncu_ranges, pc);
+        size_t i = range_at(m->cu_ranges, m->ncu_ranges, sizeof(*m->cu_ranges), pc);
         if (i == m->ncu_ranges || pc >= m->cu_ranges[i].hi)
                 return NULL;
         return &m->cus[m->cu_ranges[i].cu];
@@ -964,7 +959,7 @@ static int find_function(struct cu_info *ci, Dwarf_Addr pc, Dwarf_Die **ret)
                         qsort(ci->funcs, ci->nfuncs, sizeof(*ci->funcs), cmp_func_range);
                 ci->indexed = true;
         }
-        size_t i = func_range_at(ci->funcs, ci->nfuncs, pc);
+        size_t i = range_at(ci->funcs, ci->nfuncs, sizeof(*ci->funcs), pc);
         if (i != ci->nfuncs && pc < ci->funcs[i].hi)
                 *ret = &ci->funcs[i].die;
         return 0;

@@ -45,6 +45,10 @@ static inline uint64_t ap_mix64(uint64_t x)
 
 uint64_t ap_hash_bytes(const void *p, size_t n);
 
+/* Length of the valid UTF-8 sequence at s (the rules jansson applies: no overlongs, no
+ * surrogates, nothing above U+10FFFF), or 0 if it is not one.  Stops at a NUL. */
+size_t ap_utf8_len(const unsigned char *s);
+
 /* malloc'd formatted string, or NULL on OOM. */
 char *ap_asprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
