@@ -52,7 +52,8 @@ struct ap_thread {
         struct ap_producer npr;
         uint64_t ngen;
         int nested_busy;
-        int exited; /* thread-exit destructor has run */
+        uintptr_t stack_hi; /* top of this thread's stack (0 = unknown), bounds fp walks */
+        int exited;         /* thread-exit destructor has run */
 };
 extern AP_HIDDEN AP_TLS __thread struct ap_thread ap_tls;
 

@@ -259,6 +259,8 @@ static uint8_t *ring_reserve(struct ap_thread *t, struct ap_shm_header *h, uint3
         }
 }
 
+static void learn_stack_top(struct ap_thread *t);
+
 /* Returns the thread's ring, claiming a slot on first use.  NULL: no slot (counted). */
 static inline struct ap_shm_header *thread_ring(struct ap_thread *t)
 {
@@ -271,6 +273,8 @@ static inline struct ap_shm_header *thread_ring(struct ap_thread *t)
                         ap_count(AP_CNT_DROP_NO_SLOT, 1);
                         return NULL;
                 }
+                if (t->stack_hi == 0)
+                        learn_stack_top(t);
                 extern AP_HIDDEN void ap_thread_started(void);
                 /* pthread_setspecific may allocate its key block: ours, not the program's */
                 t->own_alloc++;
@@ -284,21 +288,44 @@ static inline struct ap_shm_header *thread_ring(struct ap_thread *t)
 
 #define CAPTURE_MAX (AP_MAX_FRAMES + 8)
 
-/* Captures the caller's stack without the agent's own frames.  Returns the depth. */
-/* Frame-pointer walk (ALLOCPROF_UNWIND=fp): a few loads per frame instead of a DWARF
- * unwind, but it is only right for code built with frame pointers; through code without
- * them (Debian's libc, for one) the chain ends early or skips callers.  Each step must
- * move up the stack by less than 1 MiB, stay aligned and yield a return address inside a
- * known module, else the walk stops: a garbage rbp is never followed far. */
-#define FP_MAX_STEP (1u << 20)
+/* Frame-pointer walk (ALLOCPROF_UNWIND=fp, and the stacks of signal handlers that
+ * interrupt the agent): a few loads per frame instead of a DWARF unwind, but only right
+ * for code built with frame pointers; through code without them the chain ends early.
+ * A garbage rbp must never be followed into unmapped memory: each step must move up by
+ * less than 256 KiB, stay aligned, stay below the top of the thread's stack (when known)
+ * and yield a return address inside a known module. */
+#define FP_MAX_STEP (256u << 10)
 AP_HIDDEN int ap_unwind_fp;
+extern void *__libc_stack_end; /* ld.so: the main thread's stack top at start-up */
+
+/* Learns the top of the calling thread's stack, from a normal (non-signal) hook. */
+static void learn_stack_top(struct ap_thread *t)
+{
+        if ((pid_t)syscall(SYS_gettid) == getpid()) {
+                t->stack_hi = (uintptr_t)__libc_stack_end;
+                return;
+        }
+        pthread_attr_t a;
+        void *lo;
+        size_t size;
+        t->own_alloc++; /* glibc allocates a cpu set for the attributes */
+        if (pthread_getattr_np(pthread_self(), &a) == 0) {
+                if (pthread_attr_getstack(&a, &lo, &size) == 0)
+                        t->stack_hi = (uintptr_t)lo + size;
+                pthread_attr_destroy(&a);
+        }
+        t->own_alloc--;
+}
 
 static __attribute__((noinline)) uint32_t capture_fp(uint64_t *out)
 {
         const uintptr_t *fp = __builtin_frame_address(0);
+        uintptr_t top = ap_tls.stack_hi ? ap_tls.stack_hi : UINTPTR_MAX;
         uint32_t depth = 0;
         bool ours = true;
         for (int i = 0; i < CAPTURE_MAX && depth < AP_MAX_FRAMES; i++) {
+                if ((uintptr_t)(fp + 2) > top)
+                        break;
                 uintptr_t next = fp[0], ret = fp[1];
                 if (ret == 0)
                         break;
