@@ -15,13 +15,18 @@ static void usage(FILE *out)
                 "Usage: allocprof COMMAND [OPTIONS]\n"
                 "\n"
                 "Commands:\n"
-                "  run [-o FILE] [-q] -- PROG [ARGS...]   profile PROG's heap allocations\n"
-                "  report [FILE] [--json] [--top N] [--sort allocations|bytes|leaked|peak]\n"
-                "                                         show a profile (default: newest in .)\n"
-                "  help                                   this text\n"
-                "  version                                print the version\n"
+                "  run [-o FILE] [-q] [--sample BYTES] [--unwind dwarf|fp] [--no-follow]\n"
+                "      [--output-dir DIR] -- PROG [ARGS...]\n"
+                "                          profile PROG (and the processes it starts)\n"
+                "  report [FILE|PID]... [--all] [--json] [--top N]\n"
+                "      [--sort allocations|bytes|leaked|peak] [--color|--no-color]\n"
+                "                          show a profile (default: the newest one here);\n"
+                "                          several, or --all of one run, are merged\n"
+                "  help                    this text\n"
+                "  version                 print the version\n"
                 "\n"
-                "See USAGE.md for every option and the JSON schema.\n");
+                "Installed as cargo-alloc-profile it is also 'cargo alloc-profile\n"
+                "run|test|bench'.  See USAGE.md for every option and the JSON schema.\n");
 }
 
 int main(int argc, char **argv)
