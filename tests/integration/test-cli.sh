@@ -239,6 +239,22 @@ checks=$((checks + 1))
 [ -s sleep.approf ] || fail "no profile after SIGTERM"
 check_eq "sleep profile exit status" 143 "$("$AP" report sleep.approf --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["process"]["exit_status"])')"
 
+# --- allocprofd: the same collector as a service in the foreground -----------------------
+mkdir -m 700 daemon
+"$BUILD/collector/allocprofd" --socket "$T/daemon/sock" --output-dir "$T/daemon" 2>daemon.log &
+dpid=$!
+for i in 1 2 3 4 5 6 7 8 9 10; do [ -S daemon/sock ] && break; sleep 0.1; done
+LD_PRELOAD="$AGENT" ALLOCPROF_SOCKET="$T/daemon/sock" "$SIMPLE"
+check_eq "program under allocprofd exit" 0 $?
+for i in $(seq 1 30); do ls daemon/allocprof.simple.*.approf >/dev/null 2>&1 && break; sleep 0.1; done
+kill -TERM "$dpid"
+wait "$dpid"
+check_eq "allocprofd exits 0 on SIGTERM" 0 $?
+check_eq "allocprofd wrote the profile" "3 1" \
+        "$(json_of "$(ls daemon/allocprof.simple.*.approf | head -1)" 'd["totals"]["allocations"], d["totals"]["leaked_blocks"]')"
+checks=$((checks + 1))
+[ ! -e daemon/sock ] || fail "allocprofd left its socket behind"
+
 # --- the agent exports the malloc family and nothing else -------------------------------
 exported=$(nm -D --defined-only "$AGENT" | awk '$2 ~ /[TW]/ {print $3}' | sort | tr '\n' ' ')
 check_eq "agent exports" "aligned_alloc calloc free malloc memalign posix_memalign pvalloc realloc reallocarray valloc " "$exported"
