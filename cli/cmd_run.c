@@ -24,6 +24,7 @@
 #include "server.h"
 #include "symbolize.h"
 #include "util.h"
+#include "warm.h"
 
 /* After the program exits, how long to wait for its descendants' images to end. */
 #define DESCENDANT_GRACE_NS (500ull * 1000 * 1000)
@@ -199,12 +200,14 @@ static bool note_unprofilable(const char *prog)
         int why = path ? ap_exe_unprofilable(path) : 0;
         free(path);
         if (why == 1)
-                fprintf(stderr, "allocprof: %s is statically linked: LD_PRELOAD cannot reach its "
-                                "allocator, so it runs unprofiled\n",
+                fprintf(stderr,
+                        "allocprof: %s is statically linked: LD_PRELOAD cannot reach its "
+                        "allocator, so it runs unprofiled\n",
                         prog);
         else if (why == 2)
-                fprintf(stderr, "allocprof: %s is set-user-ID or set-group-ID: the loader ignores "
-                                "LD_PRELOAD for it, so it runs unprofiled\n",
+                fprintf(stderr,
+                        "allocprof: %s is set-user-ID or set-group-ID: the loader ignores "
+                        "LD_PRELOAD for it, so it runs unprofiled\n",
                         prog);
         return why != 0;
 }
@@ -348,9 +351,14 @@ int ap_cmd_run(int argc, char **argv)
         struct ap_collector *coll = NULL;
         char *err = NULL;
         r = ap_collector_new(sock, on_done, &rs, &coll, &err);
+        /* The symbolizer warms up (loads debug information) while the program runs. */
+        struct ap_symbolizer *sym = NULL;
+        struct ap_warmer *warmer = NULL;
         if (r >= 0) {
                 ap_collector_set_accept(coll, on_register, &rs);
                 ap_collector_set_note(coll, on_note, &rs);
+                if (ap_symbolizer_new(&sym) == 0 && ap_warmer_start(sym, &warmer) == 0)
+                        ap_collector_set_warmer(coll, warmer);
         }
         if (r < 0) {
                 fprintf(stderr, "allocprof: cannot start the collector: %s\n", err);
@@ -460,8 +468,8 @@ int ap_cmd_run(int argc, char **argv)
                         "linked, setuid, or it cleared LD_PRELOAD): no profile\n",
                         prog_argv[0]);
 
-        struct ap_symbolizer *sym = NULL;
-        if (rs.nended > 0 && ap_symbolizer_new(&sym) < 0) {
+        ap_warmer_stop(warmer); /* from here on the symbolizer is ours alone */
+        if (rs.nended > 0 && sym == NULL && ap_symbolizer_new(&sym) < 0) {
                 fprintf(stderr, "allocprof: out of memory\n");
                 return ret ? ret : 1;
         }

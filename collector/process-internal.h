@@ -33,6 +33,7 @@ struct ap_cmodule {
         uint32_t build_id_len;
         uint64_t bias, lo, hi;
         uint64_t load_ts, unload_ts; /* unload_ts 0 = still loaded */
+        bool used; /* some stack has an address in it: worth opening its debug info early */
 };
 
 
@@ -75,6 +76,8 @@ struct ap_process {
         struct ap_cmodule *modules;
         size_t nmodules, modules_cap;
         uint64_t modules_read; /* bytes of the module log consumed */
+        uint32_t *new_used;    /* modules that became `used`, not yet taken (see process.h) */
+        size_t nnew_used, new_used_cap;
 
         /* live blocks: addr -> index into live[] (+1); freed entries recycled */
         struct ap_live_table live;

@@ -113,6 +113,7 @@ void ap_process_free(struct ap_process *p)
         for (size_t i = 0; i < p->nmodules; i++)
                 free(p->modules[i].path);
         free(p->modules);
+        free(p->new_used);
         ap_live_clear(&p->live);
         free(p->timeline);
         for (int i = 0; i < p->argc; i++)
@@ -156,6 +157,18 @@ void ap_process_set_exit(struct ap_process *p, int exit_code, int term_signal)
 {
         p->exit_code = exit_code;
         p->term_signal = term_signal;
+}
+
+void ap_process_take_new_modules(struct ap_process *p,
+                                 void (*fn)(void *ud, const char *path, const uint8_t *build_id,
+                                            size_t build_id_len),
+                                 void *ud)
+{
+        for (size_t i = 0; i < p->nnew_used; i++) {
+                const struct ap_cmodule *m = &p->modules[p->new_used[i]];
+                fn(ud, m->path, m->build_id, m->build_id_len);
+        }
+        p->nnew_used = 0;
 }
 
 void ap_process_stats(const struct ap_process *p, uint64_t *allocations, uint64_t *live_bytes)
@@ -241,6 +254,21 @@ static uint32_t stack_intern_ips(struct ap_process *p, const uint64_t *ips, uint
         memcpy(s->ips, ips, 8ull * depth);
         s->depth = depth;
         s->hash = hash;
+        /* A new stack: note the modules it runs through (a few compares per frame, once
+         * per unique stack). */
+        for (uint32_t d = 0; d < depth; d++) {
+                for (size_t m = p->nmodules; m-- > 0;) {
+                        struct ap_cmodule *cm = &p->modules[m];
+                        if (ips[d] < cm->lo || ips[d] >= cm->hi)
+                                continue;
+                        if (!cm->used &&
+                            AP_GROW(p->new_used, p->new_used_cap, p->nnew_used + 1) == 0) {
+                                cm->used = true;
+                                p->new_used[p->nnew_used++] = (uint32_t)m;
+                        }
+                        break;
+                }
+        }
         if (ap_map_put(&p->stack_by_hash, key ? key : 1, p->nstacks + 1) < 0) {
                 free(s->ips);
                 return UINT32_MAX;

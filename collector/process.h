@@ -42,6 +42,14 @@ void ap_process_set_command(struct ap_process *p, char **argv, int argc);
 /* The process image ended: normally (exit code), by a signal, or by exec (both < 0). */
 void ap_process_set_exit(struct ap_process *p, int exit_code, int term_signal);
 
+/* Modules that some stack started to use since the last call: calls fn(path, build_id,
+ * build_id_len) for each, so that their debug information can be loaded while the
+ * program still runs (see ap_symbolizer_warm). */
+void ap_process_take_new_modules(struct ap_process *p,
+                                 void (*fn)(void *ud, const char *path, const uint8_t *build_id,
+                                            size_t build_id_len),
+                                 void *ud);
+
 /* Live totals for status lines. */
 void ap_process_stats(const struct ap_process *p, uint64_t *allocations, uint64_t *live_bytes);
 

@@ -17,6 +17,7 @@
 
 #include "server.h"
 #include "util.h"
+#include "warm.h"
 
 #define PENDING_MAX 256
 #define PENDING_DEADLINE_NS (5ull * 1000 * 1000 * 1000)
@@ -52,8 +53,19 @@ struct ap_collector {
         void *accept_userdata;
         ap_collector_note_fn note;
         void *note_userdata;
+        struct ap_warmer *warmer;
         uint64_t exe_checked;
 };
+
+void ap_collector_set_warmer(struct ap_collector *c, struct ap_warmer *w)
+{
+        c->warmer = w;
+}
+
+static void warm_module(void *ud, const char *path, const uint8_t *build_id, size_t len)
+{
+        ap_warmer_add(ud, path, build_id, len);
+}
 
 void ap_collector_set_note(struct ap_collector *c, ap_collector_note_fn fn, void *userdata)
 {
@@ -202,8 +214,8 @@ static bool register_process(struct ap_collector *c, int memfd, pid_t pid,
                 return false;
         }
         int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
-        c->procs[c->nprocs++] = (struct tracked){
-                .p = p, .pidfd = pidfd, .ended = pidfd < 0, .exe = proc_exe(pid)};
+        c->procs[c->nprocs++] =
+                (struct tracked){.p = p, .pidfd = pidfd, .ended = pidfd < 0, .exe = proc_exe(pid)};
         return true;
 }
 
@@ -334,10 +346,11 @@ int ap_collector_step(struct ap_collector *c, int timeout_ms, int extra_fd)
                         char *exe = tp->exe && !tp->ended ? proc_exe(ap_process_pid(tp->p)) : NULL;
                         int why = exe && strcmp(exe, tp->exe) != 0 ? ap_exe_unprofilable(exe) : 0;
                         if (why != 0 && c->note != NULL) {
-                                char *msg = ap_asprintf(
-                                        "pid %d exec'ed %s, which is %s: not profiled from there on",
-                                        (int)ap_process_pid(tp->p), exe,
-                                        why == 1 ? "statically linked" : "set-user-ID");
+                                char *msg =
+                                        ap_asprintf("pid %d exec'ed %s, which is %s: not profiled "
+                                                    "from there on",
+                                                    (int)ap_process_pid(tp->p), exe,
+                                                    why == 1 ? "statically linked" : "set-user-ID");
                                 if (msg != NULL)
                                         c->note(c->note_userdata, (int)ap_process_pid(tp->p), msg);
                                 free(msg);
@@ -351,8 +364,11 @@ int ap_collector_step(struct ap_collector *c, int timeout_ms, int extra_fd)
         }
 
         long moved = 0;
-        for (size_t i = 0; i < c->nprocs; i++)
+        for (size_t i = 0; i < c->nprocs; i++) {
                 moved += ap_process_drain(c->procs[i].p, false);
+                if (c->warmer != NULL)
+                        ap_process_take_new_modules(c->procs[i].p, warm_module, c->warmer);
+        }
         c->busy = moved > 0;
         for (size_t i = c->nprocs; i-- > 0;)
                 if (c->procs[i].ended)

@@ -29,6 +29,11 @@ int ap_collector_new(const char *socket_path, ap_collector_done_fn done, void *u
 typedef void (*ap_collector_note_fn)(void *userdata, int pid, const char *why);
 void ap_collector_set_note(struct ap_collector *c, ap_collector_note_fn fn, void *userdata);
 
+/* Hands every module a stack starts to use to `w` (loads its debug information while
+ * the program runs).  NULL: none. */
+struct ap_warmer;
+void ap_collector_set_warmer(struct ap_collector *c, struct ap_warmer *w);
+
 /* Decides whether a registering process is profiled (true) or told to record nothing.
  * Without a filter every process of an allowed user is accepted. */
 typedef bool (*ap_collector_accept_fn)(void *userdata, pid_t pid);

@@ -1426,6 +1426,25 @@ int ap_symbolizer_lookup(struct ap_symbolizer *s, const char *path, const uint8_
         return frames_copy(res, ret_frames);
 }
 
+int ap_symbolizer_warm(struct ap_symbolizer *s, const char *path, const uint8_t *build_id,
+                       size_t build_id_len)
+{
+        if (!s || !path || !*path || (build_id_len && !build_id))
+                return -EINVAL;
+        struct sym_module *m;
+        int r = module_get(s, path, &m);
+        if (r < 0)
+                return r;
+        m->last_use = ++s->clock;
+        if (!module_matches(m, build_id, build_id_len))
+                return 0;
+        r = ensure_dwarf(m);
+        if (r < 0)
+                return r;
+        const char *name;
+        return symtab_lookup(m, 0, &name);
+}
+
 void ap_sym_frames_free(struct ap_sym_frame *frames, size_t n)
 {
         if (!frames)

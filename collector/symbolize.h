@@ -42,6 +42,12 @@ int ap_symbolizer_lookup(struct ap_symbolizer *s, const char *path, const uint8_
 
 void ap_sym_frames_free(struct ap_sym_frame *frames, size_t n);
 
+/* Opens module `path` and builds its indexes (DWARF, symbol table) now, so that later
+ * lookups in it are cheap: the collector calls it while the program still runs.  Returns
+ * 0 or -errno; a module that cannot be opened is not an error. */
+int ap_symbolizer_warm(struct ap_symbolizer *s, const char *path, const uint8_t *build_id,
+                       size_t build_id_len);
+
 /* Demangles a C++ (Itanium) or Rust (legacy or v0) symbol.  Rust legacy hash suffixes
  * (::h<16 hex>) are dropped.  Returns a malloc'd string, or NULL if `sym` is not mangled. */
 char *ap_demangle(const char *sym);
