@@ -18,6 +18,7 @@
 
 #include "agent.h"
 #include "allocprof/atomics.h"
+#include "allocprof/mix.h"
 #include "allocprof/ring.h"
 
 AP_HIDDEN AP_TLS __thread struct ap_thread ap_tls;
@@ -57,13 +58,10 @@ AP_HIDDEN int ap_stacks_init(void)
         return 0;
 }
 
+/* Never 0: a seed of 0 would stall xorshift. */
 static inline uint64_t ap_mix(uint64_t x)
 {
-        x ^= x >> 33;
-        x *= 0xff51afd7ed558ccdull;
-        x ^= x >> 33;
-        x *= 0xc4ceb9fe1a85ec53ull;
-        x ^= x >> 33;
+        x = ap_mix64(x);
         return x ? x : 1;
 }
 

@@ -4,6 +4,7 @@
  *
  * SPDX-License-Identifier: MIT OR Apache-2.0
  */
+#include "allocprof/mix.h"
 #include "symbolize.h"
 
 #include <assert.h>
@@ -181,12 +182,7 @@ static uint64_t hash_bytes(const char *s, size_t len)
 
 static uint64_t hash_u64(uint64_t x)
 {
-        x ^= x >> 33;
-        x *= 0xff51afd7ed558ccdULL;
-        x ^= x >> 33;
-        x *= 0xc4ceb9fe1a85ec53ULL;
-        x ^= x >> 33;
-        return x;
+        return ap_mix64(x);
 }
 
 static int64_t now_ns(void)

@@ -11,6 +11,8 @@
 #include <stdlib.h>
 #include <sys/types.h>
 
+#include "allocprof/mix.h"
+
 /* Grows *items (of *cap elements of size `elem`) to hold at least `need`.  Returns 0 or
  * -ENOMEM (the array is unchanged then). */
 int ap_grow(void **items, size_t *cap, size_t need, size_t elem);
@@ -33,15 +35,6 @@ int ap_map_put(struct ap_map *m, uint64_t key, uint64_t val);
 bool ap_map_del(struct ap_map *m, uint64_t key);
 void ap_map_clear(struct ap_map *m);
 
-static inline uint64_t ap_mix64(uint64_t x)
-{
-        x ^= x >> 33;
-        x *= 0xff51afd7ed558ccdull;
-        x ^= x >> 33;
-        x *= 0xc4ceb9fe1a85ec53ull;
-        x ^= x >> 33;
-        return x;
-}
 
 uint64_t ap_hash_bytes(const void *p, size_t n);
 
