@@ -17,6 +17,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "allocprof/clock.h"
 #include "allocprof/wire.h"
 #include "profile.h"
 #include "report.h"
@@ -422,7 +423,7 @@ int ap_cmd_run(int argc, char **argv)
                                         if (w == child) {
                                                 status = st;
                                                 child_done = true;
-                                                child_done_at = ap_monotonic_ns();
+                                                child_done_at = ap_clock_mono_ns();
                                         }
                                 }
                         } else if (!child_done) {
@@ -436,7 +437,7 @@ int ap_cmd_run(int argc, char **argv)
                 if (child_done) {
                         if (!ap_collector_has_pid(coll, child) && ap_collector_nprocs(coll) == 0)
                                 break;
-                        if (ap_monotonic_ns() - child_done_at > DESCENDANT_GRACE_NS)
+                        if (ap_clock_mono_ns() - child_done_at > DESCENDANT_GRACE_NS)
                                 break;
                 }
         }

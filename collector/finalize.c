@@ -31,7 +31,7 @@ struct fin {
         size_t naddrs, addrs_cap;
         struct ap_map addr_index; /* hash(cmod, addr) (probed) -> addrs index + 1 */
         uint32_t *pmod_of_cmod;   /* cmodule -> profile module, AP_NONE = not yet */
-        size_t nframes_cap, nsites_cap, nmodules_cap, nstrings_cap_unused;
+        size_t nframes_cap, nsites_cap, nmodules_cap;
 };
 
 /* Counts are kept in 1/AP_CW units (process-internal.h). */

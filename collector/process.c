@@ -91,7 +91,7 @@ int ap_process_new(int memfd, pid_t pid, const struct ap_hello *hello, struct ap
         p->start_ns = h->start_ns;
         p->start_ticks = h->start_ticks;
         p->ns_per_tick = h->clock_kind == AP_CLOCK_KIND ? ap_ns_per_tick() : 1.0;
-        p->start_unix_ns = ap_realtime_ns() - (ap_monotonic_ns() - h->start_ns);
+        p->start_unix_ns = ap_realtime_ns() - (ap_clock_mono_ns() - h->start_ns);
         p->exit_code = -1;
         p->scratch = scratch;
         p->timeline_step_ns = 10 * 1000 * 1000;

@@ -15,6 +15,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "allocprof/clock.h"
 #include "server.h"
 #include "util.h"
 #include "warm.h"
@@ -286,7 +287,7 @@ static void accept_all(struct ap_collector *c)
                         close(fd); /* flooded: the oldest honest agents have priority */
                         continue;
                 }
-                c->pending[c->npending++] = (struct pending){.fd = fd, .since = ap_monotonic_ns()};
+                c->pending[c->npending++] = (struct pending){.fd = fd, .since = ap_clock_mono_ns()};
         }
 }
 
@@ -316,7 +317,7 @@ int ap_collector_step(struct ap_collector *c, int timeout_ms, int extra_fd)
         bool extra = r > 0 && extra_fd >= 0 && (c->pfds[1].revents & POLLIN);
 
         /* Pending connections first (their pollfds are indexed before accept_all adds). */
-        uint64_t now = ap_monotonic_ns();
+        uint64_t now = ap_clock_mono_ns();
         size_t keep = 0;
         for (size_t i = 0; i < c->npending; i++) {
                 struct pending pd = c->pending[i];

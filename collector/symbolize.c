@@ -4,8 +4,9 @@
  *
  * SPDX-License-Identifier: MIT OR Apache-2.0
  */
-#include "allocprof/mix.h"
 #include "symbolize.h"
+#include "allocprof/clock.h"
+#include "allocprof/mix.h"
 
 #include <assert.h>
 #include <dwarf.h>
@@ -180,18 +181,6 @@ static uint64_t hash_bytes(const char *s, size_t len)
         return h;
 }
 
-static uint64_t hash_u64(uint64_t x)
-{
-        return ap_mix64(x);
-}
-
-static int64_t now_ns(void)
-{
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
-
 /* ---- string pool ------------------------------------------------------------------------ */
 
 static void strpool_clear(struct strpool *p)
@@ -291,7 +280,7 @@ static bool ptrmap_get(const struct ptrmap *m, const void *key, const char **ret
 {
         if (!m->cap)
                 return false;
-        size_t i = hash_u64((uintptr_t)key) & (m->cap - 1);
+        size_t i = ap_mix64((uintptr_t)key) & (m->cap - 1);
         while (m->keys[i]) {
                 if (m->keys[i] == (uintptr_t)key) {
                         *ret = m->vals[i];
@@ -316,7 +305,7 @@ static int ptrmap_put(struct ptrmap *m, const void *key, const char *val)
                 for (size_t i = 0; i < m->cap; i++) {
                         if (!m->keys[i])
                                 continue;
-                        size_t j = hash_u64(m->keys[i]) & (cap - 1);
+                        size_t j = ap_mix64(m->keys[i]) & (cap - 1);
                         while (keys[j])
                                 j = (j + 1) & (cap - 1);
                         keys[j] = m->keys[i];
@@ -328,7 +317,7 @@ static int ptrmap_put(struct ptrmap *m, const void *key, const char *val)
                 m->vals = vals;
                 m->cap = cap;
         }
-        size_t i = hash_u64((uintptr_t)key) & (m->cap - 1);
+        size_t i = ap_mix64((uintptr_t)key) & (m->cap - 1);
         while (m->keys[i] && m->keys[i] != (uintptr_t)key)
                 i = (i + 1) & (m->cap - 1);
         if (!m->keys[i])
@@ -352,7 +341,7 @@ static struct cached_result *addrmap_get(const struct addrmap *m, uint64_t offse
 {
         if (!m->cap)
                 return NULL;
-        size_t i = hash_u64(offset) & (m->cap - 1);
+        size_t i = ap_mix64(offset) & (m->cap - 1);
         while (m->slots[i]) {
                 if (m->slots[i]->offset == offset)
                         return m->slots[i];
@@ -374,7 +363,7 @@ static int addrmap_put(struct addrmap *m, struct cached_result *r)
                 for (size_t i = 0; i < m->cap; i++) {
                         if (!m->slots[i])
                                 continue;
-                        size_t j = hash_u64(m->slots[i]->offset) & (cap - 1);
+                        size_t j = ap_mix64(m->slots[i]->offset) & (cap - 1);
                         while (slots[j])
                                 j = (j + 1) & (cap - 1);
                         slots[j] = m->slots[i];
@@ -383,7 +372,7 @@ static int addrmap_put(struct addrmap *m, struct cached_result *r)
                 m->slots = slots;
                 m->cap = cap;
         }
-        size_t i = hash_u64(r->offset) & (m->cap - 1);
+        size_t i = ap_mix64(r->offset) & (m->cap - 1);
         while (m->slots[i])
                 i = (i + 1) & (m->cap - 1);
         m->slots[i] = r;
@@ -590,7 +579,7 @@ static void module_free(struct sym_module *m)
  * m->mod NULL.  Returns 0 or -ENOMEM. */
 static int module_open(struct sym_module *m)
 {
-        m->checked_ns = now_ns();
+        m->checked_ns = (int64_t)ap_clock_mono_ns();
 
         /* O_NONBLOCK: the path comes from the profiled process and may name a FIFO, whose
          * open would otherwise block; anything but a regular file is rejected below. */
@@ -665,7 +654,7 @@ static bool module_matches(const struct sym_module *m, const uint8_t *build_id, 
  * it (a library upgraded under a daemon, a file that appeared), open it again. */
 static int module_recheck(struct sym_module *m)
 {
-        int64_t now = now_ns();
+        int64_t now = (int64_t)ap_clock_mono_ns();
         if (now - m->checked_ns < RECHECK_NS)
                 return 0;
         m->checked_ns = now;

@@ -203,13 +203,6 @@ const char *ap_fmt_bytes(char *buf, size_t len, uint64_t bytes)
         return buf;
 }
 
-uint64_t ap_monotonic_ns(void)
-{
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 uint64_t ap_realtime_ns(void)
 {
         struct timespec ts;

@@ -35,7 +35,6 @@ int ap_map_put(struct ap_map *m, uint64_t key, uint64_t val);
 bool ap_map_del(struct ap_map *m, uint64_t key);
 void ap_map_clear(struct ap_map *m);
 
-
 uint64_t ap_hash_bytes(const void *p, size_t n);
 
 /* Length of the valid UTF-8 sequence at s (the rules jansson applies: no overlongs, no
@@ -47,8 +46,6 @@ char *ap_asprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* Human-readable byte count into buf ("1.50 MiB"). Returns buf. */
 const char *ap_fmt_bytes(char *buf, size_t len, uint64_t bytes);
-
-uint64_t ap_monotonic_ns(void);
 
 /* Nanoseconds per ap_clock_ticks() tick, measured once per process (about 2 ms). */
 double ap_ns_per_tick(void);

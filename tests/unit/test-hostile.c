@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "allocprof/clock.h"
 #include "allocprof/ring.h"
 #include "helpers.h"
 #include "process.h"
@@ -19,13 +20,6 @@
 static struct ap_shm_header *g_h;
 static uint64_t g_total;
 static _Atomic int g_stop;
-
-static uint64_t now_ns(void)
-{
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 static uint64_t rng(uint64_t *s)
 {
@@ -120,8 +114,8 @@ int main(void)
                 ASSERT_EQ(pthread_create(&th, NULL, hostile, (void *)(uintptr_t)(round * 7919 + 1)),
                           0);
                 /* Drain concurrently for a while (the writer needs time to start). */
-                uint64_t until = now_ns() + 40 * 1000 * 1000;
-                while (now_ns() < until)
+                uint64_t until = ap_clock_mono_ns() + 40 * 1000 * 1000;
+                while (ap_clock_mono_ns() < until)
                         ap_process_drain(p, false);
                 atomic_store(&g_stop, 1);
                 pthread_join(th, NULL);
