@@ -116,6 +116,4 @@ AP_HIDDEN void ap_thread_release(void);
 /* Stack index reset (fork child). */
 AP_HIDDEN int ap_stacks_init(void);
 
-/* CLOCK_MONOTONIC nanoseconds, for waits (records use ap_clock_ticks()). */
-AP_HIDDEN uint64_t ap_now_ns(void);
 AP_HIDDEN void ap_count(enum ap_counter c, uint64_t n);

@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stddef.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
@@ -108,14 +109,12 @@ static uint32_t stack_intern(struct ap_shm_header *h, const uint64_t *ips, uint3
                                          * every user of this stack sends it inline. */
                                         return 0;
                                 }
-                                struct ap_stack_entry *e =
-                                        (struct ap_stack_entry *)((uint8_t *)h + h->stacks_offset +
-                                                                  off);
+                                uint32_t id = (uint32_t)(off / 8);
+                                struct ap_stack_entry *e = heap_entry(h, id);
                                 e->depth = n;
                                 e->reserved = 0;
                                 e->hash = hash;
                                 memcpy(e->ips, ips, 8ull * n);
-                                uint32_t id = (uint32_t)(off / 8);
                                 /* Before anyone can name this stack, make sure the
                                  * modules its addresses lie in have been reported. */
                                 check_modules(ips, n);
@@ -197,13 +196,6 @@ AP_HIDDEN void ap_count(enum ap_counter c, uint64_t n)
                 ap_fetch_add_relaxed(&h->xcounters[c], n);
 }
 
-AP_HIDDEN uint64_t ap_now_ns(void)
-{
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts); /* vDSO: no syscall, no allocation */
-        return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 /* The collector is presumed gone when its heartbeat did not move for this long while our
  * ring stayed full; from then on full rings drop at once instead of waiting. */
 #define WAIT_STALL_NS (200ull * 1000 * 1000)
@@ -232,7 +224,7 @@ static uint8_t *ring_reserve(struct ap_thread *t, struct ap_shm_header *h, uint3
         if (ap_load_relaxed(&g_collector_stalled))
                 return NULL;
         ap_count(AP_CNT_RING_WAITS, 1);
-        uint64_t start = ap_now_ns(), beat_at = start;
+        uint64_t start = ap_clock_mono_ns(), beat_at = start;
         uint64_t beat = ap_load_relaxed(&h->xheartbeat);
         for (;;) {
                 struct timespec ts = {0, 50 * 1000};
@@ -242,7 +234,7 @@ static uint8_t *ring_reserve(struct ap_thread *t, struct ap_shm_header *h, uint3
                         return w;
                 if (ap_load_relaxed(&h->xmode) != AP_MODE_FULL)
                         return NULL;
-                uint64_t now = ap_now_ns();
+                uint64_t now = ap_clock_mono_ns();
                 uint64_t b = ap_load_relaxed(&h->xheartbeat);
                 if (b != beat) {
                         beat = b;
@@ -299,7 +291,7 @@ extern void *__libc_stack_end; /* ld.so: the main thread's stack top at start-up
 /* Learns the top of the calling thread's stack, from a normal (non-signal) hook. */
 static void learn_stack_top(struct ap_thread *t)
 {
-        if ((pid_t)syscall(SYS_gettid) == getpid()) {
+        if (gettid_raw() == getpid()) {
                 t->stack_hi = (uintptr_t)__libc_stack_end;
                 return;
         }
@@ -383,6 +375,59 @@ static void check_modules(const uint64_t *ips, uint32_t n)
         }
 }
 
+static uint32_t alloc_record_fixed(uint8_t type)
+{
+        return type == AP_REC_REALLOC         ? sizeof(struct ap_rec_realloc)
+               : type == AP_REC_ALLOC_SAMPLED ? sizeof(struct ap_rec_alloc_sampled)
+                                              : sizeof(struct ap_rec_alloc);
+}
+
+_Static_assert(offsetof(struct ap_rec_alloc, ts) == offsetof(struct ap_rec_alloc_sampled, ts) &&
+                       offsetof(struct ap_rec_alloc, addr) ==
+                               offsetof(struct ap_rec_alloc_sampled, addr) &&
+                       offsetof(struct ap_rec_alloc, size) ==
+                               offsetof(struct ap_rec_alloc_sampled, size),
+               "an ALLOC record is the prefix of an ALLOC_SAMPLED one");
+
+/* Fills an ALLOC, ALLOC_SAMPLED or REALLOC record of nbytes at w: the stack is the id
+ * `id`, or (id == 0) the n addresses in ips, copied after the fixed part. */
+static void fill_alloc_record(uint8_t *w, uint32_t nbytes, uint8_t type, uint8_t flags, uint32_t id,
+                              const uint64_t *ips, uint32_t n, void *old, void *p, size_t size,
+                              uint64_t ts, uint64_t weight)
+{
+        struct ap_rec_hdr *rh = (struct ap_rec_hdr *)w;
+        rh->type = type;
+        rh->flags = (uint8_t)(flags | (id == 0 ? AP_RECF_INLINE_STACK : 0));
+        rh->nwords = (uint16_t)(nbytes / 8);
+        rh->aux = id == 0 ? n : id;
+        if (type == AP_REC_REALLOC) {
+                struct ap_rec_realloc *r = (struct ap_rec_realloc *)w;
+                r->ts = ap_clock_ticks();
+                r->ts_free = ts;
+                r->old_addr = (uint64_t)(uintptr_t)old;
+                r->new_addr = (uint64_t)(uintptr_t)p;
+                r->size = size;
+        } else {
+                /* ALLOC is ALLOC_SAMPLED without the trailing weight. */
+                struct ap_rec_alloc_sampled *r = (struct ap_rec_alloc_sampled *)w;
+                r->ts = ts;
+                r->addr = (uint64_t)(uintptr_t)p;
+                r->size = size;
+                if (type == AP_REC_ALLOC_SAMPLED)
+                        r->weight = weight;
+        }
+        if (id == 0)
+                memcpy(w + alloc_record_fixed(type), ips, 8ull * n);
+}
+
+static void fill_free_record(uint8_t *w, void *p, uint64_t ts)
+{
+        struct ap_rec_free *r = (struct ap_rec_free *)w;
+        r->hdr = (struct ap_rec_hdr){.type = AP_REC_FREE, .nwords = sizeof(*r) / 8};
+        r->ts = ts;
+        r->addr = (uint64_t)(uintptr_t)p;
+}
+
 static void write_alloc_like(uint8_t type, uint8_t flags, void *old, void *p, size_t size,
                              uint64_t ts, uint64_t weight)
 {
@@ -397,43 +442,15 @@ static void write_alloc_like(uint8_t type, uint8_t flags, void *old, void *p, si
         if (id == 0)
                 check_modules(ips, n);
 
-        uint32_t fixed = type == AP_REC_REALLOC         ? sizeof(struct ap_rec_realloc)
-                         : type == AP_REC_ALLOC_SAMPLED ? sizeof(struct ap_rec_alloc_sampled)
-                                                        : sizeof(struct ap_rec_alloc);
-        uint32_t nbytes = fixed + (id == 0 ? 8 * n : 0);
+        uint32_t nbytes = alloc_record_fixed(type) + (id == 0 ? 8 * n : 0);
         uint8_t *w = ring_reserve(t, h, nbytes, AP_RING_FREE_RESERVE);
         if (w == NULL) {
                 ap_count(AP_CNT_DROP_RING_FULL, 1);
                 return;
         }
-        struct ap_rec_hdr *rh = (struct ap_rec_hdr *)w;
-        rh->type = type;
-        rh->flags = (uint8_t)(flags | (id == 0 ? AP_RECF_INLINE_STACK : 0));
-        rh->nwords = (uint16_t)(nbytes / 8);
-        rh->aux = id == 0 ? n : id;
-        if (type == AP_REC_REALLOC) {
-                struct ap_rec_realloc *r = (struct ap_rec_realloc *)w;
-                r->ts = ap_clock_ticks();
-                r->ts_free = ts;
-                r->old_addr = (uint64_t)(uintptr_t)old;
-                r->new_addr = (uint64_t)(uintptr_t)p;
-                r->size = size;
-        } else if (type == AP_REC_ALLOC_SAMPLED) {
-                struct ap_rec_alloc_sampled *r = (struct ap_rec_alloc_sampled *)w;
-                r->ts = ts;
-                r->addr = (uint64_t)(uintptr_t)p;
-                r->size = size;
-                r->weight = weight;
-        } else {
-                struct ap_rec_alloc *r = (struct ap_rec_alloc *)w;
-                r->ts = ts;
-                r->addr = (uint64_t)(uintptr_t)p;
-                r->size = size;
-        }
-        if (id == 0) {
-                memcpy(w + fixed, ips, 8ull * n);
+        fill_alloc_record(w, nbytes, type, flags, id, ips, n, old, p, size, ts, weight);
+        if (id == 0)
                 ap_count(AP_CNT_INLINE_STACKS, 1);
-        }
         ap_ring_commit(&t->pr, nbytes);
 }
 
@@ -502,24 +519,14 @@ AP_HIDDEN void ap_nested_alloc(void *p, size_t size, bool realloc)
                 uint64_t ips[AP_MAX_FRAMES];
                 uint32_t n = capture_fp(ips);
                 uint64_t ts = ap_clock_ticks();
-                uint32_t fixed = mode == AP_MODE_SAMPLED ? sizeof(struct ap_rec_alloc_sampled)
-                                                         : sizeof(struct ap_rec_alloc);
-                uint32_t nbytes = fixed + 8 * n;
+                uint8_t type = mode == AP_MODE_SAMPLED ? AP_REC_ALLOC_SAMPLED : AP_REC_ALLOC;
+                uint8_t flags = realloc && mode == AP_MODE_SAMPLED ? AP_RECF_REALLOC : 0;
+                uint32_t nbytes = alloc_record_fixed(type) + 8 * n;
                 uint8_t *w = nested_reserve(t, nbytes, AP_RING_FREE_RESERVE);
                 if (w != NULL) {
-                        struct ap_rec_hdr *rh = (struct ap_rec_hdr *)w;
-                        rh->type = mode == AP_MODE_SAMPLED ? AP_REC_ALLOC_SAMPLED : AP_REC_ALLOC;
-                        rh->flags = AP_RECF_INLINE_STACK |
-                                    (realloc && mode == AP_MODE_SAMPLED ? AP_RECF_REALLOC : 0);
-                        rh->nwords = (uint16_t)(nbytes / 8);
-                        rh->aux = n;
-                        struct ap_rec_alloc_sampled *r = (struct ap_rec_alloc_sampled *)w;
-                        r->ts = ts;
-                        r->addr = (uint64_t)(uintptr_t)p;
-                        r->size = size;
-                        if (mode == AP_MODE_SAMPLED)
-                                r->weight = weight;
-                        memcpy(w + fixed, ips, 8ull * n);
+                        /* Always inline: no stack-index work over an interrupted writer. */
+                        fill_alloc_record(w, nbytes, type, flags, 0, ips, n, NULL, p, size, ts,
+                                          weight);
                         ap_ring_commit(&t->npr, nbytes);
                 }
         }
@@ -537,11 +544,8 @@ AP_HIDDEN void ap_nested_free(void *p)
         if (mode == AP_MODE_FULL || (mode == AP_MODE_SAMPLED && ap_sampled_forget(p))) {
                 uint8_t *w = nested_reserve(t, sizeof(struct ap_rec_free), 0);
                 if (w != NULL) {
-                        struct ap_rec_free *r = (struct ap_rec_free *)w;
-                        r->hdr = (struct ap_rec_hdr){.type = AP_REC_FREE, .nwords = sizeof(*r) / 8};
-                        r->ts = ap_clock_ticks_early();
-                        r->addr = (uint64_t)(uintptr_t)p;
-                        ap_ring_commit(&t->npr, sizeof(*r));
+                        fill_free_record(w, p, ap_clock_ticks_early());
+                        ap_ring_commit(&t->npr, sizeof(struct ap_rec_free));
                 }
         }
         t->nested_busy = 0;
@@ -635,44 +639,38 @@ AP_HIDDEN void ap_sampled_remember(void *p)
         ap_count(AP_CNT_SAMPLED_SET_FULL, 1);
 }
 
-AP_HIDDEN bool ap_sampled_forget(void *p)
+/* The cell holding p, or NULL if p is not in the set (filter first, then the probe). */
+static _Atomic uint64_t *sampled_find(const void *p)
 {
         if (ap_load_acquire(&g_sampled_state) != 2) /* pairs with the release in sampled_set */
-                return false;
-        _Atomic uint64_t *set = g_sampled;
+                return NULL;
+        if (ap_likely(!ap_sampled_maybe(p)))
+                return NULL;
         uint64_t key = (uint64_t)(uintptr_t)p;
-        if (ap_likely(ap_load_relaxed(&ap_filter[ap_filter_slot(key)]) == 0))
-                return false;
-        uint32_t i = set_slot(key);
-        for (int k = 0; k < SET_PROBES; k++, i = (i + 1) & (SET_CAP - 1)) {
-                uint64_t cur = ap_load_relaxed(&set[i]);
-                if (cur == key) {
-                        ap_store_relaxed(&set[i], SET_TOMB);
-                        filter_dec(key);
-                        return true;
-                }
-                if (cur == 0)
-                        return false;
-        }
-        return false;
-}
-
-AP_HIDDEN bool ap_sampled_contains(const void *p)
-{
-        if (ap_load_acquire(&g_sampled_state) != 2) /* pairs with the release in sampled_set */
-                return false;
-        uint64_t key = (uint64_t)(uintptr_t)p;
-        if (ap_likely(ap_load_relaxed(&ap_filter[ap_filter_slot(key)]) == 0))
-                return false;
         uint32_t i = set_slot(key);
         for (int k = 0; k < SET_PROBES; k++, i = (i + 1) & (SET_CAP - 1)) {
                 uint64_t cur = ap_load_relaxed(&g_sampled[i]);
                 if (cur == key)
-                        return true;
+                        return &g_sampled[i];
                 if (cur == 0)
-                        return false;
+                        return NULL;
         }
-        return false;
+        return NULL;
+}
+
+AP_HIDDEN bool ap_sampled_forget(void *p)
+{
+        _Atomic uint64_t *cell = sampled_find(p);
+        if (cell == NULL)
+                return false;
+        ap_store_relaxed(cell, SET_TOMB);
+        filter_dec((uint64_t)(uintptr_t)p);
+        return true;
+}
+
+AP_HIDDEN bool ap_sampled_contains(const void *p)
+{
+        return sampled_find(p) != NULL;
 }
 
 static _Atomic uint64_t g_seed_counter;
@@ -702,12 +700,6 @@ AP_HIDDEN void ap_record_free(void *p, uint64_t ts)
                 ap_count(AP_CNT_DROP_FREE, 1);
                 return;
         }
-        struct ap_rec_free *r = (struct ap_rec_free *)w;
-        r->hdr.type = AP_REC_FREE;
-        r->hdr.flags = 0;
-        r->hdr.nwords = sizeof(*r) / 8;
-        r->hdr.aux = 0;
-        r->ts = ts;
-        r->addr = (uint64_t)(uintptr_t)p;
-        ap_ring_commit(&t->pr, sizeof(*r));
+        fill_free_record(w, p, ts);
+        ap_ring_commit(&t->pr, sizeof(struct ap_rec_free));
 }
