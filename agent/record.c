@@ -536,8 +536,14 @@ AP_HIDDEN void ap_nested_alloc(void *p, size_t size, bool realloc)
 AP_HIDDEN void ap_nested_free(void *p)
 {
         struct ap_thread *t = &ap_tls;
-        if (t->own_alloc || t->nested_busy)
+        if (t->own_alloc)
                 return;
+        if (t->nested_busy) {
+                /* a handler inside a handler: counted like the allocations */
+                ap_count(AP_CNT_DROP_RING_FULL, 1);
+                ap_count(AP_CNT_DROP_FREE, 1);
+                return;
+        }
         t->nested_busy = 1;
         struct ap_shm_header *h = nested_ring(t);
         uint32_t mode = h ? ap_load_relaxed(&h->xmode) : AP_MODE_OFF;
