@@ -552,6 +552,8 @@ AP_HIDDEN void ap_nested_free(void *p)
                 if (w != NULL) {
                         fill_free_record(w, p, ap_clock_ticks_early());
                         ap_ring_commit(&t->npr, sizeof(struct ap_rec_free));
+                } else {
+                        ap_count(AP_CNT_DROP_FREE, 1); /* as ap_record_free does */
                 }
         }
         t->nested_busy = 0;
