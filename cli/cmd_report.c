@@ -17,6 +17,7 @@
 
 #include "merge.h"
 #include "report.h"
+#include "util.h"
 
 #define PROFILE_PREFIX "allocprof."
 #define PROFILE_SUFFIX ".approf"
@@ -208,114 +209,113 @@ static int resolve_profile(const char *arg, char **ret, bool *ret_guessed)
         return 0;
 }
 
-/* Reads the profiles named in argv (or, with `all`, every profile in the current
- * directory that shares the run id of the newest one) and merges them into *ret.  Prints
- * the error itself and returns the exit status on failure, 0 on success. */
+struct loaded {
+        struct ap_profile **ps;
+        size_t n, cap;
+};
+
+static int keep(struct loaded *l, struct ap_profile *p)
+{
+        if (AP_GROW(l->ps, l->cap, l->n + 1) < 0) {
+                ap_profile_free(p);
+                return -ENOMEM;
+        }
+        l->ps[l->n++] = p;
+        return 0;
+}
+
+/* Reads one profile; prints the error itself.  Returns 0 or 1 (the exit status). */
+static int read_one(const char *path, struct ap_profile **ret)
+{
+        char *err = NULL;
+        int r = ap_profile_read(path, ret, &err);
+        if (r < 0) {
+                fprintf(stderr, "allocprof: cannot read %s: %s\n", path, err ? err : strerror(-r));
+                free(err);
+                return 1;
+        }
+        return 0;
+}
+
+/* Every profile in the current directory that shares the run id of the newest one, each
+ * read once.  Prints the error itself; returns 0 or the exit status. */
+static int load_run(struct loaded *l)
+{
+        char *newest = NULL;
+        struct ap_profile *np = NULL;
+        /* Any *.approf here counts (run -o names its main profile freely). */
+        if (find_newest(NULL, &newest, true) < 0) {
+                fprintf(stderr, "allocprof: no profile found in the current directory "
+                                "(looked for *.approf)\n");
+                return 1;
+        }
+        int status = read_one(newest, &np);
+        if (status != 0 || keep(l, np) < 0) {
+                free(newest);
+                return 1;
+        }
+        const char *run_id = np->run_id; /* np lives as long as l */
+        DIR *d = run_id ? opendir(".") : NULL;
+        struct dirent *e;
+        while (d != NULL && (e = readdir(d)) != NULL) {
+                struct ap_profile *q = NULL;
+                char *qerr = NULL;
+                if (!ends_with(e->d_name, PROFILE_SUFFIX) || strcmp(e->d_name, newest) == 0 ||
+                    ap_profile_read(e->d_name, &q, &qerr) < 0) {
+                        free(qerr);
+                        continue;
+                }
+                if (q->run_id == NULL || strcmp(q->run_id, run_id) != 0)
+                        ap_profile_free(q);
+                else if (keep(l, q) < 0)
+                        break;
+        }
+        if (d != NULL)
+                closedir(d);
+        free(newest);
+        return 0;
+}
+
+/* Reads the profiles named in argv (or, with `all`, every profile of the newest run
+ * here) and merges them into *ret.  Prints the error itself and returns the exit status
+ * on failure, 0 on success. */
 static int load_many(int argc, char **argv, bool all, struct ap_profile **ret)
 {
-        char **names = NULL;
-        size_t n = 0;
-        int status = 1;
+        struct loaded l = {0};
+        int status = 0;
 
-        if (all) {
-                char *newest = NULL;
-                struct ap_profile *np = NULL;
-                char *err = NULL;
-                if (argc > 0) {
-                        fprintf(stderr, "allocprof: --all takes no FILE\n");
-                        return 2;
-                }
-                /* Any *.approf here counts (run -o names its main profile freely). */
-                int r = find_newest(NULL, &newest, true);
-                if (r < 0) {
-                        fprintf(stderr, "allocprof: no profile found in the current directory "
-                                        "(looked for *.approf)\n");
-                        return 1;
-                }
-                r = ap_profile_read(newest, &np, &err);
-                if (r < 0) {
-                        fprintf(stderr, "allocprof: cannot read %s: %s\n", newest,
-                                err ? err : strerror(-r));
-                        free(err);
-                        free(newest);
-                        return 1;
-                }
-                char *run_id = np->run_id ? strdup(np->run_id) : NULL;
-                ap_profile_free(np);
-                DIR *d = opendir(".");
-                struct dirent *e;
-                while (d != NULL && (e = readdir(d)) != NULL) {
-                        if (!ends_with(e->d_name, PROFILE_SUFFIX))
-                                continue;
-                        bool same = strcmp(e->d_name, newest) == 0;
-                        if (!same && run_id != NULL) {
-                                struct ap_profile *q = NULL;
-                                char *qerr = NULL;
-                                if (ap_profile_read(e->d_name, &q, &qerr) == 0)
-                                        same = q->run_id && strcmp(q->run_id, run_id) == 0;
-                                free(qerr);
-                                ap_profile_free(q);
-                        }
-                        if (!same)
-                                continue;
-                        char **nn = realloc(names, sizeof(char *) * (n + 1));
-                        if (nn == NULL)
-                                break;
-                        names = nn;
-                        names[n++] = strdup(e->d_name);
-                }
-                if (d != NULL)
-                        closedir(d);
-                free(run_id);
-                free(newest);
-        } else {
-                names = calloc((size_t)argc, sizeof(char *));
-                for (int i = 0; names != NULL && i < argc; i++) {
-                        bool guessed;
-                        int r = resolve_profile(argv[i], &names[n], &guessed);
-                        if (r != 0) {
-                                status = r;
-                                goto out;
-                        }
-                        n++;
-                }
+        if (all && argc > 0) {
+                fprintf(stderr, "allocprof: --all takes no FILE\n");
+                return 2;
         }
-
-        struct ap_profile **ps = calloc(n ? n : 1, sizeof(*ps));
-        size_t main_index = 0;
-        if (ps == NULL || names == NULL) {
-                fprintf(stderr, "allocprof: out of memory\n");
-                free(ps);
-                goto out;
+        if (all)
+                status = load_run(&l);
+        for (int i = 0; !all && status == 0 && i < argc; i++) {
+                char *name = NULL;
+                bool guessed;
+                struct ap_profile *p = NULL;
+                status = resolve_profile(argv[i], &name, &guessed);
+                if (status == 0)
+                        status = read_one(name, &p);
+                if (status == 0 && keep(&l, p) < 0)
+                        status = 1;
+                free(name);
         }
-        for (size_t i = 0; i < n; i++) {
-                char *err = NULL;
-                int r = names[i] ? ap_profile_read(names[i], &ps[i], &err) : -ENOMEM;
-                if (r < 0) {
-                        fprintf(stderr, "allocprof: cannot read %s: %s\n",
-                                names[i] ? names[i] : "?", err ? err : strerror(-r));
-                        free(err);
-                        for (size_t k = 0; k < i; k++)
-                                ap_profile_free(ps[k]);
-                        free(ps);
-                        goto out;
-                }
+        if (status == 0) {
+                size_t main_index = 0;
                 /* The program itself is the image whose exit status its run knew. */
-                if (ps[i]->exit_status >= 0 || ps[i]->term_signal > 0)
-                        main_index = i;
+                for (size_t i = 0; i < l.n; i++)
+                        if (l.ps[i]->exit_status >= 0 || l.ps[i]->term_signal > 0)
+                                main_index = i;
+                int r = ap_profile_merge(l.ps, l.n, main_index, ret);
+                if (r < 0) {
+                        fprintf(stderr, "allocprof: cannot merge the profiles: %s\n", strerror(-r));
+                        status = 1;
+                }
         }
-        int r = ap_profile_merge(ps, n, main_index, ret);
-        for (size_t k = 0; k < n; k++)
-                ap_profile_free(ps[k]);
-        free(ps);
-        if (r < 0)
-                fprintf(stderr, "allocprof: cannot merge the profiles: %s\n", strerror(-r));
-        else
-                status = 0;
-out:
-        for (size_t i = 0; i < n; i++)
-                free(names[i]);
-        free(names);
+        for (size_t i = 0; i < l.n; i++)
+                ap_profile_free(l.ps[i]);
+        free(l.ps);
         return status;
 }
 
