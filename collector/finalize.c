@@ -91,21 +91,13 @@ static bool is_allocator_function(const char *f)
                 "__libc_calloc",
                 "__libc_realloc",
                 "__libc_memalign",
-                "__rust_alloc",
-                "__rust_alloc_zeroed",
-                "__rust_realloc",
-                "__rdl_alloc",
-                "__rdl_alloc_zeroed",
-                "__rdl_realloc",
-                "__rg_alloc",
-                "__rg_alloc_zeroed",
-                "__rg_realloc",
         };
         for (size_t i = 0; i < sizeof(exact) / sizeof(exact[0]); i++)
                 if (strcmp(f, exact[i]) == 0)
                         return true;
         /* Rust's allocator layers have been renamed across releases (legacy vs v0
-         * demangling, __rustc:: symbols since 1.88): match the families. */
+         * demangling, __rustc:: symbols since 1.88): match the families (__rust_alloc,
+         * __rdl_realloc, __rg_alloc_zeroed... fall under their prefixes). */
         static const char *const prefixes[] = {
                 "operator new(",
                 "operator new[](",
