@@ -569,7 +569,12 @@ static void put_header(const struct out *o, const struct ap_profile *p)
         say(o, "\n  pid %" PRIu32, p->pid);
         if (p->ppid)
                 say(o, " (parent %" PRIu32 ")", p->ppid);
-        if (p->term_signal > 0) {
+        if (p->live) {
+                /* Nothing has ended: there is no exit status, and the time is not final. */
+                say(o, ", live snapshot of a running process");
+                if (p->duration_ns)
+                        say(o, ", running for %s", fmt_duration(p->duration_ns).s);
+        } else if (p->term_signal > 0) {
                 const char *abbrev = sigabbrev_np(p->term_signal);
 
                 say(o, ", ");
@@ -580,7 +585,7 @@ static void put_header(const struct out *o, const struct ap_profile *p)
         } else if (p->exit_status >= 0) {
                 say(o, ", exited with status %d", p->exit_status);
         }
-        if (p->duration_ns)
+        if (p->duration_ns && !p->live)
                 say(o, ", ran %s", fmt_duration(p->duration_ns).s);
         if (p->start_unix_ns) {
                 time_t t = (time_t)(p->start_unix_ns / 1000000000ull);
@@ -636,13 +641,16 @@ static void put_summary(const struct out *o, const struct ap_profile *p, uint32_
         if (t->peak_t_ns)
                 say(o, ", at %s", fmt_duration(t->peak_t_ns).s);
         say(o, "\n");
-        summary_row(o, "leaked", fmt_count(t->leaked_blocks).s, fmt_size(t->leaked_bytes).s,
-                    t->leaked_blocks ? SGR_RED : NULL);
+        /* In a snapshot the "leaked" counters hold what is live now: normal, so not red. */
+        summary_row(o, p->live ? "live now" : "leaked", fmt_count(t->leaked_blocks).s,
+                    fmt_size(t->leaked_bytes).s, t->leaked_blocks && !p->live ? SGR_RED : NULL);
         if (t->leaked_blocks)
-                say(o, "  %s bytes never freed, from %" PRIu32 " call site%s\n",
-                    fmt_count(t->leaked_bytes).s, leaking_sites, leaking_sites == 1 ? "" : "s");
+                say(o, "  %s bytes %s, from %" PRIu32 " call site%s\n",
+                    fmt_count(t->leaked_bytes).s, p->live ? "not freed yet" : "never freed",
+                    leaking_sites, leaking_sites == 1 ? "" : "s");
         else
-                say(o, "  every block was freed\n");
+                say(o, "  %s\n",
+                    p->live ? "every block allocated so far was freed" : "every block was freed");
         summary_row(o, "temporary", fmt_count(t->temporary).s,
                     fmt_percent(t->temporary, t->allocations).s, NULL);
         say(o, "  of allocations were freed before the next allocation\n");
@@ -662,8 +670,8 @@ static void put_summary(const struct out *o, const struct ap_profile *p, uint32_
                 say_in(o, SGR_BOLD SGR_RED, "warning: %s events were dropped",
                        fmt_count(t->dropped_events).s);
                 if (t->dropped_frees)
-                        say_in(o, SGR_RED, " (%s of them frees: leaks may be overstated)",
-                               fmt_count(t->dropped_frees).s);
+                        say_in(o, SGR_RED, " (%s of them frees: %s may be overstated)",
+                               fmt_count(t->dropped_frees).s, p->live ? "live blocks" : "leaks");
                 say_in(o, SGR_RED, "; figures are incomplete");
                 say(o, "\n");
         }
@@ -687,12 +695,14 @@ static void put_site_headline(const struct out *o, const struct ap_profile *p,
         say_in(o, SGR_BOLD, "#%-3" PRIu32, rank);
         say(o, " ");
         if (sort == AP_SORT_LEAKED) {
-                say_in(o, SGR_BOLD SGR_RED, "%s leaked", fmt_size(s->leaked_bytes).s);
+                say_in(o, p->live ? SGR_BOLD : SGR_BOLD SGR_RED, "%s %s",
+                       fmt_size(s->leaked_bytes).s, p->live ? "live now" : "leaked");
                 say(o, " in %s block%s (of %s allocated)", fmt_count(s->leaked_blocks).s,
                     s->leaked_blocks == 1 ? "" : "s", fmt_count(s->allocations).s);
                 if (p->totals.leaked_bytes)
-                        say(o, ", %s of all leaked bytes",
-                            fmt_percent(s->leaked_bytes, p->totals.leaked_bytes).s);
+                        say(o, ", %s of all %s bytes",
+                            fmt_percent(s->leaked_bytes, p->totals.leaked_bytes).s,
+                            p->live ? "live" : "leaked");
                 say(o, "\n");
                 return;
         }
@@ -716,7 +726,8 @@ static void put_site_headline(const struct out *o, const struct ap_profile *p,
                 say(o, ", %s realloc%s", fmt_count(s->reallocs).s, s->reallocs == 1 ? "" : "s");
         if (s->leaked_blocks || s->leaked_bytes) {
                 say(o, ", ");
-                say_in(o, SGR_RED, "%s leaked", fmt_size(s->leaked_bytes).s);
+                say_in(o, p->live ? "" : SGR_RED, "%s %s", fmt_size(s->leaked_bytes).s,
+                       p->live ? "live now" : "leaked");
         }
         say(o, "\n");
 }
@@ -725,15 +736,17 @@ static void put_hot_sites(const struct out *o, const struct ap_profile *p, const
                           const struct ap_report_opts *opts)
 {
         uint32_t n = shown(opts->top, p->nsites);
+        const char *by =
+                p->live && opts->sort == AP_SORT_LEAKED ? "live bytes" : sort_name(opts->sort);
         char title[128];
 
         if (n < p->nsites)
                 snprintf(title, sizeof(title),
                          "Hot call sites (top %" PRIu32 " of %" PRIu32 ", by %s)", n, p->nsites,
-                         sort_name(opts->sort));
+                         by);
         else
                 snprintf(title, sizeof(title), "Hot call sites (%" PRIu32 ", by %s)", p->nsites,
-                         sort_name(opts->sort));
+                         by);
         section(o, title);
         if (p->nsites == 0) {
                 say(o, "  no allocations recorded\n");
@@ -788,7 +801,7 @@ static void put_modules(const struct out *o, const struct ap_profile *p, const u
         }
         sgr(o, SGR_DIM);
         say(o, "  %-*s  %13s  %10s  %7s  %10s\n", (int)wname, "module", "allocations", "bytes",
-            "share", "leaked");
+            "share", p->live ? "live" : "leaked");
         sgr(o, SGR_RESET);
         for (uint32_t i = 0; order && i < p->nmodules; i++) {
                 const struct ap_pmodule *m = &p->modules[order[i]];
@@ -802,7 +815,8 @@ static void put_modules(const struct out *o, const struct ap_profile *p, const u
                 put_str(o, name ? name : "?", wname);
                 say(o, "  %13s  %10s  %7s  ", fmt_count(m->allocations).s, fmt_size(m->bytes).s,
                     fmt_percent(m->bytes, p->totals.bytes).s);
-                say_in(o, m->leaked_bytes ? SGR_RED : "", "%10s", fmt_size(m->leaked_bytes).s);
+                say_in(o, m->leaked_bytes && !p->live ? SGR_RED : "", "%10s",
+                       fmt_size(m->leaked_bytes).s);
                 say(o, "\n");
         }
         if (p->nmodules == 0)
@@ -817,18 +831,20 @@ static void put_leaks(const struct out *o, const struct ap_profile *p, const uin
 {
         uint32_t n = shown(top, leaking);
 
-        section(o, "Leaks");
+        section(o, p->live ? "Live now" : "Leaks");
         if (leaking == 0 && p->totals.leaked_blocks == 0) {
                 say(o, "  ");
-                say_in(o, SGR_GREEN, "no leaks: every allocated block was freed before exit");
+                say_in(o, SGR_GREEN, "%s",
+                       p->live ? "nothing live: every block allocated so far was freed"
+                               : "no leaks: every allocated block was freed before exit");
                 say(o, "\n");
                 return;
         }
         say(o, "  ");
-        say_in(o, SGR_RED, "%s in %s blocks", fmt_size(p->totals.leaked_bytes).s,
-               fmt_count(p->totals.leaked_blocks).s);
-        say(o, " were still allocated at exit, from %" PRIu32 " call site%s\n", leaking,
-            leaking == 1 ? "" : "s");
+        say_in(o, p->live ? SGR_BOLD : SGR_RED, "%s in %s blocks",
+               fmt_size(p->totals.leaked_bytes).s, fmt_count(p->totals.leaked_blocks).s);
+        say(o, " were still allocated %s, from %" PRIu32 " call site%s\n",
+            p->live ? "when the snapshot was taken" : "at exit", leaking, leaking == 1 ? "" : "s");
         if (p->totals.dropped_frees)
                 say_in(o, SGR_YELLOW,
                        "  (%s frees were dropped: some of these blocks may have "
@@ -840,11 +856,15 @@ static void put_leaks(const struct out *o, const struct ap_profile *p, const uin
                 put_site_headline(o, p, s, i + 1, AP_SORT_LEAKED);
                 put_stack(o, p, s, "       ");
         }
-        if (n < leaking)
-                say_in(o, SGR_DIM,
-                       "\n  ... and %" PRIu32 " more leaking site%s (use --top 0 to "
-                       "see all)\n",
-                       leaking - n, leaking - n == 1 ? "" : "s");
+        if (n < leaking) {
+                bool one = leaking - n == 1;
+                const char *what =
+                        p->live ? (one ? "site with live blocks" : "sites with live blocks")
+                                : (one ? "leaking site" : "leaking sites");
+
+                say_in(o, SGR_DIM, "\n  ... and %" PRIu32 " more %s (use --top 0 to see all)\n",
+                       leaking - n, what);
+        }
 }
 
 /* Bucket i counts sizes in [2^(i-1), 2^i); bucket 0 counts zero-byte requests. */
@@ -1000,12 +1020,18 @@ static void put_hints(const struct out *o, const struct ap_profile *p, const uin
                 if (!big)
                         break;
                 hint_start(o, &count, p, s, NULL);
-                say(o, "    leaks %s in %s block%s", fmt_size(s->leaked_bytes).s,
-                    fmt_count(s->leaked_blocks).s, s->leaked_blocks == 1 ? "" : "s");
+                say(o, "    %s %s in %s block%s", p->live ? "holds" : "leaks",
+                    fmt_size(s->leaked_bytes).s, fmt_count(s->leaked_blocks).s,
+                    s->leaked_blocks == 1 ? "" : "s");
+                if (p->live)
+                        say(o, " live now");
                 if (t->peak_bytes)
                         say(o, " (%s of the peak heap)",
                             fmt_percent(s->leaked_bytes, t->peak_bytes).s);
-                say(o, ":\n    free it, or make sure it is meant to live until exit.\n");
+                /* A running process may still free it: only growth over time says more. */
+                say(o, p->live ? ":\n    if later snapshots show it growing, look for a missing "
+                                 "free.\n"
+                               : ":\n    free it, or make sure it is meant to live until exit.\n");
                 kind++;
         }
 
@@ -1215,16 +1241,19 @@ static void json_process(struct jobj *root, const struct ap_profile *p)
         jkey_str(&o, "run_id", p->run_id);
         if (p->merged_from > 1)
                 jkey_u64(&o, "merged_from", p->merged_from);
-        /* Like a shell's $?: 128 + signal when killed, so CI can compare one number. */
+        /* Like a shell's $?: 128 + signal when killed, so CI can compare one number.  A live
+         * snapshot's process has not ended: neither applies. */
         jkey(&o, "exit_status");
-        if (p->term_signal > 0)
+        if (p->live)
+                fputs("null", f);
+        else if (p->term_signal > 0)
                 fprintf(f, "%d", 128 + p->term_signal);
         else if (p->exit_status >= 0)
                 fprintf(f, "%d", p->exit_status);
         else
                 fputs("null", f);
         jkey(&o, "term_signal");
-        if (p->term_signal > 0)
+        if (p->term_signal > 0 && !p->live)
                 fprintf(f, "%d", p->term_signal);
         else
                 fputs("null", f);
@@ -1288,6 +1317,8 @@ int ap_report_json(FILE *out, const struct ap_profile *p, const struct ap_report
         json_str(out, p->tool_version);
         fputc('}', out);
         json_process(&root, p);
+        jkey(&root, "live");
+        fputs(p->live ? "true" : "false", out);
         jkey_str(&root, "mode", p->mode);
         jkey_u64(&root, "sample_interval", p->sample_interval);
         jkey(&root, "estimated");
@@ -1409,7 +1440,12 @@ void ap_report_summary(FILE *out, const struct ap_profile *p, const char *profil
             fmt_count(t->allocations).s, fmt_size(t->bytes).s, fmt_count(t->frees).s,
             fmt_size(t->peak_bytes).s, fmt_count(t->peak_blocks).s,
             is_sampled(p) ? " (estimated)" : "");
-        if (t->leaked_blocks)
+        if (p->live && t->leaked_blocks)
+                say(&o, "allocprof: %s in %s blocks live now\n", fmt_size(t->leaked_bytes).s,
+                    fmt_count(t->leaked_blocks).s);
+        else if (p->live)
+                say(&o, "allocprof: nothing live now\n");
+        else if (t->leaked_blocks)
                 say(&o, "allocprof: leaked %s in %s blocks\n", fmt_size(t->leaked_bytes).s,
                     fmt_count(t->leaked_blocks).s);
         else
@@ -1429,8 +1465,8 @@ void ap_report_summary(FILE *out, const struct ap_profile *p, const char *profil
                 say(&o, "allocprof: warning: %s events were dropped",
                     fmt_count(t->dropped_events).s);
                 if (t->dropped_frees)
-                        say(&o, " (%s frees: leaks may be overstated)",
-                            fmt_count(t->dropped_frees).s);
+                        say(&o, " (%s frees: %s may be overstated)", fmt_count(t->dropped_frees).s,
+                            p->live ? "live blocks" : "leaks");
                 say(&o, "; figures are incomplete\n");
         }
         if (profile_path) {

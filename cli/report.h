@@ -18,15 +18,16 @@ struct ap_report_opts {
         bool color; /* ANSI colors */
 };
 
-/* Full text report.  Returns 0 or -errno (write error). */
+/* Full text report.  A live snapshot (p->live) is worded as one: its "leaked" figures are
+ * shown as blocks live now, never as leaks.  Returns 0 or -errno (write error). */
 int ap_report_text(FILE *out, const struct ap_profile *p, const struct ap_report_opts *o);
 
 /* The JSON report (schema documented in USAGE.md).  Returns 0 or -errno. */
 int ap_report_json(FILE *out, const struct ap_profile *p, const struct ap_report_opts *o);
 
 /* The few lines `allocprof run` prints to stderr at the end: totals, top 3 sites, leaks,
- * dropped events, and where the profile went (profile_path may be NULL). Every line starts
- * with "allocprof: ". */
+ * dropped events, and where the profile went (profile_path may be NULL); for a live
+ * snapshot, what is live now instead of leaks. Every line starts with "allocprof: ". */
 void ap_report_summary(FILE *out, const struct ap_profile *p, const char *profile_path);
 
 /* `allocprof report ...` (argv[0] = "report").  Returns the process exit status. */

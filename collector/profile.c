@@ -27,6 +27,7 @@
  *    "tool":{"name":"allocprof","version":S|null},
  *    "process":{"pid","ppid","command":[S...],"exe":S|null,"exit_status","term_signal",
  *               "start_unix_ns","duration_ns"},
+ *    "live":true,                                      (snapshots of a running process only)
  *    "mode":S|null, "sample_interval":N,
  *    "totals":{one key per field of ap_profile.totals},
  *    "strings":[S...],
@@ -38,7 +39,9 @@
  *    "timeline":[[t_ns, live_bytes, allocations]...]}
  *
  * I = index into "strings", M = into "modules", F = into "frames"; null stands for
- * AP_NONE.  Unknown keys are ignored so that version 1 can grow optional fields.
+ * AP_NONE.  Unknown keys are ignored so that version 1 can grow optional fields.  "live"
+ * is such a field: written only when true, so that a profile of a process that ended is
+ * byte for byte what it was before snapshots existed, and absent reads as false.
  *
  * 64-bit values: jansson integers are signed 64-bit.  Counters, sizes and times are
  * saturated at INT64_MAX when written (2^63 bytes or events cannot happen; saturating keeps
@@ -422,6 +425,8 @@ static json_t *build_document(const struct ap_profile *p)
         put(&w, o, "duration_ns", ju64(p->duration_ns));
         put(&w, root, "process", o);
 
+        if (p->live)
+                put(&w, root, "live", json_true());
         put(&w, root, "mode", jstr(p->mode));
         put(&w, root, "sample_interval", ju64(p->sample_interval));
 
@@ -956,6 +961,20 @@ static int alloc_table(struct rctx *rc, void **ret, uint32_t n, size_t size)
         return 0;
 }
 
+/* Optional: only snapshots of a running process carry it. */
+static int read_live(struct rctx *rc, struct ap_profile *p, const json_t *root)
+{
+        struct loc l = at_key(NULL, "live");
+        json_t *v = json_object_get(root, "live");
+
+        if (!v)
+                return 0;
+        if (!json_is_boolean(v))
+                return expect(rc, v, &l, "a boolean");
+        p->live = json_is_true(v);
+        return 0;
+}
+
 static int read_process(struct rctx *rc, struct ap_profile *p, const json_t *root)
 {
         struct loc l = at_key(NULL, "process"), lc = at_key(&l, "command");
@@ -1192,6 +1211,7 @@ static int read_document(struct rctx *rc, struct ap_profile *p, const json_t *ro
         /* Tables in dependency order: each one is checked against those before it. */
         if ((r = get_object(rc, root, NULL, "tool", &o)) < 0 ||
             (r = field_strdup(rc, o, &lt, "version", true, &p->tool_version)) < 0 ||
+            (r = read_live(rc, p, root)) < 0 ||
             (r = field_strdup(rc, root, NULL, "mode", true, &p->mode)) < 0 ||
             (r = field_u64(rc, root, NULL, "sample_interval", &p->sample_interval)) < 0 ||
             (r = get_object(rc, root, NULL, "totals", &o)) < 0 ||

@@ -170,6 +170,7 @@ static void assert_same(const struct ap_profile *a, const struct ap_profile *b)
         ASSERT_EQ(a->sample_interval, b->sample_interval);
         ASSERT_EQ(a->start_unix_ns, b->start_unix_ns);
         ASSERT_EQ(a->duration_ns, b->duration_ns);
+        ASSERT_EQ(a->live, b->live);
 
         ASSERT_EQ(a->totals.allocations, b->totals.allocations);
         ASSERT_EQ(a->totals.bytes, b->totals.bytes);
@@ -577,6 +578,47 @@ static void expect_mutation_error(const char *where, const char *key, json_t *va
         free(path);
 }
 
+/* "live" is written only for snapshots of a running process, so a profile of a process
+ * that ended is byte for byte what it was before; absent or false reads as not live. */
+static void test_live(void)
+{
+        struct ap_profile *p = build_sample(), *q;
+        char *path = path_in_tmp("live.approf"), *text;
+        json_t *doc;
+        size_t len;
+
+        ASSERT_OK(ap_profile_write(p, path));
+        text = slurp(path, &len);
+        ASSERT_NOT_CONTAINS(text, "\"live\"");
+        free(text);
+        q = read_ok(path);
+        ASSERT_FALSE(q->live);
+        ap_profile_free(q);
+
+        p->live = true;
+        ASSERT_OK(ap_profile_write(p, path));
+        text = slurp(path, &len);
+        ASSERT_CONTAINS(text, "\"live\":true,");
+        free(text);
+        q = read_ok(path);
+        ASSERT_TRUE(q->live);
+        assert_same(p, q);
+        ap_profile_free(q);
+
+        /* An explicit false is accepted too. */
+        doc = sample_doc();
+        ASSERT_EQ(json_object_set_new(doc, "live", json_false()), 0);
+        ASSERT_EQ(json_dump_file(doc, path, JSON_COMPACT), 0);
+        json_decref(doc);
+        q = read_ok(path);
+        ASSERT_FALSE(q->live);
+        ap_profile_free(q);
+
+        unlink(path);
+        free(path);
+        ap_profile_free(p);
+}
+
 static void test_hostile_documents(void)
 {
         const int E = -EINVAL;
@@ -619,6 +661,9 @@ static void test_hostile_documents(void)
         expect_mutation_error("totals", "threads", NULL, E, "totals.threads: missing");
         expect_mutation_error("", "totals", json_array(), E, "totals: expected an object");
         expect_mutation_error("", "mode", json_integer(1), E, "mode: expected a string or null");
+        expect_mutation_error("", "live", json_integer(1), E,
+                              "live: expected a boolean, found an integer");
+        expect_mutation_error("", "live", json_string("true"), E, "live: expected a boolean");
         expect_mutation_error("", "sample_interval", json_null(), E, "sample_interval");
         expect_mutation_error("tool", "version", json_true(), E, "tool.version");
         expect_mutation_error("process", "pid", json_integer(1ll << 32), E, "process.pid");
@@ -777,6 +822,7 @@ int main(void)
         ASSERT_NOT_NULL(mkdtemp(tmpdir));
         test_intern();
         test_round_trip();
+        test_live();
         test_u64_limits();
         test_invalid_utf8();
         test_write_errors();

@@ -366,9 +366,9 @@ static void test_json_schema(void)
         struct ap_profile *p = build_known();
         json_t *doc = render_json(p, 0, AP_SORT_BYTES), *o, *s, *f;
         static const char *const root_keys[] = {
-                "schema_version", "tool",      "process",  "mode",        "sample_interval",
-                "estimated",      "totals",    "sort",     "sites_total", "sites",
-                "modules",        "histogram", "timeline", NULL};
+                "schema_version",  "tool",      "process",   "live",     "mode",
+                "sample_interval", "estimated", "totals",    "sort",     "sites_total",
+                "sites",           "modules",   "histogram", "timeline", NULL};
         static const char *const process_keys[] = {"pid",           "ppid",        "command",
                                                    "exe",           "run_id",      "exit_status", "term_signal",
                                                    "start_unix_ns", "duration_ns", NULL};
@@ -404,6 +404,7 @@ static void test_json_schema(void)
         ASSERT_EQ(jint(doc, "schema_version"), 1);
         ASSERT_STREQ(jstring(jget(doc, "tool"), "name"), "allocprof");
         ASSERT_STREQ(jstring(jget(doc, "tool"), "version"), "0.1.0");
+        ASSERT_TRUE(json_is_false(jget(doc, "live")));
         ASSERT_STREQ(jstring(doc, "mode"), "full");
         ASSERT_EQ(jint(doc, "sample_interval"), 0);
         ASSERT_TRUE(json_is_false(jget(doc, "estimated")));
@@ -962,6 +963,110 @@ static void test_summary(void)
         ap_profile_free(p);
 }
 
+/* A snapshot of a running process: blocks not freed yet are live now, not leaked, and
+ * nothing in the report says the process ended. */
+static void test_live(void)
+{
+        struct ap_profile *p = build_known();
+        struct capture c;
+        json_t *doc;
+        char *t;
+
+        p->live = true;
+        p->exit_status = -1;
+        p->duration_ns = 1530000000ull;
+        p->totals.dropped_events = 12;
+        p->totals.dropped_frees = 3;
+        t = render_text(p, 10, AP_SORT_BYTES, false);
+        ASSERT_CONTAINS(t, "\n  pid 4242 (parent 4200), live snapshot of a running process, "
+                           "running for 1.53 s, started 2024-11-25 22:50:00 UTC\n");
+        ASSERT_CONTAINS(t, "\n  live now                   24    4.00 MiB  4,197,504 bytes not "
+                           "freed yet, from 3 call sites\n");
+        ASSERT_CONTAINS(t, "(3 of them frees: live blocks may be overstated)");
+        ASSERT_CONTAINS(t, "  #2   4.00 MiB in 1 allocation, 25.0% of bytes\n"
+                           "       4.00 MiB live at the peak (4.00 MiB at most), 4.00 MiB live "
+                           "now\n");
+        ASSERT_CONTAINS(t, "\nLive now\n  4.00 MiB in 24 blocks were still allocated when the "
+                           "snapshot was taken, from 3 call sites\n");
+        ASSERT_CONTAINS(t, "  #1   4.00 MiB live now in 1 block (of 1 allocated), >99.9% of all "
+                           "live bytes\n");
+        ASSERT_CONTAINS(t,
+                        "  module                 allocations       bytes    share        live\n"
+                        "  tree-bench                  52,421   14.11 MiB    88.1%    4.00 MiB\n");
+        ASSERT_CONTAINS(t, "  * load_config (src/config.c:88)\n"
+                           "    holds 4.00 MiB in 1 block live now (71.4% of the peak heap):\n"
+                           "    if later snapshots show it growing, look for a missing free.\n");
+        ASSERT_NOT_CONTAINS(t, "leak");
+        ASSERT_NOT_CONTAINS(t, "Leak");
+        ASSERT_NOT_CONTAINS(t, "at exit");
+        ASSERT_NOT_CONTAINS(t, "never freed");
+        ASSERT_NOT_CONTAINS(t, " ran ");
+        ASSERT_NOT_CONTAINS(t, " \n");
+        free(t);
+
+        /* Sorted by what is live, and cut by --top. */
+        t = render_text(p, 1, AP_SORT_LEAKED, false);
+        ASSERT_CONTAINS(t, "\nHot call sites (top 1 of 7, by live bytes)\n");
+        ASSERT_CONTAINS(t, "\n  ... and 2 more sites with live blocks (use --top 0 to see all)\n");
+        ASSERT_NOT_CONTAINS(t, "leak");
+        free(t);
+
+        /* Live memory is not an error: not red. */
+        t = render_text(p, 10, AP_SORT_BYTES, true);
+        ASSERT_CONTAINS(t, "4.00 MiB live now\n");
+        ASSERT_NOT_CONTAINS(t, "\033[31m4.00 MiB");
+        free(t);
+
+        p->exit_status = 0; /* a snapshot has no exit status, whatever the profile says */
+        doc = render_json(p, 0, AP_SORT_BYTES);
+        ASSERT_TRUE(json_is_true(jget(doc, "live")));
+        assert_null(jget(doc, "process"), "exit_status");
+        assert_null(jget(doc, "process"), "term_signal");
+        ASSERT_EQ(jint(jget(doc, "totals"), "leaked_bytes"), 4197504);
+        json_decref(doc);
+
+        capture_begin(&c);
+        ap_report_summary(c.f, p, NULL);
+        t = capture_end(&c);
+        ASSERT_CONTAINS(t, "allocprof: 4.00 MiB in 24 blocks live now\n");
+        ASSERT_CONTAINS(t, "(3 frees: live blocks may be overstated)");
+        ASSERT_NOT_CONTAINS(t, "leak");
+        free(t);
+
+        /* The same profile once the process has ended reads as before. */
+        p->live = false;
+        p->exit_status = -1;
+        doc = render_json(p, 0, AP_SORT_BYTES);
+        ASSERT_TRUE(json_is_false(jget(doc, "live")));
+        json_decref(doc);
+        t = render_text(p, 10, AP_SORT_BYTES, false);
+        ASSERT_CONTAINS(t, ", ran 1.53 s");
+        ASSERT_CONTAINS(t, "\nLeaks\n");
+        ASSERT_NOT_CONTAINS(t, "live now");
+        ASSERT_NOT_CONTAINS(t, "snapshot");
+        free(t);
+        ap_profile_free(p);
+
+        /* Nothing live at the moment of the snapshot. */
+        p = ap_profile_new();
+        ASSERT_NOT_NULL(p);
+        p->live = true;
+        t = render_text(p, 10, AP_SORT_BYTES, false);
+        ASSERT_CONTAINS(t, "  live now                    0         0 B  every block allocated so "
+                           "far was freed\n");
+        ASSERT_CONTAINS(t, "\nLive now\n  nothing live: every block allocated so far was freed\n");
+        ASSERT_NOT_CONTAINS(t, "leak");
+        ASSERT_NOT_CONTAINS(t, "exit");
+        free(t);
+        capture_begin(&c);
+        ap_report_summary(c.f, p, NULL);
+        t = capture_end(&c);
+        ASSERT_CONTAINS(t, "allocprof: nothing live now\n");
+        ASSERT_NOT_CONTAINS(t, "leak");
+        free(t);
+        ap_profile_free(p);
+}
+
 /* ---- the command -------------------------------------------------------------------- */
 
 struct run {
@@ -1186,6 +1291,7 @@ int main(void)
         test_text_sanitizes();
         test_degenerate();
         test_summary();
+        test_live();
         test_command();
         ASSERT_EQ(rmdir(tmpdir), 0);
         printf("report: all tests passed\n");
