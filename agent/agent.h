@@ -54,6 +54,9 @@ struct ap_thread {
         int nested_busy;
         uintptr_t stack_hi; /* top of this thread's stack (0 = unknown), bounds fp walks */
         int exited;         /* thread-exit destructor has run */
+        uint32_t beat_countdown; /* records until the next collector-liveness check */
+        uint64_t beat_seen;      /* collector heartbeat at the last check */
+        uint64_t beat_ns;        /* when it last moved, CLOCK_MONOTONIC */
 };
 extern AP_HIDDEN AP_TLS __thread struct ap_thread ap_tls;
 

@@ -149,8 +149,8 @@ static AP_SLOW void free_sampled(struct ap_thread *t, void *p)
 
 /* Block p ends (called before it is really freed, so that once another thread can get
  * the address back, our record of its death is already visible; see wire.h).  Always
- * recorded in full mode; in sampled mode only if p was sampled, which the cache-resident
- * filter rules out for almost every block. */
+ * recorded in full mode; in sampled (and detached) mode only if p was sampled, which the
+ * cache-resident filter rules out for almost every block. */
 static inline void end_block(void *p)
 {
         struct ap_thread *t = &ap_tls;
@@ -164,7 +164,7 @@ static inline void end_block(void *p)
         if (ap_unlikely(h == NULL))
                 return; /* no session: nothing of ours can be live */
         uint32_t mode = mode_of(h);
-        if (mode == AP_MODE_SAMPLED) {
+        if (mode == AP_MODE_SAMPLED || mode == AP_MODE_DETACHED) {
                 if (ap_sampled_maybe(p))
                         free_sampled(t, p);
         } else if (mode == AP_MODE_FULL) {
@@ -235,7 +235,8 @@ AP_EXPORT void *realloc(void *old, size_t size)
                         realloc_full(t, old, p, size, ts);
                 return p;
         }
-        if (mode == AP_MODE_SAMPLED && ap_sampled_maybe(old) && ap_sampled_contains(old)) {
+        if ((mode == AP_MODE_SAMPLED || mode == AP_MODE_DETACHED) && ap_sampled_maybe(old) &&
+            ap_sampled_contains(old)) {
                 /* A sampled block: it ends only if the realloc succeeds. */
                 uint64_t ts = ap_clock_ticks_early();
                 void *p = __libc_realloc(old, size);

@@ -212,9 +212,36 @@ static bool collector_alive(struct ap_shm_header *h)
 /* Makes room for nbytes at the producer position, waiting a bounded time for the
  * collector when the ring is full.  Returns where to write, or NULL (record dropped; the
  * caller counts it). */
+/* Every this many records a thread checks that the collector still drains (its
+ * heartbeat moves); if the heartbeat stood still for COLLECTOR_GONE_NS and the collector
+ * process is gone, the process stops recording for good (mode OFF: every hook returns
+ * after one load), so a killed daemon costs its programs nothing beyond that. */
+#define BEAT_CHECK_RECORDS 1024
+#define COLLECTOR_GONE_NS (1000ull * 1000 * 1000)
+
+static __attribute__((noinline, cold)) void check_collector(struct ap_thread *t, struct ap_shm_header *h)
+{
+        t->beat_countdown = BEAT_CHECK_RECORDS;
+        uint64_t beat = ap_load_relaxed(&h->xheartbeat);
+        uint64_t now = ap_clock_mono_ns();
+        if (beat != t->beat_seen || t->beat_ns == 0) {
+                t->beat_seen = beat;
+                t->beat_ns = now;
+                return;
+        }
+        if (now - t->beat_ns > COLLECTOR_GONE_NS && !collector_alive(h)) {
+                ap_store_relaxed(&g_collector_stalled, 1);
+                /* Relaxed: a hint; hooks that still see the old mode record into a ring
+                 * nobody reads, which is harmless. */
+                ap_store_relaxed(&h->xmode, AP_MODE_OFF);
+        }
+}
+
 static uint8_t *ring_reserve(struct ap_thread *t, struct ap_shm_header *h, uint32_t nbytes,
                              uint32_t keep)
 {
+        if (ap_unlikely(t->beat_countdown-- == 0))
+                check_collector(t, h);
         uint8_t *w = ap_ring_try_reserve(&t->pr, nbytes, keep);
         if (ap_likely(w != NULL)) {
                 if (ap_unlikely(ap_load_relaxed(&g_collector_stalled)))
@@ -240,8 +267,9 @@ static uint8_t *ring_reserve(struct ap_thread *t, struct ap_shm_header *h, uint3
                         beat = b;
                         beat_at = now;
                 } else if (now - beat_at > WAIT_STALL_NS && !collector_alive(h)) {
-                        /* Gone: from now on full rings drop at once. */
+                        /* Gone: from now on record nothing. */
                         ap_store_relaxed(&g_collector_stalled, 1);
+                        ap_store_relaxed(&h->xmode, AP_MODE_OFF);
                         return NULL;
                 }
                 if (now - start > WAIT_MAX_NS)
@@ -547,7 +575,8 @@ AP_HIDDEN void ap_nested_free(void *p)
         t->nested_busy = 1;
         struct ap_shm_header *h = nested_ring(t);
         uint32_t mode = h ? ap_load_relaxed(&h->xmode) : AP_MODE_OFF;
-        if (mode == AP_MODE_FULL || (mode == AP_MODE_SAMPLED && ap_sampled_forget(p))) {
+        if (mode == AP_MODE_FULL ||
+            ((mode == AP_MODE_SAMPLED || mode == AP_MODE_DETACHED) && ap_sampled_forget(p))) {
                 uint8_t *w = nested_reserve(t, sizeof(struct ap_rec_free), 0);
                 if (w != NULL) {
                         fill_free_record(w, p, ap_clock_ticks_early());

@@ -61,6 +61,10 @@ enum ap_mode {
         AP_MODE_SAMPLED = 1, /* Poisson sampling by bytes, mean xsample_interval */
         AP_MODE_DORMANT = 2, /* registered, records nothing */
         AP_MODE_OFF = 3,     /* collector gone or told us to stop: record nothing */
+        AP_MODE_DETACHED = 4, /* was sampled, then detached: sample nothing new, but still
+                               * record the frees of blocks sampled before, so that they do
+                               * not stay live in the profile (and a later attach starts
+                               * from a clean sampled set) */
 };
 
 /* Slot states, ap_ring_ctl.xstate. */
