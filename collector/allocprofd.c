@@ -1,11 +1,13 @@
-/* allocprofd: the collector as a standalone service.  Listens on a socket, profiles every
- * process whose agent registers there, and writes each profile when the process ends.
- * (Multi-client reporting and attach come with the service work; see USAGE.md.)
+/* allocprofd: the collector as a per-user service.  Profiles every process whose agent
+ * registers on its socket, keeps each one apart, serves `allocprof ps`, live reports,
+ * attach/detach and the run sessions of `allocprof run`, and writes each profile when
+ * its process ends (or, on SIGTERM, every open one before it exits).
  *
  * SPDX-License-Identifier: MIT OR Apache-2.0
  */
 #include <errno.h>
 #include <getopt.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,24 +19,54 @@
 #include "config.h"
 #include "profile.h"
 #include "server.h"
+#include "service.h"
 #include "symbolize.h"
 #include "util.h"
+#include "warm.h"
 
 struct daemon {
-        const char *outdir;
-        struct ap_symbolizer *sym;
+        char *outdir;
+        struct ap_warmer *warmer;
+        struct ap_symbolizer *sym; /* only when the background thread could not start */
 };
 
-static void on_done(void *userdata, struct ap_process *p, bool by_exec)
+struct write_job {
+        struct daemon *d;
+        struct ap_process *p;
+};
+
+static const char *base_name(const char *path)
 {
-        struct daemon *d = userdata;
+        const char *s = strrchr(path, '/');
+        return s && s[1] ? s + 1 : path;
+}
+
+/* allocprof.<exe>.<pid>.approf, numbered when that name exists already (pid reuse, or
+ * a program that exec'ed itself). */
+static char *profile_path(const char *dir, const struct ap_profile *prof)
+{
+        const char *exe = prof->exe && prof->exe[0] ? base_name(prof->exe) : "unknown";
+        char *path = ap_asprintf("%s/allocprof.%s.%u.approf", dir, exe, prof->pid);
+        struct stat st;
+        for (int k = 2; path != NULL && lstat(path, &st) == 0 && k < 10000; k++) {
+                free(path);
+                path = ap_asprintf("%s/allocprof.%s.%u-%d.approf", dir, exe, prof->pid, k);
+        }
+        return path;
+}
+
+/* On the background thread: symbolize, write, free. */
+static void write_profile(void *arg, struct ap_symbolizer *sym)
+{
+        struct write_job *j = arg;
         struct ap_profile *prof = NULL;
-        (void)by_exec;
-        if (ap_process_finalize(p, d->sym, &prof) == 0) {
-                const char *exe = prof->exe && prof->exe[0] ? prof->exe : "unknown";
-                const char *base = strrchr(exe, '/') ? strrchr(exe, '/') + 1 : exe;
-                char *path = ap_asprintf("%s/allocprof.%s.%u.approf", d->outdir, base, prof->pid);
-                int r = path ? ap_profile_write(prof, path) : -ENOMEM;
+        int r = ap_process_finalize(j->p, sym, &prof);
+        if (r < 0) {
+                fprintf(stderr, "allocprofd: pid %d: cannot finalize its profile: %s\n",
+                        (int)ap_process_pid(j->p), strerror(-r));
+        } else {
+                char *path = profile_path(j->d->outdir, prof);
+                r = path ? ap_profile_write(prof, path) : -ENOMEM;
                 if (r < 0)
                         fprintf(stderr, "allocprofd: cannot write %s: %s\n", path ? path : "?",
                                 strerror(-r));
@@ -42,18 +74,68 @@ static void on_done(void *userdata, struct ap_process *p, bool by_exec)
                         fprintf(stderr, "allocprofd: pid %u: profile written to %s\n", prof->pid,
                                 path);
                 free(path);
-                ap_profile_free(prof);
         }
-        ap_process_free(p);
+        ap_profile_free(prof);
+        ap_process_free(j->p);
+        free(j);
+}
+
+/* A process image ended (or we are stopping): its profile is written off the loop. */
+static void on_done(void *userdata, struct ap_process *p, bool by_exec)
+{
+        struct daemon *d = userdata;
+        (void)by_exec;
+        uint64_t allocations, live;
+        ap_process_stats(p, &allocations, &live);
+        uint32_t mode = ap_process_mode(p, NULL);
+        /* Started dormant and never attached: nothing to say about it. */
+        if (allocations == 0 && (mode == AP_MODE_DORMANT || mode == AP_MODE_OFF)) {
+                ap_process_free(p);
+                return;
+        }
+        struct write_job *j = malloc(sizeof(*j));
+        if (j == NULL) {
+                fprintf(stderr, "allocprofd: pid %d: out of memory, profile lost\n",
+                        (int)ap_process_pid(p));
+                ap_process_free(p);
+                return;
+        }
+        *j = (struct write_job){.d = d, .p = p};
+        if (d->warmer != NULL && ap_warmer_run(d->warmer, write_profile, j) == 0)
+                return;
+        if (d->sym == NULL && ap_symbolizer_new(&d->sym) < 0) {
+                fprintf(stderr, "allocprofd: out of memory\n");
+                ap_process_free(p);
+                free(j);
+                return;
+        }
+        write_profile(j, d->sym);
+}
+
+static void on_note(void *userdata, int pid, const char *why)
+{
+        (void)userdata;
+        (void)pid;
+        fprintf(stderr, "allocprofd: %s\n", why);
 }
 
 static void usage(FILE *out)
 {
-        fprintf(out, "Usage: allocprofd --socket PATH [--output-dir DIR]\n"
-                     "Runs in the foreground.  Programs started with\n"
-                     "  LD_PRELOAD=/path/to/liballocprof.so ALLOCPROF_SOCKET=PATH prog\n"
-                     "are profiled; each profile is written to DIR (default: .) when the\n"
-                     "program ends.  SIGINT/SIGTERM write all open profiles, then exit.\n");
+        fprintf(out,
+                "Usage: allocprofd [--foreground] [--socket PATH] [--output-dir DIR]\n"
+                "Profiles the programs of this user that start with the allocprof agent and\n"
+                "writes each profile to DIR when the program ends.\n"
+                "  -f, --foreground     do not daemonize; messages go to stderr\n"
+                "  -s, --socket PATH    listen on PATH (default: $XDG_RUNTIME_DIR/allocprof/\n"
+                "                       allocprofd.sock, else /tmp/allocprof-UID/allocprofd.sock;\n"
+                "                       ALLOCPROF_DAEMON_SOCKET overrides the default)\n"
+                "  -d, --output-dir DIR where profiles go (default: the current directory)\n"
+                "Under systemd (allocprofd.socket) the socket is inherited through LISTEN_FDS.\n"
+                "Programs reach it through `allocprof run`, or directly with\n"
+                "  LD_PRELOAD=%s/liballocprof.so ALLOCPROF_SOCKET=PATH prog\n"
+                "(add ALLOCPROF_MODE=dormant to start them switched off, for `allocprof attach`).\n"
+                "SIGTERM or SIGINT: every open profile is written, then allocprofd exits.\n",
+                AP_LIBDIR);
 }
 
 int main(int argc, char **argv)
@@ -66,18 +148,20 @@ int main(int argc, char **argv)
                 {"version", no_argument, NULL, 'V'},
                 {0},
         };
-        const char *sock = NULL;
-        struct daemon d = {.outdir = "."};
+        const char *sock_opt = NULL, *outdir = ".";
+        bool foreground = false;
+        struct daemon d = {0};
         int c;
         while ((c = getopt_long(argc, argv, "s:d:fhV", opts, NULL)) != -1) {
                 switch (c) {
                 case 's':
-                        sock = optarg;
+                        sock_opt = optarg;
                         break;
                 case 'd':
-                        d.outdir = optarg;
+                        outdir = optarg;
                         break;
                 case 'f':
+                        foreground = true;
                         break;
                 case 'h':
                         usage(stdout);
@@ -90,39 +174,95 @@ int main(int argc, char **argv)
                         return 2;
                 }
         }
-        if (sock == NULL) {
+        if (optind < argc) {
+                fprintf(stderr, "allocprofd: unexpected argument '%s'\n", argv[optind]);
                 usage(stderr);
                 return 2;
         }
-        if (ap_symbolizer_new(&d.sym) < 0) {
-                fprintf(stderr, "allocprofd: out of memory\n");
+        /* Resolved now: the daemon's working directory becomes /. */
+        char resolved[PATH_MAX];
+        struct stat st;
+        if (realpath(outdir, resolved) == NULL || stat(resolved, &st) < 0 ||
+            !S_ISDIR(st.st_mode) || access(resolved, W_OK | X_OK) < 0) {
+                fprintf(stderr, "allocprofd: cannot write profiles to %s: %s\n", outdir,
+                        errno ? strerror(errno) : "not a directory");
                 return 1;
         }
-        struct ap_collector *coll = NULL;
+        d.outdir = strdup(resolved);
+
         char *err = NULL;
-        if (ap_collector_new(sock, on_done, &d, &coll, &err) < 0) {
-                fprintf(stderr, "allocprofd: %s\n", err);
-                free(err);
+        int listen_fd = -1;
+        int r = ap_service_listen_fds(&listen_fd, &err);
+        if (r < 0) {
+                fprintf(stderr, "allocprofd: %s\n", err ? err : strerror(-r));
                 return 1;
         }
+        char *sock = NULL;
+        if (listen_fd < 0) {
+                if (sock_opt != NULL)
+                        sock = strdup(sock_opt);
+                else if ((r = ap_service_socket_path(true, &sock, &err)) < 0) {
+                        fprintf(stderr, "allocprofd: %s\n", err ? err : strerror(-r));
+                        return 1;
+                }
+        }
+
+        int ready_fd = -1;
+        /* Under socket activation systemd supervises us: stay in the foreground. */
+        if (!foreground && listen_fd < 0 && (r = ap_service_daemonize(&ready_fd, &err)) < 0) {
+                fprintf(stderr, "allocprofd: %s\n", err ? err : strerror(-r));
+                return 1;
+        }
+
+        struct ap_collector *coll = NULL;
+        if (listen_fd >= 0)
+                r = ap_collector_new_fd(listen_fd, on_done, &d, &coll);
+        else
+                r = ap_collector_new(sock, on_done, &d, &coll, &err);
+        if (r < 0) {
+                char *msg = ap_asprintf("allocprofd: %s", err ? err : strerror(-r));
+                fprintf(stderr, "%s\n", msg ? msg : "allocprofd: cannot listen");
+                ap_service_fail(ready_fd, msg);
+                return 1;
+        }
+        ap_collector_set_note(coll, on_note, &d);
+        /* One background thread symbolizes: it loads debug information while programs
+         * run, and writes profiles and snapshots without stalling the loop. */
+        struct ap_symbolizer *wsym = NULL;
+        if (ap_symbolizer_new(&wsym) == 0 && ap_warmer_start(wsym, &d.warmer) == 0)
+                ap_collector_set_warmer(coll, d.warmer);
+
         sigset_t mask;
         sigemptyset(&mask);
         sigaddset(&mask, SIGINT);
         sigaddset(&mask, SIGTERM);
         sigaddset(&mask, SIGHUP);
         sigprocmask(SIG_BLOCK, &mask, NULL);
+        signal(SIGPIPE, SIG_IGN);
         int sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+        fprintf(stderr, "allocprofd %s: pid %d listening on %s, profiles to %s\n", AP_VERSION,
+                (int)getpid(), sock ? sock : "the socket systemd passed", d.outdir);
+        ap_service_ready(ready_fd);
+        int status = 0;
         for (;;) {
                 int ev = ap_collector_step(coll, 200, sfd);
                 if (ev < 0) {
                         fprintf(stderr, "allocprofd: %s\n", strerror(-ev));
+                        status = 1;
                         break;
                 }
                 if (ev > 0)
                         break;
         }
+        /* Every open profile is written before we go. */
         ap_collector_flush_all(coll);
+        ap_warmer_wait(d.warmer);
         ap_collector_free(coll);
+        ap_warmer_stop(d.warmer);
+        ap_symbolizer_free(wsym);
         ap_symbolizer_free(d.sym);
-        return 0;
+        fprintf(stderr, "allocprofd: stopped\n");
+        free(sock);
+        free(d.outdir);
+        return status;
 }

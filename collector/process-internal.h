@@ -53,7 +53,7 @@ struct ap_process {
         uint64_t exec_id;
         uint8_t *map;
         uint64_t map_bytes;
-        struct ap_shm_header *hdr; /* == map */
+        struct ap_shm_header *hdr; /* == map, or a private copy in a snapshot (map NULL) */
         uint64_t start_ns;         /* agent's CLOCK_MONOTONIC at init */
         uint64_t start_ticks;      /* agent's ap_clock_ticks() at init: records count from it */
         double ns_per_tick;

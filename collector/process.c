@@ -123,7 +123,127 @@ void ap_process_free(struct ap_process *p)
         free(p->scratch);
         if (p->map != NULL)
                 munmap(p->map, p->map_bytes);
+        else
+                free(p->hdr); /* a snapshot's copy of the header */
         free(p);
+}
+
+static char *strdup_or_null(const char *s, bool *failed)
+{
+        char *d = s ? strdup(s) : NULL;
+        *failed |= s != NULL && d == NULL;
+        return d;
+}
+
+struct ap_process *ap_process_snapshot(const struct ap_process *src)
+{
+        struct ap_process *p = malloc(sizeof(*p));
+        struct ap_shm_header *hdr = malloc(sizeof(*hdr));
+        if (p == NULL || hdr == NULL) {
+                free(p);
+                free(hdr);
+                return NULL;
+        }
+        *p = *src;
+        /* The header's counters and control fields as they are now; the agent keeps
+         * writing to the original. */
+        memcpy(hdr, src->hdr, sizeof(*hdr));
+        p->hdr = hdr;
+        p->map = NULL;
+        p->map_bytes = 0;
+        p->stack_by_hash = (struct ap_map){0};
+        p->stack_by_id = (struct ap_map){0};
+        p->live = (struct ap_live_table){0};
+        p->new_used = NULL;
+        p->nnew_used = p->new_used_cap = 0;
+        p->scratch = NULL;
+        p->stacks = NULL;
+        p->nstacks = p->stacks_cap = 0;
+        p->modules = NULL;
+        p->nmodules = p->modules_cap = 0;
+        p->timeline = NULL;
+        p->ntimeline = p->timeline_cap = 0;
+        p->argv = NULL;
+        p->argc = 0;
+        p->exe = NULL;
+
+        bool failed = false;
+        if (src->nstacks > 0 && (p->stacks = calloc(src->nstacks, sizeof(*p->stacks))) != NULL) {
+                for (size_t i = 0; i < src->nstacks && !failed; i++) {
+                        p->stacks[i] = src->stacks[i];
+                        p->stacks[i].ips = malloc(sizeof(uint64_t) * src->stacks[i].depth);
+                        if (p->stacks[i].ips == NULL) {
+                                failed = true;
+                                break;
+                        }
+                        memcpy(p->stacks[i].ips, src->stacks[i].ips,
+                               sizeof(uint64_t) * src->stacks[i].depth);
+                        p->nstacks = p->stacks_cap = i + 1;
+                }
+        } else if (src->nstacks > 0) {
+                failed = true;
+        }
+        if (!failed && src->nmodules > 0 &&
+            (p->modules = calloc(src->nmodules, sizeof(*p->modules))) != NULL) {
+                for (size_t i = 0; i < src->nmodules && !failed; i++) {
+                        p->modules[i] = src->modules[i];
+                        p->modules[i].path = strdup_or_null(src->modules[i].path, &failed);
+                        p->nmodules = p->modules_cap = i + 1;
+                }
+        } else if (src->nmodules > 0) {
+                failed = true;
+        }
+        if (!failed && src->ntimeline > 0) {
+                p->timeline = malloc(sizeof(*p->timeline) * src->ntimeline);
+                if (p->timeline != NULL) {
+                        memcpy(p->timeline, src->timeline, sizeof(*p->timeline) * src->ntimeline);
+                        p->ntimeline = p->timeline_cap = src->ntimeline;
+                } else {
+                        failed = true;
+                }
+        }
+        if (!failed && src->argc > 0) {
+                p->argv = calloc((size_t)src->argc + 1, sizeof(char *));
+                failed = p->argv == NULL;
+                for (int i = 0; i < src->argc && !failed; i++) {
+                        p->argv[i] = strdup_or_null(src->argv[i], &failed);
+                        p->argc = i + 1;
+                }
+        }
+        if (!failed)
+                p->exe = strdup_or_null(src->exe, &failed);
+        if (failed) {
+                ap_process_free(p);
+                return NULL;
+        }
+        return p;
+}
+
+uint32_t ap_process_mode(const struct ap_process *p, uint64_t *sample_interval)
+{
+        if (sample_interval != NULL)
+                *sample_interval = ap_load_relaxed(&p->hdr->xsample_interval);
+        return ap_load_relaxed(&p->hdr->xmode);
+}
+
+void ap_process_set_mode(struct ap_process *p, uint32_t mode, uint64_t sample_interval)
+{
+        /* The interval first: an agent thread that sees the new mode then reads an
+         * interval that is new or, racing, old; either is a valid mean (sampler.h). */
+        if (sample_interval != 0)
+                ap_store_relaxed(&p->hdr->xsample_interval, sample_interval);
+        ap_store_relaxed(&p->hdr->xmode, mode);
+}
+
+char **ap_process_command(const struct ap_process *p, int *argc)
+{
+        *argc = p->argc;
+        return p->argv;
+}
+
+uint32_t ap_process_threads(const struct ap_process *p)
+{
+        return p->threads;
 }
 
 pid_t ap_process_pid(const struct ap_process *p)

@@ -53,6 +53,21 @@ void ap_process_take_new_modules(struct ap_process *p,
 /* Live totals for status lines. */
 void ap_process_stats(const struct ap_process *p, uint64_t *allocations, uint64_t *live_bytes);
 
+/* A frozen copy of everything ap_process_finalize() reads (stacks, modules, totals,
+ * histogram, timeline, the header's counters), detached from the shared memory: it can
+ * be finalized on another thread while `p` keeps draining.  Free with
+ * ap_process_free().  Returns NULL on OOM. */
+struct ap_process *ap_process_snapshot(const struct ap_process *p);
+
+/* The agent's current mode (enum ap_mode) and sampling interval, and switching them:
+ * attach and detach write the shared control line. */
+uint32_t ap_process_mode(const struct ap_process *p, uint64_t *sample_interval);
+void ap_process_set_mode(struct ap_process *p, uint32_t mode, uint64_t sample_interval);
+
+/* Command line (as set by ap_process_set_command; may be empty) and threads seen. */
+char **ap_process_command(const struct ap_process *p, int *argc);
+uint32_t ap_process_threads(const struct ap_process *p);
+
 /* Symbolizes and folds everything into a new profile.  The process can keep running and
  * be finalized again later (a snapshot).  Returns 0 or -errno. */
 int ap_process_finalize(struct ap_process *p, struct ap_symbolizer *sym, struct ap_profile **ret);

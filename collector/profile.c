@@ -562,6 +562,36 @@ static int sink_write(const char *buf, size_t size, void *data)
         return 0;
 }
 
+int ap_profile_write_fd(const struct ap_profile *p, int fd)
+{
+        struct fd_sink *sink = NULL;
+        json_t *doc;
+        int r;
+
+        if (!p || fd < 0)
+                return -EINVAL;
+        r = validate_for_write(p);
+        if (r < 0)
+                return r;
+        doc = build_document(p);
+        sink = malloc(sizeof(*sink));
+        if (!doc || !sink) {
+                r = -ENOMEM;
+                goto out;
+        }
+        sink->fd = fd;
+        sink->error = 0;
+        sink->len = 0;
+        r = 0;
+        if (json_dump_callback(doc, sink_write, sink, JSON_COMPACT) < 0 ||
+            sink_write("\n", 1, sink) < 0 || sink_flush(sink) < 0)
+                r = sink->error ? -sink->error : -ENOMEM;
+out:
+        free(sink);
+        json_decref(doc);
+        return r;
+}
+
 int ap_profile_write(const struct ap_profile *p, const char *path)
 {
         /* Several collector threads may write profiles into one directory at once. */

@@ -56,6 +56,7 @@ struct ap_profile {
         char *exe;                /* path of the main executable, may be NULL */
         char *run_id; /* profiles of one `allocprof run` share it; may be NULL */
         uint32_t merged_from; /* > 1: a merge of that many profiles (not stored in files) */
+        bool live; /* a snapshot of a running process: "leaked" figures are live now */
         int exit_status;          /* exit code, or -1 if unknown / killed */
         int term_signal;          /* signal that killed it, 0 if none */
         char *mode;               /* "full" */
@@ -101,6 +102,10 @@ uint32_t ap_profile_intern(struct ap_profile *p, const char *s);
 /* Writes the profile to `path` atomically (temporary file in the same directory, then
  * rename), mode 0600.  Returns 0 or -errno. */
 int ap_profile_write(const struct ap_profile *p, const char *path);
+
+/* Writes the profile to the open file `fd` at its current offset (a memfd handed over a
+ * socket, say).  Returns 0 or -errno. */
+int ap_profile_write_fd(const struct ap_profile *p, int fd);
 
 /* Reads a profile file.  On success returns 0 and sets *ret.  On failure returns -errno
  * (-EINVAL for a malformed file, -EPROTONOSUPPORT for an unknown schema version) and, if

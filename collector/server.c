@@ -1,6 +1,8 @@
 /* The collector's event loop (see server.h).  Registration messages are untrusted:
  * fixed size, one descriptor, peer identity from SO_PEERCRED, and a deadline; a client
- * that misbehaves loses its connection and delays nobody.
+ * that misbehaves loses its connection and delays nobody.  Control clients (the CLI:
+ * ps, snapshots, attach, run sessions) are served in control.c; finished images and
+ * snapshots are symbolized on the background thread (warm.h), never in the loop.
  *
  * SPDX-License-Identifier: MIT OR Apache-2.0
  */
@@ -11,56 +13,26 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/eventfd.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include "allocprof/clock.h"
-#include "server.h"
-#include "util.h"
+#include "server-internal.h"
 #include "warm.h"
-
-#define PENDING_MAX 256
-#define PENDING_DEADLINE_NS (5ull * 1000 * 1000 * 1000)
-
-struct pending {
-        int fd;
-        uint64_t since;
-};
-
-struct tracked {
-        struct ap_process *p;
-        int pidfd; /* -1 if the process was already gone at registration */
-        bool ended;
-        char *exe; /* /proc/PID/exe at registration, to notice an exec we cannot follow */
-};
 
 /* How often registered processes are checked for an exec into an unprofilable image. */
 #define EXE_CHECK_NS (100ull * 1000 * 1000)
 
-struct ap_collector {
-        int listen_fd;
-        char *path;
-        ap_collector_done_fn done;
-        void *userdata;
-        struct pending pending[PENDING_MAX];
-        size_t npending;
-        struct tracked *procs;
-        size_t nprocs, procs_cap;
-        struct pollfd *pfds;
-        size_t pfds_cap;
-        bool busy; /* the last round moved data: poll briefly */
-        ap_collector_accept_fn accept;
-        void *accept_userdata;
-        ap_collector_note_fn note;
-        void *note_userdata;
-        struct ap_warmer *warmer;
-        uint64_t exe_checked;
-};
-
 void ap_collector_set_warmer(struct ap_collector *c, struct ap_warmer *w)
 {
         c->warmer = w;
+}
+
+struct ap_warmer *ap_collector_warmer(struct ap_collector *c)
+{
+        return c->warmer;
 }
 
 static void warm_module(void *ud, const char *path, const uint8_t *build_id, size_t len)
@@ -91,6 +63,37 @@ void ap_collector_set_accept(struct ap_collector *c, ap_collector_accept_fn fn, 
         c->accept_userdata = userdata;
 }
 
+static struct ap_collector *collector_alloc(ap_collector_done_fn done, void *userdata)
+{
+        struct ap_collector *c = calloc(1, sizeof(*c));
+        if (c == NULL)
+                return NULL;
+        c->done = done;
+        c->userdata = userdata;
+        c->listen_fd = -1;
+        c->next_id = 1;
+        c->event_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (c->event_fd < 0 || pthread_mutex_init(&c->done_lock, NULL) != 0) {
+                if (c->event_fd >= 0)
+                        close(c->event_fd);
+                free(c);
+                return NULL;
+        }
+        return c;
+}
+
+/* A socket file left by a collector that died: nobody answers on it. */
+static bool socket_is_stale(const struct sockaddr_un *sa)
+{
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+                return false;
+        bool stale = connect(fd, (const struct sockaddr *)sa, sizeof(*sa)) < 0 &&
+                     errno == ECONNREFUSED;
+        close(fd);
+        return stale;
+}
+
 int ap_collector_new(const char *socket_path, ap_collector_done_fn done, void *userdata,
                      struct ap_collector **ret, char **err)
 {
@@ -100,26 +103,47 @@ int ap_collector_new(const char *socket_path, ap_collector_done_fn done, void *u
                 return -ENAMETOOLONG;
         }
         strcpy(sa.sun_path, socket_path);
-        struct ap_collector *c = calloc(1, sizeof(*c));
+        struct ap_collector *c = collector_alloc(done, userdata);
         if (c == NULL || (c->path = strdup(socket_path)) == NULL) {
-                free(c);
+                ap_collector_free(c);
                 *err = ap_asprintf("out of memory");
                 return -ENOMEM;
         }
-        c->done = done;
-        c->userdata = userdata;
         c->listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-        int r = 0;
-        if (c->listen_fd < 0 || bind(c->listen_fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
-            listen(c->listen_fd, 128) < 0) {
+        int r = c->listen_fd < 0 ? -errno : 0;
+        if (r == 0 && bind(c->listen_fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
                 r = -errno;
-                *err = ap_asprintf("cannot listen on %s: %s", socket_path, strerror(errno));
-                if (c->listen_fd >= 0)
-                        close(c->listen_fd);
+                if (r == -EADDRINUSE && socket_is_stale(&sa) && unlink(socket_path) == 0)
+                        r = bind(c->listen_fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ? -errno
+                                                                                       : 0;
+                if (r == -EADDRINUSE) {
+                        *err = ap_asprintf("another collector is listening on %s", socket_path);
+                        free(c->path);
+                        c->path = NULL; /* not ours to unlink */
+                        ap_collector_free(c);
+                        return r;
+                }
+        }
+        if (r == 0 && listen(c->listen_fd, 128) < 0)
+                r = -errno;
+        if (r < 0) {
+                *err = ap_asprintf("cannot listen on %s: %s", socket_path, strerror(-r));
                 free(c->path);
-                free(c);
+                c->path = NULL;
+                ap_collector_free(c);
                 return r;
         }
+        *ret = c;
+        return 0;
+}
+
+int ap_collector_new_fd(int listen_fd, ap_collector_done_fn done, void *userdata,
+                        struct ap_collector **ret)
+{
+        struct ap_collector *c = collector_alloc(done, userdata);
+        if (c == NULL)
+                return -ENOMEM;
+        c->listen_fd = listen_fd;
         *ret = c;
         return 0;
 }
@@ -128,8 +152,12 @@ void ap_collector_free(struct ap_collector *c)
 {
         if (c == NULL)
                 return;
-        close(c->listen_fd);
-        unlink(c->path);
+        /* Jobs on the background thread point back at us. */
+        ap_warmer_wait(c->warmer);
+        if (c->listen_fd >= 0)
+                close(c->listen_fd);
+        if (c->path != NULL)
+                unlink(c->path);
         free(c->path);
         for (size_t i = 0; i < c->npending; i++)
                 close(c->pending[i].fd);
@@ -140,7 +168,12 @@ void ap_collector_free(struct ap_collector *c)
                 ap_process_free(c->procs[i].p);
         }
         free(c->procs);
+        /* Jobs still running hold pointers to us: the owner stops the warmer first. */
+        ap_control_free_all(c);
+        ap_collector_finished_clear(c);
         free(c->pfds);
+        close(c->event_fd);
+        pthread_mutex_destroy(&c->done_lock);
         free(c);
 }
 
@@ -174,26 +207,38 @@ static void read_cmdline(struct ap_process *p, pid_t pid)
         free(buf);
 }
 
-/* Hands a finished image to the owner and forgets it. */
+/* Hands a finished image to its run session or to the owner, and forgets it. */
 static void retire(struct ap_collector *c, size_t i, bool by_exec)
 {
         struct tracked t = c->procs[i];
         c->procs[i] = c->procs[--c->nprocs];
         while (ap_process_drain(t.p, true) > 0)
                 ;
+        /* Still running (exec'ed elsewhere, or we are letting it go): nobody drains its
+         * rings any more, so its agent must stop recording rather than wait for us. */
+        if (!t.ended)
+                ap_process_set_mode(t.p, AP_MODE_OFF, 0);
         if (t.pidfd >= 0)
                 close(t.pidfd);
         free(t.exe);
-        c->done(c->userdata, t.p, by_exec);
+        ap_collector_finished_add(c, &t);
+        if (!ap_control_image_done(c, &t, by_exec))
+                c->done(c->userdata, t.p, by_exec);
 }
 
 /* Returns true if the process is now tracked. */
-static bool register_process(struct ap_collector *c, int memfd, pid_t pid,
+static bool register_process(struct ap_collector *c, int memfd, pid_t pid, uid_t uid,
                              const struct ap_hello *hello)
 {
         struct ap_process *p = NULL;
         char *err = NULL;
         if (c->accept != NULL && !c->accept(c->accept_userdata, pid)) {
+                close(memfd);
+                return false;
+        }
+        bool declined = false;
+        uint64_t session = ap_control_session_for(c, pid, hello->ppid, uid, &declined);
+        if (declined) {
                 close(memfd);
                 return false;
         }
@@ -215,8 +260,12 @@ static bool register_process(struct ap_collector *c, int memfd, pid_t pid,
                 return false;
         }
         int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
-        c->procs[c->nprocs++] =
-                (struct tracked){.p = p, .pidfd = pidfd, .ended = pidfd < 0, .exe = proc_exe(pid)};
+        c->procs[c->nprocs++] = (struct tracked){.p = p,
+                                                 .pidfd = pidfd,
+                                                 .ended = pidfd < 0,
+                                                 .exe = proc_exe(pid),
+                                                 .uid = uid,
+                                                 .session = session};
         return true;
 }
 
@@ -224,6 +273,15 @@ static bool register_process(struct ap_collector *c, int memfd, pid_t pid,
  * with (registered or rejected), false to keep waiting. */
 static bool read_hello(struct ap_collector *c, int fd)
 {
+        /* A control client speaks first with '{': it becomes a client (control.c). */
+        char first;
+        ssize_t peeked = recv(fd, &first, 1, MSG_PEEK | MSG_DONTWAIT);
+        if (peeked < 0 && (errno == EAGAIN || errno == EINTR))
+                return false;
+        if (peeked == 1 && first == '{') {
+                ap_control_add_client(c, fd);
+                return true;
+        }
         struct ap_hello hello;
         struct iovec iov = {.iov_base = &hello, .iov_len = sizeof(hello)};
         union {
@@ -263,7 +321,7 @@ static bool read_hello(struct ap_collector *c, int fd)
         }
         bool accepted = false;
         if (ok)
-                accepted = register_process(c, memfd, cred.pid, &hello);
+                accepted = register_process(c, memfd, cred.pid, cred.uid, &hello);
         else if (memfd >= 0)
                 close(memfd);
         /* The agent waits for this (bounded); a full socket buffer is impossible here. */
@@ -280,7 +338,8 @@ static void accept_all(struct ap_collector *c)
                 if (fd < 0)
                         return;
                 if (read_hello(c, fd)) {
-                        close(fd);
+                        if (!ap_control_owns_fd(c, fd))
+                                close(fd);
                         continue;
                 }
                 if (c->npending == PENDING_MAX) {
@@ -293,12 +352,16 @@ static void accept_all(struct ap_collector *c)
 
 int ap_collector_step(struct ap_collector *c, int timeout_ms, int extra_fd)
 {
-        size_t need = 2 + c->npending + c->nprocs;
+        size_t need = 3 + c->npending + c->nprocs + c->nclients;
         if (AP_GROW(c->pfds, c->pfds_cap, need) < 0)
                 return -ENOMEM;
         size_t n = 0;
         c->pfds[n++] = (struct pollfd){.fd = c->listen_fd, .events = POLLIN};
         c->pfds[n++] = (struct pollfd){.fd = extra_fd, .events = POLLIN};
+        c->pfds[n++] = (struct pollfd){.fd = c->event_fd, .events = POLLIN};
+        size_t cli0 = n;
+        n += ap_control_pollfds(c, c->pfds + n);
+        size_t ncli = n - cli0;
         size_t pend0 = n;
         for (size_t i = 0; i < c->npending; i++)
                 c->pfds[n++] = (struct pollfd){.fd = c->pending[i].fd, .events = POLLIN};
@@ -309,12 +372,18 @@ int ap_collector_step(struct ap_collector *c, int timeout_ms, int extra_fd)
         /* While data flows, come back quickly so rings do not fill up; while processes
          * are registered, at least every 10 ms (agents do not wake us). */
         int t = c->busy && timeout_ms > 1 ? 1 : timeout_ms;
-        if (c->nprocs > 0 && t > 10)
+        if ((c->nprocs > 0 || ap_control_wants_ticks(c)) && t > 10)
                 t = 10;
         int r = poll(c->pfds, n, t);
         if (r < 0 && errno != EINTR)
                 return -errno;
         bool extra = r > 0 && extra_fd >= 0 && (c->pfds[1].revents & POLLIN);
+        if (r > 0 && (c->pfds[2].revents & POLLIN)) {
+                uint64_t v;
+                (void)!read(c->event_fd, &v, sizeof(v));
+        }
+        /* Clients before the processes: a snapshot asked for now sees this round. */
+        ap_control_handle(c, r > 0 ? c->pfds + cli0 : NULL, ncli);
 
         /* Pending connections first (their pollfds are indexed before accept_all adds). */
         uint64_t now = ap_clock_mono_ns();
@@ -326,7 +395,7 @@ int ap_collector_step(struct ap_collector *c, int timeout_ms, int extra_fd)
                         done = read_hello(c, pd.fd);
                 if (!done && now - pd.since > PENDING_DEADLINE_NS)
                         done = true;
-                if (done)
+                if (done && !ap_control_owns_fd(c, pd.fd))
                         close(pd.fd);
                 else
                         c->pending[keep++] = pd;
@@ -374,15 +443,27 @@ int ap_collector_step(struct ap_collector *c, int timeout_ms, int extra_fd)
         for (size_t i = c->nprocs; i-- > 0;)
                 if (c->procs[i].ended)
                         retire(c, i, false);
+        /* Timed detaches, finishing run sessions, finished jobs, client deadlines. */
+        ap_control_tick(c, now);
         return extra ? 1 : 0;
+}
+
+void ap_collector_retire_pid(struct ap_collector *c, pid_t pid)
+{
+        for (size_t i = c->nprocs; i-- > 0;)
+                if (ap_process_pid(c->procs[i].p) == pid)
+                        retire(c, i, false);
 }
 
 void ap_collector_flush_all(struct ap_collector *c)
 {
+        /* Run sessions lose their processes to the owner (allocprofd writes them). */
+        ap_control_drop_sessions(c);
         accept_all(c);
         for (size_t i = 0; i < c->npending; i++) {
                 read_hello(c, c->pending[i].fd);
-                close(c->pending[i].fd);
+                if (!ap_control_owns_fd(c, c->pending[i].fd))
+                        close(c->pending[i].fd);
         }
         c->npending = 0;
         while (c->nprocs > 0)

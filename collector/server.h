@@ -8,10 +8,13 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <sys/types.h>
 
 #include "process.h"
 
 struct ap_collector;
+
+struct ap_warmer;
 
 /* Called when a process image has ended (exit, death, or exec into a new image) and its
  * rings were drained for the last time.  The callee owns `p` (free with
@@ -24,15 +27,22 @@ typedef void (*ap_collector_done_fn)(void *userdata, struct ap_process *p, bool 
 int ap_collector_new(const char *socket_path, ap_collector_done_fn done, void *userdata,
                      struct ap_collector **ret, char **err);
 
+/* The same, on a socket that is already listening (socket activation): the collector
+ * owns listen_fd from now on and never unlinks anything. */
+int ap_collector_new_fd(int listen_fd, ap_collector_done_fn done, void *userdata,
+                        struct ap_collector **ret);
+
 /* Called when a profiled process exec'ed a program the agent cannot follow (statically
  * linked, or set-user-ID): `why` is one line without a trailing newline. */
 typedef void (*ap_collector_note_fn)(void *userdata, int pid, const char *why);
 void ap_collector_set_note(struct ap_collector *c, ap_collector_note_fn fn, void *userdata);
 
 /* Hands every module a stack starts to use to `w` (loads its debug information while
- * the program runs).  NULL: none. */
-struct ap_warmer;
+ * the program runs), and runs snapshots and the finalization of run sessions' images
+ * on its thread.  NULL: none (those then run in the loop).  The warmer must outlive the
+ * collector. */
 void ap_collector_set_warmer(struct ap_collector *c, struct ap_warmer *w);
+struct ap_warmer *ap_collector_warmer(struct ap_collector *c);
 
 /* Decides whether a registering process is profiled (true) or told to record nothing.
  * Without a filter every process of an allowed user is accepted. */
@@ -54,5 +64,10 @@ size_t ap_collector_nprocs(const struct ap_collector *c);
 /* True if a process image of this pid is still tracked. */
 bool ap_collector_has_pid(const struct ap_collector *c, int pid);
 
-/* Drains every tracked process a last time and hands each to `done`, alive or not. */
+/* Finalizes the image of pid now (drained a last time, handed over as if it ended). */
+void ap_collector_retire_pid(struct ap_collector *c, pid_t pid);
+
+/* Drains every tracked process a last time and hands each to `done`, alive or not; a
+ * process still alive is told to stop recording.  Run sessions of clients are ended:
+ * their processes go to `done` too. */
 void ap_collector_flush_all(struct ap_collector *c);

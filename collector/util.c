@@ -291,3 +291,42 @@ int ap_exe_unprofilable(const char *path)
         close(fd);
         return r;
 }
+
+/* "512K" -> 524288.  Returns 0 or -EINVAL. */
+int ap_parse_size(const char *s, uint64_t *ret)
+{
+        char *end;
+        errno = 0;
+        if (s[0] < '0' || s[0] > '9')
+                return -EINVAL;
+        unsigned long long v = strtoull(s, &end, 10);
+        if (errno != 0)
+                return -EINVAL;
+        unsigned shift = 0;
+        switch (*end) {
+        case '\0':
+                break;
+        case 'k':
+        case 'K':
+                shift = 10;
+                break;
+        case 'm':
+        case 'M':
+                shift = 20;
+                break;
+        case 'g':
+        case 'G':
+                shift = 30;
+                break;
+        default:
+                return -EINVAL;
+        }
+        if (*end != '\0' && end[1] != '\0' &&
+            !((end[1] == 'i' || end[1] == 'B') && end[2] == '\0') &&
+            !(end[1] == 'i' && end[2] == 'B' && end[3] == '\0'))
+                return -EINVAL;
+        if (v > (UINT64_MAX >> 1) >> shift)
+                return -EINVAL;
+        *ret = (uint64_t)v << shift;
+        return 0;
+}

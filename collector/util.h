@@ -59,3 +59,7 @@ int ap_exe_unprofilable(const char *path);
 /* Reads a whole small file (e.g. /proc/PID/cmdline).  Returns bytes read or -errno;
  * *ret is malloc'd and NUL-terminated. */
 ssize_t ap_read_file(const char *path, char **ret, size_t max);
+
+/* "512K" -> 524288 (K, M, G suffixes, optionally followed by i, B or iB).  Returns 0 or
+ * -EINVAL. */
+int ap_parse_size(const char *s, uint64_t *ret);

@@ -1,4 +1,4 @@
-/* The debug-information warm-up thread (see warm.h).
+/* The collector's background thread (see warm.h): jobs, then debug-information warm-up.
  *
  * SPDX-License-Identifier: MIT OR Apache-2.0
  */
@@ -19,8 +19,17 @@ struct warm_item {
         size_t build_id_len;
 };
 
+struct job {
+        void (*fn)(void *arg, struct ap_symbolizer *sym);
+        void *arg;
+};
+
 struct ap_warmer {
         struct ap_symbolizer *sym;
+        struct job *jobs; /* under lock; run before any warm-up */
+        size_t jhead, jn, jcap;
+        size_t busy;      /* jobs queued or running */
+        pthread_cond_t idle;
         pthread_t thread;
         pthread_mutex_t lock;
         pthread_cond_t cond;
@@ -35,8 +44,20 @@ static void *warm_main(void *arg)
         struct ap_warmer *w = arg;
         pthread_mutex_lock(&w->lock);
         for (;;) {
-                while (!w->stop && w->head == w->n)
+                while (!w->stop && w->head == w->n && w->jhead == w->jn)
                         pthread_cond_wait(&w->cond, &w->lock);
+                if (w->jhead < w->jn) {
+                        /* Jobs first, even when stopping: they write profiles. */
+                        struct job j = w->jobs[w->jhead++];
+                        if (w->jhead == w->jn)
+                                w->jhead = w->jn = 0;
+                        pthread_mutex_unlock(&w->lock);
+                        j.fn(j.arg, w->sym);
+                        pthread_mutex_lock(&w->lock);
+                        if (--w->busy == 0)
+                                pthread_cond_broadcast(&w->idle);
+                        continue;
+                }
                 if (w->stop)
                         break;
                 struct warm_item it = w->queue[w->head++];
@@ -57,6 +78,7 @@ int ap_warmer_start(struct ap_symbolizer *sym, struct ap_warmer **ret)
         w->sym = sym;
         pthread_mutex_init(&w->lock, NULL);
         pthread_cond_init(&w->cond, NULL);
+        pthread_cond_init(&w->idle, NULL);
         /* Signals belong to the main thread's signalfd: block them all here. */
         sigset_t all, old;
         sigfillset(&all);
@@ -93,6 +115,34 @@ void ap_warmer_add(struct ap_warmer *w, const char *path, const uint8_t *build_i
         pthread_mutex_unlock(&w->lock);
 }
 
+int ap_warmer_run(struct ap_warmer *w, void (*fn)(void *arg, struct ap_symbolizer *sym),
+                  void *arg)
+{
+        int r = 0;
+        pthread_mutex_lock(&w->lock);
+        if (w->stop)
+                r = -ESHUTDOWN;
+        else if (AP_GROW(w->jobs, w->jcap, w->jn + 1) < 0)
+                r = -ENOMEM;
+        else {
+                w->jobs[w->jn++] = (struct job){.fn = fn, .arg = arg};
+                w->busy++;
+                pthread_cond_signal(&w->cond);
+        }
+        pthread_mutex_unlock(&w->lock);
+        return r;
+}
+
+void ap_warmer_wait(struct ap_warmer *w)
+{
+        if (w == NULL)
+                return;
+        pthread_mutex_lock(&w->lock);
+        while (w->busy > 0)
+                pthread_cond_wait(&w->idle, &w->lock);
+        pthread_mutex_unlock(&w->lock);
+}
+
 void ap_warmer_stop(struct ap_warmer *w)
 {
         if (w == NULL)
@@ -105,8 +155,10 @@ void ap_warmer_stop(struct ap_warmer *w)
         for (size_t i = w->head; i < w->n; i++)
                 free(w->queue[i].path);
         free(w->queue);
+        free(w->jobs);
         ap_map_clear(&w->seen);
         pthread_mutex_destroy(&w->lock);
         pthread_cond_destroy(&w->cond);
+        pthread_cond_destroy(&w->idle);
         free(w);
 }

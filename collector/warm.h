@@ -23,6 +23,15 @@ int ap_warmer_start(struct ap_symbolizer *sym, struct ap_warmer **ret);
 void ap_warmer_add(struct ap_warmer *w, const char *path, const uint8_t *build_id,
                    size_t build_id_len);
 
-/* Abandons what is still queued, waits for the module being loaded, joins the thread
+/* Runs fn(arg, sym) on the thread, before any queued warm-up: finalizing profiles there
+ * keeps the event loop free.  Jobs run in order; every job queued before
+ * ap_warmer_stop() runs.  Returns 0, or -ESHUTDOWN / -ENOMEM (fn was not queued). */
+int ap_warmer_run(struct ap_warmer *w, void (*fn)(void *arg, struct ap_symbolizer *sym),
+                  void *arg);
+
+/* Waits until every job queued so far has run. */
+void ap_warmer_wait(struct ap_warmer *w);
+
+/* Runs the queued jobs, abandons the queued warm-ups, waits for the module being loaded, joins the thread
  * and frees the warmer.  Accepts NULL. */
 void ap_warmer_stop(struct ap_warmer *w);

@@ -1,0 +1,95 @@
+/* State of the collector's event loop shared by server.c (registration, draining) and
+ * control.c (control clients: ps, snapshots, attach/detach, run sessions).
+ *
+ * SPDX-License-Identifier: MIT OR Apache-2.0
+ */
+#pragma once
+
+#include <poll.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "server.h"
+#include "util.h"
+
+#define PENDING_MAX 256
+#define PENDING_DEADLINE_NS (5ull * 1000 * 1000 * 1000)
+
+struct pending {
+        int fd;
+        uint64_t since;
+};
+
+struct tracked {
+        struct ap_process *p;
+        int pidfd; /* -1 if the process was already gone at registration */
+        bool ended;
+        char *exe;        /* /proc/PID/exe at registration, to notice an exec we cannot follow */
+        uid_t uid;        /* of the registering process (SO_PEERCRED) */
+        uint64_t session; /* run session it belongs to, 0 = none */
+        uint64_t detach_at; /* CLOCK_MONOTONIC ns of a timed detach (attach --for), 0 = none */
+};
+
+/* A process image that ended recently, for `ps` (state "finished"). */
+struct finished {
+        pid_t pid, ppid;
+        uid_t uid;
+        char *command;
+        uint32_t mode;
+        uint64_t sample_interval, allocations, live_bytes, threads, ended_ns;
+};
+#define FINISHED_KEEP 64
+
+struct ap_client;
+struct ap_session;
+struct ap_job;
+
+struct ap_collector {
+        int listen_fd;
+        char *path; /* unlinked at the end; NULL for an inherited socket */
+        ap_collector_done_fn done;
+        void *userdata;
+        struct pending pending[PENDING_MAX];
+        size_t npending;
+        struct tracked *procs;
+        size_t nprocs, procs_cap;
+        struct pollfd *pfds;
+        size_t pfds_cap;
+        bool busy; /* the last round moved data: poll briefly */
+        ap_collector_accept_fn accept;
+        void *accept_userdata;
+        ap_collector_note_fn note;
+        void *note_userdata;
+        struct ap_warmer *warmer;
+        uint64_t exe_checked;
+
+        /* control.c */
+        uint64_t next_id; /* client, session ids */
+        struct ap_client **clients;
+        size_t nclients, clients_cap;
+        struct ap_session **sessions;
+        size_t nsessions, sessions_cap;
+        struct finished finished[FINISHED_KEEP];
+        size_t nfinished, finished_next;
+        int event_fd;               /* the background thread finished a job */
+        pthread_mutex_t done_lock;  /* guards done_jobs */
+        struct ap_job *done_jobs;   /* finished jobs, newest first */
+        struct ap_symbolizer *sym;  /* for jobs when there is no background thread */
+};
+
+/* control.c */
+void ap_control_add_client(struct ap_collector *c, int fd);
+bool ap_control_owns_fd(const struct ap_collector *c, int fd);
+size_t ap_control_pollfds(struct ap_collector *c, struct pollfd *out);
+bool ap_control_wants_ticks(const struct ap_collector *c);
+void ap_control_handle(struct ap_collector *c, const struct pollfd *pfds, size_t n);
+void ap_control_tick(struct ap_collector *c, uint64_t now);
+uint64_t ap_control_session_for(struct ap_collector *c, pid_t pid, uint32_t ppid, uid_t uid,
+                                bool *declined);
+bool ap_control_image_done(struct ap_collector *c, struct tracked *t, bool by_exec);
+void ap_control_drop_sessions(struct ap_collector *c);
+void ap_control_free_all(struct ap_collector *c);
+void ap_collector_finished_add(struct ap_collector *c, const struct tracked *t);
+void ap_collector_finished_clear(struct ap_collector *c);
