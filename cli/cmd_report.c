@@ -16,6 +16,8 @@
 #include <unistd.h>
 
 #include "merge.h"
+#include "client.h"
+#include "ctl.h"
 #include "report.h"
 #include "util.h"
 
@@ -209,6 +211,31 @@ static int resolve_profile(const char *arg, char **ret, bool *ret_guessed)
         return 0;
 }
 
+/* A PID argument names a running process with the agent (and no file of that name is
+ * here): its report is a live snapshot. */
+static bool live_pid(const char *arg, pid_t *ret)
+{
+        pid_t pid;
+        char maps[64], *buf = NULL;
+        struct stat st;
+        if (!ap_parse_pid(arg, &pid) || stat(arg, &st) == 0)
+                return false;
+        snprintf(maps, sizeof(maps), "/proc/%d/maps", (int)pid);
+        ssize_t n = ap_read_file(maps, &buf, 64 << 20);
+        bool yes = n > 0 && strstr(buf, "/liballocprof.so") != NULL;
+        free(buf);
+        if (yes && ret != NULL)
+                *ret = pid;
+        return yes;
+}
+
+static int live_profile(const char *arg, struct ap_profile **ret)
+{
+        pid_t pid = 0;
+        live_pid(arg, &pid);
+        return ap_live_snapshot(pid, ret);
+}
+
 struct loaded {
         struct ap_profile **ps;
         size_t n, cap;
@@ -294,8 +321,9 @@ static int load_many(int argc, char **argv, bool all, struct ap_profile **ret)
                 char *name = NULL;
                 bool guessed;
                 struct ap_profile *p = NULL;
-                status = resolve_profile(argv[i], &name, &guessed);
-                if (status == 0)
+                if (live_pid(argv[i], NULL))
+                        status = live_profile(argv[i], &p);
+                else if ((status = resolve_profile(argv[i], &name, &guessed)) == 0)
                         status = read_one(name, &p);
                 if (status == 0 && keep(&l, p) < 0)
                         status = 1;
@@ -411,6 +439,12 @@ int ap_cmd_report(int argc, char **argv)
         } else {
                 if (optind < argc)
                         file = argv[optind++];
+                if (file != NULL && live_pid(file, NULL)) {
+                        r = live_profile(file, &p);
+                        if (r != 0)
+                                return r;
+                        goto render;
+                }
                 r = resolve_profile(file, &path, &guessed);
                 if (r != 0)
                         return r;
@@ -425,7 +459,7 @@ int ap_cmd_report(int argc, char **argv)
                 if (guessed && !json)
                         fprintf(stderr, "allocprof: showing %s (the newest profile here)\n", path);
         }
-
+render:
         r = json ? ap_report_json(stdout, p, &ro) : ap_report_text(stdout, p, &ro);
         if (r < 0)
                 fprintf(stderr, "allocprof: cannot write the report: %s\n", strerror(-r));

@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <limits.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,10 +20,12 @@
 
 #include "allocprof/clock.h"
 #include "allocprof/wire.h"
+#include "client.h"
 #include "profile.h"
 #include "report.h"
 #include "run.h"
 #include "server.h"
+#include "service.h"
 #include "symbolize.h"
 #include "util.h"
 #include "warm.h"
@@ -30,8 +33,12 @@
 /* After the program exits, how long to wait for its descendants' images to end. */
 #define DESCENDANT_GRACE_NS (500ull * 1000 * 1000)
 
+/* A process image that ended: raw (our private collector) or already symbolized (a
+ * shared allocprofd did it). */
 struct ended {
         struct ap_process *p;
+        struct ap_profile *prof;
+        pid_t pid;
         bool by_exec;
         int order;
 };
@@ -64,7 +71,8 @@ static void on_done(void *userdata, struct ap_process *p, bool by_exec)
                 ap_process_free(p);
                 return;
         }
-        rs->ended[rs->nended++] = (struct ended){.p = p, .by_exec = by_exec, .order = rs->order++};
+        rs->ended[rs->nended++] = (struct ended){
+                .p = p, .pid = ap_process_pid(p), .by_exec = by_exec, .order = rs->order++};
 }
 
 static void usage(FILE *out)
@@ -78,50 +86,14 @@ static void usage(FILE *out)
                      "                        allocation, the default); figures become\n"
                      "                        unbiased estimates\n"
                      "      --no-follow       profile PROG only, not the processes it starts\n"
+                     "      --dormant         start PROG with the agent switched off, for\n"
+                     "                        'allocprof attach PID' later\n"
+                     "      --no-daemon       use a private collector even when allocprofd runs\n"
                      "      --output-dir DIR  write profiles to DIR (default: .)\n"
                      "  -u, --unwind dwarf|fp  how stacks are captured: DWARF unwind tables\n"
                      "                        (default; right for any code) or frame\n"
                      "                        pointers (faster; only for code built with\n"
                      "                        -fno-omit-frame-pointer)\n");
-}
-
-/* "512K" -> 524288.  Returns 0 or -EINVAL. */
-static int parse_size(const char *s, uint64_t *ret)
-{
-        char *end;
-        errno = 0;
-        if (s[0] < '0' || s[0] > '9')
-                return -EINVAL;
-        unsigned long long v = strtoull(s, &end, 10);
-        if (errno != 0)
-                return -EINVAL;
-        unsigned shift = 0;
-        switch (*end) {
-        case '\0':
-                break;
-        case 'k':
-        case 'K':
-                shift = 10;
-                break;
-        case 'm':
-        case 'M':
-                shift = 20;
-                break;
-        case 'g':
-        case 'G':
-                shift = 30;
-                break;
-        default:
-                return -EINVAL;
-        }
-        if (*end != '\0' && end[1] != '\0' &&
-            !((end[1] == 'i' || end[1] == 'B') && end[2] == '\0') &&
-            !(end[1] == 'i' && end[2] == 'B' && end[3] == '\0'))
-                return -EINVAL;
-        if (v > (UINT64_MAX >> 1) >> shift)
-                return -EINVAL;
-        *ret = (uint64_t)v << shift;
-        return 0;
 }
 
 static const char *base_name(const char *path)
@@ -223,10 +195,25 @@ static char *prepend_preload(const char *agent)
 
 /* Child side of fork: set up the environment and exec.  On failure, reports errno over
  * the close-on-exec pipe and exits 127. */
-static __attribute__((noreturn)) void exec_child(char **argv, const char *preload, const char *sock,
-                                                 uint64_t sample, const char *unwind, int err_fd,
-                                                 const sigset_t *orig_mask)
+static __attribute__((noreturn)) void exec_child(char **argv, const char *preload, int gate_fd,
+                                                 uint64_t sample, const char *unwind, bool dormant,
+                                                 int err_fd, const sigset_t *orig_mask)
 {
+        /* The parent sends the collector's socket path once the collector expects us. */
+        char sock[4096];
+        size_t got = 0;
+        for (;;) {
+                ssize_t n = read(gate_fd, sock + got, sizeof(sock) - 1 - got);
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n <= 0)
+                        break;
+                got += (size_t)n;
+        }
+        close(gate_fd);
+        sock[got] = '\0';
+        if (got == 0)
+                _exit(127); /* the parent gave up before we started */
         /* The parent only blocked signals (for its signalfd); dispositions are untouched,
          * so the program inherits exactly what allocprof was given, ignored ones too. */
         sigprocmask(SIG_SETMASK, orig_mask, NULL);
@@ -234,6 +221,7 @@ static __attribute__((noreturn)) void exec_child(char **argv, const char *preloa
         snprintf(sample_str, sizeof(sample_str), "%llu", (unsigned long long)sample);
         if (setenv("LD_PRELOAD", preload, 1) < 0 || setenv(AP_ENV_SOCKET, sock, 1) < 0 ||
             (sample ? setenv(AP_ENV_SAMPLE, sample_str, 1) : unsetenv(AP_ENV_SAMPLE)) < 0 ||
+            (dormant && setenv(AP_ENV_MODE, "dormant", 1) < 0) ||
             setenv(AP_ENV_UNWIND, unwind, 1) < 0) {
                 int e = errno;
                 (void)!write(err_fd, &e, sizeof(e));
@@ -243,6 +231,190 @@ static __attribute__((noreturn)) void exec_child(char **argv, const char *preloa
         int e = errno;
         (void)!write(err_fd, &e, sizeof(e));
         _exit(e == ENOENT ? 127 : 126);
+}
+
+/* The daemon's socket path, as the agents of a daemon-served run must be told. */
+static char *daemon_socket_path(void)
+{
+        char *path = NULL, *err = NULL;
+        if (ap_service_socket_path(false, &path, &err) < 0) {
+                free(err);
+                return NULL;
+        }
+        return path;
+}
+
+static void set_profile_command(struct ap_profile *prof, char **argv, int argc)
+{
+        char **cmd = calloc((size_t)argc + 1, sizeof(char *));
+        if (cmd == NULL)
+                return;
+        for (int i = 0; i < argc; i++)
+                if ((cmd[i] = strdup(argv[i])) == NULL) {
+                        while (i-- > 0)
+                                free(cmd[i]);
+                        free(cmd);
+                        return;
+                }
+        for (uint32_t i = 0; i < prof->ncommand; i++)
+                free(prof->command[i]);
+        free(prof->command);
+        prof->command = cmd;
+        prof->ncommand = (uint32_t)argc;
+}
+
+/* Handles what the signalfd has: the child's end (status into *status), and signals
+ * sent to us alone, forwarded to the child.  Returns true once the child ended. */
+static bool handle_signals(int sfd, pid_t child, bool child_done, int *status)
+{
+        struct signalfd_siginfo si;
+        while (read(sfd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
+                if (si.ssi_signo == SIGCHLD) {
+                        int st;
+                        pid_t w;
+                        while ((w = waitpid(-1, &st, WNOHANG)) > 0) {
+                                if (w == child) {
+                                        *status = st;
+                                        child_done = true;
+                                }
+                        }
+                } else if (!child_done) {
+                        /* A terminal's ^C already reached the whole foreground group, the
+                         * program included: forward only signals sent to us alone (kill,
+                         * timeout, a supervisor). */
+                        if (si.ssi_code != SI_KERNEL)
+                                kill(child, (int)si.ssi_signo);
+                }
+        }
+        return child_done;
+}
+
+/* Our own collector: until the program and the processes it started have ended (or
+ * their grace period is over).  Returns the program's wait status. */
+static int run_loop_private(struct ap_collector *coll, struct run_state *rs, int sfd)
+{
+        int status = 0;
+        bool child_done = false;
+        uint64_t child_done_at = 0;
+        for (;;) {
+                int ev = ap_collector_step(coll, 100, sfd);
+                if (ev < 0) {
+                        fprintf(stderr, "allocprof: collector failed: %s\n", strerror(-ev));
+                        break;
+                }
+                if (ev > 0) {
+                        bool was_done = child_done;
+                        child_done = handle_signals(sfd, rs->child, child_done, &status);
+                        if (child_done && !was_done)
+                                child_done_at = ap_clock_mono_ns();
+                }
+                if (child_done) {
+                        if (!ap_collector_has_pid(coll, rs->child) && ap_collector_nprocs(coll) == 0)
+                                break;
+                        if (ap_clock_mono_ns() - child_done_at > DESCENDANT_GRACE_NS)
+                                break;
+                }
+        }
+        return status;
+}
+
+/* An image the daemon finalized for us, as a profile in a memfd. */
+static void take_image(struct run_state *rs, json_t *ev, int fd)
+{
+        char path[64], *err = NULL;
+        struct ap_profile *prof = NULL;
+        snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+        int r = fd >= 0 ? ap_profile_read(path, &prof, &err) : -EBADF;
+        if (fd >= 0)
+                close(fd);
+        int pid = (int)json_integer_value(json_object_get(ev, "pid"));
+        if (r < 0 || AP_GROW(rs->ended, rs->ended_cap, rs->nended + 1) < 0) {
+                fprintf(stderr, "allocprof: pid %d: allocprofd sent an unreadable profile: %s\n",
+                        pid, err ? err : strerror(-r));
+                free(err);
+                ap_profile_free(prof);
+                return;
+        }
+        rs->ended[rs->nended++] = (struct ended){
+                .prof = prof,
+                .pid = (pid_t)prof->pid,
+                .by_exec = json_is_true(json_object_get(ev, "by_exec")),
+                .order = rs->order++,
+        };
+}
+
+/* How long to wait for allocprofd to finalize the run's images after the program ended. */
+#define DAEMON_FINISH_MS 120000
+
+/* A shared allocprofd profiles the run: it sends each image's profile when the image
+ * ends, and "finished" once all of them are in.  Returns the program's wait status. */
+static int run_loop_daemon(struct ap_ctl *ctl, struct run_state *rs, int sfd)
+{
+        int status = 0;
+        bool child_done = false, finish_sent = false, lost = false;
+        uint64_t finish_at = 0;
+        for (;;) {
+                struct pollfd pf[2] = {{.fd = sfd, .events = POLLIN},
+                                       {.fd = lost ? -1 : ap_ctl_fd(ctl), .events = POLLIN}};
+                int pr = poll(pf, 2, 100);
+                if (pr < 0 && errno != EINTR)
+                        break;
+                if (pf[0].revents & POLLIN)
+                        child_done = handle_signals(sfd, rs->child, child_done, &status);
+                while (!lost && (pf[1].revents & (POLLIN | POLLHUP | POLLERR))) {
+                        json_t *ev = NULL;
+                        int fd = -1;
+                        char *err = NULL;
+                        int r = ap_ctl_read(ctl, 0, &ev, &fd, &err);
+                        if (r == 0)
+                                break;
+                        if (r < 0) {
+                                fprintf(stderr,
+                                        "allocprof: allocprofd went away during the run (%s); "
+                                        "profiles it still held were written to its output "
+                                        "directory, if it could\n",
+                                        err);
+                                free(err);
+                                lost = true;
+                                break;
+                        }
+                        const char *kind = json_string_value(json_object_get(ev, "event"));
+                        if (kind != NULL && strcmp(kind, "image") == 0) {
+                                take_image(rs, ev, fd);
+                                fd = -1;
+                        } else if (kind != NULL && strcmp(kind, "note") == 0) {
+                                fprintf(stderr, "allocprof: pid %lld: %s\n",
+                                        (long long)json_integer_value(json_object_get(ev, "pid")),
+                                        json_string_value(json_object_get(ev, "message")) ?: "");
+                        } else if (kind != NULL && strcmp(kind, "finished") == 0) {
+                                json_decref(ev);
+                                return status;
+                        }
+                        if (fd >= 0)
+                                close(fd);
+                        json_decref(ev);
+                }
+                if (child_done && lost)
+                        break;
+                if (child_done && !finish_sent) {
+                        char *err = NULL;
+                        json_t *req = json_pack("{s:s, s:I}", "cmd", "finish", "grace_ms",
+                                                (json_int_t)(DESCENDANT_GRACE_NS / 1000000));
+                        if (ap_ctl_send(ctl, req, -1, &err) < 0) {
+                                fprintf(stderr, "allocprof: allocprofd: %s\n", err);
+                                free(err);
+                                break;
+                        }
+                        finish_sent = true;
+                        finish_at = ap_clock_mono_ns();
+                }
+                if (finish_sent && ap_clock_mono_ns() - finish_at > DAEMON_FINISH_MS * 1000000ull) {
+                        fprintf(stderr, "allocprof: allocprofd did not finish the profiles in "
+                                        "time; giving up\n");
+                        break;
+                }
+        }
+        return status;
 }
 
 static char *default_profile_path(const char *dir, const struct ap_profile *prof,
@@ -262,6 +434,8 @@ int ap_cmd_run(int argc, char **argv)
                 {"unwind", required_argument, NULL, 'u'},
                 {"no-follow", no_argument, NULL, 'F'},
                 {"output-dir", required_argument, NULL, 'D'},
+                {"dormant", no_argument, NULL, 'Z'},
+                {"no-daemon", no_argument, NULL, 'N'},
                 {"help", no_argument, NULL, 'h'},
                 {0},
         };
@@ -271,6 +445,7 @@ int ap_cmd_run(int argc, char **argv)
         const char *unwind = "dwarf";
         bool follow = true;
         const char *outdir = NULL;
+        bool dormant = false, use_daemon = true;
         int c;
 
         optind = 1;
@@ -289,6 +464,12 @@ int ap_cmd_run(int argc, char **argv)
                 case 'D':
                         outdir = optarg;
                         break;
+                case 'Z':
+                        dormant = true;
+                        break;
+                case 'N':
+                        use_daemon = false;
+                        break;
                 case 'u':
                         if (strcmp(optarg, "dwarf") != 0 && strcmp(optarg, "fp") != 0) {
                                 fprintf(stderr,
@@ -300,7 +481,7 @@ int ap_cmd_run(int argc, char **argv)
                         unwind = optarg;
                         break;
                 case 's':
-                        if (parse_size(optarg, &sample) < 0) {
+                        if (ap_parse_size(optarg, &sample) < 0) {
                                 fprintf(stderr,
                                         "allocprof: --sample: '%s' is not a size in bytes "
                                         "(examples: 0, 4096, 512K, 1M)\n",
@@ -340,31 +521,8 @@ int ap_cmd_run(int argc, char **argv)
                 return 1;
         }
         char *preload = prepend_preload(agent);
-        char *sock_dir = make_socket_dir();
-        char *sock = sock_dir ? ap_asprintf("%s/collector.sock", sock_dir) : NULL;
-        if (preload == NULL || sock == NULL) {
-                fprintf(stderr, "allocprof: cannot create a private socket directory: %s\n",
-                        strerror(errno));
-                return 1;
-        }
-
-        struct run_state rs = {.follow = follow};
-        struct ap_collector *coll = NULL;
-        char *err = NULL;
-        r = ap_collector_new(sock, on_done, &rs, &coll, &err);
-        /* The symbolizer warms up (loads debug information) while the program runs. */
-        struct ap_symbolizer *sym = NULL;
-        struct ap_warmer *warmer = NULL;
-        if (r >= 0) {
-                ap_collector_set_accept(coll, on_register, &rs);
-                ap_collector_set_note(coll, on_note, &rs);
-                if (ap_symbolizer_new(&sym) == 0 && ap_warmer_start(sym, &warmer) == 0)
-                        ap_collector_set_warmer(coll, warmer);
-        }
-        if (r < 0) {
-                fprintf(stderr, "allocprof: cannot start the collector: %s\n", err);
-                free(err);
-                rmdir(sock_dir);
+        if (preload == NULL) {
+                fprintf(stderr, "allocprof: out of memory\n");
                 return 1;
         }
 
@@ -378,72 +536,109 @@ int ap_cmd_run(int argc, char **argv)
         sigaddset(&mask, SIGQUIT);
         sigprocmask(SIG_BLOCK, &mask, &orig);
         int sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
-        int errpipe[2];
-        if (sfd < 0 || pipe2(errpipe, O_CLOEXEC) < 0) {
+        int errpipe[2], gate[2];
+        if (sfd < 0 || pipe2(errpipe, O_CLOEXEC) < 0 || pipe2(gate, O_CLOEXEC) < 0) {
                 fprintf(stderr, "allocprof: %s\n", strerror(errno));
-                ap_collector_free(coll);
-                rmdir(sock_dir);
                 return 1;
         }
+        /* A dead reader must not kill us while we hand over the socket path. */
+        signal(SIGPIPE, SIG_IGN);
 
+        /* The child waits at the gate until a collector expects it. */
         fflush(NULL);
         pid_t child = fork();
         if (child < 0) {
                 fprintf(stderr, "allocprof: fork: %s\n", strerror(errno));
-                ap_collector_free(coll);
-                rmdir(sock_dir);
                 return 1;
         }
-        rs.child = child;
         if (child == 0) {
                 close(errpipe[0]);
-                exec_child(prog_argv, preload, sock, sample, unwind, errpipe[1], &orig);
+                close(gate[1]);
+                signal(SIGPIPE, SIG_DFL);
+                exec_child(prog_argv, preload, gate[0], sample, unwind, dormant, errpipe[1],
+                           &orig);
         }
         close(errpipe[1]);
+        close(gate[0]);
+
+        struct run_state rs = {.follow = follow, .child = child};
+        /* A listening allocprofd takes the run (it symbolizes with warm caches and lists
+         * the program in `allocprof ps`); otherwise a private collector here. */
+        struct ap_ctl *ctl = NULL;
+        char *sock = NULL, *sock_dir = NULL;
+        if (use_daemon) {
+                char *err = NULL;
+                int dr = ap_ctl_open_daemon(&ctl, &err);
+                if (dr < 0 && dr != -ENOENT && dr != -ECONNREFUSED)
+                        fprintf(stderr, "allocprof: not using allocprofd: %s\n",
+                                err ? err : strerror(-dr));
+                free(err);
+                err = NULL;
+                json_t *resp = NULL;
+                if (ctl != NULL &&
+                    (ap_ctl_call(ctl,
+                                 json_pack("{s:s, s:i, s:b}", "cmd", "run", "pid", (int)child,
+                                           "follow", follow),
+                                 -1, 10000, &resp, &err) < 0 ||
+                     !json_is_true(json_object_get(resp, "ok")))) {
+                        fprintf(stderr, "allocprof: not using allocprofd: %s\n",
+                                err ? err : ap_ctl_error(resp));
+                        ap_ctl_close(ctl);
+                        ctl = NULL;
+                }
+                free(err);
+                json_decref(resp);
+                if (ctl != NULL)
+                        sock = daemon_socket_path();
+                if (sock == NULL) {
+                        ap_ctl_close(ctl);
+                        ctl = NULL;
+                }
+        }
+
+        struct ap_collector *coll = NULL;
+        struct ap_symbolizer *sym = NULL;
+        struct ap_warmer *warmer = NULL;
+        if (ctl == NULL) {
+                sock_dir = make_socket_dir();
+                sock = sock_dir ? ap_asprintf("%s/collector.sock", sock_dir) : NULL;
+                char *err = NULL;
+                r = sock ? ap_collector_new(sock, on_done, &rs, &coll, &err) : -errno;
+                if (r < 0) {
+                        fprintf(stderr, "allocprof: cannot start the collector: %s\n",
+                                err ? err : strerror(-r));
+                        free(err);
+                        if (sock_dir)
+                                rmdir(sock_dir);
+                        close(gate[1]); /* the child exits 127 unstarted */
+                        waitpid(child, NULL, 0);
+                        return 1;
+                }
+                ap_collector_set_accept(coll, on_register, &rs);
+                ap_collector_set_note(coll, on_note, &rs);
+                /* The symbolizer warms up (loads debug information) while the program
+                 * runs. */
+                if (ap_symbolizer_new(&sym) == 0 && ap_warmer_start(sym, &warmer) == 0)
+                        ap_collector_set_warmer(coll, warmer);
+        }
+        (void)!write(gate[1], sock, strlen(sock));
+        close(gate[1]);
+
         int exec_errno = 0;
         if (read(errpipe[0], &exec_errno, sizeof(exec_errno)) != (ssize_t)sizeof(exec_errno))
                 exec_errno = 0; /* EOF: exec succeeded */
         close(errpipe[0]);
 
         int status = 0;
-        bool child_done = false;
-        uint64_t child_done_at = 0;
-        for (;;) {
-                int ev = ap_collector_step(coll, 100, sfd);
-                if (ev < 0) {
-                        fprintf(stderr, "allocprof: collector failed: %s\n", strerror(-ev));
-                        break;
-                }
-                struct signalfd_siginfo si;
-                while (ev > 0 && read(sfd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
-                        if (si.ssi_signo == SIGCHLD) {
-                                int st;
-                                pid_t w;
-                                while ((w = waitpid(-1, &st, WNOHANG)) > 0) {
-                                        if (w == child) {
-                                                status = st;
-                                                child_done = true;
-                                                child_done_at = ap_clock_mono_ns();
-                                        }
-                                }
-                        } else if (!child_done) {
-                                /* A terminal's ^C already reached the whole foreground
-                                 * group, the program included: forward only signals sent
-                                 * to us alone (kill, timeout, a supervisor). */
-                                if (si.ssi_code != SI_KERNEL)
-                                        kill(child, (int)si.ssi_signo);
-                        }
-                }
-                if (child_done) {
-                        if (!ap_collector_has_pid(coll, child) && ap_collector_nprocs(coll) == 0)
-                                break;
-                        if (ap_clock_mono_ns() - child_done_at > DESCENDANT_GRACE_NS)
-                                break;
-                }
+        if (ctl != NULL) {
+                status = run_loop_daemon(ctl, &rs, sfd);
+                ap_ctl_close(ctl);
+        } else {
+                status = run_loop_private(coll, &rs, sfd);
+                ap_collector_flush_all(coll);
+                ap_collector_free(coll);
+                rmdir(sock_dir);
         }
-        ap_collector_flush_all(coll);
-        ap_collector_free(coll);
-        rmdir(sock_dir);
         sigprocmask(SIG_SETMASK, &orig, NULL);
 
         int exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
@@ -459,18 +654,22 @@ int ap_cmd_run(int argc, char **argv)
         /* The main program's profile is its last image (after any exec). */
         struct ended *main_img = NULL;
         for (size_t i = 0; i < rs.nended; i++)
-                if (ap_process_pid(rs.ended[i].p) == child) /* its last image */
+                if (rs.ended[i].pid == child) /* its last image */
                         main_img = &rs.ended[i];
-        if (main_img != NULL)
+        if (main_img != NULL && main_img->p != NULL)
                 ap_process_set_exit(main_img->p, exit_code, term_sig);
-        if (exec_errno == 0 && rs.nended == 0 && !noted)
+        if (main_img != NULL && main_img->prof != NULL) {
+                main_img->prof->exit_status = exit_code;
+                main_img->prof->term_signal = term_sig;
+        }
+        if (exec_errno == 0 && rs.nended == 0 && !noted && !dormant)
                 fprintf(stderr,
                         "allocprof: %s never registered with the collector (statically "
                         "linked, setuid, or it cleared LD_PRELOAD): no profile\n",
                         prog_argv[0]);
 
         ap_warmer_stop(warmer); /* from here on the symbolizer is ours alone */
-        if (rs.nended > 0 && sym == NULL && ap_symbolizer_new(&sym) < 0) {
+        if (rs.nended > 0 && ctl == NULL && sym == NULL && ap_symbolizer_new(&sym) < 0) {
                 fprintf(stderr, "allocprof: out of memory\n");
                 return ret ? ret : 1;
         }
@@ -491,13 +690,25 @@ int ap_cmd_run(int argc, char **argv)
         for (size_t i = 0; i < rs.nended; i++) {
                 struct ended *e = &rs.ended[i];
                 /* The command line of our own child is known exactly. */
-                if (e == main_img)
+                if (e == main_img && e->p != NULL)
                         ap_process_set_command(e->p, prog_argv, prog_argc);
-                struct ap_profile *prof = NULL;
-                r = ap_process_finalize(e->p, sym, &prof);
+                if (e == main_img && e->prof != NULL)
+                        set_profile_command(e->prof, prog_argv, prog_argc);
+                struct ap_profile *prof = e->prof;
+                e->prof = NULL;
+                r = prof != NULL ? 0 : ap_process_finalize(e->p, sym, &prof);
                 if (r < 0) {
                         fprintf(stderr, "allocprof: cannot finalize the profile of pid %d: %s\n",
-                                (int)ap_process_pid(e->p), strerror(-r));
+                                (int)e->pid, strerror(-r));
+                        continue;
+                }
+                /* Started dormant and never attached: nothing was recorded. */
+                if (dormant && prof->totals.allocations == 0 && prof->totals.frees == 0) {
+                        if (!quiet)
+                                fprintf(stderr,
+                                        "allocprof: pid %u was never attached: no profile\n",
+                                        prof->pid);
+                        ap_profile_free(prof);
                         continue;
                 }
                 char *path;
@@ -547,8 +758,10 @@ int ap_cmd_run(int argc, char **argv)
         for (size_t i = 0; i < nwritten; i++)
                 free(written[i]);
         free(written);
-        for (size_t i = 0; i < rs.nended; i++)
+        for (size_t i = 0; i < rs.nended; i++) {
                 ap_process_free(rs.ended[i].p);
+                ap_profile_free(rs.ended[i].prof);
+        }
         free(rs.ended);
         ap_symbolizer_free(sym);
         free(sock);

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "config.h"
+#include "ctl.h"
 #include "report.h"
 #include "run.h"
 
@@ -21,7 +22,13 @@ static void usage(FILE *out)
                 "  report [FILE|PID]... [--all] [--json] [--top N]\n"
                 "      [--sort allocations|bytes|leaked|peak] [--color|--no-color]\n"
                 "                          show a profile (default: the newest one here);\n"
-                "                          several, or --all of one run, are merged\n"
+                "                          several, or --all of one run, are merged; a PID\n"
+                "                          still running is reported live\n"
+                "  ps [--json]             list the processes being profiled\n"
+                "  snapshot PID [-o FILE]  save the live profile of a running process\n"
+                "  attach PID [--sample BYTES] [--for DURATION]\n"
+                "                          switch recording on in a dormant process\n"
+                "  detach PID              switch it off again\n"
                 "  help                    this text\n"
                 "  version                 print the version\n"
                 "\n"
@@ -43,6 +50,14 @@ int main(int argc, char **argv)
                 return ap_cmd_run(argc - 1, argv + 1);
         if (strcmp(cmd, "report") == 0)
                 return ap_cmd_report(argc - 1, argv + 1);
+        if (strcmp(cmd, "ps") == 0)
+                return ap_cmd_ps(argc - 1, argv + 1);
+        if (strcmp(cmd, "attach") == 0)
+                return ap_cmd_attach(argc - 1, argv + 1);
+        if (strcmp(cmd, "detach") == 0)
+                return ap_cmd_detach(argc - 1, argv + 1);
+        if (strcmp(cmd, "snapshot") == 0)
+                return ap_cmd_snapshot(argc - 1, argv + 1);
         if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
                 usage(stdout);
                 return 0;

@@ -241,7 +241,7 @@ check_eq "sleep profile exit status" 143 "$("$AP" report sleep.approf --json | p
 
 # --- allocprofd: the same collector as a service in the foreground -----------------------
 mkdir -m 700 daemon
-"$BUILD/collector/allocprofd" --socket "$T/daemon/sock" --output-dir "$T/daemon" 2>daemon.log &
+"$BUILD/collector/allocprofd" --foreground --socket "$T/daemon/sock" --output-dir "$T/daemon" 2>daemon.log &
 dpid=$!
 for i in 1 2 3 4 5 6 7 8 9 10; do [ -S daemon/sock ] && break; sleep 0.1; done
 LD_PRELOAD="$AGENT" ALLOCPROF_SOCKET="$T/daemon/sock" "$SIMPLE"

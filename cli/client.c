@@ -1,0 +1,397 @@
+/* The CLI's side of the control protocol (see client.h).
+ *
+ * SPDX-License-Identifier: MIT OR Apache-2.0
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "allocprof/clock.h"
+#include "allocprof/protocol.h"
+#include "allocprof/wire.h"
+#include "client.h"
+#include "run.h"
+#include "service.h"
+#include "util.h"
+
+struct ap_ctl {
+        int fd;
+        char *buf;
+        size_t len, cap;
+        int fds[8]; /* descriptors received, oldest first */
+        size_t nfds;
+};
+
+int ap_ctl_open(const char *path, struct ap_ctl **ret, char **err)
+{
+        struct sockaddr_un sa = {.sun_family = AF_UNIX};
+        if (strlen(path) >= sizeof(sa.sun_path)) {
+                *err = ap_asprintf("socket path too long: %s", path);
+                return -ENAMETOOLONG;
+        }
+        strcpy(sa.sun_path, path);
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+                int r = -errno;
+                *err = ap_asprintf("cannot connect to %s: %s", path, strerror(-r));
+                if (fd >= 0)
+                        close(fd);
+                return r;
+        }
+        struct ap_ctl *c = calloc(1, sizeof(*c));
+        if (c == NULL) {
+                close(fd);
+                *err = ap_asprintf("out of memory");
+                return -ENOMEM;
+        }
+        c->fd = fd;
+        *ret = c;
+        return 0;
+}
+
+int ap_ctl_open_daemon(struct ap_ctl **ret, char **err)
+{
+        char *path = NULL;
+        int r = ap_service_socket_path(false, &path, err);
+        if (r == -ENOENT) {
+                free(*err);
+                *err = NULL;
+                return r;
+        }
+        if (r < 0)
+                return r;
+        struct stat st;
+        if (lstat(path, &st) < 0) {
+                free(path);
+                return -ENOENT;
+        }
+        r = ap_ctl_open(path, ret, err);
+        free(path);
+        if (r == -ECONNREFUSED || r == -ENOENT) {
+                free(*err);
+                *err = NULL;
+        }
+        return r;
+}
+
+void ap_ctl_close(struct ap_ctl *c)
+{
+        if (c == NULL)
+                return;
+        close(c->fd);
+        for (size_t i = 0; i < c->nfds; i++)
+                close(c->fds[i]);
+        free(c->buf);
+        free(c);
+}
+
+int ap_ctl_fd(const struct ap_ctl *c)
+{
+        return c->fd;
+}
+
+int ap_ctl_send(struct ap_ctl *c, json_t *req, int pass_fd, char **err)
+{
+        json_object_set_new(req, "v", json_integer(AP_PROTO_VERSION));
+        char *text = json_dumps(req, JSON_COMPACT);
+        json_decref(req);
+        if (text == NULL) {
+                *err = ap_asprintf("out of memory");
+                return -ENOMEM;
+        }
+        size_t len = strlen(text);
+        text[len] = '\n';
+        union {
+                char buf[CMSG_SPACE(sizeof(int))];
+                struct cmsghdr align;
+        } u;
+        size_t off = 0;
+        int r = 0;
+        while (off < len + 1) {
+                struct iovec iov = {.iov_base = text + off, .iov_len = len + 1 - off};
+                struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
+                if (pass_fd >= 0 && off == 0) {
+                        memset(&u, 0, sizeof(u));
+                        mh.msg_control = u.buf;
+                        mh.msg_controllen = sizeof(u.buf);
+                        struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+                        cm->cmsg_level = SOL_SOCKET;
+                        cm->cmsg_type = SCM_RIGHTS;
+                        cm->cmsg_len = CMSG_LEN(sizeof(int));
+                        memcpy(CMSG_DATA(cm), &pass_fd, sizeof(int));
+                }
+                ssize_t n = sendmsg(c->fd, &mh, MSG_NOSIGNAL);
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n < 0) {
+                        r = -errno;
+                        *err = ap_asprintf("cannot talk to the collector: %s", strerror(errno));
+                        break;
+                }
+                off += (size_t)n;
+        }
+        free(text);
+        return r;
+}
+
+int ap_ctl_read(struct ap_ctl *c, int timeout_ms, json_t **msg, int *ret_fd, char **err)
+{
+        uint64_t deadline = timeout_ms >= 0 ? ap_clock_mono_ns() + (uint64_t)timeout_ms * 1000000
+                                            : 0;
+        for (;;) {
+                char *nl = c->len ? memchr(c->buf, '\n', c->len) : NULL;
+                if (nl != NULL) {
+                        size_t len = (size_t)(nl - c->buf);
+                        json_error_t jerr;
+                        json_t *m = json_loadb(c->buf, len, 0, &jerr);
+                        memmove(c->buf, nl + 1, c->len - len - 1);
+                        c->len -= len + 1;
+                        if (!json_is_object(m)) {
+                                json_decref(m);
+                                *err = ap_asprintf("the collector sent a malformed message");
+                                return -EPROTO;
+                        }
+                        int fd = -1;
+                        if (c->nfds > 0) {
+                                fd = c->fds[0];
+                                memmove(c->fds, c->fds + 1, (--c->nfds) * sizeof(int));
+                        }
+                        if (ret_fd != NULL)
+                                *ret_fd = fd;
+                        else if (fd >= 0)
+                                close(fd);
+                        *msg = m;
+                        return 1;
+                }
+                int wait = -1;
+                if (timeout_ms >= 0) {
+                        uint64_t now = ap_clock_mono_ns();
+                        wait = now >= deadline ? 0 : (int)((deadline - now) / 1000000) + 1;
+                }
+                struct pollfd pfd = {.fd = c->fd, .events = POLLIN};
+                int pr = poll(&pfd, 1, wait);
+                if (pr < 0 && errno == EINTR)
+                        continue;
+                if (pr == 0)
+                        return 0;
+                if (c->len + 65536 > c->cap) {
+                        if (c->cap >= AP_PROTO_RESPONSE_MAX) {
+                                *err = ap_asprintf("the collector sent an oversized message");
+                                return -EMSGSIZE;
+                        }
+                        size_t ncap = c->cap ? c->cap * 2 : 131072;
+                        char *nb = realloc(c->buf, ncap);
+                        if (nb == NULL) {
+                                *err = ap_asprintf("out of memory");
+                                return -ENOMEM;
+                        }
+                        c->buf = nb;
+                        c->cap = ncap;
+                }
+                struct iovec iov = {.iov_base = c->buf + c->len, .iov_len = c->cap - c->len};
+                union {
+                        char buf[CMSG_SPACE(sizeof(int) * 4)];
+                        struct cmsghdr align;
+                } u;
+                struct msghdr mh = {.msg_iov = &iov,
+                                    .msg_iovlen = 1,
+                                    .msg_control = u.buf,
+                                    .msg_controllen = sizeof(u.buf)};
+                ssize_t n = recvmsg(c->fd, &mh, MSG_CMSG_CLOEXEC);
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n <= 0) {
+                        *err = ap_asprintf("the collector hung up%s%s", n < 0 ? ": " : "",
+                                           n < 0 ? strerror(errno) : "");
+                        return -EPIPE;
+                }
+                for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm != NULL; cm = CMSG_NXTHDR(&mh, cm)) {
+                        if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
+                                continue;
+                        size_t k = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+                        for (size_t i = 0; i < k; i++) {
+                                int got;
+                                memcpy(&got, CMSG_DATA(cm) + i * sizeof(int), sizeof(int));
+                                if (c->nfds < 8)
+                                        c->fds[c->nfds++] = got;
+                                else
+                                        close(got);
+                        }
+                }
+                c->len += (size_t)n;
+        }
+}
+
+int ap_ctl_call(struct ap_ctl *c, json_t *req, int pass_fd, int timeout_ms, json_t **resp,
+                char **err)
+{
+        int r = ap_ctl_send(c, req, pass_fd, err);
+        if (r < 0)
+                return r;
+        for (;;) {
+                json_t *m = NULL;
+                r = ap_ctl_read(c, timeout_ms, &m, NULL, err);
+                if (r == 0) {
+                        *err = ap_asprintf("the collector did not answer within %d ms",
+                                           timeout_ms);
+                        return -ETIMEDOUT;
+                }
+                if (r < 0)
+                        return r;
+                if (json_object_get(m, "event") != NULL) { /* not ours to handle here */
+                        json_decref(m);
+                        continue;
+                }
+                *resp = m;
+                return 0;
+        }
+}
+
+const char *ap_ctl_error(json_t *resp)
+{
+        const char *e = json_string_value(json_object_get(resp, "error"));
+        return e ? e : "the collector refused without saying why";
+}
+
+bool ap_parse_pid(const char *s, pid_t *ret)
+{
+        char *end;
+        if (s == NULL || s[0] < '0' || s[0] > '9')
+                return false;
+        errno = 0;
+        long v = strtol(s, &end, 10);
+        if (errno != 0 || *end != '\0' || v <= 0 || v > 0x7fffffff)
+                return false;
+        *ret = (pid_t)v;
+        return true;
+}
+
+/* ALLOCPROF_SOCKET from the process's initial environment, or NULL. */
+static char *socket_of_pid(pid_t pid)
+{
+        char path[64], *env = NULL;
+        snprintf(path, sizeof(path), "/proc/%d/environ", (int)pid);
+        ssize_t n = ap_read_file(path, &env, 1 << 20);
+        char *found = NULL;
+        const size_t klen = strlen(AP_ENV_SOCKET "=");
+        for (char *s = env; n > 0 && s < env + n; s += strlen(s) + 1)
+                if (strncmp(s, AP_ENV_SOCKET "=", klen) == 0 && s[klen] != '\0')
+                        found = strdup(s + klen);
+        free(env);
+        return found;
+}
+
+/* Whether the agent is mapped into pid. */
+static bool has_agent(pid_t pid)
+{
+        char path[64], *maps = NULL;
+        snprintf(path, sizeof(path), "/proc/%d/maps", (int)pid);
+        ssize_t n = ap_read_file(path, &maps, 64 << 20);
+        bool yes = n > 0 && strstr(maps, "/liballocprof.so") != NULL;
+        free(maps);
+        return yes;
+}
+
+static void no_agent(pid_t pid)
+{
+        char *agent = ap_find_agent();
+        fprintf(stderr,
+                "allocprof: pid %d has no allocprof agent; start the program with "
+                "'allocprof run --dormant -- PROG' (or with LD_PRELOAD=%s "
+                "ALLOCPROF_MODE=dormant under allocprofd) to attach to it later\n",
+                (int)pid, agent ? agent : "liballocprof.so");
+        free(agent);
+}
+
+int ap_ctl_for_pid(pid_t pid, struct ap_ctl **ret)
+{
+        char proc[64];
+        struct stat st;
+        snprintf(proc, sizeof(proc), "/proc/%d", (int)pid);
+        if (stat(proc, &st) < 0) {
+                fprintf(stderr, "allocprof: no process %d\n", (int)pid);
+                return 1;
+        }
+        if (st.st_uid != geteuid() && geteuid() != 0) {
+                fprintf(stderr,
+                        "allocprof: pid %d belongs to uid %u: only its owner (or root) can "
+                        "profile it\n",
+                        (int)pid, (unsigned)st.st_uid);
+                return 1;
+        }
+        if (!has_agent(pid)) {
+                no_agent(pid);
+                return 1;
+        }
+        char *err = NULL;
+        char *sock = socket_of_pid(pid);
+        int r;
+        if (sock != NULL) {
+                r = ap_ctl_open(sock, ret, &err);
+        } else {
+                r = ap_ctl_open_daemon(ret, &err);
+                if (r == -ENOENT || r == -ECONNREFUSED) {
+                        fprintf(stderr,
+                                "allocprof: pid %d has the agent but no collector: no "
+                                "ALLOCPROF_SOCKET in its environment and no allocprofd "
+                                "running\n",
+                                (int)pid);
+                        return 1;
+                }
+        }
+        if (r < 0) {
+                fprintf(stderr, "allocprof: pid %d: %s (its collector is gone?)\n", (int)pid,
+                        err ? err : strerror(-r));
+                free(err);
+                free(sock);
+                return 1;
+        }
+        free(sock);
+        return 0;
+}
+
+int ap_ctl_snapshot(struct ap_ctl *c, pid_t pid, struct ap_profile **ret)
+{
+        int mfd = memfd_create("allocprof-snapshot", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+        if (mfd < 0) {
+                fprintf(stderr, "allocprof: memfd_create: %s\n", strerror(errno));
+                return 1;
+        }
+        json_t *resp = NULL;
+        char *err = NULL;
+        /* Symbolizing a big program the first time can take a while. */
+        int r = ap_ctl_call(c, json_pack("{s:s, s:i}", "cmd", "snapshot", "pid", (int)pid), mfd,
+                            120000, &resp, &err);
+        if (r < 0) {
+                fprintf(stderr, "allocprof: pid %d: %s\n", (int)pid, err);
+                free(err);
+                close(mfd);
+                return 1;
+        }
+        if (!json_is_true(json_object_get(resp, "ok"))) {
+                fprintf(stderr, "allocprof: %s\n", ap_ctl_error(resp));
+                json_decref(resp);
+                close(mfd);
+                return 1;
+        }
+        json_decref(resp);
+        char path[64];
+        snprintf(path, sizeof(path), "/proc/self/fd/%d", mfd);
+        r = ap_profile_read(path, ret, &err);
+        close(mfd);
+        if (r < 0) {
+                fprintf(stderr, "allocprof: the snapshot of pid %d is unreadable: %s\n", (int)pid,
+                        err ? err : strerror(-r));
+                free(err);
+                return 1;
+        }
+        return 0;
+}

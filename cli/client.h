@@ -1,0 +1,56 @@
+/* The CLI's side of the control protocol (allocprof/protocol.h): finding the collector
+ * that profiles a process, one request and its answer, and reading a live snapshot.
+ *
+ * SPDX-License-Identifier: MIT OR Apache-2.0
+ */
+#pragma once
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <sys/types.h>
+
+#include "profile.h"
+
+struct ap_ctl;
+
+/* Connects to the collector listening on `path`.  Returns 0 or -errno with *err set to
+ * a malloc'd one-line message. */
+int ap_ctl_open(const char *path, struct ap_ctl **ret, char **err);
+
+/* The daemon's socket (ALLOCPROF_DAEMON_SOCKET, else the per-user default), connected,
+ * if a daemon listens there.  Returns 0, -ENOENT/-ECONNREFUSED when none runs (no
+ * message), or another -errno with *err set (e.g. a directory that fails the checks). */
+int ap_ctl_open_daemon(struct ap_ctl **ret, char **err);
+
+/* Closes the connection.  Accepts NULL. */
+void ap_ctl_close(struct ap_ctl *c);
+int ap_ctl_fd(const struct ap_ctl *c);
+
+/* Sends one request (consumed; "v" is added) with an optional descriptor (-1: none),
+ * then waits up to timeout_ms for the answer.  Returns 0 with *resp set (check "ok"),
+ * or -errno with *err set. */
+int ap_ctl_call(struct ap_ctl *c, json_t *req, int pass_fd, int timeout_ms, json_t **resp,
+                char **err);
+
+/* Sends a request without waiting. */
+int ap_ctl_send(struct ap_ctl *c, json_t *req, int pass_fd, char **err);
+
+/* Reads the next message (answer or event), waiting up to timeout_ms (-1: forever).
+ * Returns 1 with *msg set (and *ret_fd to a descriptor that came with it, else -1),
+ * 0 on timeout, -errno with *err set (-EPIPE: the collector hung up). */
+int ap_ctl_read(struct ap_ctl *c, int timeout_ms, json_t **msg, int *ret_fd, char **err);
+
+/* The "error" text of a failed answer (never NULL). */
+const char *ap_ctl_error(json_t *resp);
+
+/* Where to reach the collector that profiles pid: the connection, or an exit status
+ * after printing one clear line (no such process, no agent in it and how to start it
+ * so that it can be attached, collector gone). */
+int ap_ctl_for_pid(pid_t pid, struct ap_ctl **ret);
+
+/* A live snapshot of pid through c: symbolized by the collector into a memfd.  Returns
+ * 0, or an exit status after printing one line. */
+int ap_ctl_snapshot(struct ap_ctl *c, pid_t pid, struct ap_profile **ret);
+
+/* "12345" -> pid.  Returns false for anything else. */
+bool ap_parse_pid(const char *s, pid_t *ret);

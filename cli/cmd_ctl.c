@@ -1,0 +1,409 @@
+/* The commands that talk to a running collector: `allocprof ps`, `attach`, `detach` and
+ * `snapshot`.  `report PID` uses the same snapshot path (cmd_report.c).
+ *
+ * SPDX-License-Identifier: MIT OR Apache-2.0
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "allocprof/wire.h"
+#include "client.h"
+#include "ctl.h"
+#include "util.h"
+
+#define CALL_TIMEOUT_MS 10000
+
+/* ---- ps ------------------------------------------------------------------------------ */
+
+/* Every collector this user can reach: the daemon, and the private collectors of
+ * `allocprof run` found through the environment of the processes they profile. */
+static size_t list_sockets(char ***ret)
+{
+        char **socks = NULL;
+        size_t n = 0, cap = 0;
+        DIR *d = opendir("/proc");
+        struct dirent *e;
+        while (d != NULL && (e = readdir(d)) != NULL) {
+                pid_t pid;
+                if (!ap_parse_pid(e->d_name, &pid))
+                        continue;
+                char path[64], *env = NULL;
+                snprintf(path, sizeof(path), "/proc/%d/environ", (int)pid);
+                ssize_t len = ap_read_file(path, &env, 1 << 20);
+                const size_t klen = strlen(AP_ENV_SOCKET "=");
+                for (char *s = env; len > 0 && s < env + len; s += strlen(s) + 1) {
+                        if (strncmp(s, AP_ENV_SOCKET "=", klen) != 0 || s[klen] == '\0')
+                                continue;
+                        bool dup = false;
+                        for (size_t i = 0; i < n; i++)
+                                dup |= strcmp(socks[i], s + klen) == 0;
+                        if (!dup && AP_GROW(socks, cap, n + 1) == 0 &&
+                            (socks[n] = strdup(s + klen)) != NULL)
+                                n++;
+                }
+                free(env);
+        }
+        if (d != NULL)
+                closedir(d);
+        *ret = socks;
+        return n;
+}
+
+static void add_processes(json_t *all, json_t *resp)
+{
+        json_t *list = json_object_get(resp, "processes");
+        size_t i;
+        json_t *pr;
+        json_array_foreach(list, i, pr)
+        {
+                /* One process can be listed by two collectors only as finished by one of
+                 * them (exec'ed elsewhere): keep every live entry, skip repeats. */
+                bool dup = false;
+                size_t k;
+                json_t *q;
+                json_array_foreach(all, k, q) dup |= json_equal(q, pr);
+                if (!dup)
+                        json_array_append(all, pr);
+        }
+}
+
+static void print_ps(json_t *all)
+{
+        printf("%7s %7s %-9s %-9s %12s %12s  %s\n", "PID", "PPID", "MODE", "STATE", "ALLOCS",
+               "LIVE", "COMMAND");
+        size_t i;
+        json_t *pr;
+        json_array_foreach(all, i, pr)
+        {
+                char live[32];
+                ap_fmt_bytes(live, sizeof(live),
+                             (uint64_t)json_integer_value(json_object_get(pr, "live_bytes")));
+                const char *mode = json_string_value(json_object_get(pr, "mode"));
+                char modebuf[48];
+                json_int_t iv = json_integer_value(json_object_get(pr, "sample_interval"));
+                if (mode && strcmp(mode, "sampled") == 0 && iv > 0) {
+                        char ivs[24];
+                        snprintf(modebuf, sizeof(modebuf), "sampled/%s",
+                                 ap_fmt_bytes(ivs, sizeof(ivs), (uint64_t)iv));
+                        mode = modebuf;
+                }
+                printf("%7lld %7lld %-9s %-9s %12lld %12s  %s\n",
+                       (long long)json_integer_value(json_object_get(pr, "pid")),
+                       (long long)json_integer_value(json_object_get(pr, "ppid")),
+                       mode ? mode : "?",
+                       json_string_value(json_object_get(pr, "state")) ?: "?",
+                       (long long)json_integer_value(json_object_get(pr, "allocations")), live,
+                       json_string_value(json_object_get(pr, "command")) ?: "");
+        }
+}
+
+int ap_cmd_ps(int argc, char **argv)
+{
+        static const struct option opts[] = {
+                {"json", no_argument, NULL, 'j'},
+                {"help", no_argument, NULL, 'h'},
+                {0},
+        };
+        bool json = false;
+        int c;
+        optind = 1;
+        while ((c = getopt_long(argc, argv, "jh", opts, NULL)) != -1) {
+                switch (c) {
+                case 'j':
+                        json = true;
+                        break;
+                case 'h':
+                        printf("Usage: allocprof ps [--json]\n"
+                               "Lists the processes profiled by allocprofd and by running\n"
+                               "'allocprof run' sessions: pid, mode, state (recording, dormant,\n"
+                               "finished), allocations so far and live bytes.\n");
+                        return 0;
+                default:
+                        return 2;
+                }
+        }
+        if (optind < argc) {
+                fprintf(stderr, "allocprof: ps takes no arguments\n");
+                return 2;
+        }
+        json_t *all = json_array();
+        char *err = NULL;
+        struct ap_ctl *ctl = NULL;
+        int reached = 0, status = 0;
+        int r = ap_ctl_open_daemon(&ctl, &err);
+        if (r < 0 && r != -ENOENT && r != -ECONNREFUSED) {
+                fprintf(stderr, "allocprof: allocprofd: %s\n", err ? err : strerror(-r));
+                status = 1;
+        }
+        free(err);
+        err = NULL;
+        char **socks = NULL;
+        size_t nsocks = list_sockets(&socks);
+        for (size_t i = 0; i <= nsocks; i++) {
+                if (i > 0) {
+                        ctl = NULL;
+                        if (ap_ctl_open(socks[i - 1], &ctl, &err) < 0) {
+                                free(err); /* a collector that is gone: nothing to list */
+                                err = NULL;
+                        }
+                }
+                if (ctl == NULL)
+                        continue;
+                json_t *resp = NULL;
+                if (ap_ctl_call(ctl, json_pack("{s:s}", "cmd", "ps"), -1, CALL_TIMEOUT_MS, &resp,
+                                &err) == 0 &&
+                    json_is_true(json_object_get(resp, "ok"))) {
+                        add_processes(all, resp);
+                        reached++;
+                }
+                free(err);
+                err = NULL;
+                json_decref(resp);
+                ap_ctl_close(ctl);
+        }
+        for (size_t i = 0; i < nsocks; i++)
+                free(socks[i]);
+        free(socks);
+        if (json) {
+                json_t *doc = json_pack("{s:i, s:o}", "version", 1, "processes", all);
+                json_dumpf(doc, stdout, JSON_INDENT(2));
+                printf("\n");
+                json_decref(doc);
+        } else {
+                if (reached == 0 && status == 0)
+                        fprintf(stderr, "allocprof: no collector is running (no allocprofd, no "
+                                        "'allocprof run')\n");
+                print_ps(all);
+                json_decref(all);
+        }
+        return status;
+}
+
+/* ---- attach / detach -------------------------------------------------------------------- */
+
+/* "10s", "500ms", "2m", "1h", "30" (seconds) -> milliseconds. */
+static int parse_duration(const char *s, uint64_t *ret_ms)
+{
+        char *end;
+        if (s[0] < '0' || s[0] > '9')
+                return -EINVAL;
+        errno = 0;
+        double v = strtod(s, &end);
+        if (errno != 0 || v <= 0)
+                return -EINVAL;
+        double mul = 1000;
+        if (strcmp(end, "ms") == 0)
+                mul = 1;
+        else if (strcmp(end, "s") == 0 || *end == '\0')
+                mul = 1000;
+        else if (strcmp(end, "m") == 0 || strcmp(end, "min") == 0)
+                mul = 60000;
+        else if (strcmp(end, "h") == 0)
+                mul = 3600000;
+        else
+                return -EINVAL;
+        if (v * mul > 1e12 || v * mul < 1)
+                return -EINVAL;
+        *ret_ms = (uint64_t)(v * mul);
+        return 0;
+}
+
+/* Sends one request about pid and prints the failure, if any.  Returns the exit status;
+ * *ret_resp (if non-NULL) gets a successful answer. */
+static int call_for_pid(pid_t pid, json_t *req, json_t **ret_resp)
+{
+        struct ap_ctl *ctl = NULL;
+        int status = ap_ctl_for_pid(pid, &ctl);
+        if (status != 0) {
+                json_decref(req);
+                return status;
+        }
+        json_t *resp = NULL;
+        char *err = NULL;
+        if (ap_ctl_call(ctl, req, -1, CALL_TIMEOUT_MS, &resp, &err) < 0) {
+                fprintf(stderr, "allocprof: pid %d: %s\n", (int)pid, err);
+                free(err);
+                ap_ctl_close(ctl);
+                return 1;
+        }
+        ap_ctl_close(ctl);
+        if (!json_is_true(json_object_get(resp, "ok"))) {
+                fprintf(stderr, "allocprof: %s\n", ap_ctl_error(resp));
+                json_decref(resp);
+                return 1;
+        }
+        if (ret_resp != NULL)
+                *ret_resp = resp;
+        else
+                json_decref(resp);
+        return 0;
+}
+
+static bool one_pid(int argc, char **argv, const char *cmd, pid_t *pid)
+{
+        if (optind + 1 != argc) {
+                fprintf(stderr, "allocprof: %s needs exactly one PID\n", cmd);
+                return false;
+        }
+        if (!ap_parse_pid(argv[optind], pid)) {
+                fprintf(stderr, "allocprof: %s: '%s' is not a process id\n", cmd, argv[optind]);
+                return false;
+        }
+        return true;
+}
+
+int ap_cmd_attach(int argc, char **argv)
+{
+        static const struct option opts[] = {
+                {"sample", required_argument, NULL, 's'},
+                {"for", required_argument, NULL, 'f'},
+                {"help", no_argument, NULL, 'h'},
+                {0},
+        };
+        uint64_t sample = 512 * 1024, for_ms = 0;
+        int c;
+        optind = 1;
+        while ((c = getopt_long(argc, argv, "s:f:h", opts, NULL)) != -1) {
+                switch (c) {
+                case 's':
+                        if (ap_parse_size(optarg, &sample) < 0 || sample == 0) {
+                                fprintf(stderr,
+                                        "allocprof: --sample: '%s' is not a size of at least "
+                                        "one byte (examples: 4096, 64K, 512K, 1M); attach "
+                                        "always samples, use 'allocprof run' to record every "
+                                        "allocation\n",
+                                        optarg);
+                                return 2;
+                        }
+                        break;
+                case 'f':
+                        if (parse_duration(optarg, &for_ms) < 0) {
+                                fprintf(stderr,
+                                        "allocprof: --for: '%s' is not a duration (examples: "
+                                        "30s, 500ms, 5m, 1h)\n",
+                                        optarg);
+                                return 2;
+                        }
+                        break;
+                case 'h':
+                        printf("Usage: allocprof attach PID [--sample BYTES] [--for DURATION]\n"
+                               "Switches recording on in a process started with the agent\n"
+                               "dormant ('allocprof run --dormant'), sampling one allocation per\n"
+                               "BYTES allocated on average (default 512K).  --for: detach again\n"
+                               "after DURATION (30s, 5m, ...).  No ptrace: the agent is told\n"
+                               "through its shared control page.\n");
+                        return 0;
+                default:
+                        return 2;
+                }
+        }
+        pid_t pid;
+        if (!one_pid(argc, argv, "attach", &pid))
+                return 2;
+        json_t *req = json_pack("{s:s, s:i, s:I}", "cmd", "attach", "pid", (int)pid, "sample",
+                                (json_int_t)sample);
+        if (for_ms)
+                json_object_set_new(req, "for_ms", json_integer((json_int_t)for_ms));
+        int status = call_for_pid(pid, req, NULL);
+        if (status == 0) {
+                char iv[32];
+                fprintf(stderr, "allocprof: attached to pid %d, sampling every %s on average",
+                        (int)pid, ap_fmt_bytes(iv, sizeof(iv), sample));
+                if (for_ms)
+                        fprintf(stderr, " for %.3g s", (double)for_ms / 1000);
+                fprintf(stderr, "\n");
+        }
+        return status;
+}
+
+int ap_cmd_detach(int argc, char **argv)
+{
+        optind = 1;
+        if (argc > 1 && (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0)) {
+                printf("Usage: allocprof detach PID\n"
+                       "Switches recording off again in an attached process.  Its profile\n"
+                       "keeps what was recorded; blocks sampled before are still followed to\n"
+                       "their free, so live figures stay right.\n");
+                return 0;
+        }
+        pid_t pid;
+        if (!one_pid(argc, argv, "detach", &pid))
+                return 2;
+        int status = call_for_pid(pid, json_pack("{s:s, s:i}", "cmd", "detach", "pid", (int)pid),
+                                  NULL);
+        if (status == 0)
+                fprintf(stderr, "allocprof: detached from pid %d\n", (int)pid);
+        return status;
+}
+
+/* ---- snapshot ------------------------------------------------------------------------- */
+
+int ap_live_snapshot(pid_t pid, struct ap_profile **ret)
+{
+        struct ap_ctl *ctl = NULL;
+        int status = ap_ctl_for_pid(pid, &ctl);
+        if (status != 0)
+                return status;
+        status = ap_ctl_snapshot(ctl, pid, ret);
+        ap_ctl_close(ctl);
+        return status;
+}
+
+int ap_cmd_snapshot(int argc, char **argv)
+{
+        static const struct option opts[] = {
+                {"output", required_argument, NULL, 'o'},
+                {"help", no_argument, NULL, 'h'},
+                {0},
+        };
+        const char *output = NULL;
+        int c;
+        optind = 1;
+        while ((c = getopt_long(argc, argv, "o:h", opts, NULL)) != -1) {
+                switch (c) {
+                case 'o':
+                        output = optarg;
+                        break;
+                case 'h':
+                        printf("Usage: allocprof snapshot PID [-o FILE]\n"
+                               "Saves the profile of a running process as it is now (default\n"
+                               "FILE: allocprof.<prog>.<pid>.snapshot.approf); 'allocprof report\n"
+                               "FILE' reads it like any other profile.\n");
+                        return 0;
+                default:
+                        return 2;
+                }
+        }
+        pid_t pid;
+        if (!one_pid(argc, argv, "snapshot", &pid))
+                return 2;
+        struct ap_profile *prof = NULL;
+        int status = ap_live_snapshot(pid, &prof);
+        if (status != 0)
+                return status;
+        char *path;
+        if (output != NULL) {
+                path = strdup(output);
+        } else {
+                const char *exe = prof->exe && strrchr(prof->exe, '/') ? strrchr(prof->exe, '/') + 1
+                                  : prof->exe                          ? prof->exe
+                                                                       : "unknown";
+                path = ap_asprintf("allocprof.%s.%d.snapshot.approf", exe, (int)pid);
+        }
+        int r = path ? ap_profile_write(prof, path) : -ENOMEM;
+        if (r < 0) {
+                fprintf(stderr, "allocprof: cannot write %s: %s\n", path ? path : "the snapshot",
+                        strerror(-r));
+                status = 1;
+        } else {
+                fprintf(stderr, "allocprof: snapshot of pid %d written to %s\n", (int)pid, path);
+        }
+        free(path);
+        ap_profile_free(prof);
+        return status;
+}
