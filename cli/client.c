@@ -311,8 +311,35 @@ static void no_agent(pid_t pid)
         free(agent);
 }
 
-int ap_ctl_for_pid(pid_t pid, struct ap_ctl **ret)
+/* The only child of pid that has the agent (pid being an `allocprof run`), or 0. */
+static pid_t profiled_child(pid_t pid)
 {
+        char path[96], *buf = NULL;
+        snprintf(path, sizeof(path), "/proc/%d/task/%d/children", (int)pid, (int)pid);
+        ssize_t n = ap_read_file(path, &buf, 1 << 16);
+        pid_t found = 0;
+        int count = 0;
+        char *save = NULL;
+        for (char *tok = n > 0 ? strtok_r(buf, " \n", &save) : NULL; tok != NULL;
+             tok = strtok_r(NULL, " \n", &save)) {
+                pid_t c;
+                if (ap_parse_pid(tok, &c) && has_agent(c)) {
+                        found = c;
+                        count++;
+                }
+        }
+        free(buf);
+        return count == 1 ? found : 0;
+}
+
+pid_t ap_ctl_profiled_pid(pid_t pid)
+{
+        return has_agent(pid) ? pid : profiled_child(pid);
+}
+
+int ap_ctl_for_pid(pid_t *ppid, struct ap_ctl **ret)
+{
+        pid_t pid = *ppid;
         char proc[64];
         struct stat st;
         snprintf(proc, sizeof(proc), "/proc/%d", (int)pid);
@@ -328,8 +355,15 @@ int ap_ctl_for_pid(pid_t pid, struct ap_ctl **ret)
                 return 1;
         }
         if (!has_agent(pid)) {
-                no_agent(pid);
-                return 1;
+                /* `allocprof run ... &` then `attach $!`: that pid is run itself. */
+                pid_t child = profiled_child(pid);
+                if (child == 0) {
+                        no_agent(pid);
+                        return 1;
+                }
+                fprintf(stderr, "allocprof: pid %d is 'allocprof run'; using its program, pid %d\n",
+                        (int)pid, (int)child);
+                pid = *ppid = child;
         }
         char *err = NULL;
         char *sock = socket_of_pid(pid);

@@ -43,10 +43,14 @@ int ap_ctl_read(struct ap_ctl *c, int timeout_ms, json_t **msg, int *ret_fd, cha
 /* The "error" text of a failed answer (never NULL). */
 const char *ap_ctl_error(json_t *resp);
 
-/* Where to reach the collector that profiles pid: the connection, or an exit status
+/* Where to reach the collector that profiles *pid: the connection, or an exit status
  * after printing one clear line (no such process, no agent in it and how to start it
- * so that it can be attached, collector gone). */
-int ap_ctl_for_pid(pid_t pid, struct ap_ctl **ret);
+ * so that it can be attached, collector gone).  A pid of `allocprof run` itself stands
+ * for its program: *pid is replaced by the program's. */
+int ap_ctl_for_pid(pid_t *pid, struct ap_ctl **ret);
+
+/* pid if it has the agent, else the program of an `allocprof run` pid, else 0. */
+pid_t ap_ctl_profiled_pid(pid_t pid);
 
 /* A live snapshot of pid through c: symbolized by the collector into a memfd.  Returns
  * 0, or an exit status after printing one line. */

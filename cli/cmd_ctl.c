@@ -72,9 +72,23 @@ static void add_processes(json_t *all, json_t *resp)
         }
 }
 
+/* 524288 -> "512K", as --sample takes it. */
+static const char *compact_size(char *buf, size_t len, uint64_t v)
+{
+        static const char units[] = "KMG";
+        int u = -1;
+        while (u < 2 && v >= 1024 && v % 1024 == 0) {
+                v /= 1024;
+                u++;
+        }
+        snprintf(buf, len, "%llu%.*s", (unsigned long long)v, u >= 0 ? 1 : 0,
+                 u >= 0 ? &units[u] : "");
+        return buf;
+}
+
 static void print_ps(json_t *all)
 {
-        printf("%7s %7s %-9s %-9s %12s %12s  %s\n", "PID", "PPID", "MODE", "STATE", "ALLOCS",
+        printf("%7s %7s %-16s %-9s %12s %12s  %s\n", "PID", "PPID", "MODE", "STATE", "ALLOCS",
                "LIVE", "COMMAND");
         size_t i;
         json_t *pr;
@@ -89,10 +103,10 @@ static void print_ps(json_t *all)
                 if (mode && strcmp(mode, "sampled") == 0 && iv > 0) {
                         char ivs[24];
                         snprintf(modebuf, sizeof(modebuf), "sampled/%s",
-                                 ap_fmt_bytes(ivs, sizeof(ivs), (uint64_t)iv));
+                                 compact_size(ivs, sizeof(ivs), (uint64_t)iv));
                         mode = modebuf;
                 }
-                printf("%7lld %7lld %-9s %-9s %12lld %12s  %s\n",
+                printf("%7lld %7lld %-16s %-9s %12lld %12s  %s\n",
                        (long long)json_integer_value(json_object_get(pr, "pid")),
                        (long long)json_integer_value(json_object_get(pr, "ppid")),
                        mode ? mode : "?",
@@ -156,10 +170,14 @@ int ap_cmd_ps(int argc, char **argv)
                         continue;
                 json_t *resp = NULL;
                 if (ap_ctl_call(ctl, json_pack("{s:s}", "cmd", "ps"), -1, CALL_TIMEOUT_MS, &resp,
-                                &err) == 0 &&
-                    json_is_true(json_object_get(resp, "ok"))) {
-                        add_processes(all, resp);
-                        reached++;
+                                &err) == 0) {
+                        if (json_is_true(json_object_get(resp, "ok"))) {
+                                add_processes(all, resp);
+                                reached++;
+                        } else {
+                                fprintf(stderr, "allocprof: %s\n", ap_ctl_error(resp));
+                                status = 1;
+                        }
                 }
                 free(err);
                 err = NULL;
@@ -215,14 +233,16 @@ static int parse_duration(const char *s, uint64_t *ret_ms)
 
 /* Sends one request about pid and prints the failure, if any.  Returns the exit status;
  * *ret_resp (if non-NULL) gets a successful answer. */
-static int call_for_pid(pid_t pid, json_t *req, json_t **ret_resp)
+static int call_for_pid(pid_t *ppid, json_t *req, json_t **ret_resp)
 {
         struct ap_ctl *ctl = NULL;
-        int status = ap_ctl_for_pid(pid, &ctl);
+        int status = ap_ctl_for_pid(ppid, &ctl);
+        pid_t pid = *ppid;
         if (status != 0) {
                 json_decref(req);
                 return status;
         }
+        json_object_set_new(req, "pid", json_integer(pid));
         json_t *resp = NULL;
         char *err = NULL;
         if (ap_ctl_call(ctl, req, -1, CALL_TIMEOUT_MS, &resp, &err) < 0) {
@@ -309,7 +329,7 @@ int ap_cmd_attach(int argc, char **argv)
                                 (json_int_t)sample);
         if (for_ms)
                 json_object_set_new(req, "for_ms", json_integer((json_int_t)for_ms));
-        int status = call_for_pid(pid, req, NULL);
+        int status = call_for_pid(&pid, req, NULL);
         if (status == 0) {
                 char iv[32];
                 fprintf(stderr, "allocprof: attached to pid %d, sampling every %s on average",
@@ -334,8 +354,7 @@ int ap_cmd_detach(int argc, char **argv)
         pid_t pid;
         if (!one_pid(argc, argv, "detach", &pid))
                 return 2;
-        int status = call_for_pid(pid, json_pack("{s:s, s:i}", "cmd", "detach", "pid", (int)pid),
-                                  NULL);
+        int status = call_for_pid(&pid, json_pack("{s:s}", "cmd", "detach"), NULL);
         if (status == 0)
                 fprintf(stderr, "allocprof: detached from pid %d\n", (int)pid);
         return status;
@@ -346,7 +365,7 @@ int ap_cmd_detach(int argc, char **argv)
 int ap_live_snapshot(pid_t pid, struct ap_profile **ret)
 {
         struct ap_ctl *ctl = NULL;
-        int status = ap_ctl_for_pid(pid, &ctl);
+        int status = ap_ctl_for_pid(&pid, &ctl);
         if (status != 0)
                 return status;
         status = ap_ctl_snapshot(ctl, pid, ret);

@@ -216,17 +216,12 @@ static int resolve_profile(const char *arg, char **ret, bool *ret_guessed)
 static bool live_pid(const char *arg, pid_t *ret)
 {
         pid_t pid;
-        char maps[64], *buf = NULL;
         struct stat st;
-        if (!ap_parse_pid(arg, &pid) || stat(arg, &st) == 0)
+        if (!ap_parse_pid(arg, &pid) || stat(arg, &st) == 0 || ap_ctl_profiled_pid(pid) == 0)
                 return false;
-        snprintf(maps, sizeof(maps), "/proc/%d/maps", (int)pid);
-        ssize_t n = ap_read_file(maps, &buf, 64 << 20);
-        bool yes = n > 0 && strstr(buf, "/liballocprof.so") != NULL;
-        free(buf);
-        if (yes && ret != NULL)
+        if (ret != NULL)
                 *ret = pid;
-        return yes;
+        return true;
 }
 
 static int live_profile(const char *arg, struct ap_profile **ret)

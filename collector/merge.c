@@ -228,6 +228,9 @@ int ap_profile_merge(struct ap_profile *const *in, size_t n, size_t main_index,
         }
         o->duration_ns = end > o->start_unix_ns ? end - o->start_unix_ns : 0;
         o->merged_from = (uint32_t)n;
+        /* Blocks of a running process are live, not leaked: any snapshot makes it so. */
+        for (size_t i = 0; i < n; i++)
+                o->live |= in[i]->live;
         ap_map_clear(&m.frame_index);
         ap_map_clear(&m.site_index);
         if (r < 0) {
