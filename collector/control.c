@@ -49,7 +49,8 @@ struct ap_client {
         size_t nout, outcap, outbytes;
         uint64_t out_since; /* output waiting since (0: none) */
         uint64_t session;   /* the run session this connection owns, 0 none */
-        bool dead;
+        bool closing;       /* read no more; close once the output is out */
+        bool dead;          /* close now */
 };
 
 /* One `allocprof run` served by a shared collector: the program it started and, unless
@@ -187,6 +188,14 @@ static void client_close(struct ap_client *cl)
         cl->dead = true;
 }
 
+/* Hung up on its side, or broke the framing: what it was told still goes out. */
+static void client_finish(struct ap_client *cl)
+{
+        cl->closing = true;
+        if (cl->nout == 0)
+                cl->dead = true;
+}
+
 /* Queues msg (consumed) plus an optional descriptor (consumed). */
 static void send_json(struct ap_client *cl, json_t *msg, int fd)
 {
@@ -248,8 +257,11 @@ static void flush_out(struct ap_client *cl)
                 memmove(cl->out, cl->out + 1, (cl->nout - 1) * sizeof(*cl->out));
                 cl->nout--;
         }
-        if (cl->nout == 0)
+        if (cl->nout == 0) {
                 cl->out_since = 0;
+                if (cl->closing)
+                        cl->dead = true;
+        }
 }
 
 static json_t *reply_ok(void)
@@ -291,8 +303,8 @@ void ap_control_add_client(struct ap_collector *c, int fd)
                 reply_error(cl, AP_PROTO_E_DENIED,
                             "this collector serves only uid %u: you are uid %u",
                             (unsigned)geteuid(), (unsigned)cred.uid);
+                client_finish(cl);
                 flush_out(cl);
-                client_close(cl);
         }
 }
 
@@ -327,7 +339,8 @@ size_t ap_control_pollfds(struct ap_collector *c, struct pollfd *out)
         for (size_t i = 0; i < c->nclients; i++) {
                 struct ap_client *cl = c->clients[i];
                 out[i] = (struct pollfd){.fd = cl->dead ? -1 : cl->fd,
-                                         .events = POLLIN | (cl->nout ? POLLOUT : 0)};
+                                         .events = (cl->closing ? 0 : POLLIN) |
+                                                   (cl->nout ? POLLOUT : 0)};
         }
         return c->nclients;
 }
@@ -779,7 +792,7 @@ static void handle_request(struct ap_collector *c, struct ap_client *cl, const c
                 reply_error(cl, AP_PROTO_E_BAD_REQUEST, "not a JSON object: %s",
                             req ? "wrong type" : jerr.text);
                 json_decref(req);
-                client_close(cl); /* framing cannot be trusted any more */
+                client_finish(cl); /* framing cannot be trusted any more */
                 return;
         }
         json_t *v = json_object_get(req, "v");
@@ -821,7 +834,7 @@ static void client_read(struct ap_collector *c, struct ap_client *cl)
                 client_close(cl);
                 return;
         }
-        for (int rounds = 0; rounds < 16 && !cl->dead; rounds++) {
+        for (int rounds = 0; rounds < 16 && !cl->dead && !cl->closing; rounds++) {
                 struct iovec iov = {.iov_base = cl->in + cl->inlen,
                                     .iov_len = AP_PROTO_REQUEST_MAX - cl->inlen};
                 union {
@@ -851,13 +864,18 @@ static void client_read(struct ap_collector *c, struct ap_client *cl)
                                 client_close(cl);
                         return;
                 }
-                if (n == 0 || (mh.msg_flags & MSG_CTRUNC)) {
-                        client_close(cl); /* hung up, or sent more descriptors than allowed */
+                if (n == 0) {
+                        client_finish(cl); /* hung up its sending side: answer, then close */
+                        return;
+                }
+                if (mh.msg_flags & MSG_CTRUNC) {
+                        client_close(cl); /* more descriptors than a request may carry */
                         return;
                 }
                 cl->inlen += (size_t)n;
                 char *nl;
-                while (!cl->dead && (nl = memchr(cl->in, '\n', cl->inlen)) != NULL) {
+                while (!cl->dead && !cl->closing &&
+                       (nl = memchr(cl->in, '\n', cl->inlen)) != NULL) {
                         size_t len = (size_t)(nl - cl->in);
                         handle_request(c, cl, cl->in, len);
                         memmove(cl->in, nl + 1, cl->inlen - len - 1);
@@ -867,8 +885,8 @@ static void client_read(struct ap_collector *c, struct ap_client *cl)
                 if (cl->inlen == AP_PROTO_REQUEST_MAX) {
                         reply_error(cl, AP_PROTO_E_BAD_REQUEST,
                                     "request longer than %u bytes", AP_PROTO_REQUEST_MAX);
+                        client_finish(cl);
                         flush_out(cl);
-                        client_close(cl);
                         return;
                 }
                 if (cl->inlen > 0 && cl->in_since == 0)
@@ -954,7 +972,8 @@ void ap_control_tick(struct ap_collector *c, uint64_t now)
                 struct ap_client *cl = c->clients[i];
                 if (!cl->dead)
                         flush_out(cl);
-                if (cl->in_since != 0 && now - cl->in_since > AP_PROTO_PARTIAL_MS * MS)
+                if (cl->in_since != 0 && !cl->closing &&
+                    now - cl->in_since > AP_PROTO_PARTIAL_MS * MS)
                         client_close(cl); /* started a message and never finished it */
                 if (cl->out_since != 0 && now - cl->out_since > AP_PROTO_STALL_MS * MS)
                         client_close(cl); /* does not read what it asked for */

@@ -395,10 +395,10 @@ int ap_collector_step(struct ap_collector *c, int timeout_ms, int extra_fd)
                         done = read_hello(c, pd.fd);
                 if (!done && now - pd.since > PENDING_DEADLINE_NS)
                         done = true;
-                if (done && !ap_control_owns_fd(c, pd.fd))
-                        close(pd.fd);
-                else
+                if (!done)
                         c->pending[keep++] = pd;
+                else if (!ap_control_owns_fd(c, pd.fd))
+                        close(pd.fd);
         }
         c->npending = keep;
         for (size_t i = 0; i < c->nprocs && proc0 + i < n; i++)
