@@ -383,8 +383,7 @@ static int run_loop_daemon(struct ap_ctl *ctl, struct run_state *rs, int sfd)
                                 take_image(rs, ev, fd);
                                 fd = -1;
                         } else if (kind != NULL && strcmp(kind, "note") == 0) {
-                                fprintf(stderr, "allocprof: pid %lld: %s\n",
-                                        (long long)json_integer_value(json_object_get(ev, "pid")),
+                                fprintf(stderr, "allocprof: %s\n",
                                         json_string_value(json_object_get(ev, "message")) ?: "");
                         } else if (kind != NULL && strcmp(kind, "finished") == 0) {
                                 json_decref(ev);

@@ -424,7 +424,8 @@ static void job_deliver(struct ap_collector *c, struct ap_job *j)
                                   j->fd);
                 else {
                         char msg[128];
-                        snprintf(msg, sizeof(msg), "its profile could not be finalized: %s",
+                        snprintf(msg, sizeof(msg),
+                                 "pid %d: its profile could not be finalized: %s", (int)j->pid,
                                  strerror(-j->r));
                         if (cl != NULL)
                                 send_json(cl,
@@ -507,6 +508,19 @@ bool ap_control_image_done(struct ap_collector *c, struct tracked *t, bool by_ex
                 free(j);
                 return false;
         }
+        return true;
+}
+
+bool ap_control_note(struct ap_collector *c, const struct tracked *t, const char *msg)
+{
+        struct ap_session *s = session_by_id(c, t->session);
+        struct ap_client *cl = s ? client_by_id(c, s->client) : NULL;
+        if (cl == NULL)
+                return false;
+        send_json(cl,
+                  json_pack("{s:i, s:s, s:i, s:s}", "v", AP_PROTO_VERSION, "event", "note", "pid",
+                            (int)ap_process_pid(t->p), "message", msg),
+                  -1);
         return true;
 }
 

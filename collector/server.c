@@ -415,13 +415,16 @@ int ap_collector_step(struct ap_collector *c, int timeout_ms, int extra_fd)
                         struct tracked *tp = &c->procs[i];
                         char *exe = tp->exe && !tp->ended ? proc_exe(ap_process_pid(tp->p)) : NULL;
                         int why = exe && strcmp(exe, tp->exe) != 0 ? ap_exe_unprofilable(exe) : 0;
-                        if (why != 0 && c->note != NULL) {
+                        if (why != 0 && (c->note != NULL || tp->session != 0)) {
                                 char *msg =
                                         ap_asprintf("pid %d exec'ed %s, which is %s: not profiled "
                                                     "from there on",
                                                     (int)ap_process_pid(tp->p), exe,
                                                     why == 1 ? "statically linked" : "set-user-ID");
-                                if (msg != NULL)
+                                /* A run session's client prints it, as a private
+                                 * collector would. */
+                                if (msg != NULL && !ap_control_note(c, tp, msg) &&
+                                    c->note != NULL)
                                         c->note(c->note_userdata, (int)ap_process_pid(tp->p), msg);
                                 free(msg);
                         }
