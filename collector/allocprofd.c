@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -205,6 +206,13 @@ int main(int argc, char **argv)
                         fprintf(stderr, "allocprofd: %s\n", err ? err : strerror(-r));
                         return 1;
                 }
+        }
+
+        /* A descriptor per profiled process and per client: take what we may. */
+        struct rlimit rl;
+        if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+                rl.rlim_cur = rl.rlim_max;
+                (void)setrlimit(RLIMIT_NOFILE, &rl);
         }
 
         int ready_fd = -1;

@@ -30,6 +30,9 @@
 
 #define MS 1000000ull
 
+/* Connections served at once (run sessions included); more are told so and closed. */
+#define CLIENTS_MAX 512
+
 struct outmsg {
         char *buf;
         size_t len, off;
@@ -299,7 +302,11 @@ void ap_control_add_client(struct ap_collector *c, int fd)
         *cl = (struct ap_client){
                 .fd = fd, .id = c->next_id++, .uid = cred.uid, .pid = cred.pid, .passed_fd = -1};
         c->clients[c->nclients++] = cl;
-        if (cred.uid != geteuid() && cred.uid != 0) {
+        if (c->nclients > CLIENTS_MAX) {
+                reply_error(cl, AP_PROTO_E_INTERNAL, "too many clients (%d)", CLIENTS_MAX);
+                client_finish(cl);
+                flush_out(cl);
+        } else if (cred.uid != geteuid() && cred.uid != 0) {
                 reply_error(cl, AP_PROTO_E_DENIED,
                             "this collector serves only uid %u: you are uid %u",
                             (unsigned)geteuid(), (unsigned)cred.uid);
