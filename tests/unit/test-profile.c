@@ -6,6 +6,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <zlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -468,7 +469,33 @@ static void write_text(const char *path, const char *text, size_t len)
         close(fd);
 }
 
+/* The JSON text of a profile file (gunzipped; a plain file is read as it is). */
 static char *slurp(const char *path, size_t *len)
+{
+        gzFile gz = gzopen(path, "rb");
+        size_t n = 0, cap = 1 << 16;
+        char *buf = malloc(cap + 1);
+        int got;
+
+        ASSERT_NOT_NULL(gz);
+        ASSERT_NOT_NULL(buf);
+        while ((got = gzread(gz, buf + n, (unsigned)(cap - n))) > 0) {
+                n += (size_t)got;
+                if (n == cap) {
+                        cap *= 2;
+                        buf = realloc(buf, cap + 1);
+                        ASSERT_NOT_NULL(buf);
+                }
+        }
+        ASSERT_EQ(got, 0);
+        gzclose(gz);
+        buf[n] = '\0';
+        *len = n;
+        return buf;
+}
+
+/* The raw bytes of a file. */
+static char *slurp_raw(const char *path, size_t *len)
 {
         FILE *f = fopen(path, "rb");
         char *buf;
@@ -517,6 +544,31 @@ static void expect_text_error(const char *text, int expect, const char *needle)
         free(path);
 }
 
+/* A profile file as written (gzip'ed JSON) as a jansson document. */
+static json_t *load_gzip_json(const char *path, json_error_t *jerr)
+{
+        gzFile gz = gzopen(path, "rb");
+        size_t len = 0, cap = 1 << 16;
+        char *buf = malloc(cap);
+        int n;
+
+        ASSERT_NOT_NULL(gz);
+        ASSERT_NOT_NULL(buf);
+        while ((n = gzread(gz, buf + len, (unsigned)(cap - len))) > 0) {
+                len += (size_t)n;
+                if (len == cap) {
+                        cap *= 2;
+                        buf = realloc(buf, cap);
+                        ASSERT_NOT_NULL(buf);
+                }
+        }
+        ASSERT_EQ(n, 0);
+        gzclose(gz);
+        json_t *doc = json_loadb(buf, len, 0, jerr);
+        free(buf);
+        return doc;
+}
+
 /* The sample profile as a jansson document, to be damaged by a test case. */
 static json_t *sample_doc(void)
 {
@@ -526,7 +578,7 @@ static json_t *sample_doc(void)
         json_t *doc;
 
         ASSERT_OK(ap_profile_write(p, path));
-        doc = json_load_file(path, 0, &jerr);
+        doc = load_gzip_json(path, &jerr);
         ASSERT_NOT_NULL(doc);
         unlink(path);
         free(path);
@@ -776,6 +828,47 @@ static void test_file_errors(void)
 
 /* Every truncation of a valid file, and single-byte corruptions across it, must give a
  * clean result (an error, or a profile that passes validation), never a crash. */
+/* Profiles are gzip'ed: a file cut short or damaged in its compressed bytes is refused
+ * with one line (the gzip trailer's CRC and length catch what inflating does not). */
+static void test_gzip_damage(void)
+{
+        struct ap_profile *s = build_sample(), *q;
+        char *path = path_in_tmp("gz.approf"), *bad = path_in_tmp("gzbad.approf");
+        size_t len;
+        char *raw;
+
+        ASSERT_OK(ap_profile_write(s, path));
+        raw = slurp_raw(path, &len);
+        ASSERT_EQ((unsigned char)raw[0], 0x1f);
+        ASSERT_EQ((unsigned char)raw[1], 0x8b);
+        for (size_t n = 0; n < len; n++) {
+                char *err = NULL;
+                q = NULL;
+                write_text(bad, raw, n);
+                ASSERT_TRUE(ap_profile_read(bad, &q, &err) < 0);
+                ASSERT_NULL(q);
+                ASSERT_NOT_NULL(err);
+                ASSERT_NULL(strchr(err, '\n'));
+                free(err);
+        }
+        for (size_t at = 10; at < len; at += 7) {
+                char *err = NULL;
+                raw[at] ^= 0x5a;
+                write_text(bad, raw, len);
+                q = NULL;
+                ASSERT_TRUE(ap_profile_read(bad, &q, &err) < 0);
+                ASSERT_NULL(q);
+                free(err);
+                raw[at] ^= 0x5a;
+        }
+        unlink(bad);
+        unlink(path);
+        free(raw);
+        free(bad);
+        free(path);
+        ap_profile_free(s);
+}
+
 static void test_truncations_and_flips(void)
 {
         struct ap_profile *s = build_sample();
@@ -831,6 +924,7 @@ int main(void)
         test_huge_arrays();
         test_file_errors();
         test_truncations_and_flips();
+        test_gzip_damage();
         ASSERT_EQ(rmdir(tmpdir), 0);
         printf("profile: all tests passed\n");
         return 0;
