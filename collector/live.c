@@ -10,8 +10,7 @@
 
 static inline size_t home(const struct ap_live_table *t, uint64_t addr)
 {
-        /* Blocks are 16-byte aligned and clustered: multiply-shift spreads them. */
-        return (size_t)((addr * 0x9e3779b97f4a7c15ull) >> 17) & (t->cap - 1);
+        return ap_live_home(t, addr);
 }
 
 static int grow(struct ap_live_table *t)
@@ -20,7 +19,8 @@ static int grow(struct ap_live_table *t)
         struct ap_live *cells = calloc(cap, sizeof(*cells));
         if (cells == NULL)
                 return -ENOMEM;
-        struct ap_live_table n = {.cells = cells, .cap = cap, .len = t->len};
+        struct ap_live_table n = {
+                .cells = cells, .cap = cap, .len = t->len, .shift = 64u - (unsigned)__builtin_ctzll(cap)};
         for (size_t i = 0; i < t->cap; i++) {
                 if (t->cells[i].addr == 0)
                         continue;

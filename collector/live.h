@@ -24,7 +24,23 @@ struct ap_live_table {
         struct ap_live *cells;
         size_t cap; /* power of two, or 0 */
         size_t len;
+        unsigned shift; /* 64 - log2(cap) */
 };
+
+static inline size_t ap_live_home(const struct ap_live_table *t, uint64_t addr)
+{
+        /* Blocks are 16-byte aligned and clustered: multiply-shift spreads them, and the
+         * product's top bits are the well-mixed ones. */
+        return (size_t)((addr * 0x9e3779b97f4a7c15ull) >> t->shift);
+}
+
+/* Starts loading the cell where addr's probe sequence begins: the drain calls it for
+ * records a few ahead of the one it processes, so that the cache miss overlaps work. */
+static inline void ap_live_prefetch(const struct ap_live_table *t, uint64_t addr)
+{
+        if (t->cap != 0)
+                __builtin_prefetch(&t->cells[ap_live_home(t, addr)], 1);
+}
 
 /* Inserts addr.  If it was already there, copies the old entry to *old and returns 1
  * (the caller accounts for it), else 0; -ENOMEM if the table could not grow.  On success

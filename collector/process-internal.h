@@ -41,6 +41,7 @@ struct ap_cmodule {
 struct ap_slot {
         uint64_t tail;       /* our read position (never trusted from shared memory) */
         uint64_t snap_head;  /* head snapshot of the current drain round */
+        uint64_t pf;         /* records before this position had their live cell prefetched */
         uint64_t last_alloc; /* address of the slot's latest allocation (temporaries) */
         uint32_t tid; /* owner last seen (untrusted, only counted) */
         bool bad;            /* failed validation: ignored from then on */

@@ -622,6 +622,39 @@ static long next_record(struct ap_process *p, uint32_t i, uint64_t *ts)
         }
 }
 
+/* How far ahead of the record being processed the live-table cells of coming records are
+ * prefetched, in ring bytes (about ten records). */
+#define PREFETCH_BYTES 320
+
+/* Prefetches the live cells of slot i's records up to PREFETCH_BYTES past its tail.  It
+ * reads the shared ring without validation: what it finds is only a hint for the cache
+ * (an address from a hostile writer prefetches some cell of our own table, nothing
+ * else), and a header that makes no sense ends the look-ahead for this round. */
+static void prefetch_ahead(struct ap_process *p, uint32_t i)
+{
+        struct ap_slot *sl = &p->slots[i];
+        const uint8_t *data = (const uint8_t *)(slot_ctl(p, i) + 1);
+        if (sl->pf < sl->tail)
+                sl->pf = sl->tail;
+        while (sl->pf < sl->snap_head && sl->pf - sl->tail < PREFETCH_BYTES) {
+                uint64_t off = sl->pf & (AP_RING_BYTES - 1);
+                struct ap_rec_hdr rh;
+                memcpy(&rh, data + off, sizeof(rh));
+                uint64_t len = (uint64_t)rh.nwords * 8;
+                if (len < 24 || off + len > AP_RING_BYTES || len > sl->snap_head - sl->pf) {
+                        sl->pf = sl->snap_head;
+                        break;
+                }
+                /* addr of ALLOC, FREE, ALLOC_SAMPLED; old_addr of REALLOC */
+                uint64_t a, at = rh.type == AP_REC_REALLOC ? 24 : 16;
+                if (rh.type != AP_REC_PAD && at + sizeof(a) <= len) {
+                        memcpy(&a, data + off + at, sizeof(a));
+                        ap_live_prefetch(&p->live, a);
+                }
+                sl->pf += len;
+        }
+}
+
 static void process_record(struct ap_process *p, struct ap_slot *slot)
 {
         struct ap_rec_hdr rh;
@@ -780,6 +813,7 @@ long ap_process_drain(struct ap_process *p, bool final)
                         }
                         cur_len[i] = len;
                 }
+                prefetch_ahead(p, i);
                 process_record(p, sl);
                 processed++;
                 sl->tail += (uint64_t)cur_len[i];
