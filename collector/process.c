@@ -638,6 +638,10 @@ static void prefetch_ahead(struct ap_process *p, uint32_t i)
                 sl->pf = sl->tail;
         while (sl->pf < sl->snap_head && sl->pf - sl->tail < PREFETCH_BYTES) {
                 uint64_t off = sl->pf & (AP_RING_BYTES - 1);
+                /* The ring's own lines come from the writer's cache: ask for them well
+                 * before the look-ahead reads them. */
+                if ((off & 63) < 32)
+                        __builtin_prefetch(data + ((off + 8 * 64) & (AP_RING_BYTES - 1)));
                 struct ap_rec_hdr rh;
                 memcpy(&rh, data + off, sizeof(rh));
                 uint64_t len = (uint64_t)rh.nwords * 8;
