@@ -657,9 +657,9 @@ static void cmd_snapshot(struct ap_collector *c, struct ap_client *cl, json_t *r
         struct tracked *t = find_proc(c, cl, req);
         if (t == NULL)
                 return;
-        /* Everything the agent published until now is in. */
-        while (ap_process_drain(t->p, false) > 0)
-                ;
+        /* What the agent published until now is in (one round: a busy process would
+         * keep a loop here busy for ever). */
+        ap_process_drain(t->p, false);
         struct ap_job *j = calloc(1, sizeof(*j));
         struct ap_process *copy = j ? ap_process_snapshot(t->p) : NULL;
         if (copy == NULL) {
