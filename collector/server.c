@@ -212,12 +212,13 @@ static void retire(struct ap_collector *c, size_t i, bool by_exec)
 {
         struct tracked t = c->procs[i];
         c->procs[i] = c->procs[--c->nprocs];
-        while (ap_process_drain(t.p, true) > 0)
-                ;
         /* Still running (exec'ed elsewhere, or we are letting it go): nobody drains its
-         * rings any more, so its agent must stop recording rather than wait for us. */
+         * rings any more, so its agent must stop recording rather than wait for us, and
+         * stop before the last drain, which would otherwise never end. */
         if (!t.ended)
                 ap_process_set_mode(t.p, AP_MODE_OFF, 0);
+        for (int round = 0; round < 64 && ap_process_drain(t.p, true) > 0; round++)
+                ;
         if (t.pidfd >= 0)
                 close(t.pidfd);
         free(t.exe);
