@@ -163,6 +163,7 @@ void ap_collector_finished_add(struct ap_collector *c, const struct tracked *t)
         free(f->command);
         uint64_t iv;
         *f = (struct finished){.pid = ap_process_pid(t->p),
+                               .ppid = t->ppid,
                                .uid = t->uid,
                                .command = join_command(t->p),
                                .mode = ap_process_mode(t->p, &iv),

@@ -28,6 +28,7 @@ struct tracked {
         bool ended;
         char *exe;        /* /proc/PID/exe at registration, to notice an exec we cannot follow */
         uid_t uid;        /* of the registering process (SO_PEERCRED) */
+        pid_t ppid;       /* its parent at registration (the agent's word: only shown) */
         uint64_t session; /* run session it belongs to, 0 = none */
         uint64_t detach_at; /* CLOCK_MONOTONIC ns of a timed detach (attach --for), 0 = none */
 };

@@ -266,6 +266,7 @@ static bool register_process(struct ap_collector *c, int memfd, pid_t pid, uid_t
                                                  .ended = pidfd < 0,
                                                  .exe = proc_exe(pid),
                                                  .uid = uid,
+                                                 .ppid = (pid_t)hello->ppid,
                                                  .session = session};
         return true;
 }
