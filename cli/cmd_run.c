@@ -49,6 +49,7 @@ struct run_state {
         int order;
         bool follow; /* profile every process that registers, not only the program */
         pid_t child;
+        bool daemon_lost; /* the daemon serving the run went away */
 };
 
 static void on_note(void *userdata, int pid, const char *why)
@@ -376,6 +377,7 @@ static int run_loop_daemon(struct ap_ctl *ctl, struct run_state *rs, int sfd)
                                         err);
                                 free(err);
                                 lost = true;
+                                rs->daemon_lost = true;
                                 break;
                         }
                         const char *kind = json_string_value(json_object_get(ev, "event"));
@@ -661,7 +663,7 @@ int ap_cmd_run(int argc, char **argv)
                 main_img->prof->exit_status = exit_code;
                 main_img->prof->term_signal = term_sig;
         }
-        if (exec_errno == 0 && rs.nended == 0 && !noted && !dormant)
+        if (exec_errno == 0 && rs.nended == 0 && !noted && !dormant && !rs.daemon_lost)
                 fprintf(stderr,
                         "allocprof: %s never registered with the collector (statically "
                         "linked, setuid, or it cleared LD_PRELOAD): no profile\n",

@@ -14,8 +14,11 @@
 #include "server.h"
 #include "util.h"
 
-#define PENDING_MAX 256
-#define PENDING_DEADLINE_NS (5ull * 1000 * 1000 * 1000)
+/* Connections that have not said what they are yet.  An agent sends its hello right
+ * after connecting, so a second is plenty; a crowd of silent connections cannot keep a
+ * registering agent out for long. */
+#define PENDING_MAX 1024
+#define PENDING_DEADLINE_NS (1000ull * 1000 * 1000)
 
 struct pending {
         int fd;
