@@ -626,7 +626,8 @@ static void cmd_ps(struct ap_collector *c, struct ap_client *cl)
 static void cmd_hello(struct ap_collector *c, struct ap_client *cl)
 {
         json_t *r = reply_ok();
-        json_object_set_new(r, "server", json_string(c->path ? c->path : ""));
+        /* The socket we listen on; an inherited one (systemd) has no path of ours. */
+        json_object_set_new(r, "socket", c->path ? json_string(c->path) : json_null());
         json_object_set_new(r, "version", json_string(AP_VERSION));
         json_object_set_new(r, "protocol", json_integer(AP_PROTO_VERSION));
         json_object_set_new(r, "pid", json_integer(getpid()));
