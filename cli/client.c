@@ -274,17 +274,27 @@ bool ap_parse_pid(const char *s, pid_t *ret)
         return true;
 }
 
-/* ALLOCPROF_SOCKET from the process's initial environment, or NULL. */
-static char *socket_of_pid(pid_t pid)
+char *ap_ctl_environ_socket(pid_t pid)
 {
         char path[64], *env = NULL;
         snprintf(path, sizeof(path), "/proc/%d/environ", (int)pid);
         ssize_t n = ap_read_file(path, &env, 1 << 20);
+        if (n <= 0 || env == NULL) {
+                free(env);
+                return NULL;
+        }
+        static const char key[] = AP_ENV_SOCKET "=";
         char *found = NULL;
-        const size_t klen = strlen(AP_ENV_SOCKET "=");
-        for (char *s = env; n > 0 && s < env + n; s += strlen(s) + 1)
-                if (strncmp(s, AP_ENV_SOCKET "=", klen) == 0 && s[klen] != '\0')
-                        found = strdup(s + klen);
+        size_t len = (size_t)n;
+        for (size_t at = 0; at < len;) {
+                const char *var = env + at;
+                size_t vlen = strnlen(var, len - at);
+                if (vlen > sizeof(key) - 1 && memcmp(var, key, sizeof(key) - 1) == 0) {
+                        free(found);
+                        found = strndup(var + sizeof(key) - 1, vlen - (sizeof(key) - 1));
+                }
+                at += vlen + 1;
+        }
         free(env);
         return found;
 }
@@ -366,7 +376,7 @@ int ap_ctl_for_pid(pid_t *ppid, struct ap_ctl **ret)
                 pid = *ppid = child;
         }
         char *err = NULL;
-        char *sock = socket_of_pid(pid);
+        char *sock = ap_ctl_environ_socket(pid);
         int r;
         if (sock != NULL) {
                 r = ap_ctl_open(sock, ret, &err);

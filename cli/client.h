@@ -49,6 +49,9 @@ const char *ap_ctl_error(json_t *resp);
  * for its program: *pid is replaced by the program's. */
 int ap_ctl_for_pid(pid_t *pid, struct ap_ctl **ret);
 
+/* ALLOCPROF_SOCKET in pid's initial environment (malloc'd), or NULL. */
+char *ap_ctl_environ_socket(pid_t pid);
+
 /* pid if it has the agent, else the program of an `allocprof run` pid, else 0. */
 pid_t ap_ctl_profiled_pid(pid_t pid);
 

@@ -32,21 +32,16 @@ static size_t list_sockets(char ***ret)
                 pid_t pid;
                 if (!ap_parse_pid(e->d_name, &pid))
                         continue;
-                char path[64], *env = NULL;
-                snprintf(path, sizeof(path), "/proc/%d/environ", (int)pid);
-                ssize_t len = ap_read_file(path, &env, 1 << 20);
-                const size_t klen = strlen(AP_ENV_SOCKET "=");
-                for (char *s = env; len > 0 && s < env + len; s += strlen(s) + 1) {
-                        if (strncmp(s, AP_ENV_SOCKET "=", klen) != 0 || s[klen] == '\0')
-                                continue;
-                        bool dup = false;
-                        for (size_t i = 0; i < n; i++)
-                                dup |= strcmp(socks[i], s + klen) == 0;
-                        if (!dup && AP_GROW(socks, cap, n + 1) == 0 &&
-                            (socks[n] = strdup(s + klen)) != NULL)
-                                n++;
-                }
-                free(env);
+                char *sock = ap_ctl_environ_socket(pid);
+                if (sock == NULL)
+                        continue;
+                bool dup = false;
+                for (size_t i = 0; i < n; i++)
+                        dup |= strcmp(socks[i], sock) == 0;
+                if (!dup && AP_GROW(socks, cap, n + 1) == 0)
+                        socks[n++] = sock;
+                else
+                        free(sock);
         }
         if (d != NULL)
                 closedir(d);

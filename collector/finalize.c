@@ -21,6 +21,7 @@ struct addr_syms {
         uint32_t cmod;
         uint64_t addr; /* module-relative return address, or raw ip when cmod is none */
         uint32_t first, count;
+        bool outer; /* named from the symbol table only (see is_entry_function) */
 };
 
 struct fin {
@@ -29,7 +30,8 @@ struct fin {
         struct ap_symbolizer *sym;
         struct addr_syms *addrs;
         size_t naddrs, addrs_cap;
-        struct ap_map addr_index; /* hash(cmod, addr) (probed) -> addrs index + 1 */
+        struct ap_map addr_index; /* hash(cmod, addr, outer) (probed) -> addrs index + 1 */
+        struct ap_map entry_ips;  /* raw ip -> 1 entry code, 2 not (see is_entry_function) */
         uint32_t *pmod_of_cmod;   /* cmodule -> profile module, AP_NONE = not yet */
         size_t nframes_cap, nsites_cap, nmodules_cap;
 };
@@ -158,19 +160,61 @@ static int add_frame(struct fin *f, const struct ap_pframe *fr)
         return 0;
 }
 
-/* Symbolizes one return address (once per process).  Returns the addrs index or -errno. */
-static long symbolize_ip(struct fin *f, uint64_t ip)
+/* The C library's code that starts the program and its threads, outermost in every
+ * stack.  Nobody reads their file and line (reports hide frames below main), and finding
+ * those means loading the library's DWARF, by far the most expensive debug information
+ * a typical profile would otherwise need: they are named from the symbol table alone. */
+static bool is_entry_function(const char *fn)
+{
+        static const char *const entry[] = {
+                "_start",       "__libc_start_main", "__libc_start_main_impl",
+                "__libc_start_call_main", "start_thread", "clone",
+                "clone3",       "__clone",           "__clone3",
+        };
+        for (size_t i = 0; i < sizeof(entry) / sizeof(entry[0]); i++)
+                if (strcmp(fn, entry[i]) == 0)
+                        return true;
+        return false;
+}
+
+/* Whether ip is in program or thread entry code (symbol table lookup, cached). */
+static int entry_ip(struct fin *f, uint64_t ip, bool *ret)
+{
+        uint64_t *v = ap_map_get(&f->entry_ips, ip ? ip : 1);
+        if (v != NULL) {
+                *ret = *v == 1;
+                return 0;
+        }
+        struct ap_process *p = f->p;
+        uint32_t cmod = ip ? module_at(p, ip) : UINT32_MAX;
+        char *name = NULL;
+        if (cmod != UINT32_MAX && !is_agent_module(&p->modules[cmod])) {
+                const struct ap_cmodule *m = &p->modules[cmod];
+                uint64_t addr = ip - m->bias;
+                int r = ap_symbolizer_lookup_name(f->sym, m->path, m->build_id, m->build_id_len,
+                                                  addr ? addr - 1 : 0, &name);
+                if (r < 0)
+                        return r;
+        }
+        *ret = name != NULL && is_entry_function(name);
+        free(name);
+        return ap_map_put(&f->entry_ips, ip ? ip : 1, *ret ? 1 : 2);
+}
+
+/* Symbolizes one return address (once per process); `outer` names it from the symbol
+ * table only.  Returns the addrs index or -errno. */
+static long symbolize_ip(struct fin *f, uint64_t ip, bool outer)
 {
         struct ap_process *p = f->p;
         uint32_t cmod = ip ? module_at(p, ip) : UINT32_MAX;
         uint64_t addr = cmod == UINT32_MAX ? ip : ip - p->modules[cmod].bias;
-        uint64_t h = ap_mix64(addr ^ ((uint64_t)cmod << 44) ^ 0x51);
+        uint64_t h = ap_mix64(addr ^ ((uint64_t)cmod << 44) ^ (outer ? 0x77 : 0x51));
         for (int k = 0; k < 64; k++, h = ap_mix64(h + 1)) {
                 uint64_t *v = ap_map_get(&f->addr_index, h ? h : 1);
                 if (v == NULL)
                         break;
                 struct addr_syms *a = &f->addrs[*v - 1];
-                if (a->cmod == cmod && a->addr == addr)
+                if (a->cmod == cmod && a->addr == addr && a->outer == outer)
                         return (long)(*v - 1);
         }
         if (AP_GROW(f->addrs, f->addrs_cap, f->naddrs + 1) < 0)
@@ -180,6 +224,7 @@ static long symbolize_ip(struct fin *f, uint64_t ip)
         a->addr = addr;
         a->first = f->prof->nframes;
         a->count = 0;
+        a->outer = outer;
 
         if (cmod == UINT32_MAX) {
                 struct ap_pframe fr = {
@@ -189,6 +234,23 @@ static long symbolize_ip(struct fin *f, uint64_t ip)
                 a->count = 1;
         } else if (is_agent_module(&p->modules[cmod])) {
                 a->count = 0; /* agent frames vanish */
+        } else if (outer) {
+                const struct ap_cmodule *m = &p->modules[cmod];
+                char *name = NULL;
+                int r = ap_symbolizer_lookup_name(f->sym, m->path, m->build_id, m->build_id_len,
+                                                  addr ? addr - 1 : 0, &name);
+                if (r < 0)
+                        return r;
+                struct ap_pframe fr = {
+                        .function = name ? ap_profile_intern(f->prof, name) : AP_NONE,
+                        .file = AP_NONE,
+                        .module = profile_module(f, cmod),
+                        .address = addr,
+                };
+                free(name);
+                if (add_frame(f, &fr) < 0)
+                        return -ENOMEM;
+                a->count = 1;
         } else {
                 const struct ap_cmodule *m = &p->modules[cmod];
                 uint32_t pmod = profile_module(f, cmod);
@@ -243,8 +305,19 @@ static int finalize_sites(struct fin *f)
                 if (s->allocations == 0)
                         continue;
                 size_t n = 0;
+                /* The outermost frames, while they are entry code (never frame 0). */
+                uint32_t outer_from = s->depth;
+                while (outer_from > 1) {
+                        bool entry;
+                        r = entry_ip(f, s->ips[outer_from - 1], &entry);
+                        if (r < 0)
+                                goto out;
+                        if (!entry)
+                                break;
+                        outer_from--;
+                }
                 for (uint32_t d = 0; d < s->depth; d++) {
-                        long a = symbolize_ip(f, s->ips[d]);
+                        long a = symbolize_ip(f, s->ips[d], d >= outer_from);
                         if (a < 0) {
                                 r = (int)a;
                                 goto out;
@@ -416,6 +489,7 @@ int ap_process_finalize(struct ap_process *p, struct ap_symbolizer *sym, struct 
 out:
         free(f.addrs);
         ap_map_clear(&f.addr_index);
+        ap_map_clear(&f.entry_ips);
         free(f.pmod_of_cmod);
         if (r < 0) {
                 ap_profile_free(prof);

@@ -375,8 +375,12 @@ static uint32_t stack_intern_ips(struct ap_process *p, const uint64_t *ips, uint
         s->depth = depth;
         s->hash = hash;
         /* A new stack: note the modules it runs through (a few compares per frame, once
-         * per unique stack). */
+         * per unique stack).  The last three frames are the C library's program or
+         * thread entry code, which finalize.c names from the symbol table alone: they do
+         * not make the library's DWARF worth loading (the innermost frame always does). */
         for (uint32_t d = 0; d < depth; d++) {
+                if (d > 0 && d + 3 >= depth)
+                        continue;
                 for (size_t m = p->nmodules; m-- > 0;) {
                         struct ap_cmodule *cm = &p->modules[m];
                         if (ips[d] < cm->lo || ips[d] >= cm->hi)

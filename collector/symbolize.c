@@ -1411,6 +1411,35 @@ int ap_symbolizer_lookup(struct ap_symbolizer *s, const char *path, const uint8_
         return frames_copy(res, ret_frames);
 }
 
+int ap_symbolizer_lookup_name(struct ap_symbolizer *s, const char *path,
+                              const uint8_t *build_id, size_t build_id_len, uint64_t offset,
+                              char **ret_name)
+{
+        *ret_name = NULL;
+        if (!s || (build_id_len && !build_id))
+                return -EINVAL;
+        if (!path || !*path)
+                return 0;
+        struct sym_module *m;
+        int r = module_get(s, path, &m);
+        if (r < 0)
+                return r;
+        m->last_use = ++s->clock;
+        if (!module_matches(m, build_id, build_id_len) || !m->mod)
+                return 0;
+        const char *raw, *name;
+        r = symtab_lookup(m, offset + m->elf_bias, &raw);
+        if (r < 0)
+                return r;
+        if (!raw)
+                return 0;
+        r = display_name(m, raw, &name);
+        if (r < 0)
+                return r;
+        *ret_name = strdup(name);
+        return *ret_name ? 0 : -ENOMEM;
+}
+
 int ap_symbolizer_warm(struct ap_symbolizer *s, const char *path, const uint8_t *build_id,
                        size_t build_id_len)
 {

@@ -42,6 +42,15 @@ int ap_symbolizer_lookup(struct ap_symbolizer *s, const char *path, const uint8_
 
 void ap_sym_frames_free(struct ap_sym_frame *frames, size_t n);
 
+/* The name of the function at `offset` (as for ap_symbolizer_lookup) from the symbol
+ * table alone (the separate debug file's, when there is one), without loading DWARF:
+ * for frames whose file and line nobody reads (the C library's thread and program entry
+ * code), where loading the library's compressed DWARF would cost far more than all the
+ * rest.  Returns 0 with *ret_name malloc'd (demangled) or NULL when unknown, or -errno. */
+int ap_symbolizer_lookup_name(struct ap_symbolizer *s, const char *path,
+                              const uint8_t *build_id, size_t build_id_len, uint64_t offset,
+                              char **ret_name);
+
 /* Opens module `path` and builds its indexes (DWARF, symbol table) now, so that later
  * lookups in it are cheap: the collector calls it while the program still runs.  Returns
  * 0 or -errno; a module that cannot be opened is not an error. */

@@ -159,6 +159,10 @@ check_eq "threads_many exit" 0 $?
 check_eq "per-thread figures exact (allocations, leaked, 200-byte blocks, drops)" "9015 3005 4 0" \
         "$(json_of tm.approf '" ".join(str(x) for x in (sum(s["allocations"] for s in d["sites"] if s["frames"][0]["function"] == "thread_work"), sum(s["leaked_blocks"] for s in d["sites"] if s["frames"][0]["function"] == "thread_work"), sum(s["allocations"] for s in d["sites"] if s["frames"][0]["function"] == "still_running"), d["totals"]["dropped_events"]))')"
 check_eq "threads that recorded" True "$(json_of tm.approf 'd["totals"]["threads"] >= 3005')"
+# Entry code is named from the symbol table only (no DWARF of libc for it); the user's
+# frames keep file and line.
+check_eq "thread entry frames: named, no file; the allocating frame has its line" "start_thread None True" \
+        "$(json_of tm.approf '(lambda s: (lambda e: "%s %s %s" % (e["function"], e["file"], s["frames"][0]["line"] > 0))([f for f in s["frames"] if f["function"] == "start_thread"][0]))([x for x in d["sites"] if x["frames"][0]["function"] == "thread_work"][0])')"
 
 # --- before main (a library constructor) and after it (atexit, library destructor) --------
 "$AP" run -q -o early.approf -- "$BUILD/tests/workloads/early_late"

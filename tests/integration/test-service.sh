@@ -303,7 +303,7 @@ for i in $(seq 16); do
 done
 check_eq "runs through the daemon: no second copy in the daemon's directory" 0 $extra
 # While a run goes on, the daemon lists its program as part of a run session.
-"$AP" run -q -- sh -c "echo \$\$ >runsh.pid; \"$AP\" ps --json >runsh.json"
+"$AP" run -q -- sh -c "echo \$\$ >runsh.pid; env -u LD_PRELOAD \"$AP\" ps --json >runsh.json"
 check_eq "ps during a daemon run: the program, recording, in a run session" "full recording True" \
         "$(py "' '.join(str(x) for p in d['processes'] if p['pid'] == $(cat runsh.pid) for x in (p['mode'], p['state'], p['run_session']))" <runsh.json)"
 check_eq "ps --json: version 1, the documented fields" "1 allocations command live_bytes mode pid ppid run_session sample_interval state threads uid" \
