@@ -191,21 +191,19 @@ int main(int argc, char **argv)
         }
         d.outdir = strdup(resolved);
 
-        char *err = NULL;
-        int listen_fd = -1;
+        /* Every failure below prints one line and ends at `fail` (nothing leaks there:
+         * the ASan build checks). */
+        char *err = NULL, *sock = NULL;
+        int listen_fd = -1, ready_fd = -1;
+        struct ap_collector *coll = NULL;
         int r = ap_service_listen_fds(&listen_fd, &err);
-        if (r < 0) {
-                fprintf(stderr, "allocprofd: %s\n", err ? err : strerror(-r));
-                return 1;
-        }
-        char *sock = NULL;
+        if (r < 0)
+                goto fail;
         if (listen_fd < 0) {
                 if (sock_opt != NULL)
                         sock = strdup(sock_opt);
-                else if ((r = ap_service_socket_path(true, &sock, &err)) < 0) {
-                        fprintf(stderr, "allocprofd: %s\n", err ? err : strerror(-r));
-                        return 1;
-                }
+                else if ((r = ap_service_socket_path(true, &sock, &err)) < 0)
+                        goto fail;
         }
 
         /* A descriptor per profiled process and per client: take what we may. */
@@ -215,23 +213,19 @@ int main(int argc, char **argv)
                 (void)setrlimit(RLIMIT_NOFILE, &rl);
         }
 
-        int ready_fd = -1;
         /* Under socket activation systemd supervises us: stay in the foreground. */
-        if (!foreground && listen_fd < 0 && (r = ap_service_daemonize(&ready_fd, &err)) < 0) {
-                fprintf(stderr, "allocprofd: %s\n", err ? err : strerror(-r));
-                return 1;
-        }
+        if (!foreground && listen_fd < 0 && (r = ap_service_daemonize(&ready_fd, &err)) < 0)
+                goto fail;
 
-        struct ap_collector *coll = NULL;
         if (listen_fd >= 0)
                 r = ap_collector_new_fd(listen_fd, on_done, &d, &coll);
         else
                 r = ap_collector_new(sock, on_done, &d, &coll, &err);
         if (r < 0) {
                 char *msg = ap_asprintf("allocprofd: %s", err ? err : strerror(-r));
-                fprintf(stderr, "%s\n", msg ? msg : "allocprofd: cannot listen");
                 ap_service_fail(ready_fd, msg);
-                return 1;
+                free(msg);
+                goto fail;
         }
         ap_collector_set_note(coll, on_note, &d);
         /* One background thread symbolizes: it loads debug information while programs
@@ -273,4 +267,11 @@ int main(int argc, char **argv)
         free(sock);
         free(d.outdir);
         return status;
+
+fail:
+        fprintf(stderr, "allocprofd: %s\n", err ? err : strerror(-r));
+        free(err);
+        free(sock);
+        free(d.outdir);
+        return 1;
 }
