@@ -171,8 +171,10 @@ static bool is_entry_function(const char *fn)
                 "__libc_start_call_main", "start_thread", "clone",
                 "clone3",       "__clone",           "__clone3",
         };
+        /* Symbol tables name versioned symbols "__libc_start_main@@GLIBC_2.34". */
+        size_t len = strcspn(fn, "@");
         for (size_t i = 0; i < sizeof(entry) / sizeof(entry[0]); i++)
-                if (strcmp(fn, entry[i]) == 0)
+                if (strlen(entry[i]) == len && strncmp(fn, entry[i], len) == 0)
                         return true;
         return false;
 }

@@ -1436,7 +1436,8 @@ int ap_symbolizer_lookup_name(struct ap_symbolizer *s, const char *path,
         r = display_name(m, raw, &name);
         if (r < 0)
                 return r;
-        *ret_name = strdup(name);
+        /* "__libc_start_main@@GLIBC_2.34": the version is not part of the name. */
+        *ret_name = strndup(name, strcspn(name, "@"));
         return *ret_name ? 0 : -ENOMEM;
 }
 

@@ -161,6 +161,8 @@ check_eq "per-thread figures exact (allocations, leaked, 200-byte blocks, drops)
 check_eq "threads that recorded" True "$(json_of tm.approf 'd["totals"]["threads"] >= 3005')"
 # Entry code is named from the symbol table only (no DWARF of libc for it); the user's
 # frames keep file and line.
+check_eq "program entry frames below main: named without version, no file" "__libc_start_call_main None __libc_start_main None" \
+        "$(json_of sig.approf '(lambda fr: " ".join("%s %s" % (f["function"], f["file"]) for f in fr[[f["function"] for f in fr].index("main") + 1:][:2]))([s for s in d["sites"] if "main" in [f["function"] for f in s["frames"]]][0]["frames"])')"
 check_eq "thread entry frames: named, no file; the allocating frame has its line" "start_thread None True" \
         "$(json_of tm.approf '(lambda s: (lambda e: "%s %s %s" % (e["function"], e["file"], s["frames"][0]["line"] > 0))([f for f in s["frames"] if f["function"] == "start_thread"][0]))([x for x in d["sites"] if x["frames"][0]["function"] == "thread_work"][0])')"
 
