@@ -109,31 +109,16 @@ int ap_ctl_send(struct ap_ctl *c, json_t *req, int pass_fd, char **err)
         }
         size_t len = strlen(text);
         text[len] = '\n';
-        union {
-                char buf[CMSG_SPACE(sizeof(int))];
-                struct cmsghdr align;
-        } u;
         size_t off = 0;
         int r = 0;
         while (off < len + 1) {
-                struct iovec iov = {.iov_base = text + off, .iov_len = len + 1 - off};
-                struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
-                if (pass_fd >= 0 && off == 0) {
-                        memset(&u, 0, sizeof(u));
-                        mh.msg_control = u.buf;
-                        mh.msg_controllen = sizeof(u.buf);
-                        struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
-                        cm->cmsg_level = SOL_SOCKET;
-                        cm->cmsg_type = SCM_RIGHTS;
-                        cm->cmsg_len = CMSG_LEN(sizeof(int));
-                        memcpy(CMSG_DATA(cm), &pass_fd, sizeof(int));
-                }
-                ssize_t n = sendmsg(c->fd, &mh, MSG_NOSIGNAL);
-                if (n < 0 && errno == EINTR)
+                /* The descriptor goes with the first byte. */
+                ssize_t n = ap_send_fd(c->fd, text + off, len + 1 - off, 0, off == 0 ? pass_fd : -1);
+                if (n == -EINTR)
                         continue;
                 if (n < 0) {
-                        r = -errno;
-                        *err = ap_asprintf("cannot talk to the collector: %s", strerror(errno));
+                        r = (int)n;
+                        *err = ap_asprintf("cannot talk to the collector: %s", strerror(-r));
                         break;
                 }
                 off += (size_t)n;
@@ -196,35 +181,24 @@ int ap_ctl_read(struct ap_ctl *c, int timeout_ms, json_t **msg, int *ret_fd, cha
                         c->buf = nb;
                         c->cap = ncap;
                 }
-                struct iovec iov = {.iov_base = c->buf + c->len, .iov_len = c->cap - c->len};
-                union {
-                        char buf[CMSG_SPACE(sizeof(int) * 4)];
-                        struct cmsghdr align;
-                } u;
-                struct msghdr mh = {.msg_iov = &iov,
-                                    .msg_iovlen = 1,
-                                    .msg_control = u.buf,
-                                    .msg_controllen = sizeof(u.buf)};
-                ssize_t n = recvmsg(c->fd, &mh, MSG_CMSG_CLOEXEC);
-                if (n < 0 && errno == EINTR)
+                int fds[AP_FDS_MAX], msg_flags;
+                size_t nfds;
+                ssize_t n = ap_recv_fds(c->fd, c->buf + c->len, c->cap - c->len, 0, fds, &nfds,
+                                        &msg_flags);
+                if (n == -EINTR)
                         continue;
                 if (n <= 0) {
                         *err = ap_asprintf("the collector hung up%s%s", n < 0 ? ": " : "",
-                                           n < 0 ? strerror(errno) : "");
+                                           n < 0 ? strerror((int)-n) : "");
+                        for (size_t i = 0; i < nfds; i++)
+                                close(fds[i]);
                         return -EPIPE;
                 }
-                for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm != NULL; cm = CMSG_NXTHDR(&mh, cm)) {
-                        if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
-                                continue;
-                        size_t k = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-                        for (size_t i = 0; i < k; i++) {
-                                int got;
-                                memcpy(&got, CMSG_DATA(cm) + i * sizeof(int), sizeof(int));
-                                if (c->nfds < 8)
-                                        c->fds[c->nfds++] = got;
-                                else
-                                        close(got);
-                        }
+                for (size_t i = 0; i < nfds; i++) {
+                        if (c->nfds < sizeof(c->fds) / sizeof(c->fds[0]))
+                                c->fds[c->nfds++] = fds[i];
+                        else
+                                close(fds[i]);
                 }
                 c->len += (size_t)n;
         }

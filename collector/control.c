@@ -226,25 +226,11 @@ static void flush_out(struct ap_client *cl)
 {
         while (!cl->dead && cl->nout > 0) {
                 struct outmsg *m = &cl->out[0];
-                struct iovec iov = {.iov_base = m->buf + m->off, .iov_len = m->len - m->off};
-                union {
-                        char buf[CMSG_SPACE(sizeof(int))];
-                        struct cmsghdr align;
-                } u;
-                struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
-                if (m->fd >= 0 && m->off == 0) {
-                        memset(&u, 0, sizeof(u));
-                        mh.msg_control = u.buf;
-                        mh.msg_controllen = sizeof(u.buf);
-                        struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
-                        cm->cmsg_level = SOL_SOCKET;
-                        cm->cmsg_type = SCM_RIGHTS;
-                        cm->cmsg_len = CMSG_LEN(sizeof(int));
-                        memcpy(CMSG_DATA(cm), &m->fd, sizeof(int));
-                }
-                ssize_t n = sendmsg(cl->fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
+                /* The descriptor goes with the message's first byte. */
+                ssize_t n = ap_send_fd(cl->fd, m->buf + m->off, m->len - m->off, MSG_DONTWAIT,
+                                       m->off == 0 ? m->fd : -1);
                 if (n < 0) {
-                        if (errno != EAGAIN && errno != EINTR)
+                        if (n != -EAGAIN && n != -EINTR)
                                 client_close(cl);
                         return;
                 }
@@ -858,32 +844,17 @@ static void client_read(struct ap_collector *c, struct ap_client *cl)
                 return;
         }
         for (int rounds = 0; rounds < 16 && !cl->dead && !cl->closing; rounds++) {
-                struct iovec iov = {.iov_base = cl->in + cl->inlen,
-                                    .iov_len = AP_PROTO_REQUEST_MAX - cl->inlen};
-                union {
-                        char buf[CMSG_SPACE(sizeof(int) * 4)];
-                        struct cmsghdr align;
-                } u;
-                struct msghdr mh = {.msg_iov = &iov,
-                                    .msg_iovlen = 1,
-                                    .msg_control = u.buf,
-                                    .msg_controllen = sizeof(u.buf)};
-                ssize_t n = recvmsg(cl->fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-                for (struct cmsghdr *cm = n >= 0 ? CMSG_FIRSTHDR(&mh) : NULL; cm != NULL;
-                     cm = CMSG_NXTHDR(&mh, cm)) {
-                        if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
-                                continue;
-                        size_t nfds = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-                        for (size_t k = 0; k < nfds; k++) {
-                                int got;
-                                memcpy(&got, CMSG_DATA(cm) + k * sizeof(int), sizeof(int));
-                                if (cl->passed_fd >= 0)
-                                        close(cl->passed_fd); /* one per request */
-                                cl->passed_fd = got;
-                        }
+                int fds[AP_FDS_MAX], msg_flags;
+                size_t nfds;
+                ssize_t n = ap_recv_fds(cl->fd, cl->in + cl->inlen, AP_PROTO_REQUEST_MAX - cl->inlen,
+                                        MSG_DONTWAIT, fds, &nfds, &msg_flags);
+                for (size_t k = 0; k < nfds; k++) {
+                        if (cl->passed_fd >= 0)
+                                close(cl->passed_fd); /* one per request */
+                        cl->passed_fd = fds[k];
                 }
                 if (n < 0) {
-                        if (errno != EAGAIN && errno != EINTR)
+                        if (n != -EAGAIN && n != -EINTR)
                                 client_close(cl);
                         return;
                 }
@@ -891,7 +862,7 @@ static void client_read(struct ap_collector *c, struct ap_client *cl)
                         client_finish(cl); /* hung up its sending side: answer, then close */
                         return;
                 }
-                if (mh.msg_flags & MSG_CTRUNC) {
+                if (msg_flags & MSG_CTRUNC) {
                         client_close(cl); /* more descriptors than a request may carry */
                         return;
                 }

@@ -285,35 +285,18 @@ static bool read_hello(struct ap_collector *c, int fd)
                 return true;
         }
         struct ap_hello hello;
-        struct iovec iov = {.iov_base = &hello, .iov_len = sizeof(hello)};
-        union {
-                char buf[CMSG_SPACE(sizeof(int) * 4)];
-                struct cmsghdr align;
-        } u;
-        struct msghdr msg = {.msg_iov = &iov,
-                             .msg_iovlen = 1,
-                             .msg_control = u.buf,
-                             .msg_controllen = sizeof(u.buf)};
-        ssize_t n = recvmsg(fd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        int fds[AP_FDS_MAX], msg_flags;
+        size_t nfds;
+        ssize_t n = ap_recv_fds(fd, &hello, sizeof(hello), MSG_DONTWAIT, fds, &nfds, &msg_flags);
+        if (n == -EAGAIN || n == -EINTR)
                 return false;
-        int memfd = -1;
-        for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); cm != NULL; cm = CMSG_NXTHDR(&msg, cm)) {
-                if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
-                        continue;
-                size_t nfds = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-                for (size_t k = 0; k < nfds; k++) {
-                        int got;
-                        memcpy(&got, CMSG_DATA(cm) + k * sizeof(int), sizeof(int));
-                        if (memfd < 0)
-                                memfd = got;
-                        else
-                                close(got); /* only one descriptor is expected */
-                }
-        }
+        /* Only one descriptor is expected: the first. */
+        int memfd = nfds > 0 ? fds[0] : -1;
+        for (size_t k = 1; k < nfds; k++)
+                close(fds[k]);
         struct ucred cred;
         socklen_t len = sizeof(cred);
-        bool ok = n == (ssize_t)sizeof(hello) && !(msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) &&
+        bool ok = n == (ssize_t)sizeof(hello) && !(msg_flags & (MSG_TRUNC | MSG_CTRUNC)) &&
                   memfd >= 0 && getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0 &&
                   (cred.uid == geteuid() || cred.uid == 0);
         if (ok) {

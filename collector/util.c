@@ -8,6 +8,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -329,4 +330,60 @@ int ap_parse_size(const char *s, uint64_t *ret)
                 return -EINVAL;
         *ret = (uint64_t)v << shift;
         return 0;
+}
+
+ssize_t ap_recv_fds(int sock, void *buf, size_t len, int flags, int *fds, size_t *nfds,
+                    int *msg_flags)
+{
+        struct iovec iov = {.iov_base = buf, .iov_len = len};
+        union {
+                char buf[CMSG_SPACE(sizeof(int) * AP_FDS_MAX)];
+                struct cmsghdr align;
+        } u;
+        struct msghdr mh = {.msg_iov = &iov,
+                            .msg_iovlen = 1,
+                            .msg_control = u.buf,
+                            .msg_controllen = sizeof(u.buf)};
+        *nfds = 0;
+        *msg_flags = 0;
+        ssize_t n = recvmsg(sock, &mh, flags | MSG_CMSG_CLOEXEC);
+        if (n < 0)
+                return -errno;
+        for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm != NULL; cm = CMSG_NXTHDR(&mh, cm)) {
+                if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
+                        continue;
+                size_t k = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+                for (size_t i = 0; i < k; i++) {
+                        int got;
+                        memcpy(&got, CMSG_DATA(cm) + i * sizeof(int), sizeof(int));
+                        if (*nfds < AP_FDS_MAX)
+                                fds[(*nfds)++] = got;
+                        else
+                                close(got);
+                }
+        }
+        *msg_flags = mh.msg_flags;
+        return n;
+}
+
+ssize_t ap_send_fd(int sock, const void *buf, size_t len, int flags, int fd)
+{
+        struct iovec iov = {.iov_base = (void *)buf, .iov_len = len};
+        union {
+                char buf[CMSG_SPACE(sizeof(int))];
+                struct cmsghdr align;
+        } u;
+        struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
+        if (fd >= 0) {
+                memset(&u, 0, sizeof(u));
+                mh.msg_control = u.buf;
+                mh.msg_controllen = sizeof(u.buf);
+                struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+                cm->cmsg_level = SOL_SOCKET;
+                cm->cmsg_type = SCM_RIGHTS;
+                cm->cmsg_len = CMSG_LEN(sizeof(int));
+                memcpy(CMSG_DATA(cm), &fd, sizeof(int));
+        }
+        ssize_t n = sendmsg(sock, &mh, flags | MSG_NOSIGNAL);
+        return n < 0 ? -errno : n;
 }

@@ -63,3 +63,17 @@ ssize_t ap_read_file(const char *path, char **ret, size_t max);
 /* "512K" -> 524288 (K, M, G suffixes, optionally followed by i, B or iB).  Returns 0 or
  * -EINVAL. */
 int ap_parse_size(const char *s, uint64_t *ret);
+
+/* Descriptors taken from one message by ap_recv_fds (more are closed). */
+#define AP_FDS_MAX 4
+
+/* recvmsg() of up to len bytes into buf; descriptors passed with them (SCM_RIGHTS) are
+ * received close-on-exec into fds[] (*nfds of them; the caller owns them, whatever it
+ * decides about the bytes).  *msg_flags gets the message flags (MSG_TRUNC, MSG_CTRUNC).
+ * Returns the byte count (0: the peer hung up) or -errno (no descriptors then). */
+ssize_t ap_recv_fds(int sock, void *buf, size_t len, int flags, int *fds, size_t *nfds,
+                    int *msg_flags);
+
+/* sendmsg() of len bytes, with descriptor fd attached (none if fd < 0), never raising
+ * SIGPIPE.  Returns the bytes sent or -errno. */
+ssize_t ap_send_fd(int sock, const void *buf, size_t len, int flags, int fd);
