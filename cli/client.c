@@ -24,6 +24,7 @@
 
 struct ap_ctl {
         int fd;
+        char *path;
         char *buf;
         size_t len, cap;
         int fds[8]; /* descriptors received, oldest first */
@@ -47,7 +48,8 @@ int ap_ctl_open(const char *path, struct ap_ctl **ret, char **err)
                 return r;
         }
         struct ap_ctl *c = calloc(1, sizeof(*c));
-        if (c == NULL) {
+        if (c == NULL || (c->path = strdup(path)) == NULL) {
+                free(c);
                 close(fd);
                 *err = ap_asprintf("out of memory");
                 return -ENOMEM;
@@ -90,7 +92,13 @@ void ap_ctl_close(struct ap_ctl *c)
         for (size_t i = 0; i < c->nfds; i++)
                 close(c->fds[i]);
         free(c->buf);
+        free(c->path);
         free(c);
+}
+
+const char *ap_ctl_path(const struct ap_ctl *c)
+{
+        return c->path;
 }
 
 int ap_ctl_fd(const struct ap_ctl *c)

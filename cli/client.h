@@ -25,6 +25,8 @@ int ap_ctl_open_daemon(struct ap_ctl **ret, char **err);
 /* Closes the connection.  Accepts NULL. */
 void ap_ctl_close(struct ap_ctl *c);
 int ap_ctl_fd(const struct ap_ctl *c);
+/* The socket path it is connected to. */
+const char *ap_ctl_path(const struct ap_ctl *c);
 
 /* Sends one request (consumed; "v" is added) with an optional descriptor (-1: none),
  * then waits up to timeout_ms for the answer.  Returns 0 with *resp set (check "ok"),

@@ -25,7 +25,6 @@
 #include "report.h"
 #include "run.h"
 #include "server.h"
-#include "service.h"
 #include "symbolize.h"
 #include "util.h"
 #include "warm.h"
@@ -232,17 +231,6 @@ static __attribute__((noreturn)) void exec_child(char **argv, const char *preloa
         int e = errno;
         (void)!write(err_fd, &e, sizeof(e));
         _exit(e == ENOENT ? 127 : 126);
-}
-
-/* The daemon's socket path, as the agents of a daemon-served run must be told. */
-static char *daemon_socket_path(void)
-{
-        char *path = NULL, *err = NULL;
-        if (ap_service_socket_path(false, &path, &err) < 0) {
-                free(err);
-                return NULL;
-        }
-        return path;
 }
 
 static void set_profile_command(struct ap_profile *prof, char **argv, int argc)
@@ -590,7 +578,7 @@ int ap_cmd_run(int argc, char **argv)
                 free(err);
                 json_decref(resp);
                 if (ctl != NULL)
-                        sock = daemon_socket_path();
+                        sock = strdup(ap_ctl_path(ctl)); /* the agents are told it */
                 if (sock == NULL) {
                         ap_ctl_close(ctl);
                         ctl = NULL;
