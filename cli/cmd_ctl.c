@@ -404,9 +404,7 @@ int ap_cmd_snapshot(int argc, char **argv)
         if (output != NULL) {
                 path = strdup(output);
         } else {
-                const char *exe = prof->exe && strrchr(prof->exe, '/') ? strrchr(prof->exe, '/') + 1
-                                  : prof->exe                          ? prof->exe
-                                                                       : "unknown";
+                const char *exe = prof->exe ? ap_path_base(prof->exe) : "unknown";
                 path = ap_asprintf("allocprof.%s.%d.snapshot.approf", exe, (int)pid);
         }
         int r = path ? ap_profile_write(prof, path) : -ENOMEM;

@@ -96,12 +96,6 @@ static void usage(FILE *out)
                      "                        -fno-omit-frame-pointer)\n");
 }
 
-static const char *base_name(const char *path)
-{
-        const char *s = strrchr(path, '/');
-        return s && s[1] ? s + 1 : path;
-}
-
 /* Checks that a profile can be created in the directory of `path`. */
 static int check_output_dir(const char *path)
 {
@@ -409,7 +403,7 @@ static int run_loop_daemon(struct ap_ctl *ctl, struct run_state *rs, int sfd)
 static char *default_profile_path(const char *dir, const struct ap_profile *prof,
                                   const char *fallback_name)
 {
-        const char *name = prof->exe && prof->exe[0] ? base_name(prof->exe) : fallback_name;
+        const char *name = prof->exe && prof->exe[0] ? ap_path_base(prof->exe) : fallback_name;
         return ap_asprintf("%s%sallocprof.%s.%u.approf", dir ? dir : "", dir ? "/" : "", name,
                            prof->pid);
 }
@@ -709,7 +703,7 @@ int ap_cmd_run(int argc, char **argv)
                                 dir = strdup(output);
                                 *strrchr(dir, '/') = '\0';
                         }
-                        path = default_profile_path(dir, prof, base_name(prog_argv[0]));
+                        path = default_profile_path(dir, prof, ap_path_base(prog_argv[0]));
                         free(dir);
                 }
                 /* The same program exec'ed again under the same pid: number the images. */
@@ -739,7 +733,7 @@ int ap_cmd_run(int argc, char **argv)
                         ap_report_summary(stderr, prof, path);
                 } else if (!quiet) {
                         fprintf(stderr, "allocprof: pid %u (%s) profile written to %s\n", prof->pid,
-                                prof->exe ? base_name(prof->exe) : "?", path);
+                                prof->exe ? ap_path_base(prof->exe) : "?", path);
                 }
                 free(path);
                 ap_profile_free(prof);

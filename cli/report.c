@@ -62,13 +62,6 @@ static const char *module_path(const struct ap_profile *p, uint32_t i)
         return m ? pstr(p, m->path) : NULL;
 }
 
-static const char *base_name(const char *path)
-{
-        const char *slash = path ? strrchr(path, '/') : NULL;
-
-        return slash && slash[1] ? slash + 1 : path;
-}
-
 static bool is_sampled(const struct ap_profile *p)
 {
         return p->mode && strcmp(p->mode, "sampled") == 0;
@@ -367,7 +360,7 @@ static void put_site_label(const struct out *o, const struct ap_profile *p,
         }
         fn = pstr(p, f->function);
         file = pstr(p, f->file);
-        mod = base_name(module_path(p, f->module));
+        mod = ap_path_base(module_path(p, f->module));
         if (fn)
                 put_str(o, fn, 0);
         else
@@ -498,7 +491,7 @@ static void put_stack(const struct out *o, const struct ap_profile *p, const str
         for (uint32_t i = 0; i < nrows; i++) {
                 const struct ap_pframe *f = pframe(p, rows[i].frame);
                 const char *file = f ? pstr(p, f->file) : NULL;
-                const char *mod = f ? base_name(module_path(p, f->module)) : NULL;
+                const char *mod = f ? ap_path_base(module_path(p, f->module)) : NULL;
                 size_t w, pending;
                 bool aligned;
 
@@ -793,7 +786,7 @@ static void put_modules(const struct out *o, const struct ap_profile *p, const u
 
         section(o, "Modules (by the code that called the allocator)");
         for (uint32_t i = 0; i < p->nmodules; i++) {
-                const char *name = base_name(pstr(p, p->modules[i].path));
+                const char *name = ap_path_base(pstr(p, p->modules[i].path));
                 size_t w = name ? text_width(name) : 1;
 
                 if (p->modules[i].allocations && w > wname && w <= 40)
@@ -805,7 +798,7 @@ static void put_modules(const struct out *o, const struct ap_profile *p, const u
         sgr(o, SGR_RESET);
         for (uint32_t i = 0; order && i < p->nmodules; i++) {
                 const struct ap_pmodule *m = &p->modules[order[i]];
-                const char *name = base_name(pstr(p, m->path));
+                const char *name = ap_path_base(pstr(p, m->path));
 
                 if (m->allocations == 0 && m->leaked_blocks == 0) {
                         quiet++;

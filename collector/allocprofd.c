@@ -36,17 +36,11 @@ struct write_job {
         struct ap_process *p;
 };
 
-static const char *base_name(const char *path)
-{
-        const char *s = strrchr(path, '/');
-        return s && s[1] ? s + 1 : path;
-}
-
 /* allocprof.<exe>.<pid>.approf, numbered when that name exists already (pid reuse, or
  * a program that exec'ed itself). */
 static char *profile_path(const char *dir, const struct ap_profile *prof)
 {
-        const char *exe = prof->exe && prof->exe[0] ? base_name(prof->exe) : "unknown";
+        const char *exe = prof->exe && prof->exe[0] ? ap_path_base(prof->exe) : "unknown";
         char *path = ap_asprintf("%s/allocprof.%s.%u.approf", dir, exe, prof->pid);
         struct stat st;
         for (int k = 2; path != NULL && lstat(path, &st) == 0 && k < 10000; k++) {

@@ -42,15 +42,9 @@ static uint64_t cnt(uint64_t units)
         return (units + AP_CW / 2) / AP_CW;
 }
 
-static const char *path_basename(const char *path)
-{
-        const char *s = strrchr(path, '/');
-        return s ? s + 1 : path;
-}
-
 static bool is_agent_module(const struct ap_cmodule *m)
 {
-        return strncmp(path_basename(m->path), "liballocprof", 12) == 0;
+        return strncmp(ap_path_base(m->path), "liballocprof", 12) == 0;
 }
 
 /* Finds the module mapped at ip: the newest load covering it, preferring one that is

@@ -387,3 +387,9 @@ ssize_t ap_send_fd(int sock, const void *buf, size_t len, int flags, int fd)
         ssize_t n = sendmsg(sock, &mh, flags | MSG_NOSIGNAL);
         return n < 0 ? -errno : n;
 }
+
+const char *ap_path_base(const char *path)
+{
+        const char *slash = path ? strrchr(path, '/') : NULL;
+        return slash && slash[1] ? slash + 1 : path;
+}

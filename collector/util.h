@@ -41,6 +41,10 @@ uint64_t ap_hash_bytes(const void *p, size_t n);
  * surrogates, nothing above U+10FFFF), or 0 if it is not one.  Stops at a NUL. */
 size_t ap_utf8_len(const unsigned char *s);
 
+/* The file name part of path (after the last '/'; the whole path when it ends with one).
+ * Accepts NULL. */
+const char *ap_path_base(const char *path);
+
 /* malloc'd formatted string, or NULL on OOM. */
 char *ap_asprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
