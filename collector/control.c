@@ -916,8 +916,8 @@ static void finish_sessions(struct ap_collector *c, uint64_t now)
                         continue;
                 /* Still running after the grace period: profile them up to now. */
                 for (size_t k = c->nprocs; k-- > 0;)
-                        if (k < c->nprocs && c->procs[k].session == s->id)
-                                ap_collector_retire_pid(c, ap_process_pid(c->procs[k].p));
+                        if (c->procs[k].session == s->id)
+                                ap_collector_retire(c, k, false);
                 if (s->inflight > 0)
                         continue;
                 struct ap_client *cl = client_by_id(c, s->client);

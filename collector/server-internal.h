@@ -83,6 +83,10 @@ struct ap_collector {
         struct ap_symbolizer *sym;  /* for jobs when there is no background thread */
 };
 
+/* server.c: finalizes procs[i] now (drained a last time, handed to its run session or the
+ * owner, as if it ended) and moves the last entry into its place. */
+void ap_collector_retire(struct ap_collector *c, size_t i, bool by_exec);
+
 /* control.c */
 void ap_control_add_client(struct ap_collector *c, int fd);
 bool ap_control_owns_fd(const struct ap_collector *c, int fd);

@@ -30,11 +30,6 @@ void ap_collector_set_warmer(struct ap_collector *c, struct ap_warmer *w)
         c->warmer = w;
 }
 
-struct ap_warmer *ap_collector_warmer(struct ap_collector *c)
-{
-        return c->warmer;
-}
-
 static void warm_module(void *ud, const char *path, const uint8_t *build_id, size_t len)
 {
         ap_warmer_add(ud, path, build_id, len);
@@ -207,8 +202,9 @@ static void read_cmdline(struct ap_process *p, pid_t pid)
         free(buf);
 }
 
-/* Hands a finished image to its run session or to the owner, and forgets it. */
-static void retire(struct ap_collector *c, size_t i, bool by_exec)
+/* Hands a finished image to its run session or to the owner, and forgets it: procs[i]
+ * is replaced by the last entry. */
+void ap_collector_retire(struct ap_collector *c, size_t i, bool by_exec)
 {
         struct tracked t = c->procs[i];
         c->procs[i] = c->procs[--c->nprocs];
@@ -251,7 +247,7 @@ static bool register_process(struct ap_collector *c, int memfd, pid_t pid, uid_t
         for (size_t i = 0; i < c->nprocs; i++) {
                 if (ap_process_pid(c->procs[i].p) == pid) {
                         ap_process_set_exit(c->procs[i].p, -1, 0);
-                        retire(c, i, true);
+                        ap_collector_retire(c, i, true);
                         break;
                 }
         }
@@ -416,7 +412,7 @@ int ap_collector_step(struct ap_collector *c, int timeout_ms, int extra_fd)
                         free(exe);
                         if (why != 0) {
                                 ap_process_set_exit(tp->p, -1, 0);
-                                retire(c, i, true);
+                                ap_collector_retire(c, i, true);
                         }
                 }
         }
@@ -430,17 +426,10 @@ int ap_collector_step(struct ap_collector *c, int timeout_ms, int extra_fd)
         c->busy = moved > 0;
         for (size_t i = c->nprocs; i-- > 0;)
                 if (c->procs[i].ended)
-                        retire(c, i, false);
+                        ap_collector_retire(c, i, false);
         /* Timed detaches, finishing run sessions, finished jobs, client deadlines. */
         ap_control_tick(c, now);
         return extra ? 1 : 0;
-}
-
-void ap_collector_retire_pid(struct ap_collector *c, pid_t pid)
-{
-        for (size_t i = c->nprocs; i-- > 0;)
-                if (ap_process_pid(c->procs[i].p) == pid)
-                        retire(c, i, false);
 }
 
 void ap_collector_flush_all(struct ap_collector *c)
@@ -455,5 +444,5 @@ void ap_collector_flush_all(struct ap_collector *c)
         }
         c->npending = 0;
         while (c->nprocs > 0)
-                retire(c, c->nprocs - 1, false);
+                ap_collector_retire(c, c->nprocs - 1, false);
 }

@@ -42,7 +42,6 @@ void ap_collector_set_note(struct ap_collector *c, ap_collector_note_fn fn, void
  * on its thread.  NULL: none (those then run in the loop).  The warmer must outlive the
  * collector. */
 void ap_collector_set_warmer(struct ap_collector *c, struct ap_warmer *w);
-struct ap_warmer *ap_collector_warmer(struct ap_collector *c);
 
 /* Decides whether a registering process is profiled (true) or told to record nothing.
  * Without a filter every process of an allowed user is accepted. */
@@ -63,9 +62,6 @@ size_t ap_collector_nprocs(const struct ap_collector *c);
 
 /* True if a process image of this pid is still tracked. */
 bool ap_collector_has_pid(const struct ap_collector *c, int pid);
-
-/* Finalizes the image of pid now (drained a last time, handed over as if it ended). */
-void ap_collector_retire_pid(struct ap_collector *c, pid_t pid);
 
 /* Drains every tracked process a last time and hands each to `done`, alive or not; a
  * process still alive is told to stop recording.  Run sessions of clients are ended:
