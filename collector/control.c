@@ -837,55 +837,61 @@ static void handle_request(struct ap_collector *c, struct ap_client *cl, const c
         }
 }
 
+/* One read (at most AP_PROTO_REQUEST_MAX bytes of requests) per round of the event
+ * loop: a client that sends thousands of requests at once must not keep the others, or
+ * a connection still saying hello, waiting.  poll() reports the rest next round. */
 static void client_read(struct ap_collector *c, struct ap_client *cl)
 {
+        if (cl->dead || cl->closing)
+                return;
         if (cl->in == NULL && (cl->in = malloc(AP_PROTO_REQUEST_MAX)) == NULL) {
                 client_close(cl);
                 return;
         }
-        for (int rounds = 0; rounds < 16 && !cl->dead && !cl->closing; rounds++) {
-                int fds[AP_FDS_MAX], msg_flags;
-                size_t nfds;
-                ssize_t n = ap_recv_fds(cl->fd, cl->in + cl->inlen, AP_PROTO_REQUEST_MAX - cl->inlen,
-                                        MSG_DONTWAIT, fds, &nfds, &msg_flags);
-                for (size_t k = 0; k < nfds; k++) {
-                        if (cl->passed_fd >= 0)
-                                close(cl->passed_fd); /* one per request */
-                        cl->passed_fd = fds[k];
-                }
-                if (n < 0) {
-                        if (n != -EAGAIN && n != -EINTR)
-                                client_close(cl);
-                        return;
-                }
-                if (n == 0) {
-                        client_finish(cl); /* hung up its sending side: answer, then close */
-                        return;
-                }
-                if (msg_flags & MSG_CTRUNC) {
-                        client_close(cl); /* more descriptors than a request may carry */
-                        return;
-                }
-                cl->inlen += (size_t)n;
-                char *nl;
-                while (!cl->dead && !cl->closing &&
-                       (nl = memchr(cl->in, '\n', cl->inlen)) != NULL) {
-                        size_t len = (size_t)(nl - cl->in);
-                        handle_request(c, cl, cl->in, len);
-                        memmove(cl->in, nl + 1, cl->inlen - len - 1);
-                        cl->inlen -= len + 1;
-                        cl->in_since = 0;
-                }
-                if (cl->inlen == AP_PROTO_REQUEST_MAX) {
-                        reply_error(cl, AP_PROTO_E_BAD_REQUEST,
-                                    "request longer than %u bytes", AP_PROTO_REQUEST_MAX);
-                        client_finish(cl);
-                        flush_out(cl);
-                        return;
-                }
-                if (cl->inlen > 0 && cl->in_since == 0)
-                        cl->in_since = ap_clock_mono_ns();
+        int fds[AP_FDS_MAX], msg_flags;
+        size_t nfds;
+        ssize_t n = ap_recv_fds(cl->fd, cl->in + cl->inlen, AP_PROTO_REQUEST_MAX - cl->inlen,
+                                MSG_DONTWAIT, fds, &nfds, &msg_flags);
+        for (size_t k = 0; k < nfds; k++) {
+                if (cl->passed_fd >= 0)
+                        close(cl->passed_fd); /* one per request */
+                cl->passed_fd = fds[k];
         }
+        if (n < 0) {
+                if (n != -EAGAIN && n != -EINTR)
+                        client_close(cl);
+                return;
+        }
+        if (n == 0) {
+                client_finish(cl); /* hung up its sending side: answer, then close */
+                return;
+        }
+        if (msg_flags & MSG_CTRUNC) {
+                client_close(cl); /* more descriptors than a request may carry */
+                return;
+        }
+        cl->inlen += (size_t)n;
+        /* Every complete line, then what is left moves to the front once. */
+        size_t done = 0;
+        char *nl;
+        while (!cl->dead && !cl->closing &&
+               (nl = memchr(cl->in + done, '\n', cl->inlen - done)) != NULL) {
+                size_t len = (size_t)(nl - (cl->in + done));
+                handle_request(c, cl, cl->in + done, len);
+                done += len + 1;
+                cl->in_since = 0;
+        }
+        memmove(cl->in, cl->in + done, cl->inlen - done);
+        cl->inlen -= done;
+        if (cl->inlen == AP_PROTO_REQUEST_MAX) {
+                reply_error(cl, AP_PROTO_E_BAD_REQUEST, "request longer than %u bytes",
+                            AP_PROTO_REQUEST_MAX);
+                client_finish(cl);
+                flush_out(cl);
+                return;
+        }
+        if (cl->inlen > 0 && cl->in_since == 0)
+                cl->in_since = ap_clock_mono_ns();
 }
 
 void ap_control_handle(struct ap_collector *c, const struct pollfd *pfds, size_t n)
@@ -966,10 +972,13 @@ void ap_control_tick(struct ap_collector *c, uint64_t now)
                 struct ap_client *cl = c->clients[i];
                 if (!cl->dead)
                         flush_out(cl);
-                if (cl->in_since != 0 && !cl->closing &&
+                /* The stamps may be later than now (set by this round's deliveries and
+                 * flushes): compare without wrapping around. */
+                if (cl->in_since != 0 && !cl->closing && now > cl->in_since &&
                     now - cl->in_since > AP_PROTO_PARTIAL_MS * MS)
                         client_close(cl); /* started a message and never finished it */
-                if (cl->out_since != 0 && now - cl->out_since > AP_PROTO_STALL_MS * MS)
+                if (cl->out_since != 0 && now > cl->out_since &&
+                    now - cl->out_since > AP_PROTO_STALL_MS * MS)
                         client_close(cl); /* does not read what it asked for */
                 if (cl->dead)
                         client_free(c, cl);

@@ -374,8 +374,12 @@ int ap_collector_step(struct ap_collector *c, int timeout_ms, int extra_fd)
                 bool done = false;
                 if (r > 0 && c->pfds[pend0 + i].revents)
                         done = read_hello(c, pd.fd);
-                if (!done && now - pd.since > PENDING_DEADLINE_NS)
+                /* Out of time: one last look (its hello may have arrived while this
+                 * round was busy elsewhere), then it goes. */
+                if (!done && now > pd.since && now - pd.since > PENDING_DEADLINE_NS) {
+                        (void)read_hello(c, pd.fd);
                         done = true;
+                }
                 if (!done)
                         c->pending[keep++] = pd;
                 else if (!ap_control_owns_fd(c, pd.fd))

@@ -207,7 +207,7 @@ if printf 'int main(void){return 5;}\n' >st.c && cc -static -o static st.c 2>/de
         checks=$((checks + 1))
         [ ! -e static.approf ] || fail "a profile was written for a static program"
         # ... and exec'ed by a profiled program: a note, the run goes on
-        printf '#include <unistd.h>\nint main(void){usleep(400000);return 6;}\n' >sts.c
+        printf '#include <unistd.h>\nint main(void){usleep(1500000);return 6;}\n' >sts.c
         if cc -static -o static-sleeper sts.c 2>/dev/null; then
                 "$AP" run -q -o sh-static.approf -- sh -c "exec ./static-sleeper" 2>shst.err
                 check_eq "exec of a static program: its status" 6 $?
@@ -218,7 +218,7 @@ if printf 'int main(void){return 5;}\n' >st.c && cc -static -o static st.c 2>/de
 fi
 
 # A set-user-ID program of another user: the loader drops LD_PRELOAD; say so, run it.
-if [ "$(id -u)" = 0 ] && id nobody >/dev/null 2>&1 && cp "$(command -v true)" suid-true &&
+if [ "$(id -u)" = 0 ] && id nobody >/dev/null 2>&1 && cp /bin/true suid-true &&
         chown nobody suid-true && chmod 4755 suid-true; then
         "$AP" run -o suid.approf -- ./suid-true 2>suid.err
         check_eq "setuid program exit status" 0 $?
@@ -237,6 +237,8 @@ cmp -s plain.err prof.err || fail "stderr differs under allocprof"
 # --- signals sent to allocprof reach the program, the profile is still written -----------
 "$AP" run -q -o sleep.approf -- sleep 30 &
 appid=$!
+# until the program runs (a loaded machine may take longer than the second below)
+for i in $(seq 1 100); do [ -n "$(cat /proc/$appid/task/$appid/children 2>/dev/null)" ] && break; sleep 0.1; done
 sleep 1
 kill -TERM "$appid"
 wait "$appid"
@@ -249,10 +251,10 @@ check_eq "sleep profile exit status" 143 "$("$AP" report sleep.approf --json | p
 mkdir -m 700 daemon
 "$BUILD/collector/allocprofd" --foreground --socket "$T/daemon/sock" --output-dir "$T/daemon" 2>daemon.log &
 dpid=$!
-for i in 1 2 3 4 5 6 7 8 9 10; do [ -S daemon/sock ] && break; sleep 0.1; done
+for i in $(seq 1 100); do [ -S daemon/sock ] && break; sleep 0.1; done
 LD_PRELOAD="$AGENT" ALLOCPROF_SOCKET="$T/daemon/sock" "$SIMPLE"
 check_eq "program under allocprofd exit" 0 $?
-for i in $(seq 1 30); do ls daemon/allocprof.simple.*.approf >/dev/null 2>&1 && break; sleep 0.1; done
+for i in $(seq 1 100); do ls daemon/allocprof.simple.*.approf >/dev/null 2>&1 && break; sleep 0.1; done
 kill -TERM "$dpid"
 wait "$dpid"
 check_eq "allocprofd exits 0 on SIGTERM" 0 $?
