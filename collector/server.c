@@ -80,6 +80,9 @@ static struct ap_collector *collector_alloc(ap_collector_done_fn done, void *use
 /* A socket file left by a collector that died: nobody answers on it. */
 static bool socket_is_stale(const struct sockaddr_un *sa)
 {
+        struct stat st;
+        if (lstat(sa->sun_path, &st) < 0 || !S_ISSOCK(st.st_mode))
+                return false; /* not a socket: never ours to replace */
         int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
         if (fd < 0)
                 return false;
@@ -104,23 +107,48 @@ int ap_collector_new(const char *socket_path, ap_collector_done_fn done, void *u
                 *err = ap_asprintf("out of memory");
                 return -ENOMEM;
         }
+        /* The socket appears at its path only once it listens (bound and listening
+         * under a temporary name, then hard-linked into place): whoever sees the file
+         * can connect.  link() fails if the path exists, so of two collectors started
+         * at once only one gets it. */
+        struct sockaddr_un tmp = {.sun_family = AF_UNIX};
+        int len = snprintf(tmp.sun_path, sizeof(tmp.sun_path), "%s.%ld.tmp", socket_path,
+                           (long)getpid());
+        bool direct = len < 0 || (size_t)len >= sizeof(tmp.sun_path);
+        const struct sockaddr_un *bind_sa = direct ? &sa : &tmp;
         c->listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
         int r = c->listen_fd < 0 ? -errno : 0;
-        if (r == 0 && bind(c->listen_fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+        if (r == 0 && !direct)
+                (void)unlink(tmp.sun_path); /* a leftover of a pid before us */
+        if (r == 0 && bind(c->listen_fd, (const struct sockaddr *)bind_sa, sizeof(*bind_sa)) < 0)
                 r = -errno;
-                if (r == -EADDRINUSE && socket_is_stale(&sa) && unlink(socket_path) == 0)
-                        r = bind(c->listen_fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ? -errno
-                                                                                       : 0;
-                if (r == -EADDRINUSE) {
-                        *err = ap_asprintf("another collector is listening on %s", socket_path);
-                        free(c->path);
-                        c->path = NULL; /* not ours to unlink */
-                        ap_collector_free(c);
-                        return r;
-                }
-        }
+        if (r == -EADDRINUSE && direct && socket_is_stale(&sa) && unlink(socket_path) == 0)
+                r = bind(c->listen_fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ? -errno : 0;
         if (r == 0 && listen(c->listen_fd, 128) < 0)
                 r = -errno;
+        if (r == 0 && !direct) {
+                r = link(tmp.sun_path, socket_path) < 0 ? -errno : 0;
+                if (r == -EEXIST && socket_is_stale(&sa) && unlink(socket_path) == 0)
+                        r = link(tmp.sun_path, socket_path) < 0 ? -errno : 0;
+                (void)unlink(tmp.sun_path);
+                if (r == -EEXIST)
+                        r = -EADDRINUSE;
+        }
+        struct stat st;
+        if (r == -EADDRINUSE && lstat(socket_path, &st) == 0 && !S_ISSOCK(st.st_mode)) {
+                *err = ap_asprintf("%s exists and is not a socket: not replaced", socket_path);
+                free(c->path);
+                c->path = NULL;
+                ap_collector_free(c);
+                return -EEXIST;
+        }
+        if (r == -EADDRINUSE) {
+                *err = ap_asprintf("another collector is listening on %s", socket_path);
+                free(c->path);
+                c->path = NULL; /* not ours to unlink */
+                ap_collector_free(c);
+                return r;
+        }
         if (r < 0) {
                 *err = ap_asprintf("cannot listen on %s: %s", socket_path, strerror(-r));
                 free(c->path);

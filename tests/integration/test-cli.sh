@@ -248,6 +248,12 @@ checks=$((checks + 1))
 check_eq "sleep profile exit status" 143 "$("$AP" report sleep.approf --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["process"]["exit_status"])')"
 
 # --- allocprofd: the same collector as a service in the foreground -----------------------
+# A file that is not a socket stands where the socket should go: left alone, one line.
+echo keep >notasock
+"$BUILD/collector/allocprofd" --foreground --socket "$T/notasock" 2>notasock.err
+check_eq "allocprofd over a regular file: exit 1" 1 $?
+check_contains "allocprofd over a regular file: message" notasock.err "notasock exists and is not a socket: not replaced"
+check_eq "allocprofd over a regular file: the file is untouched" keep "$(cat notasock)"
 mkdir -m 700 daemon
 "$BUILD/collector/allocprofd" --foreground --socket "$T/daemon/sock" --output-dir "$T/daemon" 2>daemon.log &
 dpid=$!
