@@ -467,46 +467,77 @@ static void clean_path(char *p)
 
 /* ---- module lifetime -------------------------------------------------------------------- */
 
-/* Whether `dir`/`name` or `dir`/.debug/`name` exists and is not a regular file. */
-static bool dir_has_hazard(const char *dir, const char *name)
+/* What libdwfl's path search for separate debuginfo would open: <dir>/<name>,
+ * <dir>/.debug/<name> and /usr/lib/debug<dir>/<name>.  hazard: one of the first two,
+ * in a directory the profiled program may choose, exists and is not a regular file;
+ * found: one of the three is a regular file. */
+struct debuglink_look {
+        bool hazard, found;
+};
+
+static void look_in(const char *dir, const char *name, struct debuglink_look *l)
 {
-        char buf[PATH_MAX];
-        struct stat st;
-        int n = snprintf(buf, sizeof(buf), "%s/%s", dir, name);
-        if (n < 0 || (size_t)n >= sizeof(buf))
-                return true;
-        if (stat(buf, &st) == 0 && !S_ISREG(st.st_mode))
-                return true;
-        n = snprintf(buf, sizeof(buf), "%s/.debug/%s", dir, name);
-        if (n < 0 || (size_t)n >= sizeof(buf))
-                return true;
-        return stat(buf, &st) == 0 && !S_ISREG(st.st_mode);
+        static const char *const pre[] = {"", "", "/usr/lib/debug"}, *const mid[] = {"/", "/.debug/", "/"};
+        for (size_t i = 0; i < 3; i++) {
+                char buf[PATH_MAX];
+                struct stat st;
+                int n = snprintf(buf, sizeof(buf), "%s%s%s%s", pre[i], dir, mid[i], name);
+                if (n < 0 || (size_t)n >= sizeof(buf)) {
+                        l->hazard = true;
+                        return;
+                }
+                if (stat(buf, &st) == 0) {
+                        if (S_ISREG(st.st_mode))
+                                l->found = true;
+                        else if (i < 2)
+                                l->hazard = true;
+                }
+        }
 }
 
-static bool file_dir_has_hazard(const char *file, const char *name)
+static void look_for_debuglink(const char *file, const char *name, struct debuglink_look *l)
 {
         const char *slash = strrchr(file, '/');
-        if (!slash)
-                return dir_has_hazard(".", name);
+        if (!slash) {
+                look_in(".", name, l);
+                return;
+        }
         char *dir = strndup(file, (size_t)(slash - file));
-        if (!dir)
-                return true;
-        bool r = dir_has_hazard(*dir ? dir : "/", name);
+        if (!dir) {
+                l->hazard = true;
+                return;
+        }
+        look_in(*dir ? dir : "/", name, l);
         free(dir);
-        return r;
 }
 
-/* libdwfl's path search for separate debuginfo opens <dir>/<debuglink> and
- * <dir>/.debug/<debuglink> (or <file>.debug without a debuglink) with a blocking open(), in
- * the directory of a file chosen by the profiled program: a FIFO planted there would hang us
- * for good.  When such a name is not a regular file, only the build-id lookup under the
- * system debug directory is done.  (A program racing this check can still win; this closes
- * the easy case.) */
+/* Whether debuginfod servers are configured: without them libdwfl still loads
+ * libdebuginfod (and libcurl, gnutls, ... about 30 libraries) the first time a module has
+ * no local debuginfo, which cost tens of milliseconds per run for nothing. */
+static bool debuginfod_configured(void)
+{
+        const char *urls = getenv("DEBUGINFOD_URLS");
+        return urls != NULL && urls[strspn(urls, " \t")] != '\0';
+}
+
+/* Separate debuginfo: first by build-id under the system debug directory (always safe),
+ * then libdwfl's standard search (debuglink next to the file, then debuginfod) -- but
+ * only when a file it would open is really there or a debuginfod server is configured.
+ *
+ * libdwfl's path search opens <dir>/<debuglink> and <dir>/.debug/<debuglink> (or
+ * <file>.debug without a debuglink) with a blocking open(), in the directory of a file
+ * chosen by the profiled program: a FIFO planted there would hang us for good.  When such
+ * a name is not a regular file, only the build-id lookup is done.  (A program racing
+ * this check can still win; this closes the easy case.) */
 static int find_debuginfo(Dwfl_Module *mod, void **userdata, const char *modname, GElf_Addr base,
                           const char *file_name, const char *debuglink_file,
                           GElf_Word debuglink_crc, char **debuginfo_file_name)
 {
-        bool hazard = true;
+        int fd = dwfl_build_id_find_debuginfo(mod, userdata, modname, base, file_name,
+                                              debuglink_file, debuglink_crc, debuginfo_file_name);
+        if (fd >= 0)
+                return fd;
+        struct debuglink_look look = {.hazard = true};
         if (file_name) {
                 const char *base_name = strrchr(file_name, '/');
                 base_name = base_name ? base_name + 1 : file_name;
@@ -516,19 +547,18 @@ static int find_debuginfo(Dwfl_Module *mod, void **userdata, const char *modname
                 else if (asprintf(&name, "%s.debug", base_name) < 0)
                         name = NULL;
                 if (name && !strchr(name, '/')) {
-                        hazard = file_dir_has_hazard(file_name, name);
-                        char *canon = hazard ? NULL : realpath(file_name, NULL);
+                        look = (struct debuglink_look){0};
+                        look_for_debuglink(file_name, name, &look);
+                        char *canon = look.hazard ? NULL : realpath(file_name, NULL);
                         if (canon) {
-                                hazard = file_dir_has_hazard(canon, name);
+                                look_for_debuglink(canon, name, &look);
                                 free(canon);
                         }
                 }
                 free(name);
         }
-        if (hazard)
-                return dwfl_build_id_find_debuginfo(mod, userdata, modname, base, file_name,
-                                                    debuglink_file, debuglink_crc,
-                                                    debuginfo_file_name);
+        if (look.hazard || (!look.found && !debuginfod_configured()))
+                return -1;
         return dwfl_standard_find_debuginfo(mod, userdata, modname, base, file_name, debuglink_file,
                                             debuglink_crc, debuginfo_file_name);
 }
