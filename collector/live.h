@@ -11,14 +11,31 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* 32 bytes: two cells per cache line, none straddles two. */
 struct ap_live {
         uint64_t addr;   /* 0 = empty cell */
         uint64_t wbytes; /* bytes it stands for (its size in full mode) */
         uint64_t wcount; /* allocations it stands for, in AP_CW units */
-        uint64_t ts;
+        uint32_t ts32;   /* ap_live_ts32() of its allocation's timestamp */
         uint32_t stack;
-        uint32_t pad;
 };
+_Static_assert(sizeof(struct ap_live) == 32, "live cells are half a cache line");
+
+/* A record timestamp cut to 32 bits, in units of 4 ticks (finer than the time between a
+ * free and a malloc in another thread returning the same address; it wraps after 2^34
+ * ticks, about 7 s of a 2.5 GHz counter).  Only ever compared, with ap_live_ts_before(),
+ * between an allocation and a free of the same address that reach the collector within
+ * the same few drain rounds: far closer than half a wrap. */
+static inline uint32_t ap_live_ts32(uint64_t ts)
+{
+        return (uint32_t)(ts >> 2);
+}
+
+/* True if a is earlier than b (both from ap_live_ts32), across a wrap. */
+static inline bool ap_live_ts_before(uint32_t a, uint32_t b)
+{
+        return (int32_t)(a - b) < 0;
+}
 
 struct ap_live_table {
         struct ap_live *cells;

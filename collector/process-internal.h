@@ -48,6 +48,8 @@ struct ap_slot {
         bool seen;
 };
 
+#define ID_CACHE_SIZE 1024 /* power of two */
+
 struct ap_process {
         pid_t pid;
         uint32_t ppid;
@@ -72,7 +74,12 @@ struct ap_process {
         struct ap_cstack *stacks;
         size_t nstacks, stacks_cap;
         struct ap_map stack_by_hash; /* ips hash -> stack index + 1 (chained by probing) */
-        struct ap_map stack_by_id;   /* agent stack id -> stack index + 1 */
+        struct ap_map stack_by_id;   /* agent stack id -> stack index */
+        /* In front of stack_by_id: a direct-mapped cache of the ids seen last (id 0 is
+         * never valid, so a zeroed cell is empty). */
+        struct {
+                uint32_t id, stack;
+        } id_cache[ID_CACHE_SIZE];
 
         struct ap_cmodule *modules;
         size_t nmodules, modules_cap;

@@ -19,6 +19,11 @@
 
 #define TIMELINE_MAX 2048
 #define RECORD_MAX (sizeof(struct ap_rec_realloc) + 8 * AP_MAX_FRAMES)
+/* The largest fixed part of a record: what next_record() copies. */
+#define FIXED_MAX sizeof(struct ap_rec_realloc)
+_Static_assert(sizeof(struct ap_rec_alloc) <= FIXED_MAX && sizeof(struct ap_rec_free) <= FIXED_MAX &&
+                       sizeof(struct ap_rec_alloc_sampled) <= FIXED_MAX,
+               "every fixed part fits the copy");
 
 static int fail(char **err, int r, const char *what)
 {
@@ -153,6 +158,7 @@ struct ap_process *ap_process_snapshot(const struct ap_process *src)
         p->map_bytes = 0;
         p->stack_by_hash = (struct ap_map){0};
         p->stack_by_id = (struct ap_map){0};
+        memset(p->id_cache, 0, sizeof(p->id_cache));
         p->live = (struct ap_live_table){0};
         p->new_used = NULL;
         p->nnew_used = p->new_used_cap = 0;
@@ -402,6 +408,8 @@ static uint32_t stack_intern_ips(struct ap_process *p, const uint64_t *ips, uint
 
 /* Resolves a record's stack reference.  Returns the stack index or UINT32_MAX when the
  * reference is invalid. */
+/* rec: the record in the ring (its inline stack, if any, follows the fixed part; the
+ * writer may still change those bytes, which only changes which addresses we see). */
 static uint32_t stack_resolve(struct ap_process *p, const struct ap_rec_hdr *rh, const uint8_t *rec,
                               uint32_t fixed)
 {
@@ -417,9 +425,15 @@ static uint32_t stack_resolve(struct ap_process *p, const struct ap_rec_hdr *rh,
         if ((uint32_t)rh->nwords * 8 != fixed)
                 return UINT32_MAX;
         uint32_t id = rh->aux;
+        uint32_t ci = id & (ID_CACHE_SIZE - 1);
+        if (p->id_cache[ci].id == id && id != 0)
+                return p->id_cache[ci].stack;
         uint64_t *v = ap_map_get(&p->stack_by_id, id);
-        if (v != NULL)
+        if (v != NULL) {
+                p->id_cache[ci].id = id;
+                p->id_cache[ci].stack = (uint32_t)*v;
                 return (uint32_t)*v;
+        }
         uint64_t off = (uint64_t)id * 8;
         struct ap_stack_entry e;
         if (id == 0 || off + sizeof(e) > AP_STACK_HEAP_BYTES)
@@ -501,7 +515,7 @@ static void do_free(struct ap_process *p, struct ap_slot *slot, uint64_t addr, u
                 p->t.unmatched_frees++;
                 return;
         }
-        if (l->ts > ts) {
+        if (ap_live_ts_before(ap_live_ts32(ts), l->ts32)) {
                 /* A free of an earlier block at this address whose end we already
                  * inferred when the address was handed out again (see do_alloc). */
                 p->t.stale_frees++;
@@ -529,7 +543,7 @@ static void do_alloc(struct ap_process *p, struct ap_slot *slot, uint32_t stack,
                 block_gone(p, &old, false);
         }
         *l = (struct ap_live){
-                .addr = addr, .wbytes = wbytes, .wcount = wcount, .ts = ts, .stack = stack};
+                .addr = addr, .wbytes = wbytes, .wcount = wcount, .ts32 = ap_live_ts32(ts), .stack = stack};
 
         peak_touch(p, s);
         s->allocations += wcount;
@@ -592,7 +606,12 @@ static long next_record(struct ap_process *p, uint32_t i, uint64_t *ts)
                 }
                 if (len > RECORD_MAX)
                         return -1;
-                memcpy(p->scratch, data + off, len);
+                /* The fixed part only (at most FIXED_MAX bytes, a constant-size copy in
+                 * the common case); an inline stack is read from the ring later. */
+                if (off + FIXED_MAX <= AP_RING_BYTES)
+                        memcpy(p->scratch, data + off, FIXED_MAX); /* bytes past len unused */
+                else
+                        memcpy(p->scratch, data + off, len < FIXED_MAX ? len : FIXED_MAX);
                 /* Re-check the header from our private copy: the writer may change the
                  * shared bytes under us. */
                 memcpy(&rh, p->scratch, sizeof(rh));
@@ -663,7 +682,7 @@ static void prefetch_ahead(struct ap_process *p, uint32_t i)
         }
 }
 
-static void process_record(struct ap_process *p, struct ap_slot *slot)
+static void process_record(struct ap_process *p, struct ap_slot *slot, const uint8_t *ring_rec)
 {
         struct ap_rec_hdr rh;
         memcpy(&rh, p->scratch, sizeof(rh));
@@ -673,7 +692,7 @@ static void process_record(struct ap_process *p, struct ap_slot *slot)
         case AP_REC_ALLOC: {
                 struct ap_rec_alloc r;
                 memcpy(&r, p->scratch, sizeof(r));
-                stack = stack_resolve(p, &rh, p->scratch, sizeof(r));
+                stack = stack_resolve(p, &rh, ring_rec, sizeof(r));
                 if (stack == UINT32_MAX || r.addr == 0) {
                         p->t.invalid_records++;
                         return;
@@ -684,7 +703,7 @@ static void process_record(struct ap_process *p, struct ap_slot *slot)
         case AP_REC_ALLOC_SAMPLED: {
                 struct ap_rec_alloc_sampled r;
                 memcpy(&r, p->scratch, sizeof(r));
-                stack = stack_resolve(p, &rh, p->scratch, sizeof(r));
+                stack = stack_resolve(p, &rh, ring_rec, sizeof(r));
                 if (stack == UINT32_MAX || r.addr == 0 || r.weight == 0 ||
                     r.weight > (1ull << 48)) {
                         p->t.invalid_records++;
@@ -708,7 +727,7 @@ static void process_record(struct ap_process *p, struct ap_slot *slot)
         case AP_REC_REALLOC: {
                 struct ap_rec_realloc r;
                 memcpy(&r, p->scratch, sizeof(r));
-                stack = stack_resolve(p, &rh, p->scratch, sizeof(r));
+                stack = stack_resolve(p, &rh, ring_rec, sizeof(r));
                 if (stack == UINT32_MAX || r.new_addr == 0) {
                         p->t.invalid_records++;
                         return;
@@ -822,7 +841,8 @@ long ap_process_drain(struct ap_process *p, bool final)
                         cur_len[i] = len;
                 }
                 prefetch_ahead(p, i);
-                process_record(p, sl);
+                process_record(p, sl,
+                               (const uint8_t *)(slot_ctl(p, i) + 1) + (sl->tail & (AP_RING_BYTES - 1)));
                 processed++;
                 sl->tail += (uint64_t)cur_len[i];
                 long len = next_record(p, i, &cur_ts[i]);
