@@ -18,6 +18,7 @@
 #include <libunwind.h>
 
 #include "agent.h"
+#include "unwind.h"
 #include "allocprof/atomics.h"
 #include "allocprof/mix.h"
 #include "allocprof/ring.h"
@@ -364,12 +365,28 @@ static __attribute__((noinline)) uint32_t capture_fp(uint64_t *out)
         return depth;
 }
 
+AP_HIDDEN int ap_unwind_general;
+
 static __attribute__((noinline)) uint32_t capture(uint64_t *out)
 {
         if (ap_unwind_fp)
                 return capture_fp(out);
         void *buf[CAPTURE_MAX];
         struct ap_thread *t = &ap_tls;
+        /* The cached unwinder first; libunwind for the stacks it does not handle. */
+        int cn = ap_unwind_general ? -1
+                                   : ap_unwind_capture((uint64_t *)buf, CAPTURE_MAX, t->stack_hi);
+        if (cn >= 0) {
+                int skip = 0;
+                while (skip < cn && ap_is_agent_addr((uint64_t)(uintptr_t)buf[skip]))
+                        skip++;
+                uint32_t depth = 0;
+                for (int i = skip; i < cn && depth < AP_MAX_FRAMES; i++)
+                        out[depth++] = (uint64_t)(uintptr_t)buf[i];
+                if (depth == 0)
+                        out[depth++] = 0;
+                return depth;
+        }
         /* The first unwind of a thread sets up libunwind's per-thread cache (and may
          * allocate for it); later ones do not allocate, so an allocation that interrupts
          * them comes from a signal handler and is the program's. */

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "agent.h"
+#include "unwind.h"
 #include "allocprof/atomics.h"
 
 AP_HIDDEN _Atomic(struct ap_shm_header *) ap_session;
@@ -133,8 +134,11 @@ static int scan_cb(struct dl_phdr_info *info, size_t size, void *arg)
         uint64_t lo = UINT64_MAX, hi = 0;
         (void)size;
 
+        uint64_t eh_hdr = 0;
         for (int i = 0; i < info->dlpi_phnum; i++) {
                 const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+                if (ph->p_type == PT_GNU_EH_FRAME)
+                        eh_hdr = info->dlpi_addr + ph->p_vaddr;
                 if (ph->p_type != PT_LOAD)
                         continue;
                 uint64_t a = info->dlpi_addr + ph->p_vaddr;
@@ -180,6 +184,7 @@ static int scan_cb(struct dl_phdr_info *info, size_t size, void *arg)
         k->present = 1;
         k->gone = 0;
         ap_store_release(&g_nknown, n + 1); /* pairs with ap_modules_known's acquire */
+        ap_unwind_add_module(lo, hi, eh_hdr);
 
         if (h != NULL && name[0] != '\0') {
                 uint8_t bid[AP_MAX_BUILD_ID];
@@ -209,6 +214,7 @@ AP_HIDDEN void ap_modules_rescan(void)
                 struct known_module *k = &g_known[i];
                 if (!k->present && !k->gone) {
                         k->gone = 1;
+                        ap_unwind_module_gone(k->lo, k->hi);
                         if (h != NULL)
                                 log_module(h, AP_MOD_UNLOAD, "", k->bias, k->lo, k->hi, NULL, 0);
                 }
@@ -240,6 +246,7 @@ AP_HIDDEN void ap_thread_started(void)
 
 AP_HIDDEN uint64_t ap_sample_seed;
 extern AP_HIDDEN int ap_unwind_fp;
+extern AP_HIDDEN int ap_unwind_general;
 
 /* Decimal digits only; anything else (or nothing) is 0.  No strtoull: no locale. */
 static uint64_t parse_u64(const char *s)
@@ -353,6 +360,9 @@ static int session_start(const char *sock_path)
         ap_sample_seed = parse_u64(getenv(AP_ENV_SAMPLE_SEED));
         const char *unwind = getenv(AP_ENV_UNWIND);
         ap_unwind_fp = unwind != NULL && strcmp(unwind, "fp") == 0;
+        /* "libunwind": every stack through libunwind (the reference the cached unwinder
+         * is tested against). */
+        ap_unwind_general = unwind != NULL && strcmp(unwind, "libunwind") == 0;
         ap_store_relaxed(&h->xsample_interval, interval ? interval : 512 * 1024);
         uint32_t m = interval ? AP_MODE_SAMPLED : AP_MODE_FULL;
         if (mode != NULL && strcmp(mode, "dormant") == 0)
@@ -366,6 +376,7 @@ static int session_start(const char *sock_path)
         r = ap_stacks_init();
         if (r < 0)
                 goto out_unmap;
+        (void)ap_unwind_init(); /* without its cache, libunwind does every stack */
 
         /* Log the modules before the collector can see a single record. */
         pthread_mutex_lock(&g_mod_lock);

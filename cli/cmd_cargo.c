@@ -38,7 +38,7 @@ static void usage(FILE *out)
                 "'allocprof report FILE'.\n"
                 "\n"
                 "allocprof options go first, before the cargo subcommand:\n"
-                "  cargo alloc-profile [--sample BYTES] [--unwind dwarf|fp] run ...\n");
+                "  cargo alloc-profile [--sample BYTES] [--unwind dwarf|fp|libunwind] run ...\n");
 }
 
 /* Runs cargo with argv, collecting executables from its JSON messages.  Returns cargo's

@@ -90,10 +90,13 @@ static void usage(FILE *out)
                      "                        'allocprof attach PID' later\n"
                      "      --no-daemon       use a private collector even when allocprofd runs\n"
                      "      --output-dir DIR  write profiles to DIR (default: .)\n"
-                     "  -u, --unwind dwarf|fp  how stacks are captured: DWARF unwind tables\n"
-                     "                        (default; right for any code) or frame\n"
-                     "                        pointers (faster; only for code built with\n"
-                     "                        -fno-omit-frame-pointer)\n");
+                     "  -u, --unwind dwarf|fp|libunwind\n"
+                     "                        how stacks are captured: DWARF unwind tables\n"
+                     "                        (default; right for any code), frame pointers\n"
+                     "                        (only for code built with\n"
+                     "                        -fno-omit-frame-pointer), or DWARF through\n"
+                     "                        libunwind alone (slower; the reference 'dwarf'\n"
+                     "                        is checked against)\n");
 }
 
 /* Checks that a profile can be created in the directory of `path`. */
@@ -454,10 +457,11 @@ int ap_cmd_run(int argc, char **argv)
                         use_daemon = false;
                         break;
                 case 'u':
-                        if (strcmp(optarg, "dwarf") != 0 && strcmp(optarg, "fp") != 0) {
+                        if (strcmp(optarg, "dwarf") != 0 && strcmp(optarg, "fp") != 0 &&
+                            strcmp(optarg, "libunwind") != 0) {
                                 fprintf(stderr,
-                                        "allocprof: --unwind: '%s' is neither 'dwarf' "
-                                        "nor 'fp'\n",
+                                        "allocprof: --unwind: '%s' is not 'dwarf', 'fp' "
+                                        "or 'libunwind'\n",
                                         optarg);
                                 return 2;
                         }

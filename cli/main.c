@@ -16,7 +16,7 @@ static void usage(FILE *out)
                 "Usage: allocprof COMMAND [OPTIONS]\n"
                 "\n"
                 "Commands:\n"
-                "  run [-o FILE] [-q] [--sample BYTES] [--unwind dwarf|fp] [--no-follow]\n"
+                "  run [-o FILE] [-q] [--sample BYTES] [--unwind dwarf|fp|libunwind] [--no-follow]\n"
                 "      [--output-dir DIR] -- PROG [ARGS...]\n"
                 "                          profile PROG (and the processes it starts)\n"
                 "  report [FILE|PID]... [--all] [--json] [--top N]\n"

@@ -266,7 +266,7 @@ struct ap_reply {
 #define AP_ENV_MODE "ALLOCPROF_MODE"     /* full | dormant (default full) */
 #define AP_ENV_SAMPLE "ALLOCPROF_SAMPLE" /* mean sampling interval in bytes; 0 = full */
 #define AP_ENV_SAMPLE_SEED "ALLOCPROF_SAMPLE_SEED" /* fixed sampler seed (tests) */
-#define AP_ENV_UNWIND "ALLOCPROF_UNWIND" /* dwarf (default) | fp */
+#define AP_ENV_UNWIND "ALLOCPROF_UNWIND" /* dwarf (default) | fp | libunwind */
 
 _Static_assert(sizeof(struct ap_shm_header) <= 4096, "header fits one page");
 _Static_assert(offsetof(struct ap_shm_header, xmode) == 128, "control line");

@@ -1,0 +1,669 @@
+/* The agent's cached DWARF unwinder for x86-64 (see unwind.h).
+ *
+ * SPDX-License-Identifier: MIT OR Apache-2.0
+ */
+#include <errno.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "allocprof/atomics.h"
+#include "unwind.h"
+
+#if defined(__x86_64__)
+
+/* ---- modules --------------------------------------------------------------------------
+ * Append-only; an entry is filled, then counted with a release store that the readers'
+ * acquire load pairs with.  `gone` is set when the module scan sees the module unloaded:
+ * its tables must not be read any more. */
+#define UW_MAX_MODULES 4096
+
+struct uw_module {
+        uint64_t lo, hi, eh_hdr;
+        _Atomic int gone;
+};
+
+static struct uw_module g_mods[UW_MAX_MODULES];
+static _Atomic uint32_t g_nmods;
+
+void ap_unwind_add_module(uint64_t lo, uint64_t hi, uint64_t eh_hdr)
+{
+        uint32_t n = ap_load_relaxed(&g_nmods);
+        for (uint32_t i = 0; i < n; i++)
+                if (g_mods[i].lo == lo && g_mods[i].hi == hi && g_mods[i].eh_hdr == eh_hdr &&
+                    !ap_load_relaxed(&g_mods[i].gone))
+                        return; /* known already (a fork child scanning again) */
+        if (n == UW_MAX_MODULES)
+                return;
+        g_mods[n].lo = lo;
+        g_mods[n].hi = hi;
+        g_mods[n].eh_hdr = eh_hdr;
+        ap_store_relaxed(&g_mods[n].gone, 0);
+        ap_store_release(&g_nmods, n + 1); /* pairs with the acquire in module_of */
+}
+
+void ap_unwind_module_gone(uint64_t lo, uint64_t hi)
+{
+        uint32_t n = ap_load_acquire(&g_nmods);
+        for (uint32_t i = 0; i < n; i++)
+                if (g_mods[i].lo == lo && g_mods[i].hi == hi)
+                        ap_store_relaxed(&g_mods[i].gone, 1);
+        ap_unwind_forget_rules();
+}
+
+/* The newest live module holding pc (a library loaded again at the same place is a new
+ * entry after the old, gone one). */
+static const struct uw_module *module_of(uint64_t pc)
+{
+        uint32_t n = ap_load_acquire(&g_nmods); /* pairs with ap_unwind_add_module */
+        for (uint32_t i = n; i-- > 0;)
+                if (pc >= g_mods[i].lo && pc < g_mods[i].hi)
+                        return ap_load_relaxed(&g_mods[i].gone) ? NULL : &g_mods[i];
+        return NULL;
+}
+
+/* ---- the rule cache ---------------------------------------------------------------------
+ * Direct-mapped, one 64-bit word per cell, read and written with relaxed atomics: a cell
+ * holds a complete rule or another address's rule, never half of one, and the tag of the
+ * address it belongs to is in the word itself.  Two threads that fill the same cell at
+ * once simply leave one of their rules.
+ *
+ *   bit 0       valid
+ *   bit 1       end: the return address is undefined (the outermost frame)
+ *   bit 2       the CFA is rbp + offset (else rsp + offset)
+ *   bit 3       rbp is saved at CFA + 8 * slot (else it keeps its value)
+ *   bits 4-23   CFA offset in bytes (0 with `end` clear: this address needs libunwind)
+ *   bits 24-33  rbp slot, signed
+ *   bits 34-63  tag: 30 bits of the address's hash (bits 4-33; the indexes use the top
+ *               bits), so two addresses share a rule only if 30 more hash bits agree */
+#define RULE_BITS 14
+#define RULE_CELLS (1u << RULE_BITS)
+#define R_VALID 1ull
+#define R_END 2ull
+#define R_CFA_RBP 4ull
+#define R_RBP_SAVED 8ull
+#define R_OFF_SHIFT 4
+#define R_OFF_MAX ((1u << 20) - 1)
+#define R_SLOT_SHIFT 24
+#define R_SLOT_MIN (-512)
+#define R_SLOT_MAX 511
+#define R_TAG_SHIFT 34
+#define R_BAD R_VALID /* valid, not end, offset 0 */
+
+static _Atomic uint64_t *g_rules;
+/* A small first level in front of the table, that stays in the L1 cache: the addresses
+ * of the hot stacks.  Same cell format; the tag covers the bits the index does not. */
+#define NEAR_BITS 9
+static _Atomic uint64_t g_near[1u << NEAR_BITS];
+
+int ap_unwind_init(void)
+{
+        if (g_rules != NULL)
+                return 0;
+        void *m = mmap(NULL, sizeof(uint64_t) * RULE_CELLS, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (m == MAP_FAILED)
+                return -errno;
+        g_rules = m;
+        return 0;
+}
+
+void ap_unwind_forget_rules(void)
+{
+        if (g_rules == NULL)
+                return;
+        /* Relaxed: a reader racing with this sees the old rule or none; the old rule is
+         * still right for an address on its own stack (its module cannot be gone). */
+        for (uint32_t i = 0; i < RULE_CELLS; i++)
+                ap_store_relaxed(&g_rules[i], 0);
+        for (uint32_t i = 0; i < (1u << NEAR_BITS); i++)
+                ap_store_relaxed(&g_near[i], 0);
+}
+
+static inline uint64_t pc_hash(uint64_t pc)
+{
+        return pc * 0x9e3779b97f4a7c15ull;
+}
+
+static inline uint32_t rule_index(uint64_t h)
+{
+        return (uint32_t)(h >> (64 - RULE_BITS));
+}
+
+static inline uint64_t rule_tag(uint64_t h)
+{
+        return (h >> 4) << R_TAG_SHIFT; /* hash bits 4-33, shifted into place */
+}
+
+/* ---- reading .eh_frame -------------------------------------------------------------------
+ * The tables are the program's own loaded, read-only data, found through the loader's
+ * program headers.  Lengths are still bounded so that a damaged table cannot send a loop
+ * far away. */
+#define DW_EH_PE_omit 0xff
+#define DW_EH_PE_absptr 0x00
+#define DW_EH_PE_uleb128 0x01
+#define DW_EH_PE_udata2 0x02
+#define DW_EH_PE_udata4 0x03
+#define DW_EH_PE_udata8 0x04
+#define DW_EH_PE_sleb128 0x09
+#define DW_EH_PE_sdata2 0x0a
+#define DW_EH_PE_sdata4 0x0b
+#define DW_EH_PE_sdata8 0x0c
+#define DW_EH_PE_pcrel 0x10
+#define DW_EH_PE_datarel 0x30
+
+#define REG_RBP 6
+#define REG_RSP 7
+#define REG_RA 16
+#define MAX_ENTRY_BYTES (1u << 16)
+#define MAX_STATES 8
+
+struct cursor {
+        const uint8_t *p, *end;
+        bool bad;
+};
+
+static uint8_t rd_u8(struct cursor *c)
+{
+        if (c->p + 1 > c->end) {
+                c->bad = true;
+                return 0;
+        }
+        return *c->p++;
+}
+
+static uint64_t rd_fixed(struct cursor *c, unsigned n)
+{
+        if (c->p + n > c->end) {
+                c->bad = true;
+                return 0;
+        }
+        uint64_t v = 0;
+        memcpy(&v, c->p, n); /* little-endian */
+        c->p += n;
+        return v;
+}
+
+static uint64_t rd_uleb(struct cursor *c)
+{
+        uint64_t v = 0;
+        for (unsigned shift = 0; shift < 64; shift += 7) {
+                uint8_t b = rd_u8(c);
+                v |= (uint64_t)(b & 0x7f) << shift;
+                if (!(b & 0x80))
+                        return v;
+        }
+        c->bad = true;
+        return 0;
+}
+
+static int64_t rd_sleb(struct cursor *c)
+{
+        uint64_t v = 0;
+        unsigned shift = 0;
+        uint8_t b;
+        do {
+                if (shift >= 64) {
+                        c->bad = true;
+                        return 0;
+                }
+                b = rd_u8(c);
+                v |= (uint64_t)(b & 0x7f) << shift;
+                shift += 7;
+        } while (b & 0x80);
+        if (shift < 64 && (b & 0x40))
+                v |= ~0ull << shift;
+        return (int64_t)v;
+}
+
+/* A pointer in encoding enc; pcrel is relative to where it is stored, datarel to `data`.
+ * Indirect and other bases are not supported. */
+static uint64_t rd_encoded(struct cursor *c, uint8_t enc, uint64_t data)
+{
+        uint64_t at = (uint64_t)(uintptr_t)c->p, v;
+        switch (enc & 0x0f) {
+        case DW_EH_PE_absptr: v = rd_fixed(c, 8); break;
+        case DW_EH_PE_uleb128: v = rd_uleb(c); break;
+        case DW_EH_PE_udata2: v = rd_fixed(c, 2); break;
+        case DW_EH_PE_udata4: v = rd_fixed(c, 4); break;
+        case DW_EH_PE_udata8: v = rd_fixed(c, 8); break;
+        case DW_EH_PE_sleb128: v = (uint64_t)rd_sleb(c); break;
+        case DW_EH_PE_sdata2: v = (uint64_t)(int64_t)(int16_t)rd_fixed(c, 2); break;
+        case DW_EH_PE_sdata4: v = (uint64_t)(int64_t)(int32_t)rd_fixed(c, 4); break;
+        case DW_EH_PE_sdata8: v = rd_fixed(c, 8); break;
+        default: c->bad = true; return 0;
+        }
+        switch (enc & 0x70) {
+        case 0: break;
+        case DW_EH_PE_pcrel: v += at; break;
+        case DW_EH_PE_datarel: v += data; break;
+        default: c->bad = true; return 0;
+        }
+        if (enc & 0x80)
+                c->bad = true; /* indirect */
+        return v;
+}
+
+/* A register's rule, for the two registers we follow. */
+enum { RULE_SAME, RULE_OFFSET, RULE_UNDEFINED, RULE_OTHER };
+
+struct cfa_state {
+        uint64_t cfa_reg;
+        int64_t cfa_off;
+        bool cfa_expr;
+        uint8_t rbp_rule, ra_rule;
+        int64_t rbp_off, ra_off;
+};
+
+struct cie_info {
+        uint64_t code_align;
+        int64_t data_align;
+        uint8_t fde_enc;
+        bool has_aug_data;
+        const uint8_t *insns, *end;
+};
+
+static void set_reg_rule(struct cfa_state *s, uint64_t reg, uint8_t rule, int64_t off)
+{
+        if (reg == REG_RBP) {
+                s->rbp_rule = rule;
+                s->rbp_off = off;
+        } else if (reg == REG_RA) {
+                s->ra_rule = rule;
+                s->ra_off = off;
+        }
+}
+
+/* Runs CFA instructions from c until the row for `target` is complete (loc > target),
+ * starting at loc.  init: the state after the CIE's instructions (DW_CFA_restore). */
+static bool run_cfa(struct cursor *c, const struct cie_info *ci, uint64_t loc, uint64_t target,
+                    struct cfa_state *s, const struct cfa_state *init, uint64_t data)
+{
+        struct cfa_state stack[MAX_STATES];
+        unsigned depth = 0;
+        while (c->p < c->end && !c->bad) {
+                uint8_t op = rd_u8(c);
+                uint8_t hi = op & 0xc0, lo = op & 0x3f;
+                uint64_t reg, delta = 0;
+                int64_t off;
+                if (hi == 0x40) {
+                        delta = lo * ci->code_align;
+                } else if (hi == 0x80) {
+                        off = (int64_t)rd_uleb(c) * ci->data_align;
+                        set_reg_rule(s, lo, RULE_OFFSET, off);
+                        continue;
+                } else if (hi == 0xc0) {
+                        if (init == NULL)
+                                return false;
+                        if (lo == REG_RBP)
+                                set_reg_rule(s, lo, init->rbp_rule, init->rbp_off);
+                        else if (lo == REG_RA)
+                                set_reg_rule(s, lo, init->ra_rule, init->ra_off);
+                        continue;
+                } else {
+                        switch (op) {
+                        case 0x00: /* nop */
+                                continue;
+                        case 0x01: /* set_loc */
+                                loc = rd_encoded(c, ci->fde_enc, data);
+                                if (loc > target)
+                                        return !c->bad;
+                                continue;
+                        case 0x02: delta = rd_fixed(c, 1) * ci->code_align; break;
+                        case 0x03: delta = rd_fixed(c, 2) * ci->code_align; break;
+                        case 0x04: delta = rd_fixed(c, 4) * ci->code_align; break;
+                        case 0x05: /* offset_extended */
+                                reg = rd_uleb(c);
+                                set_reg_rule(s, reg, RULE_OFFSET, (int64_t)rd_uleb(c) * ci->data_align);
+                                continue;
+                        case 0x06: /* restore_extended */
+                                reg = rd_uleb(c);
+                                if (init == NULL)
+                                        return false;
+                                if (reg == REG_RBP)
+                                        set_reg_rule(s, reg, init->rbp_rule, init->rbp_off);
+                                else if (reg == REG_RA)
+                                        set_reg_rule(s, reg, init->ra_rule, init->ra_off);
+                                continue;
+                        case 0x07: /* undefined */
+                                set_reg_rule(s, rd_uleb(c), RULE_UNDEFINED, 0);
+                                continue;
+                        case 0x08: /* same_value */
+                                set_reg_rule(s, rd_uleb(c), RULE_SAME, 0);
+                                continue;
+                        case 0x09: /* register */
+                                reg = rd_uleb(c);
+                                (void)rd_uleb(c);
+                                set_reg_rule(s, reg, RULE_OTHER, 0);
+                                continue;
+                        case 0x0a: /* remember_state */
+                                if (depth == MAX_STATES)
+                                        return false;
+                                stack[depth++] = *s;
+                                continue;
+                        case 0x0b: /* restore_state */
+                                if (depth == 0)
+                                        return false;
+                                *s = stack[--depth];
+                                continue;
+                        case 0x0c: /* def_cfa */
+                                s->cfa_reg = rd_uleb(c);
+                                s->cfa_off = (int64_t)rd_uleb(c);
+                                s->cfa_expr = false;
+                                continue;
+                        case 0x0d: /* def_cfa_register */
+                                s->cfa_reg = rd_uleb(c);
+                                s->cfa_expr = false;
+                                continue;
+                        case 0x0e: /* def_cfa_offset */
+                                s->cfa_off = (int64_t)rd_uleb(c);
+                                continue;
+                        case 0x0f: { /* def_cfa_expression */
+                                uint64_t len = rd_uleb(c);
+                                if (len > (uint64_t)(c->end - c->p))
+                                        return false;
+                                c->p += len;
+                                s->cfa_expr = true;
+                                continue;
+                        }
+                        case 0x10:   /* expression */
+                        case 0x16: { /* val_expression */
+                                reg = rd_uleb(c);
+                                uint64_t len = rd_uleb(c);
+                                if (len > (uint64_t)(c->end - c->p))
+                                        return false;
+                                c->p += len;
+                                set_reg_rule(s, reg, RULE_OTHER, 0);
+                                continue;
+                        }
+                        case 0x11: /* offset_extended_sf */
+                                reg = rd_uleb(c);
+                                set_reg_rule(s, reg, RULE_OFFSET, rd_sleb(c) * ci->data_align);
+                                continue;
+                        case 0x12: /* def_cfa_sf */
+                                s->cfa_reg = rd_uleb(c);
+                                s->cfa_off = rd_sleb(c) * ci->data_align;
+                                s->cfa_expr = false;
+                                continue;
+                        case 0x13: /* def_cfa_offset_sf */
+                                s->cfa_off = rd_sleb(c) * ci->data_align;
+                                continue;
+                        case 0x14: /* val_offset */
+                        case 0x15: /* val_offset_sf */
+                                reg = rd_uleb(c);
+                                if (op == 0x14)
+                                        (void)rd_uleb(c);
+                                else
+                                        (void)rd_sleb(c);
+                                set_reg_rule(s, reg, RULE_OTHER, 0);
+                                continue;
+                        case 0x2e: /* GNU_args_size */
+                                (void)rd_uleb(c);
+                                continue;
+                        case 0x2f: /* GNU_negative_offset_extended */
+                                reg = rd_uleb(c);
+                                set_reg_rule(s, reg, RULE_OFFSET, -(int64_t)rd_uleb(c) * ci->data_align);
+                                continue;
+                        default:
+                                return false;
+                        }
+                }
+                /* An advance: the row for target is complete once loc passes it. */
+                if (loc + delta > target)
+                        return !c->bad;
+                loc += delta;
+        }
+        return !c->bad;
+}
+
+/* Reads the CIE at cie into *ci.  False for what we do not handle (signal frames, a
+ * return-address column other than 16, unknown augmentations). */
+static bool read_cie(const uint8_t *cie, struct cie_info *ci)
+{
+        struct cursor c = {.p = cie, .end = cie + 8};
+        uint64_t len = rd_fixed(&c, 4);
+        if (len == 0 || len >= MAX_ENTRY_BYTES)
+                return false;
+        c.end = cie + 4 + len;
+        if (rd_fixed(&c, 4) != 0) /* CIE id */
+                return false;
+        uint8_t version = rd_u8(&c);
+        if (version != 1 && version != 3)
+                return false;
+        const char *aug = (const char *)c.p;
+        size_t auglen = strnlen(aug, (size_t)(c.end - c.p));
+        if (auglen > 8 || c.p + auglen >= c.end)
+                return false;
+        c.p += auglen + 1;
+        ci->code_align = rd_uleb(&c);
+        ci->data_align = rd_sleb(&c);
+        uint64_t ra = version == 1 ? rd_u8(&c) : rd_uleb(&c);
+        if (ra != REG_RA)
+                return false;
+        ci->fde_enc = DW_EH_PE_absptr;
+        ci->has_aug_data = auglen > 0 && aug[0] == 'z';
+        if (auglen > 0 && !ci->has_aug_data)
+                return false;
+        if (ci->has_aug_data) {
+                uint64_t alen = rd_uleb(&c);
+                if (c.bad || alen > (uint64_t)(c.end - c.p))
+                        return false;
+                const uint8_t *aend = c.p + alen;
+                for (size_t i = 1; i < auglen; i++) {
+                        switch (aug[i]) {
+                        case 'R':
+                                ci->fde_enc = rd_u8(&c);
+                                break;
+                        case 'L':
+                                (void)rd_u8(&c);
+                                break;
+                        case 'P': {
+                                uint8_t penc = rd_u8(&c);
+                                (void)rd_encoded(&c, penc & 0x7f, 0); /* skipped; indirect ok */
+                                break;
+                        }
+                        default: /* 'S' (signal frame) and anything unknown */
+                                return false;
+                        }
+                }
+                c.p = aend;
+        }
+        if (c.bad)
+                return false;
+        ci->insns = c.p;
+        ci->end = c.end;
+        return true;
+}
+
+/* Works out the rule for pc (the address to look up: a return address minus one). */
+static uint64_t compute_rule(uint64_t pc)
+{
+        const struct uw_module *m = module_of(pc);
+        if (m == NULL)
+                return 0; /* not scanned yet (just dlopen'ed?): do not remember */
+        if (m->eh_hdr == 0)
+                return R_BAD;
+        const uint8_t *hdr = (const uint8_t *)(uintptr_t)m->eh_hdr;
+        if (hdr[0] != 1 || hdr[2] != DW_EH_PE_udata4 ||
+            hdr[3] != (DW_EH_PE_datarel | DW_EH_PE_sdata4))
+                return R_BAD;
+        struct cursor c = {.p = hdr + 4, .end = hdr + 16};
+        (void)rd_encoded(&c, hdr[1], 0); /* eh_frame_ptr: not needed */
+        uint64_t count = rd_fixed(&c, 4);
+        if (c.bad || count == 0 || count > (1u << 24))
+                return R_BAD;
+        const int32_t *table = (const int32_t *)(const void *)c.p;
+        uint64_t base = (uint64_t)(uintptr_t)hdr;
+        /* The last entry whose start is <= pc. */
+        uint64_t lo = 0, hi = count;
+        while (lo < hi) {
+                uint64_t mid = lo + (hi - lo) / 2;
+                if (base + (uint64_t)(int64_t)table[2 * mid] <= pc)
+                        lo = mid + 1;
+                else
+                        hi = mid;
+        }
+        if (lo == 0)
+                return R_BAD;
+        const uint8_t *fde = (const uint8_t *)(uintptr_t)(base + (uint64_t)(int64_t)table[2 * (lo - 1) + 1]);
+
+        struct cursor f = {.p = fde, .end = fde + 8};
+        uint64_t len = rd_fixed(&f, 4);
+        if (len == 0 || len >= MAX_ENTRY_BYTES)
+                return R_BAD;
+        f.end = fde + 4 + len;
+        const uint8_t *cie_field = f.p;
+        uint64_t cie_off = rd_fixed(&f, 4);
+        if (cie_off == 0)
+                return R_BAD; /* a CIE, not an FDE */
+        struct cie_info ci;
+        if (!read_cie(cie_field - cie_off, &ci))
+                return R_BAD;
+        uint64_t start = rd_encoded(&f, ci.fde_enc, base);
+        uint64_t range = rd_encoded(&f, ci.fde_enc & 0x0f, 0);
+        if (f.bad || pc < start || pc - start >= range)
+                return R_BAD;
+        if (ci.has_aug_data) {
+                uint64_t alen = rd_uleb(&f);
+                if (f.bad || alen > (uint64_t)(f.end - f.p))
+                        return R_BAD;
+                f.p += alen;
+        }
+
+        struct cfa_state init = {.rbp_rule = RULE_SAME, .ra_rule = RULE_OTHER};
+        struct cursor ic = {.p = ci.insns, .end = ci.end};
+        if (!run_cfa(&ic, &ci, 0, UINT64_MAX, &init, NULL, base))
+                return R_BAD;
+        struct cfa_state s = init;
+        if (!run_cfa(&f, &ci, start, pc, &s, &init, base))
+                return R_BAD;
+
+        if (s.ra_rule == RULE_UNDEFINED)
+                return R_VALID | R_END;
+        if (s.cfa_expr || (s.cfa_reg != REG_RSP && s.cfa_reg != REG_RBP) || s.cfa_off < 8 ||
+            s.cfa_off > R_OFF_MAX || s.ra_rule != RULE_OFFSET || s.ra_off != -8)
+                return R_BAD;
+        uint64_t r = R_VALID | ((uint64_t)s.cfa_off << R_OFF_SHIFT);
+        if (s.cfa_reg == REG_RBP)
+                r |= R_CFA_RBP;
+        if (s.rbp_rule == RULE_OFFSET) {
+                if (s.rbp_off % 8 != 0 || s.rbp_off / 8 < R_SLOT_MIN || s.rbp_off / 8 > R_SLOT_MAX)
+                        return R_BAD;
+                r |= R_RBP_SAVED | ((uint64_t)(s.rbp_off / 8) & 0x3ff) << R_SLOT_SHIFT;
+        } else if (s.rbp_rule != RULE_SAME) {
+                return R_BAD;
+        }
+        return r;
+}
+
+static inline bool rule_matches(uint64_t v, uint64_t tag)
+{
+        return (v & ~((1ull << R_TAG_SHIFT) - 1)) == tag && (v & R_VALID);
+}
+
+static inline uint64_t rule_for(uint64_t pc)
+{
+        uint64_t h = pc_hash(pc);
+        uint64_t tag = rule_tag(h);
+        _Atomic uint64_t *near = &g_near[h >> (64 - NEAR_BITS)];
+        uint64_t v = ap_load_relaxed(near);
+        if (__builtin_expect(rule_matches(v, tag), 1))
+                return v;
+        _Atomic uint64_t *cell = &g_rules[rule_index(h)];
+        v = ap_load_relaxed(cell);
+        if (!rule_matches(v, tag)) {
+                v = compute_rule(pc);
+                if (v == 0)
+                        return R_BAD;
+                v |= tag;
+                ap_store_relaxed(cell, v);
+        }
+        ap_store_relaxed(near, v);
+        return v;
+}
+
+/* rip (the return address into the caller), rsp and rbp of the caller, as they are right
+ * after this returns.  Touches nothing else. */
+__asm__(".text\n"
+        ".p2align 4\n"
+        ".type ap_unwind_regs, @function\n"
+        "ap_unwind_regs:\n"
+        "  .cfi_startproc\n"
+        "  movq (%rsp), %rax\n"
+        "  movq %rax, 0(%rdi)\n"
+        "  leaq 8(%rsp), %rax\n"
+        "  movq %rax, 8(%rdi)\n"
+        "  movq %rbp, 16(%rdi)\n"
+        "  ret\n"
+        "  .cfi_endproc\n"
+        ".size ap_unwind_regs, .-ap_unwind_regs\n");
+void ap_unwind_regs(uint64_t regs[3]);
+
+__attribute__((noinline)) int ap_unwind_capture(uint64_t *out, int max, uint64_t stack_hi)
+{
+        if (g_rules == NULL || stack_hi == 0)
+                return -1;
+        uint64_t regs[3];
+        ap_unwind_regs(regs);
+        uint64_t pc = regs[0], sp = regs[1], fp = regs[2];
+        const uint64_t lo = sp;
+        int n = 0;
+        while (n < max) {
+                out[n++] = pc;
+                uint64_t r = rule_for(pc - 1);
+                if (r & R_END)
+                        return n;
+                uint64_t off = (r >> R_OFF_SHIFT) & R_OFF_MAX;
+                if (off == 0)
+                        return -1; /* a frame for libunwind */
+                uint64_t cfa = ((r & R_CFA_RBP) ? fp : sp) + off;
+                /* Every read stays on this thread's stack, above where we started. */
+                if (cfa < sp + 8 || cfa > stack_hi || (cfa & 7) != 0)
+                        return -1;
+                uint64_t next_pc = *(const uint64_t *)(uintptr_t)(cfa - 8);
+                if (r & R_RBP_SAVED) {
+                        int64_t slot = (int64_t)((r >> R_SLOT_SHIFT) & 0x3ff);
+                        if (slot & 0x200)
+                                slot -= 0x400;
+                        uint64_t at = cfa + (uint64_t)(slot * 8);
+                        if (at < lo || at + 8 > stack_hi)
+                                return -1;
+                        fp = *(const uint64_t *)(uintptr_t)at;
+                }
+                sp = cfa;
+                pc = next_pc;
+                if (pc == 0)
+                        return n;
+        }
+        return n;
+}
+
+#else /* not x86-64: libunwind does it all */
+
+int ap_unwind_init(void)
+{
+        return 0;
+}
+
+void ap_unwind_add_module(uint64_t lo, uint64_t hi, uint64_t eh_hdr)
+{
+        (void)lo, (void)hi, (void)eh_hdr;
+}
+
+void ap_unwind_module_gone(uint64_t lo, uint64_t hi)
+{
+        (void)lo, (void)hi;
+}
+
+void ap_unwind_forget_rules(void)
+{
+}
+
+int ap_unwind_capture(uint64_t *out, int max, uint64_t stack_hi)
+{
+        (void)out, (void)max, (void)stack_hi;
+        return -1;
+}
+
+#endif

@@ -1,0 +1,38 @@
+/* The agent's DWARF unwinder for x86-64: call-frame information (.eh_frame, found through
+ * each module's .eh_frame_hdr search table) reduced to three rules per instruction
+ * address -- where the canonical frame address is (rsp or rbp plus an offset), where the
+ * return address is saved, where rbp is saved -- and those rules cached by address, so a
+ * frame costs a hash probe and two loads once its address has been seen.
+ *
+ * It handles what compilers emit for ordinary functions.  Anything else (signal frames,
+ * DWARF expressions, a CFA based on another register, a module without .eh_frame_hdr, a
+ * stack read outside the thread's stack) makes ap_unwind_capture() give up, and the
+ * caller unwinds with libunwind instead: the result is then the same, only slower.
+ *
+ * Runs inside malloc hooks: no allocation, no locks, no system calls.
+ *
+ * SPDX-License-Identifier: MIT OR Apache-2.0
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+
+/* Maps the rule cache (once, at session set-up; not from a hook).  Returns 0 or -errno. */
+int ap_unwind_init(void);
+
+/* A module the unwinder may read: its text lies in [lo, hi), its .eh_frame_hdr (0 if it
+ * has none) at eh_hdr.  Called by the module scan under its lock; entries are
+ * append-only. */
+void ap_unwind_add_module(uint64_t lo, uint64_t hi, uint64_t eh_hdr);
+
+/* The module at [lo, hi) was unloaded: its tables are not read any more and every
+ * cached rule is dropped (its addresses may be reused). */
+void ap_unwind_module_gone(uint64_t lo, uint64_t hi);
+void ap_unwind_forget_rules(void);
+
+/* Writes up to max return addresses of the calling thread's stack, innermost first,
+ * starting with the caller of ap_unwind_capture(); stack_hi is the top of the thread's
+ * stack (0: unknown, then nothing is attempted).  Returns the number written, or -1 if
+ * this stack needs the general unwinder. */
+int ap_unwind_capture(uint64_t *out, int max, uint64_t stack_hi);

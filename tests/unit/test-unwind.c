@@ -1,0 +1,190 @@
+/* The agent's cached DWARF unwinder (agent/unwind.c) against libunwind, the reference:
+ * the same return addresses through plain recursion, frames with large and dynamic stack
+ * allocations, frame-pointer functions, callbacks from inside the C library (qsort), and
+ * in other threads; the second capture of a stack (from the rule cache) equal to the
+ * first; stacks it does not handle handed back (-1), never a wrong one.
+ *
+ * SPDX-License-Identifier: MIT OR Apache-2.0
+ */
+#include <alloca.h>
+#include <link.h>
+#include <pthread.h>
+
+#define UNW_LOCAL_ONLY
+#include <libunwind.h>
+
+#include "helpers.h"
+#include "unwind.h"
+
+extern void *__libc_stack_end;
+
+static int add_module(struct dl_phdr_info *info, size_t size, void *arg)
+{
+        uint64_t lo = UINT64_MAX, hi = 0, eh = 0;
+        (void)size, (void)arg;
+        for (int i = 0; i < info->dlpi_phnum; i++) {
+                const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+                if (ph->p_type == PT_GNU_EH_FRAME)
+                        eh = info->dlpi_addr + ph->p_vaddr;
+                if (ph->p_type != PT_LOAD)
+                        continue;
+                uint64_t a = info->dlpi_addr + ph->p_vaddr;
+                if (a < lo)
+                        lo = a;
+                if (a + ph->p_memsz > hi)
+                        hi = a + ph->p_memsz;
+        }
+        if (hi > 0)
+                ap_unwind_add_module(lo, hi, eh);
+        return 0;
+}
+
+static __thread uint64_t t_stack_hi;
+static int checked, handed_back;
+
+/* Both unwinders from the same place.  The cached one reports one frame more at the
+ * start (inside ap_unwind_capture); from the return address into this function on, the
+ * two lists must be equal. */
+static __attribute__((noinline)) void compare_here(const char *what)
+{
+        uint64_t a[64], b[64];
+        void *raw[64];
+        int na = ap_unwind_capture(a, 64, t_stack_hi);
+        int nb = unw_backtrace(raw, 64);
+        for (int i = 0; i < nb; i++)
+                b[i] = (uint64_t)(uintptr_t)raw[i];
+        if (na < 0) {
+                handed_back++;
+                return;
+        }
+        /* The first frame of each is inside this function, at two different calls. */
+        if (na - 1 != nb) {
+                fprintf(stderr, "%s: %d frames, libunwind %d\n", what, na - 1, nb);
+                for (int i = 0; i < na || i < nb; i++)
+                        fprintf(stderr, "  %#" PRIx64 "  %#" PRIx64 "\n", i + 1 < na ? a[i + 1] : 0,
+                                i < nb ? b[i] : 0);
+                exit(1);
+        }
+        for (int i = 2; i < na; i++) {
+                if (a[i] != b[i - 1]) {
+                        fprintf(stderr, "%s: frame %d: %#" PRIx64 ", libunwind %#" PRIx64 "\n",
+                                what, i - 1, a[i], b[i - 1]);
+                        exit(1);
+                }
+        }
+        /* Again, now from the cache: the same list (past this function's own frame). */
+        uint64_t c[64];
+        int nc = ap_unwind_capture(c, 64, t_stack_hi);
+        ASSERT_EQ(nc, na);
+        for (int i = 2; i < nc; i++)
+                ASSERT_EQ(c[i], a[i]);
+        checked++;
+}
+
+static volatile int sink;
+
+static __attribute__((noinline)) void recurse(int depth)
+{
+        if (depth == 0) {
+                compare_here("recursion");
+                return;
+        }
+        recurse(depth - 1);
+        sink++;
+}
+
+/* A large frame: the CFA is far from rsp. */
+static __attribute__((noinline)) void big_frame(int n)
+{
+        volatile char buf[200000];
+        buf[n] = 1;
+        compare_here("200 KB frame");
+        sink += buf[n];
+}
+
+/* alloca: gcc keeps a frame pointer and defines the CFA from rbp. */
+static __attribute__((noinline)) void dynamic_frame(int n)
+{
+        volatile char *p = alloca((size_t)n);
+        p[0] = 1;
+        compare_here("alloca frame");
+        sink += p[0];
+}
+
+static __attribute__((noinline, optimize("no-omit-frame-pointer"))) void fp_frame(int n)
+{
+        volatile int x = n;
+        compare_here("frame-pointer function");
+        sink += x;
+}
+
+/* Over-aligned locals: the stack is realigned (a DWARF expression for the CFA on some
+ * compilers): handed back or right, never wrong. */
+static __attribute__((noinline)) void realigned_frame(int n)
+{
+        volatile char buf[64] __attribute__((aligned(64)));
+        buf[n & 63] = 1;
+        compare_here("realigned frame");
+        sink += buf[n & 63];
+}
+
+static int cmp_int(const void *x, const void *y)
+{
+        static int once;
+        if (!once) {
+                once = 1;
+                compare_here("qsort callback");
+        }
+        return *(const int *)x - *(const int *)y;
+}
+
+static void *thread_main(void *arg)
+{
+        pthread_attr_t a;
+        void *lo;
+        size_t size;
+        ASSERT_EQ(pthread_getattr_np(pthread_self(), &a), 0);
+        ASSERT_EQ(pthread_attr_getstack(&a, &lo, &size), 0);
+        pthread_attr_destroy(&a);
+        t_stack_hi = (uint64_t)(uintptr_t)lo + size;
+        recurse((int)(intptr_t)arg);
+        return NULL;
+}
+
+int main(void)
+{
+        ASSERT_EQ(ap_unwind_init(), 0);
+        dl_iterate_phdr(add_module, NULL);
+        t_stack_hi = (uint64_t)(uintptr_t)__libc_stack_end;
+
+        for (int d = 0; d <= 50; d += 5)
+                recurse(d);
+        big_frame(7);
+        dynamic_frame(100);
+        dynamic_frame(5000);
+        fp_frame(3);
+        realigned_frame(9);
+        int v[64];
+        for (int i = 0; i < 64; i++)
+                v[i] = (i * 37) % 64;
+        qsort(v, 64, sizeof(v[0]), cmp_int);
+
+        pthread_t th[4];
+        for (int i = 0; i < 4; i++)
+                ASSERT_EQ(pthread_create(&th[i], NULL, thread_main, (void *)(intptr_t)(3 * i)), 0);
+        for (int i = 0; i < 4; i++)
+                ASSERT_EQ(pthread_join(th[i], NULL), 0);
+
+        /* Unknown stack top: nothing is attempted. */
+        uint64_t out[8];
+        ASSERT_EQ(ap_unwind_capture(out, 8, 0), -1);
+        /* A short buffer: the innermost frames only. */
+        ASSERT_EQ(ap_unwind_capture(out, 3, t_stack_hi), 3);
+
+        /* Everything a compiler emits for these must be handled, except perhaps the
+         * realigned frame. */
+        fprintf(stderr, "%d stacks equal to libunwind's, %d handed back\n", checked, handed_back);
+        ASSERT_TRUE(handed_back <= 1);
+        ASSERT_TRUE(checked >= 20);
+        return 0;
+}
