@@ -25,6 +25,26 @@
 
 AP_HIDDEN AP_TLS __thread struct ap_thread ap_tls;
 
+/* Set (for good) once a thread other than the main one records.  Until then every
+ * record comes from one thread, whose ring keeps them in program order, and an
+ * allocation's timestamp needs no fence (see alloc_ticks).  Relaxed: a thread that frees
+ * a block another thread then gets back from malloc stored 1 here before its free, and
+ * the allocator's own synchronization orders that store before the other thread's load
+ * after malloc returned. */
+static _Atomic int g_multi_thread;
+
+/* The timestamp of an allocation, taken after malloc returned.  With several threads it
+ * must not be read before the allocator's loads that handed us the block (another
+ * thread's free of the same address, stamped before that free, must stay earlier):
+ * ap_clock_ticks() fences.  With one thread, order in the ring is what counts, and the
+ * fence (about 20 ns) is skipped. */
+static inline uint64_t alloc_ticks(void)
+{
+        /* A thread's first record (no slot yet, so it has not set the flag): fenced. */
+        return ap_load_relaxed(&g_multi_thread) || ap_tls.ctl == NULL ? ap_clock_ticks()
+                                                                        : ap_clock_ticks_early();
+}
+
 /* ---- stack index ------------------------------------------------------------------
  * Agent-private open-addressing table: hash -> id of the entry in the shared stack heap.
  * Insertion claims a cell by CAS on the hash, writes the heap entry, then publishes the
@@ -294,6 +314,8 @@ static inline struct ap_shm_header *thread_ring(struct ap_thread *t)
                 }
                 if (t->stack_hi == 0)
                         learn_stack_top(t);
+                if (gettid_raw() != getpid() && !ap_load_relaxed(&g_multi_thread))
+                        ap_store_relaxed(&g_multi_thread, 1);
                 extern AP_HIDDEN void ap_thread_started(void);
                 /* pthread_setspecific may allocate its key block: ours, not the program's */
                 t->own_alloc++;
@@ -447,7 +469,7 @@ static void fill_alloc_record(uint8_t *w, uint32_t nbytes, uint8_t type, uint8_t
         rh->aux = id == 0 ? n : id;
         if (type == AP_REC_REALLOC) {
                 struct ap_rec_realloc *r = (struct ap_rec_realloc *)w;
-                r->ts = ap_clock_ticks();
+                r->ts = alloc_ticks();
                 r->ts_free = ts;
                 r->old_addr = (uint64_t)(uintptr_t)old;
                 r->new_addr = (uint64_t)(uintptr_t)p;
@@ -501,13 +523,13 @@ static void write_alloc_like(uint8_t type, uint8_t flags, void *old, void *p, si
 
 AP_HIDDEN void ap_record_alloc(void *p, size_t size)
 {
-        write_alloc_like(AP_REC_ALLOC, 0, NULL, p, size, ap_clock_ticks(), 0);
+        write_alloc_like(AP_REC_ALLOC, 0, NULL, p, size, alloc_ticks(), 0);
 }
 
 AP_HIDDEN void ap_record_alloc_sampled(void *p, size_t size, uint64_t weight, bool realloc)
 {
         write_alloc_like(AP_REC_ALLOC_SAMPLED, realloc ? AP_RECF_REALLOC : 0, NULL, p, size,
-                         ap_clock_ticks(), weight);
+                         alloc_ticks(), weight);
 }
 
 AP_HIDDEN void ap_record_realloc(void *old, void *p, size_t size, uint64_t ts)
