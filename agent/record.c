@@ -389,6 +389,29 @@ static __attribute__((noinline)) uint32_t capture_fp(uint64_t *out)
 
 AP_HIDDEN int ap_unwind_general;
 
+/* The agent's own functions keep frame pointers (-fno-omit-frame-pointer): their frames
+ * are skipped by following rbp, a load per frame, and the DWARF unwind starts at the
+ * first frame outside the agent, with that frame's exact rsp (just above the return
+ * address) and rbp (saved by the agent function it called).  Anything unexpected on the
+ * way: the whole stack from here, through DWARF. */
+static __attribute__((noinline)) int capture_cached(uint64_t *out, uint64_t stack_hi)
+{
+        const uintptr_t *fp = __builtin_frame_address(0);
+        uintptr_t lo = (uintptr_t)fp;
+        for (int i = 0; i < 16 && stack_hi != 0; i++) {
+                if ((uintptr_t)(fp + 2) > stack_hi || (uintptr_t)fp < lo || ((uintptr_t)fp & 7))
+                        break;
+                uintptr_t ret = fp[1];
+                if (!ap_is_agent_addr(ret))
+                        return ap_unwind_capture_from(out, CAPTURE_MAX, stack_hi, ret,
+                                                      (uint64_t)(uintptr_t)(fp + 2), fp[0]);
+                if (fp[0] <= (uintptr_t)fp)
+                        break;
+                fp = (const uintptr_t *)fp[0];
+        }
+        return ap_unwind_capture(out, CAPTURE_MAX, stack_hi);
+}
+
 static __attribute__((noinline)) uint32_t capture(uint64_t *out)
 {
         if (ap_unwind_fp)
@@ -396,8 +419,7 @@ static __attribute__((noinline)) uint32_t capture(uint64_t *out)
         void *buf[CAPTURE_MAX];
         struct ap_thread *t = &ap_tls;
         /* The cached unwinder first; libunwind for the stacks it does not handle. */
-        int cn = ap_unwind_general ? -1
-                                   : ap_unwind_capture((uint64_t *)buf, CAPTURE_MAX, t->stack_hi);
+        int cn = ap_unwind_general ? -1 : capture_cached((uint64_t *)buf, t->stack_hi);
         if (cn >= 0) {
                 int skip = 0;
                 while (skip < cn && ap_is_agent_addr((uint64_t)(uintptr_t)buf[skip]))

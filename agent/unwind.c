@@ -600,13 +600,11 @@ __asm__(".text\n"
         ".size ap_unwind_regs, .-ap_unwind_regs\n");
 void ap_unwind_regs(uint64_t regs[3]);
 
-__attribute__((noinline)) int ap_unwind_capture(uint64_t *out, int max, uint64_t stack_hi)
+int ap_unwind_capture_from(uint64_t *out, int max, uint64_t stack_hi, uint64_t pc, uint64_t sp,
+                           uint64_t fp)
 {
-        if (g_rules == NULL || stack_hi == 0)
+        if (g_rules == NULL || stack_hi == 0 || sp >= stack_hi)
                 return -1;
-        uint64_t regs[3];
-        ap_unwind_regs(regs);
-        uint64_t pc = regs[0], sp = regs[1], fp = regs[2];
         const uint64_t lo = sp;
         int n = 0;
         while (n < max) {
@@ -639,6 +637,13 @@ __attribute__((noinline)) int ap_unwind_capture(uint64_t *out, int max, uint64_t
         return n;
 }
 
+__attribute__((noinline)) int ap_unwind_capture(uint64_t *out, int max, uint64_t stack_hi)
+{
+        uint64_t regs[3];
+        ap_unwind_regs(regs);
+        return ap_unwind_capture_from(out, max, stack_hi, regs[0], regs[1], regs[2]);
+}
+
 #else /* not x86-64: libunwind does it all */
 
 int ap_unwind_init(void)
@@ -663,6 +668,13 @@ void ap_unwind_forget_rules(void)
 int ap_unwind_capture(uint64_t *out, int max, uint64_t stack_hi)
 {
         (void)out, (void)max, (void)stack_hi;
+        return -1;
+}
+
+int ap_unwind_capture_from(uint64_t *out, int max, uint64_t stack_hi, uint64_t pc, uint64_t sp,
+                           uint64_t fp)
+{
+        (void)out, (void)max, (void)stack_hi, (void)pc, (void)sp, (void)fp;
         return -1;
 }
 

@@ -36,3 +36,8 @@ void ap_unwind_forget_rules(void);
  * stack (0: unknown, then nothing is attempted).  Returns the number written, or -1 if
  * this stack needs the general unwinder. */
 int ap_unwind_capture(uint64_t *out, int max, uint64_t stack_hi);
+
+/* The same from a given frame: pc its return address (the next instruction to run in
+ * it), sp and fp the values of rsp and rbp there.  out[0] is pc. */
+int ap_unwind_capture_from(uint64_t *out, int max, uint64_t stack_hi, uint64_t pc, uint64_t sp,
+                           uint64_t fp);

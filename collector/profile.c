@@ -743,28 +743,50 @@ static int oom(struct rctx *rc)
         return fail(rc, -ENOMEM, "out of memory");
 }
 
-/* A location in the document, for error messages: "sites[3].frames[1]". */
+/* A location in the document, for error messages: "sites[3].frames[1]".  Kept as a chain
+ * of the caller's locations and written out only when there is an error to report. */
 struct loc {
-        char s[96];
+        const struct loc *parent;
+        const char *key; /* NULL: element `index` of the parent array */
+        size_t index;
 };
 
 static struct loc at_key(const struct loc *parent, const char *key)
 {
-        struct loc l;
-
-        if (snprintf(l.s, sizeof(l.s), "%s%s%s", parent ? parent->s : "", parent ? "." : "", key) >=
-            (int)sizeof(l.s))
-                strcpy(l.s + sizeof(l.s) - 4, "...");
-        return l;
+        return (struct loc){.parent = parent, .key = key};
 }
 
 static struct loc at_index(const struct loc *parent, size_t i)
 {
-        struct loc l;
+        return (struct loc){.parent = parent, .index = i};
+}
 
-        if (snprintf(l.s, sizeof(l.s), "%s[%zu]", parent->s, i) >= (int)sizeof(l.s))
-                strcpy(l.s + sizeof(l.s) - 4, "...");
-        return l;
+struct loc_text {
+        char s[96];
+};
+
+static void loc_append(const struct loc *l, struct loc_text *t, size_t *len)
+{
+        if (l == NULL)
+                return;
+        loc_append(l->parent, t, len);
+        size_t room = sizeof(t->s) - *len;
+        int n = l->key ? snprintf(t->s + *len, room, "%s%s", *len ? "." : "", l->key)
+                       : snprintf(t->s + *len, room, "[%zu]", l->index);
+        if (n < 0 || (size_t)n >= room) {
+                strcpy(t->s + sizeof(t->s) - 4, "...");
+                *len = sizeof(t->s) - 1;
+        } else {
+                *len += (size_t)n;
+        }
+}
+
+static struct loc_text loc_text(const struct loc *l)
+{
+        struct loc_text t = {.s = ""};
+        size_t len = 0;
+        loc_append(l, &t, &len);
+        return t;
 }
 
 static const char *type_name(const json_t *v)
@@ -791,7 +813,7 @@ static const char *type_name(const json_t *v)
 
 static int expect(struct rctx *rc, const json_t *v, const struct loc *l, const char *what)
 {
-        return fail(rc, -EINVAL, "%s: expected %s, found %s", l->s, what, type_name(v));
+        return fail(rc, -EINVAL, "%s: expected %s, found %s", loc_text(l).s, what, type_name(v));
 }
 
 /* Member `key` of obj (which the caller checked is an object). */
@@ -803,7 +825,7 @@ static int member(struct rctx *rc, const json_t *obj, const struct loc *parent, 
         if (!v) {
                 struct loc l = at_key(parent, key);
 
-                return fail(rc, -EINVAL, "%s: missing", l.s);
+                return fail(rc, -EINVAL, "%s: missing", loc_text(&l).s);
         }
         *ret = v;
         return 0;
@@ -832,7 +854,7 @@ static int get_array(struct rctx *rc, const json_t *obj, const struct loc *paren
         if (!json_is_array(*ret))
                 return expect(rc, *ret, &l, "an array");
         if (json_array_size(*ret) >= AP_NONE)
-                return fail(rc, -EINVAL, "%s: too many elements", l.s);
+                return fail(rc, -EINVAL, "%s: too many elements", loc_text(&l).s);
         *ret_n = (uint32_t)json_array_size(*ret);
         return 0;
 }
@@ -846,7 +868,7 @@ static int as_int(struct rctx *rc, const json_t *v, const struct loc *l, int64_t
                 return expect(rc, v, l, "an integer");
         x = json_integer_value(v);
         if (x < min || x > max)
-                return fail(rc, -EINVAL, "%s: %lld is out of range [%lld, %lld]", l->s,
+                return fail(rc, -EINVAL, "%s: %lld is out of range [%lld, %lld]", loc_text(l).s,
                             (long long)x, (long long)min, (long long)max);
         *ret = x;
         return 0;
@@ -886,7 +908,7 @@ static int as_index(struct rctx *rc, const json_t *v, const struct loc *l, uint3
                 return expect(rc, v, l, "an index or null");
         x = json_integer_value(v);
         if (x < 0 || x >= n)
-                return fail(rc, -EINVAL, "%s: index %lld out of range (%u %s)", l->s, (long long)x,
+                return fail(rc, -EINVAL, "%s: index %lld out of range (%u %s)", loc_text(l).s, (long long)x,
                             n, table);
         *ret = (uint32_t)x;
         return 0;
@@ -917,7 +939,7 @@ static int as_addr(struct rctx *rc, const json_t *v, const struct loc *l, uint64
         s = json_string_value(v);
         n = strlen(s);
         if (n < 3 || n > 18 || s[0] != '0' || s[1] != 'x')
-                return fail(rc, -EINVAL, "%s: malformed address", l->s);
+                return fail(rc, -EINVAL, "%s: malformed address", loc_text(l).s);
         for (size_t i = 2; i < n; i++) {
                 unsigned d;
 
@@ -928,7 +950,7 @@ static int as_addr(struct rctx *rc, const json_t *v, const struct loc *l, uint64
                 else if (s[i] >= 'A' && s[i] <= 'F')
                         d = (unsigned)(s[i] - 'A' + 10);
                 else
-                        return fail(rc, -EINVAL, "%s: malformed address", l->s);
+                        return fail(rc, -EINVAL, "%s: malformed address", loc_text(l).s);
                 x = (x << 4) | d;
         }
         *ret = x;
@@ -1007,7 +1029,7 @@ static int tuple(struct rctx *rc, const json_t *v, const struct loc *l, size_t l
                  const char *shape)
 {
         if (!json_is_array(v) || json_array_size(v) != len)
-                return fail(rc, -EINVAL, "%s: expected %s", l->s, shape);
+                return fail(rc, -EINVAL, "%s: expected %s", loc_text(l).s, shape);
         return 0;
 }
 
@@ -1155,7 +1177,7 @@ static int read_frames(struct rctx *rc, struct ap_profile *p, const json_t *root
                 if (line > UINT32_MAX) {
                         struct loc l2 = at_index(&li, 2);
 
-                        return fail(rc, -EINVAL, "%s: line number out of range", l2.s);
+                        return fail(rc, -EINVAL, "%s: line number out of range", loc_text(&l2).s);
                 }
                 f->line = (uint32_t)line;
                 if (!json_is_boolean(json_array_get(t, 5)))
@@ -1224,7 +1246,7 @@ static int read_histogram(struct rctx *rc, struct ap_profile *p, const json_t *r
                     (r = as_int(rc, json_array_get(t, 0), &l0, 0, AP_HIST_BUCKETS - 1, &b)) < 0)
                         return r;
                 if (seen[b])
-                        return fail(rc, -EINVAL, "%s: bucket %d appears twice", l0.s, (int)b);
+                        return fail(rc, -EINVAL, "%s: bucket %d appears twice", loc_text(&l0).s, (int)b);
                 seen[b] = true;
                 if ((r = tuple_u64(rc, t, &li, 1, &p->hist_count[b])) < 0 ||
                     (r = tuple_u64(rc, t, &li, 2, &p->hist_bytes[b])) < 0)
