@@ -342,6 +342,18 @@ static void read_modules(struct ap_process *p)
                         cm->hi = m.hi;
                         cm->load_ts = m.ts;
                         p->nmodules++;
+                        /* The C library allocates for the program itself (stdio buffers,
+                         * directory streams, locale data...): nearly every profile has a
+                         * site inside it, whose file and line need its DWARF (tens of ms
+                         * to load when its debug symbols are installed).  Warm it now,
+                         * while the program runs, instead of when it has exited. */
+                        const char *base = strrchr(cm->path, '/');
+                        base = base ? base + 1 : cm->path;
+                        if (strncmp(base, "libc.so.", 8) == 0 &&
+                            AP_GROW(p->new_used, p->new_used_cap, p->nnew_used + 1) == 0) {
+                                cm->used = true;
+                                p->new_used[p->nnew_used++] = (uint32_t)(p->nmodules - 1);
+                        }
                 } else if (m.kind == AP_MOD_UNLOAD) {
                         for (size_t i = p->nmodules; i-- > 0;) {
                                 struct ap_cmodule *cm = &p->modules[i];

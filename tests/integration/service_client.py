@@ -311,11 +311,14 @@ def cmd_summary(ap, funcs, files):
 def cmd_fingerprint(ap, path):
     d = report(ap, path)
     totals = {k: v for k, v in d["totals"].items() if k not in TIMING}
+    # sorted by their JSON text: frames may have no function or file (None)
     sites = sorted(
-        [[[f["function"], f["file"], f["line"], f["module"], f["address"], f["inlined"]]
-          for f in s["frames"]], [s[k] for k in SITE_KEYS]] for s in d["sites"])
-    modules = sorted([m["path"], m["build_id"], m["allocations"], m["bytes"],
-                      m["leaked_blocks"], m["leaked_bytes"]] for m in d["modules"])
+        ([[[f["function"], f["file"], f["line"], f["module"], f["address"], f["inlined"]]
+           for f in s["frames"]], [s[k] for k in SITE_KEYS]] for s in d["sites"]),
+        key=json.dumps)
+    modules = sorted(([m["path"], m["build_id"], m["allocations"], m["bytes"],
+                       m["leaked_blocks"], m["leaked_bytes"]] for m in d["modules"]),
+                     key=json.dumps)
     print(json.dumps({"exe": os.path.basename(d["process"]["exe"] or ""), "mode": d["mode"],
                       "totals": totals, "sites": sites, "modules": modules,
                       "histogram": d["histogram"]}, sort_keys=True))

@@ -140,6 +140,9 @@ static struct ap_profile *build_sample(void)
         add_site(p, 1000, 3, (uint32_t[]){f[0], f[1], f[2]});
         add_site(p, 2000, 2, (uint32_t[]){f[4], f[3]});
         add_site(p, 3000, 0, NULL);
+        /* Shares its two frames with the first site's outer two: in the file, sites are
+         * [3000: none] [4000: 1 2] [1000: 0 + 2 shared] [2000: 4 3]. */
+        add_site(p, 4000, 2, (uint32_t[]){f[1], f[2]});
 
         p->hist_count[0] = 5;
         p->hist_bytes[0] = 0;
@@ -214,9 +217,24 @@ static void assert_same(const struct ap_profile *a, const struct ap_profile *b)
                 ASSERT_EQ(a->frames[i].inlined, b->frames[i].inlined);
         }
 
+        /* Sites are written in the order of their stacks (outermost frame first): match
+         * each of a's with the first unused site of b that has the same stack. */
         ASSERT_EQ(a->nsites, b->nsites);
+        bool *used = calloc(b->nsites + 1, sizeof(*used));
+        ASSERT_NOT_NULL(used);
         for (uint32_t i = 0; i < a->nsites; i++) {
-                const struct ap_psite *x = &a->sites[i], *y = &b->sites[i];
+                const struct ap_psite *x = &a->sites[i], *y = NULL;
+                for (uint32_t k = 0; k < b->nsites && !y; k++) {
+                        const struct ap_psite *c = &b->sites[k];
+                        if (used[k] || c->nframes != x->nframes ||
+                            (x->nframes && memcmp(c->frames, x->frames,
+                                                  sizeof(*x->frames) * x->nframes) != 0) ||
+                            c->allocations != x->allocations)
+                                continue;
+                        used[k] = true;
+                        y = c;
+                }
+                ASSERT_NOT_NULL(y);
 
                 ASSERT_EQ(x->allocations, y->allocations);
                 ASSERT_EQ(x->bytes, y->bytes);
@@ -232,6 +250,7 @@ static void assert_same(const struct ap_profile *a, const struct ap_profile *b)
                 for (uint32_t j = 0; j < x->nframes; j++)
                         ASSERT_EQ(x->frames[j], y->frames[j]);
         }
+        free(used);
 
         for (unsigned i = 0; i < AP_HIST_BUCKETS; i++) {
                 ASSERT_EQ(a->hist_count[i], b->hist_count[i]);
@@ -325,7 +344,14 @@ static void test_u64_limits(void)
         ASSERT_OK(ap_profile_write(p, path));
         q = read_ok(path);
         ASSERT_EQ(q->totals.bytes, (uint64_t)INT64_MAX);
-        ASSERT_EQ(q->sites[0].allocations, (uint64_t)INT64_MAX);
+        const struct ap_psite *s0 = NULL; /* sites come back in stack order */
+        for (uint32_t i = 0; i < q->nsites; i++)
+                if (q->sites[i].nframes == p->sites[0].nframes &&
+                    memcmp(q->sites[i].frames, p->sites[0].frames,
+                           sizeof(uint32_t) * p->sites[0].nframes) == 0)
+                        s0 = &q->sites[i];
+        ASSERT_NOT_NULL(s0);
+        ASSERT_EQ(s0->allocations, (uint64_t)INT64_MAX);
         ASSERT_EQ(q->frames[0].address, 0x8000000000000001ull);
         ASSERT_EQ(q->frames[3].address, 0xffffffffffffffffull);
         ap_profile_free(q);
@@ -697,8 +723,8 @@ static void test_hostile_documents(void)
                           "format_version: expected an integer");
 
         /* Versions. */
-        expect_text_error("{\"format\":\"allocprof-profile\",\"format_version\":2}",
-                          -EPROTONOSUPPORT, "version 2 is not supported");
+        expect_text_error("{\"format\":\"allocprof-profile\",\"format_version\":3}",
+                          -EPROTONOSUPPORT, "version 3 is not supported (this allocprof reads versions 1 to 2)");
         expect_text_error("{\"format\":\"allocprof-profile\",\"format_version\":0}",
                           -EPROTONOSUPPORT, "version 0");
         expect_mutation_error("", "format_version", json_integer(-7), -EPROTONOSUPPORT, "-7");
@@ -739,11 +765,11 @@ static void test_hostile_documents(void)
         expect_mutation_error("modules/1", "path", json_integer(10000), E, "modules[1].path");
         expect_mutation_error("modules/0", "build_id", json_string("x"), E,
                               "modules[0].build_id: expected an index or null");
-        expect_mutation_error("sites/0/frames", "2", json_integer(5), E,
-                              "sites[0].frames[2]: index 5 out of range (5 frames)");
-        expect_mutation_error("sites/1/frames", "0", json_null(), E, "sites[1].frames[0]");
-        expect_mutation_error("sites/1/frames", "0", json_integer(INT64_MAX), E,
-                              "sites[1].frames[0]");
+        expect_mutation_error("sites/1/11", "1", json_integer(5), E,
+                              "sites[1][11][1]: index 5 out of range (5 frames)");
+        expect_mutation_error("sites/1/11", "0", json_null(), E, "sites[1][11][0]");
+        expect_mutation_error("sites/1/11", "0", json_integer(INT64_MAX), E,
+                              "sites[1][11][0]");
 
         /* Malformed tuples. */
         expect_mutation_error("frames", "1", json_pack("[n,n,i,n,s]", 0, "0x1"), E,
@@ -755,8 +781,17 @@ static void test_hostile_documents(void)
         expect_mutation_error("frames/2", "5", json_integer(1), E,
                               "frames[2][5]: expected a boolean");
         expect_mutation_error("frames/2", "2", json_integer(1ll << 32), E, "frames[2][2]");
-        expect_mutation_error("sites", "2", json_array(), E, "sites[2]: expected an object");
-        expect_mutation_error("sites/2", "temporary", json_integer(-5), E, "sites[2].temporary");
+        expect_mutation_error("sites", "2", json_array(), E,
+                              "sites[2]: expected [allocations, ..., reallocs, shared, [frames]]");
+        expect_mutation_error("sites/2", "8", json_integer(-5), E, "sites[2][8]");
+        /* Shared frames: no more than the previous site has, none for the first. */
+        expect_mutation_error("sites/2", "10", json_integer(3), E,
+                              "sites[2][10]: 3 is out of range [0, 2]");
+        expect_mutation_error("sites/0", "10", json_integer(1), E,
+                              "sites[0][10]: 1 is out of range [0, 0]");
+        expect_mutation_error("sites/2", "10", json_integer(-1), E, "sites[2][10]");
+        expect_mutation_error("sites/1", "11", json_integer(1), E,
+                              "sites[1][11]: expected an array");
         expect_mutation_error("histogram/0", "0", json_integer(AP_HIST_BUCKETS), E,
                               "histogram[0][0]: 64 is out of range");
         expect_mutation_error("histogram/1", "0", json_integer(0), E, "appears twice");
@@ -765,6 +800,46 @@ static void test_hostile_documents(void)
                               "timeline[2]: expected [t_ns, live_bytes, allocations]");
         expect_mutation_error("timeline/1", "1", json_integer(-1), E, "timeline[1][1]");
         expect_mutation_error("", "timeline", NULL, E, "timeline: missing");
+}
+
+/* Profiles of format version 1 (each site an object with its whole stack) still read. */
+static void test_reads_version_1(void)
+{
+        struct ap_profile *p = build_sample(), *q;
+        json_t *doc = sample_doc(), *sites = json_array();
+        char *path = path_in_tmp("v1.approf");
+        static const char *const names[] = {"allocations",   "bytes",        "frees",
+                                            "freed_bytes",   "leaked_blocks", "leaked_bytes",
+                                            "peak_bytes",    "max_live_bytes", "temporary",
+                                            "reallocs"};
+
+        for (uint32_t i = 0; i < p->nsites; i++) {
+                const struct ap_psite *s = &p->sites[i];
+                const uint64_t v[] = {s->allocations, s->bytes,      s->frees,
+                                      s->freed_bytes, s->leaked_blocks, s->leaked_bytes,
+                                      s->peak_bytes,  s->max_live_bytes, s->temporary,
+                                      s->reallocs};
+                json_t *o = json_object(), *fa = json_array();
+                for (size_t k = 0; k < 10; k++)
+                        ASSERT_EQ(json_object_set_new(o, names[k], json_integer((json_int_t)v[k])), 0);
+                for (uint32_t j = 0; j < s->nframes; j++)
+                        ASSERT_EQ(json_array_append_new(fa, json_integer(s->frames[j])), 0);
+                ASSERT_EQ(json_object_set_new(o, "frames", fa), 0);
+                ASSERT_EQ(json_array_append_new(sites, o), 0);
+        }
+        ASSERT_EQ(json_object_set_new(doc, "sites", sites), 0);
+        ASSERT_EQ(json_object_set_new(doc, "format_version", json_integer(1)), 0);
+        ASSERT_EQ(json_dump_file(doc, path, JSON_COMPACT), 0);
+        q = read_ok(path);
+        assert_same(p, q);
+        /* Version 1 keeps the file's site order. */
+        for (uint32_t i = 0; i < p->nsites; i++)
+                ASSERT_EQ(q->sites[i].allocations, p->sites[i].allocations);
+        ap_profile_free(q);
+        ap_profile_free(p);
+        json_decref(doc);
+        unlink(path);
+        free(path);
 }
 
 /* Deep nesting must hit jansson's depth limit, not our stack. */
@@ -785,7 +860,7 @@ static void test_deep_nesting(void)
 static void test_huge_arrays(void)
 {
         json_t *doc = sample_doc(), *strings = dig(doc, "strings");
-        json_t *frames = dig(doc, "sites/0/frames");
+        json_t *frames = dig(doc, "sites/1/11");
         char *path = path_in_tmp("huge.approf");
         struct ap_profile *p;
 
@@ -796,7 +871,8 @@ static void test_huge_arrays(void)
         ASSERT_EQ(json_dump_file(doc, path, JSON_COMPACT), 0);
         p = read_ok(path);
         ASSERT_TRUE(p->nstrings > 200000);
-        ASSERT_EQ(p->sites[0].nframes, 100003u);
+        ASSERT_EQ(p->sites[1].nframes, 100002u);
+        ASSERT_EQ(p->sites[2].nframes, 3u); /* its own frame and the last two shared */
         ap_profile_free(p);
         json_decref(doc);
         unlink(path);
@@ -920,6 +996,7 @@ int main(void)
         test_invalid_utf8();
         test_write_errors();
         test_hostile_documents();
+        test_reads_version_1();
         test_deep_nesting();
         test_huge_arrays();
         test_file_errors();

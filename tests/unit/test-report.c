@@ -1258,14 +1258,14 @@ static void test_command(void)
                        "allocprof: cannot read allocprof.bad.1.approf: not valid JSON");
         {
                 int fd = open("newer.approf", O_WRONLY | O_CREAT | O_TRUNC, 0600);
-                const char *v2 = "{\"format\":\"allocprof-profile\",\"format_version\":2}";
+                const char *v2 = "{\"format\":\"allocprof-profile\",\"format_version\":3}";
 
                 ASSERT_TRUE(fd >= 0);
                 ASSERT_EQ(write(fd, v2, strlen(v2)), (ssize_t)strlen(v2));
                 close(fd);
         }
         expect_failure((const char *const[]){"newer.approf", NULL}, 1,
-                       "profile format version 2 is not supported");
+                       "profile format version 3 is not supported");
 
         unlink("allocprof.tree-bench.4242.approf");
         unlink("allocprof.other.77.approf");
