@@ -19,6 +19,8 @@
 
 #define TIMELINE_MAX 2048
 #define RECORD_MAX (sizeof(struct ap_rec_realloc) + 8 * AP_MAX_FRAMES)
+/* How long a program runs before the C library's DWARF is warmed anyway. */
+#define LIBC_WARM_DELAY_NS (100ull * 1000 * 1000)
 /* The largest fixed part of a record: what next_record() copies. */
 #define FIXED_MAX sizeof(struct ap_rec_realloc)
 _Static_assert(sizeof(struct ap_rec_alloc) <= FIXED_MAX && sizeof(struct ap_rec_free) <= FIXED_MAX &&
@@ -290,6 +292,12 @@ void ap_process_take_new_modules(struct ap_process *p,
                                             size_t build_id_len),
                                  void *ud)
 {
+        if (p->libc_module != 0 && p->libc_module <= p->nmodules &&
+            !p->modules[p->libc_module - 1].used && ap_clock_mono_ns() >= p->libc_due_ns &&
+            AP_GROW(p->new_used, p->new_used_cap, p->nnew_used + 1) == 0) {
+                p->modules[p->libc_module - 1].used = true;
+                p->new_used[p->nnew_used++] = p->libc_module - 1;
+        }
         for (size_t i = 0; i < p->nnew_used; i++) {
                 const struct ap_cmodule *m = &p->modules[p->new_used[i]];
                 fn(ud, m->path, m->build_id, m->build_id_len);
@@ -345,14 +353,15 @@ static void read_modules(struct ap_process *p)
                         /* The C library allocates for the program itself (stdio buffers,
                          * directory streams, locale data...): nearly every profile has a
                          * site inside it, whose file and line need its DWARF (tens of ms
-                         * to load when its debug symbols are installed).  Warm it now,
-                         * while the program runs, instead of when it has exited. */
+                         * to load when its debug symbols are installed).  A program that
+                         * runs a while gets it warmed while it runs (see
+                         * ap_process_take_new_modules); a short one does not pay for it
+                         * unless one of its sites needs it. */
                         const char *base = strrchr(cm->path, '/');
                         base = base ? base + 1 : cm->path;
-                        if (strncmp(base, "libc.so.", 8) == 0 &&
-                            AP_GROW(p->new_used, p->new_used_cap, p->nnew_used + 1) == 0) {
-                                cm->used = true;
-                                p->new_used[p->nnew_used++] = (uint32_t)(p->nmodules - 1);
+                        if (strncmp(base, "libc.so.", 8) == 0 && p->libc_module == 0) {
+                                p->libc_module = (uint32_t)p->nmodules;
+                                p->libc_due_ns = ap_clock_mono_ns() + LIBC_WARM_DELAY_NS;
                         }
                 } else if (m.kind == AP_MOD_UNLOAD) {
                         for (size_t i = p->nmodules; i-- > 0;) {
