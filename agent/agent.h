@@ -72,7 +72,11 @@ AP_HIDDEN void ap_modules_rescan(void);
 AP_HIDDEN bool ap_modules_known(uint64_t addr);
 
 /* True if addr lies inside liballocprof.so itself. */
-AP_HIDDEN bool ap_is_agent_addr(uint64_t addr);
+extern AP_HIDDEN uint64_t ap_agent_lo, ap_agent_hi;
+static inline bool ap_is_agent_addr(uint64_t addr)
+{
+        return addr >= ap_agent_lo && addr < ap_agent_hi;
+}
 
 /* Records, called from hooks with ap_tls.in_hook set and errno saved by the caller. */
 AP_HIDDEN void ap_record_alloc(void *p, size_t size);

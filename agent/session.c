@@ -31,7 +31,7 @@ static _Atomic int g_init_state;
 
 static pthread_key_t g_thread_key;
 static _Atomic int g_thread_key_ok;
-static uint64_t g_agent_lo, g_agent_hi; /* our own text, written before the session is published */
+AP_HIDDEN uint64_t ap_agent_lo, ap_agent_hi; /* our own text, written before the session is published */
 static char g_exe_path[AP_MAX_PATH];
 
 /* ---- modules ------------------------------------------------------------------------
@@ -48,10 +48,6 @@ static struct known_module g_known[MAX_KNOWN];
 static _Atomic uint32_t g_nknown;
 static pthread_mutex_t g_mod_lock = PTHREAD_MUTEX_INITIALIZER;
 
-AP_HIDDEN bool ap_is_agent_addr(uint64_t addr)
-{
-        return addr >= g_agent_lo && addr < g_agent_hi;
-}
 
 AP_HIDDEN bool ap_modules_known(uint64_t addr)
 {
@@ -191,10 +187,10 @@ static int scan_cb(struct dl_phdr_info *info, size_t size, void *arg)
                 size_t bid_len = read_build_id(info, bid);
                 log_module(h, AP_MOD_LOAD, name, info->dlpi_addr, lo, hi, bid, bid_len);
         }
-        if (g_agent_hi == 0 && (uint64_t)(uintptr_t)&ap_session_ensure >= lo &&
+        if (ap_agent_hi == 0 && (uint64_t)(uintptr_t)&ap_session_ensure >= lo &&
             (uint64_t)(uintptr_t)&ap_session_ensure < hi) {
-                g_agent_lo = lo;
-                g_agent_hi = hi;
+                ap_agent_lo = lo;
+                ap_agent_hi = hi;
         }
         return 0;
 }

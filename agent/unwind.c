@@ -477,7 +477,7 @@ static bool read_cie(const uint8_t *cie, struct cie_info *ci)
 }
 
 /* Works out the rule for pc (the address to look up: a return address minus one). */
-static uint64_t compute_rule(uint64_t pc)
+static __attribute__((noinline, cold)) uint64_t compute_rule(uint64_t pc)
 {
         const struct uw_module *m = module_of(pc);
         if (m == NULL)
@@ -562,7 +562,7 @@ static inline bool rule_matches(uint64_t v, uint64_t tag)
         return (v & ~((1ull << R_TAG_SHIFT) - 1)) == tag && (v & R_VALID);
 }
 
-static inline uint64_t rule_for(uint64_t pc)
+static __attribute__((noinline)) uint64_t rule_for(uint64_t pc)
 {
         uint64_t h = pc_hash(pc);
         uint64_t tag = rule_tag(h);
@@ -607,25 +607,31 @@ int ap_unwind_capture_from(uint64_t *out, int max, uint64_t stack_hi, uint64_t p
                 return -1;
         const uint64_t lo = sp;
         int n = 0;
+        /* The hot loop: a hash, one load from the near table, a few shifts and two loads
+         * from the stack per frame.  Unsigned differences fold each pair of bounds into
+         * one compare. */
         while (n < max) {
                 out[n++] = pc;
-                uint64_t r = rule_for(pc - 1);
+                uint64_t h = pc_hash(pc - 1);
+                uint64_t r = ap_load_relaxed(&g_near[h >> (64 - NEAR_BITS)]);
+                if (__builtin_expect(!rule_matches(r, rule_tag(h)), 0))
+                        r = rule_for(pc - 1);
                 if (r & R_END)
                         return n;
                 uint64_t off = (r >> R_OFF_SHIFT) & R_OFF_MAX;
                 if (off == 0)
                         return -1; /* a frame for libunwind */
                 uint64_t cfa = ((r & R_CFA_RBP) ? fp : sp) + off;
-                /* Every read stays on this thread's stack, above where we started. */
-                if (cfa < sp + 8 || cfa > stack_hi || (cfa & 7) != 0)
+                /* Every read stays on this thread's stack, above where we started:
+                 * sp + 8 <= cfa <= stack_hi. */
+                if (cfa - (sp + 8) > stack_hi - (sp + 8))
                         return -1;
                 uint64_t next_pc = *(const uint64_t *)(uintptr_t)(cfa - 8);
                 if (r & R_RBP_SAVED) {
-                        int64_t slot = (int64_t)((r >> R_SLOT_SHIFT) & 0x3ff);
-                        if (slot & 0x200)
-                                slot -= 0x400;
+                        /* bits 24-33, sign-extended */
+                        int64_t slot = (int64_t)(r << (64 - R_SLOT_SHIFT - 10)) >> (64 - 10);
                         uint64_t at = cfa + (uint64_t)(slot * 8);
-                        if (at < lo || at + 8 > stack_hi)
+                        if (at - lo > stack_hi - 8 - lo)
                                 return -1;
                         fp = *(const uint64_t *)(uintptr_t)at;
                 }
