@@ -225,6 +225,30 @@ if [ "$(id -u)" = 0 ] && id nobody >/dev/null 2>&1 && cp /bin/true suid-true &&
         check_contains "setuid program message" suid.err "set-user-ID or set-group-ID: the loader ignores LD_PRELOAD"
 fi
 
+# --- the agent's cached DWARF unwinder gives libunwind's stacks -------------------------
+# (module-relative addresses, so the two runs compare across address randomization)
+stacks() { # profile -> one line per site: allocations, bytes, frame addresses
+        "$AP" report "$1" --json | python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+for s in sorted(d["sites"], key=lambda s: json.dumps(s["frames"])):
+    print(s["allocations"], s["bytes"], " ".join("%s:%s" % (f["module"], f["address"]) for f in s["frames"]))'
+}
+for w in containers threads inline_chain alloc_every; do
+        "$AP" run -q --unwind dwarf -o uw-$w-dwarf.approf -- "$BUILD/tests/workloads/$w" >/dev/null
+        "$AP" run -q --unwind libunwind -o uw-$w-lu.approf -- "$BUILD/tests/workloads/$w" >/dev/null
+        stacks uw-$w-dwarf.approf >uw-$w-dwarf.txt
+        stacks uw-$w-lu.approf >uw-$w-lu.txt
+        checks=$((checks + 1))
+        if [ ! -s uw-$w-dwarf.txt ] || ! cmp -s uw-$w-dwarf.txt uw-$w-lu.txt; then
+                fail "$w: --unwind dwarf and --unwind libunwind give different stacks"
+                diff uw-$w-dwarf.txt uw-$w-lu.txt | head -10
+        fi
+done
+"$AP" run -q --unwind bogus -- true 2>unwind.err
+check_eq "--unwind bogus: exit 2" 2 $?
+check_contains "--unwind bogus: message" unwind.err "--unwind: 'bogus' is not 'dwarf', 'fp' or 'libunwind'"
+
 # --- the program's own output and input are untouched -----------------------------------
 printf 'a\nb\n' | sort -r >plain.out 2>plain.err
 printf 'a\nb\n' | "$AP" run -q -- sort -r >prof.out 2>prof.err
