@@ -45,11 +45,11 @@
  */
 
 #define AP_SHM_MAGIC 0x31464f52504c4c41ull /* "ALLPROF1" little endian */
-#define AP_LAYOUT_VERSION 1u
+#define AP_LAYOUT_VERSION 2u
 
 #define AP_MAX_FRAMES 64           /* frames kept per stack (innermost first) */
 #define AP_NSLOTS 1024             /* per-thread rings per process */
-#define AP_RING_BYTES (256u << 10) /* data bytes per ring, power of two */
+#define AP_RING_BYTES (1024u << 10) /* data bytes per ring, power of two */
 #define AP_STACK_HEAP_BYTES (64ull << 20)
 #define AP_MODULE_LOG_BYTES (4ull << 20)
 #define AP_MAX_PATH 4096
@@ -280,7 +280,10 @@ _Static_assert(sizeof(struct ap_rec_alloc_sampled) == 40, "sampled alloc record"
 _Static_assert(sizeof(struct ap_stack_entry) == 16, "stack entry header");
 _Static_assert(sizeof(struct ap_module_rec) % 8 == 0, "module record header");
 _Static_assert((AP_RING_BYTES & (AP_RING_BYTES - 1)) == 0, "ring size power of two");
-_Static_assert(AP_RING_BYTES / 8 <= 65535, "a PAD record spans at most 65535 words");
+/* A PAD record fills the end of the data area when the next record does not fit there,
+ * so it is shorter than the longest record. */
+_Static_assert((sizeof(struct ap_rec_realloc) + 8 * AP_MAX_FRAMES) / 8 <= 65535,
+               "a PAD record (and every record) spans at most 65535 words");
 
 static inline uint64_t ap_shm_total_bytes(void)
 {
