@@ -64,12 +64,26 @@ struct index_cell {
 
 static struct index_cell *g_index;
 
+/* In front of the index: the stacks seen last, direct-mapped, one word each: the top 40
+ * bits of the stack's hash and its id (ids are below 2^23: the heap is 64 MiB of 8-byte
+ * units).  A hit skips the index probe and the comparison with the heap entry, the two
+ * cache misses of a program with many stacks; it trusts 52 bits of hash (12 pick the
+ * cell).  Release/acquire: the entry an id names is complete before another thread can
+ * find the id here (the same pairing as the index's xid). */
+#define RECENT_BITS 12
+#define RECENT_ID_BITS 24
+_Static_assert(AP_STACK_HEAP_BYTES / 8 < (1ull << RECENT_ID_BITS), "stack ids fit the cell");
+static _Atomic uint64_t g_recent[1u << RECENT_BITS];
+
 AP_HIDDEN int ap_stacks_init(void)
 {
         size_t bytes = sizeof(struct index_cell) * INDEX_CAP;
-        /* Fork child: the inherited table names entries of the parent's heap. */
+        /* Fork child: the inherited tables name entries of the parent's heap (the child
+         * runs one thread here). */
         if (g_index != NULL)
                 munmap(g_index, bytes);
+        for (size_t i = 0; i < (1u << RECENT_BITS); i++)
+                ap_store_relaxed(&g_recent[i], 0);
         void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
         if (p == MAP_FAILED) {
@@ -114,12 +128,29 @@ static inline bool same_ips(const uint64_t *a, const uint64_t *b, uint32_t n)
         return diff == 0;
 }
 
+
 /* Returns the stack id (> 0), or 0 if the stack must be sent inline. */
+static uint32_t stack_intern_slow(struct ap_shm_header *h, const uint64_t *ips, uint32_t n,
+                                  uint64_t hash);
+
 static uint32_t stack_intern(struct ap_shm_header *h, const uint64_t *ips, uint32_t n)
 {
         if (g_index == NULL)
                 return 0;
         uint64_t hash = hash_ips(ips, n);
+        _Atomic uint64_t *cell = &g_recent[hash & ((1u << RECENT_BITS) - 1)];
+        uint64_t v = ap_load_acquire(cell);
+        if (v != 0 && (v >> RECENT_ID_BITS) == (hash >> RECENT_ID_BITS))
+                return (uint32_t)(v & ((1u << RECENT_ID_BITS) - 1));
+        uint32_t id = stack_intern_slow(h, ips, n, hash);
+        if (id != 0)
+                ap_store_release(cell, (hash >> RECENT_ID_BITS) << RECENT_ID_BITS | id);
+        return id;
+}
+
+static uint32_t stack_intern_slow(struct ap_shm_header *h, const uint64_t *ips, uint32_t n,
+                                  uint64_t hash)
+{
         uint32_t pos = (uint32_t)hash & (INDEX_CAP - 1);
 
         for (int probe = 0; probe < INDEX_PROBES; probe++, pos = (pos + 1) & (INDEX_CAP - 1)) {

@@ -77,7 +77,7 @@ static const struct uw_module *module_of(uint64_t pc)
  *   bits 24-33  rbp slot, signed
  *   bits 34-63  tag: 30 bits of the address's hash (bits 4-33; the indexes use the top
  *               bits), so two addresses share a rule only if 30 more hash bits agree */
-#define RULE_BITS 14
+#define RULE_BITS 16
 #define RULE_CELLS (1u << RULE_BITS)
 #define R_VALID 1ull
 #define R_END 2ull
@@ -94,7 +94,7 @@ static const struct uw_module *module_of(uint64_t pc)
 static _Atomic uint64_t *g_rules;
 /* A small first level in front of the table, that stays in the L1 cache: the addresses
  * of the hot stacks.  Same cell format; the tag covers the bits the index does not. */
-#define NEAR_BITS 9
+#define NEAR_BITS 11
 static _Atomic uint64_t g_near[1u << NEAR_BITS];
 
 int ap_unwind_init(void)
