@@ -1252,6 +1252,7 @@ static void json_process(struct jobj *root, const struct ap_profile *p)
                 fputs("null", f);
         jkey_u64(&o, "start_unix_ns", p->start_unix_ns);
         jkey_u64(&o, "duration_ns", p->duration_ns);
+        jkey_u64(&o, "drain_cpu_ns", p->drain_cpu_ns);
         fputs("\n  }", f);
 }
 

@@ -15,6 +15,7 @@
 
 #include "allocprof/atomics.h"
 #include "allocprof/clock.h"
+#include <time.h>
 #include "process-internal.h"
 
 #define TIMELINE_MAX 2048
@@ -826,6 +827,12 @@ long ap_process_drain(struct ap_process *p, bool final)
         /* 2. Modules after heads: every module a published stack names is in the log. */
         read_modules(p);
 
+        /* What the drains that find records cost, on this thread's CPU clock (a system
+         * call; rounds that find nothing skip it). */
+        struct timespec cpu0 = {0, 0};
+        if (nactive > 0)
+                clock_gettime(CLOCK_THREAD_CPUTIME_ID, &cpu0);
+
         /* 3. Merge the rings by timestamp so cross-thread free/alloc pairs of the same
          *    address and the peak come out in the order they happened. */
         uint64_t cur_ts[AP_NSLOTS];
@@ -905,5 +912,11 @@ long ap_process_drain(struct ap_process *p, bool final)
                 }
         }
         ap_store_relaxed(&h->xheartbeat, ap_load_relaxed(&h->xheartbeat) + 1);
+        if (cpu0.tv_sec != 0 || cpu0.tv_nsec != 0) {
+                struct timespec cpu1;
+                clock_gettime(CLOCK_THREAD_CPUTIME_ID, &cpu1);
+                p->drain_cpu_ns += (uint64_t)(cpu1.tv_sec - cpu0.tv_sec) * 1000000000ull +
+                                   (uint64_t)cpu1.tv_nsec - (uint64_t)cpu0.tv_nsec;
+        }
         return processed;
 }

@@ -29,7 +29,7 @@
  *   {"format":"allocprof-profile", "format_version":1,
  *    "tool":{"name":"allocprof","version":S|null},
  *    "process":{"pid","ppid","command":[S...],"exe":S|null,"exit_status","term_signal",
- *               "start_unix_ns","duration_ns"},
+ *               "start_unix_ns","duration_ns","drain_cpu_ns" (optional)},
  *    "live":true,                                      (snapshots of a running process only)
  *    "mode":S|null, "sample_interval":N,
  *    "totals":{one key per field of ap_profile.totals},
@@ -445,6 +445,8 @@ static json_t *build_document(const struct ap_profile *p)
         put(&w, o, "term_signal", json_integer(p->term_signal));
         put(&w, o, "start_unix_ns", ju64(p->start_unix_ns));
         put(&w, o, "duration_ns", ju64(p->duration_ns));
+        if (p->drain_cpu_ns != 0)
+                put(&w, o, "drain_cpu_ns", ju64(p->drain_cpu_ns));
         put(&w, root, "process", o);
 
         if (p->live)
@@ -1120,6 +1122,8 @@ static int read_process(struct rctx *rc, struct ap_profile *p, const json_t *roo
             (r = field_int(rc, proc, &l, "term_signal", 0, 255, &p->term_signal)) < 0 ||
             (r = field_u64(rc, proc, &l, "start_unix_ns", &p->start_unix_ns)) < 0 ||
             (r = field_u64(rc, proc, &l, "duration_ns", &p->duration_ns)) < 0 ||
+            (json_object_get(proc, "drain_cpu_ns") != NULL &&
+             (r = field_u64(rc, proc, &l, "drain_cpu_ns", &p->drain_cpu_ns)) < 0) ||
             (r = field_strdup(rc, proc, &l, "exe", true, &p->exe)) < 0 ||
             (json_object_get(proc, "run_id") != NULL &&
              (r = field_strdup(rc, proc, &l, "run_id", true, &p->run_id)) < 0) ||

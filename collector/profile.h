@@ -64,6 +64,7 @@ struct ap_profile {
         uint64_t sample_interval; /* 0 in full mode */
         uint64_t start_unix_ns;   /* wall-clock start of the process image */
         uint64_t duration_ns;
+        uint64_t drain_cpu_ns; /* collector CPU time spent draining its rings (0: unknown) */
 
         struct {
                 uint64_t allocations, bytes, frees, freed_bytes;

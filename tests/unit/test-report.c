@@ -371,7 +371,7 @@ static void test_json_schema(void)
                 "sites",           "modules",   "histogram", "timeline", NULL};
         static const char *const process_keys[] = {"pid",           "ppid",        "command",
                                                    "exe",           "run_id",      "exit_status", "term_signal",
-                                                   "start_unix_ns", "duration_ns", NULL};
+                                                   "start_unix_ns", "duration_ns", "drain_cpu_ns", NULL};
         static const char *const totals_keys[] = {"allocations",
                                                   "bytes",
                                                   "frees",
@@ -421,6 +421,7 @@ static void test_json_schema(void)
         ASSERT_EQ(jint(o, "exit_status"), 0);
         assert_null(o, "term_signal");
         ASSERT_EQ(jint(o, "duration_ns"), 2345000000ll);
+        ASSERT_EQ(jint(o, "drain_cpu_ns"), 0ll); /* not measured for a hand-made profile */
         ASSERT_EQ(jint(o, "start_unix_ns"), 1732575000000000000ll);
 
         o = jget(doc, "totals");
