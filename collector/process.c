@@ -671,8 +671,9 @@ static long next_record(struct ap_process *p, uint32_t i, uint64_t *ts)
 }
 
 /* How far ahead of the record being processed the live-table cells of coming records are
- * prefetched, in ring bytes (about ten records). */
-#define PREFETCH_BYTES 320
+ * prefetched, in ring bytes (about five records; on churn 160 drained 5-10% faster than
+ * 320, by the collector's own drain-time measure). */
+#define PREFETCH_BYTES 160
 
 /* Prefetches the live cells of slot i's records up to PREFETCH_BYTES past its tail.  It
  * reads the shared ring without validation: what it finds is only a hint for the cache
