@@ -98,6 +98,8 @@ static int cmp_stacks(const struct ap_profile *p, const struct ap_psite *a,
                       const struct ap_psite *b)
 {
         for (uint32_t i = 0; i < a->nframes && i < b->nframes; i++) {
+                if (a->frames[i] == b->frames[i])
+                        continue; /* the same frame: equal text */
                 const struct ap_pframe *x = pframe(p, a->frames[i]), *y = pframe(p, b->frames[i]);
                 int c;
 
@@ -1115,6 +1117,14 @@ static void json_str(FILE *f, const char *s)
         }
         fputc('"', f);
         while (*u) {
+                /* A run of plain printable ASCII goes out in one write. */
+                const unsigned char *run = u;
+                while (*u >= 0x20 && *u < 0x7f && *u != '"' && *u != '\\')
+                        u++;
+                if (u > run)
+                        fwrite(run, 1, (size_t)(u - run), f);
+                if (!*u)
+                        break;
                 size_t n = ap_utf8_len(u);
 
                 if (n == 0) {
