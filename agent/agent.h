@@ -53,6 +53,7 @@ struct ap_thread {
         uint64_t ngen;
         int nested_busy;
         uintptr_t stack_hi; /* top of this thread's stack (0 = unknown), bounds fp walks */
+        uintptr_t stack_lo; /* its lowest address (the main thread: 64 MiB below the top) */
         int exited;         /* thread-exit destructor has run */
         uint32_t beat_countdown; /* records until the next collector-liveness check */
         uint64_t beat_seen;      /* collector heartbeat at the last check */

@@ -378,12 +378,15 @@ static inline struct ap_shm_header *thread_ring(struct ap_thread *t)
 #define FP_MAX_STEP (256u << 10)
 AP_HIDDEN int ap_unwind_fp;
 extern void *__libc_stack_end; /* ld.so: the main thread's stack top at start-up */
+#define MAIN_STACK_WINDOW (64ull << 20)
 
 /* Learns the top of the calling thread's stack, from a normal (non-signal) hook. */
 static void learn_stack_top(struct ap_thread *t)
 {
         if (gettid_raw() == getpid()) {
                 t->stack_hi = (uintptr_t)__libc_stack_end;
+                /* It grows on demand up to its limit; deeper than this, libunwind. */
+                t->stack_lo = t->stack_hi > MAIN_STACK_WINDOW ? t->stack_hi - MAIN_STACK_WINDOW : 0;
                 return;
         }
         pthread_attr_t a;
@@ -391,8 +394,10 @@ static void learn_stack_top(struct ap_thread *t)
         size_t size;
         t->own_alloc++; /* glibc allocates a cpu set for the attributes */
         if (pthread_getattr_np(pthread_self(), &a) == 0) {
-                if (pthread_attr_getstack(&a, &lo, &size) == 0)
+                if (pthread_attr_getstack(&a, &lo, &size) == 0) {
                         t->stack_hi = (uintptr_t)lo + size;
+                        t->stack_lo = (uintptr_t)lo;
+                }
                 pthread_attr_destroy(&a);
         }
         t->own_alloc--;
@@ -434,10 +439,15 @@ AP_HIDDEN int ap_unwind_general;
  * first frame outside the agent, with that frame's exact rsp (just above the return
  * address) and rbp (saved by the agent function it called).  Anything unexpected on the
  * way: the whole stack from here, through DWARF. */
-static __attribute__((noinline)) int capture_cached(uint64_t *out, uint64_t stack_hi)
+static __attribute__((noinline)) int capture_cached(uint64_t *out, uint64_t stack_lo,
+                                                   uint64_t stack_hi)
 {
         const uintptr_t *fp = __builtin_frame_address(0);
         uintptr_t lo = (uintptr_t)fp;
+        /* On another stack than the thread's own (a sigaltstack handler, a coroutine's
+         * stack from the heap), the bounds below mean nothing: libunwind. */
+        if (lo < stack_lo || lo >= stack_hi)
+                return -1;
         for (int i = 0; i < 16 && stack_hi != 0; i++) {
                 if ((uintptr_t)(fp + 2) > stack_hi || (uintptr_t)fp < lo || ((uintptr_t)fp & 7))
                         break;
@@ -460,7 +470,7 @@ static __attribute__((noinline)) uint32_t capture(uint64_t *out)
         struct ap_thread *t = &ap_tls;
         /* The cached unwinder first (it starts past the agent's frames and writes at most
          * AP_MAX_FRAMES); libunwind for the stacks it does not handle. */
-        int cn = ap_unwind_general ? -1 : capture_cached(out, t->stack_hi);
+        int cn = ap_unwind_general ? -1 : capture_cached(out, t->stack_lo, t->stack_hi);
         if (cn > 0)
                 return (uint32_t)cn;
         /* The first unwind of a thread sets up libunwind's per-thread cache (and may

@@ -245,6 +245,60 @@ for w in containers threads inline_chain alloc_every; do
                 diff uw-$w-dwarf.txt uw-$w-lu.txt | head -10
         fi
 done
+# Allocations on other stacks than the thread's own: a makecontext coroutine on a heap
+# stack, and a signal handler on a sigaltstack.  Same stacks either way, no crash.
+cat >altstacks.c <<'EOF_C'
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <ucontext.h>
+static ucontext_t main_ctx, co_ctx;
+void *volatile keep;
+__attribute__((noinline)) static void in_coroutine(void)
+{
+        for (int i = 0; i < 1000; i++) {
+                keep = malloc(64);
+                free(keep);
+        }
+}
+static void co_main(void) { in_coroutine(); }
+static void on_usr1(int s) { (void)s; keep = malloc(33); free(keep); }
+int main(void)
+{
+        size_t sz = 256 * 1024;
+        getcontext(&co_ctx);
+        co_ctx.uc_stack.ss_sp = malloc(sz);
+        co_ctx.uc_stack.ss_size = sz;
+        co_ctx.uc_link = &main_ctx;
+        makecontext(&co_ctx, co_main, 0);
+        swapcontext(&main_ctx, &co_ctx);
+        stack_t ss = {.ss_sp = malloc(65536), .ss_size = 65536};
+        sigaltstack(&ss, NULL);
+        struct sigaction sa;
+        memset(&sa, 0, sizeof(sa));
+        sa.sa_handler = on_usr1;
+        sa.sa_flags = SA_ONSTACK;
+        sigaction(SIGUSR1, &sa, NULL);
+        for (int i = 0; i < 100; i++)
+                raise(SIGUSR1);
+        puts("done");
+        return 0;
+}
+EOF_C
+if cc -O2 -g -o altstacks altstacks.c 2>/dev/null; then
+        for m in dwarf libunwind; do
+                "$AP" run -q --unwind $m -o alt-$m.approf -- ./altstacks >alt-$m.out
+                check_eq "coroutine and sigaltstack program ($m): exit, output" "0 done" "$? $(cat alt-$m.out)"
+                stacks alt-$m.approf >alt-$m.txt
+        done
+        check_eq "coroutine: 1000 allocations from in_coroutine" 1000 \
+                "$(json_of alt-dwarf.approf 'sum(s["allocations"] for s in d["sites"] if s["frames"][0]["function"] == "in_coroutine")')"
+        check_eq "sigaltstack handler: 100 allocations from on_usr1" 100 \
+                "$(json_of alt-dwarf.approf 'sum(s["allocations"] for s in d["sites"] if s["frames"][0]["function"] == "on_usr1")')"
+        checks=$((checks + 1))
+        cmp -s alt-dwarf.txt alt-libunwind.txt || fail "other stacks: --unwind dwarf and libunwind differ"
+fi
 "$AP" run -q --unwind bogus -- true 2>unwind.err
 check_eq "--unwind bogus: exit 2" 2 $?
 check_contains "--unwind bogus: message" unwind.err "--unwind: 'bogus' is not 'dwarf', 'fp' or 'libunwind'"
