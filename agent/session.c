@@ -130,11 +130,8 @@ static int scan_cb(struct dl_phdr_info *info, size_t size, void *arg)
         uint64_t lo = UINT64_MAX, hi = 0;
         (void)size;
 
-        uint64_t eh_hdr = 0;
         for (int i = 0; i < info->dlpi_phnum; i++) {
                 const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
-                if (ph->p_type == PT_GNU_EH_FRAME)
-                        eh_hdr = info->dlpi_addr + ph->p_vaddr;
                 if (ph->p_type != PT_LOAD)
                         continue;
                 uint64_t a = info->dlpi_addr + ph->p_vaddr;
@@ -180,7 +177,6 @@ static int scan_cb(struct dl_phdr_info *info, size_t size, void *arg)
         k->present = 1;
         k->gone = 0;
         ap_store_release(&g_nknown, n + 1); /* pairs with ap_modules_known's acquire */
-        ap_unwind_add_module(lo, hi, eh_hdr);
 
         if (h != NULL && name[0] != '\0') {
                 uint8_t bid[AP_MAX_BUILD_ID];
@@ -210,7 +206,7 @@ AP_HIDDEN void ap_modules_rescan(void)
                 struct known_module *k = &g_known[i];
                 if (!k->present && !k->gone) {
                         k->gone = 1;
-                        ap_unwind_module_gone(k->lo, k->hi);
+                        ap_unwind_module_gone();
                         if (h != NULL)
                                 log_module(h, AP_MOD_UNLOAD, "", k->bias, k->lo, k->hi, NULL, 0);
                 }

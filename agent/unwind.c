@@ -6,6 +6,7 @@
 #include <stdatomic.h>
 #include <stddef.h>
 #include <string.h>
+#include <link.h>
 #include <sys/mman.h>
 
 #include "allocprof/atomics.h"
@@ -14,53 +15,39 @@
 #if defined(__x86_64__)
 
 /* ---- modules --------------------------------------------------------------------------
- * Append-only; an entry is filled, then counted with a release store that the readers'
- * acquire load pairs with.  `gone` is set when the module scan sees the module unloaded:
- * its tables must not be read any more. */
-#define UW_MAX_MODULES 4096
-
-struct uw_module {
-        uint64_t lo, hi, eh_hdr;
-        _Atomic int gone;
+ * A rule is worked out from the loader's current list of modules (dl_iterate_phdr, as
+ * libunwind does on its cache misses): a library unloaded and another loaded at the same
+ * place is never read through a stale entry.  Only on a cache miss. */
+struct find_module {
+        uint64_t pc;
+        uint64_t eh_hdr;
+        bool found;
 };
 
-static struct uw_module g_mods[UW_MAX_MODULES];
-static _Atomic uint32_t g_nmods;
-
-void ap_unwind_add_module(uint64_t lo, uint64_t hi, uint64_t eh_hdr)
+static int find_module_cb(struct dl_phdr_info *info, size_t size, void *arg)
 {
-        uint32_t n = ap_load_relaxed(&g_nmods);
-        for (uint32_t i = 0; i < n; i++)
-                if (g_mods[i].lo == lo && g_mods[i].hi == hi && g_mods[i].eh_hdr == eh_hdr &&
-                    !ap_load_relaxed(&g_mods[i].gone))
-                        return; /* known already (a fork child scanning again) */
-        if (n == UW_MAX_MODULES)
-                return;
-        g_mods[n].lo = lo;
-        g_mods[n].hi = hi;
-        g_mods[n].eh_hdr = eh_hdr;
-        ap_store_relaxed(&g_mods[n].gone, 0);
-        ap_store_release(&g_nmods, n + 1); /* pairs with the acquire in module_of */
+        struct find_module *f = arg;
+        bool inside = false;
+        uint64_t eh = 0;
+        (void)size;
+        for (int i = 0; i < info->dlpi_phnum; i++) {
+                const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+                uint64_t a = info->dlpi_addr + ph->p_vaddr;
+                if (ph->p_type == PT_LOAD && f->pc >= a && f->pc < a + ph->p_memsz)
+                        inside = true;
+                else if (ph->p_type == PT_GNU_EH_FRAME)
+                        eh = a;
+        }
+        if (!inside)
+                return 0;
+        f->found = true;
+        f->eh_hdr = eh;
+        return 1; /* stop */
 }
 
-void ap_unwind_module_gone(uint64_t lo, uint64_t hi)
+void ap_unwind_module_gone(void)
 {
-        uint32_t n = ap_load_acquire(&g_nmods);
-        for (uint32_t i = 0; i < n; i++)
-                if (g_mods[i].lo == lo && g_mods[i].hi == hi)
-                        ap_store_relaxed(&g_mods[i].gone, 1);
         ap_unwind_forget_rules();
-}
-
-/* The newest live module holding pc (a library loaded again at the same place is a new
- * entry after the old, gone one). */
-static const struct uw_module *module_of(uint64_t pc)
-{
-        uint32_t n = ap_load_acquire(&g_nmods); /* pairs with ap_unwind_add_module */
-        for (uint32_t i = n; i-- > 0;)
-                if (pc >= g_mods[i].lo && pc < g_mods[i].hi)
-                        return ap_load_relaxed(&g_mods[i].gone) ? NULL : &g_mods[i];
-        return NULL;
 }
 
 /* ---- the rule cache ---------------------------------------------------------------------
@@ -479,12 +466,13 @@ static bool read_cie(const uint8_t *cie, struct cie_info *ci)
 /* Works out the rule for pc (the address to look up: a return address minus one). */
 static __attribute__((noinline, cold)) uint64_t compute_rule(uint64_t pc)
 {
-        const struct uw_module *m = module_of(pc);
-        if (m == NULL)
-                return 0; /* not scanned yet (just dlopen'ed?): do not remember */
-        if (m->eh_hdr == 0)
+        struct find_module fm = {.pc = pc};
+        dl_iterate_phdr(find_module_cb, &fm);
+        if (!fm.found)
+                return 0; /* no module there (JIT code?): do not remember */
+        if (fm.eh_hdr == 0)
                 return R_BAD;
-        const uint8_t *hdr = (const uint8_t *)(uintptr_t)m->eh_hdr;
+        const uint8_t *hdr = (const uint8_t *)(uintptr_t)fm.eh_hdr;
         if (hdr[0] != 1 || hdr[2] != DW_EH_PE_udata4 ||
             hdr[3] != (DW_EH_PE_datarel | DW_EH_PE_sdata4))
                 return R_BAD;
@@ -657,14 +645,8 @@ int ap_unwind_init(void)
         return 0;
 }
 
-void ap_unwind_add_module(uint64_t lo, uint64_t hi, uint64_t eh_hdr)
+void ap_unwind_module_gone(void)
 {
-        (void)lo, (void)hi, (void)eh_hdr;
-}
-
-void ap_unwind_module_gone(uint64_t lo, uint64_t hi)
-{
-        (void)lo, (void)hi;
 }
 
 void ap_unwind_forget_rules(void)

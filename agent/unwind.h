@@ -21,14 +21,9 @@
 /* Maps the rule cache (once, at session set-up; not from a hook).  Returns 0 or -errno. */
 int ap_unwind_init(void);
 
-/* A module the unwinder may read: its text lies in [lo, hi), its .eh_frame_hdr (0 if it
- * has none) at eh_hdr.  Called by the module scan under its lock; entries are
- * append-only. */
-void ap_unwind_add_module(uint64_t lo, uint64_t hi, uint64_t eh_hdr);
-
-/* The module at [lo, hi) was unloaded: its tables are not read any more and every
- * cached rule is dropped (its addresses may be reused). */
-void ap_unwind_module_gone(uint64_t lo, uint64_t hi);
+/* A module was unloaded: every cached rule is dropped (its addresses may be reused).
+ * Rules are worked out from the loader's module list, so nothing else is needed. */
+void ap_unwind_module_gone(void);
 void ap_unwind_forget_rules(void);
 
 /* Writes up to max return addresses of the calling thread's stack, innermost first,

@@ -7,7 +7,6 @@
  * SPDX-License-Identifier: MIT OR Apache-2.0
  */
 #include <alloca.h>
-#include <link.h>
 #include <pthread.h>
 
 #define UNW_LOCAL_ONLY
@@ -17,27 +16,6 @@
 #include "unwind.h"
 
 extern void *__libc_stack_end;
-
-static int add_module(struct dl_phdr_info *info, size_t size, void *arg)
-{
-        uint64_t lo = UINT64_MAX, hi = 0, eh = 0;
-        (void)size, (void)arg;
-        for (int i = 0; i < info->dlpi_phnum; i++) {
-                const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
-                if (ph->p_type == PT_GNU_EH_FRAME)
-                        eh = info->dlpi_addr + ph->p_vaddr;
-                if (ph->p_type != PT_LOAD)
-                        continue;
-                uint64_t a = info->dlpi_addr + ph->p_vaddr;
-                if (a < lo)
-                        lo = a;
-                if (a + ph->p_memsz > hi)
-                        hi = a + ph->p_memsz;
-        }
-        if (hi > 0)
-                ap_unwind_add_module(lo, hi, eh);
-        return 0;
-}
 
 static __thread uint64_t t_stack_hi;
 static int checked, handed_back;
@@ -154,7 +132,6 @@ static void *thread_main(void *arg)
 int main(void)
 {
         ASSERT_EQ(ap_unwind_init(), 0);
-        dl_iterate_phdr(add_module, NULL);
         t_stack_hi = (uint64_t)(uintptr_t)__libc_stack_end;
 
         for (int d = 0; d <= 50; d += 5)
