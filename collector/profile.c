@@ -1225,6 +1225,25 @@ static int read_frames(struct rctx *rc, struct ap_profile *p, const json_t *root
         return 0;
 }
 
+/* The first n elements of fa (at l), indexes into "frames", into out. */
+static int read_frame_indexes(struct rctx *rc, const struct ap_profile *p, const json_t *fa,
+                              const struct loc *l, uint32_t n, uint32_t *out)
+{
+        for (uint32_t j = 0; j < n; j++) {
+                json_t *v = json_array_get(fa, j);
+
+                if (json_is_null(v)) {
+                        struct loc lj = at_index(l, j);
+
+                        return expect(rc, v, &lj, "a frame index");
+                }
+                int r = tuple_index(rc, fa, l, j, p->nframes, "frames", &out[j]);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
 /* At most this many frames in all the sites' stacks together: shared frames make a small
  * file stand for long stacks, and a hostile one must not make us allocate without end. */
 #define MAX_SITE_FRAMES_TOTAL (1ull << 26)
@@ -1271,18 +1290,8 @@ static int read_sites_v2(struct rctx *rc, struct ap_profile *p, const json_t *ro
                 if ((r = alloc_table(rc, (void **)&s->frames, nf, sizeof(*s->frames))) < 0)
                         return r;
                 s->nframes = nf;
-                for (uint32_t j = 0; j < nnew; j++) {
-                        json_t *v = json_array_get(fa, j);
-
-                        if (json_is_null(v)) {
-                                struct loc lj = at_index(&lf, j);
-
-                                return expect(rc, v, &lj, "a frame index");
-                        }
-                        if ((r = tuple_index(rc, fa, &lf, j, p->nframes, "frames", &s->frames[j])) <
-                            0)
-                                return r;
-                }
+                if ((r = read_frame_indexes(rc, p, fa, &lf, (uint32_t)nnew, s->frames)) < 0)
+                        return r;
                 if (shared)
                         memcpy(s->frames + nnew, prev->frames + prev->nframes - shared,
                                sizeof(*s->frames) * (size_t)shared);
@@ -1315,18 +1324,8 @@ static int read_sites_v1(struct rctx *rc, struct ap_profile *p, const json_t *ro
                     (r = alloc_table(rc, (void **)&s->frames, nf, sizeof(*s->frames))) < 0)
                         return r;
                 s->nframes = nf;
-                for (uint32_t j = 0; j < nf; j++) {
-                        json_t *v = json_array_get(fa, j);
-
-                        if (json_is_null(v)) {
-                                struct loc lj = at_index(&lf, j);
-
-                                return expect(rc, v, &lj, "a frame index");
-                        }
-                        if ((r = tuple_index(rc, fa, &lf, j, p->nframes, "frames", &s->frames[j])) <
-                            0)
-                                return r;
-                }
+                if ((r = read_frame_indexes(rc, p, fa, &lf, nf, s->frames)) < 0)
+                        return r;
         }
         return 0;
 }
