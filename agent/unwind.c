@@ -262,6 +262,19 @@ static void set_reg_rule(struct cfa_state *s, uint64_t reg, uint8_t rule, int64_
         }
 }
 
+/* DW_CFA_restore: reg's rule as the CIE left it.  False while running the CIE itself
+ * (init NULL), where the operation makes no sense. */
+static bool restore_reg_rule(struct cfa_state *s, uint64_t reg, const struct cfa_state *init)
+{
+        if (init == NULL)
+                return false;
+        if (reg == REG_RBP)
+                set_reg_rule(s, reg, init->rbp_rule, init->rbp_off);
+        else if (reg == REG_RA)
+                set_reg_rule(s, reg, init->ra_rule, init->ra_off);
+        return true;
+}
+
 /* Runs CFA instructions from c until the row for `target` is complete (loc > target),
  * starting at loc.  init: the state after the CIE's instructions (DW_CFA_restore). */
 static bool run_cfa(struct cursor *c, const struct cie_info *ci, uint64_t loc, uint64_t target,
@@ -281,12 +294,8 @@ static bool run_cfa(struct cursor *c, const struct cie_info *ci, uint64_t loc, u
                         set_reg_rule(s, lo, RULE_OFFSET, off);
                         continue;
                 } else if (hi == 0xc0) {
-                        if (init == NULL)
+                        if (!restore_reg_rule(s, lo, init))
                                 return false;
-                        if (lo == REG_RBP)
-                                set_reg_rule(s, lo, init->rbp_rule, init->rbp_off);
-                        else if (lo == REG_RA)
-                                set_reg_rule(s, lo, init->ra_rule, init->ra_off);
                         continue;
                 } else {
                         switch (op) {
@@ -305,13 +314,8 @@ static bool run_cfa(struct cursor *c, const struct cie_info *ci, uint64_t loc, u
                                 set_reg_rule(s, reg, RULE_OFFSET, (int64_t)rd_uleb(c) * ci->data_align);
                                 continue;
                         case 0x06: /* restore_extended */
-                                reg = rd_uleb(c);
-                                if (init == NULL)
+                                if (!restore_reg_rule(s, rd_uleb(c), init))
                                         return false;
-                                if (reg == REG_RBP)
-                                        set_reg_rule(s, reg, init->rbp_rule, init->rbp_off);
-                                else if (reg == REG_RA)
-                                        set_reg_rule(s, reg, init->ra_rule, init->ra_off);
                                 continue;
                         case 0x07: /* undefined */
                                 set_reg_rule(s, rd_uleb(c), RULE_UNDEFINED, 0);
