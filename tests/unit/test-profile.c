@@ -573,23 +573,8 @@ static void expect_text_error(const char *text, int expect, const char *needle)
 /* A profile file as written (gzip'ed JSON) as a jansson document. */
 static json_t *load_gzip_json(const char *path, json_error_t *jerr)
 {
-        gzFile gz = gzopen(path, "rb");
-        size_t len = 0, cap = 1 << 16;
-        char *buf = malloc(cap);
-        int n;
-
-        ASSERT_NOT_NULL(gz);
-        ASSERT_NOT_NULL(buf);
-        while ((n = gzread(gz, buf + len, (unsigned)(cap - len))) > 0) {
-                len += (size_t)n;
-                if (len == cap) {
-                        cap *= 2;
-                        buf = realloc(buf, cap);
-                        ASSERT_NOT_NULL(buf);
-                }
-        }
-        ASSERT_EQ(n, 0);
-        gzclose(gz);
+        size_t len;
+        char *buf = slurp(path, &len);
         json_t *doc = json_loadb(buf, len, 0, jerr);
         free(buf);
         return doc;
