@@ -12,21 +12,7 @@ AP=$(abs "$1") AGENT=$(abs "$2") SIMPLE=$(abs "$3") DEMO=$(abs "$4") BUILD=$(abs
 T=$(mktemp -d)
 trap 'rm -rf "$T"' EXIT
 cd "$T" || exit 1
-fails=0
-checks=0
-
-fail() {
-        echo "FAIL: $*"
-        fails=$((fails + 1))
-}
-check_eq() { # what expected got
-        checks=$((checks + 1))
-        [ "$2" = "$3" ] || fail "$1: expected '$2', got '$3'"
-}
-check_contains() { # what file needle
-        checks=$((checks + 1))
-        grep -qF -- "$3" "$2" || { fail "$1: '$3' not in $2:"; sed 's/^/    /' "$2" | head -20; }
-}
+. "$SRC/tests/integration/checks.sh"
 json_of() { # profile python-expression-on-d (over its JSON report)
         "$AP" report "$1" --json | python3 -c "import json,sys; d=json.load(sys.stdin); print($2)"
 }

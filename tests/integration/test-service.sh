@@ -53,24 +53,7 @@ unset ALLOCPROF_DAEMON_SOCKET ALLOCPROF_SOCKET ALLOCPROF_MODE ALLOCPROF_SAMPLE L
 SOCK="$T/xdg/allocprof/allocprofd.sock"
 export NO_COLOR=1
 
-fails=0
-checks=0
-fail() {
-        echo "FAIL: $*"
-        fails=$((fails + 1))
-}
-check_eq() { # what expected got
-        checks=$((checks + 1))
-        [ "$2" = "$3" ] || fail "$1: expected '$2', got '$3'"
-}
-check_true() { # what value: the value must be True (the message says what was got)
-        checks=$((checks + 1))
-        [ "$2" = True ] || fail "$1"
-}
-check_contains() { # what file needle
-        checks=$((checks + 1))
-        grep -qF -- "$3" "$2" || { fail "$1: '$3' not in $2:"; sed 's/^/    /' "$2" | head -20; }
-}
+. "$SRC/tests/integration/checks.sh"
 py() { # python-expression-on-d (JSON on stdin)
         $PY -c "import json,sys; d=json.load(sys.stdin); print($1)"
 }
