@@ -206,7 +206,7 @@ AP_HIDDEN void ap_modules_rescan(void)
                 struct known_module *k = &g_known[i];
                 if (!k->present && !k->gone) {
                         k->gone = 1;
-                        ap_unwind_module_gone();
+                        ap_unwind_forget_rules();
                         if (h != NULL)
                                 log_module(h, AP_MOD_UNLOAD, "", k->bias, k->lo, k->hi, NULL, 0);
                 }

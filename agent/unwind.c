@@ -45,11 +45,6 @@ static int find_module_cb(struct dl_phdr_info *info, size_t size, void *arg)
         return 1; /* stop */
 }
 
-void ap_unwind_module_gone(void)
-{
-        ap_unwind_forget_rules();
-}
-
 /* ---- the rule cache ---------------------------------------------------------------------
  * Direct-mapped, one 64-bit word per cell, read and written with relaxed atomics: a cell
  * holds a complete rule or another address's rule, never half of one, and the tag of the
@@ -647,10 +642,6 @@ __attribute__((noinline)) int ap_unwind_capture(uint64_t *out, int max, uint64_t
 int ap_unwind_init(void)
 {
         return 0;
-}
-
-void ap_unwind_module_gone(void)
-{
 }
 
 void ap_unwind_forget_rules(void)

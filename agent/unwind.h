@@ -21,15 +21,16 @@
 /* Maps the rule cache (once, at session set-up; not from a hook).  Returns 0 or -errno. */
 int ap_unwind_init(void);
 
-/* A module was unloaded: every cached rule is dropped (its addresses may be reused).
- * Rules are worked out from the loader's module list, so nothing else is needed. */
-void ap_unwind_module_gone(void);
+/* Drops every cached rule: called when a module was unloaded (its addresses may be
+ * reused).  Rules are worked out from the loader's module list, so nothing else is
+ * needed. */
 void ap_unwind_forget_rules(void);
 
 /* Writes up to max return addresses of the calling thread's stack, innermost first,
- * starting with the caller of ap_unwind_capture(); stack_hi is the top of the thread's
- * stack (0: unknown, then nothing is attempted).  Returns the number written, or -1 if
- * this stack needs the general unwinder. */
+ * starting with an address inside ap_unwind_capture() itself; stack_hi is the top of the
+ * thread's stack (0: unknown, then nothing is attempted).  Returns the number written, or
+ * -1 if this stack needs the general unwinder.  (The agent starts past its own frames
+ * with ap_unwind_capture_from; the tests compare this with libunwind.) */
 int ap_unwind_capture(uint64_t *out, int max, uint64_t stack_hi);
 
 /* The same from a given frame: pc its return address (the next instruction to run in
