@@ -128,11 +128,10 @@ static inline bool same_ips(const uint64_t *a, const uint64_t *b, uint32_t n)
         return diff == 0;
 }
 
-
-/* Returns the stack id (> 0), or 0 if the stack must be sent inline. */
 static uint32_t stack_intern_slow(struct ap_shm_header *h, const uint64_t *ips, uint32_t n,
                                   uint64_t hash);
 
+/* Returns the stack id (> 0), or 0 if the stack must be sent inline. */
 static uint32_t stack_intern(struct ap_shm_header *h, const uint64_t *ips, uint32_t n)
 {
         if (g_index == NULL)
@@ -437,8 +436,8 @@ AP_HIDDEN int ap_unwind_general;
 /* The agent's own functions keep frame pointers (-fno-omit-frame-pointer): their frames
  * are skipped by following rbp, a load per frame, and the DWARF unwind starts at the
  * first frame outside the agent, with that frame's exact rsp (just above the return
- * address) and rbp (saved by the agent function it called).  Anything unexpected on the
- * way: the whole stack from here, through DWARF. */
+ * address) and rbp (saved by the agent function it called).  Returns -1 for libunwind:
+ * on another stack, or frames that are not what the agent's own should be. */
 static __attribute__((noinline)) int capture_cached(uint64_t *out, uint64_t stack_lo,
                                                    uint64_t stack_hi)
 {
@@ -448,7 +447,7 @@ static __attribute__((noinline)) int capture_cached(uint64_t *out, uint64_t stac
          * stack from the heap), the bounds below mean nothing: libunwind. */
         if (lo < stack_lo || lo >= stack_hi)
                 return -1;
-        for (int i = 0; i < 16 && stack_hi != 0; i++) {
+        for (int i = 0; i < 16; i++) {
                 if ((uintptr_t)(fp + 2) > stack_hi || (uintptr_t)fp < lo || ((uintptr_t)fp & 7))
                         break;
                 uintptr_t ret = fp[1];
