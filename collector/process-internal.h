@@ -111,7 +111,7 @@ struct ap_process {
         size_t ntimeline, timeline_cap;
         uint64_t timeline_step_ns, timeline_next_ns;
 
-        uint8_t *scratch; /* one record, copied out of the ring before validation */
+        uint8_t *scratch; /* a record's fixed part, copied out of the ring before validation */
 };
 
 /* Record timestamp -> nanoseconds since the image's agent started. */

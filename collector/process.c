@@ -83,7 +83,7 @@ int ap_process_new(int memfd, pid_t pid, const struct ap_hello *hello, struct ap
         }
 
         struct ap_process *p = calloc(1, sizeof(*p));
-        uint8_t *scratch = malloc(RECORD_MAX);
+        uint8_t *scratch = malloc(FIXED_MAX);
         if (p == NULL || scratch == NULL) {
                 free(p);
                 free(scratch);
@@ -361,9 +361,8 @@ static void read_modules(struct ap_process *p)
                          * runs a while gets it warmed while it runs (see
                          * ap_process_take_new_modules); a short one does not pay for it
                          * unless one of its sites needs it. */
-                        const char *base = strrchr(cm->path, '/');
-                        base = base ? base + 1 : cm->path;
-                        if (strncmp(base, "libc.so.", 8) == 0 && p->libc_module == 0) {
+                        if (strncmp(ap_path_base(cm->path), "libc.so.", 8) == 0 &&
+                            p->libc_module == 0) {
                                 p->libc_module = (uint32_t)p->nmodules;
                                 p->libc_due_ns = ap_clock_mono_ns() + LIBC_WARM_DELAY_NS;
                         }
@@ -767,6 +766,13 @@ static void process_record(struct ap_process *p, struct ap_slot *slot, const uin
                 p->last_ts = ((struct ap_rec_free *)p->scratch)->ts;
 }
 
+static uint64_t thread_cpu_ns(void)
+{
+        struct timespec ts;
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+        return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
 /* How long a record must have been published before a non-final drain takes it. */
 #define SETTLE_NS 200000
 
@@ -830,9 +836,8 @@ long ap_process_drain(struct ap_process *p, bool final)
 
         /* What the drains that find records cost, on this thread's CPU clock (a system
          * call; rounds that find nothing skip it). */
-        struct timespec cpu0 = {0, 0};
-        if (nactive > 0)
-                clock_gettime(CLOCK_THREAD_CPUTIME_ID, &cpu0);
+        const bool timed = nactive > 0;
+        const uint64_t cpu0 = timed ? thread_cpu_ns() : 0;
 
         /* 3. Merge the rings by timestamp so cross-thread free/alloc pairs of the same
          *    address and the peak come out in the order they happened. */
@@ -913,11 +918,7 @@ long ap_process_drain(struct ap_process *p, bool final)
                 }
         }
         ap_store_relaxed(&h->xheartbeat, ap_load_relaxed(&h->xheartbeat) + 1);
-        if (cpu0.tv_sec != 0 || cpu0.tv_nsec != 0) {
-                struct timespec cpu1;
-                clock_gettime(CLOCK_THREAD_CPUTIME_ID, &cpu1);
-                p->drain_cpu_ns += (uint64_t)(cpu1.tv_sec - cpu0.tv_sec) * 1000000000ull +
-                                   (uint64_t)cpu1.tv_nsec - (uint64_t)cpu0.tv_nsec;
-        }
+        if (timed)
+                p->drain_cpu_ns += thread_cpu_ns() - cpu0;
         return processed;
 }
