@@ -134,30 +134,23 @@ int ap_collector_new(const char *socket_path, ap_collector_done_fn done, void *u
                 if (r == -EEXIST)
                         r = -EADDRINUSE;
         }
+        if (r == 0) {
+                *ret = c;
+                return 0;
+        }
         struct stat st;
         if (r == -EADDRINUSE && lstat(socket_path, &st) == 0 && !S_ISSOCK(st.st_mode)) {
                 *err = ap_asprintf("%s exists and is not a socket: not replaced", socket_path);
-                free(c->path);
-                c->path = NULL;
-                ap_collector_free(c);
-                return -EEXIST;
-        }
-        if (r == -EADDRINUSE) {
+                r = -EEXIST;
+        } else if (r == -EADDRINUSE) {
                 *err = ap_asprintf("another collector is listening on %s", socket_path);
-                free(c->path);
-                c->path = NULL; /* not ours to unlink */
-                ap_collector_free(c);
-                return r;
-        }
-        if (r < 0) {
+        } else {
                 *err = ap_asprintf("cannot listen on %s: %s", socket_path, strerror(-r));
-                free(c->path);
-                c->path = NULL;
-                ap_collector_free(c);
-                return r;
         }
-        *ret = c;
-        return 0;
+        free(c->path);
+        c->path = NULL; /* the path is not ours to unlink */
+        ap_collector_free(c);
+        return r;
 }
 
 int ap_collector_new_fd(int listen_fd, ap_collector_done_fn done, void *userdata,
