@@ -22,8 +22,8 @@
 #include <zlib.h>
 
 /*
- * File layout (format_version 2): one JSON document written with JSON_COMPACT and
- * compressed with gzip (zcat shows it; a JSON profile is ~15x its gzip'ed size).  The
+ * File layout (format_version 2): one JSON document without whitespace, compressed
+ * with gzip (zcat shows it; a JSON profile is ~15x its gzip'ed size).  The
  * reader takes uncompressed JSON too, as the first profiles were written:
  *
  *   {"format":"allocprof-profile", "format_version":1,
@@ -239,75 +239,187 @@ uint32_t ap_profile_intern(struct ap_profile *p, const char *s)
 /* ------------------------------------------------------------------------------------ */
 /* Writing                                                                              */
 
-struct wctx {
-        bool oom;
+/*
+ * The JSON text is generated directly into a buffer that is compressed whenever it fills
+ * and written out in large pieces, never as a document tree: building jansson's tree for
+ * a compiler's profile cost more than compressing the text it gave.  Writes do not report
+ * errors one by one; the first one is kept in `error` and everything after it is skipped,
+ * so the document code reads straight through and checks once at the end.
+ */
+struct fd_sink {
+        int fd;
+        int error; /* first errno seen */
+        size_t len;
+        z_stream z;
+        bool z_ready;
+        char buf[64 * 1024];           /* JSON text not yet compressed */
+        unsigned char zbuf[64 * 1024]; /* compressed output not yet written */
 };
 
-/* The builders below never fail midway: a NULL value or a failed insert sets w->oom and
- * the whole document is abandoned at the end. */
-static void put(struct wctx *w, json_t *obj, const char *key, json_t *v)
+static void write_all(struct fd_sink *sink, const unsigned char *p, size_t len)
 {
-        if (!obj || !v || json_object_set_new(obj, key, v) < 0)
-                w->oom = true;
-}
+        while (len > 0 && !sink->error) {
+                ssize_t n = write(sink->fd, p, len);
 
-static void push(struct wctx *w, json_t *arr, json_t *v)
-{
-        if (!arr || !v || json_array_append_new(arr, v) < 0)
-                w->oom = true;
-}
-
-static json_t *ju64(uint64_t v)
-{
-        return json_integer(v > (uint64_t)INT64_MAX ? INT64_MAX : (json_int_t)v);
-}
-
-static json_t *jindex(uint32_t i)
-{
-        return i == AP_NONE ? json_null() : json_integer(i);
-}
-
-static json_t *jaddr(uint64_t a)
-{
-        char buf[2 + 16 + 1];
-
-        snprintf(buf, sizeof(buf), "0x%" PRIx64, a);
-        return json_string(buf);
-}
-
-
-static json_t *jstr(const char *s)
-{
-        json_t *v;
-        char *clean, *o;
-
-        if (!s)
-                return json_null();
-        v = json_string(s);
-        if (v)
-                return v;
-        /* Invalid UTF-8 (or OOM, in which case the retry fails too). */
-        clean = malloc(strlen(s) * 3 + 1);
-        if (!clean)
-                return NULL;
-        o = clean;
-        for (const unsigned char *in = (const unsigned char *)s; *in;) {
-                size_t n = ap_utf8_len(in);
-
-                if (n == 0) {
-                        memcpy(o, "\xef\xbf\xbd", 3);
-                        o += 3;
-                        in++;
-                } else {
-                        memcpy(o, in, n);
-                        o += n;
-                        in += n;
+                if (n < 0) {
+                        if (errno != EINTR)
+                                sink->error = errno;
+                        continue;
                 }
+                p += n;
+                len -= (size_t)n;
         }
-        *o = '\0';
-        v = json_string(clean);
-        free(clean);
-        return v;
+}
+
+/* Compresses what is buffered; with `finish`, ends the gzip stream too. */
+static void sink_deflate(struct fd_sink *sink, bool finish)
+{
+        sink->z.next_in = (unsigned char *)sink->buf;
+        sink->z.avail_in = (uInt)sink->len;
+        while (!sink->error) {
+                sink->z.next_out = sink->zbuf;
+                sink->z.avail_out = sizeof(sink->zbuf);
+                int zr = deflate(&sink->z, finish ? Z_FINISH : Z_NO_FLUSH);
+                if (zr == Z_STREAM_ERROR) {
+                        sink->error = EIO;
+                        break;
+                }
+                write_all(sink, sink->zbuf, sizeof(sink->zbuf) - sink->z.avail_out);
+                if (finish ? zr == Z_STREAM_END : sink->z.avail_in == 0)
+                        break;
+        }
+        sink->len = 0;
+}
+
+static void out_raw(struct fd_sink *sink, const char *p, size_t n)
+{
+        while (n > sizeof(sink->buf) - sink->len && !sink->error) {
+                size_t room = sizeof(sink->buf) - sink->len;
+
+                memcpy(sink->buf + sink->len, p, room);
+                sink->len += room;
+                p += room;
+                n -= room;
+                sink_deflate(sink, false);
+        }
+        if (sink->error)
+                return;
+        memcpy(sink->buf + sink->len, p, n);
+        sink->len += n;
+}
+
+/* A string literal (a fixed piece of JSON syntax). */
+#define out_lit(sink, lit) out_raw(sink, "" lit, sizeof(lit) - 1)
+
+static void out_char(struct fd_sink *sink, char c)
+{
+        if (sink->len == sizeof(sink->buf))
+                sink_deflate(sink, false);
+        if (!sink->error)
+                sink->buf[sink->len++] = c;
+}
+
+static void out_i64(struct fd_sink *sink, int64_t v)
+{
+        char digits[24], *end = digits + sizeof(digits), *d = end;
+        /* Negated as unsigned: INT64_MIN has no positive int64 counterpart. */
+        uint64_t u = v < 0 ? -(uint64_t)v : (uint64_t)v;
+
+        do {
+                *--d = (char)('0' + u % 10);
+                u /= 10;
+        } while (u);
+        if (v < 0)
+                *--d = '-';
+        out_raw(sink, d, (size_t)(end - d));
+}
+
+/* Counters, sizes and times saturate at INT64_MAX (see the top of the file). */
+static void out_u64(struct fd_sink *sink, uint64_t v)
+{
+        out_i64(sink, v > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)v);
+}
+
+/* A string index or null. */
+static void out_index(struct fd_sink *sink, uint32_t i)
+{
+        if (i == AP_NONE)
+                out_lit(sink, "null");
+        else
+                out_i64(sink, i);
+}
+
+/* `"key":` for keys the code spells out (no escaping needed). */
+static void out_key(struct fd_sink *sink, const char *key)
+{
+        out_char(sink, '"');
+        out_raw(sink, key, strlen(key));
+        out_lit(sink, "\":");
+}
+
+/* A JSON string, or null for NULL.  Escapes what JSON requires (as jansson does: quote,
+ * backslash and control characters) and replaces each byte that does not start a valid
+ * UTF-8 sequence by U+FFFD, so any C string gives valid JSON; valid text passes in runs. */
+static void out_str(struct fd_sink *sink, const char *s)
+{
+        static const char hex[] = "0123456789ABCDEF";
+        const unsigned char *in = (const unsigned char *)s, *run;
+
+        if (!s) {
+                out_lit(sink, "null");
+                return;
+        }
+        out_char(sink, '"');
+        for (;;) {
+                run = in;
+                while (*in >= 0x20 && *in < 0x80 && *in != '"' && *in != '\\')
+                        in++;
+                out_raw(sink, (const char *)run, (size_t)(in - run));
+                if (*in == '\0')
+                        break;
+                if (*in >= 0x80) {
+                        size_t n = ap_utf8_len(in);
+
+                        if (n == 0) {
+                                out_lit(sink, "\xef\xbf\xbd");
+                                in++;
+                        } else {
+                                out_raw(sink, (const char *)in, n);
+                                in += n;
+                        }
+                        continue;
+                }
+                switch (*in) {
+                case '"':
+                        out_lit(sink, "\\\"");
+                        break;
+                case '\\':
+                        out_lit(sink, "\\\\");
+                        break;
+                case '\b':
+                        out_lit(sink, "\\b");
+                        break;
+                case '\f':
+                        out_lit(sink, "\\f");
+                        break;
+                case '\n':
+                        out_lit(sink, "\\n");
+                        break;
+                case '\r':
+                        out_lit(sink, "\\r");
+                        break;
+                case '\t':
+                        out_lit(sink, "\\t");
+                        break;
+                default: {
+                        char esc[] = {'\\', 'u', '0', '0', hex[*in >> 4], hex[*in & 15]};
+
+                        out_raw(sink, esc, sizeof(esc));
+                }
+                }
+                in++;
+        }
+        out_char(sink, '"');
 }
 
 struct u64_field {
@@ -352,13 +464,6 @@ static const struct u64_field module_fields[] = {
 static uint64_t *u64_at(void *base, const struct u64_field *f)
 {
         return (uint64_t *)((char *)base + f->offset);
-}
-
-static void put_u64_fields(struct wctx *w, json_t *obj, const void *base,
-                           const struct u64_field *fields, size_t n)
-{
-        for (size_t i = 0; i < n; i++)
-                put(w, obj, fields[i].name, ju64(*u64_at((void *)base, &fields[i])));
 }
 
 static bool valid_index(uint32_t i, uint32_t n)
@@ -418,211 +523,237 @@ static int cmp_outermost_first(const void *x, const void *y)
         return a->nframes < b->nframes ? -1 : a->nframes > b->nframes;
 }
 
-static json_t *build_document(const struct ap_profile *p)
+/* What has to be worked out before the first byte is written, so that running out of
+ * memory cannot leave half a file: the order the sites are written in. */
+struct plan {
+        const struct ap_psite **sites;
+};
+
+static void plan_free(struct plan *plan)
 {
-        struct wctx w = {0};
-        json_t *root = json_object(), *o, *a;
+        free(plan->sites);
+}
 
-        put(&w, root, "format", json_string(FORMAT_NAME));
-        put(&w, root, "format_version", json_integer(AP_PROFILE_SCHEMA_VERSION));
+static int plan_make(const struct ap_profile *p, struct plan *plan)
+{
+        *plan = (struct plan){0};
+        if (p->nsites == 0)
+                return 0;
+        plan->sites = malloc(sizeof(*plan->sites) * p->nsites);
+        if (!plan->sites)
+                return -ENOMEM;
+        for (uint32_t i = 0; i < p->nsites; i++)
+                plan->sites[i] = &p->sites[i];
+        qsort(plan->sites, p->nsites, sizeof(*plan->sites), cmp_outermost_first);
+        return 0;
+}
 
-        o = json_object();
-        put(&w, o, "name", json_string("allocprof"));
-        put(&w, o, "version", jstr(p->tool_version));
-        put(&w, root, "tool", o);
+static void out_u64_fields(struct fd_sink *sink, const void *base, const struct u64_field *fields,
+                           size_t n)
+{
+        for (size_t i = 0; i < n; i++) {
+                out_char(sink, i ? ',' : '{');
+                out_key(sink, fields[i].name);
+                out_u64(sink, *u64_at((void *)base, &fields[i]));
+        }
+        out_char(sink, '}');
+}
 
-        o = json_object();
-        put(&w, o, "pid", json_integer(p->pid));
-        put(&w, o, "ppid", json_integer(p->ppid));
-        a = json_array();
-        for (uint32_t i = 0; i < p->ncommand; i++)
-                push(&w, a, jstr(p->command[i]));
-        put(&w, o, "command", a);
-        put(&w, o, "exe", jstr(p->exe));
-        if (p->run_id != NULL)
-                put(&w, o, "run_id", jstr(p->run_id));
-        put(&w, o, "exit_status", json_integer(p->exit_status));
-        put(&w, o, "term_signal", json_integer(p->term_signal));
-        put(&w, o, "start_unix_ns", ju64(p->start_unix_ns));
-        put(&w, o, "duration_ns", ju64(p->duration_ns));
-        if (p->drain_cpu_ns != 0)
-                put(&w, o, "drain_cpu_ns", ju64(p->drain_cpu_ns));
-        put(&w, root, "process", o);
+static void out_process(struct fd_sink *sink, const struct ap_profile *p)
+{
+        out_lit(sink, "{\"pid\":");
+        out_i64(sink, p->pid);
+        out_lit(sink, ",\"ppid\":");
+        out_i64(sink, p->ppid);
+        out_lit(sink, ",\"command\":[");
+        for (uint32_t i = 0; i < p->ncommand; i++) {
+                if (i)
+                        out_char(sink, ',');
+                out_str(sink, p->command[i]);
+        }
+        out_lit(sink, "],\"exe\":");
+        out_str(sink, p->exe);
+        if (p->run_id != NULL) {
+                out_lit(sink, ",\"run_id\":");
+                out_str(sink, p->run_id);
+        }
+        out_lit(sink, ",\"exit_status\":");
+        out_i64(sink, p->exit_status);
+        out_lit(sink, ",\"term_signal\":");
+        out_i64(sink, p->term_signal);
+        out_lit(sink, ",\"start_unix_ns\":");
+        out_u64(sink, p->start_unix_ns);
+        out_lit(sink, ",\"duration_ns\":");
+        out_u64(sink, p->duration_ns);
+        if (p->drain_cpu_ns != 0) {
+                out_lit(sink, ",\"drain_cpu_ns\":");
+                out_u64(sink, p->drain_cpu_ns);
+        }
+        out_char(sink, '}');
+}
 
-        if (p->live)
-                put(&w, root, "live", json_true());
-        put(&w, root, "mode", jstr(p->mode));
-        put(&w, root, "sample_interval", ju64(p->sample_interval));
-
-        o = json_object();
-        put_u64_fields(&w, o, p, totals_fields, ARRAY_SIZE(totals_fields));
-        put(&w, root, "totals", o);
-
-        a = json_array();
-        for (uint32_t i = 0; i < p->nstrings && !w.oom; i++)
-                push(&w, a, jstr(p->strings[i]));
-        put(&w, root, "strings", a);
-
-        a = json_array();
-        for (uint32_t i = 0; i < p->nmodules && !w.oom; i++) {
+static void out_modules(struct fd_sink *sink, const struct ap_profile *p)
+{
+        out_char(sink, '[');
+        for (uint32_t i = 0; i < p->nmodules; i++) {
                 const struct ap_pmodule *m = &p->modules[i];
 
-                o = json_object();
-                put(&w, o, "path", jindex(m->path));
-                put(&w, o, "build_id", jindex(m->build_id));
-                put_u64_fields(&w, o, m, module_fields, ARRAY_SIZE(module_fields));
-                push(&w, a, o);
+                if (i)
+                        out_char(sink, ',');
+                out_lit(sink, "{\"path\":");
+                out_index(sink, m->path);
+                out_lit(sink, ",\"build_id\":");
+                out_index(sink, m->build_id);
+                for (size_t k = 0; k < ARRAY_SIZE(module_fields); k++) {
+                        out_char(sink, ',');
+                        out_key(sink, module_fields[k].name);
+                        out_u64(sink, *u64_at((void *)m, &module_fields[k]));
+                }
+                out_char(sink, '}');
         }
-        put(&w, root, "modules", a);
+        out_char(sink, ']');
+}
 
-        a = json_array();
-        for (uint32_t i = 0; i < p->nframes && !w.oom; i++) {
+static void out_frames(struct fd_sink *sink, const struct ap_profile *p)
+{
+        out_char(sink, '[');
+        for (uint32_t i = 0; i < p->nframes; i++) {
                 const struct ap_pframe *f = &p->frames[i];
-                json_t *fa = json_array();
+                char addr[2 + 16 + 1];
 
-                push(&w, fa, jindex(f->function));
-                push(&w, fa, jindex(f->file));
-                push(&w, fa, json_integer(f->line));
-                push(&w, fa, jindex(f->module));
-                push(&w, fa, jaddr(f->address));
-                push(&w, fa, json_boolean(f->inlined));
-                push(&w, a, fa);
+                if (i)
+                        out_char(sink, ',');
+                out_char(sink, '[');
+                out_index(sink, f->function);
+                out_char(sink, ',');
+                out_index(sink, f->file);
+                out_char(sink, ',');
+                out_i64(sink, f->line);
+                out_char(sink, ',');
+                out_index(sink, f->module);
+                snprintf(addr, sizeof(addr), "0x%" PRIx64, f->address);
+                out_lit(sink, ",\"");
+                out_raw(sink, addr, strlen(addr));
+                out_lit(sink, "\",");
+                if (f->inlined)
+                        out_lit(sink, "true]");
+                else
+                        out_lit(sink, "false]");
         }
-        put(&w, root, "frames", a);
+        out_char(sink, ']');
+}
 
-        a = json_array();
-        const struct ap_psite **order = p->nsites ? malloc(sizeof(*order) * p->nsites) : NULL;
-        if (p->nsites && !order)
-                w.oom = true;
-        for (uint32_t i = 0; i < p->nsites && order; i++)
-                order[i] = &p->sites[i];
-        if (order)
-                qsort(order, p->nsites, sizeof(*order), cmp_outermost_first);
+static void out_sites(struct fd_sink *sink, const struct ap_profile *p, const struct plan *plan)
+{
         const struct ap_psite *prev = NULL;
-        for (uint32_t i = 0; i < p->nsites && !w.oom; i++) {
-                const struct ap_psite *s = order[i];
-                json_t *t = json_array(), *fa = json_array();
+
+        out_char(sink, '[');
+        for (uint32_t i = 0; i < p->nsites; i++) {
+                const struct ap_psite *s = plan->sites[i];
                 uint32_t shared = 0;
 
                 while (prev && shared < s->nframes && shared < prev->nframes &&
-                       s->frames[s->nframes - 1 - shared] == prev->frames[prev->nframes - 1 - shared])
+                       s->frames[s->nframes - 1 - shared] ==
+                               prev->frames[prev->nframes - 1 - shared])
                         shared++;
-                for (size_t k = 0; k < ARRAY_SIZE(site_fields); k++)
-                        push(&w, t, ju64(*u64_at((void *)s, &site_fields[k])));
-                push(&w, t, json_integer(shared));
-                for (uint32_t j = 0; j + shared < s->nframes; j++)
-                        push(&w, fa, json_integer(s->frames[j]));
-                push(&w, t, fa);
-                push(&w, a, t);
+                if (i)
+                        out_char(sink, ',');
+                out_char(sink, '[');
+                for (size_t k = 0; k < ARRAY_SIZE(site_fields); k++) {
+                        out_u64(sink, *u64_at((void *)s, &site_fields[k]));
+                        out_char(sink, ',');
+                }
+                out_i64(sink, shared);
+                out_lit(sink, ",[");
+                for (uint32_t j = 0; j + shared < s->nframes; j++) {
+                        if (j)
+                                out_char(sink, ',');
+                        out_i64(sink, s->frames[j]);
+                }
+                out_lit(sink, "]]");
                 prev = s;
         }
-        free(order);
-        put(&w, root, "sites", a);
+        out_char(sink, ']');
+}
 
-        a = json_array();
+static void out_histogram(struct fd_sink *sink, const struct ap_profile *p)
+{
+        bool more = false;
+
+        out_char(sink, '[');
         for (unsigned i = 0; i < AP_HIST_BUCKETS; i++) {
-                json_t *b;
-
                 if (p->hist_count[i] == 0 && p->hist_bytes[i] == 0)
                         continue;
-                b = json_array();
-                push(&w, b, json_integer(i));
-                push(&w, b, ju64(p->hist_count[i]));
-                push(&w, b, ju64(p->hist_bytes[i]));
-                push(&w, a, b);
+                if (more)
+                        out_char(sink, ',');
+                out_char(sink, '[');
+                more = true;
+                out_i64(sink, i);
+                out_char(sink, ',');
+                out_u64(sink, p->hist_count[i]);
+                out_char(sink, ',');
+                out_u64(sink, p->hist_bytes[i]);
+                out_char(sink, ']');
         }
-        put(&w, root, "histogram", a);
+        out_char(sink, ']');
+}
 
-        a = json_array();
-        for (uint32_t i = 0; i < p->ntimeline && !w.oom; i++) {
+static void out_timeline(struct fd_sink *sink, const struct ap_profile *p)
+{
+        out_char(sink, '[');
+        for (uint32_t i = 0; i < p->ntimeline; i++) {
                 const struct ap_ptimepoint *t = &p->timeline[i];
-                json_t *ta = json_array();
 
-                push(&w, ta, ju64(t->t_ns));
-                push(&w, ta, ju64(t->live_bytes));
-                push(&w, ta, ju64(t->allocations));
-                push(&w, a, ta);
+                if (i)
+                        out_char(sink, ',');
+                out_char(sink, '[');
+                out_u64(sink, t->t_ns);
+                out_char(sink, ',');
+                out_u64(sink, t->live_bytes);
+                out_char(sink, ',');
+                out_u64(sink, t->allocations);
+                out_char(sink, ']');
         }
-        put(&w, root, "timeline", a);
-
-        if (w.oom) {
-                json_decref(root);
-                return NULL;
-        }
-        return root;
+        out_char(sink, ']');
 }
 
-/* jansson hands the dump callback one token at a time; they are batched, compressed
- * (gzip, see the top of the file) and written in large pieces. */
-struct fd_sink {
-        int fd;
-        int error; /* first errno seen */
-        size_t len;
-        z_stream z;
-        bool z_ready;
-        unsigned char buf[64 * 1024];  /* JSON text not yet compressed */
-        unsigned char zbuf[64 * 1024]; /* compressed output not yet written */
-};
-
-static int write_all(struct fd_sink *sink, const unsigned char *p, size_t len)
+/* The whole document, in the key order of the top of the file, and the end of the gzip
+ * stream.  Returns 0 or the first error. */
+static int out_document(struct fd_sink *sink, const struct ap_profile *p, const struct plan *plan)
 {
-        while (len > 0) {
-                ssize_t n = write(sink->fd, p, len);
-
-                if (n < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        sink->error = errno;
-                        return -1;
-                }
-                p += n;
-                len -= (size_t)n;
+        out_lit(sink, "{\"format\":\"" FORMAT_NAME "\",\"format_version\":");
+        out_i64(sink, AP_PROFILE_SCHEMA_VERSION);
+        out_lit(sink, ",\"tool\":{\"name\":\"allocprof\",\"version\":");
+        out_str(sink, p->tool_version);
+        out_lit(sink, "},\"process\":");
+        out_process(sink, p);
+        if (p->live)
+                out_lit(sink, ",\"live\":true");
+        out_lit(sink, ",\"mode\":");
+        out_str(sink, p->mode);
+        out_lit(sink, ",\"sample_interval\":");
+        out_u64(sink, p->sample_interval);
+        out_lit(sink, ",\"totals\":");
+        out_u64_fields(sink, p, totals_fields, ARRAY_SIZE(totals_fields));
+        out_lit(sink, ",\"strings\":[");
+        for (uint32_t i = 0; i < p->nstrings; i++) {
+                if (i)
+                        out_char(sink, ',');
+                out_str(sink, p->strings[i]);
         }
-        return 0;
-}
-
-/* Compresses what is buffered; with `finish`, ends the gzip stream too. */
-static int sink_deflate(struct fd_sink *sink, bool finish)
-{
-        sink->z.next_in = sink->buf;
-        sink->z.avail_in = (uInt)sink->len;
-        for (;;) {
-                sink->z.next_out = sink->zbuf;
-                sink->z.avail_out = sizeof(sink->zbuf);
-                int zr = deflate(&sink->z, finish ? Z_FINISH : Z_NO_FLUSH);
-                if (zr == Z_STREAM_ERROR) {
-                        sink->error = EIO;
-                        return -1;
-                }
-                if (write_all(sink, sink->zbuf, sizeof(sink->zbuf) - sink->z.avail_out) < 0)
-                        return -1;
-                if (finish ? zr == Z_STREAM_END : sink->z.avail_in == 0)
-                        break;
-        }
-        sink->len = 0;
-        return 0;
-}
-
-static int sink_write(const char *buf, size_t size, void *data)
-{
-        struct fd_sink *sink = data;
-
-        while (size > 0) {
-                size_t n = sizeof(sink->buf) - sink->len;
-
-                if (n == 0) {
-                        if (sink_deflate(sink, false) < 0)
-                                return -1;
-                        continue;
-                }
-                if (n > size)
-                        n = size;
-                memcpy(sink->buf + sink->len, buf, n);
-                sink->len += n;
-                buf += n;
-                size -= n;
-        }
-        return 0;
+        out_lit(sink, "],\"modules\":");
+        out_modules(sink, p);
+        out_lit(sink, ",\"frames\":");
+        out_frames(sink, p);
+        out_lit(sink, ",\"sites\":");
+        out_sites(sink, p, plan);
+        out_lit(sink, ",\"histogram\":");
+        out_histogram(sink, p);
+        out_lit(sink, ",\"timeline\":");
+        out_timeline(sink, p);
+        out_lit(sink, "}\n");
+        sink_deflate(sink, true);
+        return -sink->error;
 }
 
 static struct fd_sink *sink_new(int fd)
@@ -650,19 +781,10 @@ static void sink_free(struct fd_sink *sink)
         free(sink);
 }
 
-/* The whole document, compressed, to sink->fd. */
-static int sink_dump(struct fd_sink *sink, json_t *doc)
-{
-        if (json_dump_callback(doc, sink_write, sink, JSON_COMPACT) < 0 ||
-            sink_write("\n", 1, sink) < 0 || sink_deflate(sink, true) < 0)
-                return sink->error ? -sink->error : -ENOMEM;
-        return 0;
-}
-
 int ap_profile_write_fd(const struct ap_profile *p, int fd)
 {
         struct fd_sink *sink = NULL;
-        json_t *doc;
+        struct plan plan;
         int r;
 
         if (!p || fd < 0)
@@ -670,11 +792,11 @@ int ap_profile_write_fd(const struct ap_profile *p, int fd)
         r = validate_for_write(p);
         if (r < 0)
                 return r;
-        doc = build_document(p);
-        sink = doc ? sink_new(fd) : NULL;
-        r = sink ? sink_dump(sink, doc) : -ENOMEM;
+        r = plan_make(p, &plan);
+        sink = r == 0 ? sink_new(fd) : NULL;
+        r = sink ? out_document(sink, p, &plan) : -ENOMEM;
         sink_free(sink);
-        json_decref(doc);
+        plan_free(&plan);
         return r;
 }
 
@@ -683,8 +805,8 @@ int ap_profile_write(const struct ap_profile *p, const char *path)
         /* Several collector threads may write profiles into one directory at once. */
         static atomic_uint counter;
         struct fd_sink *sink = NULL;
+        struct plan plan;
         char *tmp = NULL;
-        json_t *doc;
         int r;
 
         if (!p || !path)
@@ -692,9 +814,11 @@ int ap_profile_write(const struct ap_profile *p, const char *path)
         r = validate_for_write(p);
         if (r < 0)
                 return r;
-        doc = build_document(p);
-        sink = doc ? sink_new(-1) : NULL;
-        if (!doc || !sink) {
+        r = plan_make(p, &plan);
+        if (r < 0)
+                return r;
+        sink = sink_new(-1);
+        if (!sink) {
                 r = -ENOMEM;
                 goto out;
         }
@@ -723,7 +847,7 @@ int ap_profile_write(const struct ap_profile *p, const char *path)
                 r = -errno;
                 goto out_unlink;
         }
-        r = sink_dump(sink, doc);
+        r = out_document(sink, p, &plan);
         if (r < 0)
                 goto out_unlink;
         r = close(sink->fd);
@@ -746,7 +870,7 @@ out_unlink:
 out:
         free(tmp);
         sink_free(sink);
-        json_decref(doc);
+        plan_free(&plan);
         return r;
 }
 

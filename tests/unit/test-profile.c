@@ -540,6 +540,30 @@ static char *slurp_raw(const char *path, size_t *len)
         return buf;
 }
 
+/* Control characters, quotes and backslashes are escaped on write and come back exactly;
+ * the file spells them the way JSON's short escapes do where there is one. */
+static void test_escapes(void)
+{
+        static const char nasty[] = "\x01\x1f\b\f\n\r\t\"\\/\x7f \xe2\x82\xac";
+        struct ap_profile *p = build_sample(), *q;
+        char *path = path_in_tmp("escapes.approf");
+        size_t len;
+        char *text;
+
+        free(p->exe);
+        p->exe = xstrdup(nasty);
+        ASSERT_OK(ap_profile_write(p, path));
+        q = read_ok(path);
+        ASSERT_STREQ(q->exe, nasty);
+        text = slurp(path, &len);
+        ASSERT_CONTAINS(text, "\"exe\":\"\\u0001\\u001F\\b\\f\\n\\r\\t\\\"\\\\/\x7f \xe2\x82\xac\"");
+        free(text);
+        ap_profile_free(q);
+        ap_profile_free(p);
+        unlink(path);
+        free(path);
+}
+
 /* Reads `path` expecting failure `expect`; the explanation must be one line containing
  * `needle`.  Returns nothing: the assertions are the test. */
 static void expect_read_error(const char *path, int expect, const char *needle)
@@ -979,6 +1003,7 @@ int main(void)
         test_live();
         test_u64_limits();
         test_invalid_utf8();
+        test_escapes();
         test_write_errors();
         test_hostile_documents();
         test_reads_version_1();
