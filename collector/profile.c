@@ -22,41 +22,75 @@
 #include <zlib.h>
 
 /*
- * File layout (format_version 2): one JSON document without whitespace, compressed
- * with gzip (zcat shows it; a JSON profile is ~15x its gzip'ed size).  The
- * reader takes uncompressed JSON too, as the first profiles were written:
+ * File layout (format_version 3): one JSON document without whitespace, compressed with
+ * gzip (zcat shows it).  The reader takes uncompressed JSON too, as the first profiles
+ * were written:
  *
- *   {"format":"allocprof-profile", "format_version":1,
+ *   {"format":"allocprof-profile", "format_version":3,
  *    "tool":{"name":"allocprof","version":S|null},
- *    "process":{"pid","ppid","command":[S...],"exe":S|null,"exit_status","term_signal",
- *               "start_unix_ns","duration_ns","drain_cpu_ns" (optional)},
+ *    "process":{"pid","ppid","command":[S...],"exe":S|null,"run_id":S (optional),
+ *               "exit_status","term_signal","start_unix_ns","duration_ns",
+ *               "drain_cpu_ns" (optional)},
  *    "live":true,                                      (snapshots of a running process only)
  *    "mode":S|null, "sample_interval":N,
  *    "totals":{one key per field of ap_profile.totals},
  *    "strings":[S...],
  *    "modules":[{"path":I|null,"build_id":I|null,"allocations","bytes","leaked_blocks",
  *                "leaked_bytes"}...],
- *    "frames":[[function I|null, file I|null, line, module M|null, "0x<hex addr>", inlined]...],
- *    "sites":[[allocations,...,reallocs, shared, [F...]]...],
+ *    "frames":{"function":[I...], "file":[I...], "line":[dL...], "module":[M...],
+ *              "address":[dA...], "inlined":[0|1...]},
+ *    "sites":{"allocations":[N...], "bytes":[N...], "leaked_blocks":[N...],
+ *             "leaked_bytes":[N...], "temporary":[N...], "reallocs":[N...],
+ *             "allocations-leaked_blocks-frees":[X...],
+ *             "bytes-leaked_bytes-freed_bytes":[X...],
+ *             "max_live_bytes+1 (0: =bytes)":[X...],
+ *             "peak_bytes+2 (0: none, 1: =max_live_bytes)":[X...],
+ *             "shared":[K...], "stacks":[[dF...]...]},
  *    "histogram":[[bucket, count, bytes]...],          (non-empty buckets only)
- *    "timeline":[[t_ns, live_bytes, allocations]...]}
+ *    "timeline":[[dt_ns, dlive_bytes, dallocations]...]}
  *
- * I = index into "strings", M = into "modules", F = into "frames"; null stands for
- * AP_NONE.  A site is its ten counters in the order of site_fields, then its stack:
- * sites are written in the order of their stacks read from the outermost frame, and a
- * site's stack is [F...] (innermost first) followed by the last `shared` frames of the
- * previous site's stack.  Deep stacks that differ only near the top (a compiler's, say)
- * so cost a few numbers each instead of dozens: a fourth of version 1's text for cc1.
- * Version 1 (still read) wrote each site as an object with named counters and the whole
- * "frames" array.  Unknown keys are ignored so that a version can grow optional fields.  "live"
- * is such a field: written only when true, so that a profile of a process that ended is
- * byte for byte what it was before snapshots existed, and absent reads as false.
+ * I = index into "strings", M = into "modules" (-1 stands for AP_NONE in "frames", null
+ * in "modules"), F = into "frames".  The two big tables are stored column by column: a
+ * column of like numbers compresses far better than rows that mix ten kinds (about a
+ * fourth less for cc1 and for python than version 2's rows, with the codings below).
+ *
+ * Frames are sorted by module, then address, then the index they had (which keeps the
+ * frames of an inline chain, all at one address, in their order): "address" holds each
+ * frame's address minus the previous one's and "line" likewise, so a file's frames cost a
+ * few digits each.  The frame numbers in memory are therefore not those of the file: a
+ * profile that was read has its frames in this order.
+ *
+ * Sites are sorted by their stacks read from the outermost frame.  "shared" says how many
+ * outermost frames a site has in common with the previous site, and its entry in "stacks"
+ * lists the others from the outermost in, each as its frame index minus that of the frame
+ * before it (the innermost shared one, or -1 when none is shared).  Deep stacks that
+ * differ only near the top (a compiler's, say) so cost a few small numbers each.
+ *
+ * A site's counters mostly follow from one another, so four are coded against the rest
+ * (the column names say how): frees as allocations - leaked_blocks - frees and freed_bytes
+ * likewise (both almost always 0), max_live_bytes as 0 when it equals bytes (every
+ * block still live at once), else its value + 1, and peak_bytes as 0 when 0, 1 when it
+ * equals max_live_bytes, else its value + 2.  The timeline's rows are the steps from the
+ * previous row (the first from zeros).
  *
  * 64-bit values: jansson integers are signed 64-bit.  Counters, sizes and times are
  * saturated at INT64_MAX when written (2^63 bytes or events cannot happen; saturating keeps
  * "at least this much" true, where wrapping would turn it into a negative number that every
- * reader rejects).  Addresses, which may legitimately use all 64 bits, are written as hex
- * strings and so round-trip exactly.
+ * reader rejects).  Codings and steps (dL, dA, dF, X, the timeline's) are computed modulo
+ * 2^64 and written as the int64 with the same bits; the reader adds them back modulo 2^64,
+ * so every value, addresses with all 64 bits included, round-trips exactly, and then
+ * rejects a counter above INT64_MAX, an index out of range, a line above UINT32_MAX.
+ *
+ * Version 2 (still read) stored the frames as rows [function I|null, file I|null, line,
+ * module M|null, "0x<hex address>", inlined] and the sites as rows [allocations, bytes,
+ * frees, freed_bytes, leaked_blocks, leaked_bytes, peak_bytes, max_live_bytes, temporary,
+ * reallocs, shared, [F...]] of plain counters, the stack's unshared frames as indexes,
+ * innermost first; its timeline rows were absolute.  Version 1 wrote each site as an
+ * object with named counters and the whole "frames" array.
+ *
+ * Unknown keys are ignored so that a version can grow optional fields.  "live" is such a
+ * field: written only when true, so that a profile of a process that ended is byte for
+ * byte what it was before snapshots existed, and absent reads as false.
  *
  * Strings are UTF-8 in JSON; argv and paths are arbitrary bytes, so invalid sequences are
  * replaced by U+FFFD on write.  The reader gets only valid UTF-8 without NULs (jansson
@@ -319,19 +353,31 @@ static void out_char(struct fd_sink *sink, char c)
                 sink->buf[sink->len++] = c;
 }
 
+/* Most of a profile's text is numbers, so they are formatted straight into the buffer
+ * when there is room for the longest one. */
 static void out_i64(struct fd_sink *sink, int64_t v)
 {
-        char digits[24], *end = digits + sizeof(digits), *d = end;
+        char digits[20], *end = digits + sizeof(digits), *d = end;
         /* Negated as unsigned: INT64_MIN has no positive int64 counterpart. */
         uint64_t u = v < 0 ? -(uint64_t)v : (uint64_t)v;
+        size_t n;
 
         do {
                 *--d = (char)('0' + u % 10);
                 u /= 10;
         } while (u);
+        n = (size_t)(end - d);
+        if (sizeof(sink->buf) - sink->len < n + 1) {
+                if (v < 0)
+                        out_char(sink, '-');
+                out_raw(sink, d, n);
+                return;
+        }
         if (v < 0)
-                *--d = '-';
-        out_raw(sink, d, (size_t)(end - d));
+                sink->buf[sink->len++] = '-';
+        for (size_t i = 0; i < n; i++)
+                sink->buf[sink->len + i] = d[i];
+        sink->len += n;
 }
 
 /* Counters, sizes and times saturate at INT64_MAX (see the top of the file). */
@@ -466,6 +512,103 @@ static uint64_t *u64_at(void *base, const struct u64_field *f)
         return (uint64_t *)((char *)base + f->offset);
 }
 
+static uint64_t saturate(uint64_t v)
+{
+        return v > (uint64_t)INT64_MAX ? (uint64_t)INT64_MAX : v;
+}
+
+/* Site columns of format 3, in the order they are written and decoded: a coded counter
+ * comes after the counters it is coded against (see the top of the file). */
+enum site_coding {
+        CODE_RAW,
+        CODE_FREES,       /* allocations - leaked_blocks - frees */
+        CODE_FREED_BYTES, /* bytes - leaked_bytes - freed_bytes */
+        CODE_MAX_LIVE,    /* 0: = bytes, else max_live_bytes + 1 */
+        CODE_PEAK,        /* 0: 0, 1: = max_live_bytes, else peak_bytes + 2 */
+};
+
+struct site_column {
+        const char *field; /* the counter's name */
+        const char *name;  /* the column's */
+        size_t offset;     /* of the counter in struct ap_psite */
+        enum site_coding coding;
+};
+
+#define COLUMN(f, name, coding)                                \
+        {                                                      \
+#f, name, offsetof(struct ap_psite, f), coding \
+        }
+static const struct site_column site_columns[] = {
+        COLUMN(allocations, "allocations", CODE_RAW),
+        COLUMN(bytes, "bytes", CODE_RAW),
+        COLUMN(leaked_blocks, "leaked_blocks", CODE_RAW),
+        COLUMN(leaked_bytes, "leaked_bytes", CODE_RAW),
+        COLUMN(temporary, "temporary", CODE_RAW),
+        COLUMN(reallocs, "reallocs", CODE_RAW),
+        COLUMN(frees, "allocations-leaked_blocks-frees", CODE_FREES),
+        COLUMN(freed_bytes, "bytes-leaked_bytes-freed_bytes", CODE_FREED_BYTES),
+        COLUMN(max_live_bytes, "max_live_bytes+1 (0: =bytes)", CODE_MAX_LIVE),
+        COLUMN(peak_bytes, "peak_bytes+2 (0: none, 1: =max_live_bytes)", CODE_PEAK),
+};
+
+static uint64_t *site_counter(struct ap_psite *s, const struct site_column *c)
+{
+        return (uint64_t *)((char *)s + c->offset);
+}
+
+/* What column c holds for site s.  Counters saturate at INT64_MAX first, as everywhere in
+ * the file; the coded values are then taken modulo 2^64 (written as the int64 with the
+ * same bits), so that each counter comes back exactly. */
+static uint64_t site_encode(const struct ap_psite *s, const struct site_column *c)
+{
+        uint64_t v = saturate(*site_counter((struct ap_psite *)s, c));
+
+        switch (c->coding) {
+        case CODE_RAW:
+                break;
+        case CODE_FREES:
+                return saturate(s->allocations) - saturate(s->leaked_blocks) - v;
+        case CODE_FREED_BYTES:
+                return saturate(s->bytes) - saturate(s->leaked_bytes) - v;
+        case CODE_MAX_LIVE:
+                return v == saturate(s->bytes) ? 0 : v + 1;
+        case CODE_PEAK:
+                return v == 0 ? 0 : v == saturate(s->max_live_bytes) ? 1 : v + 2;
+        }
+        return v;
+}
+
+/* Inverts site_encode: stores the counter of column c, coded as x, into s (which holds
+ * the counters c is coded against already).  False if it does not fit in an int64. */
+static bool site_decode(struct ap_psite *s, const struct site_column *c, uint64_t x)
+{
+        uint64_t v = x;
+
+        switch (c->coding) {
+        case CODE_RAW:
+                break;
+        case CODE_FREES:
+                v = s->allocations - s->leaked_blocks - x;
+                break;
+        case CODE_FREED_BYTES:
+                v = s->bytes - s->leaked_bytes - x;
+                break;
+        case CODE_MAX_LIVE:
+                v = x == 0 ? s->bytes : x - 1;
+                break;
+        case CODE_PEAK:
+                v = x == 0 ? 0 : x == 1 ? s->max_live_bytes : x - 2;
+                break;
+        }
+        *site_counter(s, c) = v;
+        return v <= (uint64_t)INT64_MAX;
+}
+
+/* Columns of format 3's frame table, in file order. */
+enum frame_column { FC_FUNCTION, FC_FILE, FC_LINE, FC_MODULE, FC_ADDRESS, FC_INLINED, FC_COUNT };
+static const char *const frame_columns[FC_COUNT] = {"function", "file",    "line",
+                                                    "module",   "address", "inlined"};
+
 static bool valid_index(uint32_t i, uint32_t n)
 {
         return i == AP_NONE || i < n;
@@ -510,41 +653,196 @@ static int validate_for_write(const struct ap_profile *p)
         return 0;
 }
 
-/* Sites by their stacks read from the outermost frame (then shorter first). */
-static int cmp_outermost_first(const void *x, const void *y)
+/* Frames in file order: by module, then address, so that addresses are small steps; the
+ * index a frame had breaks ties, which keeps an inline chain (the frames of one address,
+ * innermost first, as the symbolizer made them) in its order. */
+struct frame_key {
+        uint32_t module; /* AP_NONE sorts last */
+        uint32_t index;
+        uint64_t address;
+};
+
+static int cmp_frame_key(const void *x, const void *y)
 {
-        const struct ap_psite *a = *(const struct ap_psite *const *)x;
-        const struct ap_psite *b = *(const struct ap_psite *const *)y;
-        for (uint32_t k = 0; k < a->nframes && k < b->nframes; k++) {
-                uint32_t fa = a->frames[a->nframes - 1 - k], fb = b->frames[b->nframes - 1 - k];
-                if (fa != fb)
-                        return fa < fb ? -1 : 1;
+        const struct frame_key *a = x, *b = y;
+
+        if (a->module != b->module)
+                return a->module < b->module ? -1 : 1;
+        if (a->address != b->address)
+                return a->address < b->address ? -1 : 1;
+        return a->index < b->index ? -1 : a->index > b->index;
+}
+
+/* A site as the file has it: its stack in file frame numbers, outermost first (the
+ * reverse of ap_psite.frames), the order in which it is sorted and written. */
+struct site_ref {
+        const struct ap_psite *site;
+        const uint32_t *frames;
+        uint32_t nframes;
+        uint32_t shared; /* outermost frames in common with the site written before it */
+};
+
+/* Frame `depth` of s's stack plus one, or 0 past its end: a shorter stack sorts before
+ * the longer ones it is a prefix of. */
+static uint64_t stack_key(const struct site_ref *s, uint32_t depth)
+{
+        return depth < s->nframes ? (uint64_t)s->frames[depth] + 1 : 0;
+}
+
+static void swap_sites(struct site_ref *a, struct site_ref *b)
+{
+        struct site_ref t = *a;
+
+        *a = *b;
+        *b = t;
+}
+
+/* Sorts sites by their stacks read from the outermost frame, so that a site shares as
+ * many outer frames as it can with the one before it.  Deep stacks share long prefixes,
+ * which a comparison sort would walk in every comparison (a sixth of the time to write a
+ * compiler's profile); a three-way radix quicksort (Bentley and Sedgewick) looks at each
+ * frame about once: it partitions on the frame at one depth and moves to the next depth
+ * only in the part that is equal there. */
+static void sort_sites(struct site_ref *sites, uint32_t nsites)
+{
+        struct range {
+                struct site_ref *a;
+                size_t n;
+                uint32_t depth;
+        };
+        /* Of the parts of a partition, the two larger are pushed and the smallest, at
+         * most half of the range, is sorted next; all that is pushed while sorting it is
+         * no larger.  So the stack holds at most two entries per halving of 2^32. */
+        struct range todo[2 * 33], cur = {sites, nsites, 0};
+        size_t ntodo = 0;
+
+        for (;;) {
+                struct site_ref *a = cur.a;
+                size_t n = cur.n;
+                uint32_t d = cur.depth;
+
+                if (n <= 8) {
+                        /* Insertion sort, comparing from depth d on. */
+                        for (size_t i = 1; i < n; i++)
+                                for (size_t j = i; j > 0; j--) {
+                                        uint32_t k = d;
+
+                                        while (stack_key(&a[j - 1], k) == stack_key(&a[j], k) &&
+                                               stack_key(&a[j], k) != 0)
+                                                k++;
+                                        if (stack_key(&a[j - 1], k) <= stack_key(&a[j], k))
+                                                break;
+                                        swap_sites(&a[j - 1], &a[j]);
+                                }
+                        if (ntodo == 0)
+                                break;
+                        cur = todo[--ntodo];
+                        continue;
+                }
+
+                uint64_t x = stack_key(&a[0], d), y = stack_key(&a[n / 2], d);
+                uint64_t z = stack_key(&a[n - 1], d);
+                uint64_t pivot = x < y ? (y < z ? y : x < z ? z : x) : (x < z ? x : y < z ? z : y);
+                size_t lt = 0, i = 0, gt = n;
+
+                /* [0, lt) < pivot, [lt, i) == pivot, [gt, n) > pivot */
+                while (i < gt) {
+                        uint64_t k = stack_key(&a[i], d);
+
+                        if (k < pivot)
+                                swap_sites(&a[lt++], &a[i++]);
+                        else if (k > pivot)
+                                swap_sites(&a[i], &a[--gt]);
+                        else
+                                i++;
+                }
+                /* Stacks that all end at depth d are equal: nothing left to sort there. */
+                struct range part[3] = {
+                        {a, lt, d}, {a + lt, pivot ? gt - lt : 0, d + 1}, {a + gt, n - gt, d}};
+                size_t smallest = 3;
+
+                for (size_t k = 0; k < 3; k++)
+                        if (part[k].n > 1 && (smallest == 3 || part[k].n < part[smallest].n))
+                                smallest = k;
+                for (size_t k = 0; k < 3; k++)
+                        if (part[k].n > 1 && k != smallest)
+                                todo[ntodo++] = part[k];
+                if (smallest != 3)
+                        cur = part[smallest];
+                else if (ntodo > 0)
+                        cur = todo[--ntodo];
+                else
+                        break;
         }
-        return a->nframes < b->nframes ? -1 : a->nframes > b->nframes;
 }
 
 /* What has to be worked out before the first byte is written, so that running out of
- * memory cannot leave half a file: the order the sites are written in. */
+ * memory cannot leave half a file: the order of the frames and of the sites.  The profile
+ * is const, so the stacks are copied with the frames' new numbers. */
 struct plan {
-        const struct ap_psite **sites;
+        uint32_t *frame_at;     /* file position -> index into p->frames */
+        uint32_t *stacks;       /* every site's renumbered stack, back to back */
+        struct site_ref *sites; /* in file order */
 };
 
 static void plan_free(struct plan *plan)
 {
+        free(plan->frame_at);
+        free(plan->stacks);
         free(plan->sites);
 }
 
 static int plan_make(const struct ap_profile *p, struct plan *plan)
 {
+        struct frame_key *keys = NULL;
+        uint32_t *renumber = NULL;
+        size_t total = 0;
+
         *plan = (struct plan){0};
-        if (p->nsites == 0)
-                return 0;
-        plan->sites = malloc(sizeof(*plan->sites) * p->nsites);
-        if (!plan->sites)
-                return -ENOMEM;
         for (uint32_t i = 0; i < p->nsites; i++)
-                plan->sites[i] = &p->sites[i];
-        qsort(plan->sites, p->nsites, sizeof(*plan->sites), cmp_outermost_first);
+                total += p->sites[i].nframes;
+        if ((p->nframes && (!(keys = malloc(sizeof(*keys) * p->nframes)) ||
+                            !(renumber = malloc(sizeof(*renumber) * p->nframes)) ||
+                            !(plan->frame_at = malloc(sizeof(*plan->frame_at) * p->nframes)))) ||
+            (total && !(plan->stacks = malloc(sizeof(*plan->stacks) * total))) ||
+            (p->nsites && !(plan->sites = malloc(sizeof(*plan->sites) * p->nsites)))) {
+                free(keys);
+                free(renumber);
+                plan_free(plan);
+                return -ENOMEM;
+        }
+
+        for (uint32_t i = 0; i < p->nframes; i++)
+                keys[i] = (struct frame_key){p->frames[i].module, i, p->frames[i].address};
+        if (p->nframes)
+                qsort(keys, p->nframes, sizeof(*keys), cmp_frame_key);
+        for (uint32_t i = 0; i < p->nframes; i++) {
+                plan->frame_at[i] = keys[i].index;
+                renumber[keys[i].index] = i;
+        }
+
+        total = 0;
+        for (uint32_t i = 0; i < p->nsites; i++) {
+                const struct ap_psite *s = &p->sites[i];
+                uint32_t *out = plan->stacks + total;
+
+                for (uint32_t j = 0; j < s->nframes; j++)
+                        out[j] = renumber[s->frames[s->nframes - 1 - j]];
+                plan->sites[i] = (struct site_ref){.site = s, .frames = out, .nframes = s->nframes};
+                total += s->nframes;
+        }
+        sort_sites(plan->sites, p->nsites);
+        for (uint32_t i = 1; i < p->nsites; i++) {
+                struct site_ref *s = &plan->sites[i];
+                const struct site_ref *prev = &plan->sites[i - 1];
+                uint32_t k = 0;
+
+                while (k < s->nframes && k < prev->nframes && s->frames[k] == prev->frames[k])
+                        k++;
+                s->shared = k;
+        }
+        free(keys);
+        free(renumber);
         return 0;
 }
 
@@ -614,66 +912,101 @@ static void out_modules(struct fd_sink *sink, const struct ap_profile *p)
         out_char(sink, ']');
 }
 
-static void out_frames(struct fd_sink *sink, const struct ap_profile *p)
+static void out_sep(struct fd_sink *sink, uint32_t i)
 {
-        out_char(sink, '[');
-        for (uint32_t i = 0; i < p->nframes; i++) {
-                const struct ap_pframe *f = &p->frames[i];
-                char addr[2 + 16 + 1];
+        if (i)
+                out_char(sink, ',');
+}
 
-                if (i)
-                        out_char(sink, ',');
+/* Format 3's reference into a table: the index, or -1 for AP_NONE. */
+static void out_ref(struct fd_sink *sink, uint32_t i)
+{
+        out_i64(sink, i == AP_NONE ? -1 : (int64_t)i);
+}
+
+/* A difference taken modulo 2^64, as the int64 with the same bits (GCC and Clang define
+ * the conversion so), which the reader adds back modulo 2^64. */
+static void out_wrapped(struct fd_sink *sink, uint64_t v)
+{
+        out_i64(sink, (int64_t)v);
+}
+
+static void out_frames(struct fd_sink *sink, const struct ap_profile *p, const struct plan *plan)
+{
+        for (unsigned c = 0; c < FC_COUNT; c++) {
+                uint64_t prev = 0;
+
+                out_char(sink, c ? ',' : '{');
+                out_key(sink, frame_columns[c]);
                 out_char(sink, '[');
-                out_index(sink, f->function);
-                out_char(sink, ',');
-                out_index(sink, f->file);
-                out_char(sink, ',');
-                out_i64(sink, f->line);
-                out_char(sink, ',');
-                out_index(sink, f->module);
-                snprintf(addr, sizeof(addr), "0x%" PRIx64, f->address);
-                out_lit(sink, ",\"");
-                out_raw(sink, addr, strlen(addr));
-                out_lit(sink, "\",");
-                if (f->inlined)
-                        out_lit(sink, "true]");
-                else
-                        out_lit(sink, "false]");
+                for (uint32_t i = 0; i < p->nframes; i++) {
+                        const struct ap_pframe *f = &p->frames[plan->frame_at[i]];
+
+                        out_sep(sink, i);
+                        switch ((enum frame_column)c) {
+                        case FC_FUNCTION:
+                                out_ref(sink, f->function);
+                                break;
+                        case FC_FILE:
+                                out_ref(sink, f->file);
+                                break;
+                        case FC_LINE:
+                                out_i64(sink, (int64_t)f->line - (int64_t)prev);
+                                prev = f->line;
+                                break;
+                        case FC_MODULE:
+                                out_ref(sink, f->module);
+                                break;
+                        case FC_ADDRESS:
+                                out_wrapped(sink, f->address - prev);
+                                prev = f->address;
+                                break;
+                        case FC_INLINED:
+                                out_char(sink, f->inlined ? '1' : '0');
+                                break;
+                        case FC_COUNT: /* not a column */
+                                break;
+                        }
+                }
+                out_char(sink, ']');
         }
-        out_char(sink, ']');
+        out_char(sink, '}');
 }
 
 static void out_sites(struct fd_sink *sink, const struct ap_profile *p, const struct plan *plan)
 {
-        const struct ap_psite *prev = NULL;
-
-        out_char(sink, '[');
-        for (uint32_t i = 0; i < p->nsites; i++) {
-                const struct ap_psite *s = plan->sites[i];
-                uint32_t shared = 0;
-
-                while (prev && shared < s->nframes && shared < prev->nframes &&
-                       s->frames[s->nframes - 1 - shared] ==
-                               prev->frames[prev->nframes - 1 - shared])
-                        shared++;
-                if (i)
-                        out_char(sink, ',');
+        for (size_t c = 0; c < ARRAY_SIZE(site_columns); c++) {
+                out_char(sink, c ? ',' : '{');
+                out_key(sink, site_columns[c].name);
                 out_char(sink, '[');
-                for (size_t k = 0; k < ARRAY_SIZE(site_fields); k++) {
-                        out_u64(sink, *u64_at((void *)s, &site_fields[k]));
-                        out_char(sink, ',');
+                for (uint32_t i = 0; i < p->nsites; i++) {
+                        out_sep(sink, i);
+                        out_wrapped(sink, site_encode(plan->sites[i].site, &site_columns[c]));
                 }
-                out_i64(sink, shared);
-                out_lit(sink, ",[");
-                for (uint32_t j = 0; j + shared < s->nframes; j++) {
-                        if (j)
-                                out_char(sink, ',');
-                        out_i64(sink, s->frames[j]);
-                }
-                out_lit(sink, "]]");
-                prev = s;
+                out_char(sink, ']');
         }
-        out_char(sink, ']');
+        out_lit(sink, ",\"shared\":[");
+        for (uint32_t i = 0; i < p->nsites; i++) {
+                out_sep(sink, i);
+                out_i64(sink, plan->sites[i].shared);
+        }
+        /* The frames a site does not share, from the outermost in, each as the step from
+         * the frame just outside it (the innermost shared one, or -1 for the first). */
+        out_lit(sink, "],\"stacks\":[");
+        for (uint32_t i = 0; i < p->nsites; i++) {
+                const struct site_ref *s = &plan->sites[i];
+                int64_t prev = s->shared ? (int64_t)s->frames[s->shared - 1] : -1;
+
+                out_sep(sink, i);
+                out_char(sink, '[');
+                for (uint32_t j = s->shared; j < s->nframes; j++) {
+                        out_sep(sink, j - s->shared);
+                        out_i64(sink, s->frames[j] - prev);
+                        prev = s->frames[j];
+                }
+                out_char(sink, ']');
+        }
+        out_lit(sink, "]}");
 }
 
 static void out_histogram(struct fd_sink *sink, const struct ap_profile *p)
@@ -698,21 +1031,26 @@ static void out_histogram(struct fd_sink *sink, const struct ap_profile *p)
         out_char(sink, ']');
 }
 
+/* Each row as its step from the row before (the first from zeros), modulo 2^64. */
 static void out_timeline(struct fd_sink *sink, const struct ap_profile *p)
 {
+        uint64_t t_ns = 0, live_bytes = 0, allocations = 0;
+
         out_char(sink, '[');
         for (uint32_t i = 0; i < p->ntimeline; i++) {
                 const struct ap_ptimepoint *t = &p->timeline[i];
 
-                if (i)
-                        out_char(sink, ',');
+                out_sep(sink, i);
                 out_char(sink, '[');
-                out_u64(sink, t->t_ns);
+                out_wrapped(sink, saturate(t->t_ns) - t_ns);
                 out_char(sink, ',');
-                out_u64(sink, t->live_bytes);
+                out_wrapped(sink, saturate(t->live_bytes) - live_bytes);
                 out_char(sink, ',');
-                out_u64(sink, t->allocations);
+                out_wrapped(sink, saturate(t->allocations) - allocations);
                 out_char(sink, ']');
+                t_ns = saturate(t->t_ns);
+                live_bytes = saturate(t->live_bytes);
+                allocations = saturate(t->allocations);
         }
         out_char(sink, ']');
 }
@@ -744,7 +1082,7 @@ static int out_document(struct fd_sink *sink, const struct ap_profile *p, const 
         out_lit(sink, "],\"modules\":");
         out_modules(sink, p);
         out_lit(sink, ",\"frames\":");
-        out_frames(sink, p);
+        out_frames(sink, p, plan);
         out_lit(sink, ",\"sites\":");
         out_sites(sink, p, plan);
         out_lit(sink, ",\"histogram\":");
@@ -1349,6 +1687,111 @@ static int read_frames(struct rctx *rc, struct ap_profile *p, const json_t *root
         return 0;
 }
 
+/* Format 3's reference into a table: an index < n, or -1 for AP_NONE. */
+static int as_ref(struct rctx *rc, const json_t *v, const struct loc *l, uint32_t n,
+                  const char *table, uint32_t *ret)
+{
+        json_int_t x;
+
+        if (!json_is_integer(v))
+                return expect(rc, v, l, "an index or -1");
+        x = json_integer_value(v);
+        if (x == -1) {
+                *ret = AP_NONE;
+                return 0;
+        }
+        if (x < 0 || x >= n)
+                return fail(rc, -EINVAL, "%s: index %lld out of range (%u %s)", loc_text(l).s,
+                            (long long)x, n, table);
+        *ret = (uint32_t)x;
+        return 0;
+}
+
+/* Any int64, as the uint64 with the same bits: a step to add modulo 2^64. */
+static int as_wrapped(struct rctx *rc, const json_t *v, const struct loc *l, uint64_t *ret)
+{
+        int64_t x = 0;
+        int r = as_int(rc, v, l, INT64_MIN, INT64_MAX, &x);
+
+        if (r >= 0)
+                *ret = (uint64_t)x;
+        return r;
+}
+
+static int decoded_too_large(struct rctx *rc, const struct loc *l, const char *what, uint64_t v)
+{
+        return fail(rc, -EINVAL, "%s: %s decodes to %" PRIu64 ", more than %" PRId64, loc_text(l).s,
+                    what, v, INT64_MAX);
+}
+
+/* Member `key` of a column-wise table (obj, at parent): an array of exactly n elements,
+ * as many as the table's column `first` has. */
+static int get_column(struct rctx *rc, const json_t *obj, const struct loc *parent, const char *key,
+                      const char *first, uint32_t n, json_t **ret)
+{
+        struct loc l = at_key(parent, key);
+        uint32_t len = 0;
+        int r = get_array(rc, obj, parent, key, ret, &len);
+
+        if (r < 0)
+                return r;
+        if (len != n)
+                return fail(rc, -EINVAL, "%s: %u elements, but %s has %u", loc_text(&l).s, len,
+                            first, n);
+        return 0;
+}
+
+/* Format version 3: {"function":[...], ..., "inlined":[...]} (see the top of the file). */
+static int read_frames_v3(struct rctx *rc, struct ap_profile *p, const json_t *root)
+{
+        struct loc l = at_key(NULL, "frames"), lc[FC_COUNT];
+        json_t *o = NULL, *col[FC_COUNT];
+        uint64_t line = 0, address = 0;
+        uint32_t n = 0;
+        int r;
+
+        if ((r = get_object(rc, root, NULL, "frames", &o)) < 0 ||
+            (r = get_array(rc, o, &l, frame_columns[0], &col[0], &n)) < 0)
+                return r;
+        for (unsigned c = 0; c < FC_COUNT; c++) {
+                lc[c] = at_key(&l, frame_columns[c]);
+                if (c > 0 && (r = get_column(rc, o, &l, frame_columns[c], "frames.function", n,
+                                             &col[c])) < 0)
+                        return r;
+        }
+        if ((r = alloc_table(rc, (void **)&p->frames, n, sizeof(*p->frames))) < 0)
+                return r;
+        p->nframes = n;
+        for (uint32_t i = 0; i < n; i++) {
+                struct ap_pframe *f = &p->frames[i];
+                struct loc li[FC_COUNT];
+                uint64_t line_step = 0, address_step = 0;
+                int64_t inlined = 0;
+
+                for (unsigned c = 0; c < FC_COUNT; c++)
+                        li[c] = at_index(&lc[c], i);
+#define CELL(c) json_array_get(col[c], i), &li[c]
+                if ((r = as_ref(rc, CELL(FC_FUNCTION), p->nstrings, "strings", &f->function)) < 0 ||
+                    (r = as_ref(rc, CELL(FC_FILE), p->nstrings, "strings", &f->file)) < 0 ||
+                    (r = as_wrapped(rc, CELL(FC_LINE), &line_step)) < 0 ||
+                    (r = as_ref(rc, CELL(FC_MODULE), p->nmodules, "modules", &f->module)) < 0 ||
+                    (r = as_wrapped(rc, CELL(FC_ADDRESS), &address_step)) < 0 ||
+                    (r = as_int(rc, CELL(FC_INLINED), 0, 1, &inlined)) < 0)
+                        return r;
+#undef CELL
+                /* Modulo 2^64, a step below line 0 lands far above UINT32_MAX. */
+                line += line_step;
+                if (line > UINT32_MAX)
+                        return fail(rc, -EINVAL, "%s: line number %lld out of range",
+                                    loc_text(&li[FC_LINE]).s, (long long)(int64_t)line);
+                f->line = (uint32_t)line;
+                address += address_step;
+                f->address = address;
+                f->inlined = inlined;
+        }
+        return 0;
+}
+
 /* The first n elements of fa (at l), indexes into "frames", into out. */
 static int read_frame_indexes(struct rctx *rc, const struct ap_profile *p, const json_t *fa,
                               const struct loc *l, uint32_t n, uint32_t *out)
@@ -1371,6 +1814,92 @@ static int read_frame_indexes(struct rctx *rc, const struct ap_profile *p, const
 /* At most this many frames in all the sites' stacks together: shared frames make a small
  * file stand for long stacks, and a hostile one must not make us allocate without end. */
 #define MAX_SITE_FRAMES_TOTAL (1ull << 26)
+
+/* Format version 3: one array per counter, then "shared" and "stacks" (see the top of
+ * the file).  The stack of site i is decoded against that of site i - 1. */
+static int read_sites_v3(struct rctx *rc, struct ap_profile *p, const json_t *root)
+{
+        enum { NC = ARRAY_SIZE(site_columns) };
+        struct loc l = at_key(NULL, "sites"), lsh = at_key(&l, "shared");
+        struct loc lst = at_key(&l, "stacks"), lc[NC];
+        json_t *o = NULL, *col[NC], *shared = NULL, *stacks = NULL;
+        uint64_t total = 0;
+        uint32_t n = 0;
+        int r;
+
+        if ((r = get_object(rc, root, NULL, "sites", &o)) < 0 ||
+            (r = get_array(rc, o, &l, "stacks", &stacks, &n)) < 0 ||
+            (r = get_column(rc, o, &l, "shared", "sites.stacks", n, &shared)) < 0)
+                return r;
+        for (size_t c = 0; c < NC; c++) {
+                lc[c] = at_key(&l, site_columns[c].name);
+                if ((r = get_column(rc, o, &l, site_columns[c].name, "sites.stacks", n, &col[c])) <
+                    0)
+                        return r;
+        }
+        if ((r = alloc_table(rc, (void **)&p->sites, n, sizeof(*p->sites))) < 0)
+                return r;
+        p->nsites = n; /* zeroed sites (frames NULL) are safe to free */
+        for (uint32_t i = 0; i < n; i++) {
+                struct ap_psite *s = &p->sites[i];
+                const struct ap_psite *prev = i ? &p->sites[i - 1] : NULL;
+                struct loc lshi = at_index(&lsh, i), lsti = at_index(&lst, i);
+                json_t *fa = json_array_get(stacks, i);
+                int64_t nshared = 0, frame = -1;
+
+                for (size_t c = 0; c < NC; c++) {
+                        const struct site_column *sc = &site_columns[c];
+                        struct loc lci = at_index(&lc[c], i);
+                        json_t *v = json_array_get(col[c], i);
+                        uint64_t x = 0;
+
+                        /* A raw counter must be in range as it is; a coded one once decoded. */
+                        if ((r = sc->coding == CODE_RAW ? as_u64(rc, v, &lci, &x)
+                                                        : as_wrapped(rc, v, &lci, &x)) < 0)
+                                return r;
+                        if (!site_decode(s, sc, x))
+                                return decoded_too_large(rc, &lci, sc->field, *site_counter(s, sc));
+                }
+
+                if ((r = as_int(rc, json_array_get(shared, i), &lshi, 0, prev ? prev->nframes : 0,
+                                &nshared)) < 0)
+                        return r;
+                if (!json_is_array(fa))
+                        return expect(rc, fa, &lsti, "an array");
+                size_t nnew = json_array_size(fa);
+                total += nnew + (uint64_t)nshared;
+                if (total > MAX_SITE_FRAMES_TOTAL)
+                        return fail(rc, -EINVAL, "%s: more than %llu frames in all stacks",
+                                    loc_text(&lsti).s, (unsigned long long)MAX_SITE_FRAMES_TOTAL);
+                uint32_t nf = (uint32_t)(nnew + (uint64_t)nshared);
+                if ((r = alloc_table(rc, (void **)&s->frames, nf, sizeof(*s->frames))) < 0)
+                        return r;
+                s->nframes = nf;
+                if (nshared) {
+                        memcpy(s->frames + nnew, prev->frames + prev->nframes - nshared,
+                               sizeof(*s->frames) * (size_t)nshared);
+                        frame = s->frames[nnew];
+                }
+                /* The new frames come outermost first, each a step from the one outside. */
+                for (size_t k = 0; k < nnew; k++) {
+                        struct loc lk = at_index(&lsti, k);
+                        int64_t step = 0;
+
+                        if ((r = as_int(rc, json_array_get(fa, k), &lk, INT64_MIN, INT64_MAX,
+                                        &step)) < 0)
+                                return r;
+                        if (__builtin_add_overflow(frame, step, &frame))
+                                return fail(rc, -EINVAL, "%s: frame index out of range (%u frames)",
+                                            loc_text(&lk).s, p->nframes);
+                        if (frame < 0 || frame >= p->nframes)
+                                return fail(rc, -EINVAL,
+                                            "%s: frame index %lld out of range (%u frames)",
+                                            loc_text(&lk).s, (long long)frame, p->nframes);
+                        s->frames[nnew - 1 - k] = (uint32_t)frame;
+                }
+        }
+        return 0;
+}
 
 /* Format version 2: [counters..., shared, [F...]] per site (see the top of this file). */
 static int read_sites_v2(struct rctx *rc, struct ap_profile *p, const json_t *root)
@@ -1482,9 +2011,13 @@ static int read_histogram(struct rctx *rc, struct ap_profile *p, const json_t *r
         return 0;
 }
 
-static int read_timeline(struct rctx *rc, struct ap_profile *p, const json_t *root)
+/* Rows of [t_ns, live_bytes, allocations]; from format 3 on, each the step from the row
+ * before (the first from zeros), added modulo 2^64. */
+static int read_timeline(struct rctx *rc, struct ap_profile *p, const json_t *root, bool steps)
 {
+        static const char *const names[] = {"t_ns", "live_bytes", "allocations"};
         struct loc l = at_key(NULL, "timeline");
+        uint64_t sum[3] = {0, 0, 0};
         json_t *a = NULL;
         uint32_t n = 0;
         int r;
@@ -1495,14 +2028,28 @@ static int read_timeline(struct rctx *rc, struct ap_profile *p, const json_t *ro
         p->ntimeline = n;
         for (uint32_t i = 0; i < n; i++) {
                 struct ap_ptimepoint *tp = &p->timeline[i];
+                uint64_t *const fields[] = {&tp->t_ns, &tp->live_bytes, &tp->allocations};
                 json_t *t = json_array_get(a, i);
                 struct loc li = at_index(&l, i);
 
-                if ((r = tuple(rc, t, &li, 3, "[t_ns, live_bytes, allocations]")) < 0 ||
-                    (r = tuple_u64(rc, t, &li, 0, &tp->t_ns)) < 0 ||
-                    (r = tuple_u64(rc, t, &li, 1, &tp->live_bytes)) < 0 ||
-                    (r = tuple_u64(rc, t, &li, 2, &tp->allocations)) < 0)
+                if ((r = tuple(rc, t, &li, 3, "[t_ns, live_bytes, allocations]")) < 0)
                         return r;
+                for (size_t k = 0; k < 3; k++) {
+                        struct loc lk = at_index(&li, k);
+                        uint64_t step = 0;
+
+                        if (!steps) {
+                                if ((r = tuple_u64(rc, t, &li, k, fields[k])) < 0)
+                                        return r;
+                                continue;
+                        }
+                        if ((r = as_wrapped(rc, json_array_get(t, k), &lk, &step)) < 0)
+                                return r;
+                        sum[k] += step;
+                        if (sum[k] > (uint64_t)INT64_MAX)
+                                return decoded_too_large(rc, &lk, names[k], sum[k]);
+                        *fields[k] = sum[k];
+                }
         }
         return 0;
 }
@@ -1542,10 +2089,22 @@ static int read_document(struct rctx *rc, struct ap_profile *p, const json_t *ro
             (r = get_object(rc, root, NULL, "totals", &o)) < 0 ||
             (r = fields_u64(rc, o, &ltot, p, totals_fields, ARRAY_SIZE(totals_fields))) < 0 ||
             (r = read_process(rc, p, root)) < 0 || (r = read_strings(rc, p, root)) < 0 ||
-            (r = read_modules(rc, p, root)) < 0 || (r = read_frames(rc, p, root)) < 0 ||
-            (r = (version == 1 ? read_sites_v1 : read_sites_v2)(rc, p, root)) < 0 ||
-            (r = read_histogram(rc, p, root)) < 0 ||
-            (r = read_timeline(rc, p, root)) < 0)
+            (r = read_modules(rc, p, root)) < 0)
+                return r;
+        if (version >= 3)
+                r = read_frames_v3(rc, p, root);
+        else
+                r = read_frames(rc, p, root);
+        if (r < 0)
+                return r;
+        if (version >= 3)
+                r = read_sites_v3(rc, p, root);
+        else if (version == 2)
+                r = read_sites_v2(rc, p, root);
+        else
+                r = read_sites_v1(rc, p, root);
+        if (r < 0 || (r = read_histogram(rc, p, root)) < 0 ||
+            (r = read_timeline(rc, p, root, version >= 3)) < 0)
                 return r;
         return 0;
 }

@@ -9,7 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define AP_PROFILE_SCHEMA_VERSION 2 /* what ap_profile_write writes */
+#define AP_PROFILE_SCHEMA_VERSION 3 /* what ap_profile_write writes */
 #define AP_PROFILE_OLDEST_VERSION 1 /* the oldest one ap_profile_read still reads */
 #define AP_NONE UINT32_MAX /* "no string"/"no module" index */
 #define AP_HIST_BUCKETS 64 /* size histogram: bucket i counts sizes in [2^(i-1), 2^i), 0 -> 0 */

@@ -159,7 +159,44 @@ static struct ap_profile *build_sample(void)
         return p;
 }
 
-static void assert_same(const struct ap_profile *a, const struct ap_profile *b)
+/* For the sort in file_frame_order (qsort has no context argument). */
+static const struct ap_profile *order_of;
+
+static int cmp_file_order(const void *x, const void *y)
+{
+        const struct ap_pframe *a = &order_of->frames[*(const uint32_t *)x];
+        const struct ap_pframe *b = &order_of->frames[*(const uint32_t *)y];
+
+        if (a->module != b->module)
+                return a->module < b->module ? -1 : 1;
+        if (a->address != b->address)
+                return a->address < b->address ? -1 : 1;
+        return *(const uint32_t *)x < *(const uint32_t *)y ? -1 : 1;
+}
+
+/* Where each of p's frames ends up in a format 3 file, which sorts them by module (none
+ * last), address and then their index: renumber[i] = the file's number for frame i. */
+static uint32_t *file_frame_order(const struct ap_profile *p)
+{
+        uint32_t *order = calloc(p->nframes + 1, sizeof(*order));
+        uint32_t *renumber = calloc(p->nframes + 1, sizeof(*renumber));
+
+        ASSERT_NOT_NULL(order);
+        ASSERT_NOT_NULL(renumber);
+        for (uint32_t i = 0; i < p->nframes; i++)
+                order[i] = i;
+        order_of = p;
+        qsort(order, p->nframes, sizeof(*order), cmp_file_order);
+        for (uint32_t i = 0; i < p->nframes; i++)
+                renumber[order[i]] = i;
+        free(order);
+        return renumber;
+}
+
+/* a and b hold the same profile, frame i of a being frame renumber[i] of b (NULL: the
+ * same numbers). */
+static void assert_same_renumbered(const struct ap_profile *a, const struct ap_profile *b,
+                                   const uint32_t *renumber)
 {
         ASSERT_STREQ(a->tool_version, b->tool_version);
         ASSERT_EQ(a->pid, b->pid);
@@ -207,14 +244,17 @@ static void assert_same(const struct ap_profile *a, const struct ap_profile *b)
                 ASSERT_EQ(a->modules[i].leaked_bytes, b->modules[i].leaked_bytes);
         }
 
+#define NEW(f) (renumber ? renumber[f] : (f))
         ASSERT_EQ(a->nframes, b->nframes);
         for (uint32_t i = 0; i < a->nframes; i++) {
-                ASSERT_EQ(a->frames[i].function, b->frames[i].function);
-                ASSERT_EQ(a->frames[i].file, b->frames[i].file);
-                ASSERT_EQ(a->frames[i].line, b->frames[i].line);
-                ASSERT_EQ(a->frames[i].module, b->frames[i].module);
-                ASSERT_EQ(a->frames[i].address, b->frames[i].address);
-                ASSERT_EQ(a->frames[i].inlined, b->frames[i].inlined);
+                const struct ap_pframe *x = &a->frames[i], *y = &b->frames[NEW(i)];
+
+                ASSERT_EQ(x->function, y->function);
+                ASSERT_EQ(x->file, y->file);
+                ASSERT_EQ(x->line, y->line);
+                ASSERT_EQ(x->module, y->module);
+                ASSERT_EQ(x->address, y->address);
+                ASSERT_EQ(x->inlined, y->inlined);
         }
 
         /* Sites are written in the order of their stacks (outermost frame first): match
@@ -226,13 +266,15 @@ static void assert_same(const struct ap_profile *a, const struct ap_profile *b)
                 const struct ap_psite *x = &a->sites[i], *y = NULL;
                 for (uint32_t k = 0; k < b->nsites && !y; k++) {
                         const struct ap_psite *c = &b->sites[k];
-                        if (used[k] || c->nframes != x->nframes ||
-                            (x->nframes && memcmp(c->frames, x->frames,
-                                                  sizeof(*x->frames) * x->nframes) != 0) ||
-                            c->allocations != x->allocations)
-                                continue;
-                        used[k] = true;
-                        y = c;
+                        bool same = !used[k] && c->nframes == x->nframes &&
+                                    c->allocations == x->allocations;
+
+                        for (uint32_t j = 0; same && j < x->nframes; j++)
+                                same = c->frames[j] == NEW(x->frames[j]);
+                        if (same) {
+                                used[k] = true;
+                                y = c;
+                        }
                 }
                 ASSERT_NOT_NULL(y);
 
@@ -248,9 +290,10 @@ static void assert_same(const struct ap_profile *a, const struct ap_profile *b)
                 ASSERT_EQ(x->reallocs, y->reallocs);
                 ASSERT_EQ(x->nframes, y->nframes);
                 for (uint32_t j = 0; j < x->nframes; j++)
-                        ASSERT_EQ(x->frames[j], y->frames[j]);
+                        ASSERT_EQ(NEW(x->frames[j]), y->frames[j]);
         }
         free(used);
+#undef NEW
 
         for (unsigned i = 0; i < AP_HIST_BUCKETS; i++) {
                 ASSERT_EQ(a->hist_count[i], b->hist_count[i]);
@@ -263,6 +306,16 @@ static void assert_same(const struct ap_profile *a, const struct ap_profile *b)
                 ASSERT_EQ(a->timeline[i].live_bytes, b->timeline[i].live_bytes);
                 ASSERT_EQ(a->timeline[i].allocations, b->timeline[i].allocations);
         }
+}
+
+/* b was read from a format 3 file that ap_profile_write made of a: equal in every value,
+ * with the frames in the file's order. */
+static void assert_same(const struct ap_profile *a, const struct ap_profile *b)
+{
+        uint32_t *renumber = file_frame_order(a);
+
+        assert_same_renumbered(a, b, renumber);
+        free(renumber);
 }
 
 static struct ap_profile *read_ok(const char *path)
@@ -332,30 +385,50 @@ static void test_round_trip(void)
         ap_profile_free(p);
 }
 
+/* The site of q whose stack is `frames` (file numbers), or NULL. */
+static const struct ap_psite *find_site(const struct ap_profile *q, uint32_t nframes,
+                                        const uint32_t *frames)
+{
+        for (uint32_t i = 0; i < q->nsites; i++)
+                if (q->sites[i].nframes == nframes &&
+                    (nframes == 0 ||
+                     memcmp(q->sites[i].frames, frames, sizeof(*frames) * nframes) == 0))
+                        return &q->sites[i];
+        return NULL;
+}
+
 /* Counters above INT64_MAX saturate; addresses keep all 64 bits. */
 static void test_u64_limits(void)
 {
         struct ap_profile *p = build_sample(), *q;
         char *path = path_in_tmp("limits.approf");
+        uint32_t *renumber, stack[3];
 
         p->totals.bytes = UINT64_MAX;
         p->sites[0].allocations = (uint64_t)INT64_MAX + 1;
+        p->sites[0].max_live_bytes = UINT64_MAX; /* coded against the other counters */
+        p->sites[0].frees = UINT64_MAX;
+        p->timeline[1].t_ns = UINT64_MAX; /* a row coded as the step from the one before */
         p->frames[0].address = 0x8000000000000001ull;
+        renumber = file_frame_order(p);
         ASSERT_OK(ap_profile_write(p, path));
         q = read_ok(path);
         ASSERT_EQ(q->totals.bytes, (uint64_t)INT64_MAX);
-        const struct ap_psite *s0 = NULL; /* sites come back in stack order */
-        for (uint32_t i = 0; i < q->nsites; i++)
-                if (q->sites[i].nframes == p->sites[0].nframes &&
-                    memcmp(q->sites[i].frames, p->sites[0].frames,
-                           sizeof(uint32_t) * p->sites[0].nframes) == 0)
-                        s0 = &q->sites[i];
+        for (uint32_t j = 0; j < 3; j++)
+                stack[j] = renumber[p->sites[0].frames[j]];
+        const struct ap_psite *s0 = find_site(q, 3, stack); /* sites come back in stack order */
         ASSERT_NOT_NULL(s0);
         ASSERT_EQ(s0->allocations, (uint64_t)INT64_MAX);
-        ASSERT_EQ(q->frames[0].address, 0x8000000000000001ull);
-        ASSERT_EQ(q->frames[3].address, 0xffffffffffffffffull);
+        ASSERT_EQ(s0->max_live_bytes, (uint64_t)INT64_MAX);
+        ASSERT_EQ(s0->frees, (uint64_t)INT64_MAX);
+        ASSERT_EQ(s0->bytes, p->sites[0].bytes);
+        ASSERT_EQ(q->timeline[1].t_ns, (uint64_t)INT64_MAX);
+        ASSERT_EQ(q->timeline[2].t_ns, p->timeline[2].t_ns);
+        ASSERT_EQ(q->frames[renumber[0]].address, 0x8000000000000001ull);
+        ASSERT_EQ(q->frames[renumber[3]].address, 0xffffffffffffffffull);
         ap_profile_free(q);
         ap_profile_free(p);
+        free(renumber);
         unlink(path);
         free(path);
 }
@@ -556,8 +629,107 @@ static void test_escapes(void)
         q = read_ok(path);
         ASSERT_STREQ(q->exe, nasty);
         text = slurp(path, &len);
-        ASSERT_CONTAINS(text, "\"exe\":\"\\u0001\\u001F\\b\\f\\n\\r\\t\\\"\\\\/\x7f \xe2\x82\xac\"");
+        ASSERT_CONTAINS(text,
+                        "\"exe\":\"\\u0001\\u001F\\b\\f\\n\\r\\t\\\"\\\\/\x7f \xe2\x82\xac\"");
         free(text);
+        ap_profile_free(q);
+        ap_profile_free(p);
+        unlink(path);
+        free(path);
+}
+
+/* The values format 3's codings must get exactly right: counters at INT64_MAX and 0
+ * whose codings wrap around 2^64, addresses with the top bit set next to 0, line steps of
+ * +-(2^32 - 1), frames without function, file or module, an inline chain at one address,
+ * stacks that share all but one frame or all of theirs, an empty stack, and a timeline
+ * that jumps between 0 and INT64_MAX. */
+static void test_round_trip_edges(void)
+{
+        struct ap_profile *p = build_sample(), *q;
+        char *path = path_in_tmp("edges.approf");
+        const uint64_t max = (uint64_t)INT64_MAX;
+        struct ap_psite *s;
+        uint32_t a, b, c, d, e, g;
+
+        a = add_frame(p, NULL, NULL, 0, AP_NONE, 0x8000000000000000ull, false);
+        b = add_frame(p, "inner", "chain.h", UINT32_MAX, 1, 0, true);
+        c = add_frame(p, "middle", "chain.h", 0, 1, 0, true);
+        d = add_frame(p, "outer", "chain.c", 3, 1, 0, false);
+        e = add_frame(p, NULL, "only-file.c", 9, 0, 0x7fffffffffffffffull, false);
+        g = add_frame(p, "same-place", NULL, 1, AP_NONE, 0x8000000000000000ull, true);
+
+        s = add_site(p, 0, 4, (uint32_t[]){a, b, c, d});
+        *s = (struct ap_psite){.allocations = max,
+                               .bytes = max,
+                               .frees = 0,
+                               .freed_bytes = 0,
+                               .leaked_blocks = max,
+                               .leaked_bytes = 0,
+                               .peak_bytes = max - 1,
+                               .max_live_bytes = max,
+                               .temporary = max,
+                               .reallocs = max,
+                               .frames = s->frames,
+                               .nframes = s->nframes};
+        s = add_site(p, 0, 4, (uint32_t[]){e, b, c, d}); /* all but the innermost shared */
+        *s = (struct ap_psite){.allocations = 0,
+                               .bytes = 1,
+                               .frees = max,
+                               .freed_bytes = max,
+                               .leaked_blocks = max,
+                               .leaked_bytes = max,
+                               .peak_bytes = max,
+                               .max_live_bytes = max - 1,
+                               .temporary = 0,
+                               .reallocs = 0,
+                               .frames = s->frames,
+                               .nframes = s->nframes};
+        s = add_site(p, 0, 2, (uint32_t[]){c, d}); /* the outer part of both */
+        *s = (struct ap_psite){.allocations = 7,
+                               .bytes = 5,
+                               .frees = 3,
+                               .freed_bytes = 2,
+                               .leaked_blocks = 4,
+                               .leaked_bytes = 3,
+                               .peak_bytes = 5,
+                               .max_live_bytes = 5,
+                               .frames = s->frames,
+                               .nframes = s->nframes};
+        s = add_site(p, 0, 3, (uint32_t[]){g, a, d});
+        *s = (struct ap_psite){.allocations = 1,
+                               .bytes = max,
+                               .peak_bytes = 0,
+                               .max_live_bytes = 0,
+                               .frames = s->frames,
+                               .nframes = s->nframes};
+        add_site(p, 9000, 0, NULL); /* a second empty stack */
+
+        p->timeline = reallocarray(p->timeline, p->ntimeline + 3, sizeof(*p->timeline));
+        ASSERT_NOT_NULL(p->timeline);
+        p->timeline[p->ntimeline++] = (struct ap_ptimepoint){max, 0, max};
+        p->timeline[p->ntimeline++] = (struct ap_ptimepoint){0, max, 0};
+        p->timeline[p->ntimeline++] = (struct ap_ptimepoint){max, max, max};
+
+        ASSERT_OK(ap_profile_write(p, path));
+        q = read_ok(path);
+        assert_same(p, q);
+
+        /* Written again, what was read gives the same file: its frames and sites are in
+         * the file's order already. */
+        {
+                char *again = path_in_tmp("edges2.approf"), *t1, *t2;
+                size_t n1, n2;
+
+                ASSERT_OK(ap_profile_write(q, again));
+                t1 = slurp_raw(path, &n1);
+                t2 = slurp_raw(again, &n2);
+                ASSERT_EQ(n1, n2);
+                ASSERT_TRUE(memcmp(t1, t2, n1) == 0);
+                free(t1);
+                free(t2);
+                unlink(again);
+                free(again);
+        }
         ap_profile_free(q);
         ap_profile_free(p);
         unlink(path);
@@ -637,13 +809,104 @@ static json_t *dig(json_t *v, const char *where)
         return v;
 }
 
-/* Replaces the member/element `key` of the container at `where` with `value` (NULL value
- * = delete), writes the document and expects the reader to fail. */
-static void expect_mutation_error(const char *where, const char *key, json_t *value, int expect,
-                                  const char *needle)
+/* Sites by their stacks read from the outermost frame, as version 2 wrote them. */
+static int cmp_v2_order(const void *x, const void *y)
 {
-        json_t *doc = sample_doc(), *c = dig(doc, where);
+        const struct ap_psite *a = *(const struct ap_psite *const *)x;
+        const struct ap_psite *b = *(const struct ap_psite *const *)y;
+
+        for (uint32_t k = 0; k < a->nframes && k < b->nframes; k++) {
+                uint32_t fa = a->frames[a->nframes - 1 - k], fb = b->frames[b->nframes - 1 - k];
+                if (fa != fb)
+                        return fa < fb ? -1 : 1;
+        }
+        return a->nframes < b->nframes ? -1 : a->nframes > b->nframes;
+}
+
+static json_t *jindex(uint32_t i)
+{
+        return i == AP_NONE ? json_null() : json_integer(i);
+}
+
+/* The sample profile as version 2 wrote it: frames as rows with hex addresses (in the
+ * profile's own order), sites as rows of plain counters sorted by their stacks from the
+ * outermost frame, leaving out the outer frames shared with the previous site, and
+ * absolute timeline rows: [3000: none] [4000: 1 2] [1000: 0 + 2 shared] [2000: 4 3]. */
+static json_t *sample_doc_v2(void)
+{
+        struct ap_profile *p = build_sample();
+        json_t *doc = sample_doc(), *frames = json_array(), *sites = json_array();
+        json_t *timeline = json_array();
+        const struct ap_psite **order = calloc(p->nsites, sizeof(*order));
+        const struct ap_psite *prev = NULL;
+
+        ASSERT_NOT_NULL(order);
+        for (uint32_t i = 0; i < p->nframes; i++) {
+                const struct ap_pframe *f = &p->frames[i];
+                char addr[32];
+
+                snprintf(addr, sizeof(addr), "0x%" PRIx64, f->address);
+                ASSERT_EQ(json_array_append_new(frames, json_pack("[ooiosb]", jindex(f->function),
+                                                                  jindex(f->file), (int)f->line,
+                                                                  jindex(f->module), addr,
+                                                                  (int)f->inlined)),
+                          0);
+        }
+        for (uint32_t i = 0; i < p->nsites; i++)
+                order[i] = &p->sites[i];
+        qsort(order, p->nsites, sizeof(*order), cmp_v2_order);
+        for (uint32_t i = 0; i < p->nsites; i++) {
+                const struct ap_psite *x = order[i];
+                json_t *fa = json_array();
+                uint32_t shared = 0;
+
+                while (prev && shared < x->nframes && shared < prev->nframes &&
+                       x->frames[x->nframes - 1 - shared] ==
+                               prev->frames[prev->nframes - 1 - shared])
+                        shared++;
+                for (uint32_t j = 0; j + shared < x->nframes; j++)
+                        ASSERT_EQ(json_array_append_new(fa, json_integer(x->frames[j])), 0);
+                ASSERT_EQ(json_array_append_new(sites, json_pack("[IIIIIIIIIIio]", x->allocations,
+                                                                 x->bytes, x->frees, x->freed_bytes,
+                                                                 x->leaked_blocks, x->leaked_bytes,
+                                                                 x->peak_bytes, x->max_live_bytes,
+                                                                 x->temporary, x->reallocs,
+                                                                 (int)shared, fa)),
+                          0);
+                prev = x;
+        }
+        for (uint32_t i = 0; i < p->ntimeline; i++)
+                ASSERT_EQ(json_array_append_new(timeline, json_pack("[III]", p->timeline[i].t_ns,
+                                                                    p->timeline[i].live_bytes,
+                                                                    p->timeline[i].allocations)),
+                          0);
+        ASSERT_EQ(json_object_set_new(doc, "frames", frames), 0);
+        ASSERT_EQ(json_object_set_new(doc, "sites", sites), 0);
+        ASSERT_EQ(json_object_set_new(doc, "timeline", timeline), 0);
+        ASSERT_EQ(json_object_set_new(doc, "format_version", json_integer(2)), 0);
+        free(order);
+        ap_profile_free(p);
+        return doc;
+}
+
+/* Writes doc to a file and expects the reader to fail on it.  Takes doc. */
+static void expect_doc_read_error(json_t *doc, int expect, const char *needle)
+{
         char *path = path_in_tmp("mutated.approf");
+
+        ASSERT_EQ(json_dump_file(doc, path, JSON_COMPACT), 0);
+        expect_read_error(path, expect, needle);
+        json_decref(doc);
+        unlink(path);
+        free(path);
+}
+
+/* Replaces the member/element `key` of the container at `where` in doc with `value`
+ * (NULL value = delete), then expects the reader to fail.  Takes doc. */
+static void expect_doc_error(json_t *doc, const char *where, const char *key, json_t *value,
+                             int expect, const char *needle)
+{
+        json_t *c = dig(doc, where);
 
         if (json_is_array(c)) {
                 size_t i = strtoul(key, NULL, 10);
@@ -658,11 +921,21 @@ static void expect_mutation_error(const char *where, const char *key, json_t *va
                 else
                         ASSERT_EQ(json_object_del(c, key), 0);
         }
-        ASSERT_EQ(json_dump_file(doc, path, JSON_COMPACT), 0);
-        expect_read_error(path, expect, needle);
-        json_decref(doc);
-        unlink(path);
-        free(path);
+        expect_doc_read_error(doc, expect, needle);
+}
+
+/* The same on the sample as ap_profile_write writes it (format 3)... */
+static void expect_mutation_error(const char *where, const char *key, json_t *value, int expect,
+                                  const char *needle)
+{
+        expect_doc_error(sample_doc(), where, key, value, expect, needle);
+}
+
+/* ...and as version 2 wrote it. */
+static void expect_v2_mutation_error(const char *where, const char *key, json_t *value, int expect,
+                                     const char *needle)
+{
+        expect_doc_error(sample_doc_v2(), where, key, value, expect, needle);
 }
 
 /* "live" is written only for snapshots of a running process, so a profile of a process
@@ -732,13 +1005,19 @@ static void test_hostile_documents(void)
                           "format_version: expected an integer");
 
         /* Versions. */
-        expect_text_error("{\"format\":\"allocprof-profile\",\"format_version\":3}",
-                          -EPROTONOSUPPORT, "version 3 is not supported (this allocprof reads versions 1 to 2)");
+        expect_text_error("{\"format\":\"allocprof-profile\",\"format_version\":4}",
+                          -EPROTONOSUPPORT,
+                          "version 4 is not supported (this allocprof reads versions 1 to 3)");
         expect_text_error("{\"format\":\"allocprof-profile\",\"format_version\":0}",
                           -EPROTONOSUPPORT, "version 0");
         expect_mutation_error("", "format_version", json_integer(-7), -EPROTONOSUPPORT, "-7");
         expect_mutation_error("", "format_version", NULL, E, "format_version: missing");
         expect_mutation_error("", "format", NULL, E, "not an allocprof profile");
+        /* The version decides how the tables are read. */
+        expect_mutation_error("", "format_version", json_integer(2), E,
+                              "frames: expected an array, found an object");
+        expect_v2_mutation_error("", "format_version", json_integer(3), E,
+                                 "frames: expected an object, found an array");
 
         /* Wrong types and ranges. */
         expect_mutation_error("totals", "bytes", json_integer(-1), E, "totals.bytes");
@@ -765,57 +1044,146 @@ static void test_hostile_documents(void)
         expect_mutation_error("strings", "0", json_null(), E, "strings[0]: expected a string");
         expect_mutation_error("", "strings", json_object(), E, "strings: expected an array");
 
-        /* Out-of-range indices, one per table reference. */
-        expect_mutation_error("frames/0", "0", json_integer(1000), E,
-                              "frames[0][0]: index 1000 out of range");
-        expect_mutation_error("frames/0", "1", json_integer(-1), E, "frames[0][1]: index -1");
-        expect_mutation_error("frames/0", "3", json_integer(2), E,
-                              "frames[0][3]: index 2 out of range (2 modules)");
+        /* Format 3's frames: out-of-range references, -1 for none, steps that leave the
+         * range of a line, columns that do not line up. */
+        expect_mutation_error("frames/function", "0", json_integer(1000), E,
+                              "frames.function[0]: index 1000 out of range (9 strings)");
+        expect_mutation_error("frames/file", "1", json_integer(-2), E,
+                              "frames.file[1]: index -2 out of range");
+        expect_mutation_error("frames/function", "0", json_null(), E,
+                              "frames.function[0]: expected an index or -1, found null");
+        expect_mutation_error("frames/module", "0", json_integer(2), E,
+                              "frames.module[0]: index 2 out of range (2 modules)");
+        expect_mutation_error("frames/line", "3", json_integer(-98), E,
+                              "frames.line[3]: line number -1 out of range");
+        expect_mutation_error("frames/line", "0", json_integer(1ll << 32), E,
+                              "frames.line[0]: line number 4294967296 out of range");
+        expect_mutation_error("frames/line", "0", json_real(1.5), E,
+                              "frames.line[0]: expected an integer, found a real number");
+        expect_mutation_error("frames/address", "2", json_string("0x1"), E,
+                              "frames.address[2]: expected an integer, found a string");
+        expect_mutation_error("frames/inlined", "1", json_true(), E,
+                              "frames.inlined[1]: expected an integer, found a boolean");
+        expect_mutation_error("frames/inlined", "1", json_integer(2), E,
+                              "frames.inlined[1]: 2 is out of range [0, 1]");
+        expect_mutation_error("frames/inlined", "0", NULL, E,
+                              "frames.inlined: 4 elements, but frames.function has 5");
+        expect_mutation_error("frames", "address", NULL, E, "frames.address: missing");
+        expect_mutation_error("frames", "function", json_object(), E,
+                              "frames.function: expected an array");
+        expect_mutation_error("", "frames", json_array(), E, "frames: expected an object");
         expect_mutation_error("modules/1", "path", json_integer(10000), E, "modules[1].path");
         expect_mutation_error("modules/0", "build_id", json_string("x"), E,
                               "modules[0].build_id: expected an index or null");
-        expect_mutation_error("sites/1/11", "1", json_integer(5), E,
-                              "sites[1][11][1]: index 5 out of range (5 frames)");
-        expect_mutation_error("sites/1/11", "0", json_null(), E, "sites[1][11][0]");
-        expect_mutation_error("sites/1/11", "0", json_integer(INT64_MAX), E,
-                              "sites[1][11][0]");
 
-        /* Malformed tuples. */
-        expect_mutation_error("frames", "1", json_pack("[n,n,i,n,s]", 0, "0x1"), E,
-                              "frames[1]: expected [function, file, line, module, address");
-        expect_mutation_error("frames/2", "4", json_string("0xZZ"), E, "frames[2][4]: malformed");
-        expect_mutation_error("frames/2", "4", json_string("0x"), E, "malformed address");
-        expect_mutation_error("frames/2", "4", json_string("0x10000000000000000"), E, "malformed");
-        expect_mutation_error("frames/2", "4", json_integer(16), E, "frames[2][4]: expected");
-        expect_mutation_error("frames/2", "5", json_integer(1), E,
-                              "frames[2][5]: expected a boolean");
-        expect_mutation_error("frames/2", "2", json_integer(1ll << 32), E, "frames[2][2]");
-        expect_mutation_error("sites", "2", json_array(), E,
-                              "sites[2]: expected [allocations, ..., reallocs, shared, [frames]]");
-        expect_mutation_error("sites/2", "8", json_integer(-5), E, "sites[2][8]");
+        /* Format 3's sites.  In file order they are [3000: none] [4000: 0 2] [1000: 0 2 1]
+         * [2000: 3 4] (frames renumbered, outermost first): "shared" is [0, 0, 2, 0] and
+         * "stacks" [[], [1, 2], [-1], [4, 1]].  A frame index is checked once decoded. */
+        expect_mutation_error("sites/stacks/1", "0", json_integer(912), E,
+                              "sites.stacks[1][0]: frame index 911 out of range (5 frames)");
+        expect_mutation_error("sites/stacks/3", "1", json_integer(100), E,
+                              "sites.stacks[3][1]: frame index 103 out of range (5 frames)");
+        expect_mutation_error("sites/stacks/3", "1", json_integer(-4), E,
+                              "sites.stacks[3][1]: frame index -1 out of range");
+        expect_mutation_error("sites/stacks/2", "0", json_integer(-3), E,
+                              "sites.stacks[2][0]: frame index -1 out of range");
+        expect_mutation_error("sites/stacks/3", "1", json_integer(INT64_MAX), E,
+                              "sites.stacks[3][1]: frame index out of range (5 frames)");
+        expect_mutation_error("sites/stacks/3", "0", json_integer(INT64_MIN), E,
+                              "sites.stacks[3][0]: frame index out of range (5 frames)");
+        expect_mutation_error("sites/stacks/1", "0", json_null(), E,
+                              "sites.stacks[1][0]: expected an integer, found null");
+        expect_mutation_error("sites/stacks", "1", json_integer(1), E,
+                              "sites.stacks[1]: expected an array, found an integer");
         /* Shared frames: no more than the previous site has, none for the first. */
-        expect_mutation_error("sites/2", "10", json_integer(3), E,
-                              "sites[2][10]: 3 is out of range [0, 2]");
-        expect_mutation_error("sites/0", "10", json_integer(1), E,
-                              "sites[0][10]: 1 is out of range [0, 0]");
-        expect_mutation_error("sites/2", "10", json_integer(-1), E, "sites[2][10]");
-        expect_mutation_error("sites/1", "11", json_integer(1), E,
-                              "sites[1][11]: expected an array");
+        expect_mutation_error("sites/shared", "2", json_integer(3), E,
+                              "sites.shared[2]: 3 is out of range [0, 2]");
+        expect_mutation_error("sites/shared", "2", json_integer(-1), E,
+                              "sites.shared[2]: -1 is out of range [0, 2]");
+        expect_mutation_error("sites/shared", "0", json_integer(1), E,
+                              "sites.shared[0]: 1 is out of range [0, 0]");
+        /* Columns of one length. */
+        expect_mutation_error("sites/bytes", "0", NULL, E,
+                              "sites.bytes: 3 elements, but sites.stacks has 4");
+        expect_mutation_error("sites/shared", "3", NULL, E,
+                              "sites.shared: 3 elements, but sites.stacks has 4");
+        expect_mutation_error("sites/stacks", "0", NULL, E,
+                              "sites.shared: 4 elements, but sites.stacks has 3");
+        expect_mutation_error("sites", "temporary", NULL, E, "sites.temporary: missing");
+        expect_mutation_error("sites", "stacks", NULL, E, "sites.stacks: missing");
+        expect_mutation_error("", "sites", json_array(), E, "sites: expected an object");
+        /* Counters: a plain one must be in range as it is, a coded one once decoded. */
+        expect_mutation_error("sites/allocations", "0", json_integer(-1), E,
+                              "sites.allocations[0]: -1 is out of range");
+        expect_mutation_error("sites/leaked_bytes", "1", json_real(1.5), E,
+                              "sites.leaked_bytes[1]: expected an integer, found a real number");
+        expect_mutation_error("sites/allocations-leaked_blocks-frees", "0", json_integer(0), E,
+                              "sites.allocations-leaked_blocks-frees[0]: frees decodes to "
+                              "18446744073709551612, more than 9223372036854775807");
+        expect_mutation_error("sites/bytes-leaked_bytes-freed_bytes", "0", json_integer(0), E,
+                              "sites.bytes-leaked_bytes-freed_bytes[0]: freed_bytes decodes to "
+                              "18446744073709551612");
+        expect_mutation_error("sites/max_live_bytes+1 (0: =bytes)", "0", json_integer(-1), E,
+                              "sites.max_live_bytes+1 (0: =bytes)[0]: max_live_bytes decodes to "
+                              "18446744073709551614");
+        expect_mutation_error("sites/peak_bytes+2 (0: none, 1: =max_live_bytes)", "0",
+                              json_integer(-1), E, "peak_bytes decodes to 18446744073709551613");
+        expect_mutation_error("sites/reallocs", "0", json_string("1"), E,
+                              "sites.reallocs[0]: expected an integer, found a string");
+
         expect_mutation_error("histogram/0", "0", json_integer(AP_HIST_BUCKETS), E,
                               "histogram[0][0]: 64 is out of range");
         expect_mutation_error("histogram/1", "0", json_integer(0), E, "appears twice");
         expect_mutation_error("histogram", "0", json_pack("[i,i]", 1, 2), E, "histogram[0]");
         expect_mutation_error("timeline", "2", json_pack("[i,i,i,i]", 1, 2, 3, 4), E,
                               "timeline[2]: expected [t_ns, live_bytes, allocations]");
-        expect_mutation_error("timeline/1", "1", json_integer(-1), E, "timeline[1][1]");
+        /* Timeline rows are steps from the row before: live bytes may not go below 0. */
+        expect_mutation_error("timeline/1", "1", json_integer(-5000), E,
+                              "timeline[1][1]: live_bytes decodes to 18446744073709546616");
+        expect_mutation_error("timeline/1", "0", json_string("1"), E,
+                              "timeline[1][0]: expected an integer");
         expect_mutation_error("", "timeline", NULL, E, "timeline: missing");
+
+        /* Version 2's tables. */
+        expect_v2_mutation_error("frames/0", "0", json_integer(1000), E,
+                                 "frames[0][0]: index 1000 out of range");
+        expect_v2_mutation_error("frames/0", "1", json_integer(-1), E, "frames[0][1]: index -1");
+        expect_v2_mutation_error("frames/0", "3", json_integer(2), E,
+                                 "frames[0][3]: index 2 out of range (2 modules)");
+        expect_v2_mutation_error("sites/1/11", "1", json_integer(5), E,
+                                 "sites[1][11][1]: index 5 out of range (5 frames)");
+        expect_v2_mutation_error("sites/1/11", "0", json_null(), E, "sites[1][11][0]");
+        expect_v2_mutation_error("sites/1/11", "0", json_integer(INT64_MAX), E, "sites[1][11][0]");
+        expect_v2_mutation_error("frames", "1", json_pack("[n,n,i,n,s]", 0, "0x1"), E,
+                                 "frames[1]: expected [function, file, line, module, address");
+        expect_v2_mutation_error("frames/2", "4", json_string("0xZZ"), E,
+                                 "frames[2][4]: malformed");
+        expect_v2_mutation_error("frames/2", "4", json_string("0x"), E, "malformed address");
+        expect_v2_mutation_error("frames/2", "4", json_string("0x10000000000000000"), E,
+                                 "malformed");
+        expect_v2_mutation_error("frames/2", "4", json_integer(16), E, "frames[2][4]: expected");
+        expect_v2_mutation_error("frames/2", "5", json_integer(1), E,
+                                 "frames[2][5]: expected a boolean");
+        expect_v2_mutation_error("frames/2", "2", json_integer(1ll << 32), E, "frames[2][2]");
+        expect_v2_mutation_error(
+                "sites", "2", json_array(), E,
+                "sites[2]: expected [allocations, ..., reallocs, shared, [frames]]");
+        expect_v2_mutation_error("sites/2", "8", json_integer(-5), E, "sites[2][8]");
+        expect_v2_mutation_error("sites/2", "10", json_integer(3), E,
+                                 "sites[2][10]: 3 is out of range [0, 2]");
+        expect_v2_mutation_error("sites/0", "10", json_integer(1), E,
+                                 "sites[0][10]: 1 is out of range [0, 0]");
+        expect_v2_mutation_error("sites/2", "10", json_integer(-1), E, "sites[2][10]");
+        expect_v2_mutation_error("sites/1", "11", json_integer(1), E,
+                                 "sites[1][11]: expected an array");
+        expect_v2_mutation_error("timeline/1", "1", json_integer(-1), E, "timeline[1][1]");
 }
 
 /* Profiles of format version 1 (each site an object with its whole stack) still read. */
 static void test_reads_version_1(void)
 {
         struct ap_profile *p = build_sample(), *q;
-        json_t *doc = sample_doc(), *sites = json_array();
+        json_t *doc = sample_doc_v2(), *sites = json_array();
         char *path = path_in_tmp("v1.approf");
         static const char *const names[] = {"allocations",   "bytes",        "frees",
                                             "freed_bytes",   "leaked_blocks", "leaked_bytes",
@@ -840,10 +1208,31 @@ static void test_reads_version_1(void)
         ASSERT_EQ(json_object_set_new(doc, "format_version", json_integer(1)), 0);
         ASSERT_EQ(json_dump_file(doc, path, JSON_COMPACT), 0);
         q = read_ok(path);
-        assert_same(p, q);
+        assert_same_renumbered(p, q, NULL); /* frames keep their numbers */
         /* Version 1 keeps the file's site order. */
         for (uint32_t i = 0; i < p->nsites; i++)
                 ASSERT_EQ(q->sites[i].allocations, p->sites[i].allocations);
+        ap_profile_free(q);
+        ap_profile_free(p);
+        json_decref(doc);
+        unlink(path);
+        free(path);
+}
+
+/* Profiles of format version 2 (rows of plain counters, stacks that leave out the frames
+ * shared with the previous site) still read, frames keeping their numbers. */
+static void test_reads_version_2(void)
+{
+        struct ap_profile *p = build_sample(), *q;
+        json_t *doc = sample_doc_v2();
+        char *path = path_in_tmp("v2.approf");
+
+        ASSERT_EQ(json_integer_value(dig(doc, "sites/2/10")), 2); /* it does share frames */
+        ASSERT_EQ(json_dump_file(doc, path, JSON_COMPACT), 0);
+        q = read_ok(path);
+        assert_same_renumbered(p, q, NULL);
+        ASSERT_EQ(q->sites[2].allocations, p->sites[0].allocations); /* file order */
+        ASSERT_EQ(q->sites[2].nframes, 3u);
         ap_profile_free(q);
         ap_profile_free(p);
         json_decref(doc);
@@ -869,23 +1258,55 @@ static void test_deep_nesting(void)
 static void test_huge_arrays(void)
 {
         json_t *doc = sample_doc(), *strings = dig(doc, "strings");
-        json_t *frames = dig(doc, "sites/1/11");
+        json_t *steps = dig(doc, "sites/stacks/1"); /* [1, 2]: frames 0 and 2 */
         char *path = path_in_tmp("huge.approf");
         struct ap_profile *p;
 
         for (unsigned i = 0; i < 200000; i++)
                 ASSERT_EQ(json_array_append_new(strings, json_string("")), 0);
         for (unsigned i = 0; i < 100000; i++)
-                ASSERT_EQ(json_array_append_new(frames, json_integer(i % 5)), 0);
+                ASSERT_EQ(json_array_append_new(steps, json_integer(i % 2 ? 1 : -1)), 0);
         ASSERT_EQ(json_dump_file(doc, path, JSON_COMPACT), 0);
         p = read_ok(path);
         ASSERT_TRUE(p->nstrings > 200000);
         ASSERT_EQ(p->sites[1].nframes, 100002u);
-        ASSERT_EQ(p->sites[2].nframes, 3u); /* its own frame and the last two shared */
+        ASSERT_EQ(p->sites[1].frames[0], 2u); /* innermost: the last step was +1 */
+        ASSERT_EQ(p->sites[1].frames[1], 1u);
+        ASSERT_EQ(p->sites[2].nframes, 3u); /* its own frame and the two outermost shared */
         ap_profile_free(p);
         json_decref(doc);
         unlink(path);
         free(path);
+}
+
+/* Shared frames let a small file describe very many: each site here repeats the whole
+ * stack of the one before and adds a frame, so n sites stand for n(n+1)/2 frames.  The
+ * reader stops at its bound instead of allocating without end. */
+static void test_huge_frame_totals(void)
+{
+        json_t *doc = sample_doc(), *sites = dig(doc, "sites");
+        const unsigned n = 11600; /* 11600 * 11601 / 2 > 2^26 */
+
+        for (void *it = json_object_iter(sites); it; it = json_object_iter_next(sites, it)) {
+                const char *key = json_object_iter_key(it);
+                json_t *col = json_object_iter_value(it);
+
+                ASSERT_EQ(json_array_clear(col), 0);
+                for (unsigned i = 0; i < n; i++) {
+                        json_t *v;
+
+                        if (strcmp(key, "shared") == 0)
+                                v = json_integer(i);
+                        else if (strcmp(key, "stacks") == 0)
+                                v = json_pack("[i]", i == 0 ? 1 : 0);
+                        else
+                                v = json_integer(0);
+                        ASSERT_EQ(json_array_append_new(col, v), 0);
+                }
+        }
+        /* 11584 * 11585 / 2 frames are still within 2^26; with the next site's they are not. */
+        expect_doc_read_error(doc, -EINVAL,
+                              "sites.stacks[11584]: more than 67108864 frames in all stacks");
 }
 
 static void test_file_errors(void)
@@ -1002,13 +1423,16 @@ int main(void)
         test_round_trip();
         test_live();
         test_u64_limits();
+        test_round_trip_edges();
         test_invalid_utf8();
         test_escapes();
         test_write_errors();
         test_hostile_documents();
         test_reads_version_1();
+        test_reads_version_2();
         test_deep_nesting();
         test_huge_arrays();
+        test_huge_frame_totals();
         test_file_errors();
         test_truncations_and_flips();
         test_gzip_damage();

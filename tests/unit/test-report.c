@@ -1259,14 +1259,14 @@ static void test_command(void)
                        "allocprof: cannot read allocprof.bad.1.approf: not valid JSON");
         {
                 int fd = open("newer.approf", O_WRONLY | O_CREAT | O_TRUNC, 0600);
-                const char *v2 = "{\"format\":\"allocprof-profile\",\"format_version\":3}";
+                const char *v4 = "{\"format\":\"allocprof-profile\",\"format_version\":4}";
 
                 ASSERT_TRUE(fd >= 0);
-                ASSERT_EQ(write(fd, v2, strlen(v2)), (ssize_t)strlen(v2));
+                ASSERT_EQ(write(fd, v4, strlen(v4)), (ssize_t)strlen(v4));
                 close(fd);
         }
         expect_failure((const char *const[]){"newer.approf", NULL}, 1,
-                       "profile format version 3 is not supported");
+                       "profile format version 4 is not supported");
 
         unlink("allocprof.tree-bench.4242.approf");
         unlink("allocprof.other.77.approf");
