@@ -1101,8 +1101,10 @@ static struct fd_sink *sink_new(int fd)
                 return NULL;
         sink->fd = fd;
         /* 15 + 16: a gzip header and trailer, so that zcat and gzip -t work on the file.
-         * Level 3: within a few percent of the default's size at half its time. */
-        if (deflateInit2(&sink->z, 3, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK) {
+         * Level 5 with Z_FILTERED (short matches give way to Huffman coding, which suits
+         * columns of small numbers): cc1's profile 14% smaller than at level 3 for 6 ms
+         * more; level 6 saves 3% more and doubles the time, level 9 takes 80 ms. */
+        if (deflateInit2(&sink->z, 5, Z_DEFLATED, 15 + 16, 8, Z_FILTERED) != Z_OK) {
                 free(sink);
                 return NULL;
         }
