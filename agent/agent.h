@@ -15,6 +15,7 @@
 #include "allocprof/ring.h"
 #include "allocprof/sampler.h"
 #include "allocprof/wire.h"
+#include "unwind.h"
 
 #define AP_HIDDEN __attribute__((visibility("hidden")))
 #define AP_TLS __attribute__((tls_model("initial-exec")))
@@ -58,6 +59,9 @@ struct ap_thread {
         uint32_t beat_countdown; /* records until the next collector-liveness check */
         uint64_t beat_seen;      /* collector heartbeat at the last check */
         uint64_t beat_ns;        /* when it last moved, CLOCK_MONOTONIC */
+        /* The thread's last stack, for the next unwind (unwind.h); memo.user is its
+         * stack id.  Used by the hooks' own path only, never by a nested (signal) one. */
+        struct ap_unwind_memo memo;
 };
 extern AP_HIDDEN AP_TLS __thread struct ap_thread ap_tls;
 

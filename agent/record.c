@@ -63,6 +63,11 @@ struct index_cell {
 };
 
 static struct index_cell *g_index;
+/* Bumped each time the index starts afresh: a thread's memo names a stack id of the
+ * generation it was made in (a fork child starts over with inherited memos).  Relaxed:
+ * it changes together with the session, which its readers reach through ap_session. */
+static _Atomic uint64_t g_stacks_gen;
+_Static_assert(AP_MAX_FRAMES <= AP_UNWIND_MEMO_MAX, "a whole stack fits the memo");
 
 /* In front of the index: the stacks seen last, direct-mapped, one word each: the top 40
  * bits of the stack's hash and its id (ids are below 2^23: the heap is 64 MiB of 8-byte
@@ -91,6 +96,7 @@ AP_HIDDEN int ap_stacks_init(void)
                 return -errno;
         }
         g_index = p;
+        ap_fetch_add_relaxed(&g_stacks_gen, 1);
         return 0;
 }
 
@@ -99,17 +105,6 @@ static inline uint64_t ap_mix(uint64_t x)
 {
         x = ap_mix64(x);
         return x ? x : 1;
-}
-
-static inline uint64_t hash_ips(const uint64_t *ips, uint32_t n)
-{
-        uint64_t h = 0x9e3779b97f4a7c15ull ^ n;
-        for (uint32_t i = 0; i < n; i++) {
-                h ^= ips[i];
-                h *= 0xff51afd7ed558ccdull;
-                h ^= h >> 32;
-        }
-        return h ? h : 1;
 }
 
 static inline struct ap_stack_entry *heap_entry(struct ap_shm_header *h, uint32_t id)
@@ -131,12 +126,13 @@ static inline bool same_ips(const uint64_t *a, const uint64_t *b, uint32_t n)
 static uint32_t stack_intern_slow(struct ap_shm_header *h, const uint64_t *ips, uint32_t n,
                                   uint64_t hash);
 
-/* Returns the stack id (> 0), or 0 if the stack must be sent inline. */
-static uint32_t stack_intern(struct ap_shm_header *h, const uint64_t *ips, uint32_t n)
+/* Returns the stack id (> 0), or 0 if the stack must be sent inline.  hash is
+ * ap_stack_hash(ips, n). */
+static uint32_t stack_intern(struct ap_shm_header *h, const uint64_t *ips, uint32_t n,
+                             uint64_t hash)
 {
         if (g_index == NULL)
                 return 0;
-        uint64_t hash = hash_ips(ips, n);
         _Atomic uint64_t *cell = &g_recent[hash & ((1u << RECENT_BITS) - 1)];
         uint64_t v = ap_load_acquire(cell);
         if (v != 0 && (v >> RECENT_ID_BITS) == (hash >> RECENT_ID_BITS))
@@ -438,22 +434,23 @@ AP_HIDDEN int ap_unwind_general;
  * first frame outside the agent, with that frame's exact rsp (just above the return
  * address) and rbp (saved by the agent function it called).  Returns -1 for libunwind:
  * on another stack, or frames that are not what the agent's own should be. */
-static __attribute__((noinline)) int capture_cached(uint64_t *out, uint64_t stack_lo,
-                                                   uint64_t stack_hi)
+static __attribute__((noinline)) int capture_cached(uint64_t *out, struct ap_thread *t,
+                                                   uint64_t *hash, bool *same)
 {
         const uintptr_t *fp = __builtin_frame_address(0);
         uintptr_t lo = (uintptr_t)fp;
         /* On another stack than the thread's own (a sigaltstack handler, a coroutine's
          * stack from the heap), the bounds below mean nothing: libunwind. */
-        if (lo < stack_lo || lo >= stack_hi)
+        if (lo < t->stack_lo || lo >= t->stack_hi)
                 return -1;
         for (int i = 0; i < 16; i++) {
-                if ((uintptr_t)(fp + 2) > stack_hi || (uintptr_t)fp < lo || ((uintptr_t)fp & 7))
+                if ((uintptr_t)(fp + 2) > t->stack_hi || (uintptr_t)fp < lo || ((uintptr_t)fp & 7))
                         break;
                 uintptr_t ret = fp[1];
                 if (!ap_is_agent_addr(ret))
-                        return ap_unwind_capture_from(out, AP_MAX_FRAMES, stack_hi, ret,
-                                                      (uint64_t)(uintptr_t)(fp + 2), fp[0]);
+                        return ap_unwind_capture_memo(out, AP_MAX_FRAMES, t->stack_hi, ret,
+                                                      (uint64_t)(uintptr_t)(fp + 2), fp[0],
+                                                      &t->memo, hash, same);
                 if (fp[0] <= (uintptr_t)fp)
                         break;
                 fp = (const uintptr_t *)fp[0];
@@ -461,15 +458,22 @@ static __attribute__((noinline)) int capture_cached(uint64_t *out, uint64_t stac
         return -1; /* not the frames we expected: libunwind */
 }
 
-static __attribute__((noinline)) uint32_t capture(uint64_t *out)
+/* Captures the calling thread's stack into out (innermost first) and returns its depth;
+ * *hash is ap_stack_hash() of it, *same tells that it is the stack the thread's memo
+ * named last (the cached unwinder found it unchanged). */
+static __attribute__((noinline)) uint32_t capture(uint64_t *out, uint64_t *hash, bool *same)
 {
-        if (ap_unwind_fp)
-                return capture_fp(out);
-        void *buf[CAPTURE_MAX];
         struct ap_thread *t = &ap_tls;
+        *same = false;
+        if (ap_unwind_fp) {
+                uint32_t n = capture_fp(out);
+                *hash = ap_stack_hash(out, n);
+                return n;
+        }
+        void *buf[CAPTURE_MAX];
         /* The cached unwinder first (it starts past the agent's frames and writes at most
          * AP_MAX_FRAMES); libunwind for the stacks it does not handle. */
-        int cn = ap_unwind_general ? -1 : capture_cached(out, t->stack_lo, t->stack_hi);
+        int cn = ap_unwind_general ? -1 : capture_cached(out, t, hash, same);
         if (cn > 0)
                 return (uint32_t)cn;
         /* The first unwind of a thread sets up libunwind's per-thread cache (and may
@@ -490,6 +494,7 @@ static __attribute__((noinline)) uint32_t capture(uint64_t *out)
                 out[depth++] = (uint64_t)(uintptr_t)buf[i];
         if (depth == 0)
                 out[depth++] = 0; /* unwinding failed: an unknown site */
+        *hash = ap_stack_hash(out, depth);
         return depth;
 }
 
@@ -566,9 +571,20 @@ static void write_alloc_like(uint8_t type, uint8_t flags, void *old, void *p, si
         if (h == NULL)
                 return;
 
-        uint64_t ips[AP_MAX_FRAMES];
-        uint32_t n = capture(ips);
-        uint32_t id = stack_intern(h, ips, n);
+        uint64_t ips[AP_MAX_FRAMES], hash;
+        bool same;
+        uint32_t n = capture(ips, &hash, &same);
+        /* The same stack as this thread's last one (a loop allocating): its id without
+         * a look at the index. */
+        uint32_t id;
+        uint64_t gen = ap_load_relaxed(&g_stacks_gen);
+        if (same && t->memo.user != 0 && t->memo.user_gen == gen) {
+                id = (uint32_t)t->memo.user;
+        } else {
+                id = stack_intern(h, ips, n, hash);
+                t->memo.user = id;
+                t->memo.user_gen = gen;
+        }
         if (id == 0)
                 check_modules(ips, n);
 

@@ -74,6 +74,8 @@ static int find_module_cb(struct dl_phdr_info *info, size_t size, void *arg)
 #define R_BAD R_VALID /* valid, not end, offset 0 */
 
 static _Atomic uint64_t *g_rules;
+/* Bumped when the rules are dropped; a memo made before is not used (see unwind.h). */
+static _Atomic uint64_t g_rules_gen = 1;
 /* A small first level in front of the table, that stays in the L1 cache: the addresses
  * of the hot stacks.  Same cell format; the tag covers the bits the index does not. */
 #define NEAR_BITS 11
@@ -101,6 +103,9 @@ void ap_unwind_forget_rules(void)
                 ap_store_relaxed(&g_rules[i], 0);
         for (uint32_t i = 0; i < (1u << NEAR_BITS); i++)
                 ap_store_relaxed(&g_near[i], 0);
+        /* Relaxed as well: a memo is checked against the stack it describes anyway; the
+         * generation only keeps pcs of a module loaded since from old rules. */
+        ap_fetch_add_relaxed(&g_rules_gen, 1);
 }
 
 static inline uint64_t pc_hash(uint64_t pc)
@@ -587,6 +592,53 @@ __asm__(".text\n"
         ".size ap_unwind_regs, .-ap_unwind_regs\n");
 void ap_unwind_regs(uint64_t regs[3]);
 
+/* One frame: the rule of pc, then the caller's state.  Every read stays on this thread's
+ * stack, above where the unwind started (lo): sp + 8 <= cfa <= stack_hi, and the rbp
+ * slot within [lo, stack_hi - 8]; unsigned differences fold each pair of bounds into one
+ * compare.  *slot is where rbp was read (0: it was not), *flags the LV_ bits of the rule. */
+enum { STEP_NEXT, STEP_END_RULE, STEP_END_ZERO, STEP_FAIL };
+
+#define LV_RBP_CFA 1u   /* the frame's CFA is rbp + offset */
+#define LV_RBP_SAVED 2u /* its rule reloads rbp from the slot */
+#define LV_NEED_FP 4u   /* (memo) the fp of this state can change the rest of the unwind */
+
+static inline int step(uint64_t *pc, uint64_t *sp, uint64_t *fp, uint64_t lo, uint64_t stack_hi,
+                       uint64_t *slot, uint64_t *flags)
+{
+        /* The hot path: a hash, one load from the near table, a few shifts and two loads
+         * from the stack. */
+        uint64_t h = pc_hash(*pc - 1);
+        uint64_t r = ap_load_relaxed(&g_near[h >> (64 - NEAR_BITS)]);
+        if (__builtin_expect(!rule_matches(r, rule_tag(h)), 0))
+                r = rule_for(*pc - 1);
+        *slot = 0;
+        *flags = 0;
+        if (r & R_END)
+                return STEP_END_RULE;
+        uint64_t off = (r >> R_OFF_SHIFT) & R_OFF_MAX;
+        if (off == 0)
+                return STEP_FAIL; /* a frame for libunwind */
+        uint64_t cfa = ((r & R_CFA_RBP) ? *fp : *sp) + off;
+        if (cfa - (*sp + 8) > stack_hi - (*sp + 8))
+                return STEP_FAIL;
+        uint64_t next_pc = *(const uint64_t *)(uintptr_t)(cfa - 8);
+        if (r & R_RBP_SAVED) {
+                /* bits 24-33, sign-extended */
+                int64_t k = (int64_t)(r << (64 - R_SLOT_SHIFT - 10)) >> (64 - 10);
+                uint64_t at = cfa + (uint64_t)(k * 8);
+                if (at - lo > stack_hi - 8 - lo)
+                        return STEP_FAIL;
+                *fp = *(const uint64_t *)(uintptr_t)at;
+                *slot = at;
+                *flags = LV_RBP_SAVED;
+        }
+        if (r & R_CFA_RBP)
+                *flags |= LV_RBP_CFA;
+        *sp = cfa;
+        *pc = next_pc;
+        return next_pc == 0 ? STEP_END_ZERO : STEP_NEXT;
+}
+
 int ap_unwind_capture_from(uint64_t *out, int max, uint64_t stack_hi, uint64_t pc, uint64_t sp,
                            uint64_t fp)
 {
@@ -594,40 +646,193 @@ int ap_unwind_capture_from(uint64_t *out, int max, uint64_t stack_hi, uint64_t p
                 return -1;
         const uint64_t lo = sp;
         int n = 0;
-        /* The hot loop: a hash, one load from the near table, a few shifts and two loads
-         * from the stack per frame.  Unsigned differences fold each pair of bounds into
-         * one compare. */
         while (n < max) {
                 out[n++] = pc;
-                uint64_t h = pc_hash(pc - 1);
-                uint64_t r = ap_load_relaxed(&g_near[h >> (64 - NEAR_BITS)]);
-                if (__builtin_expect(!rule_matches(r, rule_tag(h)), 0))
-                        r = rule_for(pc - 1);
-                if (r & R_END)
-                        return n;
-                uint64_t off = (r >> R_OFF_SHIFT) & R_OFF_MAX;
-                if (off == 0)
-                        return -1; /* a frame for libunwind */
-                uint64_t cfa = ((r & R_CFA_RBP) ? fp : sp) + off;
-                /* Every read stays on this thread's stack, above where we started:
-                 * sp + 8 <= cfa <= stack_hi. */
-                if (cfa - (sp + 8) > stack_hi - (sp + 8))
+                uint64_t slot, flags;
+                int s = step(&pc, &sp, &fp, lo, stack_hi, &slot, &flags);
+                if (s == STEP_FAIL)
                         return -1;
-                uint64_t next_pc = *(const uint64_t *)(uintptr_t)(cfa - 8);
-                if (r & R_RBP_SAVED) {
-                        /* bits 24-33, sign-extended */
-                        int64_t slot = (int64_t)(r << (64 - R_SLOT_SHIFT - 10)) >> (64 - 10);
-                        uint64_t at = cfa + (uint64_t)(slot * 8);
-                        if (at - lo > stack_hi - 8 - lo)
-                                return -1;
-                        fp = *(const uint64_t *)(uintptr_t)at;
-                }
-                sp = cfa;
-                pc = next_pc;
-                if (pc == 0)
+                if (s != STEP_NEXT)
                         return n;
         }
         return n;
+}
+
+/* ---- the memo (see unwind.h) ----------------------------------------------------------- */
+
+#define MEMO_END_RULE 1 /* the outermost frame's rule ends the stack: nothing was read */
+#define MEMO_END_ZERO 2 /* its return-address slot (fin_sp - 8) held 0 */
+#define MEMO_END_MAX 3  /* cut at max frames: fin_* is where it would go on */
+
+/* A frame's state while unwinding, before it is stored in the memo. */
+struct frame_state {
+        uint64_t sp, fp, slot, flags;
+};
+
+/* Whether the slots read by the rules of memo frames mi..0 (outwards) still hold what
+ * they held, so that an unwind reaching frame mi's state goes on exactly as the memo's
+ * did.  A saved rbp is compared only where it can matter (LV_NEED_FP of the state it
+ * starts); its slot is bounds-checked against this unwind's start like step() does. */
+static bool memo_holds(const struct ap_unwind_memo *m, int mi, uint64_t lo, uint64_t stack_hi)
+{
+        for (int p = mi; p >= 0; p--) {
+                const struct ap_unwind_level *l = &m->lv[p];
+                uint64_t next_sp, next_pc, next_fp;
+                bool need;
+                if (p > 0) {
+                        next_sp = m->lv[p - 1].sp;
+                        next_pc = m->lv[p - 1].pc;
+                        next_fp = m->lv[p - 1].fp;
+                        need = m->lv[p - 1].flags & LV_NEED_FP;
+                } else if (m->end != MEMO_END_RULE) {
+                        next_sp = m->fin_sp;
+                        next_pc = m->fin_pc;
+                        next_fp = m->fin_fp;
+                        need = m->end == MEMO_END_MAX;
+                } else {
+                        break; /* the outermost rule read nothing */
+                }
+                if (*(const uint64_t *)(uintptr_t)(next_sp - 8) != next_pc)
+                        return false;
+                if (l->flags & LV_RBP_SAVED) {
+                        if (l->slot - lo > stack_hi - 8 - lo)
+                                return false;
+                        if (need && *(const uint64_t *)(uintptr_t)l->slot != next_fp)
+                                return false;
+                }
+        }
+        return true;
+}
+
+/* Stores frames k = from-1 .. 0 of out/st in memo positions pos, pos+1, ... (outermost
+ * first), going on from the running hash h and the LV_NEED_FP of the state above them.
+ * Returns the hash after the innermost frame. */
+static uint64_t memo_store(struct ap_unwind_memo *m, uint32_t pos, const uint64_t *out,
+                           const struct frame_state *st, int from, uint64_t h, bool need)
+{
+        for (int k = from - 1; k >= 0; k--, pos++) {
+                uint64_t f = st[k].flags;
+                /* The fp of frame k's state matters if its CFA is rbp-based, or if its
+                 * rule keeps rbp and the state above needs it. */
+                if ((f & LV_RBP_CFA) || (!(f & LV_RBP_SAVED) && need))
+                        f |= LV_NEED_FP;
+                need = f & LV_NEED_FP;
+                h = ap_stack_hash_step(h, out[k]);
+                m->lv[pos] = (struct ap_unwind_level){
+                        .pc = out[k], .sp = st[k].sp, .fp = st[k].fp, .slot = st[k].slot,
+                        .hash = h, .flags = f};
+        }
+        return h;
+}
+
+int ap_unwind_capture_memo(uint64_t *out, int max, uint64_t stack_hi, uint64_t pc, uint64_t sp,
+                           uint64_t fp, struct ap_unwind_memo *m, uint64_t *hash, bool *same)
+{
+        struct frame_state st[AP_UNWIND_MEMO_MAX];
+        *same = false;
+        if (g_rules == NULL || stack_hi == 0 || sp >= stack_hi) {
+                m->n = 0;
+                return -1;
+        }
+        if (max > AP_UNWIND_MEMO_MAX)
+                max = AP_UNWIND_MEMO_MAX;
+        const uint64_t lo = sp;
+        /* Relaxed: see ap_unwind_forget_rules. */
+        const uint64_t gen = ap_load_relaxed(&g_rules_gen);
+        /* mi walks the memo from its innermost frame outwards, to the first frame whose sp
+         * is not below this unwind's (sps grow outwards in both); -1: no memo to use. */
+        int mi = m->n > 0 && m->gen == gen ? (int)m->n - 1 : -1;
+        int n = 0, end = MEMO_END_MAX, s, total, tries = 0;
+        uint64_t h;
+
+        while (n < max) {
+                if (mi >= 0) {
+                        while (mi >= 0 && m->lv[mi].sp < sp)
+                                mi--;
+                        if (mi >= 0 && m->lv[mi].sp == sp) {
+                                /* Same sp, so far from a proof: the same function may sit
+                                 * here called from elsewhere (another pc), or the frames
+                                 * above may have changed (the slots tell).  Compare the
+                                 * cheap things first; verify the slots twice at most. */
+                                const struct ap_unwind_level *l = &m->lv[mi];
+                                if (l->pc == pc && (!(l->flags & LV_NEED_FP) || l->fp == fp) &&
+                                    n + mi + 1 <= max) {
+                                        if (memo_holds(m, mi, lo, stack_hi))
+                                                goto joined;
+                                        if (++tries == 2)
+                                                mi = -1;
+                                }
+                        }
+                }
+                out[n] = pc;
+                st[n].sp = sp;
+                st[n].fp = fp;
+                s = step(&pc, &sp, &fp, lo, stack_hi, &st[n].slot, &st[n].flags);
+                n++;
+                if (s == STEP_FAIL)
+                        goto fail;
+                if (s != STEP_NEXT) {
+                        end = s == STEP_END_RULE ? MEMO_END_RULE : MEMO_END_ZERO;
+                        break;
+                }
+        }
+        goto store_all;
+
+joined:;
+        /* Frames mi..0 of the memo are this stack's frames n, n+1, ... */
+        total = n + mi + 1;
+        if (m->end == MEMO_END_MAX && total < max) {
+                /* The memo was cut at max frames and this stack has room for more: take
+                 * its frames over and go on unwinding from where it stopped. */
+                for (int p = mi; p >= 0; p--, n++) {
+                        const struct ap_unwind_level *l = &m->lv[p];
+                        out[n] = l->pc;
+                        st[n] = (struct frame_state){.sp = l->sp, .fp = l->fp, .slot = l->slot,
+                                                     .flags = l->flags & ~(uint64_t)LV_NEED_FP};
+                }
+                pc = m->fin_pc;
+                sp = m->fin_sp;
+                fp = m->fin_fp;
+                while (n < max) {
+                        out[n] = pc;
+                        st[n].sp = sp;
+                        st[n].fp = fp;
+                        s = step(&pc, &sp, &fp, lo, stack_hi, &st[n].slot, &st[n].flags);
+                        n++;
+                        if (s == STEP_FAIL)
+                                goto fail;
+                        if (s != STEP_NEXT) {
+                                end = s == STEP_END_RULE ? MEMO_END_RULE : MEMO_END_ZERO;
+                                break;
+                        }
+                }
+                goto store_all;
+        }
+        for (int p = mi, k = n; p >= 0; p--, k++)
+                out[k] = m->lv[p].pc;
+        *same = n == 0 && total == (int)m->n;
+        /* The new inner frames replace the memo's below frame mi; its outer part, end and
+         * final state stay. */
+        h = memo_store(m, (uint32_t)mi + 1, out, st, n, m->lv[mi].hash,
+                                m->lv[mi].flags & LV_NEED_FP);
+        m->n = (uint32_t)total;
+        *hash = ap_stack_hash_final(h, (uint32_t)total);
+        return total;
+
+store_all:
+        m->n = (uint32_t)n;
+        m->end = (uint32_t)end;
+        m->gen = gen;
+        m->fin_pc = pc;
+        m->fin_sp = sp;
+        m->fin_fp = fp;
+        h = memo_store(m, 0, out, st, n, AP_STACK_HASH_SEED, end == MEMO_END_MAX);
+        *hash = ap_stack_hash_final(h, (uint32_t)n);
+        return n;
+
+fail:
+        m->n = 0;
+        return -1;
 }
 
 __attribute__((noinline)) int ap_unwind_capture(uint64_t *out, int max, uint64_t stack_hi)
@@ -635,6 +840,16 @@ __attribute__((noinline)) int ap_unwind_capture(uint64_t *out, int max, uint64_t
         uint64_t regs[3];
         ap_unwind_regs(regs);
         return ap_unwind_capture_from(out, max, stack_hi, regs[0], regs[1], regs[2]);
+}
+
+__attribute__((noinline)) int ap_unwind_capture_here(uint64_t *out, int max, uint64_t stack_hi,
+                                                     struct ap_unwind_memo *m, uint64_t *hash,
+                                                     bool *same)
+{
+        uint64_t regs[3];
+        ap_unwind_regs(regs);
+        return ap_unwind_capture_memo(out, max, stack_hi, regs[0], regs[1], regs[2], m, hash,
+                                      same);
 }
 
 #else /* not x86-64: libunwind does it all */
@@ -654,10 +869,28 @@ int ap_unwind_capture(uint64_t *out, int max, uint64_t stack_hi)
         return -1;
 }
 
+int ap_unwind_capture_here(uint64_t *out, int max, uint64_t stack_hi, struct ap_unwind_memo *m,
+                           uint64_t *hash, bool *same)
+{
+        (void)out, (void)max, (void)stack_hi, (void)hash;
+        m->n = 0;
+        *same = false;
+        return -1;
+}
+
 int ap_unwind_capture_from(uint64_t *out, int max, uint64_t stack_hi, uint64_t pc, uint64_t sp,
                            uint64_t fp)
 {
         (void)out, (void)max, (void)stack_hi, (void)pc, (void)sp, (void)fp;
+        return -1;
+}
+
+int ap_unwind_capture_memo(uint64_t *out, int max, uint64_t stack_hi, uint64_t pc, uint64_t sp,
+                           uint64_t fp, struct ap_unwind_memo *m, uint64_t *hash, bool *same)
+{
+        (void)out, (void)max, (void)stack_hi, (void)pc, (void)sp, (void)fp, (void)hash;
+        m->n = 0;
+        *same = false;
         return -1;
 }
 

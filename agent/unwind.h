@@ -37,3 +37,74 @@ int ap_unwind_capture(uint64_t *out, int max, uint64_t stack_hi);
  * it), sp and fp the values of rsp and rbp there.  out[0] is pc. */
 int ap_unwind_capture_from(uint64_t *out, int max, uint64_t stack_hi, uint64_t pc, uint64_t sp,
                            uint64_t fp);
+
+/* ---- a thread's last stack ------------------------------------------------------------
+ * Consecutive allocations of a thread mostly share the outer part of their stacks (a
+ * compiler's: 18 of 22 frames on average).  The memo keeps the last unwind of a thread,
+ * every frame's state (pc, sp, fp) and the stack slots its rules read, outermost frame
+ * first.  An unwind that reaches a frame in the same state as one of the memo's (same
+ * pc, same sp, and the same fp if a later rule can depend on it) re-reads the memo's
+ * slots above it instead of looking up rules: if they all still hold what they held, the
+ * rest of the unwind is what it was then (it is a function of that state, those slots
+ * and the rules of those pcs, which do not change while the rule cache's generation does
+ * not), so the memo's frames are copied.  The memo also keeps the stack's hash, built
+ * from the outermost frame, one running value per frame, so that only the new frames
+ * are hashed.
+ *
+ * Owned by one thread and used outside signal handlers only (a handler interrupting an
+ * update would see half of it): no atomics. */
+#define AP_UNWIND_MEMO_MAX 64
+
+struct ap_unwind_level {
+        uint64_t pc, sp, fp;
+        uint64_t slot; /* where this frame's rule read the caller's rbp, 0 if it did not */
+        uint64_t hash; /* running stack hash over this frame and those above it */
+        uint64_t flags;
+};
+
+struct ap_unwind_memo {
+        uint32_t n;   /* frames held (lv[0] the outermost), 0 = none */
+        uint32_t end; /* how that unwind ended (unwind.c) */
+        uint64_t gen; /* the rule cache's generation it was made in */
+        uint64_t fin_pc, fin_sp, fin_fp; /* the state after lv[n - 1]'s rule, if read */
+        uint64_t user;                   /* for the caller (the agent: the stack's id) */
+        uint64_t user_gen;
+        struct ap_unwind_level lv[AP_UNWIND_MEMO_MAX];
+};
+
+/* ap_unwind_capture_from with a memo (max <= AP_UNWIND_MEMO_MAX).  On success also sets
+ * *hash to ap_stack_hash() of the frames and *same to whether they are exactly the
+ * memo's previous stack (memo->user still describes it), and updates the memo; on -1
+ * the memo is emptied. */
+int ap_unwind_capture_memo(uint64_t *out, int max, uint64_t stack_hi, uint64_t pc, uint64_t sp,
+                           uint64_t fp, struct ap_unwind_memo *memo, uint64_t *hash, bool *same);
+
+/* ap_unwind_capture with a memo (for the tests; out[0] is inside this function). */
+int ap_unwind_capture_here(uint64_t *out, int max, uint64_t stack_hi, struct ap_unwind_memo *m,
+                           uint64_t *hash, bool *same);
+
+/* The stack hash the agent indexes stacks by, built from the outermost frame (so that a
+ * memo can keep the hash of its outer part): seed, one step per frame from ips[n - 1]
+ * down to ips[0], then the depth mixed in.  Never 0. */
+#define AP_STACK_HASH_SEED 0x9e3779b97f4a7c15ull
+
+static inline uint64_t ap_stack_hash_step(uint64_t h, uint64_t pc)
+{
+        h ^= pc;
+        h *= 0xff51afd7ed558ccdull;
+        return h ^ (h >> 32);
+}
+
+static inline uint64_t ap_stack_hash_final(uint64_t h, uint32_t n)
+{
+        h = ap_stack_hash_step(h, n);
+        return h ? h : 1;
+}
+
+static inline uint64_t ap_stack_hash(const uint64_t *ips, uint32_t n)
+{
+        uint64_t h = AP_STACK_HASH_SEED;
+        for (uint32_t i = n; i-- > 0;)
+                h = ap_stack_hash_step(h, ips[i]);
+        return ap_stack_hash_final(h, n);
+}

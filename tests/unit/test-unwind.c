@@ -2,12 +2,16 @@
  * the same return addresses through plain recursion, frames with large and dynamic stack
  * allocations, frame-pointer functions, callbacks from inside the C library (qsort), and
  * in other threads; the second capture of a stack (from the rule cache) equal to the
- * first; stacks it does not handle handed back (-1), never a wrong one.
+ * first; stacks it does not handle handed back (-1), never a wrong one.  Then the memo
+ * (a thread's last stack, reused where the next one meets it) against the unwinder
+ * without it, on stacks that meet it and leave it in every way: deeper, shallower, the
+ * same frame sizes under other callers, cut at the frame limit and then not.
  *
  * SPDX-License-Identifier: MIT OR Apache-2.0
  */
 #include <alloca.h>
 #include <pthread.h>
+#include <string.h>
 
 #define UNW_LOCAL_ONLY
 #include <libunwind.h>
@@ -18,7 +22,96 @@
 extern void *__libc_stack_end;
 
 static __thread uint64_t t_stack_hi;
-static int checked, handed_back;
+static __thread struct ap_unwind_memo t_memo;
+static __thread uint64_t t_last[64]; /* the memo's capture before, to check *same */
+static __thread int t_last_n;
+static int checked, handed_back, memo_checked, memo_same;
+
+/* The memo's capture against the plain one with the same limit, twice from the same call
+ * site (the second time the whole stack is the memo's: *same).  out[1] (the return
+ * address into this function) differs between the two captures; the rest must not. */
+static __attribute__((noinline)) void compare_memo(const char *what, int max)
+{
+        uint64_t a[64], b[64], hash;
+        bool same;
+        for (int k = 0; k < 2; k++) {
+                int na = ap_unwind_capture(a, max, t_stack_hi);
+                int nb = ap_unwind_capture_here(b, max, t_stack_hi, &t_memo, &hash, &same);
+                if (na != nb) {
+                        fprintf(stderr, "%s (max %d): %d frames with the memo, %d without\n",
+                                what, max, nb, na);
+                        exit(1);
+                }
+                if (nb < 0)
+                        return;
+                for (int i = 2; i < nb; i++) {
+                        if (a[i] != b[i]) {
+                                fprintf(stderr, "%s (max %d): frame %d: %#" PRIx64
+                                                " with the memo, %#" PRIx64 " without\n",
+                                        what, max, i, b[i], a[i]);
+                                exit(1);
+                        }
+                }
+                ASSERT_EQ(hash, ap_stack_hash(b, (uint32_t)nb));
+                /* Same: every frame equal to the last capture's, out[0] and out[1] too. */
+                if (same) {
+                        ASSERT_EQ(nb, t_last_n);
+                        ASSERT_TRUE(memcmp(b, t_last, 8 * (size_t)nb) == 0);
+                }
+                if (k == 1) {
+                        ASSERT_TRUE(same);
+                        memo_same++;
+                }
+                memcpy(t_last, b, 8 * (size_t)nb);
+                t_last_n = nb;
+                memo_checked++;
+        }
+}
+
+static volatile int sink;
+
+static __attribute__((noinline)) void recurse_memo(int depth, int max)
+{
+        if (depth == 0) {
+                compare_memo("recursion", max);
+                return;
+        }
+        recurse_memo(depth - 1, max);
+        sink++;
+}
+
+/* Two callers with frames of the same size: the frames under them sit at the same
+ * addresses with the same return addresses, and only the slot holding the return
+ * address into the caller tells the stacks apart. */
+static __attribute__((noinline)) void memo_leaf(int n)
+{
+        volatile int x = n;
+        compare_memo("under twin callers", 64);
+        sink += x;
+}
+
+static __attribute__((noipa)) void twin_a(int n)
+{
+        volatile int x = n;
+        memo_leaf(n);
+        sink += x;
+}
+
+/* Not twin_a's code (or gcc folds the two into one function). */
+static __attribute__((noipa)) void twin_b(int n)
+{
+        volatile int x = n + 1;
+        memo_leaf(n);
+        sink -= x;
+}
+
+static __attribute__((noinline, optimize("no-omit-frame-pointer"))) void fp_memo(int n)
+{
+        volatile char *p = alloca((size_t)n);
+        p[0] = 1;
+        compare_memo("frame-pointer function", 64);
+        sink += p[0];
+}
 
 /* Both unwinders from the same place.  The cached one reports one frame more at the
  * start (inside ap_unwind_capture); from the return address into this function on, the
@@ -58,8 +151,6 @@ static __attribute__((noinline)) void compare_here(const char *what)
                 ASSERT_EQ(c[i], a[i]);
         checked++;
 }
-
-static volatile int sink;
 
 static __attribute__((noinline)) void recurse(int depth)
 {
@@ -152,6 +243,19 @@ int main(void)
         for (int i = 0; i < 4; i++)
                 ASSERT_EQ(pthread_join(th[i], NULL), 0);
 
+        /* The memo: deeper and shallower stacks in turn; a stack cut at 64 frames and
+         * then a shorter one that needs the frames beyond the cut; small limits. */
+        static const int depths[] = {0, 10, 3, 40, 40, 7, 80, 30, 75, 120, 2, 61, 62, 63, 0};
+        for (size_t i = 0; i < sizeof(depths) / sizeof(depths[0]); i++) {
+                recurse_memo(depths[i], 64);
+                recurse_memo(depths[i], 5);
+        }
+        for (int i = 0; i < 4; i++) {
+                twin_a(i);
+                twin_b(i);
+                fp_memo(16 + 100 * i);
+        }
+
         /* Unknown stack top: nothing is attempted. */
         uint64_t out[8];
         ASSERT_EQ(ap_unwind_capture(out, 8, 0), -1);
@@ -160,8 +264,11 @@ int main(void)
 
         /* Everything a compiler emits for these must be handled, except perhaps the
          * realigned frame. */
-        fprintf(stderr, "%d stacks equal to libunwind's, %d handed back\n", checked, handed_back);
+        fprintf(stderr, "%d stacks equal to libunwind's, %d handed back; %d with the memo\n",
+                checked, handed_back, memo_checked);
         ASSERT_TRUE(handed_back <= 1);
         ASSERT_TRUE(checked >= 20);
+        ASSERT_EQ(memo_checked, 2 * (2 * 15 + 12));
+        ASSERT_EQ(memo_same, memo_checked / 2);
         return 0;
 }
