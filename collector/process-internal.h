@@ -48,7 +48,7 @@ struct ap_slot {
         bool seen;
 };
 
-#define ID_CACHE_SIZE 1024 /* power of two */
+#define ID_CACHE_SIZE 16384 /* power of two: a compiler's 11K stacks fit */
 
 struct ap_process {
         pid_t pid;

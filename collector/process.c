@@ -430,6 +430,13 @@ static uint32_t stack_intern_ips(struct ap_process *p, const uint64_t *ips, uint
         return (uint32_t)p->nstacks++;
 }
 
+/* Stack ids are heap offsets (multiples of entry sizes, more or less): spread them over
+ * the cache. */
+static inline uint32_t id_cache_index(uint32_t id)
+{
+        return (uint32_t)((id * 0x9e3779b9u) >> 18) & (ID_CACHE_SIZE - 1);
+}
+
 /* Resolves a record's stack reference.  Returns the stack index or UINT32_MAX when the
  * reference is invalid. */
 /* rec: the record in the ring (its inline stack, if any, follows the fixed part; the
@@ -449,7 +456,7 @@ static uint32_t stack_resolve(struct ap_process *p, const struct ap_rec_hdr *rh,
         if ((uint32_t)rh->nwords * 8 != fixed)
                 return UINT32_MAX;
         uint32_t id = rh->aux;
-        uint32_t ci = id & (ID_CACHE_SIZE - 1);
+        uint32_t ci = id_cache_index(id);
         if (p->id_cache[ci].id == id && id != 0)
                 return p->id_cache[ci].stack;
         uint64_t *v = ap_map_get(&p->stack_by_id, id);
@@ -703,6 +710,10 @@ static void prefetch_ahead(struct ap_process *p, uint32_t i)
                         memcpy(&a, data + off + at, sizeof(a));
                         ap_live_prefetch(&p->live, a);
                 }
+                /* and the id-cache cell of an allocation's stack */
+                if (rh.type != AP_REC_FREE && rh.type != AP_REC_PAD &&
+                    !(rh.flags & AP_RECF_INLINE_STACK))
+                        __builtin_prefetch(&p->id_cache[id_cache_index(rh.aux)]);
                 sl->pf += len;
         }
 }
