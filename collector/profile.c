@@ -45,7 +45,7 @@
  *             "bytes-leaked_bytes-freed_bytes":[X...],
  *             "max_live_bytes+1 (0: =bytes)":[X...],
  *             "peak_bytes+2 (0: none, 1: =max_live_bytes)":[X...],
- *             "shared":[K...], "stacks":[[dF...]...]},
+ *             "popped":[P...], "stacks":[[dF...]...]},
  *    "histogram":[[bucket, count, bytes]...],          (non-empty buckets only)
  *    "timeline":[[dt_ns, dlive_bytes, dallocations]...]}
  *
@@ -60,11 +60,18 @@
  * few digits each.  The frame numbers in memory are therefore not those of the file: a
  * profile that was read has its frames in this order.
  *
- * Sites are sorted by their stacks read from the outermost frame.  "shared" says how many
- * outermost frames a site has in common with the previous site, and its entry in "stacks"
- * lists the others from the outermost in, each as its frame index minus that of the frame
- * before it (the innermost shared one, or -1 when none is shared).  Deep stacks that
- * differ only near the top (a compiler's, say) so cost a few small numbers each.
+ * Sites are sorted by their stacks read from the outermost frame, and each stack is
+ * stored as an edit of the previous site's (an empty one for the first site): "popped"
+ * says how many innermost frames of that stack it drops, which leaves the outermost frames
+ * the two have in common, and the site's entry in "stacks" lists the frames it adds, from
+ * the outermost in, each as its frame index minus that of the frame before it.  The first
+ * one added steps from the frame it replaces, the previous stack's at its depth, if that
+ * stack has one (it has unless nothing was popped): both are called from the frame just
+ * outside, so they are mostly in one function, and the sort puts the new one a few
+ * frames after the old.  Else it steps from the innermost frame kept, or from -1 when
+ * none is.  Deep stacks that differ only near the top (a compiler's, say) so cost a few
+ * small numbers each.  Against counting the frames kept and always stepping from the
+ * innermost of them, this made cc1's profile 108.3 -> 96.8 KB and python's 17.2 -> 16.3 KB.
  *
  * A site's counters mostly follow from one another, so four are coded against the rest
  * (the column names say how): frees as allocations - leaked_blocks - frees and freed_bytes
@@ -985,17 +992,22 @@ static void out_sites(struct fd_sink *sink, const struct ap_profile *p, const st
                 }
                 out_char(sink, ']');
         }
-        out_lit(sink, ",\"shared\":[");
+        out_lit(sink, ",\"popped\":[");
         for (uint32_t i = 0; i < p->nsites; i++) {
                 out_sep(sink, i);
-                out_i64(sink, plan->sites[i].shared);
+                out_i64(sink, i ? plan->sites[i - 1].nframes - plan->sites[i].shared : 0);
         }
-        /* The frames a site does not share, from the outermost in, each as the step from
-         * the frame just outside it (the innermost shared one, or -1 for the first). */
+        /* The frames a site adds, from the outermost in, each as the step from the frame
+         * before it: for the first, the frame it replaces if the previous stack has one
+         * at its depth, else the innermost shared one, else -1 (see the top of the file). */
         out_lit(sink, "],\"stacks\":[");
         for (uint32_t i = 0; i < p->nsites; i++) {
                 const struct site_ref *s = &plan->sites[i];
-                int64_t prev = s->shared ? (int64_t)s->frames[s->shared - 1] : -1;
+                const struct site_ref *before = i ? &plan->sites[i - 1] : NULL;
+                int64_t prev = before && s->shared < before->nframes
+                                       ? (int64_t)before->frames[s->shared]
+                               : s->shared ? (int64_t)s->frames[s->shared - 1]
+                                           : -1;
 
                 out_sep(sink, i);
                 out_char(sink, '[');
@@ -1817,21 +1829,21 @@ static int read_frame_indexes(struct rctx *rc, const struct ap_profile *p, const
  * file stand for long stacks, and a hostile one must not make us allocate without end. */
 #define MAX_SITE_FRAMES_TOTAL (1ull << 26)
 
-/* Format version 3: one array per counter, then "shared" and "stacks" (see the top of
+/* Format version 3: one array per counter, then "popped" and "stacks" (see the top of
  * the file).  The stack of site i is decoded against that of site i - 1. */
 static int read_sites_v3(struct rctx *rc, struct ap_profile *p, const json_t *root)
 {
         enum { NC = ARRAY_SIZE(site_columns) };
-        struct loc l = at_key(NULL, "sites"), lsh = at_key(&l, "shared");
+        struct loc l = at_key(NULL, "sites"), lpo = at_key(&l, "popped");
         struct loc lst = at_key(&l, "stacks"), lc[NC];
-        json_t *o = NULL, *col[NC], *shared = NULL, *stacks = NULL;
+        json_t *o = NULL, *col[NC], *popped = NULL, *stacks = NULL;
         uint64_t total = 0;
         uint32_t n = 0;
         int r;
 
         if ((r = get_object(rc, root, NULL, "sites", &o)) < 0 ||
             (r = get_array(rc, o, &l, "stacks", &stacks, &n)) < 0 ||
-            (r = get_column(rc, o, &l, "shared", "sites.stacks", n, &shared)) < 0)
+            (r = get_column(rc, o, &l, "popped", "sites.stacks", n, &popped)) < 0)
                 return r;
         for (size_t c = 0; c < NC; c++) {
                 lc[c] = at_key(&l, site_columns[c].name);
@@ -1845,9 +1857,10 @@ static int read_sites_v3(struct rctx *rc, struct ap_profile *p, const json_t *ro
         for (uint32_t i = 0; i < n; i++) {
                 struct ap_psite *s = &p->sites[i];
                 const struct ap_psite *prev = i ? &p->sites[i - 1] : NULL;
-                struct loc lshi = at_index(&lsh, i), lsti = at_index(&lst, i);
+                struct loc lpoi = at_index(&lpo, i), lsti = at_index(&lst, i);
                 json_t *fa = json_array_get(stacks, i);
-                int64_t nshared = 0, frame = -1;
+                uint32_t nprev = prev ? prev->nframes : 0, nshared;
+                int64_t npopped = 0, frame = -1;
 
                 for (size_t c = 0; c < NC; c++) {
                         const struct site_column *sc = &site_columns[c];
@@ -1863,9 +1876,10 @@ static int read_sites_v3(struct rctx *rc, struct ap_profile *p, const json_t *ro
                                 return decoded_too_large(rc, &lci, sc->field, *site_counter(s, sc));
                 }
 
-                if ((r = as_int(rc, json_array_get(shared, i), &lshi, 0, prev ? prev->nframes : 0,
-                                &nshared)) < 0)
+                /* No more than the previous stack has; nothing for the first site. */
+                if ((r = as_int(rc, json_array_get(popped, i), &lpoi, 0, nprev, &npopped)) < 0)
                         return r;
+                nshared = nprev - (uint32_t)npopped;
                 if (!json_is_array(fa))
                         return expect(rc, fa, &lsti, "an array");
                 size_t nnew = json_array_size(fa);
@@ -1877,12 +1891,16 @@ static int read_sites_v3(struct rctx *rc, struct ap_profile *p, const json_t *ro
                 if ((r = alloc_table(rc, (void **)&s->frames, nf, sizeof(*s->frames))) < 0)
                         return r;
                 s->nframes = nf;
-                if (nshared) {
-                        memcpy(s->frames + nnew, prev->frames + prev->nframes - nshared,
+                if (nshared)
+                        memcpy(s->frames + nnew, prev->frames + npopped,
                                sizeof(*s->frames) * (size_t)nshared);
+                /* The new frames come outermost first, each a step from the one outside;
+                 * the first steps from the frame it replaces (the outermost popped one) if
+                 * any, else from the innermost shared one, else from -1. */
+                if (npopped)
+                        frame = prev->frames[npopped - 1];
+                else if (nshared)
                         frame = s->frames[nnew];
-                }
-                /* The new frames come outermost first, each a step from the one outside. */
                 for (size_t k = 0; k < nnew; k++) {
                         struct loc lk = at_index(&lsti, k);
                         int64_t step = 0;

@@ -1077,8 +1077,9 @@ static void test_hostile_documents(void)
                               "modules[0].build_id: expected an index or null");
 
         /* Format 3's sites.  In file order they are [3000: none] [4000: 0 2] [1000: 0 2 1]
-         * [2000: 3 4] (frames renumbered, outermost first): "shared" is [0, 0, 2, 0] and
-         * "stacks" [[], [1, 2], [-1], [4, 1]].  A frame index is checked once decoded. */
+         * [2000: 3 4] (frames renumbered, outermost first): "popped" is [0, 0, 0, 3] and
+         * "stacks" [[], [1, 2], [-1], [3, 1]] (test_stack_coding checks that).  A frame
+         * index is checked once decoded. */
         expect_mutation_error("sites/stacks/1", "0", json_integer(912), E,
                               "sites.stacks[1][0]: frame index 911 out of range (5 frames)");
         expect_mutation_error("sites/stacks/3", "1", json_integer(100), E,
@@ -1087,28 +1088,44 @@ static void test_hostile_documents(void)
                               "sites.stacks[3][1]: frame index -1 out of range");
         expect_mutation_error("sites/stacks/2", "0", json_integer(-3), E,
                               "sites.stacks[2][0]: frame index -1 out of range");
+        /* Site 3's first step is from the frame it replaces (0), not from -1. */
+        expect_mutation_error("sites/stacks/3", "0", json_integer(-1), E,
+                              "sites.stacks[3][0]: frame index -1 out of range");
+        expect_mutation_error("sites/stacks/3", "0", json_integer(5), E,
+                              "sites.stacks[3][0]: frame index 5 out of range");
         expect_mutation_error("sites/stacks/3", "1", json_integer(INT64_MAX), E,
                               "sites.stacks[3][1]: frame index out of range (5 frames)");
+        expect_mutation_error("sites/stacks/1", "0", json_integer(INT64_MIN), E,
+                              "sites.stacks[1][0]: frame index out of range (5 frames)");
         expect_mutation_error("sites/stacks/3", "0", json_integer(INT64_MIN), E,
-                              "sites.stacks[3][0]: frame index out of range (5 frames)");
+                              "sites.stacks[3][0]: frame index -9223372036854775808 out of range");
         expect_mutation_error("sites/stacks/1", "0", json_null(), E,
                               "sites.stacks[1][0]: expected an integer, found null");
         expect_mutation_error("sites/stacks", "1", json_integer(1), E,
                               "sites.stacks[1]: expected an array, found an integer");
-        /* Shared frames: no more than the previous site has, none for the first. */
-        expect_mutation_error("sites/shared", "2", json_integer(3), E,
-                              "sites.shared[2]: 3 is out of range [0, 2]");
-        expect_mutation_error("sites/shared", "2", json_integer(-1), E,
-                              "sites.shared[2]: -1 is out of range [0, 2]");
-        expect_mutation_error("sites/shared", "0", json_integer(1), E,
-                              "sites.shared[0]: 1 is out of range [0, 0]");
+        /* Popped frames: no more than the previous site has, none for the first. */
+        expect_mutation_error("sites/popped", "2", json_integer(3), E,
+                              "sites.popped[2]: 3 is out of range [0, 2]");
+        expect_mutation_error("sites/popped", "3", json_integer(4), E,
+                              "sites.popped[3]: 4 is out of range [0, 3]");
+        expect_mutation_error("sites/popped", "2", json_integer(-1), E,
+                              "sites.popped[2]: -1 is out of range [0, 2]");
+        expect_mutation_error("sites/popped", "0", json_integer(1), E,
+                              "sites.popped[0]: 1 is out of range [0, 0]");
+        expect_mutation_error("sites/popped", "1", json_integer(1), E,
+                              "sites.popped[1]: 1 is out of range [0, 0]");
+        expect_mutation_error("sites/popped", "3", json_null(), E,
+                              "sites.popped[3]: expected an integer, found null");
+        expect_mutation_error("sites/popped", "3", json_integer(INT64_MIN), E,
+                              "sites.popped[3]: -9223372036854775808 is out of range [0, 3]");
         /* Columns of one length. */
         expect_mutation_error("sites/bytes", "0", NULL, E,
                               "sites.bytes: 3 elements, but sites.stacks has 4");
-        expect_mutation_error("sites/shared", "3", NULL, E,
-                              "sites.shared: 3 elements, but sites.stacks has 4");
+        expect_mutation_error("sites/popped", "3", NULL, E,
+                              "sites.popped: 3 elements, but sites.stacks has 4");
         expect_mutation_error("sites/stacks", "0", NULL, E,
-                              "sites.shared: 4 elements, but sites.stacks has 3");
+                              "sites.popped: 4 elements, but sites.stacks has 3");
+        expect_mutation_error("sites", "popped", NULL, E, "sites.popped: missing");
         expect_mutation_error("sites", "temporary", NULL, E, "sites.temporary: missing");
         expect_mutation_error("sites", "stacks", NULL, E, "sites.stacks: missing");
         expect_mutation_error("", "sites", json_array(), E, "sites: expected an object");
@@ -1177,6 +1194,151 @@ static void test_hostile_documents(void)
         expect_v2_mutation_error("sites/1", "11", json_integer(1), E,
                                  "sites[1][11]: expected an array");
         expect_v2_mutation_error("timeline/1", "1", json_integer(-1), E, "timeline[1][1]");
+}
+
+/* v as compact JSON is `want`. */
+static void assert_json(const json_t *v, const char *want)
+{
+        char *text = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+
+        ASSERT_NOT_NULL(text);
+        ASSERT_STREQ(text, want);
+        free(text);
+}
+
+/* A site's stack as format 3 codes it against the previous site's. */
+struct coded_stack {
+        uint32_t nframes, frames[3]; /* outermost first, in the file's frame numbers */
+        int popped, nsteps, steps[3];
+};
+
+/* The sample document with its sites replaced by these stacks, all counters 0. */
+static json_t *doc_with_stacks(const struct coded_stack *c, size_t n)
+{
+        json_t *doc = sample_doc(), *sites = dig(doc, "sites");
+
+        for (void *it = json_object_iter(sites); it; it = json_object_iter_next(sites, it)) {
+                const char *key = json_object_iter_key(it);
+                json_t *col = json_object_iter_value(it);
+
+                ASSERT_EQ(json_array_clear(col), 0);
+                for (size_t i = 0; i < n; i++) {
+                        json_t *v;
+
+                        if (strcmp(key, "popped") == 0) {
+                                v = json_integer(c[i].popped);
+                        } else if (strcmp(key, "stacks") == 0) {
+                                v = json_array();
+                                for (int k = 0; k < c[i].nsteps; k++)
+                                        ASSERT_EQ(json_array_append_new(
+                                                          v, json_integer(c[i].steps[k])),
+                                                  0);
+                        } else {
+                                v = json_integer(0);
+                        }
+                        ASSERT_EQ(json_array_append_new(col, v), 0);
+                }
+        }
+        return doc;
+}
+
+/* Reads doc (not taken) and checks that its sites have these stacks, in this order. */
+static struct ap_profile *read_stacks(const json_t *doc, const struct coded_stack *c, size_t n)
+{
+        char *path = path_in_tmp("stacks.approf");
+        struct ap_profile *p;
+
+        ASSERT_EQ(json_dump_file(doc, path, JSON_COMPACT), 0);
+        p = read_ok(path);
+        ASSERT_EQ(p->nsites, n);
+        for (size_t i = 0; i < n; i++) {
+                ASSERT_EQ(p->sites[i].nframes, c[i].nframes);
+                for (uint32_t j = 0; j < c[i].nframes; j++) /* innermost first in memory */
+                        ASSERT_EQ(p->sites[i].frames[c[i].nframes - 1 - j], c[i].frames[j]);
+        }
+        unlink(path);
+        free(path);
+        return p;
+}
+
+/* Format 3's stacks, exactly: each site says how many frames of the previous site's
+ * stack it pops, and steps through the frames it adds from the outermost in, the first
+ * step taken from the frame it replaces if the previous stack has one at its depth, else
+ * from the innermost frame kept, else from -1. */
+static void test_stack_coding(void)
+{
+        /* Sorted as the writer sorts them; the sample has frames 0 to 4. */
+        static const struct coded_stack sorted[] = {
+                {2, {1, 3}, 0, 2, {2, 2}},        /* the first site: from -1 */
+                {3, {1, 3, 4}, 0, 1, {1}},        /* none at depth 2 before: from 3, kept */
+                {2, {1, 4}, 2, 1, {1}},           /* replaces 3 */
+                {3, {2, 0, 3}, 2, 3, {1, -2, 3}}, /* pops all, replaces 1 */
+                {3, {2, 0, 3}, 0, 0, {0}},        /* the same stack again */
+                {2, {2, 1}, 2, 1, {1}},           /* pops two, replaces 0 */
+        };
+        /* Not as the writer would order them, but read all the same. */
+        static const struct coded_stack unsorted[] = {
+                {2, {2, 4}, 0, 2, {3, 2}},  /* the first site: from -1 */
+                {0, {0}, 2, 0, {0}},        /* pops all, adds none */
+                {1, {3}, 0, 1, {4}},        /* after an empty stack: from -1 */
+                {2, {0, 1}, 1, 2, {-3, 1}}, /* pops all, replaces 3 */
+                {3, {0, 1, 2}, 0, 1, {1}},  /* from 1, the innermost kept */
+                {1, {4}, 3, 1, {4}},        /* pops all, replaces 0 */
+        };
+        const size_t nsorted = sizeof(sorted) / sizeof(*sorted);
+        const size_t nunsorted = sizeof(unsorted) / sizeof(*unsorted);
+        char *path = path_in_tmp("stacks2.approf");
+        struct ap_profile *p;
+        json_error_t jerr;
+        json_t *doc;
+
+        /* What the writer makes of the sample: [3000: none] [4000: 0 2] [1000: 0 2 1]
+         * [2000: 3 4], outermost first. */
+        doc = sample_doc();
+        assert_json(dig(doc, "sites/popped"), "[0,0,0,3]");
+        assert_json(dig(doc, "sites/stacks"), "[[],[1,2],[-1],[3,1]]");
+        json_decref(doc);
+
+        /* Read, and written again the same. */
+        doc = doc_with_stacks(sorted, nsorted);
+        p = read_stacks(doc, sorted, nsorted);
+        ASSERT_OK(ap_profile_write(p, path));
+        {
+                json_t *again = load_gzip_json(path, &jerr);
+
+                ASSERT_NOT_NULL(again);
+                assert_json(dig(again, "sites/popped"), "[0,0,2,2,0,2]");
+                assert_json(dig(again, "sites/stacks"), "[[2,2],[1],[1],[1,-2,3],[],[1]]");
+                json_decref(again);
+        }
+        ap_profile_free(p);
+        json_decref(doc);
+
+        doc = doc_with_stacks(unsorted, nunsorted);
+        ap_profile_free(read_stacks(doc, unsorted, nunsorted));
+        json_decref(doc);
+
+        /* No more popped than the previous stack has: two of [1, 4], three of [1, 3, 4]. */
+        doc = doc_with_stacks(sorted, nsorted);
+        ASSERT_EQ(json_array_set_new(dig(doc, "sites/popped"), 3, json_integer(3)), 0);
+        expect_doc_read_error(doc, -EINVAL, "sites.popped[3]: 3 is out of range [0, 2]");
+        doc = doc_with_stacks(sorted, nsorted);
+        ASSERT_EQ(json_array_set_new(dig(doc, "sites/popped"), 2, json_integer(4)), 0);
+        expect_doc_read_error(doc, -EINVAL, "sites.popped[2]: 4 is out of range [0, 3]");
+        /* Nothing before the first site, and nothing before the site after an empty one. */
+        doc = doc_with_stacks(unsorted, nunsorted);
+        ASSERT_EQ(json_array_set_new(dig(doc, "sites/popped"), 0, json_integer(1)), 0);
+        expect_doc_read_error(doc, -EINVAL, "sites.popped[0]: 1 is out of range [0, 0]");
+        doc = doc_with_stacks(unsorted, nunsorted);
+        ASSERT_EQ(json_array_set_new(dig(doc, "sites/popped"), 2, json_integer(1)), 0);
+        expect_doc_read_error(doc, -EINVAL, "sites.popped[2]: 1 is out of range [0, 0]");
+        /* A step from the frame replaced that leaves the table. */
+        doc = doc_with_stacks(unsorted, nunsorted);
+        ASSERT_EQ(json_array_set_new(dig(doc, "sites/stacks/5"), 0, json_integer(5)), 0);
+        expect_doc_read_error(doc, -EINVAL,
+                              "sites.stacks[5][0]: frame index 5 out of range (5 frames)");
+        unlink(path);
+        free(path);
 }
 
 /* Profiles of format version 1 (each site an object with its whole stack) still read. */
@@ -1266,13 +1428,21 @@ static void test_huge_arrays(void)
                 ASSERT_EQ(json_array_append_new(strings, json_string("")), 0);
         for (unsigned i = 0; i < 100000; i++)
                 ASSERT_EQ(json_array_append_new(steps, json_integer(i % 2 ? 1 : -1)), 0);
+        /* The next site keeps the two outermost frames and replaces the third (frame 1,
+         * after the step -1 from frame 2) with frame 1 again. */
+        ASSERT_EQ(json_array_set_new(dig(doc, "sites/popped"), 2, json_integer(100000)), 0);
+        ASSERT_EQ(json_array_set_new(dig(doc, "sites/stacks/2"), 0, json_integer(0)), 0);
         ASSERT_EQ(json_dump_file(doc, path, JSON_COMPACT), 0);
         p = read_ok(path);
         ASSERT_TRUE(p->nstrings > 200000);
         ASSERT_EQ(p->sites[1].nframes, 100002u);
         ASSERT_EQ(p->sites[1].frames[0], 2u); /* innermost: the last step was +1 */
         ASSERT_EQ(p->sites[1].frames[1], 1u);
-        ASSERT_EQ(p->sites[2].nframes, 3u); /* its own frame and the two outermost shared */
+        ASSERT_EQ(p->sites[1].frames[100002 - 3], 1u);
+        ASSERT_EQ(p->sites[2].nframes, 3u); /* its own frame and the two outermost kept */
+        ASSERT_EQ(p->sites[2].frames[0], 1u);
+        ASSERT_EQ(p->sites[2].frames[1], 2u);
+        ASSERT_EQ(p->sites[2].frames[2], 0u);
         ap_profile_free(p);
         json_decref(doc);
         unlink(path);
@@ -1295,8 +1465,8 @@ static void test_huge_frame_totals(void)
                 for (unsigned i = 0; i < n; i++) {
                         json_t *v;
 
-                        if (strcmp(key, "shared") == 0)
-                                v = json_integer(i);
+                        if (strcmp(key, "popped") == 0)
+                                v = json_integer(0);
                         else if (strcmp(key, "stacks") == 0)
                                 v = json_pack("[i]", i == 0 ? 1 : 0);
                         else
@@ -1428,6 +1598,7 @@ int main(void)
         test_escapes();
         test_write_errors();
         test_hostile_documents();
+        test_stack_coding();
         test_reads_version_1();
         test_reads_version_2();
         test_deep_nesting();
