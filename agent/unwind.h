@@ -69,6 +69,12 @@ struct ap_unwind_memo {
         uint64_t fin_pc, fin_sp, fin_fp; /* the state after lv[n - 1]'s rule, if read */
         uint64_t user;                   /* for the caller (the agent: the stack's id) */
         uint64_t user_gen;
+        /* Whether the memo pays is measured (unwind.c): captures left in the current
+         * phase (0: a trial starts), the phase (0: run with the choice, 1: timed trial
+         * without the memo, 2: with it), the choice, and the trials' ticks and frames. */
+        uint32_t left, phase;
+        uint32_t use;
+        uint64_t trial_ticks[2], trial_frames[2];
         struct ap_unwind_level lv[AP_UNWIND_MEMO_MAX];
 };
 

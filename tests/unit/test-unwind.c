@@ -5,7 +5,8 @@
  * first; stacks it does not handle handed back (-1), never a wrong one.  Then the memo
  * (a thread's last stack, reused where the next one meets it) against the unwinder
  * without it, on stacks that meet it and leave it in every way: deeper, shallower, the
- * same frame sizes under other callers, cut at the frame limit and then not.
+ * same frame sizes under other callers, cut at the frame limit and then not; and the
+ * timed trial that decides whether a thread uses it.
  *
  * SPDX-License-Identifier: MIT OR Apache-2.0
  */
@@ -35,6 +36,10 @@ static __attribute__((noinline)) void compare_memo(const char *what, int max)
         uint64_t a[64], b[64], hash;
         bool same;
         for (int k = 0; k < 2; k++) {
+                /* Pin the choice to the memo (a timed trial could set it aside). */
+                t_memo.phase = 0;
+                t_memo.use = 1;
+                t_memo.left = 1000;
                 int na = ap_unwind_capture(a, max, t_stack_hi);
                 int nb = ap_unwind_capture_here(b, max, t_stack_hi, &t_memo, &hash, &same);
                 if (na != nb) {
@@ -103,6 +108,35 @@ static __attribute__((noipa)) void twin_b(int n)
         volatile int x = n + 1;
         memo_leaf(n);
         sink -= x;
+}
+
+/* Two chains of calls that meet only in main, for the memo's own measure of whether it
+ * pays. */
+static __attribute__((noinline)) void capture_with_memo(void)
+{
+        uint64_t b[64], hash;
+        bool same;
+        ASSERT_TRUE(ap_unwind_capture_here(b, 64, t_stack_hi, &t_memo, &hash, &same) > 0);
+}
+
+static __attribute__((noipa)) void chain_a(int d)
+{
+        if (d == 0) {
+                capture_with_memo();
+                return;
+        }
+        chain_a(d - 1);
+        sink++;
+}
+
+static __attribute__((noipa)) void chain_b(int d)
+{
+        if (d == 0) {
+                capture_with_memo();
+                return;
+        }
+        chain_b(d - 1);
+        sink--;
 }
 
 static __attribute__((noinline, optimize("no-omit-frame-pointer"))) void fp_memo(int n)
@@ -255,6 +289,20 @@ int main(void)
                 twin_b(i);
                 fp_memo(16 + 100 * i);
         }
+
+        /* The memo's own trial: 64 captures timed without it, 64 with it, then a run
+         * of 4096 the cheaper way (which one depends on timing: not checked). */
+        memset(&t_memo, 0, sizeof(t_memo));
+        for (int i = 0; i < 64; i++)
+                (i & 1 ? chain_a : chain_b)(12);
+        ASSERT_EQ(t_memo.phase, 2);
+        ASSERT_EQ(t_memo.n, 0); /* not used while timing the captures without it */
+        ASSERT_TRUE(t_memo.trial_frames[0] >= 64 * 12);
+        for (int i = 0; i < 64; i++)
+                chain_a(12);
+        ASSERT_EQ(t_memo.phase, 0);
+        ASSERT_EQ(t_memo.left, 4096);
+        ASSERT_TRUE(t_memo.trial_frames[1] >= 64 * 12 && t_memo.trial_ticks[1] > 0);
 
         /* Unknown stack top: nothing is attempted. */
         uint64_t out[8];
