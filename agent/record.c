@@ -785,8 +785,16 @@ AP_HIDDEN void ap_sampled_remember(void *p)
                 filter_inc(key);
                 uint32_t i = set_slot(key);
                 for (int k = 0; k < SET_PROBES; k++, i = (i + 1) & (SET_CAP - 1)) {
-                        uint64_t cur = ap_load_relaxed(&set[i]);
-                        if ((cur == 0 || cur == SET_TOMB) && ap_cas_acq_rel(&set[i], &cur, key))
+                        /* A CAS, not a load, first: the first touch of a page of the set is
+                         * then a write, which gets a fresh zeroed page.  A load first would
+                         * map the shared zero page, and the write after it would have to
+                         * replace that page: a copy and, in a threaded program, a TLB
+                         * shootdown interrupting every CPU the program runs on (measured:
+                         * 2% of a 4-thread churn's time in sampled mode). */
+                        uint64_t cur = 0;
+                        if (ap_cas_acq_rel(&set[i], &cur, key))
+                                return;
+                        if (cur == SET_TOMB && ap_cas_acq_rel(&set[i], &cur, key))
                                 return;
                 }
                 filter_dec(key);
