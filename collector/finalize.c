@@ -34,6 +34,13 @@ struct fin {
         struct ap_map entry_ips;  /* raw ip -> 1 entry code, 2 not (see is_entry_function) */
         uint32_t *pmod_of_cmod;   /* cmodule -> profile module, AP_NONE = not yet */
         size_t nframes_cap, nsites_cap, nmodules_cap;
+        /* module_at's answers for the return addresses seen last, direct-mapped: every
+         * frame of every stack asks, and the scan of the module list was a third of
+         * finalizing a compiler's profile.  ip 0 never asks, so a zeroed cell is empty. */
+        struct {
+                uint64_t ip;
+                uint32_t cmod;
+        } mod_cache[1024];
 };
 
 /* Counts are kept in 1/AP_CW units (process-internal.h). */
@@ -62,6 +69,18 @@ static uint32_t module_at(const struct ap_process *p, uint64_t ip)
                         best = (uint32_t)i;
         }
         return best;
+}
+
+static uint32_t module_of(struct fin *f, uint64_t ip)
+{
+        if (ip == 0)
+                return UINT32_MAX;
+        size_t c = (size_t)(ap_mix64(ip) & (sizeof(f->mod_cache) / sizeof(f->mod_cache[0]) - 1));
+        if (f->mod_cache[c].ip != ip) {
+                f->mod_cache[c].ip = ip;
+                f->mod_cache[c].cmod = module_at(f->p, ip);
+        }
+        return f->mod_cache[c].cmod;
 }
 
 static bool has_prefix(const char *s, const char *prefix)
@@ -182,7 +201,7 @@ static int entry_ip(struct fin *f, uint64_t ip, bool *ret)
                 return 0;
         }
         struct ap_process *p = f->p;
-        uint32_t cmod = ip ? module_at(p, ip) : UINT32_MAX;
+        uint32_t cmod = module_of(f, ip);
         char *name = NULL;
         if (cmod != UINT32_MAX && !is_agent_module(&p->modules[cmod])) {
                 const struct ap_cmodule *m = &p->modules[cmod];
@@ -202,7 +221,7 @@ static int entry_ip(struct fin *f, uint64_t ip, bool *ret)
 static long symbolize_ip(struct fin *f, uint64_t ip, bool outer)
 {
         struct ap_process *p = f->p;
-        uint32_t cmod = ip ? module_at(p, ip) : UINT32_MAX;
+        uint32_t cmod = module_of(f, ip);
         uint64_t addr = cmod == UINT32_MAX ? ip : ip - p->modules[cmod].bias;
         uint64_t h = ap_mix64(addr ^ ((uint64_t)cmod << 44) ^ (outer ? 0x77 : 0x51));
         for (int k = 0; k < 64; k++, h = ap_mix64(h + 1)) {
