@@ -172,19 +172,65 @@ static inline void end_block(void *p)
         }
 }
 
-AP_EXPORT void *malloc(size_t size)
+/* True when an allocation of size bytes will not be recorded, whatever malloc returns:
+ * malloc and calloc then end in a jump to glibc's, with no frame of their own (in
+ * dormant and detached mode, and in sampled mode between two sample points, that is
+ * nearly every call).  In sampled mode it takes the size off the countdown, as new_block
+ * would have, and also for an allocation that fails (it only moves the next sample point
+ * by the size of a failed request).  False leaves everything to new_block: inside the
+ * agent, no session yet, full mode, or a sample point reached. */
+static inline bool quiet_block(size_t size)
+{
+        struct ap_thread *t = &ap_tls;
+        if (ap_unlikely(t->in_hook))
+                return false;
+        struct ap_shm_header *h = session();
+        if (ap_unlikely(h == NULL))
+                return false;
+        uint32_t mode = mode_of(h);
+        if (mode == AP_MODE_SAMPLED) {
+                if (ap_likely(t->sampler_ready) &&
+                    ap_likely(t->sampler.interval == ap_load_relaxed(&h->xsample_interval))) {
+                        int64_t left = t->sampler.left - (int64_t)size;
+                        if (ap_likely(left > 0)) {
+                                t->sampler.left = left;
+                                return true;
+                        }
+                }
+                return false;
+        }
+        return mode != AP_MODE_FULL;
+}
+
+/* The recording path, out of line so that malloc itself needs no stack frame. */
+static __attribute__((noinline)) void *malloc_recorded(size_t size)
 {
         void *p = __libc_malloc(size);
         new_block(p, size, false);
         return p;
 }
 
-AP_EXPORT void *calloc(size_t nmemb, size_t size)
+AP_EXPORT void *malloc(size_t size)
+{
+        if (ap_likely(quiet_block(size)))
+                return __libc_malloc(size);
+        return malloc_recorded(size);
+}
+
+static __attribute__((noinline)) void *calloc_recorded(size_t nmemb, size_t size)
 {
         /* On overflow glibc returns NULL and nothing is recorded. */
         void *p = __libc_calloc(nmemb, size);
         new_block(p, nmemb * size, false);
         return p;
+}
+
+AP_EXPORT void *calloc(size_t nmemb, size_t size)
+{
+        size_t total;
+        if (!__builtin_mul_overflow(nmemb, size, &total) && ap_likely(quiet_block(total)))
+                return __libc_calloc(nmemb, size);
+        return calloc_recorded(nmemb, size);
 }
 
 AP_EXPORT void free(void *p)
