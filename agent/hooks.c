@@ -233,10 +233,35 @@ AP_EXPORT void *calloc(size_t nmemb, size_t size)
         return calloc_recorded(nmemb, size);
 }
 
-AP_EXPORT void free(void *p)
+/* True when freeing p will not be recorded: free then ends in a jump to glibc's, with no
+ * stack frame of its own.  The same decisions as end_block's, which the other case goes
+ * through. */
+static inline bool quiet_free(void *p)
+{
+        if (p == NULL)
+                return true;
+        if (ap_unlikely(ap_tls.in_hook))
+                return false;
+        struct ap_shm_header *h = session();
+        if (ap_unlikely(h == NULL))
+                return true;
+        uint32_t mode = mode_of(h);
+        if (mode == AP_MODE_SAMPLED || mode == AP_MODE_DETACHED)
+                return !ap_sampled_maybe(p);
+        return mode != AP_MODE_FULL;
+}
+
+static __attribute__((noinline)) void free_recorded(void *p)
 {
         end_block(p);
         __libc_free(p);
+}
+
+AP_EXPORT void free(void *p)
+{
+        if (ap_likely(quiet_free(p)))
+                return __libc_free(p);
+        free_recorded(p);
 }
 
 static AP_SLOW void realloc_full(struct ap_thread *t, void *old, void *p, size_t size, uint64_t ts)
