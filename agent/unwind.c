@@ -746,6 +746,7 @@ static int capture_with_memo(uint64_t *out, int max, uint64_t stack_hi, uint64_t
         int n = 0, end = MEMO_END_MAX, s, total, tries = 0;
         uint64_t h;
 
+walk:
         while (n < max) {
                 if (mi >= 0) {
                         while (mi >= 0 && m->lv[mi].sp < sp)
@@ -794,20 +795,8 @@ joined:;
                 pc = m->fin_pc;
                 sp = m->fin_sp;
                 fp = m->fin_fp;
-                while (n < max) {
-                        out[n] = pc;
-                        st[n].sp = sp;
-                        st[n].fp = fp;
-                        s = step(&pc, &sp, &fp, lo, stack_hi, &st[n].slot, &st[n].flags);
-                        n++;
-                        if (s == STEP_FAIL)
-                                goto fail;
-                        if (s != STEP_NEXT) {
-                                end = s == STEP_END_RULE ? MEMO_END_RULE : MEMO_END_ZERO;
-                                break;
-                        }
-                }
-                goto store_all;
+                mi = -1; /* the memo is used up: the rest is a plain walk */
+                goto walk;
         }
         for (int p = mi, k = n; p >= 0; p--, k++)
                 out[k] = m->lv[p].pc;
