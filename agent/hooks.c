@@ -69,7 +69,8 @@ static AP_SLOW void alloc_sampled(struct ap_thread *t, struct ap_shm_header *h, 
                 t->sampler_ready = 1;
                 n = ap_sampler_take(&t->sampler, size);
         } else {
-                /* The fast path already subtracted size and found left <= 0. */
+                /* sampler_skips found that size takes the countdown to 0 or below. */
+                t->sampler.left -= (int64_t)size;
                 n = 0;
                 while (t->sampler.left <= 0) {
                         n++;
@@ -100,6 +101,22 @@ static AP_SLOW void nested_free(void *p)
         errno = e;
 }
 
+/* Sampled mode: true if size bytes do not reach the next sample point, which they are
+ * then taken off the countdown of; false (countdown untouched) if they do, or if the
+ * sampler is not set up for the current interval: alloc_sampled's work. */
+static inline bool sampler_skips(struct ap_thread *t, struct ap_shm_header *h, size_t size)
+{
+        if (ap_likely(t->sampler_ready) &&
+            ap_likely(t->sampler.interval == ap_load_relaxed(&h->xsample_interval))) {
+                int64_t left = t->sampler.left - (int64_t)size;
+                if (ap_likely(left > 0)) {
+                        t->sampler.left = left;
+                        return true;
+                }
+        }
+        return false;
+}
+
 /* A new block p of size bytes (malloc & co, or the new block of a realloc in sampled
  * mode). */
 static inline void new_block(void *p, size_t size, bool realloc)
@@ -116,13 +133,8 @@ static inline void new_block(void *p, size_t size, bool realloc)
                 return;
         uint32_t mode = mode_of(h);
         if (mode == AP_MODE_SAMPLED) {
-                if (ap_likely(t->sampler_ready) &&
-                    ap_likely(t->sampler.interval == ap_load_relaxed(&h->xsample_interval))) {
-                        t->sampler.left -= (int64_t)size;
-                        if (ap_likely(t->sampler.left > 0))
-                                return;
-                }
-                alloc_sampled(t, h, p, size, realloc);
+                if (!sampler_skips(t, h, size))
+                        alloc_sampled(t, h, p, size, realloc);
         } else if (mode == AP_MODE_FULL) {
                 alloc_full(t, p, size);
         }
@@ -188,17 +200,8 @@ static inline bool quiet_block(size_t size)
         if (ap_unlikely(h == NULL))
                 return false;
         uint32_t mode = mode_of(h);
-        if (mode == AP_MODE_SAMPLED) {
-                if (ap_likely(t->sampler_ready) &&
-                    ap_likely(t->sampler.interval == ap_load_relaxed(&h->xsample_interval))) {
-                        int64_t left = t->sampler.left - (int64_t)size;
-                        if (ap_likely(left > 0)) {
-                                t->sampler.left = left;
-                                return true;
-                        }
-                }
-                return false;
-        }
+        if (mode == AP_MODE_SAMPLED)
+                return sampler_skips(t, h, size);
         return mode != AP_MODE_FULL;
 }
 
