@@ -45,11 +45,11 @@
  */
 
 #define AP_SHM_MAGIC 0x31464f52504c4c41ull /* "ALLPROF1" little endian */
-#define AP_LAYOUT_VERSION 2u
+#define AP_LAYOUT_VERSION 3u
 
 #define AP_MAX_FRAMES 64           /* frames kept per stack (innermost first) */
 #define AP_NSLOTS 1024             /* per-thread rings per process */
-#define AP_RING_BYTES (1024u << 10) /* data bytes per ring, power of two */
+#define AP_RING_BYTES (2048u << 10) /* data bytes per ring, power of two */
 #define AP_STACK_HEAP_BYTES (64ull << 20)
 #define AP_MODULE_LOG_BYTES (4ull << 20)
 #define AP_MAX_PATH 4096
