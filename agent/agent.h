@@ -83,10 +83,14 @@ static inline bool ap_is_agent_addr(uint64_t addr)
         return addr >= ap_agent_lo && addr < ap_agent_hi;
 }
 
-/* Records, called from hooks with ap_tls.in_hook set and errno saved by the caller. */
-AP_HIDDEN void ap_record_alloc(void *p, size_t size);
+/* Records, called from hooks with ap_tls.in_hook set and errno saved by the caller.
+ * `entry` is the frame (__builtin_frame_address) of the hook the program called, or of
+ * one the hook called: the stack capture skips the agent's frames from there instead of
+ * walking up from its own (NULL: from its own). */
+AP_HIDDEN void ap_record_alloc(void *p, size_t size, const void *entry);
 /* Sampled mode: an allocation that covered sample points worth `weight` bytes. */
-AP_HIDDEN void ap_record_alloc_sampled(void *p, size_t size, uint64_t weight, bool realloc);
+AP_HIDDEN void ap_record_alloc_sampled(void *p, size_t size, uint64_t weight, bool realloc,
+                                       const void *entry);
 /* Sampled mode: remembers / forgets a sampled block (lock-free set).  forget returns true
  * if the block was sampled, i.e. its free must be recorded. */
 AP_HIDDEN void ap_sampled_remember(void *p);
@@ -113,7 +117,7 @@ static inline bool ap_sampled_maybe(const void *p)
 /* Seed for a new thread's sampler. */
 AP_HIDDEN uint64_t ap_sampler_seed(void);
 AP_HIDDEN void ap_record_free(void *p, uint64_t ts);
-AP_HIDDEN void ap_record_realloc(void *old, void *p, size_t size, uint64_t ts);
+AP_HIDDEN void ap_record_realloc(void *old, void *p, size_t size, uint64_t ts, const void *entry);
 
 /* A hook entered while this thread was already inside the agent (a signal handler that
  * allocates): records into the thread's nested slot with a frame-pointer stack, the one

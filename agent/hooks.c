@@ -46,11 +46,11 @@ static inline uint32_t mode_of(struct ap_shm_header *h)
         return ap_load_relaxed(&h->xmode);
 }
 
-static AP_SLOW void alloc_full(struct ap_thread *t, void *p, size_t size)
+static AP_SLOW void alloc_full(struct ap_thread *t, void *p, size_t size, const void *entry)
 {
         int e = errno;
         t->in_hook = 1;
-        ap_record_alloc(p, size);
+        ap_record_alloc(p, size, entry);
         t->in_hook = 0;
         errno = e;
 }
@@ -58,7 +58,7 @@ static AP_SLOW void alloc_full(struct ap_thread *t, void *p, size_t size)
 /* Sampled mode, the sampler's countdown ran out (or was never set): count the sample
  * points this block covers and record it if there are any. */
 static AP_SLOW void alloc_sampled(struct ap_thread *t, struct ap_shm_header *h, void *p,
-                                  size_t size, bool realloc)
+                                  size_t size, bool realloc, const void *entry)
 {
         int e = errno;
         t->in_hook = 1;
@@ -79,7 +79,7 @@ static AP_SLOW void alloc_sampled(struct ap_thread *t, struct ap_shm_header *h, 
         }
         if (n > 0) {
                 ap_sampled_remember(p);
-                ap_record_alloc_sampled(p, size, n * t->sampler.interval, realloc);
+                ap_record_alloc_sampled(p, size, n * t->sampler.interval, realloc, entry);
         }
         t->in_hook = 0;
         errno = e;
@@ -118,8 +118,9 @@ static inline bool sampler_skips(struct ap_thread *t, struct ap_shm_header *h, s
 }
 
 /* A new block p of size bytes (malloc & co, or the new block of a realloc in sampled
- * mode). */
-static inline void new_block(void *p, size_t size, bool realloc)
+ * mode).  Always inlined: __builtin_frame_address(0) here is the frame of the hook it is
+ * inlined into, where the stack capture starts skipping the agent's frames. */
+static inline __attribute__((always_inline)) void new_block(void *p, size_t size, bool realloc)
 {
         struct ap_thread *t = &ap_tls;
         if (ap_unlikely(p == NULL))
@@ -134,9 +135,9 @@ static inline void new_block(void *p, size_t size, bool realloc)
         uint32_t mode = mode_of(h);
         if (mode == AP_MODE_SAMPLED) {
                 if (!sampler_skips(t, h, size))
-                        alloc_sampled(t, h, p, size, realloc);
+                        alloc_sampled(t, h, p, size, realloc, __builtin_frame_address(0));
         } else if (mode == AP_MODE_FULL) {
-                alloc_full(t, p, size);
+                alloc_full(t, p, size, __builtin_frame_address(0));
         }
 }
 
@@ -267,11 +268,12 @@ AP_EXPORT void free(void *p)
         free_recorded(p);
 }
 
-static AP_SLOW void realloc_full(struct ap_thread *t, void *old, void *p, size_t size, uint64_t ts)
+static AP_SLOW void realloc_full(struct ap_thread *t, void *old, void *p, size_t size, uint64_t ts,
+                                 const void *entry)
 {
         int e = errno;
         t->in_hook = 1;
-        ap_record_realloc(old, p, size, ts);
+        ap_record_realloc(old, p, size, ts, entry);
         t->in_hook = 0;
         errno = e;
 }
@@ -306,7 +308,7 @@ AP_EXPORT void *realloc(void *old, size_t size)
                 uint64_t ts = ap_clock_ticks_early();
                 void *p = __libc_realloc(old, size);
                 if (p != NULL)
-                        realloc_full(t, old, p, size, ts);
+                        realloc_full(t, old, p, size, ts, __builtin_frame_address(0));
                 return p;
         }
         if ((mode == AP_MODE_SAMPLED || mode == AP_MODE_DETACHED) && ap_sampled_maybe(old) &&

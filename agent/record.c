@@ -435,9 +435,12 @@ AP_HIDDEN int ap_unwind_general;
  * address) and rbp (saved by the agent function it called).  Returns -1 for libunwind:
  * on another stack, or frames that are not what the agent's own should be. */
 static __attribute__((noinline)) int capture_cached(uint64_t *out, struct ap_thread *t,
-                                                   uint64_t *hash, bool *same)
+                                                   uint64_t *hash, bool *same, const void *entry)
 {
-        const uintptr_t *fp = __builtin_frame_address(0);
+        /* From the hook's frame when we have it (a step or two; from here, six or seven),
+         * which is above ours on the same stack, else from our own. */
+        const uintptr_t *here = __builtin_frame_address(0);
+        const uintptr_t *fp = entry != NULL && (uintptr_t)entry > (uintptr_t)here ? entry : here;
         uintptr_t lo = (uintptr_t)fp;
         /* On another stack than the thread's own (a sigaltstack handler, a coroutine's
          * stack from the heap), the bounds below mean nothing: libunwind. */
@@ -461,7 +464,8 @@ static __attribute__((noinline)) int capture_cached(uint64_t *out, struct ap_thr
 /* Captures the calling thread's stack into out (innermost first) and returns its depth;
  * *hash is ap_stack_hash() of it, *same tells that it is the stack the thread's memo
  * named last (the cached unwinder found it unchanged). */
-static __attribute__((noinline)) uint32_t capture(uint64_t *out, uint64_t *hash, bool *same)
+static __attribute__((noinline)) uint32_t capture(uint64_t *out, uint64_t *hash, bool *same,
+                                                  const void *entry)
 {
         struct ap_thread *t = &ap_tls;
         *same = false;
@@ -473,7 +477,7 @@ static __attribute__((noinline)) uint32_t capture(uint64_t *out, uint64_t *hash,
         void *buf[CAPTURE_MAX];
         /* The cached unwinder first (it starts past the agent's frames and writes at most
          * AP_MAX_FRAMES); libunwind for the stacks it does not handle. */
-        int cn = ap_unwind_general ? -1 : capture_cached(out, t, hash, same);
+        int cn = ap_unwind_general ? -1 : capture_cached(out, t, hash, same, entry);
         if (cn > 0)
                 return (uint32_t)cn;
         /* The first unwind of a thread sets up libunwind's per-thread cache (and may
@@ -564,7 +568,7 @@ static void fill_free_record(uint8_t *w, void *p, uint64_t ts)
 }
 
 static void write_alloc_like(uint8_t type, uint8_t flags, void *old, void *p, size_t size,
-                             uint64_t ts, uint64_t weight)
+                             uint64_t ts, uint64_t weight, const void *entry)
 {
         struct ap_thread *t = &ap_tls;
         struct ap_shm_header *h = thread_ring(t);
@@ -573,7 +577,7 @@ static void write_alloc_like(uint8_t type, uint8_t flags, void *old, void *p, si
 
         uint64_t ips[AP_MAX_FRAMES], hash;
         bool same;
-        uint32_t n = capture(ips, &hash, &same);
+        uint32_t n = capture(ips, &hash, &same, entry);
         /* The same stack as this thread's last one (a loop allocating): its id without
          * a look at the index. */
         uint32_t id;
@@ -600,20 +604,21 @@ static void write_alloc_like(uint8_t type, uint8_t flags, void *old, void *p, si
         ap_ring_commit(&t->pr, nbytes);
 }
 
-AP_HIDDEN void ap_record_alloc(void *p, size_t size)
+AP_HIDDEN void ap_record_alloc(void *p, size_t size, const void *entry)
 {
-        write_alloc_like(AP_REC_ALLOC, 0, NULL, p, size, alloc_ticks(), 0);
+        write_alloc_like(AP_REC_ALLOC, 0, NULL, p, size, alloc_ticks(), 0, entry);
 }
 
-AP_HIDDEN void ap_record_alloc_sampled(void *p, size_t size, uint64_t weight, bool realloc)
+AP_HIDDEN void ap_record_alloc_sampled(void *p, size_t size, uint64_t weight, bool realloc,
+                                       const void *entry)
 {
         write_alloc_like(AP_REC_ALLOC_SAMPLED, realloc ? AP_RECF_REALLOC : 0, NULL, p, size,
-                         alloc_ticks(), weight);
+                         alloc_ticks(), weight, entry);
 }
 
-AP_HIDDEN void ap_record_realloc(void *old, void *p, size_t size, uint64_t ts)
+AP_HIDDEN void ap_record_realloc(void *old, void *p, size_t size, uint64_t ts, const void *entry)
 {
-        write_alloc_like(AP_REC_REALLOC, 0, old, p, size, ts, 0);
+        write_alloc_like(AP_REC_REALLOC, 0, old, p, size, ts, 0, entry);
 }
 
 /* ---- nested (signal handler) records ------------------------------------------------ */
