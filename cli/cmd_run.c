@@ -496,8 +496,12 @@ int ap_cmd_run(int argc, char **argv)
         int r = check_output_dir(output ? output : probe ? probe : "./x");
         free(probe);
         if (r < 0) {
-                fprintf(stderr, "allocprof: cannot write the profile %s%s: %s\n",
-                        output ? output : "in the current directory", "", strerror(-r));
+                if (output != NULL)
+                        fprintf(stderr, "allocprof: cannot write the profile %s: %s\n", output,
+                                strerror(-r));
+                else
+                        fprintf(stderr, "allocprof: cannot write profiles in %s: %s\n",
+                                outdir ? outdir : "the current directory", strerror(-r));
                 return 1;
         }
         bool noted = note_unprofilable(prog_argv[0]);

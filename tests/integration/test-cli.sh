@@ -169,6 +169,10 @@ check_eq "program not executable" 126 $?
 "$AP" run -q -o /nonexistent/dir/x.approf -- "$SIMPLE" 2>od.err
 check_eq "unwritable output" 1 $?
 check_contains "unwritable output message" od.err "/nonexistent/dir/x.approf"
+rm -f od-ran
+"$AP" run -q --output-dir /nonexistent/dir -- sh -c 'touch od-ran' 2>od2.err
+check_eq "missing output directory: exit, program not started" "1 no" "$? $([ -e od-ran ] && echo yes || echo no)"
+check_contains "missing output directory message" od2.err "cannot write profiles in /nonexistent/dir: No such file or directory"
 "$AP" run -q -- sh -c 'exit 42'
 check_eq "exit status passed through" 42 $?
 "$AP" run -q -- sh -c 'kill -SEGV $$'
