@@ -293,26 +293,17 @@ static __attribute__((noinline, cold)) void check_collector(struct ap_thread *t,
         }
 }
 
-static uint8_t *ring_reserve(struct ap_thread *t, struct ap_shm_header *h, uint32_t nbytes,
-                             uint32_t keep)
+/* The ring is full: naps until the collector gives space back, it is found gone (then
+ * nothing more is recorded), the mode changes, or WAIT_MAX_NS pass.  NULL if no space. */
+static uint8_t *wait_for_space(struct ap_thread *t, struct ap_shm_header *h, uint32_t nbytes,
+                               uint32_t keep, uint64_t start)
 {
-        if (ap_unlikely(t->beat_countdown-- == 0))
-                check_collector(t, h);
-        uint8_t *w = ap_ring_try_reserve(&t->pr, nbytes, keep);
-        if (ap_likely(w != NULL)) {
-                if (ap_unlikely(ap_load_relaxed(&g_collector_stalled)))
-                        ap_store_relaxed(&g_collector_stalled, 0); /* it drained: alive */
-                return w;
-        }
-        if (ap_load_relaxed(&g_collector_stalled))
-                return NULL;
-        ap_count(AP_CNT_RING_WAITS, 1);
-        uint64_t start = ap_clock_mono_ns(), beat_at = start;
+        uint64_t beat_at = start;
         uint64_t beat = ap_load_relaxed(&h->xheartbeat);
         for (;;) {
                 struct timespec ts = {0, 50 * 1000};
                 nanosleep(&ts, NULL);
-                w = ap_ring_try_reserve(&t->pr, nbytes, keep);
+                uint8_t *w = ap_ring_try_reserve(&t->pr, nbytes, keep);
                 if (w != NULL)
                         return w;
                 if (ap_load_relaxed(&h->xmode) != AP_MODE_FULL)
@@ -331,6 +322,27 @@ static uint8_t *ring_reserve(struct ap_thread *t, struct ap_shm_header *h, uint3
                 if (now - start > WAIT_MAX_NS)
                         return NULL;
         }
+}
+
+static uint8_t *ring_reserve(struct ap_thread *t, struct ap_shm_header *h, uint32_t nbytes,
+                             uint32_t keep)
+{
+        if (ap_unlikely(t->beat_countdown-- == 0))
+                check_collector(t, h);
+        uint8_t *w = ap_ring_try_reserve(&t->pr, nbytes, keep);
+        if (ap_likely(w != NULL)) {
+                if (ap_unlikely(ap_load_relaxed(&g_collector_stalled)))
+                        ap_store_relaxed(&g_collector_stalled, 0); /* it drained: alive */
+                return w;
+        }
+        if (ap_load_relaxed(&g_collector_stalled))
+                return NULL;
+        ap_count(AP_CNT_RING_WAITS, 1);
+        uint64_t start = ap_clock_mono_ns();
+        w = wait_for_space(t, h, nbytes, keep, start);
+        /* The report tells how long the program was held up (relaxed, as every counter). */
+        ap_count(AP_CNT_RING_WAIT_NS, ap_clock_mono_ns() - start);
+        return w;
 }
 
 static void learn_stack_top(struct ap_thread *t);

@@ -29,6 +29,8 @@
 #define HINT_FREED_FRACTION 0.9   /* ... or this share freed, with */
 #define HINT_LIVE_SHARE 0.01      /* at most this share of the bytes live at once */
 #define HINT_REALLOC_MIN 100      /* reallocs at one site: a growth loop */
+#define HINT_WAIT_MIN_NS 1000000  /* waits for ring space worth a hint: at least 1 ms, */
+#define HINT_WAIT_SHARE 0.01      /* ... and this share of the run */
 #define HINT_LEAK_BYTES (1 << 20) /* a leak this big is always worth a look */
 #define HINT_LEAK_PEAK_SHARE 0.10 /* ... as is one holding 10% of the peak heap */
 #define HINT_LEAK_MIN_BYTES 65536 /* but not if it is tiny in absolute terms */
@@ -1045,6 +1047,15 @@ static void put_hints(const struct out *o, const struct ap_profile *p, const uin
                 }
         }
 
+        if (p->ring_wait_ns >= HINT_WAIT_MIN_NS &&
+            (double)p->ring_wait_ns >= HINT_WAIT_SHARE * (double)p->duration_ns) {
+                hint_start(o, &count, p, NULL, "waits for the collector");
+                say(o,
+                    "    the program's threads found their ring full %s times and waited %s for\n"
+                    "    the collector to catch up: that much of its run time is profiling cost\n"
+                    "    (recording with --sample sends far fewer records).\n",
+                    fmt_count(p->ring_waits).s, fmt_duration(p->ring_wait_ns).s);
+        }
         if (t->dropped_events) {
                 hint_start(o, &count, p, NULL, "dropped events");
                 say(o,
@@ -1263,6 +1274,8 @@ static void json_process(struct jobj *root, const struct ap_profile *p)
         jkey_u64(&o, "start_unix_ns", p->start_unix_ns);
         jkey_u64(&o, "duration_ns", p->duration_ns);
         jkey_u64(&o, "drain_cpu_ns", p->drain_cpu_ns);
+        jkey_u64(&o, "ring_waits", p->ring_waits);
+        jkey_u64(&o, "ring_wait_ns", p->ring_wait_ns);
         fputs("\n  }", f);
 }
 

@@ -473,6 +473,8 @@ int ap_process_finalize(struct ap_process *p, struct ap_symbolizer *sym, struct 
         prof->drain_cpu_ns = p->drain_cpu_ns;
 
         const struct ap_shm_header *h = p->hdr;
+        prof->ring_waits = ap_load_relaxed(&h->xcounters[AP_CNT_RING_WAITS]);
+        prof->ring_wait_ns = ap_load_relaxed(&h->xcounters[AP_CNT_RING_WAIT_NS]);
         prof->totals.allocations = cnt(p->t.allocations);
         prof->totals.bytes = p->t.bytes;
         prof->totals.frees = cnt(p->t.frees);

@@ -209,6 +209,8 @@ int ap_profile_merge(struct ap_profile *const *in, size_t n, size_t main_index,
                 o->totals.unmatched_frees += p->totals.unmatched_frees;
                 o->totals.invalid_records += p->totals.invalid_records;
                 o->totals.threads += p->totals.threads;
+                o->ring_waits += p->ring_waits;
+                o->ring_wait_ns += p->ring_wait_ns;
                 for (int b = 0; b < AP_HIST_BUCKETS; b++) {
                         o->hist_count[b] += p->hist_count[b];
                         o->hist_bytes[b] += p->hist_bytes[b];

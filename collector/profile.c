@@ -30,7 +30,8 @@
  *    "tool":{"name":"allocprof","version":S|null},
  *    "process":{"pid","ppid","command":[S...],"exe":S|null,"run_id":S (optional),
  *               "exit_status","term_signal","start_unix_ns","duration_ns",
- *               "drain_cpu_ns" (optional)},
+ *               "drain_cpu_ns" (optional), "ring_waits","ring_wait_ns" (optional, both
+ *               or neither)},
  *    "live":true,                                      (snapshots of a running process only)
  *    "mode":S|null, "sample_interval":N,
  *    "totals":{one key per field of ap_profile.totals},
@@ -894,6 +895,12 @@ static void out_process(struct fd_sink *sink, const struct ap_profile *p)
                 out_lit(sink, ",\"drain_cpu_ns\":");
                 out_u64(sink, p->drain_cpu_ns);
         }
+        if (p->ring_waits != 0) {
+                out_lit(sink, ",\"ring_waits\":");
+                out_u64(sink, p->ring_waits);
+                out_lit(sink, ",\"ring_wait_ns\":");
+                out_u64(sink, p->ring_wait_ns);
+        }
         out_char(sink, '}');
 }
 
@@ -1600,6 +1607,9 @@ static int read_process(struct rctx *rc, struct ap_profile *p, const json_t *roo
             (r = field_u64(rc, proc, &l, "duration_ns", &p->duration_ns)) < 0 ||
             (json_object_get(proc, "drain_cpu_ns") != NULL &&
              (r = field_u64(rc, proc, &l, "drain_cpu_ns", &p->drain_cpu_ns)) < 0) ||
+            (json_object_get(proc, "ring_waits") != NULL &&
+             ((r = field_u64(rc, proc, &l, "ring_waits", &p->ring_waits)) < 0 ||
+              (r = field_u64(rc, proc, &l, "ring_wait_ns", &p->ring_wait_ns)) < 0)) ||
             (r = field_strdup(rc, proc, &l, "exe", true, &p->exe)) < 0 ||
             (json_object_get(proc, "run_id") != NULL &&
              (r = field_strdup(rc, proc, &l, "run_id", true, &p->run_id)) < 0) ||

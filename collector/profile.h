@@ -65,6 +65,9 @@ struct ap_profile {
         uint64_t start_unix_ns;   /* wall-clock start of the process image */
         uint64_t duration_ns;
         uint64_t drain_cpu_ns; /* collector CPU time spent draining its rings (0: unknown) */
+        /* Times the program's threads found their ring full and waited for the collector,
+         * and how long in all (reported by the agent: a diagnostic, not checked). */
+        uint64_t ring_waits, ring_wait_ns;
 
         struct {
                 uint64_t allocations, bytes, frees, freed_bytes;

@@ -83,6 +83,7 @@ enum ap_counter {
         AP_CNT_RING_WAITS,         /* times a writer waited for ring space */
         AP_CNT_MODULES_DROPPED,    /* module records that did not fit the log */
         AP_CNT_SAMPLED_SET_FULL,   /* sampled blocks not tracked: their frees are lost */
+        AP_CNT_RING_WAIT_NS,       /* nanoseconds writers spent waiting for ring space */
         AP_CNT__MAX = 16,
 };
 

@@ -289,6 +289,47 @@ if cc -O2 -g -o altstacks altstacks.c 2>/dev/null; then
         checks=$((checks + 1))
         cmp -s alt-dwarf.txt alt-libunwind.txt || fail "other stacks: --unwind dwarf and libunwind differ"
 fi
+# --- a collector that falls behind: the program waits, loses nothing, and is told ------
+cat >waiter.c <<'EOF_C'
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+int main(void)
+{
+        /* Allocates and frees until ./go-home exists (at most about 20 s). */
+        unsigned long n = 0;
+        for (int k = 0; k < 2000 && access("go-home", F_OK) != 0; k++) {
+                for (int i = 0; i < 10000; i++, n++) {
+                        void *volatile p = malloc(32 + i % 64);
+                        free(p);
+                }
+                usleep(1000);
+        }
+        printf("%lu\n", n);
+        return 0;
+}
+EOF_C
+if cc -O2 -o waiter waiter.c 2>/dev/null; then
+        rm -f go-home
+        "$AP" run -q -o wait.approf -- ./waiter >wait.out &
+        apid=$!
+        sleep 0.5
+        kill -STOP $apid
+        sleep 0.4
+        kill -CONT $apid
+        sleep 0.2
+        touch go-home
+        wait $apid
+        check_eq "stopped collector: exit" 0 $?
+        # n mallocs and frees, and the stdout buffer printf allocates (and never frees)
+        check_eq "stopped collector: every allocation and free, nothing dropped" \
+                "$(($(cat wait.out) + 1)) $(cat wait.out) 0" \
+                "$(json_of wait.approf 'd["totals"]["allocations"], d["totals"]["frees"], d["totals"]["dropped_events"]' | tr -d '(),')"
+        check_eq "stopped collector: the program's waits are counted (>= 1, >= 200 ms)" "True True" \
+                "$(json_of wait.approf 'd["process"]["ring_waits"] >= 1, d["process"]["ring_wait_ns"] >= 200000000' | tr -d '(),')"
+        "$AP" report wait.approf >wait.txt
+        check_contains "stopped collector: hint" wait.txt "* waits for the collector"
+fi
 "$AP" run -q --unwind bogus -- true 2>unwind.err
 check_eq "--unwind bogus: exit 2" 2 $?
 check_contains "--unwind bogus: message" unwind.err "--unwind: 'bogus' is not 'dwarf', 'fp' or 'libunwind'"

@@ -115,6 +115,8 @@ static struct ap_profile *build_sample(void)
         p->totals.unmatched_frees = 114;
         p->totals.invalid_records = 115;
         p->totals.threads = (uint64_t)INT64_MAX; /* the largest value that round-trips */
+        p->ring_waits = 116;
+        p->ring_wait_ns = 117;
 
         p->modules = calloc(2, sizeof(*p->modules));
         p->nmodules = 2;
@@ -229,6 +231,8 @@ static void assert_same_renumbered(const struct ap_profile *a, const struct ap_p
         ASSERT_EQ(a->totals.unmatched_frees, b->totals.unmatched_frees);
         ASSERT_EQ(a->totals.invalid_records, b->totals.invalid_records);
         ASSERT_EQ(a->totals.threads, b->totals.threads);
+        ASSERT_EQ(a->ring_waits, b->ring_waits);
+        ASSERT_EQ(a->ring_wait_ns, b->ring_wait_ns);
 
         ASSERT_EQ(a->nstrings, b->nstrings);
         for (uint32_t i = 0; i < a->nstrings; i++)

@@ -371,7 +371,8 @@ static void test_json_schema(void)
                 "sites",           "modules",   "histogram", "timeline", NULL};
         static const char *const process_keys[] = {"pid",           "ppid",        "command",
                                                    "exe",           "run_id",      "exit_status", "term_signal",
-                                                   "start_unix_ns", "duration_ns", "drain_cpu_ns", NULL};
+                                                   "start_unix_ns", "duration_ns", "drain_cpu_ns", "ring_waits",
+                                                   "ring_wait_ns", NULL};
         static const char *const totals_keys[] = {"allocations",
                                                   "bytes",
                                                   "frees",
@@ -422,6 +423,8 @@ static void test_json_schema(void)
         assert_null(o, "term_signal");
         ASSERT_EQ(jint(o, "duration_ns"), 2345000000ll);
         ASSERT_EQ(jint(o, "drain_cpu_ns"), 0ll); /* not measured for a hand-made profile */
+        ASSERT_EQ(jint(o, "ring_waits"), 0ll);
+        ASSERT_EQ(jint(o, "ring_wait_ns"), 0ll);
         ASSERT_EQ(jint(o, "start_unix_ns"), 1732575000000000000ll);
 
         o = jget(doc, "totals");
@@ -656,6 +659,7 @@ static void test_text(void)
 {
         struct ap_profile *p = build_known();
         char *t = render_text(p, 10, AP_SORT_BYTES, false), *c;
+        json_t *doc;
 
         ASSERT_NOT_CONTAINS(t, "\033");
         ASSERT_NOT_CONTAINS(t, " \n"); /* no trailing blanks */
@@ -790,8 +794,27 @@ static void test_text(void)
                    "    reuse objects or buffers instead of freeing and allocating them again.\n"
                    "    The busiest site is make_node (src/tree.c:42).\n");
         ASSERT_CONTAINS(t, "  * dropped events\n");
+        ASSERT_NOT_CONTAINS(t, "waits for the collector");
         ASSERT_NOT_CONTAINS(t, "\033");
         free(t);
+        /* Waits for ring space: a hint from 1 ms and 1% of the run (2.35 s) on. */
+        p->ring_waits = 7;
+        p->ring_wait_ns = 23000000;
+        t = render_text(p, 10, AP_SORT_BYTES, false);
+        ASSERT_NOT_CONTAINS(t, "waits for the collector");
+        free(t);
+        p->ring_wait_ns = 23500000;
+        t = render_text(p, 10, AP_SORT_BYTES, false);
+        ASSERT_CONTAINS(t, "  * waits for the collector\n"
+                           "    the program's threads found their ring full 7 times and waited "
+                           "23.5 ms for\n");
+        free(t);
+        doc = render_json(p, 0, AP_SORT_BYTES);
+        ASSERT_EQ(jint(jget(doc, "process"), "ring_waits"), 7ll);
+        ASSERT_EQ(jint(jget(doc, "process"), "ring_wait_ns"), 23500000ll);
+        json_decref(doc);
+        p->ring_waits = 0;
+        p->ring_wait_ns = 0;
         c = render_text(p, 10, AP_SORT_BYTES, true);
         ASSERT_CONTAINS(c, "\033[1m\033[31mwarning: 12 events were dropped\033[0m");
         free(c);
