@@ -48,7 +48,8 @@ struct ap_slot {
         bool seen;
 };
 
-#define ID_CACHE_SIZE 16384 /* power of two: a compiler's 11K stacks fit */
+/* Agent stack ids are offsets / 8 into the stack heap, so below this. */
+#define ID_LIMIT (AP_STACK_HEAP_BYTES / 8)
 
 struct ap_process {
         pid_t pid;
@@ -77,12 +78,10 @@ struct ap_process {
         uint64_t drain_cpu_ns;       /* thread CPU time of the drains that found records */
         uint32_t libc_module;        /* the C library's index in modules + 1 (0: none yet) */
         uint64_t libc_due_ns;        /* when to warm it (CLOCK_MONOTONIC) */
-        struct ap_map stack_by_id;   /* agent stack id -> stack index */
-        /* In front of stack_by_id: a direct-mapped cache of the ids seen last (id 0 is
-         * never valid, so a zeroed cell is empty). */
-        struct {
-                uint32_t id, stack;
-        } id_cache[ID_CACHE_SIZE];
+        /* Agent stack id -> stack index + 1 (0: not seen yet), ID_LIMIT cells mapped on
+         * first use.  Only the pages of ids the agent used are touched: one 4-byte cell
+         * per stack, and stacks take a few dozen bytes of heap each. */
+        uint32_t *stack_of_id;
 
         struct ap_cmodule *modules;
         size_t nmodules, modules_cap;

@@ -117,7 +117,8 @@ void ap_process_free(struct ap_process *p)
                 free(p->stacks[i].ips);
         free(p->stacks);
         ap_map_clear(&p->stack_by_hash);
-        ap_map_clear(&p->stack_by_id);
+        if (p->stack_of_id != NULL)
+                munmap(p->stack_of_id, ID_LIMIT * sizeof(uint32_t));
         for (size_t i = 0; i < p->nmodules; i++)
                 free(p->modules[i].path);
         free(p->modules);
@@ -160,8 +161,7 @@ struct ap_process *ap_process_snapshot(const struct ap_process *src)
         p->map = NULL;
         p->map_bytes = 0;
         p->stack_by_hash = (struct ap_map){0};
-        p->stack_by_id = (struct ap_map){0};
-        memset(p->id_cache, 0, sizeof(p->id_cache));
+        p->stack_of_id = NULL;
         p->live = (struct ap_live_table){0};
         p->new_used = NULL;
         p->nnew_used = p->new_used_cap = 0;
@@ -430,11 +430,16 @@ static uint32_t stack_intern_ips(struct ap_process *p, const uint64_t *ips, uint
         return (uint32_t)p->nstacks++;
 }
 
-/* Stack ids are heap offsets (multiples of entry sizes, more or less): spread them over
- * the cache. */
-static inline uint32_t id_cache_index(uint32_t id)
+/* The id -> stack table, mapped on first use.  NULL if it cannot be. */
+static uint32_t *stack_of_id(struct ap_process *p)
 {
-        return (uint32_t)((id * 0x9e3779b9u) >> 18) & (ID_CACHE_SIZE - 1);
+        if (p->stack_of_id == NULL) {
+                void *m = mmap(NULL, ID_LIMIT * sizeof(uint32_t), PROT_READ | PROT_WRITE,
+                               MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+                if (m != MAP_FAILED)
+                        p->stack_of_id = m;
+        }
+        return p->stack_of_id;
 }
 
 /* Resolves a record's stack reference.  Returns the stack index or UINT32_MAX when the
@@ -456,19 +461,13 @@ static uint32_t stack_resolve(struct ap_process *p, const struct ap_rec_hdr *rh,
         if ((uint32_t)rh->nwords * 8 != fixed)
                 return UINT32_MAX;
         uint32_t id = rh->aux;
-        uint32_t ci = id_cache_index(id);
-        if (p->id_cache[ci].id == id && id != 0)
-                return p->id_cache[ci].stack;
-        uint64_t *v = ap_map_get(&p->stack_by_id, id);
-        if (v != NULL) {
-                p->id_cache[ci].id = id;
-                p->id_cache[ci].stack = (uint32_t)*v;
-                return (uint32_t)*v;
-        }
         uint64_t off = (uint64_t)id * 8;
         struct ap_stack_entry e;
-        if (id == 0 || off + sizeof(e) > AP_STACK_HEAP_BYTES)
+        uint32_t *table = stack_of_id(p);
+        if (id == 0 || off + sizeof(e) > AP_STACK_HEAP_BYTES || table == NULL)
                 return UINT32_MAX;
+        if (table[id] != 0)
+                return table[id] - 1;
         const uint8_t *base = p->map + p->hdr->stacks_offset;
         memcpy(&e, base + off, sizeof(e));
         if (e.depth == 0 || e.depth > AP_MAX_FRAMES ||
@@ -477,8 +476,8 @@ static uint32_t stack_resolve(struct ap_process *p, const struct ap_rec_hdr *rh,
         uint64_t ips[AP_MAX_FRAMES];
         memcpy(ips, base + off + sizeof(e), 8ull * e.depth);
         uint32_t s = stack_intern_ips(p, ips, e.depth);
-        if (s != UINT32_MAX && ap_map_put(&p->stack_by_id, id, s) < 0)
-                return UINT32_MAX;
+        if (s != UINT32_MAX)
+                table[id] = s + 1;
         return s;
 }
 
@@ -710,10 +709,11 @@ static void prefetch_ahead(struct ap_process *p, uint32_t i)
                         memcpy(&a, data + off + at, sizeof(a));
                         ap_live_prefetch(&p->live, a);
                 }
-                /* and the id-cache cell of an allocation's stack */
+                /* and the id-table cell of an allocation's stack */
                 if (rh.type != AP_REC_FREE && rh.type != AP_REC_PAD &&
-                    !(rh.flags & AP_RECF_INLINE_STACK))
-                        __builtin_prefetch(&p->id_cache[id_cache_index(rh.aux)]);
+                    !(rh.flags & AP_RECF_INLINE_STACK) && rh.aux < ID_LIMIT &&
+                    p->stack_of_id != NULL)
+                        __builtin_prefetch(&p->stack_of_id[rh.aux]);
                 sl->pf += len;
         }
 }
