@@ -46,58 +46,63 @@ static inline uint64_t alloc_ticks(void)
 }
 
 /* ---- stack index ------------------------------------------------------------------
- * Agent-private open-addressing table: hash -> id of the entry in the shared stack heap.
- * Insertion claims a cell by CAS on the hash, writes the heap entry, then publishes the
- * id with a release store; readers load the id with acquire (pairs with that store)
- * before naming it in a record.  A reader that finds the hash but no id yet (insertion
- * in flight, possibly in a signal handler interrupting the inserter) sends the stack
- * inline instead of waiting. */
-#define INDEX_BITS 20
-#define INDEX_CAP (1u << INDEX_BITS)
+ * Agent-private open-addressing tables: stack hash -> id of its entry in the shared stack
+ * heap.  A cell is one word, the top 40 bits of the hash (with the top bit set, so that a
+ * claimed cell is never 0) above the 24-bit id.  Insertion claims an empty cell by CAS
+ * with id 0, writes the heap entry, then publishes the id with a release store; readers
+ * load cells with acquire (pairs with that store) before naming the id in a record.  A
+ * reader that finds the hash but no id yet (insertion in flight, possibly in a signal
+ * handler interrupting the inserter) sends the stack inline instead of waiting.
+ *
+ * Two levels: a small table that stays in the cache for the few thousand stacks most
+ * programs have, and a large one, mapped with it but touched only by stacks that found no
+ * free cell within INDEX_PROBES of their place in the small one.  (A compiler's 11K
+ * stacks spread over a single 16 MiB table cost it a TLB and a cache miss per lookup and
+ * 15 MiB of memory.)  A stack is in one level or the other; racing inserters may both
+ * add it (one per level, or one inline), which only gives it two ids: the collector
+ * merges stacks by their addresses. */
 #define INDEX_PROBES 32
+#define INDEX_L0_BITS 16 /* 512 KiB */
+#define INDEX_L1_BITS 20 /* 8 MiB, usually untouched */
+#define ID_BITS 24
+#define ID_MASK ((1ull << ID_BITS) - 1)
+_Static_assert(AP_STACK_HEAP_BYTES / 8 <= (1ull << ID_BITS), "stack ids fit a cell");
 
-struct index_cell {
-        _Atomic uint64_t xhash; /* 0 = empty */
-        _Atomic uint32_t xid;   /* 0 = not yet published */
-        uint32_t pad;
-};
-
-static struct index_cell *g_index;
+static _Atomic uint64_t *g_index[2];
+static const unsigned g_index_bits[2] = {INDEX_L0_BITS, INDEX_L1_BITS};
 /* Bumped each time the index starts afresh: a thread's memo names a stack id of the
  * generation it was made in (a fork child starts over with inherited memos).  Relaxed:
  * it changes together with the session, which its readers reach through ap_session. */
 static _Atomic uint64_t g_stacks_gen;
 _Static_assert(AP_MAX_FRAMES <= AP_UNWIND_MEMO_MAX, "a whole stack fits the memo");
 
-/* In front of the index: the stacks seen last, direct-mapped, one word each: the top 40
- * bits of the stack's hash and its id (ids are below 2^23: the heap is 64 MiB of 8-byte
- * units).  A hit skips the index probe and the comparison with the heap entry, the two
- * cache misses of a program with many stacks; it trusts 52 bits of hash (12 pick the
- * cell).  Release/acquire: the entry an id names is complete before another thread can
- * find the id here (the same pairing as the index's xid). */
+/* In front of the index: the stacks seen last, direct-mapped, one word each, laid out
+ * like an index cell.  A hit skips the index probe and the comparison with the heap
+ * entry; it trusts 52 bits of hash (12 pick the cell).  Release/acquire as the index. */
 #define RECENT_BITS 12
-#define RECENT_ID_BITS 24
-_Static_assert(AP_STACK_HEAP_BYTES / 8 < (1ull << RECENT_ID_BITS), "stack ids fit the cell");
 static _Atomic uint64_t g_recent[1u << RECENT_BITS];
+
+static inline uint64_t index_tag(uint64_t hash)
+{
+        return (hash | (1ull << 63)) & ~ID_MASK;
+}
 
 AP_HIDDEN int ap_stacks_init(void)
 {
-        size_t bytes = sizeof(struct index_cell) * INDEX_CAP;
-        /* Fork child: the inherited tables name entries of the parent's heap (the child
-         * runs one thread here). */
-        if (g_index != NULL)
-                munmap(g_index, bytes);
         for (size_t i = 0; i < (1u << RECENT_BITS); i++)
                 ap_store_relaxed(&g_recent[i], 0);
-        void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
-                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-        if (p == MAP_FAILED) {
-                g_index = NULL;
-                return -errno;
+        for (int l = 0; l < 2; l++) {
+                size_t bytes = sizeof(uint64_t) << g_index_bits[l];
+                /* Fork child: the inherited tables name entries of the parent's heap (the
+                 * child runs one thread here). */
+                if (g_index[l] != NULL)
+                        munmap((void *)g_index[l], bytes);
+                void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
+                               MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+                g_index[l] = p == MAP_FAILED ? NULL : p;
         }
-        g_index = p;
         ap_fetch_add_relaxed(&g_stacks_gen, 1);
-        return 0;
+        return g_index[0] == NULL ? -ENOMEM : 0;
 }
 
 /* Never 0: a seed of 0 would stall xorshift. */
@@ -123,37 +128,47 @@ static inline bool same_ips(const uint64_t *a, const uint64_t *b, uint32_t n)
         return diff == 0;
 }
 
-static uint32_t stack_intern_slow(struct ap_shm_header *h, const uint64_t *ips, uint32_t n,
-                                  uint64_t hash);
+#define INDEX_FULL UINT32_MAX /* no free cell within INDEX_PROBES: try the next level */
+
+static uint32_t index_level(struct ap_shm_header *h, int level, const uint64_t *ips, uint32_t n,
+                            uint64_t hash);
 
 /* Returns the stack id (> 0), or 0 if the stack must be sent inline.  hash is
  * ap_stack_hash(ips, n). */
 static uint32_t stack_intern(struct ap_shm_header *h, const uint64_t *ips, uint32_t n,
                              uint64_t hash)
 {
-        if (g_index == NULL)
-                return 0;
         _Atomic uint64_t *cell = &g_recent[hash & ((1u << RECENT_BITS) - 1)];
         uint64_t v = ap_load_acquire(cell);
-        if (v != 0 && (v >> RECENT_ID_BITS) == (hash >> RECENT_ID_BITS))
-                return (uint32_t)(v & ((1u << RECENT_ID_BITS) - 1));
-        uint32_t id = stack_intern_slow(h, ips, n, hash);
+        if (v != 0 && (v & ~ID_MASK) == index_tag(hash))
+                return (uint32_t)(v & ID_MASK);
+        uint32_t id = INDEX_FULL;
+        for (int l = 0; l < 2 && id == INDEX_FULL; l++)
+                if (g_index[l] != NULL)
+                        id = index_level(h, l, ips, n, hash);
+        if (id == INDEX_FULL)
+                return 0;
         if (id != 0)
-                ap_store_release(cell, (hash >> RECENT_ID_BITS) << RECENT_ID_BITS | id);
+                ap_store_release(cell, index_tag(hash) | id);
         return id;
 }
 
-static uint32_t stack_intern_slow(struct ap_shm_header *h, const uint64_t *ips, uint32_t n,
-                                  uint64_t hash)
+/* The stack's id in one level of the index, inserting it if it is not there: 0 (send it
+ * inline) or INDEX_FULL (not there and no room). */
+static uint32_t index_level(struct ap_shm_header *h, int level, const uint64_t *ips, uint32_t n,
+                            uint64_t hash)
 {
-        uint32_t pos = (uint32_t)hash & (INDEX_CAP - 1);
+        _Atomic uint64_t *cells = g_index[level];
+        const uint32_t mask = (1u << g_index_bits[level]) - 1;
+        const uint64_t tag = index_tag(hash);
+        uint32_t pos = (uint32_t)hash & mask;
 
-        for (int probe = 0; probe < INDEX_PROBES; probe++, pos = (pos + 1) & (INDEX_CAP - 1)) {
-                struct index_cell *c = &g_index[pos];
-                uint64_t cur = ap_load_acquire(&c->xhash);
+        for (int probe = 0; probe < INDEX_PROBES; probe++, pos = (pos + 1) & mask) {
+                _Atomic uint64_t *c = &cells[pos];
+                uint64_t cur = ap_load_acquire(c);
                 if (cur == 0) {
                         uint64_t expected = 0;
-                        if (!ap_cas_acq_rel(&c->xhash, &expected, hash)) {
+                        if (!ap_cas_acq_rel(c, &expected, tag)) {
                                 cur = expected; /* lost the race; examine the winner */
                         } else {
                                 uint64_t bytes = sizeof(struct ap_stack_entry) + 8ull * n;
@@ -174,23 +189,23 @@ static uint32_t stack_intern_slow(struct ap_shm_header *h, const uint64_t *ips, 
                                 /* Before anyone can name this stack, make sure the
                                  * modules its addresses lie in have been reported. */
                                 check_modules(ips, n);
-                                /* Release: pairs with the acquire below in other threads;
-                                 * the entry is complete before its id is visible. */
-                                ap_store_release(&c->xid, id);
+                                /* Release: pairs with the acquires of readers; the entry
+                                 * is complete before its id is visible. */
+                                ap_store_release(c, tag | id);
                                 return id;
                         }
                 }
-                if (cur != hash)
+                if ((cur & ~ID_MASK) != tag)
                         continue;
-                uint32_t id = ap_load_acquire(&c->xid); /* pairs with the release above */
+                uint32_t id = (uint32_t)(cur & ID_MASK);
                 if (id == 0)
                         return 0;
                 struct ap_stack_entry *e = heap_entry(h, id);
-                if (e->depth == n && same_ips(e->ips, ips, n))
+                if (e->depth == n && e->hash == hash && same_ips(e->ips, ips, n))
                         return id;
-                /* 64-bit hash collision: keep probing for the real stack. */
+                /* Same 40 bits of hash, another stack: keep probing for the real one. */
         }
-        return 0;
+        return INDEX_FULL;
 }
 
 /* ---- ring slots --------------------------------------------------------------------- */

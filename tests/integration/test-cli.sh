@@ -289,6 +289,53 @@ if cc -O2 -g -o altstacks altstacks.c 2>/dev/null; then
         checks=$((checks + 1))
         cmp -s alt-dwarf.txt alt-libunwind.txt || fail "other stacks: --unwind dwarf and libunwind differ"
 fi
+# --- more distinct stacks than the agent's first-level index holds (65,536 cells) ------
+cat >stacks.c <<'EOF_C'
+#include <stdlib.h>
+#define DEPTH 17
+static void step(unsigned i, int d);
+/* Two callers per level, chosen by a bit of i: 2^17 different stacks. */
+__attribute__((noinline)) static void left(unsigned i, int d)
+{
+        step(i, d + 1);
+        __asm__ volatile("" ::: "memory");
+}
+__attribute__((noinline)) static void right(unsigned i, int d)
+{
+        step(i, d + 1);
+        __asm__ volatile("nop" ::: "memory");
+}
+__attribute__((noinline)) static void step(unsigned i, int d)
+{
+        if (d == DEPTH) {
+                void *volatile p = malloc(16);
+                free(p);
+                return;
+        }
+        if (i >> d & 1)
+                right(i, d);
+        else
+                left(i, d);
+        __asm__ volatile("" ::: "memory");
+}
+int main(void)
+{
+        for (unsigned i = 0; i < 2u << DEPTH; i++)
+                step(i & ((1u << DEPTH) - 1), 0);
+        return 0;
+}
+EOF_C
+if cc -O2 -o stacks stacks.c 2>/dev/null; then
+        "$AP" run -q -o stacks.approf -- ./stacks
+        check_eq "131,072 stacks twice: exit" 0 $?
+        # (the JSON of every site would be 700 MB: the busiest one, and the sum)
+        "$AP" report stacks.approf --json --top 1 --sort allocations >stacks.json
+        check_eq "131,072 stacks twice: allocations, frees, sites, dropped" "262144 262144 131072 0" \
+                "$(json stacks.json 'd["totals"]["allocations"], d["totals"]["frees"], d["sites_total"], d["totals"]["dropped_events"]' | tr -d '(),')"
+        check_eq "131,072 stacks twice: at most 2 allocations a site, main at frame 35" "2 35" \
+                "$(json stacks.json 'd["sites"][0]["allocations"], next(k for k, f in enumerate(d["sites"][0]["frames"]) if f["function"] == "main")' | tr -d '(),')"
+fi
+
 # --- a collector that falls behind: the program waits, loses nothing, and is told ------
 cat >waiter.c <<'EOF_C'
 #include <stdio.h>
