@@ -935,6 +935,13 @@ static void put_histogram(const struct out *o, const struct ap_profile *p)
 /* Hints */
 
 /* Starts a hint: a bullet and what it is about (a site, or a title). */
+/* The program's threads waited for ring space long enough to say so. */
+static bool waited_notably(const struct ap_profile *p)
+{
+        return p->ring_wait_ns >= HINT_WAIT_MIN_NS &&
+               (double)p->ring_wait_ns >= HINT_WAIT_SHARE * (double)p->duration_ns;
+}
+
 static void hint_start(const struct out *o, unsigned *count, const struct ap_profile *p,
                        const struct ap_psite *s, const char *title)
 {
@@ -1047,8 +1054,7 @@ static void put_hints(const struct out *o, const struct ap_profile *p, const uin
                 }
         }
 
-        if (p->ring_wait_ns >= HINT_WAIT_MIN_NS &&
-            (double)p->ring_wait_ns >= HINT_WAIT_SHARE * (double)p->duration_ns) {
+        if (waited_notably(p)) {
                 hint_start(o, &count, p, NULL, "waits for the collector");
                 say(o,
                     "    the program's threads found their ring full %s times and waited %s for\n"
@@ -1486,6 +1492,9 @@ void ap_report_summary(FILE *out, const struct ap_profile *p, const char *profil
                             p->live ? "live blocks" : "leaks");
                 say(&o, "; figures are incomplete\n");
         }
+        if (waited_notably(p))
+                say(&o, "allocprof: the program waited %s for the collector (its ring was full %s times)\n",
+                    fmt_duration(p->ring_wait_ns).s, fmt_count(p->ring_waits).s);
         if (profile_path) {
                 say(&o, "allocprof: profile written to ");
                 put_str(&o, profile_path, 0);

@@ -358,7 +358,7 @@ int main(void)
 EOF_C
 if cc -O2 -o waiter waiter.c 2>/dev/null; then
         rm -f go-home
-        "$AP" run -q -o wait.approf -- ./waiter >wait.out &
+        "$AP" run -o wait.approf -- ./waiter >wait.out 2>wait.err &
         apid=$!
         sleep 0.5
         kill -STOP $apid
@@ -376,6 +376,7 @@ if cc -O2 -o waiter waiter.c 2>/dev/null; then
                 "$(json_of wait.approf 'd["process"]["ring_waits"] >= 1, d["process"]["ring_wait_ns"] >= 200000000' | tr -d '(),')"
         "$AP" report wait.approf >wait.txt
         check_contains "stopped collector: hint" wait.txt "* waits for the collector"
+        check_contains "stopped collector: run's summary" wait.err "allocprof: the program waited "
 fi
 "$AP" run -q --unwind bogus -- true 2>unwind.err
 check_eq "--unwind bogus: exit 2" 2 $?

@@ -978,6 +978,22 @@ static void test_summary(void)
         ASSERT_EQ(lines, 9u);
         free(t);
 
+        /* Waits for ring space, from 1 ms and 1% of the run (2.35 s) on. */
+        p->ring_waits = 3;
+        p->ring_wait_ns = 23000000;
+        capture_begin(&c);
+        ap_report_summary(c.f, p, NULL);
+        t = capture_end(&c);
+        ASSERT_NOT_CONTAINS(t, "waited");
+        free(t);
+        p->ring_wait_ns = 1500000000;
+        capture_begin(&c);
+        ap_report_summary(c.f, p, NULL);
+        t = capture_end(&c);
+        ASSERT_CONTAINS(t, "allocprof: the program waited 1.50 s for the collector (its ring was full 3 "
+                           "times)\n");
+        free(t);
+
         /* A path a shell would split is quoted in the hint. */
         capture_begin(&c);
         ap_report_summary(c.f, p, "/tmp/my dir/it's.approf");
