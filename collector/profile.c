@@ -1839,6 +1839,30 @@ static int read_frame_indexes(struct rctx *rc, const struct ap_profile *p, const
  * file stand for long stacks, and a hostile one must not make us allocate without end. */
 #define MAX_SITE_FRAMES_TOTAL (1ull << 26)
 
+/* For formats 2 and 3, whose sites keep `shared` frames of the previous site's stack and
+ * add those of the array fa: checks that fa is an array (else an error at *lf), counts
+ * its frames and the shared ones against the limit on all stacks (*total; else an error
+ * at *lsite) and allocates s->frames for them.  *nnew: fa's length. */
+static int alloc_site_frames(struct rctx *rc, struct ap_psite *s, const json_t *fa,
+                             const struct loc *lf, const struct loc *lsite, uint32_t shared,
+                             uint64_t *total, size_t *nnew)
+{
+        int r;
+
+        if (!json_is_array(fa))
+                return expect(rc, fa, lf, "an array");
+        *nnew = json_array_size(fa);
+        *total += *nnew + (uint64_t)shared;
+        if (*total > MAX_SITE_FRAMES_TOTAL)
+                return fail(rc, -EINVAL, "%s: more than %llu frames in all stacks",
+                            loc_text(lsite).s, (unsigned long long)MAX_SITE_FRAMES_TOTAL);
+        uint32_t nf = (uint32_t)(*nnew + (uint64_t)shared);
+        if ((r = alloc_table(rc, (void **)&s->frames, nf, sizeof(*s->frames))) < 0)
+                return r;
+        s->nframes = nf;
+        return 0;
+}
+
 /* Format version 3: one array per counter, then "popped" and "stacks" (see the top of
  * the file).  The stack of site i is decoded against that of site i - 1. */
 static int read_sites_v3(struct rctx *rc, struct ap_profile *p, const json_t *root)
@@ -1890,17 +1914,9 @@ static int read_sites_v3(struct rctx *rc, struct ap_profile *p, const json_t *ro
                 if ((r = as_int(rc, json_array_get(popped, i), &lpoi, 0, nprev, &npopped)) < 0)
                         return r;
                 nshared = nprev - (uint32_t)npopped;
-                if (!json_is_array(fa))
-                        return expect(rc, fa, &lsti, "an array");
-                size_t nnew = json_array_size(fa);
-                total += nnew + (uint64_t)nshared;
-                if (total > MAX_SITE_FRAMES_TOTAL)
-                        return fail(rc, -EINVAL, "%s: more than %llu frames in all stacks",
-                                    loc_text(&lsti).s, (unsigned long long)MAX_SITE_FRAMES_TOTAL);
-                uint32_t nf = (uint32_t)(nnew + (uint64_t)nshared);
-                if ((r = alloc_table(rc, (void **)&s->frames, nf, sizeof(*s->frames))) < 0)
+                size_t nnew;
+                if ((r = alloc_site_frames(rc, s, fa, &lsti, &lsti, nshared, &total, &nnew)) < 0)
                         return r;
-                s->nframes = nf;
                 if (nshared)
                         memcpy(s->frames + nnew, prev->frames + npopped,
                                sizeof(*s->frames) * (size_t)nshared);
@@ -1962,17 +1978,10 @@ static int read_sites_v2(struct rctx *rc, struct ap_profile *p, const json_t *ro
                                 &shared)) < 0)
                         return r;
                 fa = json_array_get(t, nc + 1);
-                if (!json_is_array(fa))
-                        return expect(rc, fa, &lf, "an array");
-                size_t nnew = json_array_size(fa);
-                total += nnew + (uint64_t)shared;
-                if (total > MAX_SITE_FRAMES_TOTAL)
-                        return fail(rc, -EINVAL, "%s: more than %llu frames in all stacks",
-                                    loc_text(&li).s, (unsigned long long)MAX_SITE_FRAMES_TOTAL);
-                uint32_t nf = (uint32_t)(nnew + (uint64_t)shared);
-                if ((r = alloc_table(rc, (void **)&s->frames, nf, sizeof(*s->frames))) < 0)
+                size_t nnew;
+                if ((r = alloc_site_frames(rc, s, fa, &lf, &li, (uint32_t)shared, &total,
+                                           &nnew)) < 0)
                         return r;
-                s->nframes = nf;
                 if ((r = read_frame_indexes(rc, p, fa, &lf, (uint32_t)nnew, s->frames)) < 0)
                         return r;
                 if (shared)
