@@ -1246,6 +1246,17 @@ static json_t *doc_with_stacks(const struct coded_stack *c, size_t n)
         return doc;
 }
 
+/* doc_with_stacks(c, n) with element `index` of the array at `where` set to v must fail
+ * to read with an error naming `needle`. */
+static void expect_stacks_error(const struct coded_stack *c, size_t n, const char *where,
+                                size_t index, json_int_t v, const char *needle)
+{
+        json_t *doc = doc_with_stacks(c, n);
+
+        ASSERT_EQ(json_array_set_new(dig(doc, where), index, json_integer(v)), 0);
+        expect_doc_read_error(doc, -EINVAL, needle);
+}
+
 /* Reads doc (not taken) and checks that its sites have these stacks, in this order. */
 static struct ap_profile *read_stacks(const json_t *doc, const struct coded_stack *c, size_t n)
 {
@@ -1323,24 +1334,18 @@ static void test_stack_coding(void)
         json_decref(doc);
 
         /* No more popped than the previous stack has: two of [1, 4], three of [1, 3, 4]. */
-        doc = doc_with_stacks(sorted, nsorted);
-        ASSERT_EQ(json_array_set_new(dig(doc, "sites/popped"), 3, json_integer(3)), 0);
-        expect_doc_read_error(doc, -EINVAL, "sites.popped[3]: 3 is out of range [0, 2]");
-        doc = doc_with_stacks(sorted, nsorted);
-        ASSERT_EQ(json_array_set_new(dig(doc, "sites/popped"), 2, json_integer(4)), 0);
-        expect_doc_read_error(doc, -EINVAL, "sites.popped[2]: 4 is out of range [0, 3]");
+        expect_stacks_error(sorted, nsorted, "sites/popped", 3, 3,
+                            "sites.popped[3]: 3 is out of range [0, 2]");
+        expect_stacks_error(sorted, nsorted, "sites/popped", 2, 4,
+                            "sites.popped[2]: 4 is out of range [0, 3]");
         /* Nothing before the first site, and nothing before the site after an empty one. */
-        doc = doc_with_stacks(unsorted, nunsorted);
-        ASSERT_EQ(json_array_set_new(dig(doc, "sites/popped"), 0, json_integer(1)), 0);
-        expect_doc_read_error(doc, -EINVAL, "sites.popped[0]: 1 is out of range [0, 0]");
-        doc = doc_with_stacks(unsorted, nunsorted);
-        ASSERT_EQ(json_array_set_new(dig(doc, "sites/popped"), 2, json_integer(1)), 0);
-        expect_doc_read_error(doc, -EINVAL, "sites.popped[2]: 1 is out of range [0, 0]");
+        expect_stacks_error(unsorted, nunsorted, "sites/popped", 0, 1,
+                            "sites.popped[0]: 1 is out of range [0, 0]");
+        expect_stacks_error(unsorted, nunsorted, "sites/popped", 2, 1,
+                            "sites.popped[2]: 1 is out of range [0, 0]");
         /* A step from the frame replaced that leaves the table. */
-        doc = doc_with_stacks(unsorted, nunsorted);
-        ASSERT_EQ(json_array_set_new(dig(doc, "sites/stacks/5"), 0, json_integer(5)), 0);
-        expect_doc_read_error(doc, -EINVAL,
-                              "sites.stacks[5][0]: frame index 5 out of range (5 frames)");
+        expect_stacks_error(unsorted, nunsorted, "sites/stacks/5", 0, 5,
+                            "sites.stacks[5][0]: frame index 5 out of range (5 frames)");
         unlink(path);
         free(path);
 }
