@@ -5,6 +5,7 @@
  * SPDX-License-Identifier: MIT OR Apache-2.0
  */
 #include "symbolize.h"
+#include "debugcache.h"
 #include "allocprof/clock.h"
 #include "allocprof/mix.h"
 
@@ -43,6 +44,12 @@
 /* An unusable module (missing, not ELF, other build-id) is looked at again on disk at most
  * this often, so a daemon notices a file that appeared or was replaced. */
 #define RECHECK_NS 1000000000LL
+
+/* Where distributions install separate debug files (libdwfl's default); the tests point it
+ * at a fixture directory. */
+#ifndef AP_SYSTEM_DEBUG_DIR
+#define AP_SYSTEM_DEBUG_DIR "/usr/lib/debug"
+#endif
 
 /* ---- small containers --------------------------------------------------------------- */
 
@@ -520,6 +527,40 @@ static bool debuginfod_configured(void)
         return urls != NULL && urls[strspn(urls, " \t")] != '\0';
 }
 
+/* The module's separate debug file by build-id under the system debug directory, as
+ * libdwfl would find it, replaced by its inflated copy from the cache (debugcache.h).
+ * libdwfl's own lookup keeps the file it opened, so this one runs first.  Only for the
+ * module's own debug file: once its DWARF is loaded (dwbias known), libdwfl asks for a
+ * dwz alternate file, which this leaves to libdwfl.  Returns a descriptor or -1. */
+static int cached_debuginfo(Dwfl_Module *mod, char **debuginfo_file_name)
+{
+        Dwarf_Addr dwbias = 0;
+        const unsigned char *id = NULL;
+        GElf_Addr vaddr;
+        dwfl_module_info(mod, NULL, NULL, NULL, &dwbias, NULL, NULL, NULL);
+        int len = dwfl_module_build_id(mod, &id, &vaddr);
+        if (dwbias != (Dwarf_Addr)-1 || len < 2 || !id)
+                return -1;
+        char path[sizeof(AP_SYSTEM_DEBUG_DIR "/.build-id//.debug") + 2 * 64];
+        if (len > 64)
+                return -1;
+        int n = snprintf(path, sizeof(path), AP_SYSTEM_DEBUG_DIR "/.build-id/%02x/", id[0]);
+        for (int i = 1; i < len; i++)
+                n += snprintf(path + n, sizeof(path) - (size_t)n, "%02x", id[i]);
+        snprintf(path + n, sizeof(path) - (size_t)n, ".debug");
+        int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+        if (fd < 0)
+                return -1;
+        char *name = NULL;
+        int cfd = ap_debugcache_open(fd, id, (size_t)len, &name);
+        close(fd);
+        if (cfd >= 0) {
+                free(*debuginfo_file_name);
+                *debuginfo_file_name = name;
+        }
+        return cfd;
+}
+
 /* Separate debuginfo: first by build-id under the system debug directory (always safe),
  * then libdwfl's standard search (debuglink next to the file, then debuginfod) -- but
  * only when a file it would open is really there or a debuginfod server is configured.
@@ -533,8 +574,11 @@ static int find_debuginfo(Dwfl_Module *mod, void **userdata, const char *modname
                           const char *file_name, const char *debuglink_file,
                           GElf_Word debuglink_crc, char **debuginfo_file_name)
 {
-        int fd = dwfl_build_id_find_debuginfo(mod, userdata, modname, base, file_name,
-                                              debuglink_file, debuglink_crc, debuginfo_file_name);
+        int fd = cached_debuginfo(mod, debuginfo_file_name);
+        if (fd >= 0)
+                return fd;
+        fd = dwfl_build_id_find_debuginfo(mod, userdata, modname, base, file_name, debuglink_file,
+                                          debuglink_crc, debuginfo_file_name);
         if (fd >= 0)
                 return fd;
         struct debuglink_look look = {.hazard = true};

@@ -12,6 +12,8 @@ AP=$(abs "$1") AGENT=$(abs "$2") SIMPLE=$(abs "$3") DEMO=$(abs "$4") BUILD=$(abs
 T=$(mktemp -d)
 trap 'rm -rf "$T"' EXIT
 cd "$T" || exit 1
+# Inflated debug files go to a cache of this test's own, not the user's.
+export ALLOCPROF_CACHE_DIR="$T/cache"
 . "$SRC/tests/integration/checks.sh"
 json_of() { # profile python-expression-on-d (over its JSON report)
         "$AP" report "$1" --json | python3 -c "import json,sys; d=json.load(sys.stdin); print($2)"
@@ -425,6 +427,38 @@ check_eq "allocprofd wrote the profile" "3 1" \
         "$(json_of "$(ls daemon/allocprof.simple.*.approf | head -1)" 'd["totals"]["allocations"], d["totals"]["leaked_blocks"]')"
 checks=$((checks + 1))
 [ ! -e daemon/sock ] || fail "allocprofd left its socket behind"
+
+# --- the C library's compressed debug file, inflated once into the cache ------------------
+# The same sites, functions, files and lines with the cache off, on its first run (which
+# makes the entry) and on the next (which uses it).
+libc=$(ldd "$SIMPLE" | awk '/libc\.so/ {print $3}')
+libc_id=$(readelf -n "$libc" 2>/dev/null | awk '/Build ID/ {print $3}')
+libc_dbg=/usr/lib/debug/.build-id/$(echo "$libc_id" | cut -c1-2)/$(echo "$libc_id" | cut -c3-).debug
+if [ -n "$libc_id" ] && readelf -SW "$libc_dbg" 2>/dev/null | grep -q '\.debug_info .* C '; then
+        frames() { # profile -> one line per site: its frames' function, file, line
+                "$AP" report "$1" --json --top 0 | python3 -c '
+import json, sys
+for s in json.load(sys.stdin)["sites"]:
+    print(s["allocations"], " | ".join("%s %s:%s" % (f["function"], f["file"], f["line"]) for f in s["frames"]))' | sort
+        }
+        ALLOCPROF_CACHE_DIR= "$AP" run -q --no-follow -o dc0.approf -- ls / >/dev/null
+        ALLOCPROF_CACHE_DIR="$T/dc" "$AP" run -q --no-follow -o dc1.approf -- ls / >/dev/null
+        check_eq "debug cache: one entry for the C library" 1 "$(ls "$T/dc/debug/$libc_id"-*.debug 2>/dev/null | wc -l)"
+        entries=$(ls "$T/dc/debug" | wc -l)
+        ALLOCPROF_CACHE_DIR="$T/dc" "$AP" run -q --no-follow -o dc2.approf -- ls / >/dev/null
+        frames dc0.approf >dc0.txt
+        frames dc1.approf >dc1.txt
+        frames dc2.approf >dc2.txt
+        check_true "debug cache: C library frames have lines" \
+                "$(grep -q 'libio/[a-z]*\.c:[0-9]\|opendir\.c:[0-9]' dc0.txt && echo True)"
+        checks=$((checks + 1))
+        cmp -s dc0.txt dc1.txt || fail "debug cache: the first run's frames differ from an uncached run's"
+        checks=$((checks + 1))
+        cmp -s dc0.txt dc2.txt || fail "debug cache: frames through the cached copy differ from an uncached run's"
+        check_eq "debug cache: no new entries on the second run" "$entries" "$(ls "$T/dc/debug" | wc -l)"
+else
+        echo "note: no compressed debug file for the C library, debug cache not checked end to end"
+fi
 
 # --- the agent exports the malloc family and nothing else -------------------------------
 exported=$(nm -D --defined-only "$AGENT" | awk '$2 ~ /[TW]/ {print $3}' | sort | tr '\n' ' ')

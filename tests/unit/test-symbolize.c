@@ -3,15 +3,17 @@
  * and survival of missing, mismatched, garbage and corrupted files.
  *
  * Usage: test-symbolize src=symfix.c pie=… nopie=… lib=… [stripped=…] [cppsrc=… cpp=…]
- *                      [noaranges=…] [clang=…]
+ *                      [noaranges=…] [clang=…] [split=… splitz=… splitplain=… splitaltrel=…]
  */
 #include "../helpers.h"
 #include "symbolize.h"
+#include "debugcache.h"
 
 #include <dirent.h>
 #include <fcntl.h>
 #include <gelf.h>
 #include <limits.h>
+#include <sys/time.h>
 #include <libelf.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -19,6 +21,7 @@
 
 struct args {
         const char *src, *pie, *nopie, *lib, *stripped, *cppsrc, *cpp, *noaranges, *clang;
+        const char *split, *splitz, *splitplain, *splitaltrel; /* stripped library, its debug files */
 };
 
 static struct args args;
@@ -592,6 +595,272 @@ static void test_cache_consistency(void)
         ap_symbolizer_free(s);
 }
 
+/* ---- the inflated-debug-file cache ------------------------------------------------------ */
+
+/* The one entry of cache directory `dir` (asserts there is exactly one), or NULL if none. */
+static char *only_entry(const char *dir)
+{
+        DIR *d = opendir(dir);
+        if (!d)
+                return NULL;
+        char *found = NULL;
+        for (struct dirent *de; (de = readdir(d));) {
+                if (de->d_name[0] == '.')
+                        continue;
+                ASSERT_NULL(found);
+                ASSERT_TRUE(asprintf(&found, "%s/%s", dir, de->d_name) > 0);
+        }
+        closedir(d);
+        return found;
+}
+
+static size_t count_entries(const char *dir)
+{
+        DIR *d = opendir(dir);
+        if (!d)
+                return 0;
+        size_t n = 0;
+        for (struct dirent *de; (de = readdir(d));)
+                n += de->d_name[0] != '.';
+        closedir(d);
+        return n;
+}
+
+static off_t file_size(const char *path)
+{
+        struct stat st;
+        return stat(path, &st) == 0 ? st.st_size : -1;
+}
+
+static time_t file_mtime(const char *path)
+{
+        struct stat st;
+        ASSERT_EQ(stat(path, &st), 0);
+        return st.st_mtim.tv_sec;
+}
+
+static void set_mtime(const char *path, time_t t)
+{
+        struct timespec ts[2] = {{t, 0}, {t, 0}};
+        ASSERT_EQ(utimensat(AT_FDCWD, path, ts, 0), 0);
+}
+
+/* Counts the sections of `path` that are SHF_COMPRESSED and those that carry DWARF. */
+static void count_sections(const char *path, size_t *compressed, size_t *dwarf)
+{
+        int fd;
+        Elf *e = elf_open_file(path, &fd);
+        size_t shstrndx;
+        ASSERT_EQ(elf_getshdrstrndx(e, &shstrndx), 0);
+        *compressed = *dwarf = 0;
+        for (Elf_Scn *scn = elf_nextscn(e, NULL); scn; scn = elf_nextscn(e, scn)) {
+                GElf_Shdr sh;
+                ASSERT_NOT_NULL(gelf_getshdr(scn, &sh));
+                const char *name = elf_strptr(e, shstrndx, sh.sh_name);
+                ASSERT_NOT_NULL(name);
+                *compressed += (sh.sh_flags & SHF_COMPRESSED) != 0;
+                *dwarf += strncmp(name, ".debug_", 7) == 0 && sh.sh_type != SHT_NOBITS;
+        }
+        elf_end(e);
+        close(fd);
+}
+
+static void copy_file(const char *from, const char *to)
+{
+        size_t len;
+        void *data = read_whole(from, &len);
+        unlink(to); /* a new inode: a new identity */
+        write_file(to, data, len);
+        free(data);
+}
+
+static void mkdir_p(const char *path)
+{
+        char buf[PATH_MAX];
+        snprintf(buf, sizeof(buf), "%s", path);
+        for (char *p = buf + 1; *p; p++)
+                if (*p == '/') {
+                        *p = '\0';
+                        ASSERT_TRUE(mkdir(buf, 0700) == 0 || errno == EEXIST);
+                        *p = '/';
+                }
+        ASSERT_TRUE(mkdir(buf, 0700) == 0 || errno == EEXIST);
+}
+
+/* Whether symfix_plain of the split library gets its file and line (from DWARF). */
+static bool split_has_lines(void)
+{
+        struct ap_symbolizer *s;
+        ASSERT_OK(ap_symbolizer_new(&s));
+        uint64_t lo, size;
+        find_sym(args.split, "symfix_plain", &lo, &size);
+        struct ap_sym_frame *f = NULL;
+        int n = ap_symbolizer_lookup(s, args.split, NULL, 0, lo, &f);
+        ASSERT_EQ(n, 1);
+        ASSERT_STREQ(f[0].function, "symfix_plain");
+        bool lines = f[0].file != NULL && f[0].line > 0;
+        ap_sym_frames_free(f, (size_t)n);
+        ap_symbolizer_free(s);
+        return lines;
+}
+
+/* A separate debug file with compressed DWARF, found by build-id under the system debug
+ * directory, is replaced by an inflated copy in the cache: same results, the copy reused
+ * while the original is unchanged, rebuilt when damaged, a new one when the original
+ * changes; nothing cached for an uncompressed file or with the cache off; old entries
+ * evicted past the size limit. */
+static void test_debug_cache(void)
+{
+        if (!args.split) {
+                fprintf(stderr, "note: no split library (objcopy missing), cache not covered\n");
+                return;
+        }
+        uint8_t id[64];
+        size_t len = read_build_id(args.split, id, sizeof(id));
+        ASSERT_TRUE(len >= 2);
+        char dbgdir[PATH_MAX], dbg[PATH_MAX], tmpl[] = "/tmp/test-symbolize-XXXXXX";
+        snprintf(dbgdir, sizeof(dbgdir), "%s/.build-id/%02x", AP_SYSTEM_DEBUG_DIR, id[0]);
+        mkdir_p(dbgdir);
+        int n = snprintf(dbg, sizeof(dbg), "%s/", dbgdir);
+        for (size_t i = 1; i < len; i++)
+                n += snprintf(dbg + n, sizeof(dbg) - (size_t)n, "%02x", id[i]);
+        snprintf(dbg + n, sizeof(dbg) - (size_t)n, ".debug");
+        ASSERT_NOT_NULL(mkdtemp(tmpl));
+        char cache[128];
+        snprintf(cache, sizeof(cache), "%s/debug", tmpl);
+        ASSERT_EQ(setenv("ALLOCPROF_CACHE_DIR", tmpl, 1), 0);
+
+        /* Without a debug file the stripped library has names but no lines. */
+        unlink(dbg);
+        ASSERT_FALSE(split_has_lines());
+        ASSERT_EQ(count_entries(cache), 0u);
+
+        /* First use: the full checks pass through the inflated copy. */
+        size_t compressed, dwarf;
+        count_sections(args.splitz, &compressed, &dwarf);
+        ASSERT_TRUE(compressed > 0);
+        copy_file(args.splitz, dbg);
+        struct ap_symbolizer *s;
+        ASSERT_OK(ap_symbolizer_new(&s));
+        check_symfix_build(s, args.split);
+        ap_symbolizer_free(s);
+        char *entry = only_entry(cache);
+        ASSERT_NOT_NULL(entry);
+        size_t ecomp, edwarf;
+        count_sections(entry, &ecomp, &edwarf);
+        ASSERT_EQ(ecomp, 0u);
+        ASSERT_EQ(edwarf, dwarf);
+        off_t full = file_size(entry);
+        ASSERT_TRUE(full > file_size(args.splitz));
+        uint8_t eid[64];
+        ASSERT_EQ(read_build_id(entry, eid, sizeof(eid)), len);
+        ASSERT_TRUE(memcmp(eid, id, len) == 0);
+
+        /* Reused: the entry's time says it was just used, and nothing new is made. */
+        set_mtime(entry, 1000000000);
+        ASSERT_OK(ap_symbolizer_new(&s));
+        check_symfix_build(s, args.split);
+        ap_symbolizer_free(s);
+        ASSERT_TRUE(file_mtime(entry) > 1000000000);
+        ASSERT_EQ(count_entries(cache), 1u);
+
+        /* A damaged entry is replaced, and the results stay right. */
+        ASSERT_EQ(truncate(entry, 100), 0);
+        ASSERT_OK(ap_symbolizer_new(&s));
+        check_symfix_build(s, args.split);
+        ap_symbolizer_free(s);
+        ASSERT_EQ(count_entries(cache), 1u);
+        ASSERT_EQ(file_size(entry), full);
+
+        /* Another file under the same name (a new inode) gets its own entry. */
+        copy_file(args.splitz, dbg);
+        ASSERT_TRUE(split_has_lines());
+        ASSERT_EQ(count_entries(cache), 2u);
+
+        /* An uncompressed debug file is used as it is: nothing to cache.  (libdwfl's own
+         * lookup is at the real system directory, so here that shows as no lines.) */
+        copy_file(args.splitplain, dbg);
+        count_sections(args.splitplain, &compressed, &dwarf);
+        ASSERT_EQ(compressed, 0u);
+        ASSERT_FALSE(split_has_lines());
+        ASSERT_EQ(count_entries(cache), 2u);
+
+        /* A debug file whose dwz link is relative to its own directory stays where it is
+         * (libdwfl's lookup again: no lines here). */
+        copy_file(args.splitaltrel, dbg);
+        ASSERT_FALSE(split_has_lines());
+        ASSERT_EQ(count_entries(cache), 2u);
+
+        /* Cache off: nothing written (and, again, the file is left to libdwfl). */
+        copy_file(args.splitz, dbg);
+        ASSERT_EQ(setenv("ALLOCPROF_CACHE_DIR", "", 1), 0);
+        ASSERT_FALSE(split_has_lines());
+        ASSERT_EQ(count_entries(cache), 2u);
+
+        /* Without ALLOCPROF_CACHE_DIR: $XDG_CACHE_HOME/allocprof/debug. */
+        char xdg[128], xdgcache[256];
+        snprintf(xdg, sizeof(xdg), "%s/xdg", tmpl);
+        snprintf(xdgcache, sizeof(xdgcache), "%s/allocprof/debug", xdg);
+        ASSERT_EQ(unsetenv("ALLOCPROF_CACHE_DIR"), 0);
+        const char *old_xdg = getenv("XDG_CACHE_HOME");
+        char *saved_xdg = old_xdg ? strdup(old_xdg) : NULL;
+        ASSERT_EQ(setenv("XDG_CACHE_HOME", xdg, 1), 0);
+        ASSERT_TRUE(split_has_lines());
+        ASSERT_EQ(count_entries(xdgcache), 1u);
+        if (saved_xdg)
+                setenv("XDG_CACHE_HOME", saved_xdg, 1);
+        else
+                unsetenv("XDG_CACHE_HOME");
+        free(saved_xdg);
+
+        /* Eviction (this build's limit is 2.5 MiB): two old 1 MiB entries and a recent one;
+         * adding an entry removes the oldest only.  A stale temporary file goes too. */
+        ASSERT_EQ(setenv("ALLOCPROF_CACHE_DIR", tmpl, 1), 0);
+        static const char *const fake[] = {"old1.debug", "old2.debug", "recent.debug"};
+        char *mib = calloc(1, 1 << 20);
+        ASSERT_NOT_NULL(mib);
+        char path[PATH_MAX];
+        time_t now = time(NULL);
+        DIR *d = opendir(cache);
+        ASSERT_NOT_NULL(d);
+        for (struct dirent *de; (de = readdir(d));)
+                if (de->d_name[0] != '.') {
+                        snprintf(path, sizeof(path), "%s/%s", cache, de->d_name);
+                        ASSERT_EQ(unlink(path), 0);
+                }
+        closedir(d);
+        for (int i = 0; i < 3; i++) {
+                snprintf(path, sizeof(path), "%s/%s", cache, fake[i]);
+                memset(mib, 'a' + i, 1 << 20);
+                write_file(path, mib, 1 << 20);
+                set_mtime(path, i < 2 ? now - 7200 + i : now - 10);
+        }
+        free(mib);
+        char stale[PATH_MAX], fresh[PATH_MAX];
+        snprintf(stale, sizeof(stale), "%s/.x.debug.tmp.1.1", cache);
+        snprintf(fresh, sizeof(fresh), "%s/.x.debug.tmp.1.2", cache);
+        write_file(stale, "x", 1);
+        write_file(fresh, "x", 1);
+        set_mtime(stale, now - 7200);
+        copy_file(args.splitz, dbg);
+        ASSERT_TRUE(split_has_lines());
+        snprintf(path, sizeof(path), "%s/%s", cache, fake[0]);
+        ASSERT_EQ(file_size(path), (off_t)-1);
+        snprintf(path, sizeof(path), "%s/%s", cache, fake[1]);
+        ASSERT_EQ(file_size(path), (off_t)(1 << 20));
+        snprintf(path, sizeof(path), "%s/%s", cache, fake[2]);
+        ASSERT_EQ(file_size(path), (off_t)(1 << 20));
+        ASSERT_EQ(count_entries(cache), 3u);
+        ASSERT_EQ(file_size(stale), (off_t)-1);
+        ASSERT_EQ(file_size(fresh), (off_t)1);
+
+        free(entry);
+        ASSERT_EQ(unlink(dbg), 0);
+        char cmd[PATH_MAX + 16];
+        snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpl);
+        ASSERT_EQ(system(cmd), 0);
+}
+
 static void test_demangle(void)
 {
         char *d;
@@ -711,7 +980,8 @@ static void parse_args(int argc, char **argv)
                 continue;                                                                  \
         }
                 ARG(src) ARG(pie) ARG(nopie) ARG(lib) ARG(stripped) ARG(cppsrc) ARG(cpp)
-                ARG(noaranges) ARG(clang)
+                ARG(noaranges) ARG(clang) ARG(split) ARG(splitz) ARG(splitplain)
+                ARG(splitaltrel)
 #undef ARG
                 fprintf(stderr, "unknown argument %s\n", argv[i]);
                 exit(2);
@@ -730,6 +1000,10 @@ int main(int argc, char **argv)
         if (elf_version(EV_CURRENT) == EV_NONE)
                 return AP_TEST_SKIP;
 
+        /* The test's system debug directory holds only what test_debug_cache puts there
+         * (a run that failed midway may have left a debug file the others would find). */
+        ASSERT_EQ(system("rm -rf '" AP_SYSTEM_DEBUG_DIR "'"), 0);
+
         struct ap_symbolizer *s;
         ASSERT_OK(ap_symbolizer_new(&s));
         test_pie(s);
@@ -745,6 +1019,7 @@ int main(int argc, char **argv)
         test_debuginfo_fifo();
         test_corrupt_files();
         test_cache_consistency();
+        test_debug_cache();
         test_demangle();
         bench_self();
         printf("symbolize: all passed\n");
