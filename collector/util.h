@@ -13,6 +13,19 @@
 
 #include "allocprof/mix.h"
 
+/* Whether a program should free what it holds before it exits: only for a leak checker
+ * (AddressSanitizer), which would otherwise report it; the kernel is faster. */
+#if defined(__SANITIZE_ADDRESS__)
+#define AP_FREE_BEFORE_EXIT 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define AP_FREE_BEFORE_EXIT 1
+#endif
+#endif
+#ifndef AP_FREE_BEFORE_EXIT
+#define AP_FREE_BEFORE_EXIT 0
+#endif
+
 /* Grows *items (of *cap elements of size `elem`) to hold at least `need`.  Returns 0 or
  * -ENOMEM (the array is unchanged then). */
 int ap_grow(void **items, size_t *cap, size_t need, size_t elem);
