@@ -38,8 +38,8 @@ static char *cache_dir(void)
         const char *env = getenv("ALLOCPROF_CACHE_DIR"), *base = NULL, *sub = "";
         char *dir = NULL;
         if (env) {
-                if (!*env)
-                        return NULL;
+                if (env[0] != '/')
+                        return NULL; /* empty: off; relative: ambiguous in a daemon */
                 base = env;
                 sub = "/debug";
         } else if ((env = getenv("XDG_CACHE_HOME")) && env[0] == '/') {

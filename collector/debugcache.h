@@ -10,7 +10,7 @@
  * The identity is a hash of the original file's device, inode, size and change times,
  * so an entry is only ever used in place of the very file it was made from: a profiled
  * program that plants a debug file cannot alter what another run sees.  The directory is
- * $ALLOCPROF_CACHE_DIR (an empty value turns the cache off), else $XDG_CACHE_HOME/allocprof,
+ * $ALLOCPROF_CACHE_DIR (an empty or relative one turns the cache off), else $XDG_CACHE_HOME/allocprof,
  * else ~/.cache/allocprof; it holds at most AP_DEBUGCACHE_MAX_BYTES, least recently used
  * entries going first.
  *

@@ -791,10 +791,18 @@ static void test_debug_cache(void)
         ASSERT_FALSE(split_has_lines());
         ASSERT_EQ(count_entries(cache), 2u);
 
-        /* Cache off: nothing written (and, again, the file is left to libdwfl). */
+        /* Cache off: nothing written (and, again, the file is left to libdwfl).  A
+         * relative directory is off too. */
         copy_file(args.splitz, dbg);
         ASSERT_EQ(setenv("ALLOCPROF_CACHE_DIR", "", 1), 0);
         ASSERT_FALSE(split_has_lines());
+        ASSERT_EQ(count_entries(cache), 2u);
+        char cwd[PATH_MAX];
+        ASSERT_NOT_NULL(getcwd(cwd, sizeof(cwd)));
+        ASSERT_EQ(chdir(tmpl), 0);
+        ASSERT_EQ(setenv("ALLOCPROF_CACHE_DIR", ".", 1), 0);
+        ASSERT_FALSE(split_has_lines());
+        ASSERT_EQ(chdir(cwd), 0);
         ASSERT_EQ(count_entries(cache), 2u);
 
         /* Without ALLOCPROF_CACHE_DIR: $XDG_CACHE_HOME/allocprof/debug. */
