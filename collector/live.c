@@ -5,18 +5,46 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "live.h"
+
+/* Tables from this size on are mapped in 2 MiB pages where the kernel lets us (THP in
+ * "madvise" mode, Debian's default): every record's cell is a random one, and with 4 KiB
+ * pages its prefetch also missed the TLB (a compiler's table is several MiB). */
+#define HUGE_TABLE_BYTES (2u << 20)
 
 static inline size_t home(const struct ap_live_table *t, uint64_t addr)
 {
         return ap_live_home(t, addr);
 }
 
+static struct ap_live *cells_alloc(size_t cap)
+{
+        size_t bytes = cap * sizeof(struct ap_live);
+        if (bytes < HUGE_TABLE_BYTES)
+                return calloc(cap, sizeof(struct ap_live));
+        void *m = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (m == MAP_FAILED)
+                return NULL;
+        (void)madvise(m, bytes, MADV_HUGEPAGE); /* a hint: without it, 4 KiB pages */
+        return m;
+}
+
+static void cells_free(struct ap_live *cells, size_t cap)
+{
+        if (cells == NULL)
+                return;
+        if (cap * sizeof(struct ap_live) < HUGE_TABLE_BYTES)
+                free(cells);
+        else
+                munmap(cells, cap * sizeof(struct ap_live));
+}
+
 static int grow(struct ap_live_table *t)
 {
         size_t cap = t->cap ? t->cap * 2 : 1024;
-        struct ap_live *cells = calloc(cap, sizeof(*cells));
+        struct ap_live *cells = cells_alloc(cap);
         if (cells == NULL)
                 return -ENOMEM;
         struct ap_live_table n = {
@@ -29,7 +57,7 @@ static int grow(struct ap_live_table *t)
                         j = (j + 1) & (cap - 1);
                 cells[j] = t->cells[i];
         }
-        free(t->cells);
+        cells_free(t->cells, t->cap);
         *t = n;
         return 0;
 }
@@ -91,7 +119,7 @@ void ap_live_remove(struct ap_live_table *t, struct ap_live *e)
 
 void ap_live_clear(struct ap_live_table *t)
 {
-        free(t->cells);
+        cells_free(t->cells, t->cap);
         t->cells = NULL;
         t->cap = t->len = 0;
 }
