@@ -6,18 +6,16 @@
  * SPDX-License-Identifier: MIT OR Apache-2.0
  */
 #include "../helpers.h"
+#include "allocprof/mix.h"
 #include "live.h"
 
 #define N 300000u
 
-static uint64_t rng = 0x243f6a8885a308d3ull;
+static uint64_t draws;
 
 static uint64_t next_rand(void)
 {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        return rng;
+        return ap_mix64(++draws);
 }
 
 /* Address k: 16-byte aligned, most in a few dense runs, some far apart. */
