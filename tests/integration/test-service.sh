@@ -652,9 +652,24 @@ done
 # ... and one through `allocprof run`, which the daemon serves.
 run_timed k4 "$AP" run -q -o k4.approf -- "$ATTACHEE" &
 hp="$hp $!"
-sleep 0.6
-check_eq "SIGKILL: the daemon is profiling the programs" 4 \
-        "$(daemon_call "$SOCK" '{"v":1,"cmd":"ps"}' | py 'len([p for p in d["processes"] if p["state"] == "recording" and p["command"].endswith("attachee")])')"
+# Until all four have registered, the one `allocprof run` started among them (a loaded
+# machine, or a sanitizer build, can take longer than a fixed pause; the bursts last
+# about 2 s).  Prints: attachees recording, and how many of them allocprof started.
+recording_now() {
+        local run_pid
+        run_pid=$(pgrep -f -- "-o k4.approf" | head -1)
+        daemon_call "$SOCK" '{"v":1,"cmd":"ps"}' | py "(lambda r: '%d %d' % (len(r), sum(
+            p['ppid'] == ${run_pid:-0} for p in r)))([p for p in d['processes']
+            if p['state'] == 'recording' and p['command'].endswith('attachee')])"
+}
+t1=$(now_ms)
+sleep 0.5
+while :; do
+        recording=$(recording_now 2>/dev/null)
+        [ "$recording" = "4 1" ] || [ $(($(now_ms) - t1)) -gt 2500 ] && break
+        sleep 0.05
+done
+check_eq "SIGKILL: the daemon is profiling the programs (one of them for allocprof run)" "4 1" "$recording"
 kill -9 "$D1"
 wait "$bp"
 for p in $hp; do wait "$p"; done
