@@ -4,6 +4,7 @@
  *
  * Usage: test-symbolize src=symfix.c pie=… nopie=… lib=… [stripped=…] [cppsrc=… cpp=…]
  *                      [noaranges=…] [clang=…] [split=… splitz=… splitplain=… splitaltrel=…]
+ *                      [dwzlib=… dwzdebug=…]
  */
 #include "../helpers.h"
 #include "symbolize.h"
@@ -22,6 +23,7 @@
 struct args {
         const char *src, *pie, *nopie, *lib, *stripped, *cppsrc, *cpp, *noaranges, *clang;
         const char *split, *splitz, *splitplain, *splitaltrel; /* stripped library, its debug files */
+        const char *dwzlib, *dwzdebug; /* the same after dwz, its debug file */
 };
 
 static struct args args;
@@ -821,9 +823,24 @@ static void test_debug_cache(void)
                 unsetenv("XDG_CACHE_HOME");
         free(saved_xdg);
 
+        /* A debug file whose names and inlined functions live in a dwz alternate file
+         * (named by absolute path): they come through the copy, first use and reuse. */
+        ASSERT_EQ(setenv("ALLOCPROF_CACHE_DIR", tmpl, 1), 0);
+        if (args.dwzlib) {
+                copy_file(args.dwzdebug, dbg);
+                size_t before = count_entries(cache);
+                for (int k = 0; k < 2; k++) {
+                        ASSERT_OK(ap_symbolizer_new(&s));
+                        check_symfix_build(s, args.dwzlib);
+                        ap_symbolizer_free(s);
+                        ASSERT_EQ(count_entries(cache), before + 1);
+                }
+        } else {
+                fprintf(stderr, "note: no dwz, a debug file with an alternate file not covered\n");
+        }
+
         /* Eviction (this build's limit is 2.5 MiB): two old 1 MiB entries and a recent one;
          * adding an entry removes the oldest only.  A stale temporary file goes too. */
-        ASSERT_EQ(setenv("ALLOCPROF_CACHE_DIR", tmpl, 1), 0);
         static const char *const fake[] = {"old1.debug", "old2.debug", "recent.debug"};
         char *mib = calloc(1, 1 << 20);
         ASSERT_NOT_NULL(mib);
@@ -989,7 +1006,7 @@ static void parse_args(int argc, char **argv)
         }
                 ARG(src) ARG(pie) ARG(nopie) ARG(lib) ARG(stripped) ARG(cppsrc) ARG(cpp)
                 ARG(noaranges) ARG(clang) ARG(split) ARG(splitz) ARG(splitplain)
-                ARG(splitaltrel)
+                ARG(splitaltrel) ARG(dwzlib) ARG(dwzdebug)
 #undef ARG
                 fprintf(stderr, "unknown argument %s\n", argv[i]);
                 exit(2);
