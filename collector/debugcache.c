@@ -9,7 +9,7 @@
  * SPDX-License-Identifier: MIT OR Apache-2.0
  */
 #include "debugcache.h"
-#include "allocprof/mix.h"
+#include "util.h"
 
 #include <dirent.h>
 #include <elf.h>
@@ -406,26 +406,26 @@ int ap_debugcache_open(int fd, const uint8_t *want, size_t want_len, char **ret_
         int cfd = -1;
         if (want_len == 0 || want_len > MAX_BUILD_ID || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
                 goto out;
-        elf_version(EV_CURRENT);
-        elf = elf_begin(fd, ELF_C_READ_MMAP, NULL);
-        if (!elf || elf_kind(elf) != ELF_K_ELF)
-                goto out;
-        uint8_t id[MAX_BUILD_ID];
-        size_t id_len = elf_build_id(elf, id);
-        if (id_len != want_len || memcmp(id, want, id_len) != 0)
-                goto out;
+        /* An entry is named for the file it was made from (whose build-id was checked
+         * then, and the entry's is checked now): a hit needs nothing from the file. */
         char entry[2 * MAX_BUILD_ID + 32];
-        for (size_t i = 0; i < id_len; i++)
-                snprintf(entry + 2 * i, 3, "%02x", id[i]);
-        snprintf(entry + 2 * id_len, sizeof(entry) - 2 * id_len, "-%016llx.debug",
+        ap_hex(entry, want, want_len);
+        snprintf(entry + 2 * want_len, sizeof(entry) - 2 * want_len, "-%016llx.debug",
                  (unsigned long long)file_identity(&st));
         if (asprintf(&path, "%s/%s", dir, entry) < 0) {
                 path = NULL;
                 goto out;
         }
-        cfd = open_entry(path, id, id_len);
-        if (cfd < 0 && inflated_bytes(elf) && !has_relative_altlink(elf))
-                cfd = make_entry(dir, entry, elf, id, id_len);
+        cfd = open_entry(path, want, want_len);
+        if (cfd < 0) {
+                elf_version(EV_CURRENT);
+                elf = elf_begin(fd, ELF_C_READ_MMAP, NULL);
+                uint8_t id[MAX_BUILD_ID];
+                if (elf && elf_kind(elf) == ELF_K_ELF && elf_build_id(elf, id) == want_len &&
+                    memcmp(id, want, want_len) == 0 && inflated_bytes(elf) &&
+                    !has_relative_altlink(elf))
+                        cfd = make_entry(dir, entry, elf, want, want_len);
+        }
         if (cfd >= 0) {
                 *ret_name = path;
                 path = NULL;

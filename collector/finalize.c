@@ -144,9 +144,7 @@ static uint32_t profile_module(struct fin *f, uint32_t cmod)
                 return f->pmod_of_cmod[cmod];
         const struct ap_cmodule *m = &f->p->modules[cmod];
         char hex[2 * AP_MAX_BUILD_ID + 1];
-        for (uint32_t i = 0; i < m->build_id_len; i++)
-                snprintf(hex + 2 * i, 3, "%02x", m->build_id[i]);
-        hex[2 * m->build_id_len] = '\0';
+        ap_hex(hex, m->build_id, m->build_id_len);
         struct ap_profile *prof = f->prof;
         /* Same file loaded twice (dlopen, dlclose, dlopen): one row. */
         uint32_t path = ap_profile_intern(prof, m->path);

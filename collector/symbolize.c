@@ -6,6 +6,7 @@
  */
 #include "symbolize.h"
 #include "debugcache.h"
+#include "util.h"
 #include "allocprof/clock.h"
 #include "allocprof/mix.h"
 
@@ -541,13 +542,11 @@ static int cached_debuginfo(Dwfl_Module *mod, char **debuginfo_file_name)
         int len = dwfl_module_build_id(mod, &id, &vaddr);
         if (dwbias != (Dwarf_Addr)-1 || len < 2 || !id)
                 return -1;
-        char path[sizeof(AP_SYSTEM_DEBUG_DIR "/.build-id//.debug") + 2 * 64];
+        char hex[2 * 64 + 1], path[sizeof(AP_SYSTEM_DEBUG_DIR "/.build-id//.debug") + 2 * 64];
         if (len > 64)
                 return -1;
-        int n = snprintf(path, sizeof(path), AP_SYSTEM_DEBUG_DIR "/.build-id/%02x/", id[0]);
-        for (int i = 1; i < len; i++)
-                n += snprintf(path + n, sizeof(path) - (size_t)n, "%02x", id[i]);
-        snprintf(path + n, sizeof(path) - (size_t)n, ".debug");
+        ap_hex(hex, id, (size_t)len);
+        snprintf(path, sizeof(path), AP_SYSTEM_DEBUG_DIR "/.build-id/%.2s/%s.debug", hex, hex + 2);
         int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
         if (fd < 0)
                 return -1;

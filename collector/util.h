@@ -26,6 +26,17 @@
 #define AP_FREE_BEFORE_EXIT 0
 #endif
 
+/* Writes the n bytes as 2n lower-case hex digits and a NUL to out (2n + 1 bytes). */
+static inline void ap_hex(char *out, const uint8_t *bytes, size_t n)
+{
+        static const char digits[] = "0123456789abcdef";
+        for (size_t i = 0; i < n; i++) {
+                out[2 * i] = digits[bytes[i] >> 4];
+                out[2 * i + 1] = digits[bytes[i] & 15];
+        }
+        out[2 * n] = '\0';
+}
+
 /* Grows *items (of *cap elements of size `elem`) to hold at least `need`.  Returns 0 or
  * -ENOMEM (the array is unchanged then). */
 int ap_grow(void **items, size_t *cap, size_t need, size_t elem);
