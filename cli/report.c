@@ -934,7 +934,6 @@ static void put_histogram(const struct out *o, const struct ap_profile *p)
 /* ------------------------------------------------------------------------------------ */
 /* Hints */
 
-/* Starts a hint: a bullet and what it is about (a site, or a title). */
 /* The program's threads waited for ring space long enough to say so. */
 static bool waited_notably(const struct ap_profile *p)
 {
@@ -942,6 +941,7 @@ static bool waited_notably(const struct ap_profile *p)
                (double)p->ring_wait_ns >= HINT_WAIT_SHARE * (double)p->duration_ns;
 }
 
+/* Starts a hint: a bullet and what it is about (a site, or a title). */
 static void hint_start(const struct out *o, unsigned *count, const struct ap_profile *p,
                        const struct ap_psite *s, const char *title)
 {

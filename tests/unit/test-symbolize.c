@@ -689,6 +689,15 @@ static void mkdir_p(const char *path)
         ASSERT_TRUE(mkdir(buf, 0700) == 0 || errno == EEXIST);
 }
 
+/* check_symfix_build with a symbolizer of its own (nothing cached from before). */
+static void check_fresh(const char *path)
+{
+        struct ap_symbolizer *s;
+        ASSERT_OK(ap_symbolizer_new(&s));
+        check_symfix_build(s, path);
+        ap_symbolizer_free(s);
+}
+
 /* Whether symfix_plain of the split library gets its file and line (from DWARF). */
 static bool split_has_lines(void)
 {
@@ -742,10 +751,7 @@ static void test_debug_cache(void)
         count_sections(args.splitz, &compressed, &dwarf);
         ASSERT_TRUE(compressed > 0);
         copy_file(args.splitz, dbg);
-        struct ap_symbolizer *s;
-        ASSERT_OK(ap_symbolizer_new(&s));
-        check_symfix_build(s, args.split);
-        ap_symbolizer_free(s);
+        check_fresh(args.split);
         char *entry = only_entry(cache);
         ASSERT_NOT_NULL(entry);
         size_t ecomp, edwarf;
@@ -760,17 +766,13 @@ static void test_debug_cache(void)
 
         /* Reused: the entry's time says it was just used, and nothing new is made. */
         set_mtime(entry, 1000000000);
-        ASSERT_OK(ap_symbolizer_new(&s));
-        check_symfix_build(s, args.split);
-        ap_symbolizer_free(s);
+        check_fresh(args.split);
         ASSERT_TRUE(file_mtime(entry) > 1000000000);
         ASSERT_EQ(count_entries(cache), 1u);
 
         /* A damaged entry is replaced, and the results stay right. */
         ASSERT_EQ(truncate(entry, 100), 0);
-        ASSERT_OK(ap_symbolizer_new(&s));
-        check_symfix_build(s, args.split);
-        ap_symbolizer_free(s);
+        check_fresh(args.split);
         ASSERT_EQ(count_entries(cache), 1u);
         ASSERT_EQ(file_size(entry), full);
 
@@ -830,9 +832,7 @@ static void test_debug_cache(void)
                 copy_file(args.dwzdebug, dbg);
                 size_t before = count_entries(cache);
                 for (int k = 0; k < 2; k++) {
-                        ASSERT_OK(ap_symbolizer_new(&s));
-                        check_symfix_build(s, args.dwzlib);
-                        ap_symbolizer_free(s);
+                        check_fresh(args.dwzlib);
                         ASSERT_EQ(count_entries(cache), before + 1);
                 }
         } else {
