@@ -86,6 +86,7 @@ struct ap_process {
         struct ap_cmodule *modules;
         size_t nmodules, modules_cap;
         uint64_t modules_read; /* bytes of the module log consumed */
+        size_t last_module;    /* where stack_intern_ips() placed a frame last (a hint) */
         uint32_t *new_used;    /* modules that became `used`, not yet taken (see process.h) */
         size_t nnew_used, new_used_cap;
 
