@@ -103,11 +103,11 @@ static AP_SLOW void nested_free(void *p)
 
 /* Sampled mode: true if size bytes do not reach the next sample point, which they are
  * then taken off the countdown of; false (countdown untouched) if they do, or if the
- * sampler is not set up for the current interval: alloc_sampled's work. */
+ * sampler is not set up for the current interval: alloc_sampled's work.  A sampler never
+ * set up needs no test of its own: its countdown is 0, so it never skips. */
 static inline bool sampler_skips(struct ap_thread *t, struct ap_shm_header *h, size_t size)
 {
-        if (ap_likely(t->sampler_ready) &&
-            ap_likely(t->sampler.interval == ap_load_relaxed(&h->xsample_interval))) {
+        if (ap_likely(t->sampler.interval == ap_load_relaxed(&h->xsample_interval))) {
                 int64_t left = t->sampler.left - (int64_t)size;
                 if (ap_likely(left > 0)) {
                         t->sampler.left = left;
