@@ -75,6 +75,9 @@ AP_HIDDEN void ap_modules_rescan(void);
 
 /* True if addr lies inside a module the session has reported (lock-free read). */
 AP_HIDDEN bool ap_modules_known(uint64_t addr);
+/* The same, and the range [*lo, *hi) of the module found (entries never change once
+ * known, so a caller may keep the range and test it first next time). */
+AP_HIDDEN bool ap_module_range(uint64_t addr, uint64_t *lo, uint64_t *hi);
 
 /* True if addr lies inside liballocprof.so itself. */
 extern AP_HIDDEN uint64_t ap_agent_lo, ap_agent_hi;

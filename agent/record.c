@@ -431,6 +431,9 @@ static __attribute__((noinline)) uint32_t capture_fp(uint64_t *out)
         uintptr_t top = ap_tls.stack_hi ? ap_tls.stack_hi : UINTPTR_MAX;
         uint32_t depth = 0;
         bool ours = true;
+        /* The module of the last frame: most frames are in the same one as the frame
+         * before, and one compare then replaces a search of the module list. */
+        uint64_t mlo = 0, mhi = 0;
         for (int i = 0; i < CAPTURE_MAX && depth < AP_MAX_FRAMES; i++) {
                 if ((uintptr_t)(fp + 2) > top)
                         break;
@@ -439,9 +442,15 @@ static __attribute__((noinline)) uint32_t capture_fp(uint64_t *out)
                         break;
                 if (ours && ap_is_agent_addr(ret)) {
                         /* still inside the agent */
-                } else if (!ap_modules_known(ret)) {
-                        break;
                 } else {
+                        if (ret - mlo >= mhi - mlo) {
+                                /* (copies: mlo and mhi stay in registers in the loop) */
+                                uint64_t lo, hi;
+                                if (!ap_module_range(ret, &lo, &hi))
+                                        break;
+                                mlo = lo;
+                                mhi = hi;
+                        }
                         ours = false;
                         out[depth++] = ret;
                 }

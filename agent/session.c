@@ -49,13 +49,22 @@ static _Atomic uint32_t g_nknown;
 static pthread_mutex_t g_mod_lock = PTHREAD_MUTEX_INITIALIZER;
 
 
-AP_HIDDEN bool ap_modules_known(uint64_t addr)
+AP_HIDDEN bool ap_module_range(uint64_t addr, uint64_t *lo, uint64_t *hi)
 {
         uint32_t n = ap_load_acquire(&g_nknown);
         for (uint32_t i = 0; i < n; i++)
-                if (addr >= g_known[i].lo && addr < g_known[i].hi)
+                if (addr >= g_known[i].lo && addr < g_known[i].hi) {
+                        *lo = g_known[i].lo;
+                        *hi = g_known[i].hi;
                         return true;
+                }
         return false;
+}
+
+AP_HIDDEN bool ap_modules_known(uint64_t addr)
+{
+        uint64_t lo, hi;
+        return ap_module_range(addr, &lo, &hi);
 }
 
 static uint64_t hash_str(const char *s)
