@@ -11,6 +11,7 @@
  *
  * SPDX-License-Identifier: MIT OR Apache-2.0
  */
+#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,21 +48,27 @@ static void (*const chains[8])(int) = {chain0, chain1, chain2, chain3,
 
 int main(int argc, char **argv)
 {
+        static const struct option opts[] = {
+                {"depth", required_argument, NULL, 'd'},
+                {"calls", required_argument, NULL, 'n'},
+                {"paths", required_argument, NULL, 'p'},
+                {NULL, 0, NULL, 0},
+        };
         long depth = 20, calls = 1000000, paths = 1;
-        for (int i = 1; i + 1 < argc; i += 2) {
-                if (strcmp(argv[i], "--depth") == 0)
-                        depth = atol(argv[i + 1]);
-                else if (strcmp(argv[i], "--calls") == 0)
-                        calls = atol(argv[i + 1]);
-                else if (strcmp(argv[i], "--paths") == 0)
-                        paths = atol(argv[i + 1]);
-                else {
-                        fprintf(stderr, "unwind: unknown option %s\n", argv[i]);
-                        return 2;
-                }
+        int c;
+        while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+                long v = atol(optarg ? optarg : "");
+                if (c == 'd')
+                        depth = v;
+                else if (c == 'n')
+                        calls = v;
+                else if (c == 'p')
+                        paths = v;
+                else
+                        return 2; /* getopt_long said what is wrong */
         }
-        if (depth < 0 || depth > 1000 || calls < 0 || paths < 1 || paths > 8) {
-                fprintf(stderr, "unwind: --depth 0..1000, --calls >= 0, --paths 1..8\n");
+        if (optind != argc || depth < 0 || depth > 1000 || calls < 0 || paths < 1 || paths > 8) {
+                fprintf(stderr, "usage: unwind [--depth 0..1000] [--calls N] [--paths 1..8]\n");
                 return 2;
         }
         for (long i = 0; i < calls; i++)
