@@ -414,7 +414,7 @@ static uint32_t stack_intern_ips(struct ap_process *p, const uint64_t *ips, uint
                 if (d > 0 && d + 3 >= depth)
                         continue;
                 /* Neighbouring frames are mostly in one module: the last one found first
-                 * (on cc1 this search took as long as the rest of interning). */
+                 * (on cc1 the search took a quarter of the time spent interning). */
                 const struct ap_cmodule *last = p->last_module < p->nmodules
                                                         ? &p->modules[p->last_module]
                                                         : NULL;
