@@ -10,6 +10,7 @@
  */
 #include "debugcache.h"
 #include "util.h"
+#include "allocprof/wire.h"
 
 #include <dirent.h>
 #include <elf.h>
@@ -28,7 +29,6 @@
 
 /* Files whose inflated size would pass this are left to libdw as they are. */
 #define MAX_ENTRY_BYTES (512ULL << 20)
-#define MAX_BUILD_ID 64
 /* A temporary file this old was left by a collector that died while writing it. */
 #define STALE_TMP_SECONDS 3600
 
@@ -92,7 +92,7 @@ static size_t elf_build_id(Elf *elf, uint8_t *buf)
 {
         const void *bits = NULL;
         ssize_t len = dwelf_elf_gnu_build_id(elf, &bits);
-        if (len <= 0 || len > MAX_BUILD_ID || !bits)
+        if (len <= 0 || len > AP_MAX_BUILD_ID || !bits)
                 return 0;
         memcpy(buf, bits, (size_t)len);
         return (size_t)len;
@@ -279,7 +279,7 @@ static int open_entry(const char *path, const uint8_t *id, size_t id_len)
         bool good = false;
         Elf *elf = elf_begin(fd, ELF_C_READ_MMAP, NULL);
         if (elf && elf_kind(elf) == ELF_K_ELF) {
-                uint8_t got[MAX_BUILD_ID];
+                uint8_t got[AP_MAX_BUILD_ID];
                 size_t len = elf_build_id(elf, got);
                 good = len == id_len && memcmp(got, id, len) == 0 && inflated_bytes(elf) == 0;
         }
@@ -404,11 +404,11 @@ int ap_debugcache_open(int fd, const uint8_t *want, size_t want_len, char **ret_
         Elf *elf = NULL;
         char *path = NULL;
         int cfd = -1;
-        if (want_len == 0 || want_len > MAX_BUILD_ID || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
+        if (want_len == 0 || want_len > AP_MAX_BUILD_ID || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
                 goto out;
         /* An entry is named for the file it was made from (whose build-id was checked
          * then, and the entry's is checked now): a hit needs nothing from the file. */
-        char entry[2 * MAX_BUILD_ID + 32];
+        char entry[2 * AP_MAX_BUILD_ID + 32];
         ap_hex(entry, want, want_len);
         snprintf(entry + 2 * want_len, sizeof(entry) - 2 * want_len, "-%016llx.debug",
                  (unsigned long long)file_identity(&st));
@@ -420,7 +420,7 @@ int ap_debugcache_open(int fd, const uint8_t *want, size_t want_len, char **ret_
         if (cfd < 0) {
                 elf_version(EV_CURRENT);
                 elf = elf_begin(fd, ELF_C_READ_MMAP, NULL);
-                uint8_t id[MAX_BUILD_ID];
+                uint8_t id[AP_MAX_BUILD_ID];
                 if (elf && elf_kind(elf) == ELF_K_ELF && elf_build_id(elf, id) == want_len &&
                     memcmp(id, want, want_len) == 0 && inflated_bytes(elf) &&
                     !has_relative_altlink(elf))

@@ -9,6 +9,7 @@
 #include "util.h"
 #include "allocprof/clock.h"
 #include "allocprof/mix.h"
+#include "allocprof/wire.h"
 
 #include <assert.h>
 #include <dwarf.h>
@@ -542,8 +543,9 @@ static int cached_debuginfo(Dwfl_Module *mod, char **debuginfo_file_name)
         int len = dwfl_module_build_id(mod, &id, &vaddr);
         if (dwbias != (Dwarf_Addr)-1 || len < 2 || !id)
                 return -1;
-        char hex[2 * 64 + 1], path[sizeof(AP_SYSTEM_DEBUG_DIR "/.build-id//.debug") + 2 * 64];
-        if (len > 64)
+        char hex[2 * AP_MAX_BUILD_ID + 1];
+        char path[sizeof(AP_SYSTEM_DEBUG_DIR "/.build-id//.debug") + 2 * AP_MAX_BUILD_ID];
+        if (len > AP_MAX_BUILD_ID)
                 return -1;
         ap_hex(hex, id, (size_t)len);
         snprintf(path, sizeof(path), AP_SYSTEM_DEBUG_DIR "/.build-id/%.2s/%s.debug", hex, hex + 2);
