@@ -76,6 +76,7 @@ struct ap_process {
         size_t nstacks, stacks_cap;
         struct ap_map stack_by_hash; /* ips hash -> stack index + 1 (chained by probing) */
         uint64_t drain_cpu_ns;       /* thread CPU time of the drains that found records */
+        uint64_t backlog;            /* ap_process_backlog() */
         uint32_t libc_module;        /* the C library's index in modules + 1 (0: none yet) */
         uint64_t libc_due_ns;        /* when to warm it (CLOCK_MONOTONIC) */
         /* Agent stack id -> stack index + 1 (0: not seen yet), ID_LIMIT cells mapped on

@@ -309,6 +309,11 @@ void ap_process_take_new_modules(struct ap_process *p,
         p->nnew_used = 0;
 }
 
+uint64_t ap_process_backlog(const struct ap_process *p)
+{
+        return p->backlog;
+}
+
 void ap_process_stats(const struct ap_process *p, uint64_t *allocations, uint64_t *live_bytes)
 {
         *allocations = (p->t.allocations + AP_CW / 2) / AP_CW;
@@ -809,6 +814,7 @@ long ap_process_drain(struct ap_process *p, bool final)
         uint32_t active[AP_NSLOTS];
         uint32_t nactive = 0;
         uint32_t done = 0, hwm;
+        uint64_t backlog = 0;
         while ((hwm = ap_load_acquire(&h->xslot_hwm)) > done && done < AP_NSLOTS) {
                 if (hwm > AP_NSLOTS)
                         hwm = AP_NSLOTS;
@@ -825,6 +831,8 @@ long ap_process_drain(struct ap_process *p, bool final)
                                 continue;
                         }
                         sl->snap_head = head;
+                        if (head - sl->tail > backlog)
+                                backlog = head - sl->tail;
                         if (head != sl->tail) {
                                 /* Slots are reused: count owners by their thread id. */
                                 uint32_t tid = slot_ctl(p, i)->tid;
@@ -839,6 +847,7 @@ long ap_process_drain(struct ap_process *p, bool final)
                 done = hwm;
         }
         hwm = done;
+        p->backlog = backlog;
 
         uint64_t watermark = UINT64_MAX;
         /* The settling time lets records of other threads that were stamped earlier but

@@ -50,6 +50,10 @@ void ap_process_take_new_modules(struct ap_process *p,
                                             size_t build_id_len),
                                  void *ud);
 
+/* The most bytes that any one of its rings held when the last drain round took its
+ * snapshot of the heads: what its busiest thread wrote since the round before. */
+uint64_t ap_process_backlog(const struct ap_process *p);
+
 /* Live totals for status lines. */
 void ap_process_stats(const struct ap_process *p, uint64_t *allocations, uint64_t *live_bytes);
 

@@ -61,7 +61,8 @@ struct ap_collector {
         size_t nprocs, procs_cap;
         struct pollfd *pfds;
         size_t pfds_cap;
-        bool busy; /* the last round moved data: poll briefly */
+        int drain_wait_ms;      /* the longest poll before the next round; -1: no data moved */
+        uint64_t last_round_ns; /* when the last round drained (CLOCK_MONOTONIC) */
         ap_collector_accept_fn accept;
         void *accept_userdata;
         ap_collector_note_fn note;
