@@ -20,6 +20,13 @@
 #define PENDING_MAX 1024
 #define PENDING_DEADLINE_NS (1000ull * 1000 * 1000)
 
+/* The longest the collector sleeps between rounds while processes are registered. */
+#define AP_DRAIN_WAIT_MAX_MS 10
+
+/* How long to sleep before the next drain round, in ms, given the most bytes one ring
+ * took (backlog) in the since_ns before this round (server.c). */
+int ap_drain_wait_ms(uint64_t backlog, uint64_t since_ns);
+
 struct pending {
         int fd;
         uint64_t since;

@@ -353,26 +353,22 @@ static void accept_all(struct ap_collector *c)
         }
 }
 
-/* The longest the collector sleeps between rounds while processes are registered. */
-#define DRAIN_WAIT_MAX_MS 10
-
-/* How long to sleep before the next round, in ms, given the most bytes one ring took in
- * the `since_ns` before this round.  A round drains every record but the youngest, so the
- * longer the sleep, the more records each round takes, and the cheaper each one is: the
- * drain's tables stay in cache and the fixed cost of a round is shared (measured on cc1:
- * 9.5 M events/s of drain time at 1,100 records a round, 10.4 M/s at 8,500).  But no ring
+/* A round drains every record but the youngest, so the longer the sleep, the more
+ * records each round takes, and the cheaper each one is: the drain's tables stay in cache
+ * and the fixed cost of a round is shared (measured on cc1: 9.5 M events/s of drain time
+ * at 1,100 records a round, 10.4 M/s at 8,500).  But no ring
  * may fill up meanwhile, so the sleep lets the busiest ring, at the rate it has just
  * filled, reach an eighth of its size (a quarter let two churn threads, which share two
- * cores with the collector, wait for ring space): 1 to DRAIN_WAIT_MAX_MS ms, and none at
- * all when it already held half. */
-static int drain_wait(uint64_t backlog, uint64_t since_ns)
+ * cores with the collector, wait for ring space): 1 to AP_DRAIN_WAIT_MAX_MS ms, and none
+ * at all when it already held half. */
+int ap_drain_wait_ms(uint64_t backlog, uint64_t since_ns)
 {
         if (backlog >= AP_RING_BYTES / 2)
                 return 0;
         const uint64_t target = AP_RING_BYTES / 8;
         /* since_ns * target / backlog, once it cannot overflow */
-        if (backlog == 0 || since_ns / backlog >= DRAIN_WAIT_MAX_MS * 1000000ull / target)
-                return DRAIN_WAIT_MAX_MS;
+        if (backlog == 0 || since_ns / backlog >= AP_DRAIN_WAIT_MAX_MS * 1000000ull / target)
+                return AP_DRAIN_WAIT_MAX_MS;
         uint64_t ms = since_ns * target / backlog / 1000000;
         return ms < 1 ? 1 : (int)ms;
 }
@@ -396,13 +392,13 @@ int ap_collector_step(struct ap_collector *c, int timeout_ms, int extra_fd)
         for (size_t i = 0; i < c->nprocs; i++)
                 c->pfds[n++] = (struct pollfd){.fd = c->procs[i].pidfd, .events = POLLIN};
 
-        /* While data flows, come back before the rings fill up (drain_wait); while
-         * processes are registered, at least every DRAIN_WAIT_MAX_MS (agents do not wake
+        /* While data flows, come back before the rings fill up (ap_drain_wait_ms); while
+         * processes are registered, at least every AP_DRAIN_WAIT_MAX_MS (agents do not wake
          * us). */
         int t = c->drain_wait_ms >= 0 && timeout_ms > c->drain_wait_ms ? c->drain_wait_ms
                                                                          : timeout_ms;
-        if ((c->nprocs > 0 || ap_control_wants_ticks(c)) && t > DRAIN_WAIT_MAX_MS)
-                t = DRAIN_WAIT_MAX_MS;
+        if ((c->nprocs > 0 || ap_control_wants_ticks(c)) && t > AP_DRAIN_WAIT_MAX_MS)
+                t = AP_DRAIN_WAIT_MAX_MS;
         int r = poll(c->pfds, n, t);
         if (r < 0 && errno != EINTR)
                 return -errno;
@@ -479,7 +475,7 @@ int ap_collector_step(struct ap_collector *c, int timeout_ms, int extra_fd)
                 if (c->warmer != NULL)
                         ap_process_take_new_modules(c->procs[i].p, warm_module, c->warmer);
         }
-        c->drain_wait_ms = moved > 0 ? drain_wait(backlog, now - c->last_round_ns) : -1;
+        c->drain_wait_ms = moved > 0 ? ap_drain_wait_ms(backlog, now - c->last_round_ns) : -1;
         c->last_round_ns = now;
         for (size_t i = c->nprocs; i-- > 0;)
                 if (c->procs[i].ended)

@@ -1,7 +1,7 @@
 /* The allocprofd service helpers (collector/service.c): every refusal of the private
  * directory and of the socket path, the /tmp fallback, the ALLOCPROF_DAEMON_SOCKET
  * override, systemd socket activation on fd 3, and daemonizing with the readiness
- * handshake.  Everything happens under a temporary directory that is removed at the end.
+ * handshake; and the event loop's sleep between drain rounds (collector/server.c).  Everything happens under a temporary directory that is removed at the end.
  *
  * SPDX-License-Identifier: MIT OR Apache-2.0
  */
@@ -18,7 +18,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "allocprof/wire.h"
 #include "helpers.h"
+#include "server-internal.h"
 #include "service.h"
 
 #define OTHER_UID 65534 /* nobody */
@@ -819,6 +821,23 @@ static void test_daemonize(void)
         ap_service_fail(-1, "ignored");
 }
 
+/* The event loop's sleep between drain rounds: none once a ring is half full, the
+ * longest when little came in, else what the busiest ring needs, at the rate it just
+ * filled, to reach an eighth of its size. */
+static void test_drain_wait(void)
+{
+        const uint64_t ms = 1000000, eighth = AP_RING_BYTES / 8;
+        ASSERT_EQ(ap_drain_wait_ms(AP_RING_BYTES / 2, 5 * ms), 0);
+        ASSERT_EQ(ap_drain_wait_ms(AP_RING_BYTES, 5 * ms), 0);
+        ASSERT_EQ(ap_drain_wait_ms(0, 5 * ms), AP_DRAIN_WAIT_MAX_MS);
+        ASSERT_EQ(ap_drain_wait_ms(4096, 10 * ms), AP_DRAIN_WAIT_MAX_MS);
+        ASSERT_EQ(ap_drain_wait_ms(1, UINT64_MAX), AP_DRAIN_WAIT_MAX_MS); /* the first round */
+        ASSERT_EQ(ap_drain_wait_ms(eighth, 4 * ms), 4);
+        ASSERT_EQ(ap_drain_wait_ms(2 * eighth, 4 * ms), 2);
+        ASSERT_EQ(ap_drain_wait_ms(eighth / 4, 2 * ms), 8);
+        ASSERT_EQ(ap_drain_wait_ms(3 * eighth, 1 * ms), 1); /* a third of a ms: at least 1 */
+}
+
 int main(void)
 {
         ASSERT_NOT_NULL(mkdtemp(g_tmp));
@@ -834,6 +853,7 @@ int main(void)
         test_socket_override();
         test_listen_fds();
         test_daemonize();
+        test_drain_wait();
         rm_rf(g_tmp);
         free_fmt();
         printf("service: all passed\n");
