@@ -16,19 +16,27 @@ struct ap_live {
         uint64_t addr;   /* 0 = empty cell */
         uint64_t wbytes; /* bytes it stands for (its size in full mode) */
         uint64_t wcount; /* allocations it stands for, in AP_CW units */
-        uint32_t ts32;   /* ap_live_ts32() of its allocation's timestamp */
+        uint32_t ts32;   /* ap_live_ts32() of its allocation's timestamp | AP_LIVE_REUSED */
         uint32_t stack;
 };
 _Static_assert(sizeof(struct ap_live) == 32, "live cells are half a cache line");
 
-/* A record timestamp cut to 32 bits, in units of 4 ticks (finer than the time between a
- * free and a malloc in another thread returning the same address; it wraps after 2^34
- * ticks, about 7 s of a 2.5 GHz counter).  Only ever compared, with ap_live_ts_before(),
- * between an allocation and a free of the same address that reach the collector within
- * the same few drain rounds: far closer than half a wrap. */
+/* In ts32: the block took the address of one whose free had not reached the collector
+ * yet (that free is in another thread's ring, and stale when it comes). */
+#define AP_LIVE_REUSED 1u
+
+/* A record timestamp cut to 32 bits, in units of 4 ticks, bit 0 left clear for
+ * AP_LIVE_REUSED (so 8 ticks apart at the finest: still finer than the time between a
+ * free and a malloc in another thread returning the same address).  It wraps after 2^34
+ * ticks, about 7 s of a 2.5 GHz counter, so it is only compared, with
+ * ap_live_ts_before(), for a block marked AP_LIVE_REUSED, against the first free of its
+ * address: the late one, which reaches the collector within a few drain rounds of the
+ * allocation, far closer than half a wrap.  (Compared on every free, as it once was, it
+ * took the free of a block that had lived 3.5 to 7 s, modulo 7 s, for a stale one, and
+ * the block for a leak.) */
 static inline uint32_t ap_live_ts32(uint64_t ts)
 {
-        return (uint32_t)(ts >> 2);
+        return (uint32_t)(ts >> 2) & ~AP_LIVE_REUSED;
 }
 
 /* True if a is earlier than b (both from ap_live_ts32), across a wrap. */

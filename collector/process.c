@@ -560,11 +560,16 @@ static void do_free(struct ap_process *p, struct ap_slot *slot, uint64_t addr, u
                 p->t.unmatched_frees++;
                 return;
         }
-        if (ap_live_ts_before(ap_live_ts32(ts), l->ts32)) {
-                /* A free of an earlier block at this address whose end we already
-                 * inferred when the address was handed out again (see do_alloc). */
-                p->t.stale_frees++;
-                return;
+        if ((l->ts32 & AP_LIVE_REUSED) != 0) {
+                /* The first free since the address was handed out again while we still
+                 * had it live (see do_alloc): if it was stamped before that allocation,
+                 * it is the late free of the earlier block, whose end we already
+                 * inferred.  Either way, later frees are this block's own. */
+                l->ts32 &= ~AP_LIVE_REUSED;
+                if (ap_live_ts_before(ap_live_ts32(ts), l->ts32)) {
+                        p->t.stale_frees++;
+                        return;
+                }
         }
         block_gone(p, l, can_be_temporary && slot->last_alloc == addr);
         ap_live_remove(&p->live, l);
@@ -587,8 +592,11 @@ static void do_alloc(struct ap_process *p, struct ap_slot *slot, uint32_t stack,
                 p->t.conflicts++;
                 block_gone(p, &old, false);
         }
-        *l = (struct ap_live){
-                .addr = addr, .wbytes = wbytes, .wcount = wcount, .ts32 = ap_live_ts32(ts), .stack = stack};
+        *l = (struct ap_live){.addr = addr,
+                              .wbytes = wbytes,
+                              .wcount = wcount,
+                              .ts32 = ap_live_ts32(ts) | (r > 0 ? AP_LIVE_REUSED : 0),
+                              .stack = stack};
 
         peak_touch(p, s);
         s->allocations += wcount;

@@ -1,13 +1,16 @@
 /* Stress test of the ring protocol: several producer threads drive the agent's own
  * producer code (allocprof/ring.h) at full speed while the collector's drain runs
  * concurrently; the aggregated figures must come out exact (nothing lost, nothing torn).
- * Also built with ThreadSanitizer (meson -Db_sanitize=thread).
+ * Also built with ThreadSanitizer (meson -Db_sanitize=thread).  Then, single-threaded,
+ * records with chosen timestamps: blocks that live for seconds, and a free that reaches
+ * the collector after its address was handed out again.
  *
  * SPDX-License-Identifier: MIT OR Apache-2.0
  */
 #include <fcntl.h>
 #include <pthread.h>
 #include <sched.h>
+#include <string.h>
 #include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
@@ -72,27 +75,123 @@ static void *producer(void *arg)
         return NULL;
 }
 
-int main(void)
+/* A fresh shared area in g_h with `slots` slots in use, and the collector's process on
+ * it; *fd and *total for the caller to release. */
+static struct ap_process *new_area(int *fd, uint64_t *total, uint32_t slots)
 {
-        uint64_t total = ap_shm_total_bytes();
-        int fd = memfd_create("ring-test", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-        ASSERT_TRUE(fd >= 0);
-        ASSERT_OK(ftruncate(fd, (off_t)total));
-        ASSERT_OK(fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW));
-        g_h = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        *total = ap_shm_total_bytes();
+        *fd = memfd_create("ring-test", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+        ASSERT_TRUE(*fd >= 0);
+        ASSERT_OK(ftruncate(*fd, (off_t)*total));
+        ASSERT_OK(fcntl(*fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW));
+        g_h = mmap(NULL, *total, PROT_READ | PROT_WRITE, MAP_SHARED, *fd, 0);
         ASSERT_TRUE(g_h != MAP_FAILED);
         ap_shm_init_layout(g_h);
         g_h->clock_kind = AP_CLOCK_KIND;
         g_h->start_ticks = ap_clock_ticks();
-        ap_store_relaxed(&g_h->xslot_hwm, THREADS);
+        ap_store_relaxed(&g_h->xslot_hwm, slots);
 
         struct ap_hello hello = {.magic = AP_HELLO_MAGIC,
                                  .layout_version = AP_LAYOUT_VERSION,
                                  .pid = (uint32_t)getpid(),
-                                 .shm_bytes = total};
+                                 .shm_bytes = *total};
         struct ap_process *p = NULL;
         char *err = NULL;
-        ASSERT_OK(ap_process_new(dup(fd), getpid(), &hello, &p, &err));
+        ASSERT_OK(ap_process_new(dup(*fd), getpid(), &hello, &p, &err));
+        return p;
+}
+
+static void put_alloc(struct ap_producer *pr, uint64_t ts, uint64_t addr, uint64_t size)
+{
+        uint32_t n = sizeof(struct ap_rec_alloc) + 8;
+        struct ap_rec_alloc *r = (struct ap_rec_alloc *)reserve(pr, n, AP_RING_FREE_RESERVE);
+        r->hdr = (struct ap_rec_hdr){.type = AP_REC_ALLOC,
+                                     .flags = AP_RECF_INLINE_STACK,
+                                     .nwords = (uint16_t)(n / 8),
+                                     .aux = 1};
+        r->ts = ts;
+        r->addr = addr;
+        r->size = size;
+        uint64_t ip = 0x1000;
+        memcpy(r + 1, &ip, sizeof(ip));
+        ap_ring_commit(pr, n);
+}
+
+static void put_free(struct ap_producer *pr, uint64_t ts, uint64_t addr)
+{
+        struct ap_rec_free *f = (struct ap_rec_free *)reserve(pr, sizeof(*f), 0);
+        f->hdr = (struct ap_rec_hdr){.type = AP_REC_FREE, .nwords = sizeof(*f) / 8};
+        f->ts = ts;
+        f->addr = addr;
+        ap_ring_commit(pr, sizeof(*f));
+}
+
+/* The live table keeps 32 bits of an allocation's timestamp (live.h), which wrap every
+ * 2^34 ticks (7 s at 2.5 GHz).  A free must end its block however long the block lived;
+ * only a free stamped before the allocation that reused its address is stale. */
+static void test_timestamps(void)
+{
+        int fd;
+        uint64_t total;
+        struct ap_process *p = new_area(&fd, &total, 2);
+        struct ap_producer pr[2];
+        for (uint32_t i = 0; i < 2; i++) {
+                struct ap_ring_ctl *ctl = (struct ap_ring_ctl *)((uint8_t *)g_h + g_h->slots_offset +
+                                                                 (uint64_t)i * AP_SLOT_STRIDE);
+                uint32_t expected = AP_SLOT_FREE;
+                ASSERT_TRUE(ap_cas_acq_rel(&ctl->xstate, &expected, AP_SLOT_OWNED));
+                ap_producer_attach(&pr[i], ctl);
+        }
+        /* Every stamp lies in the past, so that non-final drains take each record. */
+        const uint64_t wrap = 1ull << 34, base = g_h->start_ticks - 8 * wrap;
+        ASSERT_TRUE(g_h->start_ticks > 8 * wrap);
+
+        /* Blocks freed half a wrap, most of a wrap and several wraps after they were
+         * allocated: each free ends its block. */
+        const uint64_t lives[] = {wrap / 2 + 12345, wrap - 4096, 3 * wrap + wrap / 2 + 7};
+        for (uint32_t i = 0; i < 3; i++) {
+                put_alloc(&pr[0], base + i, 0x10000 + 16 * i, 100);
+                ap_process_drain(p, false);
+                put_free(&pr[0], base + i + lives[i], 0x10000 + 16 * i);
+                ap_process_drain(p, false);
+        }
+
+        /* Thread 0 frees X (stamp t + 500) and thread 1 gets X back from malloc (t + 1000),
+         * but thread 0's record reaches the collector after thread 1's: that late free
+         * is stale, and the new block lives on until its own free, five seconds later. */
+        const uint64_t x = 0x20000, t = base + 4 * wrap;
+        put_alloc(&pr[0], t, x, 200);
+        ap_process_drain(p, false);
+        put_alloc(&pr[1], t + 1000, x, 300);
+        ap_process_drain(p, false);
+        put_free(&pr[0], t + 500, x);
+        ap_process_drain(p, false);
+        put_free(&pr[1], t + 1000 + wrap / 2 + wrap / 4, x);
+        ap_process_drain(p, true);
+
+        struct ap_symbolizer *sym = NULL;
+        ASSERT_OK(ap_symbolizer_new(&sym));
+        struct ap_profile *prof = NULL;
+        ASSERT_OK(ap_process_finalize(p, sym, &prof));
+        ASSERT_EQ(prof->totals.allocations, 5);
+        ASSERT_EQ(prof->totals.bytes, 3 * 100 + 200 + 300);
+        ASSERT_EQ(prof->totals.frees, 5);
+        ASSERT_EQ(prof->totals.freed_bytes, 3 * 100 + 200 + 300);
+        ASSERT_EQ(prof->totals.leaked_blocks, 0);
+        ASSERT_EQ(prof->totals.unmatched_frees, 0);
+        ASSERT_EQ(prof->totals.invalid_records, 0);
+        ap_profile_free(prof);
+        ap_symbolizer_free(sym);
+        ap_process_free(p);
+        munmap(g_h, total);
+        close(fd);
+}
+
+int main(void)
+{
+        int fd;
+        uint64_t total;
+        struct ap_process *p = new_area(&fd, &total, THREADS);
 
         pthread_t th[THREADS];
         for (uintptr_t i = 0; i < THREADS; i++)
@@ -158,5 +257,7 @@ int main(void)
         close(fd);
         printf("ok: %d threads x %d allocations, %ld records drained\n", THREADS, PER_THREAD,
                drained);
+        test_timestamps();
+        printf("ok: long-lived blocks and a late free\n");
         return 0;
 }
