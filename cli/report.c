@@ -77,14 +77,14 @@ static double share(uint64_t part, uint64_t whole)
 /* ------------------------------------------------------------------------------------ */
 /* Ordering of sites */
 
-struct sort_ctx {
-        const struct ap_profile *p;
-        enum ap_sort sort;
-};
-
 static int cmp_u64_desc(uint64_t a, uint64_t b)
 {
         return a > b ? -1 : a < b ? 1 : 0;
+}
+
+static int cmp_u64_asc(uint64_t a, uint64_t b)
+{
+        return (a > b) - (a < b);
 }
 
 static int cmp_str(const char *a, const char *b)
@@ -95,30 +95,123 @@ static int cmp_str(const char *a, const char *b)
         return strcmp(a, b);
 }
 
-/* Total order on stacks by their text, so that equal counters still give one order. */
-static int cmp_stacks(const struct ap_profile *p, const struct ap_psite *a,
-                      const struct ap_psite *b)
-{
-        for (uint32_t i = 0; i < a->nframes && i < b->nframes; i++) {
-                if (a->frames[i] == b->frames[i])
-                        continue; /* the same frame: equal text */
-                const struct ap_pframe *x = pframe(p, a->frames[i]), *y = pframe(p, b->frames[i]);
-                int c;
+/* Sites that tie on their counters are ordered by their stacks' text: frame by frame from
+ * the innermost, each by function, file, line, module path and address, a missing string
+ * after every present one.  Most sites tie (on a compiler's profile 10,400 of 11,400 share
+ * their bytes and calls with another), and comparing their stacks on each comparison of
+ * each of the report's three sorts took a sixth of its time.  So the strings, then the
+ * frames, then the stacks are ranked once (equal text, equal rank), and the sorts compare
+ * a stack's rank. */
+struct rank_ctx {
+        const struct ap_profile *p;
+        const uint32_t *srank; /* per string; a missing string ranks UINT32_MAX */
+};
 
-                if (!x || !y) {
-                        if ((c = (x == NULL) - (y == NULL)) != 0)
-                                return c;
-                        continue;
-                }
-                if ((c = cmp_str(pstr(p, x->function), pstr(p, y->function))) != 0 ||
-                    (c = cmp_str(pstr(p, x->file), pstr(p, y->file))) != 0 ||
-                    (c = (x->line > y->line) - (x->line < y->line)) != 0 ||
-                    (c = cmp_str(module_path(p, x->module), module_path(p, y->module))) != 0 ||
-                    (c = (x->address > y->address) - (x->address < y->address)) != 0)
+static int cmp_string_idx(const void *va, const void *vb, void *vctx)
+{
+        const struct rank_ctx *ctx = vctx;
+        return cmp_str(ctx->p->strings[*(const uint32_t *)va],
+                       ctx->p->strings[*(const uint32_t *)vb]);
+}
+
+static uint32_t str_rank(const struct rank_ctx *ctx, uint32_t i)
+{
+        return i < ctx->p->nstrings ? ctx->srank[i] : UINT32_MAX;
+}
+
+static uint32_t module_rank(const struct rank_ctx *ctx, uint32_t m)
+{
+        const struct ap_pmodule *pm = pmodule(ctx->p, m);
+        return pm ? str_rank(ctx, pm->path) : UINT32_MAX;
+}
+
+static int cmp_frame_idx(const void *va, const void *vb, void *vctx)
+{
+        const struct rank_ctx *ctx = vctx;
+        const struct ap_pframe *x = &ctx->p->frames[*(const uint32_t *)va],
+                               *y = &ctx->p->frames[*(const uint32_t *)vb];
+        int c;
+        if ((c = cmp_u64_asc(str_rank(ctx, x->function), str_rank(ctx, y->function))) != 0 ||
+            (c = cmp_u64_asc(str_rank(ctx, x->file), str_rank(ctx, y->file))) != 0 ||
+            (c = cmp_u64_asc(x->line, y->line)) != 0 ||
+            (c = cmp_u64_asc(module_rank(ctx, x->module), module_rank(ctx, y->module))) != 0)
+                return c;
+        return cmp_u64_asc(x->address, y->address);
+}
+
+/* Sorts idx[0..n) with cmp, then gives each element its position in rank[], equal ones
+ * the same. */
+static void rank_sorted(uint32_t *idx, uint32_t n, uint32_t *rank,
+                        int (*cmp)(const void *, const void *, void *), void *ctx)
+{
+        for (uint32_t i = 0; i < n; i++)
+                idx[i] = i;
+        qsort_r(idx, n, sizeof(*idx), cmp, ctx);
+        for (uint32_t i = 0, r = 0; i < n; i++) {
+                if (i > 0 && cmp(&idx[i - 1], &idx[i], ctx) != 0)
+                        r = i;
+                rank[idx[i]] = r;
+        }
+}
+
+struct stack_ctx {
+        const struct ap_profile *p;
+        const uint32_t *frank; /* per frame */
+};
+
+/* Stacks by their text, from the frames' ranks. */
+static int cmp_stack_idx(const void *va, const void *vb, void *vctx)
+{
+        const struct stack_ctx *ctx = vctx;
+        const struct ap_psite *a = &ctx->p->sites[*(const uint32_t *)va],
+                              *b = &ctx->p->sites[*(const uint32_t *)vb];
+        const uint32_t nf = ctx->p->nframes;
+        for (uint32_t i = 0; i < a->nframes && i < b->nframes; i++) {
+                uint32_t x = a->frames[i], y = b->frames[i];
+                if (x == y)
+                        continue; /* the same frame: equal text */
+                /* A frame out of range (a profile built in memory) sorts last. */
+                int c = cmp_u64_asc(x < nf ? ctx->frank[x] : UINT32_MAX,
+                                    y < nf ? ctx->frank[y] : UINT32_MAX);
+                if (c != 0)
                         return c;
         }
-        return (a->nframes > b->nframes) - (a->nframes < b->nframes);
+        return cmp_u64_asc(a->nframes, b->nframes);
 }
+
+/* The rank of every site's stack in text order (nsites of them), or NULL on OOM or when
+ * there are no sites. */
+static uint32_t *stack_ranks(const struct ap_profile *p)
+{
+        size_t n = p->nstrings > p->nframes ? p->nstrings : p->nframes;
+        if (p->nsites > n)
+                n = p->nsites;
+        uint32_t *srank = calloc(p->nstrings + 1, sizeof(*srank));
+        uint32_t *frank = calloc(p->nframes + 1, sizeof(*frank));
+        uint32_t *idx = calloc(n + 1, sizeof(*idx));
+        uint32_t *rank = p->nsites ? calloc(p->nsites, sizeof(*rank)) : NULL;
+        struct rank_ctx rc = {p, srank};
+        struct stack_ctx sc = {p, frank};
+
+        if (srank && frank && idx && rank) {
+                rank_sorted(idx, (uint32_t)p->nstrings, srank, cmp_string_idx, &rc);
+                rank_sorted(idx, (uint32_t)p->nframes, frank, cmp_frame_idx, &rc);
+                rank_sorted(idx, (uint32_t)p->nsites, rank, cmp_stack_idx, &sc);
+        } else {
+                free(rank);
+                rank = NULL;
+        }
+        free(srank);
+        free(frank);
+        free(idx);
+        return rank;
+}
+
+struct sort_ctx {
+        const struct ap_profile *p;
+        enum ap_sort sort;
+        const uint32_t *stack_rank; /* stack_ranks() */
+};
 
 static int cmp_sites(const void *va, const void *vb, void *vctx)
 {
@@ -148,24 +241,36 @@ static int cmp_sites(const void *va, const void *vb, void *vctx)
         if (c == 0)
                 c = cmp_u64_desc(a->allocations, b->allocations);
         if (c == 0)
-                c = cmp_stacks(ctx->p, a, b);
+                c = cmp_u64_asc(ctx->stack_rank[ia], ctx->stack_rank[ib]);
         if (c == 0)
                 c = (ia > ib) - (ia < ib);
         return c;
 }
 
-/* Site indices in report order.  Returns NULL on OOM (or when there are no sites). */
+/* Site indices in report order, with the stack ranks from stack_ranks() (NULL: worked
+ * out here).  Returns NULL on OOM (or when there are no sites). */
+static uint32_t *sorted_sites_ranked(const struct ap_profile *p, enum ap_sort sort,
+                                     const uint32_t *stack_rank)
+{
+        uint32_t *own = NULL, *idx;
+
+        if (p->nsites == 0)
+                return NULL;
+        if (stack_rank == NULL && (stack_rank = own = stack_ranks(p)) == NULL)
+                return NULL;
+        struct sort_ctx ctx = {p, sort, stack_rank};
+        if ((idx = calloc(p->nsites, sizeof(*idx))) != NULL) {
+                for (uint32_t i = 0; i < p->nsites; i++)
+                        idx[i] = i;
+                qsort_r(idx, p->nsites, sizeof(*idx), cmp_sites, &ctx);
+        }
+        free(own);
+        return idx;
+}
+
 static uint32_t *sorted_sites(const struct ap_profile *p, enum ap_sort sort)
 {
-        struct sort_ctx ctx = {p, sort};
-        uint32_t *idx;
-
-        if (p->nsites == 0 || !(idx = calloc(p->nsites, sizeof(*idx))))
-                return NULL;
-        for (uint32_t i = 0; i < p->nsites; i++)
-                idx[i] = i;
-        qsort_r(idx, p->nsites, sizeof(*idx), cmp_sites, &ctx);
-        return idx;
+        return sorted_sites_ranked(p, sort, NULL);
 }
 
 static uint32_t shown(unsigned top, uint32_t n)
@@ -1078,9 +1183,11 @@ static void put_hints(const struct out *o, const struct ap_profile *p, const uin
 int ap_report_text(FILE *out, const struct ap_profile *p, const struct ap_report_opts *opts)
 {
         const struct out o = {out, opts->color};
-        uint32_t *order = sorted_sites(p, opts->sort);
-        uint32_t *by_allocs = sorted_sites(p, AP_SORT_ALLOCATIONS);
-        uint32_t *by_leak = sorted_sites(p, AP_SORT_LEAKED);
+        /* Three orders of the sites, and one ranking of their stacks for the three. */
+        uint32_t *ranks = stack_ranks(p);
+        uint32_t *order = ranks ? sorted_sites_ranked(p, opts->sort, ranks) : NULL;
+        uint32_t *by_allocs = ranks ? sorted_sites_ranked(p, AP_SORT_ALLOCATIONS, ranks) : NULL;
+        uint32_t *by_leak = ranks ? sorted_sites_ranked(p, AP_SORT_LEAKED, ranks) : NULL;
         uint32_t *mods = sorted_modules(p);
         uint32_t leaking = 0;
         int r = 0;
@@ -1109,6 +1216,7 @@ out:
         free(order);
         free(by_allocs);
         free(by_leak);
+        free(ranks);
         free(mods);
         return r;
 }
