@@ -95,6 +95,12 @@ check_eq "--unwind bogus" 2 $?
 "$AP" run -q --sample 12X -- true 2>/dev/null
 check_eq "--sample 12X" 2 $?
 
+# --- blocks that live for seconds: their frees count, however long they lived ------------
+"$AP" run -o long.approf -- "$BUILD/tests/workloads/longlived" 2>long.err
+check_eq "longlived exit" 0 $?
+check_eq "blocks freed 4.5 s after their allocation are freed, not leaked" "4 10000 3 6000 1 4000" \
+        "$(json_of long.approf '" ".join(str(d["totals"][k]) for k in ("allocations", "bytes", "frees", "freed_bytes", "leaked_blocks", "leaked_bytes"))')"
+
 # --- fork and exec: one profile per process image, --no-follow, report --all ---------------
 mkdir fork && cd fork || exit 1
 "$AP" run -o main.approf -- "$BUILD/tests/workloads/forker" 2>fork.err
