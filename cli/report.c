@@ -98,10 +98,12 @@ static int cmp_str(const char *a, const char *b)
 /* Sites that tie on their counters are ordered by their stacks' text: frame by frame from
  * the innermost, each by function, file, line, module path and address, a missing string
  * after every present one.  Most sites tie (on a compiler's profile 10,400 of 11,400 share
- * their bytes and calls with another), and comparing their stacks on each comparison of
- * each of the report's three sorts took a sixth of its time.  So the strings, then the
- * frames, then the stacks are ranked once (equal text, equal rank), and the sorts compare
- * a stack's rank. */
+ * their bytes and calls with another), and comparing their stacks' strings on each
+ * comparison of each of the report's three sorts was a sixth of its profile's samples,
+ * cache misses more than instructions.  So the strings and then the frames are ranked once
+ * (equal text, equal rank), and stacks compare their frames' ranks; for its three sorts
+ * the text report ranks the stacks as well.  (Ranking the stacks for a single sort, as
+ * `run`'s summary and the JSON report make, compares more stacks than the ties do.) */
 struct rank_ctx {
         const struct ap_profile *p;
         const uint32_t *srank; /* per string; a missing string ranks UINT32_MAX */
@@ -154,64 +156,78 @@ static void rank_sorted(uint32_t *idx, uint32_t n, uint32_t *rank,
         }
 }
 
-struct stack_ctx {
-        const struct ap_profile *p;
-        const uint32_t *frank; /* per frame */
-};
-
-/* Stacks by their text, from the frames' ranks. */
-static int cmp_stack_idx(const void *va, const void *vb, void *vctx)
+/* Stacks by their text, from their frames' ranks. */
+static int cmp_stacks(const struct ap_profile *p, const uint32_t *frank, const struct ap_psite *a,
+                      const struct ap_psite *b)
 {
-        const struct stack_ctx *ctx = vctx;
-        const struct ap_psite *a = &ctx->p->sites[*(const uint32_t *)va],
-                              *b = &ctx->p->sites[*(const uint32_t *)vb];
-        const uint32_t nf = ctx->p->nframes;
+        const uint32_t nf = p->nframes;
         for (uint32_t i = 0; i < a->nframes && i < b->nframes; i++) {
                 uint32_t x = a->frames[i], y = b->frames[i];
                 if (x == y)
                         continue; /* the same frame: equal text */
                 /* A frame out of range (a profile built in memory) sorts last. */
-                int c = cmp_u64_asc(x < nf ? ctx->frank[x] : UINT32_MAX,
-                                    y < nf ? ctx->frank[y] : UINT32_MAX);
+                int c = cmp_u64_asc(x < nf ? frank[x] : UINT32_MAX, y < nf ? frank[y] : UINT32_MAX);
                 if (c != 0)
                         return c;
         }
         return cmp_u64_asc(a->nframes, b->nframes);
 }
 
-/* The rank of every site's stack in text order (nsites of them), or NULL on OOM or when
- * there are no sites. */
-static uint32_t *stack_ranks(const struct ap_profile *p)
+struct sort_ctx {
+        const struct ap_profile *p;
+        enum ap_sort sort;
+        const uint32_t *frank;      /* frame_ranks() */
+        const uint32_t *stack_rank; /* stack_ranks(), or NULL: compare the stacks */
+};
+
+static int cmp_stack_idx(const void *va, const void *vb, void *vctx)
+{
+        const struct sort_ctx *ctx = vctx;
+        return cmp_stacks(ctx->p, ctx->frank, &ctx->p->sites[*(const uint32_t *)va],
+                          &ctx->p->sites[*(const uint32_t *)vb]);
+}
+
+/* The rank of every frame (nframes of them), or NULL on OOM or when there are none. */
+static uint32_t *frame_ranks(const struct ap_profile *p)
 {
         size_t n = p->nstrings > p->nframes ? p->nstrings : p->nframes;
-        if (p->nsites > n)
-                n = p->nsites;
         uint32_t *srank = calloc(p->nstrings + 1, sizeof(*srank));
-        uint32_t *frank = calloc(p->nframes + 1, sizeof(*frank));
         uint32_t *idx = calloc(n + 1, sizeof(*idx));
-        uint32_t *rank = p->nsites ? calloc(p->nsites, sizeof(*rank)) : NULL;
+        uint32_t *frank = p->nframes ? calloc(p->nframes, sizeof(*frank)) : NULL;
         struct rank_ctx rc = {p, srank};
-        struct stack_ctx sc = {p, frank};
 
-        if (srank && frank && idx && rank) {
+        if (srank && idx && frank) {
                 rank_sorted(idx, (uint32_t)p->nstrings, srank, cmp_string_idx, &rc);
                 rank_sorted(idx, (uint32_t)p->nframes, frank, cmp_frame_idx, &rc);
-                rank_sorted(idx, (uint32_t)p->nsites, rank, cmp_stack_idx, &sc);
+        } else {
+                free(frank);
+                frank = NULL;
+        }
+        free(srank);
+        free(idx);
+        return frank;
+}
+
+/* The rank of every site's stack (nsites of them), or NULL on OOM or when there are no
+ * sites.  Worth it for several sorts of the same sites; one sort compares the stacks of
+ * the sites that tie, fewer comparisons than ranking them all. */
+static uint32_t *stack_ranks(const struct ap_profile *p, const uint32_t *frank)
+{
+        if (p->nframes > 0 && frank == NULL)
+                return NULL;
+        uint32_t *idx = p->nsites ? calloc(p->nsites, sizeof(*idx)) : NULL;
+        uint32_t *rank = p->nsites ? calloc(p->nsites, sizeof(*rank)) : NULL;
+        struct sort_ctx ctx = {p, AP_SORT_BYTES, frank, NULL};
+
+        if (idx && rank) {
+                rank_sorted(idx, (uint32_t)p->nsites, rank, cmp_stack_idx, &ctx);
         } else {
                 free(rank);
                 rank = NULL;
         }
-        free(srank);
-        free(frank);
         free(idx);
         return rank;
 }
-
-struct sort_ctx {
-        const struct ap_profile *p;
-        enum ap_sort sort;
-        const uint32_t *stack_rank; /* stack_ranks() */
-};
 
 static int cmp_sites(const void *va, const void *vb, void *vctx)
 {
@@ -241,36 +257,37 @@ static int cmp_sites(const void *va, const void *vb, void *vctx)
         if (c == 0)
                 c = cmp_u64_desc(a->allocations, b->allocations);
         if (c == 0)
-                c = cmp_u64_asc(ctx->stack_rank[ia], ctx->stack_rank[ib]);
+                c = ctx->stack_rank ? cmp_u64_asc(ctx->stack_rank[ia], ctx->stack_rank[ib])
+                                    : cmp_stacks(ctx->p, ctx->frank, a, b);
         if (c == 0)
                 c = (ia > ib) - (ia < ib);
         return c;
 }
 
-/* Site indices in report order, with the stack ranks from stack_ranks() (NULL: worked
- * out here).  Returns NULL on OOM (or when there are no sites). */
+/* Site indices in report order, given frame_ranks() and optionally stack_ranks().
+ * Returns NULL on OOM (or when there are no sites). */
 static uint32_t *sorted_sites_ranked(const struct ap_profile *p, enum ap_sort sort,
-                                     const uint32_t *stack_rank)
+                                     const uint32_t *frank, const uint32_t *stack_rank)
 {
-        uint32_t *own = NULL, *idx;
+        uint32_t *idx;
 
-        if (p->nsites == 0)
+        if (p->nsites == 0 || (p->nframes > 0 && frank == NULL))
                 return NULL;
-        if (stack_rank == NULL && (stack_rank = own = stack_ranks(p)) == NULL)
-                return NULL;
-        struct sort_ctx ctx = {p, sort, stack_rank};
+        struct sort_ctx ctx = {p, sort, frank, stack_rank};
         if ((idx = calloc(p->nsites, sizeof(*idx))) != NULL) {
                 for (uint32_t i = 0; i < p->nsites; i++)
                         idx[i] = i;
                 qsort_r(idx, p->nsites, sizeof(*idx), cmp_sites, &ctx);
         }
-        free(own);
         return idx;
 }
 
 static uint32_t *sorted_sites(const struct ap_profile *p, enum ap_sort sort)
 {
-        return sorted_sites_ranked(p, sort, NULL);
+        uint32_t *frank = frame_ranks(p);
+        uint32_t *idx = sorted_sites_ranked(p, sort, frank, NULL);
+        free(frank);
+        return idx;
 }
 
 static uint32_t shown(unsigned top, uint32_t n)
@@ -1184,10 +1201,11 @@ int ap_report_text(FILE *out, const struct ap_profile *p, const struct ap_report
 {
         const struct out o = {out, opts->color};
         /* Three orders of the sites, and one ranking of their stacks for the three. */
-        uint32_t *ranks = stack_ranks(p);
-        uint32_t *order = ranks ? sorted_sites_ranked(p, opts->sort, ranks) : NULL;
-        uint32_t *by_allocs = ranks ? sorted_sites_ranked(p, AP_SORT_ALLOCATIONS, ranks) : NULL;
-        uint32_t *by_leak = ranks ? sorted_sites_ranked(p, AP_SORT_LEAKED, ranks) : NULL;
+        uint32_t *frank = frame_ranks(p), *ranks = stack_ranks(p, frank);
+        uint32_t *order = ranks ? sorted_sites_ranked(p, opts->sort, frank, ranks) : NULL;
+        uint32_t *by_allocs = ranks ? sorted_sites_ranked(p, AP_SORT_ALLOCATIONS, frank, ranks)
+                                    : NULL;
+        uint32_t *by_leak = ranks ? sorted_sites_ranked(p, AP_SORT_LEAKED, frank, ranks) : NULL;
         uint32_t *mods = sorted_modules(p);
         uint32_t leaking = 0;
         int r = 0;
@@ -1217,6 +1235,7 @@ out:
         free(by_allocs);
         free(by_leak);
         free(ranks);
+        free(frank);
         free(mods);
         return r;
 }
