@@ -16,34 +16,19 @@ struct ap_live {
         uint64_t addr;   /* 0 = empty cell */
         uint64_t wbytes; /* bytes it stands for (its size in full mode) */
         uint64_t wcount; /* allocations it stands for, in AP_CW units */
-        uint32_t ts32;   /* ap_live_ts32() of its allocation's timestamp | AP_LIVE_REUSED */
+        uint32_t flags;  /* AP_LIVE_REUSED */
         uint32_t stack;
 };
 _Static_assert(sizeof(struct ap_live) == 32, "live cells are half a cache line");
 
-/* In ts32: the block took the address of one whose free had not reached the collector
- * yet (that free is in another thread's ring, and stale when it comes). */
+/* In flags: the block took the address of one whose free had not reached the collector
+ * yet (that free is in another thread's ring, and stale when it comes); the process keeps
+ * the block's full allocation timestamp aside (process-internal.h, reused) to tell that
+ * late free from the block's own.  (The cell once kept 32 bits of every block's stamp,
+ * which wrap every 7 s of a 2.5 GHz counter, and compared every free with them: the free
+ * of a block that had lived 3.5 to 7 s, modulo 7 s, was taken for a stale one, and the
+ * block for a leak.) */
 #define AP_LIVE_REUSED 1u
-
-/* A record timestamp cut to 32 bits, in units of 4 ticks, bit 0 left clear for
- * AP_LIVE_REUSED (so 8 ticks apart at the finest: still finer than the time between a
- * free and a malloc in another thread returning the same address).  It wraps after 2^34
- * ticks, about 7 s of a 2.5 GHz counter, so it is only compared, with
- * ap_live_ts_before(), for a block marked AP_LIVE_REUSED, against the first free of its
- * address: the late one, which reaches the collector within a few drain rounds of the
- * allocation, far closer than half a wrap.  (Compared on every free, as it once was, it
- * took the free of a block that had lived 3.5 to 7 s, modulo 7 s, for a stale one, and
- * the block for a leak.) */
-static inline uint32_t ap_live_ts32(uint64_t ts)
-{
-        return (uint32_t)(ts >> 2) & ~AP_LIVE_REUSED;
-}
-
-/* True if a is earlier than b (both from ap_live_ts32), across a wrap. */
-static inline bool ap_live_ts_before(uint32_t a, uint32_t b)
-{
-        return (int32_t)(a - b) < 0;
-}
 
 struct ap_live_table {
         struct ap_live *cells;

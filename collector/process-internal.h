@@ -93,6 +93,10 @@ struct ap_process {
 
         /* live blocks: addr -> index into live[] (+1); freed entries recycled */
         struct ap_live_table live;
+        /* Address -> timestamp of the allocation, for the live blocks marked
+         * AP_LIVE_REUSED: the late free of the block before them is told from their own
+         * by comparing full timestamps. */
+        struct ap_map reused;
 
         struct {
                 uint64_t allocations, bytes, frees, freed_bytes;

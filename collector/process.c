@@ -117,6 +117,7 @@ void ap_process_free(struct ap_process *p)
                 free(p->stacks[i].ips);
         free(p->stacks);
         ap_map_clear(&p->stack_by_hash);
+        ap_map_clear(&p->reused);
         if (p->stack_of_id != NULL)
                 munmap(p->stack_of_id, ID_LIMIT * sizeof(uint32_t));
         for (size_t i = 0; i < p->nmodules; i++)
@@ -161,6 +162,7 @@ struct ap_process *ap_process_snapshot(const struct ap_process *src)
         p->map = NULL;
         p->map_bytes = 0;
         p->stack_by_hash = (struct ap_map){0};
+        p->reused = (struct ap_map){0};
         p->stack_of_id = NULL;
         p->live = (struct ap_live_table){0};
         p->new_used = NULL;
@@ -560,13 +562,16 @@ static void do_free(struct ap_process *p, struct ap_slot *slot, uint64_t addr, u
                 p->t.unmatched_frees++;
                 return;
         }
-        if ((l->ts32 & AP_LIVE_REUSED) != 0) {
+        if ((l->flags & AP_LIVE_REUSED) != 0) {
                 /* The first free since the address was handed out again while we still
                  * had it live (see do_alloc): if it was stamped before that allocation,
                  * it is the late free of the earlier block, whose end we already
                  * inferred.  Either way, later frees are this block's own. */
-                l->ts32 &= ~AP_LIVE_REUSED;
-                if (ap_live_ts_before(ap_live_ts32(ts), l->ts32)) {
+                l->flags &= ~AP_LIVE_REUSED;
+                uint64_t *since = ap_map_get(&p->reused, addr);
+                bool stale = since != NULL && ts < *since;
+                ap_map_del(&p->reused, addr);
+                if (stale) {
                         p->t.stale_frees++;
                         return;
                 }
@@ -592,10 +597,14 @@ static void do_alloc(struct ap_process *p, struct ap_slot *slot, uint32_t stack,
                 p->t.conflicts++;
                 block_gone(p, &old, false);
         }
+        /* A block at an address we had live: remember when it came, for the late free
+         * of the block before it (without memory for that, the late free will end this
+         * block instead, as if it had not been marked). */
+        bool reused = r > 0 && ap_map_put(&p->reused, addr, ts) == 0;
         *l = (struct ap_live){.addr = addr,
                               .wbytes = wbytes,
                               .wcount = wcount,
-                              .ts32 = ap_live_ts32(ts) | (r > 0 ? AP_LIVE_REUSED : 0),
+                              .flags = reused ? AP_LIVE_REUSED : 0,
                               .stack = stack};
 
         peak_touch(p, s);

@@ -126,9 +126,9 @@ static void put_free(struct ap_producer *pr, uint64_t ts, uint64_t addr)
         ap_ring_commit(pr, sizeof(*f));
 }
 
-/* The live table keeps 32 bits of an allocation's timestamp (live.h), which wrap every
- * 2^34 ticks (7 s at 2.5 GHz).  A free must end its block however long the block lived;
- * only a free stamped before the allocation that reused its address is stale. */
+/* A free must end its block however long the block lived (32 bits of a timestamp, as
+ * the live table once kept, wrap every 2^34 ticks, 7 s at 2.5 GHz); only a free stamped
+ * before the allocation that reused its address is stale. */
 static void test_timestamps(void)
 {
         int fd;
@@ -167,16 +167,26 @@ static void test_timestamps(void)
         put_free(&pr[0], t + 500, x);
         ap_process_drain(p, false);
         put_free(&pr[1], t + 1000 + wrap / 2 + wrap / 4, x);
+        ap_process_drain(p, false);
+
+        /* A reused address whose late free never comes (a free the agent did not see):
+         * the new block's own free, more than half a wrap later, still ends it. */
+        const uint64_t y = 0x30000, u = base + 6 * wrap;
+        put_alloc(&pr[0], u, y, 400);
+        ap_process_drain(p, false);
+        put_alloc(&pr[1], u + 1000, y, 500);
+        ap_process_drain(p, false);
+        put_free(&pr[1], u + 1000 + wrap / 2 + wrap / 8, y);
         ap_process_drain(p, true);
 
         struct ap_symbolizer *sym = NULL;
         ASSERT_OK(ap_symbolizer_new(&sym));
         struct ap_profile *prof = NULL;
         ASSERT_OK(ap_process_finalize(p, sym, &prof));
-        ASSERT_EQ(prof->totals.allocations, 5);
-        ASSERT_EQ(prof->totals.bytes, 3 * 100 + 200 + 300);
-        ASSERT_EQ(prof->totals.frees, 5);
-        ASSERT_EQ(prof->totals.freed_bytes, 3 * 100 + 200 + 300);
+        ASSERT_EQ(prof->totals.allocations, 7);
+        ASSERT_EQ(prof->totals.bytes, 3 * 100 + 200 + 300 + 400 + 500);
+        ASSERT_EQ(prof->totals.frees, 7);
+        ASSERT_EQ(prof->totals.freed_bytes, 3 * 100 + 200 + 300 + 400 + 500);
         ASSERT_EQ(prof->totals.leaked_blocks, 0);
         ASSERT_EQ(prof->totals.unmatched_frees, 0);
         ASSERT_EQ(prof->totals.invalid_records, 0);
