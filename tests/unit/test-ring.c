@@ -126,6 +126,24 @@ static void put_free(struct ap_producer *pr, uint64_t ts, uint64_t addr)
         ap_ring_commit(pr, sizeof(*f));
 }
 
+/* A block of size `before` at addr from thread 0 at stamp t; thread 1 gets addr back at
+ * t + 1000 (size `after`) before the collector sees thread 0's free of it, which comes
+ * late (stamped late_free, or never if 0); then thread 1 frees it at own_free. */
+static void reuse(struct ap_process *p, struct ap_producer pr[2], uint64_t addr, uint64_t t,
+                  uint64_t before, uint64_t after, uint64_t late_free, uint64_t own_free)
+{
+        put_alloc(&pr[0], t, addr, before);
+        ap_process_drain(p, false);
+        put_alloc(&pr[1], t + 1000, addr, after);
+        ap_process_drain(p, false);
+        if (late_free != 0) {
+                put_free(&pr[0], late_free, addr);
+                ap_process_drain(p, false);
+        }
+        put_free(&pr[1], own_free, addr);
+        ap_process_drain(p, false);
+}
+
 /* A free must end its block however long the block lived (32 bits of a timestamp, as
  * the live table once kept, wrap every 2^34 ticks, 7 s at 2.5 GHz); only a free stamped
  * before the allocation that reused its address is stale. */
@@ -159,24 +177,12 @@ static void test_timestamps(void)
         /* Thread 0 frees X (stamp t + 500) and thread 1 gets X back from malloc (t + 1000),
          * but thread 0's record reaches the collector after thread 1's: that late free
          * is stale, and the new block lives on until its own free, five seconds later. */
-        const uint64_t x = 0x20000, t = base + 4 * wrap;
-        put_alloc(&pr[0], t, x, 200);
-        ap_process_drain(p, false);
-        put_alloc(&pr[1], t + 1000, x, 300);
-        ap_process_drain(p, false);
-        put_free(&pr[0], t + 500, x);
-        ap_process_drain(p, false);
-        put_free(&pr[1], t + 1000 + wrap / 2 + wrap / 4, x);
-        ap_process_drain(p, false);
-
+        const uint64_t t = base + 4 * wrap;
+        reuse(p, pr, 0x20000, t, 200, 300, t + 500, t + 1000 + wrap / 2 + wrap / 4);
         /* A reused address whose late free never comes (a free the agent did not see):
          * the new block's own free, more than half a wrap later, still ends it. */
-        const uint64_t y = 0x30000, u = base + 6 * wrap;
-        put_alloc(&pr[0], u, y, 400);
-        ap_process_drain(p, false);
-        put_alloc(&pr[1], u + 1000, y, 500);
-        ap_process_drain(p, false);
-        put_free(&pr[1], u + 1000 + wrap / 2 + wrap / 8, y);
+        const uint64_t u = base + 6 * wrap;
+        reuse(p, pr, 0x30000, u, 400, 500, 0, u + 1000 + wrap / 2 + wrap / 8);
         ap_process_drain(p, true);
 
         struct ap_symbolizer *sym = NULL;
