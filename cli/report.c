@@ -141,14 +141,21 @@ static int cmp_frame_idx(const void *va, const void *vb, void *vctx)
         return cmp_u64_asc(x->address, y->address);
 }
 
+/* Fills idx[0..n) with 0..n-1 sorted by cmp (qsort_r's comparison of two indexes). */
+static void sort_indexes(uint32_t *idx, uint32_t n, int (*cmp)(const void *, const void *, void *),
+                         void *ctx)
+{
+        for (uint32_t i = 0; i < n; i++)
+                idx[i] = i;
+        qsort_r(idx, n, sizeof(*idx), cmp, ctx);
+}
+
 /* Sorts idx[0..n) with cmp, then gives each element its position in rank[], equal ones
  * the same. */
 static void rank_sorted(uint32_t *idx, uint32_t n, uint32_t *rank,
                         int (*cmp)(const void *, const void *, void *), void *ctx)
 {
-        for (uint32_t i = 0; i < n; i++)
-                idx[i] = i;
-        qsort_r(idx, n, sizeof(*idx), cmp, ctx);
+        sort_indexes(idx, n, cmp, ctx);
         for (uint32_t i = 0, r = 0; i < n; i++) {
                 if (i > 0 && cmp(&idx[i - 1], &idx[i], ctx) != 0)
                         r = i;
@@ -274,11 +281,8 @@ static uint32_t *sorted_sites_ranked(const struct ap_profile *p, enum ap_sort so
         if (p->nsites == 0 || (p->nframes > 0 && frank == NULL))
                 return NULL;
         struct sort_ctx ctx = {p, sort, frank, stack_rank};
-        if ((idx = calloc(p->nsites, sizeof(*idx))) != NULL) {
-                for (uint32_t i = 0; i < p->nsites; i++)
-                        idx[i] = i;
-                qsort_r(idx, p->nsites, sizeof(*idx), cmp_sites, &ctx);
-        }
+        if ((idx = calloc(p->nsites, sizeof(*idx))) != NULL)
+                sort_indexes(idx, p->nsites, cmp_sites, &ctx);
         return idx;
 }
 
@@ -899,9 +903,7 @@ static uint32_t *sorted_modules(const struct ap_profile *p)
 
         if (p->nmodules == 0 || !(idx = calloc(p->nmodules, sizeof(*idx))))
                 return NULL;
-        for (uint32_t i = 0; i < p->nmodules; i++)
-                idx[i] = i;
-        qsort_r(idx, p->nmodules, sizeof(*idx), cmp_modules, (void *)p);
+        sort_indexes(idx, p->nmodules, cmp_modules, (void *)p);
         return idx;
 }
 

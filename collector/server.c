@@ -356,11 +356,11 @@ static void accept_all(struct ap_collector *c)
 /* A round drains every record but the youngest, so the longer the sleep, the more
  * records each round takes, and the cheaper each one is: the drain's tables stay in cache
  * and the fixed cost of a round is shared (measured on cc1: 9.5 M events/s of drain time
- * at 1,100 records a round, 10.4 M/s at 8,500).  But no ring
- * may fill up meanwhile, so the sleep lets the busiest ring, at the rate it has just
- * filled, reach an eighth of its size (a quarter let two churn threads, which share two
- * cores with the collector, wait for ring space): 1 to AP_DRAIN_WAIT_MAX_MS ms, and none
- * at all when it already held half. */
+ * at 1,100 records a round, 10.4 M/s at 8,500).  But no ring may fill up meanwhile, so
+ * the sleep lets the busiest ring, at the rate it has just filled, reach an eighth of its
+ * size (a quarter let two churn threads, which share two cores with the collector, wait
+ * for ring space): 1 to AP_DRAIN_WAIT_MAX_MS ms, and none at all when it already held
+ * half. */
 int ap_drain_wait_ms(uint64_t backlog, uint64_t since_ns)
 {
         if (backlog >= AP_RING_BYTES / 2)
