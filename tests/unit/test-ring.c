@@ -35,41 +35,58 @@ static uint8_t *reserve(struct ap_producer *pr, uint32_t n, uint32_t keep)
         return w;
 }
 
-static void *producer(void *arg)
+/* Claims slot id of g_h and attaches pr to it, as a thread of the agent would. */
+static struct ap_ring_ctl *claim_slot(uint32_t id, struct ap_producer *pr)
 {
-        uint32_t id = (uint32_t)(uintptr_t)arg;
         struct ap_ring_ctl *ctl = (struct ap_ring_ctl *)((uint8_t *)g_h + g_h->slots_offset +
                                                          (uint64_t)id * AP_SLOT_STRIDE);
         uint32_t expected = AP_SLOT_FREE;
         ASSERT_TRUE(ap_cas_acq_rel(&ctl->xstate, &expected, AP_SLOT_OWNED));
+        ap_producer_attach(pr, ctl);
+        return ctl;
+}
+
+static void put_alloc(struct ap_producer *pr, uint64_t ts, uint64_t addr, uint64_t size,
+                      const uint64_t *ips, uint32_t depth)
+{
+        uint32_t n = sizeof(struct ap_rec_alloc) + 8 * depth;
+        struct ap_rec_alloc *r = (struct ap_rec_alloc *)reserve(pr, n, AP_RING_FREE_RESERVE);
+        r->hdr = (struct ap_rec_hdr){.type = AP_REC_ALLOC,
+                                     .flags = AP_RECF_INLINE_STACK,
+                                     .nwords = (uint16_t)(n / 8),
+                                     .aux = depth};
+        r->ts = ts;
+        r->addr = addr;
+        r->size = size;
+        memcpy(r + 1, ips, 8ull * depth);
+        ap_ring_commit(pr, n);
+}
+
+static void put_free(struct ap_producer *pr, uint64_t ts, uint64_t addr)
+{
+        struct ap_rec_free *f = (struct ap_rec_free *)reserve(pr, sizeof(*f), 0);
+        f->hdr = (struct ap_rec_hdr){.type = AP_REC_FREE, .nwords = sizeof(*f) / 8};
+        f->ts = ts;
+        f->addr = addr;
+        ap_ring_commit(pr, sizeof(*f));
+}
+
+static void *producer(void *arg)
+{
+        uint32_t id = (uint32_t)(uintptr_t)arg;
         struct ap_producer pr;
-        ap_producer_attach(&pr, ctl);
+        struct ap_ring_ctl *ctl = claim_slot(id, &pr);
 
         for (uint64_t i = 0; i < PER_THREAD; i++) {
                 uint64_t addr = ((uint64_t)(id + 1) << 40) | (i << 4);
                 /* depth varies so records have different lengths and wrap differently */
                 uint32_t depth = 1 + (uint32_t)(i % 3);
-                uint32_t n = sizeof(struct ap_rec_alloc) + 8 * depth;
-                uint8_t *w = reserve(&pr, n, AP_RING_FREE_RESERVE);
-                struct ap_rec_alloc *r = (struct ap_rec_alloc *)w;
-                r->hdr = (struct ap_rec_hdr){.type = AP_REC_ALLOC,
-                                             .flags = AP_RECF_INLINE_STACK,
-                                             .nwords = (uint16_t)(n / 8),
-                                             .aux = depth};
-                r->ts = ap_clock_ticks();
-                r->addr = addr;
-                r->size = 1 + (i % 100);
-                uint64_t *ips = (uint64_t *)(w + sizeof(*r));
+                uint64_t ips[3];
                 for (uint32_t d = 0; d < depth; d++)
                         ips[d] = 0x1000 * (id + 1) + d;
-                ap_ring_commit(&pr, n);
-                if (i % 2 == 0) {
-                        struct ap_rec_free *f = (struct ap_rec_free *)reserve(&pr, sizeof(*f), 0);
-                        f->hdr = (struct ap_rec_hdr){.type = AP_REC_FREE, .nwords = sizeof(*f) / 8};
-                        f->ts = ap_clock_ticks();
-                        f->addr = addr;
-                        ap_ring_commit(&pr, sizeof(*f));
-                }
+                put_alloc(&pr, ap_clock_ticks(), addr, 1 + (i % 100), ips, depth);
+                if (i % 2 == 0)
+                        put_free(&pr, ap_clock_ticks(), addr);
         }
         ap_store_release(&ctl->xstate, AP_SLOT_RETIRED);
         return NULL;
@@ -101,30 +118,8 @@ static struct ap_process *new_area(int *fd, uint64_t *total, uint32_t slots)
         return p;
 }
 
-static void put_alloc(struct ap_producer *pr, uint64_t ts, uint64_t addr, uint64_t size)
-{
-        uint32_t n = sizeof(struct ap_rec_alloc) + 8;
-        struct ap_rec_alloc *r = (struct ap_rec_alloc *)reserve(pr, n, AP_RING_FREE_RESERVE);
-        r->hdr = (struct ap_rec_hdr){.type = AP_REC_ALLOC,
-                                     .flags = AP_RECF_INLINE_STACK,
-                                     .nwords = (uint16_t)(n / 8),
-                                     .aux = 1};
-        r->ts = ts;
-        r->addr = addr;
-        r->size = size;
-        uint64_t ip = 0x1000;
-        memcpy(r + 1, &ip, sizeof(ip));
-        ap_ring_commit(pr, n);
-}
-
-static void put_free(struct ap_producer *pr, uint64_t ts, uint64_t addr)
-{
-        struct ap_rec_free *f = (struct ap_rec_free *)reserve(pr, sizeof(*f), 0);
-        f->hdr = (struct ap_rec_hdr){.type = AP_REC_FREE, .nwords = sizeof(*f) / 8};
-        f->ts = ts;
-        f->addr = addr;
-        ap_ring_commit(pr, sizeof(*f));
-}
+/* The call stack of the single-threaded cases' allocations. */
+static const uint64_t one_ip = 0x1000;
 
 /* A block of size `before` at addr from thread 0 at stamp t; thread 1 gets addr back at
  * t + 1000 (size `after`) before the collector sees thread 0's free of it, which comes
@@ -132,9 +127,9 @@ static void put_free(struct ap_producer *pr, uint64_t ts, uint64_t addr)
 static void reuse(struct ap_process *p, struct ap_producer pr[2], uint64_t addr, uint64_t t,
                   uint64_t before, uint64_t after, uint64_t late_free, uint64_t own_free)
 {
-        put_alloc(&pr[0], t, addr, before);
+        put_alloc(&pr[0], t, addr, before, &one_ip, 1);
         ap_process_drain(p, false);
-        put_alloc(&pr[1], t + 1000, addr, after);
+        put_alloc(&pr[1], t + 1000, addr, after, &one_ip, 1);
         ap_process_drain(p, false);
         if (late_free != 0) {
                 put_free(&pr[0], late_free, addr);
@@ -153,13 +148,8 @@ static void test_timestamps(void)
         uint64_t total;
         struct ap_process *p = new_area(&fd, &total, 2);
         struct ap_producer pr[2];
-        for (uint32_t i = 0; i < 2; i++) {
-                struct ap_ring_ctl *ctl = (struct ap_ring_ctl *)((uint8_t *)g_h + g_h->slots_offset +
-                                                                 (uint64_t)i * AP_SLOT_STRIDE);
-                uint32_t expected = AP_SLOT_FREE;
-                ASSERT_TRUE(ap_cas_acq_rel(&ctl->xstate, &expected, AP_SLOT_OWNED));
-                ap_producer_attach(&pr[i], ctl);
-        }
+        for (uint32_t i = 0; i < 2; i++)
+                claim_slot(i, &pr[i]);
         /* Every stamp lies in the past, so that non-final drains take each record. */
         const uint64_t wrap = 1ull << 34, base = g_h->start_ticks - 8 * wrap;
         ASSERT_TRUE(g_h->start_ticks > 8 * wrap);
@@ -168,7 +158,7 @@ static void test_timestamps(void)
          * allocated: each free ends its block. */
         const uint64_t lives[] = {wrap / 2 + 12345, wrap - 4096, 3 * wrap + wrap / 2 + 7};
         for (uint32_t i = 0; i < 3; i++) {
-                put_alloc(&pr[0], base + i, 0x10000 + 16 * i, 100);
+                put_alloc(&pr[0], base + i, 0x10000 + 16 * i, 100, &one_ip, 1);
                 ap_process_drain(p, false);
                 put_free(&pr[0], base + i + lives[i], 0x10000 + 16 * i);
                 ap_process_drain(p, false);
