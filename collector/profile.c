@@ -5,12 +5,12 @@
  * SPDX-License-Identifier: MIT OR Apache-2.0
  */
 #include "profile.h"
+#include "json.h"
 #include "util.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
-#include <jansson.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -81,7 +81,7 @@
  * equals max_live_bytes, else its value + 2.  The timeline's rows are the steps from the
  * previous row (the first from zeros).
  *
- * 64-bit values: jansson integers are signed 64-bit.  Counters, sizes and times are
+ * 64-bit values: the reader (json.c) takes signed 64-bit integers only.  Counters, sizes and times are
  * saturated at INT64_MAX when written (2^63 bytes or events cannot happen; saturating keeps
  * "at least this much" true, where wrapping would turn it into a negative number that every
  * reader rejects).  Codings and steps (dL, dA, dF, X, the timeline's) are computed modulo
@@ -101,14 +101,19 @@
  * byte what it was before snapshots existed, and absent reads as false.
  *
  * Strings are UTF-8 in JSON; argv and paths are arbitrary bytes, so invalid sequences are
- * replaced by U+FFFD on write.  The reader gets only valid UTF-8 without NULs (jansson
- * rejects \u0000 by default), so every string it returns is a safe C string.
+ * replaced by U+FFFD on write.  The reader gets only valid UTF-8 without NULs (json.c
+ * refuses anything else, "\u0000" included), so every string it returns is a safe C string.
+ *
+ * The reader is json.c, not jansson: jansson's tree of a compiler's profile took 50 ms to
+ * build and tear down, two thirds of `allocprof report`'s time, and 30 times the text's
+ * size in memory.
  */
 
 #define FORMAT_NAME "allocprof-profile"
 
-/* A real profile is a few MB; the DOM costs ~30x the file size in memory, so refuse files
- * that could only be an attack or an accident before handing them to the parser. */
+/* A real profile is a few MB of text.  Its tree costs at most 16 bytes a value, up to 8 times
+ * the text for a text of one-digit numbers, and twice that while it is built; so refuse
+ * files that could only be an attack or an accident before handing them to the parser. */
 #define MAX_FILE_SIZE (1ull << 30)
 
 /* ap_profile_new() allocates this; the intern index lives behind the public struct so the
@@ -1308,38 +1313,40 @@ static struct loc_text loc_text(const struct loc *l)
         return t;
 }
 
-static const char *type_name(const json_t *v)
+static const char *type_name(const struct ap_json *v)
 {
-        switch (json_typeof(v)) {
-        case JSON_OBJECT:
+        if (v == NULL)
+                return "nothing";
+        switch ((enum ap_json_type)v->type) {
+        case AP_JSON_OBJECT:
                 return "an object";
-        case JSON_ARRAY:
+        case AP_JSON_ARRAY:
                 return "an array";
-        case JSON_STRING:
+        case AP_JSON_STRING:
                 return "a string";
-        case JSON_INTEGER:
+        case AP_JSON_INTEGER:
                 return "an integer";
-        case JSON_REAL:
+        case AP_JSON_REAL:
                 return "a real number";
-        case JSON_TRUE:
-        case JSON_FALSE:
+        case AP_JSON_TRUE:
+        case AP_JSON_FALSE:
                 return "a boolean";
-        case JSON_NULL:
+        case AP_JSON_NULL:
                 return "null";
         }
         return "?";
 }
 
-static int expect(struct rctx *rc, const json_t *v, const struct loc *l, const char *what)
+static int expect(struct rctx *rc, const struct ap_json *v, const struct loc *l, const char *what)
 {
         return fail(rc, -EINVAL, "%s: expected %s, found %s", loc_text(l).s, what, type_name(v));
 }
 
 /* Member `key` of obj (which the caller checked is an object). */
-static int member(struct rctx *rc, const json_t *obj, const struct loc *parent, const char *key,
-                  json_t **ret)
+static int member(struct rctx *rc, const struct ap_json *obj, const struct loc *parent, const char *key,
+                  const struct ap_json **ret)
 {
-        json_t *v = json_object_get(obj, key);
+        const struct ap_json *v = ap_json_get(obj, key);
 
         if (!v) {
                 struct loc l = at_key(parent, key);
@@ -1350,42 +1357,42 @@ static int member(struct rctx *rc, const json_t *obj, const struct loc *parent, 
         return 0;
 }
 
-static int get_object(struct rctx *rc, const json_t *obj, const struct loc *parent, const char *key,
-                      json_t **ret)
+static int get_object(struct rctx *rc, const struct ap_json *obj, const struct loc *parent, const char *key,
+                      const struct ap_json **ret)
 {
         struct loc l = at_key(parent, key);
         int r = member(rc, obj, parent, key, ret);
 
         if (r < 0)
                 return r;
-        return json_is_object(*ret) ? 0 : expect(rc, *ret, &l, "an object");
+        return ap_json_is(*ret, AP_JSON_OBJECT) ? 0 : expect(rc, *ret, &l, "an object");
 }
 
 /* An array whose length fits a uint32 index space that excludes AP_NONE. */
-static int get_array(struct rctx *rc, const json_t *obj, const struct loc *parent, const char *key,
-                     json_t **ret, uint32_t *ret_n)
+static int get_array(struct rctx *rc, const struct ap_json *obj, const struct loc *parent, const char *key,
+                     const struct ap_json **ret, uint32_t *ret_n)
 {
         struct loc l = at_key(parent, key);
         int r = member(rc, obj, parent, key, ret);
 
         if (r < 0)
                 return r;
-        if (!json_is_array(*ret))
+        if (!ap_json_is(*ret, AP_JSON_ARRAY))
                 return expect(rc, *ret, &l, "an array");
-        if (json_array_size(*ret) >= AP_NONE)
+        if ((*ret)->n >= AP_NONE)
                 return fail(rc, -EINVAL, "%s: too many elements", loc_text(&l).s);
-        *ret_n = (uint32_t)json_array_size(*ret);
+        *ret_n = (uint32_t)(*ret)->n;
         return 0;
 }
 
-static int as_int(struct rctx *rc, const json_t *v, const struct loc *l, int64_t min, int64_t max,
+static int as_int(struct rctx *rc, const struct ap_json *v, const struct loc *l, int64_t min, int64_t max,
                   int64_t *ret)
 {
-        json_int_t x;
+        int64_t x;
 
-        if (!json_is_integer(v))
+        if (!ap_json_is(v, AP_JSON_INTEGER))
                 return expect(rc, v, l, "an integer");
-        x = json_integer_value(v);
+        x = v->i;
         if (x < min || x > max)
                 return fail(rc, -EINVAL, "%s: %lld is out of range [%lld, %lld]", loc_text(l).s,
                             (long long)x, (long long)min, (long long)max);
@@ -1393,7 +1400,7 @@ static int as_int(struct rctx *rc, const json_t *v, const struct loc *l, int64_t
         return 0;
 }
 
-static int as_u64(struct rctx *rc, const json_t *v, const struct loc *l, uint64_t *ret)
+static int as_u64(struct rctx *rc, const struct ap_json *v, const struct loc *l, uint64_t *ret)
 {
         int64_t x = 0;
         int r = as_int(rc, v, l, 0, INT64_MAX, &x);
@@ -1403,7 +1410,7 @@ static int as_u64(struct rctx *rc, const json_t *v, const struct loc *l, uint64_
         return r;
 }
 
-static int as_u32(struct rctx *rc, const json_t *v, const struct loc *l, uint32_t *ret)
+static int as_u32(struct rctx *rc, const struct ap_json *v, const struct loc *l, uint32_t *ret)
 {
         int64_t x = 0;
         int r = as_int(rc, v, l, 0, UINT32_MAX, &x);
@@ -1414,18 +1421,18 @@ static int as_u32(struct rctx *rc, const json_t *v, const struct loc *l, uint32_
 }
 
 /* An index < n, or null meaning AP_NONE. */
-static int as_index(struct rctx *rc, const json_t *v, const struct loc *l, uint32_t n,
+static int as_index(struct rctx *rc, const struct ap_json *v, const struct loc *l, uint32_t n,
                     const char *table, uint32_t *ret)
 {
         int64_t x = 0;
 
-        if (json_is_null(v)) {
+        if (ap_json_is(v, AP_JSON_NULL)) {
                 *ret = AP_NONE;
                 return 0;
         }
-        if (!json_is_integer(v))
+        if (!ap_json_is(v, AP_JSON_INTEGER))
                 return expect(rc, v, l, "an index or null");
-        x = json_integer_value(v);
+        x = v->i;
         if (x < 0 || x >= n)
                 return fail(rc, -EINVAL, "%s: index %lld out of range (%u %s)", loc_text(l).s, (long long)x,
                             n, table);
@@ -1434,28 +1441,28 @@ static int as_index(struct rctx *rc, const json_t *v, const struct loc *l, uint3
 }
 
 /* A malloc'd copy of a string, or NULL for null when nullable. */
-static int as_strdup(struct rctx *rc, const json_t *v, const struct loc *l, bool nullable,
+static int as_strdup(struct rctx *rc, const struct ap_json *v, const struct loc *l, bool nullable,
                      char **ret)
 {
-        if (nullable && json_is_null(v)) {
+        if (nullable && ap_json_is(v, AP_JSON_NULL)) {
                 *ret = NULL;
                 return 0;
         }
-        if (!json_is_string(v))
+        if (!ap_json_is(v, AP_JSON_STRING))
                 return expect(rc, v, l, nullable ? "a string or null" : "a string");
-        *ret = strdup(json_string_value(v));
+        *ret = strdup(v->s);
         return *ret ? 0 : oom(rc);
 }
 
-static int as_addr(struct rctx *rc, const json_t *v, const struct loc *l, uint64_t *ret)
+static int as_addr(struct rctx *rc, const struct ap_json *v, const struct loc *l, uint64_t *ret)
 {
         const char *s;
         uint64_t x = 0;
         size_t n;
 
-        if (!json_is_string(v))
+        if (!ap_json_is(v, AP_JSON_STRING))
                 return expect(rc, v, l, "a hex address string");
-        s = json_string_value(v);
+        s = v->s;
         n = strlen(s);
         if (n < 3 || n > 18 || s[0] != '0' || s[1] != 'x')
                 return fail(rc, -EINVAL, "%s: malformed address", loc_text(l).s);
@@ -1477,31 +1484,31 @@ static int as_addr(struct rctx *rc, const json_t *v, const struct loc *l, uint64
 }
 
 /* Member helpers: look up `key` in obj (an object) and convert it, or fail naming the key. */
-static int field_u64(struct rctx *rc, const json_t *obj, const struct loc *parent, const char *key,
+static int field_u64(struct rctx *rc, const struct ap_json *obj, const struct loc *parent, const char *key,
                      uint64_t *ret)
 {
         struct loc l = at_key(parent, key);
-        json_t *v = NULL;
+        const struct ap_json *v = NULL;
         int r = member(rc, obj, parent, key, &v);
 
         return r < 0 ? r : as_u64(rc, v, &l, ret);
 }
 
-static int field_u32(struct rctx *rc, const json_t *obj, const struct loc *parent, const char *key,
+static int field_u32(struct rctx *rc, const struct ap_json *obj, const struct loc *parent, const char *key,
                      uint32_t *ret)
 {
         struct loc l = at_key(parent, key);
-        json_t *v = NULL;
+        const struct ap_json *v = NULL;
         int r = member(rc, obj, parent, key, &v);
 
         return r < 0 ? r : as_u32(rc, v, &l, ret);
 }
 
-static int field_int(struct rctx *rc, const json_t *obj, const struct loc *parent, const char *key,
+static int field_int(struct rctx *rc, const struct ap_json *obj, const struct loc *parent, const char *key,
                      int min, int max, int *ret)
 {
         struct loc l = at_key(parent, key);
-        json_t *v = NULL;
+        const struct ap_json *v = NULL;
         int64_t x = 0;
         int r = member(rc, obj, parent, key, &v);
 
@@ -1511,27 +1518,27 @@ static int field_int(struct rctx *rc, const json_t *obj, const struct loc *paren
         return 0;
 }
 
-static int field_index(struct rctx *rc, const json_t *obj, const struct loc *parent,
+static int field_index(struct rctx *rc, const struct ap_json *obj, const struct loc *parent,
                        const char *key, uint32_t n, const char *table, uint32_t *ret)
 {
         struct loc l = at_key(parent, key);
-        json_t *v = NULL;
+        const struct ap_json *v = NULL;
         int r = member(rc, obj, parent, key, &v);
 
         return r < 0 ? r : as_index(rc, v, &l, n, table, ret);
 }
 
-static int field_strdup(struct rctx *rc, const json_t *obj, const struct loc *parent,
+static int field_strdup(struct rctx *rc, const struct ap_json *obj, const struct loc *parent,
                         const char *key, bool nullable, char **ret)
 {
         struct loc l = at_key(parent, key);
-        json_t *v = NULL;
+        const struct ap_json *v = NULL;
         int r = member(rc, obj, parent, key, &v);
 
         return r < 0 ? r : as_strdup(rc, v, &l, nullable, ret);
 }
 
-static int fields_u64(struct rctx *rc, const json_t *obj, const struct loc *parent, void *base,
+static int fields_u64(struct rctx *rc, const struct ap_json *obj, const struct loc *parent, void *base,
                       const struct u64_field *fields, size_t n)
 {
         for (size_t i = 0; i < n; i++) {
@@ -1544,28 +1551,28 @@ static int fields_u64(struct rctx *rc, const json_t *obj, const struct loc *pare
 }
 
 /* A fixed-length array element of an array-of-arrays table ("frames", "histogram"...). */
-static int tuple(struct rctx *rc, const json_t *v, const struct loc *l, size_t len,
+static int tuple(struct rctx *rc, const struct ap_json *v, const struct loc *l, size_t len,
                  const char *shape)
 {
-        if (!json_is_array(v) || json_array_size(v) != len)
+        if (!ap_json_is(v, AP_JSON_ARRAY) || v->n != len)
                 return fail(rc, -EINVAL, "%s: expected %s", loc_text(l).s, shape);
         return 0;
 }
 
 /* Converts element i of a tuple. */
-static int tuple_u64(struct rctx *rc, const json_t *t, const struct loc *l, size_t i, uint64_t *ret)
+static int tuple_u64(struct rctx *rc, const struct ap_json *t, const struct loc *l, size_t i, uint64_t *ret)
 {
         struct loc li = at_index(l, i);
 
-        return as_u64(rc, json_array_get(t, i), &li, ret);
+        return as_u64(rc, ap_json_at(t, i), &li, ret);
 }
 
-static int tuple_index(struct rctx *rc, const json_t *t, const struct loc *l, size_t i, uint32_t n,
+static int tuple_index(struct rctx *rc, const struct ap_json *t, const struct loc *l, size_t i, uint32_t n,
                        const char *table, uint32_t *ret)
 {
         struct loc li = at_index(l, i);
 
-        return as_index(rc, json_array_get(t, i), &li, n, table, ret);
+        return as_index(rc, ap_json_at(t, i), &li, n, table, ret);
 }
 
 /* Allocates a zeroed table of n elements (NULL when n == 0). */
@@ -1578,23 +1585,23 @@ static int alloc_table(struct rctx *rc, void **ret, uint32_t n, size_t size)
 }
 
 /* Optional: only snapshots of a running process carry it. */
-static int read_live(struct rctx *rc, struct ap_profile *p, const json_t *root)
+static int read_live(struct rctx *rc, struct ap_profile *p, const struct ap_json *root)
 {
         struct loc l = at_key(NULL, "live");
-        json_t *v = json_object_get(root, "live");
+        const struct ap_json *v = ap_json_get(root, "live");
 
         if (!v)
                 return 0;
-        if (!json_is_boolean(v))
+        if (!ap_json_is(v, AP_JSON_TRUE) && !ap_json_is(v, AP_JSON_FALSE))
                 return expect(rc, v, &l, "a boolean");
-        p->live = json_is_true(v);
+        p->live = ap_json_is(v, AP_JSON_TRUE);
         return 0;
 }
 
-static int read_process(struct rctx *rc, struct ap_profile *p, const json_t *root)
+static int read_process(struct rctx *rc, struct ap_profile *p, const struct ap_json *root)
 {
         struct loc l = at_key(NULL, "process"), lc = at_key(&l, "command");
-        json_t *proc = NULL, *cmd = NULL;
+        const struct ap_json *proc = NULL, *cmd = NULL;
         uint32_t n = 0;
         int r;
 
@@ -1605,13 +1612,13 @@ static int read_process(struct rctx *rc, struct ap_profile *p, const json_t *roo
             (r = field_int(rc, proc, &l, "term_signal", 0, 255, &p->term_signal)) < 0 ||
             (r = field_u64(rc, proc, &l, "start_unix_ns", &p->start_unix_ns)) < 0 ||
             (r = field_u64(rc, proc, &l, "duration_ns", &p->duration_ns)) < 0 ||
-            (json_object_get(proc, "drain_cpu_ns") != NULL &&
+            (ap_json_get(proc, "drain_cpu_ns") != NULL &&
              (r = field_u64(rc, proc, &l, "drain_cpu_ns", &p->drain_cpu_ns)) < 0) ||
-            (json_object_get(proc, "ring_waits") != NULL &&
+            (ap_json_get(proc, "ring_waits") != NULL &&
              ((r = field_u64(rc, proc, &l, "ring_waits", &p->ring_waits)) < 0 ||
               (r = field_u64(rc, proc, &l, "ring_wait_ns", &p->ring_wait_ns)) < 0)) ||
             (r = field_strdup(rc, proc, &l, "exe", true, &p->exe)) < 0 ||
-            (json_object_get(proc, "run_id") != NULL &&
+            (ap_json_get(proc, "run_id") != NULL &&
              (r = field_strdup(rc, proc, &l, "run_id", true, &p->run_id)) < 0) ||
             (r = get_array(rc, proc, &l, "command", &cmd, &n)) < 0 ||
             (r = alloc_table(rc, (void **)&p->command, n, sizeof(*p->command))) < 0)
@@ -1619,17 +1626,17 @@ static int read_process(struct rctx *rc, struct ap_profile *p, const json_t *roo
         for (uint32_t i = 0; i < n; i++) {
                 struct loc li = at_index(&lc, i);
 
-                if ((r = as_strdup(rc, json_array_get(cmd, i), &li, false, &p->command[i])) < 0)
+                if ((r = as_strdup(rc, ap_json_at(cmd, i), &li, false, &p->command[i])) < 0)
                         return r;
                 p->ncommand++;
         }
         return 0;
 }
 
-static int read_strings(struct rctx *rc, struct ap_profile *p, const json_t *root)
+static int read_strings(struct rctx *rc, struct ap_profile *p, const struct ap_json *root)
 {
         struct loc l = at_key(NULL, "strings");
-        json_t *a = NULL;
+        const struct ap_json *a = NULL;
         uint32_t n = 0;
         int r;
 
@@ -1639,17 +1646,17 @@ static int read_strings(struct rctx *rc, struct ap_profile *p, const json_t *roo
         for (uint32_t i = 0; i < n; i++) {
                 struct loc li = at_index(&l, i);
 
-                if ((r = as_strdup(rc, json_array_get(a, i), &li, false, &p->strings[i])) < 0)
+                if ((r = as_strdup(rc, ap_json_at(a, i), &li, false, &p->strings[i])) < 0)
                         return r;
                 p->nstrings++;
         }
         return 0;
 }
 
-static int read_modules(struct rctx *rc, struct ap_profile *p, const json_t *root)
+static int read_modules(struct rctx *rc, struct ap_profile *p, const struct ap_json *root)
 {
         struct loc l = at_key(NULL, "modules");
-        json_t *a = NULL;
+        const struct ap_json *a = NULL;
         uint32_t n = 0;
         int r;
 
@@ -1659,10 +1666,10 @@ static int read_modules(struct rctx *rc, struct ap_profile *p, const json_t *roo
         p->nmodules = n; /* plain data: a partly filled table is still safe to free */
         for (uint32_t i = 0; i < n; i++) {
                 struct ap_pmodule *m = &p->modules[i];
-                json_t *o = json_array_get(a, i);
+                const struct ap_json *o = ap_json_at(a, i);
                 struct loc li = at_index(&l, i);
 
-                if (!json_is_object(o))
+                if (!ap_json_is(o, AP_JSON_OBJECT))
                         return expect(rc, o, &li, "an object");
                 if ((r = field_index(rc, o, &li, "path", p->nstrings, "strings", &m->path)) < 0 ||
                     (r = field_index(rc, o, &li, "build_id", p->nstrings, "strings",
@@ -1673,10 +1680,10 @@ static int read_modules(struct rctx *rc, struct ap_profile *p, const json_t *roo
         return 0;
 }
 
-static int read_frames(struct rctx *rc, struct ap_profile *p, const json_t *root)
+static int read_frames(struct rctx *rc, struct ap_profile *p, const struct ap_json *root)
 {
         struct loc l = at_key(NULL, "frames");
-        json_t *a = NULL;
+        const struct ap_json *a = NULL;
         uint32_t n = 0;
         int r;
 
@@ -1686,7 +1693,7 @@ static int read_frames(struct rctx *rc, struct ap_profile *p, const json_t *root
         p->nframes = n;
         for (uint32_t i = 0; i < n; i++) {
                 struct ap_pframe *f = &p->frames[i];
-                json_t *t = json_array_get(a, i);
+                const struct ap_json *t = ap_json_at(a, i);
                 struct loc li = at_index(&l, i), l4 = at_index(&li, 4), l5 = at_index(&li, 5);
                 uint64_t line = 0;
 
@@ -1696,7 +1703,7 @@ static int read_frames(struct rctx *rc, struct ap_profile *p, const json_t *root
                     (r = tuple_index(rc, t, &li, 1, p->nstrings, "strings", &f->file)) < 0 ||
                     (r = tuple_u64(rc, t, &li, 2, &line)) < 0 ||
                     (r = tuple_index(rc, t, &li, 3, p->nmodules, "modules", &f->module)) < 0 ||
-                    (r = as_addr(rc, json_array_get(t, 4), &l4, &f->address)) < 0)
+                    (r = as_addr(rc, ap_json_at(t, 4), &l4, &f->address)) < 0)
                         return r;
                 if (line > UINT32_MAX) {
                         struct loc l2 = at_index(&li, 2);
@@ -1704,22 +1711,23 @@ static int read_frames(struct rctx *rc, struct ap_profile *p, const json_t *root
                         return fail(rc, -EINVAL, "%s: line number out of range", loc_text(&l2).s);
                 }
                 f->line = (uint32_t)line;
-                if (!json_is_boolean(json_array_get(t, 5)))
-                        return expect(rc, json_array_get(t, 5), &l5, "a boolean");
-                f->inlined = json_is_true(json_array_get(t, 5));
+                if (!ap_json_is(ap_json_at(t, 5), AP_JSON_TRUE) &&
+                    !ap_json_is(ap_json_at(t, 5), AP_JSON_FALSE))
+                        return expect(rc, ap_json_at(t, 5), &l5, "a boolean");
+                f->inlined = ap_json_is(ap_json_at(t, 5), AP_JSON_TRUE);
         }
         return 0;
 }
 
 /* Format 3's reference into a table: an index < n, or -1 for AP_NONE. */
-static int as_ref(struct rctx *rc, const json_t *v, const struct loc *l, uint32_t n,
+static int as_ref(struct rctx *rc, const struct ap_json *v, const struct loc *l, uint32_t n,
                   const char *table, uint32_t *ret)
 {
-        json_int_t x;
+        int64_t x;
 
-        if (!json_is_integer(v))
+        if (!ap_json_is(v, AP_JSON_INTEGER))
                 return expect(rc, v, l, "an index or -1");
-        x = json_integer_value(v);
+        x = v->i;
         if (x == -1) {
                 *ret = AP_NONE;
                 return 0;
@@ -1732,7 +1740,7 @@ static int as_ref(struct rctx *rc, const json_t *v, const struct loc *l, uint32_
 }
 
 /* Any int64, as the uint64 with the same bits: a step to add modulo 2^64. */
-static int as_wrapped(struct rctx *rc, const json_t *v, const struct loc *l, uint64_t *ret)
+static int as_wrapped(struct rctx *rc, const struct ap_json *v, const struct loc *l, uint64_t *ret)
 {
         int64_t x = 0;
         int r = as_int(rc, v, l, INT64_MIN, INT64_MAX, &x);
@@ -1750,8 +1758,8 @@ static int decoded_too_large(struct rctx *rc, const struct loc *l, const char *w
 
 /* Member `key` of a column-wise table (obj, at parent): an array of exactly n elements,
  * as many as the table's column `first` has. */
-static int get_column(struct rctx *rc, const json_t *obj, const struct loc *parent, const char *key,
-                      const char *first, uint32_t n, json_t **ret)
+static int get_column(struct rctx *rc, const struct ap_json *obj, const struct loc *parent, const char *key,
+                      const char *first, uint32_t n, const struct ap_json **ret)
 {
         struct loc l = at_key(parent, key);
         uint32_t len = 0;
@@ -1766,10 +1774,10 @@ static int get_column(struct rctx *rc, const json_t *obj, const struct loc *pare
 }
 
 /* Format version 3: {"function":[...], ..., "inlined":[...]} (see the top of the file). */
-static int read_frames_v3(struct rctx *rc, struct ap_profile *p, const json_t *root)
+static int read_frames_v3(struct rctx *rc, struct ap_profile *p, const struct ap_json *root)
 {
         struct loc l = at_key(NULL, "frames"), lc[FC_COUNT];
-        json_t *o = NULL, *col[FC_COUNT];
+        const struct ap_json *o = NULL, *col[FC_COUNT];
         uint64_t line = 0, address = 0;
         uint32_t n = 0;
         int r;
@@ -1794,7 +1802,7 @@ static int read_frames_v3(struct rctx *rc, struct ap_profile *p, const json_t *r
 
                 for (unsigned c = 0; c < FC_COUNT; c++)
                         li[c] = at_index(&lc[c], i);
-#define CELL(c) json_array_get(col[c], i), &li[c]
+#define CELL(c) ap_json_at(col[c], i), &li[c]
                 if ((r = as_ref(rc, CELL(FC_FUNCTION), p->nstrings, "strings", &f->function)) < 0 ||
                     (r = as_ref(rc, CELL(FC_FILE), p->nstrings, "strings", &f->file)) < 0 ||
                     (r = as_wrapped(rc, CELL(FC_LINE), &line_step)) < 0 ||
@@ -1817,13 +1825,13 @@ static int read_frames_v3(struct rctx *rc, struct ap_profile *p, const json_t *r
 }
 
 /* The first n elements of fa (at l), indexes into "frames", into out. */
-static int read_frame_indexes(struct rctx *rc, const struct ap_profile *p, const json_t *fa,
+static int read_frame_indexes(struct rctx *rc, const struct ap_profile *p, const struct ap_json *fa,
                               const struct loc *l, uint32_t n, uint32_t *out)
 {
         for (uint32_t j = 0; j < n; j++) {
-                json_t *v = json_array_get(fa, j);
+                const struct ap_json *v = ap_json_at(fa, j);
 
-                if (json_is_null(v)) {
+                if (ap_json_is(v, AP_JSON_NULL)) {
                         struct loc lj = at_index(l, j);
 
                         return expect(rc, v, &lj, "a frame index");
@@ -1843,15 +1851,15 @@ static int read_frame_indexes(struct rctx *rc, const struct ap_profile *p, const
  * add those of the array fa: checks that fa is an array (else an error at *lf), counts
  * its frames and the shared ones against the limit on all stacks (*total; else an error
  * at *lsite) and allocates s->frames for them.  *nnew: fa's length. */
-static int alloc_site_frames(struct rctx *rc, struct ap_psite *s, const json_t *fa,
+static int alloc_site_frames(struct rctx *rc, struct ap_psite *s, const struct ap_json *fa,
                              const struct loc *lf, const struct loc *lsite, uint32_t shared,
                              uint64_t *total, size_t *nnew)
 {
         int r;
 
-        if (!json_is_array(fa))
+        if (!ap_json_is(fa, AP_JSON_ARRAY))
                 return expect(rc, fa, lf, "an array");
-        *nnew = json_array_size(fa);
+        *nnew = fa->n;
         *total += *nnew + (uint64_t)shared;
         if (*total > MAX_SITE_FRAMES_TOTAL)
                 return fail(rc, -EINVAL, "%s: more than %llu frames in all stacks",
@@ -1865,12 +1873,12 @@ static int alloc_site_frames(struct rctx *rc, struct ap_psite *s, const json_t *
 
 /* Format version 3: one array per counter, then "popped" and "stacks" (see the top of
  * the file).  The stack of site i is decoded against that of site i - 1. */
-static int read_sites_v3(struct rctx *rc, struct ap_profile *p, const json_t *root)
+static int read_sites_v3(struct rctx *rc, struct ap_profile *p, const struct ap_json *root)
 {
         enum { NC = ARRAY_SIZE(site_columns) };
         struct loc l = at_key(NULL, "sites"), lpo = at_key(&l, "popped");
         struct loc lst = at_key(&l, "stacks"), lc[NC];
-        json_t *o = NULL, *col[NC], *popped = NULL, *stacks = NULL;
+        const struct ap_json *o = NULL, *col[NC], *popped = NULL, *stacks = NULL;
         uint64_t total = 0;
         uint32_t n = 0;
         int r;
@@ -1892,14 +1900,14 @@ static int read_sites_v3(struct rctx *rc, struct ap_profile *p, const json_t *ro
                 struct ap_psite *s = &p->sites[i];
                 const struct ap_psite *prev = i ? &p->sites[i - 1] : NULL;
                 struct loc lpoi = at_index(&lpo, i), lsti = at_index(&lst, i);
-                json_t *fa = json_array_get(stacks, i);
+                const struct ap_json *fa = ap_json_at(stacks, i);
                 uint32_t nprev = prev ? prev->nframes : 0, nshared;
                 int64_t npopped = 0, frame = -1;
 
                 for (size_t c = 0; c < NC; c++) {
                         const struct site_column *sc = &site_columns[c];
                         struct loc lci = at_index(&lc[c], i);
-                        json_t *v = json_array_get(col[c], i);
+                        const struct ap_json *v = ap_json_at(col[c], i);
                         uint64_t x = 0;
 
                         /* A raw counter must be in range as it is; a coded one once decoded. */
@@ -1911,7 +1919,7 @@ static int read_sites_v3(struct rctx *rc, struct ap_profile *p, const json_t *ro
                 }
 
                 /* No more than the previous stack has; nothing for the first site. */
-                if ((r = as_int(rc, json_array_get(popped, i), &lpoi, 0, nprev, &npopped)) < 0)
+                if ((r = as_int(rc, ap_json_at(popped, i), &lpoi, 0, nprev, &npopped)) < 0)
                         return r;
                 nshared = nprev - (uint32_t)npopped;
                 size_t nnew;
@@ -1931,7 +1939,7 @@ static int read_sites_v3(struct rctx *rc, struct ap_profile *p, const json_t *ro
                         struct loc lk = at_index(&lsti, k);
                         int64_t step = 0;
 
-                        if ((r = as_int(rc, json_array_get(fa, k), &lk, INT64_MIN, INT64_MAX,
+                        if ((r = as_int(rc, ap_json_at(fa, k), &lk, INT64_MIN, INT64_MAX,
                                         &step)) < 0)
                                 return r;
                         if (__builtin_add_overflow(frame, step, &frame))
@@ -1948,10 +1956,10 @@ static int read_sites_v3(struct rctx *rc, struct ap_profile *p, const json_t *ro
 }
 
 /* Format version 2: [counters..., shared, [F...]] per site (see the top of this file). */
-static int read_sites_v2(struct rctx *rc, struct ap_profile *p, const json_t *root)
+static int read_sites_v2(struct rctx *rc, struct ap_profile *p, const struct ap_json *root)
 {
         struct loc l = at_key(NULL, "sites");
-        json_t *a = NULL;
+        const struct ap_json *a = NULL;
         uint32_t n = 0;
         uint64_t total = 0;
         int r;
@@ -1964,7 +1972,7 @@ static int read_sites_v2(struct rctx *rc, struct ap_profile *p, const json_t *ro
         for (uint32_t i = 0; i < n; i++) {
                 struct ap_psite *s = &p->sites[i];
                 const struct ap_psite *prev = i ? &p->sites[i - 1] : NULL;
-                json_t *t = json_array_get(a, i), *fa;
+                const struct ap_json *t = ap_json_at(a, i), *fa;
                 struct loc li = at_index(&l, i), ls = at_index(&li, nc), lf = at_index(&li, nc + 1);
                 int64_t shared = 0;
 
@@ -1974,10 +1982,10 @@ static int read_sites_v2(struct rctx *rc, struct ap_profile *p, const json_t *ro
                 for (size_t k = 0; k < nc; k++)
                         if ((r = tuple_u64(rc, t, &li, k, u64_at(s, &site_fields[k]))) < 0)
                                 return r;
-                if ((r = as_int(rc, json_array_get(t, nc), &ls, 0, prev ? prev->nframes : 0,
+                if ((r = as_int(rc, ap_json_at(t, nc), &ls, 0, prev ? prev->nframes : 0,
                                 &shared)) < 0)
                         return r;
-                fa = json_array_get(t, nc + 1);
+                fa = ap_json_at(t, nc + 1);
                 size_t nnew;
                 if ((r = alloc_site_frames(rc, s, fa, &lf, &li, (uint32_t)shared, &total,
                                            &nnew)) < 0)
@@ -1992,10 +2000,10 @@ static int read_sites_v2(struct rctx *rc, struct ap_profile *p, const json_t *ro
 }
 
 /* Format version 1: {"allocations": ..., "frames": [F...]} per site. */
-static int read_sites_v1(struct rctx *rc, struct ap_profile *p, const json_t *root)
+static int read_sites_v1(struct rctx *rc, struct ap_profile *p, const struct ap_json *root)
 {
         struct loc l = at_key(NULL, "sites");
-        json_t *a = NULL;
+        const struct ap_json *a = NULL;
         uint32_t n = 0;
         int r;
 
@@ -2005,11 +2013,11 @@ static int read_sites_v1(struct rctx *rc, struct ap_profile *p, const json_t *ro
         p->nsites = n; /* zeroed sites (frames NULL) are safe to free */
         for (uint32_t i = 0; i < n; i++) {
                 struct ap_psite *s = &p->sites[i];
-                json_t *o = json_array_get(a, i), *fa = NULL;
+                const struct ap_json *o = ap_json_at(a, i), *fa = NULL;
                 struct loc li = at_index(&l, i), lf = at_key(&li, "frames");
                 uint32_t nf = 0;
 
-                if (!json_is_object(o))
+                if (!ap_json_is(o, AP_JSON_OBJECT))
                         return expect(rc, o, &li, "an object");
                 if ((r = fields_u64(rc, o, &li, s, site_fields, ARRAY_SIZE(site_fields))) < 0 ||
                     (r = get_array(rc, o, &li, "frames", &fa, &nf)) < 0 ||
@@ -2022,23 +2030,23 @@ static int read_sites_v1(struct rctx *rc, struct ap_profile *p, const json_t *ro
         return 0;
 }
 
-static int read_histogram(struct rctx *rc, struct ap_profile *p, const json_t *root)
+static int read_histogram(struct rctx *rc, struct ap_profile *p, const struct ap_json *root)
 {
         struct loc l = at_key(NULL, "histogram");
         bool seen[AP_HIST_BUCKETS] = {false};
-        json_t *a = NULL;
+        const struct ap_json *a = NULL;
         uint32_t n = 0;
         int r;
 
         if ((r = get_array(rc, root, NULL, "histogram", &a, &n)) < 0)
                 return r;
         for (uint32_t i = 0; i < n; i++) {
-                json_t *t = json_array_get(a, i);
+                const struct ap_json *t = ap_json_at(a, i);
                 struct loc li = at_index(&l, i), l0 = at_index(&li, 0);
                 int64_t b = 0;
 
                 if ((r = tuple(rc, t, &li, 3, "[bucket, count, bytes]")) < 0 ||
-                    (r = as_int(rc, json_array_get(t, 0), &l0, 0, AP_HIST_BUCKETS - 1, &b)) < 0)
+                    (r = as_int(rc, ap_json_at(t, 0), &l0, 0, AP_HIST_BUCKETS - 1, &b)) < 0)
                         return r;
                 if (seen[b])
                         return fail(rc, -EINVAL, "%s: bucket %d appears twice", loc_text(&l0).s, (int)b);
@@ -2052,12 +2060,12 @@ static int read_histogram(struct rctx *rc, struct ap_profile *p, const json_t *r
 
 /* Rows of [t_ns, live_bytes, allocations]; from format 3 on, each the step from the row
  * before (the first from zeros), added modulo 2^64. */
-static int read_timeline(struct rctx *rc, struct ap_profile *p, const json_t *root, bool steps)
+static int read_timeline(struct rctx *rc, struct ap_profile *p, const struct ap_json *root, bool steps)
 {
         static const char *const names[] = {"t_ns", "live_bytes", "allocations"};
         struct loc l = at_key(NULL, "timeline");
         uint64_t sum[3] = {0, 0, 0};
-        json_t *a = NULL;
+        const struct ap_json *a = NULL;
         uint32_t n = 0;
         int r;
 
@@ -2068,7 +2076,7 @@ static int read_timeline(struct rctx *rc, struct ap_profile *p, const json_t *ro
         for (uint32_t i = 0; i < n; i++) {
                 struct ap_ptimepoint *tp = &p->timeline[i];
                 uint64_t *const fields[] = {&tp->t_ns, &tp->live_bytes, &tp->allocations};
-                json_t *t = json_array_get(a, i);
+                const struct ap_json *t = ap_json_at(a, i);
                 struct loc li = at_index(&l, i);
 
                 if ((r = tuple(rc, t, &li, 3, "[t_ns, live_bytes, allocations]")) < 0)
@@ -2082,7 +2090,7 @@ static int read_timeline(struct rctx *rc, struct ap_profile *p, const json_t *ro
                                         return r;
                                 continue;
                         }
-                        if ((r = as_wrapped(rc, json_array_get(t, k), &lk, &step)) < 0)
+                        if ((r = as_wrapped(rc, ap_json_at(t, k), &lk, &step)) < 0)
                                 return r;
                         sum[k] += step;
                         if (sum[k] > (uint64_t)INT64_MAX)
@@ -2093,19 +2101,19 @@ static int read_timeline(struct rctx *rc, struct ap_profile *p, const json_t *ro
         return 0;
 }
 
-static int read_document(struct rctx *rc, struct ap_profile *p, const json_t *root)
+static int read_document(struct rctx *rc, struct ap_profile *p, const struct ap_json *root)
 {
         struct loc lv = at_key(NULL, "format_version"), lt = at_key(NULL, "tool");
         struct loc ltot = at_key(NULL, "totals");
-        json_t *v = NULL, *o = NULL;
+        const struct ap_json *v = NULL, *o = NULL;
         int64_t version = 0;
         int r;
 
-        if (!json_is_object(root))
+        if (!ap_json_is(root, AP_JSON_OBJECT))
                 return fail(rc, -EINVAL, "not an allocprof profile (top level is %s)",
                             type_name(root));
-        v = json_object_get(root, "format");
-        if (!json_is_string(v) || strcmp(json_string_value(v), FORMAT_NAME) != 0)
+        v = ap_json_get(root, "format");
+        if (!ap_json_is(v, AP_JSON_STRING) || strcmp(v->s, FORMAT_NAME) != 0)
                 return fail(rc, -EINVAL, "not an allocprof profile (\"format\" is not \"%s\")",
                             FORMAT_NAME);
         /* Checked before anything else: a newer file must say "upgrade", not "corrupt". */
@@ -2148,10 +2156,25 @@ static int read_document(struct rctx *rc, struct ap_profile *p, const json_t *ro
         return 0;
 }
 
+/* Hands buf (malloc'd, len bytes) to the caller with a NUL after it, or frees it. */
+static int nul_terminated(unsigned char *buf, size_t len, char **ret, size_t *ret_len)
+{
+        unsigned char *n = realloc(buf, len + 1);
+        if (n == NULL) {
+                free(buf);
+                return -ENOMEM;
+        }
+        n[len] = '\0';
+        *ret = (char *)n;
+        *ret_len = len;
+        return 0;
+}
+
 /* Reads the whole file; gzip data (what ap_profile_write makes) is inflated, anything
  * else (plain JSON, as profiles were first written) is taken as it is.  Either way at
  * most MAX_FILE_SIZE bytes of text (-EFBIG beyond: a decompression bomb stops there).
- * Returns 0 with *ret (malloc'd) and *ret_len, or -errno (-EBADMSG: damaged gzip). */
+ * Returns 0 with *ret (malloc'd, with a NUL after its *ret_len bytes, as ap_json_parse
+ * wants), or -errno (-EBADMSG: damaged gzip). */
 static int read_text(int fd, char **ret, size_t *ret_len)
 {
         size_t cap = 1 << 16, len = 0;
@@ -2184,11 +2207,8 @@ static int read_text(int fd, char **ret, size_t *ret_len)
                         break;
                 len += (size_t)n;
         }
-        if (len < 2 || raw[0] != 0x1f || raw[1] != 0x8b) {
-                *ret = (char *)raw;
-                *ret_len = len;
-                return 0;
-        }
+        if (len < 2 || raw[0] != 0x1f || raw[1] != 0x8b)
+                return nul_terminated(raw, len, ret, ret_len);
 
         z_stream z = {0};
         if (inflateInit2(&z, 15 + 16) != Z_OK) {
@@ -2232,17 +2252,15 @@ static int read_text(int fd, char **ret, size_t *ret_len)
                 free(out);
                 return r;
         }
-        *ret = (char *)out;
-        *ret_len = olen;
-        return 0;
+        return nul_terminated(out, olen, ret, ret_len);
 }
 
 int ap_profile_read(const char *path, struct ap_profile **ret, char **err)
 {
         struct rctx rc = {0};
         struct ap_profile *p = NULL;
-        json_error_t jerr;
-        json_t *root = NULL;
+        struct ap_json_error jerr;
+        struct ap_json_doc *doc = NULL;
         char *text = NULL;
         size_t len = 0;
         struct stat st;
@@ -2287,10 +2305,14 @@ int ap_profile_read(const char *path, struct ap_profile **ret, char **err)
         }
         /* Duplicate keys are rejected: a hostile file must not show one value to a human
          * reading it and another to us. */
-        root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
-        if (!root) {
-                r = fail(&rc, -EINVAL, "not valid JSON (line %d, column %d): %s", jerr.line,
-                         jerr.column, jerr.text);
+        r = ap_json_parse(text, len, &doc, &jerr);
+        if (r == -EINVAL) {
+                fail(&rc, r, "not valid JSON (line %d, column %d): %s", jerr.line, jerr.column,
+                     jerr.text);
+                goto out;
+        }
+        if (r < 0) {
+                oom(&rc);
                 goto out;
         }
         p = ap_profile_new();
@@ -2298,7 +2320,7 @@ int ap_profile_read(const char *path, struct ap_profile **ret, char **err)
                 r = oom(&rc);
                 goto out;
         }
-        r = read_document(&rc, p, root);
+        r = read_document(&rc, p, ap_json_root(doc));
         if (r < 0)
                 goto out;
         *ret = p;
@@ -2306,8 +2328,8 @@ int ap_profile_read(const char *path, struct ap_profile **ret, char **err)
 out:
         if (fd >= 0)
                 close(fd);
+        ap_json_free(doc);
         free(text);
-        json_decref(root);
         ap_profile_free(p);
         if (r < 0 && err)
                 *err = rc.err ? rc.err : strdup(strerror(-r));
