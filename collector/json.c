@@ -401,7 +401,8 @@ static int close_level(struct parser *ps, const char *at)
 {
         const struct level *l = &ps->levels[--ps->nlevels];
         size_t n = ps->nscratch - l->base;
-        const struct ap_json_member *kids = ps->scratch + l->base;
+        /* NULL while nothing was ever pushed (scratch is allocated on the first push). */
+        const struct ap_json_member *kids = n ? ps->scratch + l->base : NULL;
         struct ap_json v = {.type = l->type};
 
         if (n > UINT32_MAX)
@@ -416,7 +417,8 @@ static int close_level(struct parser *ps, const char *at)
                 struct ap_json_member *m = arena_alloc(ps->doc, n * sizeof(*m) + 1);
                 if (m == NULL)
                         return -ENOMEM;
-                memcpy(m, kids, n * sizeof(*m));
+                if (n > 0)
+                        memcpy(m, kids, n * sizeof(*m));
                 v.members = m;
         } else {
                 struct ap_json *items = arena_alloc(ps->doc, n * sizeof(*items) + 1);
