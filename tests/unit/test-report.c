@@ -617,6 +617,119 @@ static void test_ties(void)
         }
 }
 
+/* Many sites with few distinct counters and stacks, so that most of them tie: every order
+ * must come out sorted as cmp_sites documents it (its counters, then the stacks' text
+ * frame by frame from the innermost, a shorter stack first), complete, and with --top k
+ * as its first k sites.  The report takes sites off a heap; small profiles would not
+ * exercise it. */
+struct order_key {
+        uint64_t primary[2], bytes, allocations;
+        char stack[64]; /* "function:line " per frame, innermost first */
+};
+
+static void order_key(json_t *site, enum ap_sort sort, struct order_key *k)
+{
+        json_t *frames = jget(site, "frames");
+        size_t len = 0;
+
+        memset(k, 0, sizeof(*k));
+        k->bytes = (uint64_t)jint(site, "bytes");
+        k->allocations = (uint64_t)jint(site, "allocations");
+        switch (sort) {
+        case AP_SORT_ALLOCATIONS:
+                k->primary[0] = k->allocations;
+                break;
+        case AP_SORT_BYTES:
+                k->primary[0] = k->bytes;
+                break;
+        case AP_SORT_LEAKED:
+                k->primary[0] = (uint64_t)jint(site, "leaked_bytes");
+                k->primary[1] = (uint64_t)jint(site, "leaked_blocks");
+                break;
+        case AP_SORT_PEAK:
+                k->primary[0] = (uint64_t)jint(site, "peak_bytes");
+                k->primary[1] = (uint64_t)jint(site, "max_live_bytes");
+                break;
+        }
+        /* One-letter functions and one-digit lines: the text compares as the frames do. */
+        for (size_t i = 0; i < json_array_size(frames); i++) {
+                json_t *f = json_array_get(frames, i);
+                len += (size_t)snprintf(k->stack + len, sizeof(k->stack) - len, "%s:%d ",
+                                        jstring(f, "function"), (int)jint(f, "line"));
+        }
+}
+
+static int cmp_order_keys(const struct order_key *a, const struct order_key *b)
+{
+        const uint64_t x[] = {a->primary[0], a->primary[1], a->bytes, a->allocations};
+        const uint64_t y[] = {b->primary[0], b->primary[1], b->bytes, b->allocations};
+        for (size_t i = 0; i < 4; i++)
+                if (x[i] != y[i])
+                        return x[i] > y[i] ? -1 : 1; /* counters: larger first */
+        return strcmp(a->stack, b->stack);
+}
+
+static void test_order_many_sites(void)
+{
+        struct ap_profile *p = ap_profile_new();
+        const enum ap_sort sorts[] = {AP_SORT_BYTES, AP_SORT_ALLOCATIONS, AP_SORT_LEAKED,
+                                      AP_SORT_PEAK};
+        const uint32_t nsites = 3000;
+        uint64_t rng = 0x9e3779b97f4a7c15ull;
+
+        ASSERT_NOT_NULL(p);
+        p->modules = calloc(1, sizeof(*p->modules));
+        p->nmodules = 1;
+        p->modules[0].path = ap_profile_intern(p, "/bin/x");
+        p->modules[0].build_id = AP_NONE;
+        for (uint32_t i = 0; i < nsites; i++) {
+                uint64_t r[12];
+                for (size_t k = 0; k < 12; k++) {
+                        rng ^= rng >> 12, rng ^= rng << 25, rng ^= rng >> 27;
+                        r[k] = (rng * 0x2545f4914f6cdd1dull) >> 33;
+                }
+                struct ap_psite c = {.allocations = 1 + r[0] % 3,
+                                     .bytes = 10 * (1 + r[1] % 3),
+                                     .leaked_bytes = r[2] % 4 == 0 ? 5 : 0,
+                                     .leaked_blocks = r[3] % 2,
+                                     .peak_bytes = r[4] % 3,
+                                     .max_live_bytes = r[5] % 3};
+                struct fspec f[3];
+                size_t n = 1 + r[6] % 3;
+                for (size_t k = 0; k < n; k++) {
+                        static const char *const fn[] = {"a", "b", "c", "d"};
+                        uint32_t which = (uint32_t)(r[7 + k] % 4),
+                                 line = 1 + (uint32_t)(r[10] >> k) % 2;
+                        /* The address follows from function and line: it decides nothing. */
+                        f[k] = (struct fspec){fn[which], "x.c", line, 0, 16 * which + line, false};
+                }
+                site(p, c, n, f);
+        }
+        for (size_t si = 0; si < sizeof(sorts) / sizeof(sorts[0]); si++) {
+                json_t *all = render_json(p, 0, sorts[si]), *top = render_json(p, 25, sorts[si]);
+                json_t *sites = jget(all, "sites"), *topsites = jget(top, "sites");
+                struct order_key prev, cur;
+
+                ASSERT_EQ(json_array_size(sites), nsites);
+                ASSERT_EQ(json_array_size(topsites), 25u);
+                for (size_t i = 0; i < nsites; i++) {
+                        order_key(json_array_get(sites, i), sorts[si], &cur);
+                        if (i > 0 && cmp_order_keys(&prev, &cur) > 0) {
+                                fprintf(stderr, "sort %zu: site %zu (%s) before %zu (%s)\n", si,
+                                        i - 1, prev.stack, i, cur.stack);
+                                ASSERT_TRUE(false);
+                        }
+                        prev = cur;
+                }
+                for (size_t i = 0; i < 25; i++)
+                        ASSERT_TRUE(
+                                json_equal(json_array_get(sites, i), json_array_get(topsites, i)));
+                json_decref(all);
+                json_decref(top);
+        }
+        ap_profile_free(p);
+}
+
 static void test_json_exit_status(void)
 {
         struct ap_profile *p = build_known();
@@ -1324,6 +1437,7 @@ int main(void)
         test_json_schema();
         test_json_sort_and_top();
         test_ties();
+        test_order_many_sites();
         test_json_exit_status();
         test_text();
         test_text_deep_stack();
