@@ -81,13 +81,14 @@
  * equals max_live_bytes, else its value + 2.  The timeline's rows are the steps from the
  * previous row (the first from zeros).
  *
- * 64-bit values: the reader (json.c) takes signed 64-bit integers only.  Counters, sizes and times are
- * saturated at INT64_MAX when written (2^63 bytes or events cannot happen; saturating keeps
- * "at least this much" true, where wrapping would turn it into a negative number that every
- * reader rejects).  Codings and steps (dL, dA, dF, X, the timeline's) are computed modulo
- * 2^64 and written as the int64 with the same bits; the reader adds them back modulo 2^64,
- * so every value, addresses with all 64 bits included, round-trips exactly, and then
- * rejects a counter above INT64_MAX, an index out of range, a line above UINT32_MAX.
+ * 64-bit values: the reader (json.c) takes signed 64-bit integers only.  Counters, sizes and
+ * times are saturated at INT64_MAX when written (2^63 bytes or events cannot happen;
+ * saturating keeps "at least this much" true, where wrapping would turn it into a negative
+ * number that every reader rejects).  Codings and steps (dL, dA, dF, X, the timeline's) are
+ * computed modulo 2^64 and written as the int64 with the same bits; the reader adds them
+ * back modulo 2^64, so every value, addresses with all 64 bits included, round-trips
+ * exactly, and then rejects a counter above INT64_MAX, an index out of range, a line above
+ * UINT32_MAX.
  *
  * Version 2 (still read) stored the frames as rows [function I|null, file I|null, line,
  * module M|null, "0x<hex address>", inlined] and the sites as rows [allocations, bytes,
@@ -1343,8 +1344,8 @@ static int expect(struct rctx *rc, const struct ap_json *v, const struct loc *l,
 }
 
 /* Member `key` of obj (which the caller checked is an object). */
-static int member(struct rctx *rc, const struct ap_json *obj, const struct loc *parent, const char *key,
-                  const struct ap_json **ret)
+static int member(struct rctx *rc, const struct ap_json *obj, const struct loc *parent,
+                  const char *key, const struct ap_json **ret)
 {
         const struct ap_json *v = ap_json_get(obj, key);
 
@@ -1357,8 +1358,8 @@ static int member(struct rctx *rc, const struct ap_json *obj, const struct loc *
         return 0;
 }
 
-static int get_object(struct rctx *rc, const struct ap_json *obj, const struct loc *parent, const char *key,
-                      const struct ap_json **ret)
+static int get_object(struct rctx *rc, const struct ap_json *obj, const struct loc *parent,
+                      const char *key, const struct ap_json **ret)
 {
         struct loc l = at_key(parent, key);
         int r = member(rc, obj, parent, key, ret);
@@ -1369,8 +1370,8 @@ static int get_object(struct rctx *rc, const struct ap_json *obj, const struct l
 }
 
 /* An array whose length fits a uint32 index space that excludes AP_NONE. */
-static int get_array(struct rctx *rc, const struct ap_json *obj, const struct loc *parent, const char *key,
-                     const struct ap_json **ret, uint32_t *ret_n)
+static int get_array(struct rctx *rc, const struct ap_json *obj, const struct loc *parent,
+                     const char *key, const struct ap_json **ret, uint32_t *ret_n)
 {
         struct loc l = at_key(parent, key);
         int r = member(rc, obj, parent, key, ret);
@@ -1385,8 +1386,8 @@ static int get_array(struct rctx *rc, const struct ap_json *obj, const struct lo
         return 0;
 }
 
-static int as_int(struct rctx *rc, const struct ap_json *v, const struct loc *l, int64_t min, int64_t max,
-                  int64_t *ret)
+static int as_int(struct rctx *rc, const struct ap_json *v, const struct loc *l, int64_t min,
+                  int64_t max, int64_t *ret)
 {
         int64_t x;
 
@@ -1484,8 +1485,8 @@ static int as_addr(struct rctx *rc, const struct ap_json *v, const struct loc *l
 }
 
 /* Member helpers: look up `key` in obj (an object) and convert it, or fail naming the key. */
-static int field_u64(struct rctx *rc, const struct ap_json *obj, const struct loc *parent, const char *key,
-                     uint64_t *ret)
+static int field_u64(struct rctx *rc, const struct ap_json *obj, const struct loc *parent,
+                     const char *key, uint64_t *ret)
 {
         struct loc l = at_key(parent, key);
         const struct ap_json *v = NULL;
@@ -1494,8 +1495,8 @@ static int field_u64(struct rctx *rc, const struct ap_json *obj, const struct lo
         return r < 0 ? r : as_u64(rc, v, &l, ret);
 }
 
-static int field_u32(struct rctx *rc, const struct ap_json *obj, const struct loc *parent, const char *key,
-                     uint32_t *ret)
+static int field_u32(struct rctx *rc, const struct ap_json *obj, const struct loc *parent,
+                     const char *key, uint32_t *ret)
 {
         struct loc l = at_key(parent, key);
         const struct ap_json *v = NULL;
@@ -1504,8 +1505,8 @@ static int field_u32(struct rctx *rc, const struct ap_json *obj, const struct lo
         return r < 0 ? r : as_u32(rc, v, &l, ret);
 }
 
-static int field_int(struct rctx *rc, const struct ap_json *obj, const struct loc *parent, const char *key,
-                     int min, int max, int *ret)
+static int field_int(struct rctx *rc, const struct ap_json *obj, const struct loc *parent,
+                     const char *key, int min, int max, int *ret)
 {
         struct loc l = at_key(parent, key);
         const struct ap_json *v = NULL;
@@ -1538,8 +1539,8 @@ static int field_strdup(struct rctx *rc, const struct ap_json *obj, const struct
         return r < 0 ? r : as_strdup(rc, v, &l, nullable, ret);
 }
 
-static int fields_u64(struct rctx *rc, const struct ap_json *obj, const struct loc *parent, void *base,
-                      const struct u64_field *fields, size_t n)
+static int fields_u64(struct rctx *rc, const struct ap_json *obj, const struct loc *parent,
+                      void *base, const struct u64_field *fields, size_t n)
 {
         for (size_t i = 0; i < n; i++) {
                 int r = field_u64(rc, obj, parent, fields[i].name, u64_at(base, &fields[i]));
@@ -1560,15 +1561,16 @@ static int tuple(struct rctx *rc, const struct ap_json *v, const struct loc *l, 
 }
 
 /* Converts element i of a tuple. */
-static int tuple_u64(struct rctx *rc, const struct ap_json *t, const struct loc *l, size_t i, uint64_t *ret)
+static int tuple_u64(struct rctx *rc, const struct ap_json *t, const struct loc *l, size_t i,
+                     uint64_t *ret)
 {
         struct loc li = at_index(l, i);
 
         return as_u64(rc, ap_json_at(t, i), &li, ret);
 }
 
-static int tuple_index(struct rctx *rc, const struct ap_json *t, const struct loc *l, size_t i, uint32_t n,
-                       const char *table, uint32_t *ret)
+static int tuple_index(struct rctx *rc, const struct ap_json *t, const struct loc *l, size_t i,
+                       uint32_t n, const char *table, uint32_t *ret)
 {
         struct loc li = at_index(l, i);
 
@@ -1758,8 +1760,8 @@ static int decoded_too_large(struct rctx *rc, const struct loc *l, const char *w
 
 /* Member `key` of a column-wise table (obj, at parent): an array of exactly n elements,
  * as many as the table's column `first` has. */
-static int get_column(struct rctx *rc, const struct ap_json *obj, const struct loc *parent, const char *key,
-                      const char *first, uint32_t n, const struct ap_json **ret)
+static int get_column(struct rctx *rc, const struct ap_json *obj, const struct loc *parent,
+                      const char *key, const char *first, uint32_t n, const struct ap_json **ret)
 {
         struct loc l = at_key(parent, key);
         uint32_t len = 0;
@@ -2060,7 +2062,8 @@ static int read_histogram(struct rctx *rc, struct ap_profile *p, const struct ap
 
 /* Rows of [t_ns, live_bytes, allocations]; from format 3 on, each the step from the row
  * before (the first from zeros), added modulo 2^64. */
-static int read_timeline(struct rctx *rc, struct ap_profile *p, const struct ap_json *root, bool steps)
+static int read_timeline(struct rctx *rc, struct ap_profile *p, const struct ap_json *root,
+                         bool steps)
 {
         static const char *const names[] = {"t_ns", "live_bytes", "allocations"};
         struct loc l = at_key(NULL, "timeline");
