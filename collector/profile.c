@@ -1441,6 +1441,14 @@ static int as_index(struct rctx *rc, const struct ap_json *v, const struct loc *
         return 0;
 }
 
+static int as_bool(struct rctx *rc, const struct ap_json *v, const struct loc *l, bool *ret)
+{
+        if (!ap_json_is(v, AP_JSON_TRUE) && !ap_json_is(v, AP_JSON_FALSE))
+                return expect(rc, v, l, "a boolean");
+        *ret = ap_json_is(v, AP_JSON_TRUE);
+        return 0;
+}
+
 /* A malloc'd copy of a string, or NULL for null when nullable. */
 static int as_strdup(struct rctx *rc, const struct ap_json *v, const struct loc *l, bool nullable,
                      char **ret)
@@ -1592,12 +1600,7 @@ static int read_live(struct rctx *rc, struct ap_profile *p, const struct ap_json
         struct loc l = at_key(NULL, "live");
         const struct ap_json *v = ap_json_get(root, "live");
 
-        if (!v)
-                return 0;
-        if (!ap_json_is(v, AP_JSON_TRUE) && !ap_json_is(v, AP_JSON_FALSE))
-                return expect(rc, v, &l, "a boolean");
-        p->live = ap_json_is(v, AP_JSON_TRUE);
-        return 0;
+        return v ? as_bool(rc, v, &l, &p->live) : 0;
 }
 
 static int read_process(struct rctx *rc, struct ap_profile *p, const struct ap_json *root)
@@ -1713,10 +1716,8 @@ static int read_frames(struct rctx *rc, struct ap_profile *p, const struct ap_js
                         return fail(rc, -EINVAL, "%s: line number out of range", loc_text(&l2).s);
                 }
                 f->line = (uint32_t)line;
-                if (!ap_json_is(ap_json_at(t, 5), AP_JSON_TRUE) &&
-                    !ap_json_is(ap_json_at(t, 5), AP_JSON_FALSE))
-                        return expect(rc, ap_json_at(t, 5), &l5, "a boolean");
-                f->inlined = ap_json_is(ap_json_at(t, 5), AP_JSON_TRUE);
+                if ((r = as_bool(rc, ap_json_at(t, 5), &l5, &f->inlined)) < 0)
+                        return r;
         }
         return 0;
 }
