@@ -248,10 +248,10 @@ static int cmp_sites(const void *va, const void *vb, void *vctx)
  * of the report's samples); the order is the same, cmp_sites being a total order. */
 struct site_order {
         struct sort_ctx ctx;
-        uint32_t *heap; /* heap[0..nheap): the sites not yet taken; heap[0] comes next */
+        /* heap[0..nheap): the sites not yet taken, heap[0] next; heap[nheap..nsites): those
+         * taken, in order from the end (the i-th at heap[nsites - 1 - i]), as in heapsort. */
+        uint32_t *heap;
         uint32_t nheap;
-        uint32_t *done; /* done[0..ndone): the first ndone sites, in order */
-        uint32_t ndone;
 };
 
 static bool site_before(const struct site_order *so, uint32_t a, uint32_t b)
@@ -287,8 +287,7 @@ static int site_order_init(struct site_order *so, const struct ap_profile *p, en
         if (p->nframes > 0 && frank == NULL)
                 return -ENOMEM;
         so->heap = calloc(p->nsites, sizeof(*so->heap));
-        so->done = calloc(p->nsites, sizeof(*so->done));
-        if (so->heap == NULL || so->done == NULL)
+        if (so->heap == NULL)
                 return -ENOMEM;
         for (uint32_t i = 0; i < p->nsites; i++)
                 so->heap[i] = i;
@@ -301,19 +300,20 @@ static int site_order_init(struct site_order *so, const struct ap_profile *p, en
 /* The index of the i-th site in order (i < nsites). */
 static uint32_t site_at(struct site_order *so, uint32_t i)
 {
-        while (so->ndone <= i) {
-                so->done[so->ndone++] = so->heap[0];
+        const uint32_t n = so->ctx.p->nsites;
+        while (n - so->nheap <= i) {
+                uint32_t next = so->heap[0];
                 so->heap[0] = so->heap[--so->nheap];
+                so->heap[so->nheap] = next;
                 if (so->nheap > 0)
                         sift_down(so, 0);
         }
-        return so->done[i];
+        return so->heap[n - 1 - i];
 }
 
 static void site_order_free(struct site_order *so)
 {
         free(so->heap);
-        free(so->done);
 }
 
 static uint32_t shown(unsigned top, uint32_t n)
