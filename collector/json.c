@@ -284,6 +284,14 @@ static void make_c_locale(void)
         c_locale = newlocale(LC_ALL_MASK, "C", (locale_t)0);
 }
 
+/* Past the run of decimal digits at q (none: q itself). */
+static const char *skip_digits(const char *q)
+{
+        while (*q >= '0' && *q <= '9')
+                q++;
+        return q;
+}
+
 static int parse_number(struct parser *ps, struct ap_json *v)
 {
         const char *s = ps->p, *q = s;
@@ -306,23 +314,18 @@ static int parse_number(struct parser *ps, struct ap_json *v)
         } else {
                 return fail(ps, s, "invalid number");
         }
+        /* A fraction and an exponent each need at least one digit. */
         if (*q == '.') {
                 real = true;
-                q++;
-                if (!(*q >= '0' && *q <= '9'))
+                const char *digits = q + 1;
+                if ((q = skip_digits(digits)) == digits)
                         return fail(ps, s, "invalid number");
-                while (*q >= '0' && *q <= '9')
-                        q++;
         }
         if (*q == 'e' || *q == 'E') {
                 real = true;
-                q++;
-                if (*q == '+' || *q == '-')
-                        q++;
-                if (!(*q >= '0' && *q <= '9'))
+                const char *digits = q[1] == '+' || q[1] == '-' ? q + 2 : q + 1;
+                if ((q = skip_digits(digits)) == digits)
                         return fail(ps, s, "invalid number");
-                while (*q >= '0' && *q <= '9')
-                        q++;
         }
         if (real) {
                 /* strtod stops at the first byte that is not part of the number, as the
@@ -357,6 +360,11 @@ static int literal(struct parser *ps, const char *word, size_t len)
         return 0;
 }
 
+static bool key_is(const struct ap_json_member *m, const char *key, size_t len)
+{
+        return m->keylen == len && memcmp(m->key, key, len) == 0;
+}
+
 static int cmp_keys(const void *a, const void *b)
 {
         const struct ap_json_member *x = *(const struct ap_json_member *const *)a;
@@ -375,8 +383,7 @@ static int find_duplicate(const struct ap_json_member *m, size_t n,
         if (n <= 16) {
                 for (size_t a = 0; a < n; a++)
                         for (size_t b = a + 1; b < n; b++)
-                                if (m[a].keylen == m[b].keylen &&
-                                    memcmp(m[a].key, m[b].key, m[a].keylen) == 0) {
+                                if (key_is(&m[a], m[b].key, m[b].keylen)) {
                                         *ret = &m[a];
                                         return 0;
                                 }
@@ -616,7 +623,7 @@ const struct ap_json *ap_json_get(const struct ap_json *o, const char *key)
                 return NULL;
         size_t len = strlen(key);
         for (uint32_t k = 0; k < o->n; k++)
-                if (o->members[k].keylen == len && memcmp(o->members[k].key, key, len) == 0)
+                if (key_is(&o->members[k], key, len))
                         return &o->members[k].value;
         return NULL;
 }
