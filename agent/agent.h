@@ -59,6 +59,8 @@ struct ap_thread {
         uint32_t beat_countdown; /* records until the next collector-liveness check */
         uint64_t beat_seen;      /* collector heartbeat at the last check */
         uint64_t beat_ns;        /* when it last moved, CLOCK_MONOTONIC */
+        int gave_up; /* a wait for ring space ran out: records are dropped at once (and
+                      * counted) until the ring has room again */
         /* The thread's last stack, for the next unwind (unwind.h); memo.user is its
          * stack id.  Used by the hooks' own path only, never by a nested (signal) one. */
         struct ap_unwind_memo memo;

@@ -312,7 +312,10 @@ static __attribute__((noinline, cold)) void check_collector(struct ap_thread *t,
 }
 
 /* The ring is full: naps until the collector gives space back, it is found gone (then
- * nothing more is recorded), the mode changes, or WAIT_MAX_NS pass.  NULL if no space. */
+ * nothing more is recorded), the mode changes, or WAIT_MAX_NS pass.  NULL if no space.
+ * A collector that is alive but drains nothing (stopped, hung, or busy elsewhere) would
+ * otherwise hold up every later record for WAIT_MAX_NS as well: after a wait that ran
+ * out, the thread drops its records at once until its ring has room again. */
 static uint8_t *wait_for_space(struct ap_thread *t, struct ap_shm_header *h, uint32_t nbytes,
                                uint32_t keep, uint64_t start)
 {
@@ -337,8 +340,10 @@ static uint8_t *wait_for_space(struct ap_thread *t, struct ap_shm_header *h, uin
                         ap_store_relaxed(&h->xmode, AP_MODE_OFF);
                         return NULL;
                 }
-                if (now - start > WAIT_MAX_NS)
+                if (now - start > WAIT_MAX_NS) {
+                        t->gave_up = 1;
                         return NULL;
+                }
         }
 }
 
@@ -351,9 +356,13 @@ static uint8_t *ring_reserve(struct ap_thread *t, struct ap_shm_header *h, uint3
         if (ap_likely(w != NULL)) {
                 if (ap_unlikely(ap_load_relaxed(&g_collector_stalled)))
                         ap_store_relaxed(&g_collector_stalled, 0); /* it drained: alive */
+                /* Room beyond the free records' reserve (keep): the collector drains
+                 * again.  A free written into the reserve says nothing of that. */
+                if (keep != 0)
+                        t->gave_up = 0;
                 return w;
         }
-        if (ap_load_relaxed(&g_collector_stalled))
+        if (ap_load_relaxed(&g_collector_stalled) || t->gave_up)
                 return NULL;
         ap_count(AP_CNT_RING_WAITS, 1);
         uint64_t start = ap_clock_mono_ns();

@@ -386,6 +386,46 @@ if cc -O2 -o waiter waiter.c 2>/dev/null; then
         check_contains "stopped collector: hint" wait.txt "* waits for the collector"
         check_contains "stopped collector: run's summary" wait.err "allocprof: the program waited "
 fi
+
+# --- a collector that stays stopped: the program waits once, then drops and goes on -------
+cat >burst.c <<'EOF_C'
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+int main(void)
+{
+        /* Says it is ready, waits for ./go (at most 30 s), then 2 M mallocs and frees: far
+         * more records than a ring holds. */
+        fclose(fopen("ready", "w"));
+        for (int k = 0; k < 3000 && access("go", F_OK) != 0; k++)
+                usleep(10000);
+        for (int i = 0; i < 2000000; i++) {
+                void *volatile p = malloc(16 + i % 128);
+                free(p);
+        }
+        fclose(fopen("done", "w"));
+        return 3;
+}
+EOF_C
+if cc -O2 -o burst burst.c 2>/dev/null; then
+        rm -f ready go done
+        "$AP" run -o burst.approf -- ./burst >burst.out 2>burst.err &
+        apid=$!
+        for i in $(seq 1 100); do [ -e ready ] && break; sleep 0.1; done
+        kill -STOP $apid
+        touch go
+        # One wait of 5 s for the stopped collector, then the rest is dropped at once.
+        for i in $(seq 1 200); do [ -e done ] && break; sleep 0.1; done
+        checks=$((checks + 1))
+        [ -e done ] || fail "collector stopped for good: the program did not finish within 20 s"
+        kill -CONT $apid
+        wait $apid
+        check_eq "collector stopped for good: the program's exit status" 3 $?
+        check_eq "collector stopped for good: events dropped and counted, recorded + dropped = all" \
+                "True True" \
+                "$(json_of burst.approf '(t := d["totals"])["dropped_events"] > 0, t["allocations"] + t["frees"] + t["unmatched_frees"] + t["dropped_events"] >= 4000000' | tr -d '(),')"
+        check_contains "collector stopped for good: run's warning" burst.err "events were dropped"
+fi
 "$AP" run -q --unwind bogus -- true 2>unwind.err
 check_eq "--unwind bogus: exit 2" 2 $?
 check_contains "--unwind bogus: message" unwind.err "--unwind: 'bogus' is not 'dwarf', 'fp' or 'libunwind'"
