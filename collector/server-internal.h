@@ -38,7 +38,8 @@ struct pending {
 
 struct tracked {
         struct ap_process *p;
-        int pidfd; /* -1 if the process was already gone at registration */
+        int pidfd; /* -1: gone at registration, or no pidfd_open (see proc_start) */
+        uint64_t proc_start; /* without a pidfd: its start time in /proc, watched instead */
         bool ended;
         char *exe;        /* /proc/PID/exe at registration, to notice an exec we cannot follow */
         uid_t uid;        /* of the registering process (SO_PEERCRED) */

@@ -52,6 +52,27 @@ static char *proc_exe(pid_t pid)
         return strdup(buf);
 }
 
+/* The start time of a running process (field 22 of /proc/PID/stat, in clock ticks since
+ * boot), or 0 if there is no such process or it is a zombie: a process image that has
+ * ended.  With the start time, a pid reused by another process is not taken for it. */
+static uint64_t proc_start_time(pid_t pid)
+{
+        char path[64], *buf = NULL;
+        snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+        ssize_t n = ap_read_file(path, &buf, 4096);
+        /* "pid (comm) state ...": comm may hold anything, so parse from the last ')'. */
+        char *rp = n > 0 ? strrchr(buf, ')') : NULL;
+        char state = 0;
+        unsigned long long start = 0;
+        if (rp == NULL || sscanf(rp + 1, " %c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d "
+                                         "%*d %*d %*d %*d %*d %llu",
+                                 &state, &start) != 2 ||
+            state == 'Z' || state == 'X' || state == 'x')
+                start = 0;
+        free(buf);
+        return start;
+}
+
 void ap_collector_set_accept(struct ap_collector *c, ap_collector_accept_fn fn, void *userdata)
 {
         c->accept = fn;
@@ -278,10 +299,14 @@ static bool register_process(struct ap_collector *c, int memfd, pid_t pid, uid_t
                 ap_process_free(p);
                 return false;
         }
+        /* Where pidfd_open is missing (Linux before 5.3) or refused (a container's
+         * seccomp profile, valgrind), the process's /proc entry is watched each round. */
         int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+        uint64_t start = pidfd < 0 && errno != ESRCH ? proc_start_time(pid) : 0;
         c->procs[c->nprocs++] = (struct tracked){.p = p,
                                                  .pidfd = pidfd,
-                                                 .ended = pidfd < 0,
+                                                 .proc_start = start,
+                                                 .ended = pidfd < 0 && start == 0,
                                                  .exe = proc_exe(pid),
                                                  .uid = uid,
                                                  .ppid = (pid_t)hello->ppid,
@@ -430,9 +455,14 @@ int ap_collector_step(struct ap_collector *c, int timeout_ms, int extra_fd)
                         close(pd.fd);
         }
         c->npending = keep;
-        for (size_t i = 0; i < c->nprocs && proc0 + i < n; i++)
+        for (size_t i = 0; i < c->nprocs && proc0 + i < n; i++) {
+                struct tracked *tp = &c->procs[i];
                 if (r > 0 && (c->pfds[proc0 + i].revents & (POLLIN | POLLHUP | POLLERR)))
-                        c->procs[i].ended = true;
+                        tp->ended = true;
+                else if (tp->pidfd < 0 && !tp->ended &&
+                         proc_start_time(ap_process_pid(tp->p)) != tp->proc_start)
+                        tp->ended = true;
+        }
         if (r > 0 && (c->pfds[0].revents & POLLIN))
                 accept_all(c);
 

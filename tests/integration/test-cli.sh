@@ -426,6 +426,64 @@ if cc -O2 -o burst burst.c 2>/dev/null; then
                 "$(json_of burst.approf '(t := d["totals"])["dropped_events"] > 0, t["allocations"] + t["frees"] + t["unmatched_frees"] + t["dropped_events"] >= 4000000' | tr -d '(),')"
         check_contains "collector stopped for good: run's warning" burst.err "events were dropped"
 fi
+# --- no pidfd_open (old kernels, container seccomp profiles, valgrind) -------------------
+# A launcher whose seccomp filter fails pidfd_open with ENOSYS for itself and everything
+# it starts: the collector must then watch the program's /proc entry instead.
+cat >nopidfd.c <<'EOF_C'
+#include <errno.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+int main(int argc, char **argv)
+{
+        struct sock_filter f[] = {
+                BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+                BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_pidfd_open, 0, 1),
+                BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS),
+                BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        };
+        struct sock_fprog prog = {.len = sizeof(f) / sizeof(f[0]), .filter = f};
+        if (argc < 2 || prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 ||
+            prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) != 0) {
+                perror("nopidfd");
+                return 125;
+        }
+        execvp(argv[1], argv + 1);
+        perror(argv[1]);
+        return 126;
+}
+EOF_C
+cat >slowalloc.c <<'EOF_C'
+#include <stdlib.h>
+#include <unistd.h>
+int main(void)
+{
+        /* 40 rounds of 1,000 mallocs (every tenth kept), 20 ms apart: 0.8 s of records. */
+        for (int k = 0; k < 40; k++) {
+                for (int i = 0; i < 1000; i++) {
+                        void *volatile p = malloc(100);
+                        if (i % 10 != 0)
+                                free(p);
+                }
+                usleep(20000);
+        }
+        return 5;
+}
+EOF_C
+if cc -O2 -o nopidfd nopidfd.c 2>/dev/null && cc -O2 -o slowalloc slowalloc.c; then
+        ./nopidfd "$AP" run -o nopidfd.approf -- ./slowalloc 2>nopidfd.err
+        check_eq "without pidfd_open: the program's exit status" 5 $?
+        check_eq "without pidfd_open: every allocation, free and leak" "40000 36000 4000 0" \
+                "$(json_of nopidfd.approf '(t := d["totals"])["allocations"], t["frees"], t["leaked_blocks"], t["dropped_events"]' | tr -d '(),')"
+        # and the process is still seen to end when it dies by a signal
+        ./nopidfd "$AP" run -q -o nopidfd2.approf -- sh -c 'kill -9 $$' 2>/dev/null
+        check_eq "without pidfd_open: a program killed by SIGKILL" 137 $?
+fi
+
 "$AP" run -q --unwind bogus -- true 2>unwind.err
 check_eq "--unwind bogus: exit 2" 2 $?
 check_contains "--unwind bogus: message" unwind.err "--unwind: 'bogus' is not 'dwarf', 'fp' or 'libunwind'"
