@@ -242,6 +242,17 @@ ssize_t ap_read_file(const char *path, char **ret, size_t max)
         return (ssize_t)n;
 }
 
+/* The first (ns, ticks) pair of the calibration, read when the program starts: by the
+ * time a profiled process registers (an exec and a dynamic link later), enough time has
+ * passed that the calibration need not wait for it (it used to spin 2 ms per run). */
+static uint64_t calib_ns0, calib_ticks0;
+
+static __attribute__((constructor)) void calib_start(void)
+{
+        calib_ns0 = ap_clock_mono_ns();
+        calib_ticks0 = ap_clock_ticks();
+}
+
 double ap_ns_per_tick(void)
 {
         static double cached;
@@ -249,15 +260,14 @@ double ap_ns_per_tick(void)
                 return cached;
         if (AP_CLOCK_KIND == AP_CLOCK_MONOTONIC_NS)
                 return cached = 1.0;
-        /* Two (ns, ticks) pairs 2 ms apart: each read pair is ~40 ns wide, so the ratio is
-         * good to a few parts in 10^5, plenty for timelines and durations. */
-        uint64_t n0 = ap_clock_mono_ns(), t0 = ap_clock_ticks();
+        /* Two (ns, ticks) pairs at least 2 ms apart: each read pair is ~40 ns wide, so the
+         * ratio is good to a few parts in 10^5, plenty for timelines and durations. */
         uint64_t n1, t1;
         do {
                 n1 = ap_clock_mono_ns();
                 t1 = ap_clock_ticks();
-        } while (n1 - n0 < 2000000);
-        cached = t1 > t0 ? (double)(n1 - n0) / (double)(t1 - t0) : 1.0;
+        } while (n1 - calib_ns0 < 2000000);
+        cached = t1 > calib_ticks0 ? (double)(n1 - calib_ns0) / (double)(t1 - calib_ticks0) : 1.0;
         return cached;
 }
 

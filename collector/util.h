@@ -75,7 +75,8 @@ char *ap_asprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Human-readable byte count into buf ("1.50 MiB"). Returns buf. */
 const char *ap_fmt_bytes(char *buf, size_t len, uint64_t bytes);
 
-/* Nanoseconds per ap_clock_ticks() tick, measured once per process (about 2 ms). */
+/* Nanoseconds per ap_clock_ticks() tick, measured once per process over at least 2 ms
+ * since it started. */
 double ap_ns_per_tick(void);
 uint64_t ap_realtime_ns(void);
 
