@@ -78,29 +78,36 @@ _Static_assert(AP_MAX_FRAMES <= AP_UNWIND_MEMO_MAX, "a whole stack fits the memo
 
 /* In front of the index: the stacks seen last, direct-mapped, one word each, laid out
  * like an index cell.  A hit skips the index probe and the comparison with the heap
- * entry; it trusts 52 bits of hash (12 pick the cell).  Release/acquire as the index. */
-#define RECENT_BITS 12
-static _Atomic uint64_t g_recent[1u << RECENT_BITS];
+ * entry; it trusts 56 bits of hash (16 pick the cell).  Release/acquire as the index.
+ * Mapped like the index, so a program with few stacks touches a few pages of it.  Its
+ * size, measured under cachegrind on cc1 in full mode (11 k sites): with 4 Ki cells
+ * instead of 64 Ki, 47 M more instructions, 1.6 M more L1 and 0.43 M more last-level
+ * data misses, of the 1.76 G, 10.2 M and 0.61 M that recording adds to the compiler. */
+#define RECENT_BITS 16
+static _Atomic uint64_t *g_recent;
 
 static inline uint64_t index_tag(uint64_t hash)
 {
         return (hash | (1ull << 63)) & ~ID_MASK;
 }
 
+/* A zeroed table of 2^bits cells in place of *table.  A fork child calls it too: the
+ * inherited tables name entries of the parent's heap (the child runs one thread here). */
+static void fresh_table(_Atomic uint64_t **table, unsigned bits)
+{
+        size_t bytes = sizeof(uint64_t) << bits;
+        if (*table != NULL)
+                munmap((void *)*table, bytes);
+        void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        *table = p == MAP_FAILED ? NULL : p;
+}
+
 AP_HIDDEN int ap_stacks_init(void)
 {
-        for (size_t i = 0; i < (1u << RECENT_BITS); i++)
-                ap_store_relaxed(&g_recent[i], 0);
-        for (int l = 0; l < 2; l++) {
-                size_t bytes = sizeof(uint64_t) << g_index_bits[l];
-                /* Fork child: the inherited tables name entries of the parent's heap (the
-                 * child runs one thread here). */
-                if (g_index[l] != NULL)
-                        munmap((void *)g_index[l], bytes);
-                void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
-                               MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-                g_index[l] = p == MAP_FAILED ? NULL : p;
-        }
+        fresh_table(&g_recent, RECENT_BITS);
+        for (int l = 0; l < 2; l++)
+                fresh_table(&g_index[l], g_index_bits[l]);
         ap_fetch_add_relaxed(&g_stacks_gen, 1);
         return g_index[0] == NULL ? -ENOMEM : 0;
 }
@@ -138,8 +145,9 @@ static uint32_t index_level(struct ap_shm_header *h, int level, const uint64_t *
 static uint32_t stack_intern(struct ap_shm_header *h, const uint64_t *ips, uint32_t n,
                              uint64_t hash)
 {
-        _Atomic uint64_t *cell = &g_recent[hash & ((1u << RECENT_BITS) - 1)];
-        uint64_t v = ap_load_acquire(cell);
+        _Atomic uint64_t *cell =
+                g_recent != NULL ? &g_recent[hash & ((1u << RECENT_BITS) - 1)] : NULL;
+        uint64_t v = cell != NULL ? ap_load_acquire(cell) : 0;
         if (v != 0 && (v & ~ID_MASK) == index_tag(hash))
                 return (uint32_t)(v & ID_MASK);
         uint32_t id = INDEX_FULL;
@@ -148,7 +156,7 @@ static uint32_t stack_intern(struct ap_shm_header *h, const uint64_t *ips, uint3
                         id = index_level(h, l, ips, n, hash);
         if (id == INDEX_FULL)
                 return 0;
-        if (id != 0)
+        if (id != 0 && cell != NULL)
                 ap_store_release(cell, index_tag(hash) | id);
         return id;
 }
