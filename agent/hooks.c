@@ -190,19 +190,20 @@ static inline void end_block(void *p)
  * dormant and detached mode, and in sampled mode between two sample points, that is
  * nearly every call).  In sampled mode it takes the size off the countdown, as new_block
  * would have, and also for an allocation that fails (it only moves the next sample point
- * by the size of a failed request).  False leaves everything to new_block: inside the
- * agent, no session yet, full mode, or a sample point reached. */
+ * by the size of a failed request).  False leaves everything to new_block: no session
+ * yet, full mode, inside the agent in sampled mode (the agent's own allocations must not
+ * move the countdown), or a sample point reached.  In the other modes nothing is
+ * recorded, inside the agent or not, so they do not look at the thread at all. */
 static inline bool quiet_block(size_t size)
 {
-        struct ap_thread *t = &ap_tls;
-        if (ap_unlikely(t->in_hook))
-                return false;
         struct ap_shm_header *h = session();
         if (ap_unlikely(h == NULL))
                 return false;
         uint32_t mode = mode_of(h);
-        if (mode == AP_MODE_SAMPLED)
-                return sampler_skips(t, h, size);
+        if (mode == AP_MODE_SAMPLED) {
+                struct ap_thread *t = &ap_tls;
+                return ap_likely(!t->in_hook) && sampler_skips(t, h, size);
+        }
         return mode != AP_MODE_FULL;
 }
 
@@ -239,13 +240,13 @@ AP_EXPORT void *calloc(size_t nmemb, size_t size)
 
 /* True when freeing p will not be recorded: free then ends in a jump to glibc's, with no
  * stack frame of its own.  The same decisions as end_block's, which the other case goes
- * through. */
+ * through; whether the thread is inside the agent changes none of them (end_block hands
+ * such a free to ap_nested_free, which records it in the same cases only), so it is not
+ * looked at here. */
 static inline bool quiet_free(void *p)
 {
         if (p == NULL)
                 return true;
-        if (ap_unlikely(ap_tls.in_hook))
-                return false;
         struct ap_shm_header *h = session();
         if (ap_unlikely(h == NULL))
                 return true;
