@@ -115,6 +115,7 @@ struct ap_process {
         struct ap_ptimepoint *timeline;
         size_t ntimeline, timeline_cap;
         uint64_t timeline_step_ns, timeline_next_ns;
+        uint64_t timeline_next_ticks; /* a record stamped before it is before the next point */
 
         uint8_t *scratch; /* a record's fixed part, copied out of the ring before validation */
 };

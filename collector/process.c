@@ -516,6 +516,8 @@ static inline void peak_touch(struct ap_process *p, struct ap_cstack *s)
 
 static void timeline_point(struct ap_process *p, uint64_t ts)
 {
+        if (ts < p->timeline_next_ticks)
+                return; /* the common case, decided without converting ts */
         uint64_t t = ap_process_ticks_to_ns(p, ts);
         if (t < p->timeline_next_ns && p->ntimeline > 0)
                 return;
@@ -533,6 +535,10 @@ static void timeline_point(struct ap_process *p, uint64_t ts)
                                        .live_bytes = p->t.live_bytes,
                                        .allocations = (p->t.allocations + AP_CW / 2) / AP_CW};
         p->timeline_next_ns = t + p->timeline_step_ns;
+        /* The tick count of timeline_next_ns, less a millionth, so that rounding can
+         * only send a record on to the exact test above, never past a point. */
+        double ticks = (double)p->timeline_next_ns / p->ns_per_tick * (1.0 - 1e-6);
+        p->timeline_next_ticks = ticks < 1e19 ? p->start_ticks + (uint64_t)ticks : 0;
 }
 
 /* Accounts for the end of a live block (its entry is about to be removed). */
