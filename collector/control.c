@@ -142,17 +142,8 @@ static char *join_command(struct ap_process *p)
 /* Parent of pid from /proc, or -1. */
 static pid_t parent_of(pid_t pid)
 {
-        char path[64], *buf = NULL;
-        snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-        ssize_t n = ap_read_file(path, &buf, 4096);
-        pid_t ppid = -1;
-        /* "pid (comm) state ppid": comm may hold anything, so parse from the last ')'. */
-        char *rp = n > 0 ? strrchr(buf, ')') : NULL;
-        int v;
-        if (rp != NULL && sscanf(rp + 1, " %*c %d", &v) == 1)
-                ppid = v;
-        free(buf);
-        return ppid;
+        struct ap_proc_stat st;
+        return ap_proc_stat(pid, &st) ? st.ppid : -1;
 }
 
 /* ---- finished images, for ps ---------------------------------------------------------- */

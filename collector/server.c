@@ -52,25 +52,15 @@ static char *proc_exe(pid_t pid)
         return strdup(buf);
 }
 
-/* The start time of a running process (field 22 of /proc/PID/stat, in clock ticks since
- * boot), or 0 if there is no such process or it is a zombie: a process image that has
- * ended.  With the start time, a pid reused by another process is not taken for it. */
+/* The start time of a running process, or 0 if there is no such process or it is a
+ * zombie: a process image that has ended.  With the start time, a pid reused by another
+ * process is not taken for it. */
 static uint64_t proc_start_time(pid_t pid)
 {
-        char path[64], *buf = NULL;
-        snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-        ssize_t n = ap_read_file(path, &buf, 4096);
-        /* "pid (comm) state ...": comm may hold anything, so parse from the last ')'. */
-        char *rp = n > 0 ? strrchr(buf, ')') : NULL;
-        char state = 0;
-        unsigned long long start = 0;
-        if (rp == NULL || sscanf(rp + 1, " %c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d "
-                                         "%*d %*d %*d %*d %*d %llu",
-                                 &state, &start) != 2 ||
-            state == 'Z' || state == 'X' || state == 'x')
-                start = 0;
-        free(buf);
-        return start;
+        struct ap_proc_stat st;
+        if (!ap_proc_stat(pid, &st) || st.state == 'Z' || st.state == 'X' || st.state == 'x')
+                return 0;
+        return st.start;
 }
 
 void ap_collector_set_accept(struct ap_collector *c, ap_collector_accept_fn fn, void *userdata)

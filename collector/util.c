@@ -242,6 +242,28 @@ ssize_t ap_read_file(const char *path, char **ret, size_t max)
         return (ssize_t)n;
 }
 
+bool ap_proc_stat(pid_t pid, struct ap_proc_stat *ret)
+{
+        char path[64], *buf = NULL;
+        snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+        ssize_t n = ap_read_file(path, &buf, 4096);
+        /* "pid (comm) state ppid ...": comm may hold anything, so parse from the last ')'. */
+        char *rp = n > 0 ? strrchr(buf, ')') : NULL;
+        int ppid = -1;
+        unsigned long long start = 0;
+        /* fields 3 and 4, then 5-21 skipped, then 22 */
+        ret->state = 0;
+        bool ok = rp != NULL &&
+                  sscanf(rp + 1,
+                         " %c %d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %*d %*d "
+                         "%*d %llu",
+                         &ret->state, &ppid, &start) == 3;
+        free(buf);
+        ret->ppid = ppid;
+        ret->start = start;
+        return ok;
+}
+
 /* The first (ns, ticks) pair of the calibration, read when the program starts: by the
  * time a profiled process registers (an exec and a dynamic link later), enough time has
  * passed that the calibration need not wait for it (it used to spin 2 ms per run). */

@@ -89,6 +89,16 @@ int ap_exe_unprofilable(const char *path);
  * *ret is malloc'd and NUL-terminated. */
 ssize_t ap_read_file(const char *path, char **ret, size_t max);
 
+/* What /proc/PID/stat says of a process: its state letter ('Z' a zombie), its parent, and
+ * when it started (clock ticks since boot: with the pid, it names one process).  False if
+ * there is no such process. */
+struct ap_proc_stat {
+        char state;
+        pid_t ppid;
+        uint64_t start;
+};
+bool ap_proc_stat(pid_t pid, struct ap_proc_stat *ret);
+
 /* "512K" -> 524288 (K, M, G suffixes, optionally followed by i, B or iB).  Returns 0 or
  * -EINVAL. */
 int ap_parse_size(const char *s, uint64_t *ret);
