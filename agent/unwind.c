@@ -677,28 +677,26 @@ struct frame_state {
 static bool memo_holds(const struct ap_unwind_memo *m, int mi, uint64_t lo, uint64_t stack_hi)
 {
         for (int p = mi; p >= 0; p--) {
-                const struct ap_unwind_level *l = &m->lv[p];
-                uint64_t next_sp, next_pc, next_fp;
-                bool need;
+                uint64_t next_sp, next_pc;
                 if (p > 0) {
-                        next_sp = m->lv[p - 1].sp;
-                        next_pc = m->lv[p - 1].pc;
-                        next_fp = m->lv[p - 1].fp;
-                        need = m->lv[p - 1].flags & LV_NEED_FP;
+                        next_sp = m->sp[p - 1];
+                        next_pc = m->pc[p - 1];
                 } else if (m->end != MEMO_END_RULE) {
                         next_sp = m->fin_sp;
                         next_pc = m->fin_pc;
-                        next_fp = m->fin_fp;
-                        need = m->end == MEMO_END_MAX;
                 } else {
                         break; /* the outermost rule read nothing */
                 }
                 if (*(const uint64_t *)(uintptr_t)(next_sp - 8) != next_pc)
                         return false;
-                if (l->flags & LV_RBP_SAVED) {
-                        if (l->slot - lo > stack_hi - 8 - lo)
+                if (m->flags[p] & LV_RBP_SAVED) {
+                        uint64_t slot = m->slot[p];
+                        if (slot - lo > stack_hi - 8 - lo)
                                 return false;
-                        if (need && *(const uint64_t *)(uintptr_t)l->slot != next_fp)
+                        bool need = p > 0 ? m->flags[p - 1] & LV_NEED_FP
+                                          : m->end == MEMO_END_MAX;
+                        if (need && *(const uint64_t *)(uintptr_t)slot !=
+                                            (p > 0 ? m->fp[p - 1] : m->fin_fp))
                                 return false;
                 }
         }
@@ -719,9 +717,12 @@ static uint64_t memo_store(struct ap_unwind_memo *m, uint32_t pos, const uint64_
                         f |= LV_NEED_FP;
                 need = f & LV_NEED_FP;
                 h = ap_stack_hash_step(h, out[k]);
-                m->lv[pos] = (struct ap_unwind_level){
-                        .pc = out[k], .sp = st[k].sp, .fp = st[k].fp, .slot = st[k].slot,
-                        .hash = h, .flags = f};
+                m->pc[pos] = out[k];
+                m->sp[pos] = st[k].sp;
+                m->fp[pos] = st[k].fp;
+                m->slot[pos] = st[k].slot;
+                m->hash[pos] = h;
+                m->flags[pos] = (uint8_t)f;
         }
         return h;
 }
@@ -749,15 +750,15 @@ static int capture_with_memo(uint64_t *out, int max, uint64_t stack_hi, uint64_t
 walk:
         while (n < max) {
                 if (mi >= 0) {
-                        while (mi >= 0 && m->lv[mi].sp < sp)
+                        while (mi >= 0 && m->sp[mi] < sp)
                                 mi--;
-                        if (mi >= 0 && m->lv[mi].sp == sp) {
+                        if (mi >= 0 && m->sp[mi] == sp) {
                                 /* Same sp, so far from a proof: the same function may sit
                                  * here called from elsewhere (another pc), or the frames
                                  * above may have changed (the slots tell).  Compare the
                                  * cheap things first; verify the slots twice at most. */
-                                const struct ap_unwind_level *l = &m->lv[mi];
-                                if (l->pc == pc && (!(l->flags & LV_NEED_FP) || l->fp == fp) &&
+                                if (m->pc[mi] == pc &&
+                                    (!(m->flags[mi] & LV_NEED_FP) || m->fp[mi] == fp) &&
                                     n + mi + 1 <= max) {
                                         if (memo_holds(m, mi, lo, stack_hi))
                                                 goto joined;
@@ -787,10 +788,10 @@ joined:;
                 /* The memo was cut at max frames and this stack has room for more: take
                  * its frames over and go on unwinding from where it stopped. */
                 for (int p = mi; p >= 0; p--, n++) {
-                        const struct ap_unwind_level *l = &m->lv[p];
-                        out[n] = l->pc;
-                        st[n] = (struct frame_state){.sp = l->sp, .fp = l->fp, .slot = l->slot,
-                                                     .flags = l->flags & ~(uint64_t)LV_NEED_FP};
+                        out[n] = m->pc[p];
+                        st[n] = (struct frame_state){
+                                .sp = m->sp[p], .fp = m->fp[p], .slot = m->slot[p],
+                                .flags = m->flags[p] & ~(uint64_t)LV_NEED_FP};
                 }
                 pc = m->fin_pc;
                 sp = m->fin_sp;
@@ -799,12 +800,12 @@ joined:;
                 goto walk;
         }
         for (int p = mi, k = n; p >= 0; p--, k++)
-                out[k] = m->lv[p].pc;
+                out[k] = m->pc[p];
         *same = n == 0 && total == (int)m->n;
         /* The new inner frames replace the memo's below frame mi; its outer part, end and
          * final state stay. */
-        h = memo_store(m, (uint32_t)mi + 1, out, st, n, m->lv[mi].hash,
-                                m->lv[mi].flags & LV_NEED_FP);
+        h = memo_store(m, (uint32_t)mi + 1, out, st, n, m->hash[mi],
+                       m->flags[mi] & LV_NEED_FP);
         m->n = (uint32_t)total;
         *hash = ap_stack_hash_final(h, (uint32_t)total);
         return total;

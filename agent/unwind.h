@@ -42,7 +42,7 @@ int ap_unwind_capture_from(uint64_t *out, int max, uint64_t stack_hi, uint64_t p
  * Consecutive allocations of a thread mostly share the outer part of their stacks (a
  * compiler's: 18 of 22 frames on average).  The memo keeps the last unwind of a thread,
  * every frame's state (pc, sp, fp) and the stack slots its rules read, outermost frame
- * first.  An unwind that reaches a frame in the same state as one of the memo's (same
+ * (level 0) first.  An unwind that reaches a frame in the same state as one of the memo's (same
  * pc, same sp, and the same fp if a later rule can depend on it) re-reads the memo's
  * slots above it instead of looking up rules: if they all still hold what they held, the
  * rest of the unwind is what it was then (it is a function of that state, those slots
@@ -55,18 +55,11 @@ int ap_unwind_capture_from(uint64_t *out, int max, uint64_t stack_hi, uint64_t p
  * update would see half of it): no atomics. */
 #define AP_UNWIND_MEMO_MAX 64
 
-struct ap_unwind_level {
-        uint64_t pc, sp, fp;
-        uint64_t slot; /* where this frame's rule read the caller's rbp, 0 if it did not */
-        uint64_t hash; /* running stack hash over this frame and those above it */
-        uint64_t flags;
-};
-
 struct ap_unwind_memo {
-        uint32_t n;   /* frames held (lv[0] the outermost), 0 = none */
+        uint32_t n;   /* frames held (level 0 the outermost), 0 = none */
         uint32_t end; /* how that unwind ended (unwind.c) */
         uint64_t gen; /* the rule cache's generation it was made in */
-        uint64_t fin_pc, fin_sp, fin_fp; /* the state after lv[n - 1]'s rule, if read */
+        uint64_t fin_pc, fin_sp, fin_fp; /* the state after level n - 1's rule, if read */
         uint64_t user;                   /* for the caller (the agent: the stack's id) */
         uint64_t user_gen;
         /* Whether the memo pays is measured (unwind.c): captures left in the current
@@ -75,7 +68,15 @@ struct ap_unwind_memo {
         uint32_t left, phase;
         uint32_t use;
         uint64_t trial_ticks[2], trial_frames[2];
-        struct ap_unwind_level lv[AP_UNWIND_MEMO_MAX];
+        /* The levels, one array per field: checking the outer levels reads a few fields
+         * of each, and a compiler's stacks have twenty of them, so they should share as
+         * few cache lines as they can. */
+        uint64_t pc[AP_UNWIND_MEMO_MAX], sp[AP_UNWIND_MEMO_MAX], fp[AP_UNWIND_MEMO_MAX];
+        uint64_t slot[AP_UNWIND_MEMO_MAX]; /* where the level's rule read the caller's rbp, 0
+                                              if it did not */
+        uint64_t hash[AP_UNWIND_MEMO_MAX]; /* running stack hash over the level and those
+                                              above it */
+        uint8_t flags[AP_UNWIND_MEMO_MAX];
 };
 
 /* ap_unwind_capture_from with a memo (max <= AP_UNWIND_MEMO_MAX).  On success also sets
