@@ -693,8 +693,7 @@ static bool memo_holds(const struct ap_unwind_memo *m, int mi, uint64_t lo, uint
                         uint64_t slot = m->slot[p];
                         if (slot - lo > stack_hi - 8 - lo)
                                 return false;
-                        bool need = p > 0 ? m->flags[p - 1] & LV_NEED_FP
-                                          : m->end == MEMO_END_MAX;
+                        bool need = p > 0 ? m->flags[p - 1] & LV_NEED_FP : m->end == MEMO_END_MAX;
                         if (need && *(const uint64_t *)(uintptr_t)slot !=
                                             (p > 0 ? m->fp[p - 1] : m->fin_fp))
                                 return false;
@@ -789,9 +788,10 @@ joined:;
                  * its frames over and go on unwinding from where it stopped. */
                 for (int p = mi; p >= 0; p--, n++) {
                         out[n] = m->pc[p];
-                        st[n] = (struct frame_state){
-                                .sp = m->sp[p], .fp = m->fp[p], .slot = m->slot[p],
-                                .flags = m->flags[p] & ~(uint64_t)LV_NEED_FP};
+                        st[n] = (struct frame_state){.sp = m->sp[p],
+                                                     .fp = m->fp[p],
+                                                     .slot = m->slot[p],
+                                                     .flags = m->flags[p] & ~(uint64_t)LV_NEED_FP};
                 }
                 pc = m->fin_pc;
                 sp = m->fin_sp;
@@ -804,8 +804,7 @@ joined:;
         *same = n == 0 && total == (int)m->n;
         /* The new inner frames replace the memo's below frame mi; its outer part, end and
          * final state stay. */
-        h = memo_store(m, (uint32_t)mi + 1, out, st, n, m->hash[mi],
-                       m->flags[mi] & LV_NEED_FP);
+        h = memo_store(m, (uint32_t)mi + 1, out, st, n, m->hash[mi], m->flags[mi] & LV_NEED_FP);
         m->n = (uint32_t)total;
         *hash = ap_stack_hash_final(h, (uint32_t)total);
         return total;

@@ -402,7 +402,8 @@ static int finalize_sites(struct fin *f)
                                 goto out;
                         }
                         /* Only the chain from the outermost frame was asked about. */
-                        *c = (struct prev_frame){.ip = ip, .first = f->addrs[a].first,
+                        *c = (struct prev_frame){.ip = ip,
+                                                 .first = f->addrs[a].first,
                                                  .count = f->addrs[a].count,
                                                  .entry = j < asked ? cur[j].entry : 0,
                                                  .outer = outer};
