@@ -677,13 +677,20 @@ struct frame_state {
 static bool memo_holds(const struct ap_unwind_memo *m, int mi, uint64_t lo, uint64_t stack_hi)
 {
         for (int p = mi; p >= 0; p--) {
+                /* The state above level p; its fp is read only where it is compared. */
                 uint64_t next_sp, next_pc;
+                const uint64_t *next_fp;
+                bool need;
                 if (p > 0) {
                         next_sp = m->sp[p - 1];
                         next_pc = m->pc[p - 1];
+                        next_fp = &m->fp[p - 1];
+                        need = m->flags[p - 1] & LV_NEED_FP;
                 } else if (m->end != MEMO_END_RULE) {
                         next_sp = m->fin_sp;
                         next_pc = m->fin_pc;
+                        next_fp = &m->fin_fp;
+                        need = m->end == MEMO_END_MAX;
                 } else {
                         break; /* the outermost rule read nothing */
                 }
@@ -693,9 +700,7 @@ static bool memo_holds(const struct ap_unwind_memo *m, int mi, uint64_t lo, uint
                         uint64_t slot = m->slot[p];
                         if (slot - lo > stack_hi - 8 - lo)
                                 return false;
-                        bool need = p > 0 ? m->flags[p - 1] & LV_NEED_FP : m->end == MEMO_END_MAX;
-                        if (need && *(const uint64_t *)(uintptr_t)slot !=
-                                            (p > 0 ? m->fp[p - 1] : m->fin_fp))
+                        if (need && *(const uint64_t *)(uintptr_t)slot != *next_fp)
                                 return false;
                 }
         }

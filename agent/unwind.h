@@ -42,14 +42,14 @@ int ap_unwind_capture_from(uint64_t *out, int max, uint64_t stack_hi, uint64_t p
  * Consecutive allocations of a thread mostly share the outer part of their stacks (a
  * compiler's: 18 of 22 frames on average).  The memo keeps the last unwind of a thread,
  * every frame's state (pc, sp, fp) and the stack slots its rules read, outermost frame
- * (level 0) first.  An unwind that reaches a frame in the same state as one of the memo's (same
- * pc, same sp, and the same fp if a later rule can depend on it) re-reads the memo's
- * slots above it instead of looking up rules: if they all still hold what they held, the
- * rest of the unwind is what it was then (it is a function of that state, those slots
- * and the rules of those pcs, which do not change while the rule cache's generation does
- * not), so the memo's frames are copied.  The memo also keeps the stack's hash, built
- * from the outermost frame, one running value per frame, so that only the new frames
- * are hashed.
+ * (level 0) first.  An unwind that reaches a frame in the same state as one of the
+ * memo's (same pc, same sp, and the same fp if a later rule can depend on it) re-reads
+ * the memo's slots above it instead of looking up rules: if they all still hold what
+ * they held, the rest of the unwind is what it was then (it is a function of that
+ * state, those slots and the rules of those pcs, which do not change while the rule
+ * cache's generation does not), so the memo's frames are copied.  The memo also keeps
+ * the stack's hash, built from the outermost frame, one running value per frame, so
+ * that only the new frames are hashed.
  *
  * Owned by one thread and used outside signal handlers only (a handler interrupting an
  * update would see half of it): no atomics. */

@@ -322,20 +322,12 @@ struct prev_frame {
  * every stack asks for its innermost frames, and the answer is 31 string compares. */
 static int frame_is_allocator(struct fin *f, uint32_t i, bool *ret)
 {
-        struct ap_profile *prof = f->prof;
-        if (i >= f->alloc_flag_cap) {
-                size_t cap = f->alloc_flag_cap ? f->alloc_flag_cap : 1024;
-                while (cap <= i)
-                        cap *= 2;
-                uint8_t *n = realloc(f->alloc_flag, cap);
-                if (n == NULL)
-                        return -ENOMEM;
-                memset(n + f->alloc_flag_cap, 0, cap - f->alloc_flag_cap);
-                f->alloc_flag = n;
-                f->alloc_flag_cap = cap;
-        }
+        size_t old = f->alloc_flag_cap;
+        if (AP_GROW(f->alloc_flag, f->alloc_flag_cap, (size_t)i + 1) < 0)
+                return -ENOMEM;
+        memset(f->alloc_flag + old, 0, f->alloc_flag_cap - old);
         if (f->alloc_flag[i] == 0) {
-                const char *fn = frame_function(prof, i);
+                const char *fn = frame_function(f->prof, i);
                 f->alloc_flag[i] = fn != NULL && is_allocator_function(fn) ? 1 : 2;
         }
         *ret = f->alloc_flag[i] == 1;
