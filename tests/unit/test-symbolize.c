@@ -3,8 +3,8 @@
  * and survival of missing, mismatched, garbage and corrupted files.
  *
  * Usage: test-symbolize src=symfix.c pie=… nopie=… lib=… [stripped=…] [cppsrc=… cpp=…]
- *                      [noaranges=…] [clang=…] [split=… splitz=… splitplain=… splitaltrel=…]
- *                      [dwzlib=… dwzdebug=…]
+ *                      [noaranges=… badaranges=… partaranges=…] [clang=…]
+ *                      [split=… splitz=… splitplain=… splitaltrel=…] [dwzlib=… dwzdebug=…]
  */
 #include "../helpers.h"
 #include "symbolize.h"
@@ -22,6 +22,7 @@
 
 struct args {
         const char *src, *pie, *nopie, *lib, *stripped, *cppsrc, *cpp, *noaranges, *clang;
+        const char *badaranges, *partaranges; /* .debug_aranges malformed, missing the unit */
         const char *split, *splitz, *splitplain, *splitaltrel; /* stripped library, its debug files */
         const char *dwzlib, *dwzdebug; /* the same after dwz, its debug file */
 };
@@ -313,13 +314,20 @@ static void test_shared_lib(struct ap_symbolizer *s)
 }
 
 /* Without .debug_aranges (clang and rustc omit it by default) libdwfl finds no CU for an
- * address; our own CU index must not care. */
+ * address; our own CU index must not care.  Nor about a malformed section, or one that
+ * leaves the unit out. */
 static void test_optional_builds(struct ap_symbolizer *s)
 {
         if (args.noaranges)
                 check_symfix_build(s, args.noaranges);
         else
                 fprintf(stderr, "note: no fixture without .debug_aranges, not covered\n");
+        if (args.badaranges && args.partaranges) {
+                check_symfix_build(s, args.badaranges);
+                check_symfix_build(s, args.partaranges);
+        } else {
+                fprintf(stderr, "note: no fixtures with a broken .debug_aranges, not covered\n");
+        }
         if (args.clang)
                 check_symfix_build(s, args.clang);
         else
@@ -1005,8 +1013,8 @@ static void parse_args(int argc, char **argv)
                 continue;                                                                  \
         }
                 ARG(src) ARG(pie) ARG(nopie) ARG(lib) ARG(stripped) ARG(cppsrc) ARG(cpp)
-                ARG(noaranges) ARG(clang) ARG(split) ARG(splitz) ARG(splitplain)
-                ARG(splitaltrel) ARG(dwzlib) ARG(dwzdebug)
+                ARG(noaranges) ARG(badaranges) ARG(partaranges) ARG(clang) ARG(split)
+                ARG(splitz) ARG(splitplain) ARG(splitaltrel) ARG(dwzlib) ARG(dwzdebug)
 #undef ARG
                 fprintf(stderr, "unknown argument %s\n", argv[i]);
                 exit(2);
