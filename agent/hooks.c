@@ -71,11 +71,7 @@ static AP_SLOW void alloc_sampled(struct ap_thread *t, struct ap_shm_header *h, 
         } else {
                 /* sampler_skips found that size takes the countdown to 0 or below. */
                 t->sampler.left -= (int64_t)size;
-                n = 0;
-                while (t->sampler.left <= 0) {
-                        n++;
-                        t->sampler.left += ap_sampler_gap(&t->sampler);
-                }
+                n = ap_sampler_points(&t->sampler);
         }
         if (n > 0) {
                 ap_sampled_remember(p);

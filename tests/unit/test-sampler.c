@@ -1,6 +1,7 @@
-/* The Poisson byte sampler (allocprof/sampler.h) on a fixed seed: gaps are exponential
- * with the configured mean, and the points an allocation stream covers estimate its bytes
- * without bias, whatever the sizes.
+/* The Poisson byte sampler (allocprof/sampler.h) on a fixed seed: gaps are geometric
+ * with the configured mean (exponential, for large intervals), and the points an
+ * allocation stream covers estimate its bytes without bias, whatever the sizes and the
+ * interval (down to 1 byte, where the estimates are exact).
  *
  * SPDX-License-Identifier: MIT OR Apache-2.0
  */
@@ -35,25 +36,52 @@ static void test_gaps(uint64_t interval)
                 below_tenth += g < (double)interval / 10;
         }
         double mean = sum / n, var = sum2 / n - mean * mean;
-        /* Exponential: mean m, variance m^2, P(X < m) = 1 - 1/e, P(X < m/10) = 1 - e^-0.1 */
+        /* Nearly exponential: mean m, variance m^2, P(X < m) = 1 - 1/e,
+         * P(X < m/10) = 1 - e^-0.1 */
         ASSERT_NEAR(mean, (double)interval, 0.005);
         ASSERT_NEAR(var, (double)interval * (double)interval, 0.02);
         ASSERT_NEAR((double)below_mean / n, 1 - exp(-1.0), 0.005);
         ASSERT_NEAR((double)below_tenth / n, 1 - exp(-0.1), 0.02);
 }
 
+/* A few bytes apart, the gaps are visibly whole numbers: geometric on {1, 2, ...} with
+ * mean m, variance m^2 - m and P(G = 1) = 1/m.  At 1, every byte is a point. */
+static void test_small_gaps(uint64_t interval)
+{
+        struct ap_sampler s;
+        ap_sampler_init(&s, interval, 4242);
+        const int n = 1000000;
+        double sum = 0, sum2 = 0;
+        int ones = 0;
+        for (int i = 0; i < n; i++) {
+                double g = (double)ap_sampler_gap(&s);
+                ASSERT_TRUE(g >= 1);
+                sum += g;
+                sum2 += g * g;
+                ones += g == 1;
+        }
+        double m = (double)interval, mean = sum / n, var = sum2 / n - mean * mean;
+        ASSERT_NEAR(mean, m, 0.005);
+        ASSERT_NEAR((double)ones / n, 1 / m, 0.01);
+        if (interval == 1)
+                ASSERT_TRUE(var == 0);
+        else
+                ASSERT_NEAR(var, m * m - m, 0.02);
+}
+
 /* A stream of mixed sizes: sum(points) * interval estimates sum(sizes), and
  * sum(points * interval / size) estimates the number of allocations. */
 /* Byte estimates converge fast; count estimates much slower when many blocks are far
  * smaller than the interval (a sampled 1-byte block stands for `interval` blocks), so the
- * count tolerance is given per interval. */
-static void test_estimates(uint64_t interval, double count_tolerance)
+ * count tolerance is given per interval: three standard errors of this stream's count
+ * estimate, sqrt(sum over blocks of (interval / size) * (1 - 1 / interval)) / n, which is
+ * 19.6% at 512 KiB, 3.5% at 16 KiB, 0.87% at 1 KiB, 0.10% at 16 bytes. */
+static void test_estimates(uint64_t interval, double count_tolerance, int n)
 {
         struct ap_sampler s;
         ap_sampler_init(&s, interval, 777);
         uint64_t rng = 99, bytes = 0, sampled = 0;
         double est_bytes = 0, est_count = 0;
-        const int n = 2000000;
         for (int i = 0; i < n; i++) {
                 rng ^= rng << 13;
                 rng ^= rng >> 7;
@@ -92,9 +120,18 @@ int main(void)
         test_gaps(512 * 1024);
         test_gaps(4096);
         test_gaps(1024);
-        test_estimates(512 * 1024, 0.5);
-        test_estimates(16 * 1024, 0.05);
-        test_estimates(1024, 0.02);
+        test_estimates(512 * 1024, 0.6, 2000000);
+        test_estimates(16 * 1024, 0.11, 2000000);
+        test_estimates(1024, 0.027, 2000000);
+        test_small_gaps(1);
+        test_small_gaps(2);
+        test_small_gaps(3);
+        test_small_gaps(16);
+        /* Fewer blocks: every point costs a gap drawn, and these draw thousands a block
+         * (the counts' standard errors are then 0.33% at 16 bytes, 0.09% at 2). */
+        test_estimates(16, 0.01, 200000);
+        test_estimates(2, 0.003, 200000);
+        test_estimates(1, 0, 2000000); /* every byte a point: exact */
         test_big();
         /* Same seed, same stream. */
         struct ap_sampler a, b;
