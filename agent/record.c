@@ -777,45 +777,74 @@ AP_HIDDEN void ap_nested_free(void *p)
  * (relaxed): the thread that frees a block is ordered after the one that allocated it by
  * the program's own synchronization.
  *
- * In front of it sits a 64 KiB counting filter (one byte per bucket of addresses, cache
- * resident): the free of an unsampled block almost always finds a zero there and never
- * touches the 8 MiB set, whose random probes would miss the cache on every free.  A
+ * The set grows in levels: level k has 2^(SET_MIN_BITS + k) cells, each mapped when the
+ * one below has no free cell within SET_PROBES of a new key.  Inserts go to the newest
+ * level only; lookups try every level, newest first; old levels drain as their blocks are
+ * freed.  A single table sized for the worst case (a million live sampled blocks) had
+ * every one of its 2,048 pages touched by a few hundred random keys: 8 MiB more resident
+ * memory and 2,000 page faults for a program that never holds more than a few hundred
+ * sampled blocks (the churn benchmark).  The first level is 32 KiB.
+ *
+ * Levels are published in order through g_top, the number of ready levels (acquire /
+ * release: a thread that sees g_top = k + 1 sees level k's pointer).  The freeing thread
+ * always sees the level its block went to: the inserting thread read g_top before its
+ * insert, which happens before the free, and a later read of g_top returns that value or a
+ * newer one.  A thread that finds the newest level full maps the next one, or waits a
+ * bounded while for the thread mapping it (a signal handler may have interrupted that
+ * thread: then the block is counted as not tracked).
+ *
+ * In front of the set sits a 64 KiB counting filter (one byte per bucket of addresses,
+ * cache resident): the free of an unsampled block almost always finds a zero there and
+ * never touches the set, whose random probes would miss the cache on every free.  A
  * bucket is incremented before its key is inserted and decremented after it is removed;
  * a saturated bucket (255) stays saturated, which only costs probes. */
-#define SET_BITS 20
-#define SET_CAP (1u << SET_BITS)
+#define SET_MIN_BITS 12
+#define SET_LEVELS 9 /* 2^12 to 2^20 cells: 2^21 - 2^12 in all */
 #define SET_PROBES 64
 #define SET_TOMB UINT64_MAX
+#define SET_WAIT_SPINS 100000
 
-static _Atomic uint64_t *g_sampled; /* mmap'ed on first use, SET_CAP cells */
+static _Atomic uint64_t *_Atomic g_level[SET_LEVELS];
+static _Atomic int g_level_state[SET_LEVELS]; /* 0 none, 1 mapping, 2 ready, 3 failed */
+static _Atomic uint32_t g_top;                /* levels [0, g_top) are ready */
 AP_HIDDEN _Atomic uint8_t ap_filter[1u << AP_FILTER_BITS];
-static _Atomic int g_sampled_state; /* 0 none, 1 mapping, 2 ready, 3 failed */
 
-static _Atomic uint64_t *sampled_set(void)
+/* Level k is ready (and g_top says so) on return true; false if it cannot be mapped, or
+ * another thread is still mapping it after a bounded wait. */
+static bool level_ready(uint32_t k)
 {
-        int st = ap_load_acquire(&g_sampled_state);
-        if (ap_likely(st == 2))
-                return g_sampled;
+        int st = ap_load_acquire(&g_level_state[k]);
         int expected = 0;
-        if (st == 0 && ap_cas_acq_rel(&g_sampled_state, &expected, 1)) {
-                void *m = mmap(NULL, sizeof(uint64_t) * SET_CAP, PROT_READ | PROT_WRITE,
+        if (st == 0 && ap_cas_acq_rel(&g_level_state[k], &expected, 1)) {
+                size_t bytes = sizeof(uint64_t) << (SET_MIN_BITS + k);
+                void *m = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
                                MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
                 if (m == MAP_FAILED) {
-                        ap_store_release(&g_sampled_state, 3);
-                        return NULL;
+                        ap_store_release(&g_level_state[k], 3);
+                        return false;
                 }
-                g_sampled = m;
-                ap_store_release(&g_sampled_state, 2); /* pairs with the acquire above */
-                return g_sampled;
+                ap_store_release(&g_level[k], (_Atomic uint64_t *)m);
+                ap_store_release(&g_level_state[k], 2); /* pairs with the acquires here */
+                st = 2;
         }
-        return NULL; /* another thread is mapping it, or it failed: not tracked */
+        for (int spin = 0; st == 1 && spin < SET_WAIT_SPINS; spin++) {
+                ap_cpu_relax();
+                st = ap_load_acquire(&g_level_state[k]);
+        }
+        if (st != 2)
+                return false;
+        /* Whoever sees the level ready publishes it, so that nobody depends on the mapping
+         * thread getting to run again. */
+        uint32_t top = k;
+        ap_cas_acq_rel(&g_top, &top, k + 1);
+        return true;
 }
 
-static inline uint32_t set_slot(uint64_t key)
+static inline uint32_t set_slot(uint64_t key, unsigned bits)
 {
         key ^= key >> 29;
         key *= 0xbf58476d1ce4e5b9ull;
-        return (uint32_t)(key >> (64 - SET_BITS));
+        return (uint32_t)(key >> (64 - bits));
 }
 
 static inline void filter_inc(uint64_t key)
@@ -838,46 +867,61 @@ static inline void filter_dec(uint64_t key)
                 ;
 }
 
+/* Claims a cell of level k for key; false if none is free within SET_PROBES. */
+static bool level_insert(uint32_t k, uint64_t key)
+{
+        _Atomic uint64_t *set = ap_load_acquire(&g_level[k]);
+        unsigned bits = SET_MIN_BITS + k;
+        uint32_t mask = (1u << bits) - 1, i = set_slot(key, bits);
+        for (int n = 0; n < SET_PROBES; n++, i = (i + 1) & mask) {
+                /* A CAS, not a load, first: the first touch of a page of the set is then a
+                 * write, which gets a fresh zeroed page.  A load first would map the shared
+                 * zero page, and the write after it would have to replace that page: a copy
+                 * and, in a threaded program, a TLB shootdown interrupting every CPU the
+                 * program runs on (measured: 2% of a 4-thread churn's time in sampled
+                 * mode). */
+                uint64_t cur = 0;
+                if (ap_cas_acq_rel(&set[i], &cur, key))
+                        return true;
+                if (cur == SET_TOMB && ap_cas_acq_rel(&set[i], &cur, key))
+                        return true;
+        }
+        return false;
+}
+
 AP_HIDDEN void ap_sampled_remember(void *p)
 {
-        _Atomic uint64_t *set = sampled_set();
         uint64_t key = (uint64_t)(uintptr_t)p;
-        if (set != NULL) {
-                filter_inc(key);
-                uint32_t i = set_slot(key);
-                for (int k = 0; k < SET_PROBES; k++, i = (i + 1) & (SET_CAP - 1)) {
-                        /* A CAS, not a load, first: the first touch of a page of the set is
-                         * then a write, which gets a fresh zeroed page.  A load first would
-                         * map the shared zero page, and the write after it would have to
-                         * replace that page: a copy and, in a threaded program, a TLB
-                         * shootdown interrupting every CPU the program runs on (measured:
-                         * 2% of a 4-thread churn's time in sampled mode). */
-                        uint64_t cur = 0;
-                        if (ap_cas_acq_rel(&set[i], &cur, key))
-                                return;
-                        if (cur == SET_TOMB && ap_cas_acq_rel(&set[i], &cur, key))
-                                return;
-                }
-                filter_dec(key);
+        filter_inc(key);
+        uint32_t top = ap_load_acquire(&g_top);
+        for (;;) {
+                if (top > 0 && level_insert(top - 1, key))
+                        return;
+                if (top == SET_LEVELS || !level_ready(top))
+                        break;
+                top = ap_load_acquire(&g_top);
         }
+        filter_dec(key);
         ap_count(AP_CNT_SAMPLED_SET_FULL, 1);
 }
 
-/* The cell holding p, or NULL if p is not in the set (filter first, then the probe). */
+/* The cell holding p, or NULL if p is not in the set (filter first, then the levels). */
 static _Atomic uint64_t *sampled_find(const void *p)
 {
-        if (ap_load_acquire(&g_sampled_state) != 2) /* pairs with the release in sampled_set */
-                return NULL;
         if (ap_likely(!ap_sampled_maybe(p)))
                 return NULL;
         uint64_t key = (uint64_t)(uintptr_t)p;
-        uint32_t i = set_slot(key);
-        for (int k = 0; k < SET_PROBES; k++, i = (i + 1) & (SET_CAP - 1)) {
-                uint64_t cur = ap_load_relaxed(&g_sampled[i]);
-                if (cur == key)
-                        return &g_sampled[i];
-                if (cur == 0)
-                        return NULL;
+        for (uint32_t k = ap_load_acquire(&g_top); k-- > 0;) {
+                _Atomic uint64_t *set = ap_load_acquire(&g_level[k]);
+                unsigned bits = SET_MIN_BITS + k;
+                uint32_t mask = (1u << bits) - 1, i = set_slot(key, bits);
+                for (int n = 0; n < SET_PROBES; n++, i = (i + 1) & mask) {
+                        uint64_t cur = ap_load_relaxed(&set[i]);
+                        if (cur == key)
+                                return &set[i];
+                        if (cur == 0)
+                                break;
+                }
         }
         return NULL;
 }

@@ -8,12 +8,17 @@
 # estimate has a standard error near 6% by itself -- byte sampling estimates bytes well
 # and counts of small blocks less well, whatever the implementation.
 #
-#   test-sampling.sh ALLOCPROF MIXED
+# Then, at an interval of 1 byte every allocation is sampled with its own size as its
+# weight, so a run of LIVE_SET (four threads holding 240,000 blocks at once, then freeing
+# them all) must give exactly the figures of a full run: every sampled block's free found
+# again in the agent's set of sampled blocks while it grows under four threads.
+#
+#   test-sampling.sh ALLOCPROF MIXED LIVE_SET
 #
 # SPDX-License-Identifier: MIT OR Apache-2.0
 set -u
 abs() { case $1 in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
-AP=$(abs "$1") PROG=$(abs "$2")
+AP=$(abs "$1") PROG=$(abs "$2") LIVE_SET=$(abs "$3")
 T=$(mktemp -d)
 trap 'rm -rf "$T"' EXIT
 cd "$T" || exit 1
@@ -65,4 +70,30 @@ for fn in ("small_block", "medium_block", "large_block"):
 sys.exit(1 if fails else 0)
 PY
 done
+
+echo "--- live set, --sample 1 against full"
+"$AP" run -q -o lfull.approf -- "$LIVE_SET" >/dev/null || { echo "FAIL: live set, full"; exit 1; }
+"$AP" run -q --sample 1 -o l1.approf -- "$LIVE_SET" >/dev/null ||
+        { echo "FAIL: live set, sampled"; exit 1; }
+"$AP" report lfull.approf --json >lfull.json
+"$AP" report l1.approf --json >l1.json
+python3 - lfull.json l1.json <<'PY' || rc=1
+import json, sys
+full, smp = (json.load(open(p)) for p in sys.argv[1:3])
+fails = 0
+if smp["mode"] != "sampled" or smp.get("sample_interval") != 1:
+    print("FAIL: mode", smp["mode"], smp.get("sample_interval"))
+    fails += 1
+for k in ("allocations", "bytes", "frees", "freed_bytes", "leaked_blocks", "leaked_bytes",
+          "peak_bytes", "dropped_events", "unmatched_frees"):
+    f, s = full["totals"][k], smp["totals"][k]
+    print(f"{k:16} full {f:>12} sampled {s:>12}")
+    if f != s:
+        print(f"FAIL: {k} differs")
+        fails += 1
+if full["totals"]["allocations"] < 240000 or full["totals"]["leaked_blocks"] > 16:
+    print("FAIL: the live set program did not run as written")
+    fails += 1
+sys.exit(1 if fails else 0)
+PY
 exit $rc
