@@ -820,6 +820,15 @@ static void put_summary(const struct out *o, const struct ap_profile *p, uint32_
                 say_in(o, SGR_RED, "; figures are incomplete");
                 say(o, "\n");
         }
+        if (t->untracked_samples) {
+                say(o, "  ");
+                say_in(o, SGR_BOLD SGR_RED,
+                       "warning: %s sampled blocks were not tracked (the agent's set of "
+                       "sampled blocks was full): their frees were not seen, so %s may be "
+                       "overstated",
+                       fmt_count(t->untracked_samples).s, p->live ? "live blocks" : "leaks");
+                say(o, "\n");
+        }
         if (t->invalid_records) {
                 say(o, "  ");
                 say_in(o, SGR_RED, "warning: %s malformed records from the process were ignored",
@@ -993,6 +1002,11 @@ static void put_leaks(const struct out *o, const struct ap_profile *p, struct si
                        "  (%s frees were dropped: some of these blocks may have "
                        "been freed)\n",
                        fmt_count(p->totals.dropped_frees).s);
+        if (p->totals.untracked_samples)
+                say_in(o, SGR_YELLOW,
+                       "  (%s sampled blocks were not tracked: some of these blocks may "
+                       "have been freed)\n",
+                       fmt_count(p->totals.untracked_samples).s);
         for (uint32_t i = 0; i < n; i++) {
                 const struct ap_psite *s = &p->sites[site_at(by_leak, i)];
 
@@ -1450,6 +1464,7 @@ static void json_totals(struct jobj *root, const struct ap_profile *p)
         jkey_u64(&o, "reallocs", t->reallocs);
         jkey_u64(&o, "dropped_events", t->dropped_events);
         jkey_u64(&o, "dropped_frees", t->dropped_frees);
+        jkey_u64(&o, "untracked_samples", t->untracked_samples);
         jkey_u64(&o, "unmatched_frees", t->unmatched_frees);
         jkey_u64(&o, "invalid_records", t->invalid_records);
         jkey_u64(&o, "threads", t->threads);
@@ -1641,6 +1656,11 @@ void ap_report_summary(FILE *out, const struct ap_profile *p, const char *profil
                             p->live ? "live blocks" : "leaks");
                 say(&o, "; figures are incomplete\n");
         }
+        if (t->untracked_samples)
+                say(&o,
+                    "allocprof: warning: %s sampled blocks were not tracked (the agent's "
+                    "set of sampled blocks was full): %s may be overstated\n",
+                    fmt_count(t->untracked_samples).s, p->live ? "live blocks" : "leaks");
         if (waited_notably(p))
                 say(&o, "allocprof: the program waited %s for the collector (its ring was full %s times)\n",
                     fmt_duration(p->ring_wait_ns).s, fmt_count(p->ring_waits).s);

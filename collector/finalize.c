@@ -558,6 +558,7 @@ int ap_process_finalize(struct ap_process *p, struct ap_symbolizer *sym, struct 
         prof->totals.dropped_events = ap_load_relaxed(&h->xcounters[AP_CNT_DROP_RING_FULL]) +
                                       ap_load_relaxed(&h->xcounters[AP_CNT_DROP_NO_SLOT]);
         prof->totals.dropped_frees = ap_load_relaxed(&h->xcounters[AP_CNT_DROP_FREE]);
+        prof->totals.untracked_samples = ap_load_relaxed(&h->xcounters[AP_CNT_SAMPLED_SET_FULL]);
         prof->totals.unmatched_frees = p->t.unmatched_frees;
         prof->totals.invalid_records = p->t.invalid_records;
         prof->totals.threads = p->threads;

@@ -206,6 +206,7 @@ int ap_profile_merge(struct ap_profile *const *in, size_t n, size_t main_index,
                 o->totals.reallocs += p->totals.reallocs;
                 o->totals.dropped_events += p->totals.dropped_events;
                 o->totals.dropped_frees += p->totals.dropped_frees;
+                o->totals.untracked_samples += p->totals.untracked_samples;
                 o->totals.unmatched_frees += p->totals.unmatched_frees;
                 o->totals.invalid_records += p->totals.invalid_records;
                 o->totals.threads += p->totals.threads;

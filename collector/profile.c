@@ -34,7 +34,8 @@
  *               or neither)},
  *    "live":true,                                      (snapshots of a running process only)
  *    "mode":S|null, "sample_interval":N,
- *    "totals":{one key per field of ap_profile.totals},
+ *    "totals":{one key per field of ap_profile.totals ("untracked_samples" only when
+ *              not 0)},
  *    "strings":[S...],
  *    "modules":[{"path":I|null,"build_id":I|null,"allocations","bytes","leaked_blocks",
  *                "leaked_bytes"}...],
@@ -860,15 +861,17 @@ static int plan_make(const struct ap_profile *p, struct plan *plan)
         return 0;
 }
 
+/* An object of the fields, left open when `open` (the caller adds more and closes it). */
 static void out_u64_fields(struct fd_sink *sink, const void *base, const struct u64_field *fields,
-                           size_t n)
+                           size_t n, bool open)
 {
         for (size_t i = 0; i < n; i++) {
                 out_char(sink, i ? ',' : '{');
                 out_key(sink, fields[i].name);
                 out_u64(sink, *u64_at((void *)base, &fields[i]));
         }
-        out_char(sink, '}');
+        if (!open)
+                out_char(sink, '}');
 }
 
 static void out_process(struct fd_sink *sink, const struct ap_profile *p)
@@ -1097,7 +1100,12 @@ static int out_document(struct fd_sink *sink, const struct ap_profile *p, const 
         out_lit(sink, ",\"sample_interval\":");
         out_u64(sink, p->sample_interval);
         out_lit(sink, ",\"totals\":");
-        out_u64_fields(sink, p, totals_fields, ARRAY_SIZE(totals_fields));
+        out_u64_fields(sink, p, totals_fields, ARRAY_SIZE(totals_fields), true);
+        if (p->totals.untracked_samples) { /* only when not 0: older readers never saw it */
+                out_lit(sink, ",\"untracked_samples\":");
+                out_u64(sink, p->totals.untracked_samples);
+        }
+        out_char(sink, '}');
         out_lit(sink, ",\"strings\":[");
         for (uint32_t i = 0; i < p->nstrings; i++) {
                 if (i)
@@ -1501,6 +1509,13 @@ static int field_u64(struct rctx *rc, const struct ap_json *obj, const struct lo
         int r = member(rc, obj, parent, key, &v);
 
         return r < 0 ? r : as_u64(rc, v, &l, ret);
+}
+
+/* As field_u64 for a key that may be missing (then *ret is left as it is). */
+static int optional_u64(struct rctx *rc, const struct ap_json *obj, const struct loc *parent,
+                        const char *key, uint64_t *ret)
+{
+        return ap_json_get(obj, key) ? field_u64(rc, obj, parent, key, ret) : 0;
 }
 
 static int field_u32(struct rctx *rc, const struct ap_json *obj, const struct loc *parent,
@@ -2139,6 +2154,8 @@ static int read_document(struct rctx *rc, struct ap_profile *p, const struct ap_
             (r = field_u64(rc, root, NULL, "sample_interval", &p->sample_interval)) < 0 ||
             (r = get_object(rc, root, NULL, "totals", &o)) < 0 ||
             (r = fields_u64(rc, o, &ltot, p, totals_fields, ARRAY_SIZE(totals_fields))) < 0 ||
+            (r = optional_u64(rc, o, &ltot, "untracked_samples", &p->totals.untracked_samples)) <
+                    0 ||
             (r = read_process(rc, p, root)) < 0 || (r = read_strings(rc, p, root)) < 0 ||
             (r = read_modules(rc, p, root)) < 0)
                 return r;

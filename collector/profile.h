@@ -79,6 +79,10 @@ struct ap_profile {
                 uint64_t unmatched_frees; /* frees of blocks never seen allocated */
                 uint64_t invalid_records; /* ring records rejected by validation */
                 uint64_t threads;         /* threads that recorded */
+                /* Sampled blocks the agent could not track (its set was full): their frees
+                 * are not seen, so they count as live to the end.  In the file only when
+                 * not 0. */
+                uint64_t untracked_samples;
         } totals;
 
         char **strings;

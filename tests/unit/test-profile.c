@@ -229,6 +229,7 @@ static void assert_same_renumbered(const struct ap_profile *a, const struct ap_p
         ASSERT_EQ(a->totals.dropped_events, b->totals.dropped_events);
         ASSERT_EQ(a->totals.dropped_frees, b->totals.dropped_frees);
         ASSERT_EQ(a->totals.unmatched_frees, b->totals.unmatched_frees);
+        ASSERT_EQ(a->totals.untracked_samples, b->totals.untracked_samples);
         ASSERT_EQ(a->totals.invalid_records, b->totals.invalid_records);
         ASSERT_EQ(a->totals.threads, b->totals.threads);
         ASSERT_EQ(a->ring_waits, b->ring_waits);
@@ -954,6 +955,7 @@ static void test_live(void)
         ASSERT_OK(ap_profile_write(p, path));
         text = slurp(path, &len);
         ASSERT_NOT_CONTAINS(text, "\"live\"");
+        ASSERT_NOT_CONTAINS(text, "untracked_samples"); /* written only when not 0 */
         free(text);
         q = read_ok(path);
         ASSERT_FALSE(q->live);
@@ -968,6 +970,18 @@ static void test_live(void)
         ASSERT_TRUE(q->live);
         assert_same(p, q);
         ap_profile_free(q);
+
+        /* Sampled blocks the agent could not track: in the totals when there are any. */
+        p->totals.untracked_samples = 77;
+        ASSERT_OK(ap_profile_write(p, path));
+        text = slurp(path, &len);
+        ASSERT_CONTAINS(text, ",\"untracked_samples\":77},");
+        free(text);
+        q = read_ok(path);
+        ASSERT_EQ(q->totals.untracked_samples, 77u);
+        assert_same(p, q);
+        ap_profile_free(q);
+        p->totals.untracked_samples = 0;
 
         /* An explicit false is accepted too. */
         doc = sample_doc();

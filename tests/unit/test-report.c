@@ -373,23 +373,15 @@ static void test_json_schema(void)
                                                    "exe",           "run_id",      "exit_status", "term_signal",
                                                    "start_unix_ns", "duration_ns", "drain_cpu_ns", "ring_waits",
                                                    "ring_wait_ns", NULL};
-        static const char *const totals_keys[] = {"allocations",
-                                                  "bytes",
-                                                  "frees",
-                                                  "freed_bytes",
-                                                  "leaked_blocks",
-                                                  "leaked_bytes",
-                                                  "peak_bytes",
-                                                  "peak_blocks",
-                                                  "peak_t_ns",
-                                                  "temporary",
-                                                  "reallocs",
-                                                  "dropped_events",
-                                                  "dropped_frees",
-                                                  "unmatched_frees",
-                                                  "invalid_records",
-                                                  "threads",
-                                                  NULL};
+        static const char *const totals_keys[] = {"allocations",     "bytes",
+                                                  "frees",           "freed_bytes",
+                                                  "leaked_blocks",   "leaked_bytes",
+                                                  "peak_bytes",      "peak_blocks",
+                                                  "peak_t_ns",       "temporary",
+                                                  "reallocs",        "dropped_events",
+                                                  "dropped_frees",   "untracked_samples",
+                                                  "unmatched_frees", "invalid_records",
+                                                  "threads",         NULL};
         static const char *const site_keys[] = {"allocations", "bytes",          "frees",
                                                 "freed_bytes", "leaked_blocks",  "leaked_bytes",
                                                 "peak_bytes",  "max_live_bytes", "temporary",
@@ -909,7 +901,20 @@ static void test_text(void)
         ASSERT_CONTAINS(t, "  * dropped events\n");
         ASSERT_NOT_CONTAINS(t, "waits for the collector");
         ASSERT_NOT_CONTAINS(t, "\033");
+        ASSERT_NOT_CONTAINS(t, "not tracked");
         free(t);
+        /* Sampled blocks the agent's set could not hold: warned about, and at the leaks. */
+        p->totals.untracked_samples = 31;
+        t = render_text(p, 10, AP_SORT_BYTES, false);
+        ASSERT_CONTAINS(t, "\n  warning: 31 sampled blocks were not tracked (the agent's set of "
+                           "sampled blocks was full): their frees were not seen, so leaks may "
+                           "be overstated\n");
+        free(t);
+        t = render_text(p, 10, AP_SORT_LEAKED, false);
+        ASSERT_CONTAINS(t, "  (31 sampled blocks were not tracked: some of these blocks may "
+                           "have been freed)\n");
+        free(t);
+        p->totals.untracked_samples = 0;
         /* Waits for ring space: a hint from 1 ms and 1% of the run (2.35 s) on. */
         p->ring_waits = 7;
         p->ring_wait_ns = 23000000;

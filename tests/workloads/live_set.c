@@ -1,6 +1,7 @@
 /* Many sampled blocks live at once, from several threads: four threads each allocate
  * 60,000 blocks of 16 to 1,024 bytes and hold them, wait for one another, then free them
- * all, interleaved with the others' frees.  Under `--sample 1` every block is sampled,
+ * all, interleaved with the others' frees.  (Arguments: blocks per thread and the
+ * largest size, to hold more and smaller blocks.)  Under `--sample 1` every block is sampled,
  * so the agent's set of sampled blocks holds 240,000 addresses at the peak: it must grow
  * while four threads insert, and every free must still find its block (a lost one shows
  * as a leak).  Nothing is leaked; the figures are those of a full run.
@@ -13,7 +14,8 @@
 #include <stdlib.h>
 
 #define THREADS 4
-#define PER_THREAD 60000
+
+static long per_thread = 60000, max_extra = 1009;
 
 static pthread_barrier_t barrier;
 
@@ -27,26 +29,32 @@ __attribute__((noinline)) static void *live_block(size_t n)
 static void *worker(void *arg)
 {
         uint64_t x = 0x9e3779b97f4a7c15ull * ((uintptr_t)arg + 1);
-        void **v = malloc(PER_THREAD * sizeof(*v));
+        void **v = malloc((size_t)per_thread * sizeof(*v));
         if (v == NULL)
                 abort();
-        for (int i = 0; i < PER_THREAD; i++) {
+        for (long i = 0; i < per_thread; i++) {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
-                v[i] = live_block(16 + (size_t)(x % 1009));
+                v[i] = live_block(16 + (size_t)(x % (uint64_t)max_extra));
                 if (v[i] == NULL)
                         abort();
         }
         pthread_barrier_wait(&barrier);
-        for (int i = 0; i < PER_THREAD; i++)
+        for (long i = 0; i < per_thread; i++)
                 free(v[i]);
         free(v);
         return NULL;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+        if (argc > 2) {
+                per_thread = atol(argv[1]);
+                max_extra = atol(argv[2]) - 15;
+                if (per_thread < 1 || max_extra < 1)
+                        return 2;
+        }
         pthread_t t[THREADS];
         pthread_barrier_init(&barrier, NULL, THREADS);
         for (uintptr_t i = 0; i < THREADS; i++)
