@@ -785,13 +785,11 @@ AP_HIDDEN void ap_nested_free(void *p)
  * memory and 2,000 page faults for a program that never holds more than a few hundred
  * sampled blocks (the churn benchmark).  The first level is 32 KiB.
  *
- * Levels are published in order through g_top, the number of ready levels (acquire /
+ * Levels are published in order through g_top, the number of mapped levels (acquire /
  * release: a thread that sees g_top = k + 1 sees level k's pointer).  The freeing thread
  * always sees the level its block went to: the inserting thread read g_top before its
  * insert, which happens before the free, and a later read of g_top returns that value or a
- * newer one.  A thread that finds the newest level full maps the next one, or waits a
- * bounded while for the thread mapping it (a signal handler may have interrupted that
- * thread: then the block is counted as not tracked).
+ * newer one.  A thread that finds the newest level full maps the next one (level_ready).
  *
  * In front of the set sits a 64 KiB counting filter (one byte per bucket of addresses,
  * cache resident): the free of an unsampled block almost always finds a zero there and
@@ -802,39 +800,32 @@ AP_HIDDEN void ap_nested_free(void *p)
 #define SET_LEVELS 9 /* 2^12 to 2^20 cells: 2^21 - 2^12 in all */
 #define SET_PROBES 64
 #define SET_TOMB UINT64_MAX
-#define SET_WAIT_SPINS 100000
 
-static _Atomic uint64_t *_Atomic g_level[SET_LEVELS];
-static _Atomic int g_level_state[SET_LEVELS]; /* 0 none, 1 mapping, 2 ready, 3 failed */
-static _Atomic uint32_t g_top;                /* levels [0, g_top) are ready */
+static _Atomic uint64_t *_Atomic g_level[SET_LEVELS]; /* NULL until mapped */
+static _Atomic uint32_t g_top;                         /* levels [0, g_top) are mapped */
 AP_HIDDEN _Atomic uint8_t ap_filter[1u << AP_FILTER_BITS];
 
-/* Level k is ready (and g_top says so) on return true; false if it cannot be mapped, or
- * another thread is still mapping it after a bounded wait. */
+/* Level k is there (and g_top says so) on return true; false if it cannot be mapped.
+ * Nobody waits for anybody: every thread that finds the level missing maps one, the first
+ * to install its mapping wins and the others unmap theirs (a handful of system calls,
+ * once per level).  A thread that waited for the mapping thread instead could wait for a
+ * thread that is not running (two cores, four writers) or that it interrupted (a signal
+ * handler that allocates). */
 static bool level_ready(uint32_t k)
 {
-        int st = ap_load_acquire(&g_level_state[k]);
-        int expected = 0;
-        if (st == 0 && ap_cas_acq_rel(&g_level_state[k], &expected, 1)) {
+        _Atomic uint64_t *set = ap_load_acquire(&g_level[k]);
+        if (set == NULL) {
                 size_t bytes = sizeof(uint64_t) << (SET_MIN_BITS + k);
                 void *m = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
                                MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-                if (m == MAP_FAILED) {
-                        ap_store_release(&g_level_state[k], 3);
+                if (m == MAP_FAILED)
                         return false;
-                }
-                ap_store_release(&g_level[k], (_Atomic uint64_t *)m);
-                ap_store_release(&g_level_state[k], 2); /* pairs with the acquires here */
-                st = 2;
+                /* acq_rel: publishes the (untouched) mapping; on failure, sees the
+                 * winner's. */
+                if (!ap_cas_acq_rel(&g_level[k], &set, (_Atomic uint64_t *)m))
+                        munmap(m, bytes);
         }
-        for (int spin = 0; st == 1 && spin < SET_WAIT_SPINS; spin++) {
-                ap_cpu_relax();
-                st = ap_load_acquire(&g_level_state[k]);
-        }
-        if (st != 2)
-                return false;
-        /* Whoever sees the level ready publishes it, so that nobody depends on the mapping
-         * thread getting to run again. */
+        /* Whoever sees the level publishes it. */
         uint32_t top = k;
         ap_cas_acq_rel(&g_top, &top, k + 1);
         return true;

@@ -20,11 +20,4 @@
         atomic_compare_exchange_strong_explicit((p), (expected), (desired), memory_order_acq_rel, \
                                                 memory_order_acquire)
 
-/* One step of a bounded busy wait: tells an x86 core that this is a spin loop. */
-#if defined(__x86_64__) || defined(__i386__)
-#define ap_cpu_relax() __builtin_ia32_pause()
-#else
-#define ap_cpu_relax() atomic_signal_fence(memory_order_seq_cst)
-#endif
-
 #endif
