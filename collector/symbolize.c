@@ -150,10 +150,7 @@ struct sym_module {
         size_t ncus;
         struct cu_range *cu_ranges; /* sorted by lo */
         size_t ncu_ranges;
-        /* Units .debug_aranges described (header offsets, sorted), while the table holds
-         * only those: the other units are added on the first address it misses. */
-        Dwarf_Off *listed;
-        size_t nlisted;
+        bool cu_from_aranges; /* the table is .debug_aranges', units resolved on use */
 
         bool symtab_built;
         struct sym_entry *syms; /* sorted by addr, one entry per address */
@@ -620,11 +617,10 @@ static void free_cu_table(struct sym_module *m)
                 free(m->cus[i].funcs);
         free(m->cus);
         free(m->cu_ranges);
-        free(m->listed);
         m->cus = NULL;
         m->cu_ranges = NULL;
-        m->listed = NULL;
-        m->ncus = m->ncu_ranges = m->nlisted = 0;
+        m->ncus = m->ncu_ranges = 0;
+        m->cu_from_aranges = false;
 }
 
 static void module_close(struct sym_module *m)
@@ -837,23 +833,12 @@ static void *vec_grow(void *v, size_t *cap, size_t n, size_t size)
         return nv;
 }
 
-static int cmp_off(const void *a, const void *b)
-{
-        Dwarf_Off x = *(const Dwarf_Off *)a, y = *(const Dwarf_Off *)b;
-        return x < y ? -1 : x > y;
-}
-
-static bool is_listed(const struct sym_module *m, Dwarf_Off unit)
-{
-        return m->nlisted && bsearch(&unit, m->listed, m->nlisted, sizeof(unit), cmp_off);
-}
-
-/* Adds to the address -> CU table every unit that .debug_aranges did not list, from the
- * unit's own ranges: all of them when the module has no such section, as clang and rustc
- * do not write one by default (libdw 0.188 finds nothing without it). */
+/* Builds the address -> CU table from each unit's own ranges, for a module without a
+ * usable .debug_aranges: clang and rustc do not write one by default (and libdw 0.188
+ * finds nothing without it). */
 static int build_cu_table(struct sym_module *m)
 {
-        size_t cus_cap = m->ncus, ranges_cap = m->ncu_ranges;
+        size_t cus_cap = 0, ranges_cap = 0;
         Dwarf_CU *cu = NULL, *next;
         Dwarf_Half version;
         uint8_t unit_type;
@@ -862,9 +847,6 @@ static int build_cu_table(struct sym_module *m)
         while (dwarf_get_units(m->dw, cu, &next, &version, &unit_type, &cudie, &subdie) == 0) {
                 cu = next;
                 if (unit_type != DW_UT_compile && unit_type != DW_UT_skeleton)
-                        continue;
-                /* The unit DIE's offset within its unit is the header's size. */
-                if (is_listed(m, dwarf_dieoffset(&cudie) - dwarf_cuoffset(&cudie)))
                         continue;
                 Dwarf_Die use = cudie;
                 if (unit_type == DW_UT_skeleton) {
@@ -956,7 +938,7 @@ static int read_aranges(struct sym_module *m)
         const uint8_t *sec = aranges_section(m->dw, &size);
         if (!sec)
                 return 0;
-        size_t cus_cap = 0, ranges_cap = 0, listed_cap = 0;
+        size_t cus_cap = 0, ranges_cap = 0;
         /* Offsets into the section, all checked against `size` before a read. */
         for (size_t set = 0, next; set < size; set = next) {
                 size_t left = size - set, pos = set + 4;
@@ -1008,12 +990,7 @@ static int read_aranges(struct sym_module *m)
                         any = true;
                 }
                 if (!any)
-                        continue; /* not listed: the unit's own ranges get their say */
-                Dwarf_Off *nl = vec_grow(m->listed, &listed_cap, m->nlisted, sizeof(*nl));
-                if (!nl)
-                        return -ENOMEM;
-                m->listed = nl;
-                m->listed[m->nlisted++] = unit;
+                        continue;
                 struct cu_info *nc = vec_grow(m->cus, &cus_cap, m->ncus, sizeof(*nc));
                 if (!nc)
                         return -ENOMEM;
@@ -1023,7 +1000,7 @@ static int read_aranges(struct sym_module *m)
         if (m->ncu_ranges == 0)
                 goto unusable;
         qsort(m->cu_ranges, m->ncu_ranges, sizeof(*m->cu_ranges), cmp_cu_range);
-        qsort(m->listed, m->nlisted, sizeof(*m->listed), cmp_off);
+        m->cu_from_aranges = true;
         return 1;
 
 unusable:
@@ -1087,26 +1064,25 @@ static bool resolve_unit(Dwarf *dw, struct cu_info *ci)
         return true;
 }
 
-/* The unit holding pc, or NULL (-ENOMEM in *err).  A table from .debug_aranges may not
- * know every unit (a producer may leave some out, or write none for a unit): the first
- * address it misses adds the units it did not list.  A listed unit that is not a plain
- * compile unit (a split-DWARF skeleton) sends us to the table built from the units alone. */
+/* The unit holding pc, or NULL (-ENOMEM in *err).  .debug_aranges is trusted only for
+ * the addresses it covers: an address it misses (a producer may leave units out, and
+ * real stacks almost never run through code outside every unit), or a unit it names that
+ * is not a plain compile unit (a split-DWARF skeleton), replaces its table by the one
+ * built from the units themselves, as every lookup did before. */
 static struct cu_info *find_cu(struct sym_module *m, Dwarf_Addr pc, int *err)
 {
         *err = 0;
         size_t i = range_at(m->cu_ranges, m->ncu_ranges, sizeof(*m->cu_ranges), pc);
-        if (i != m->ncu_ranges && pc < m->cu_ranges[i].hi) {
+        bool hit = i != m->ncu_ranges && pc < m->cu_ranges[i].hi;
+        if (!m->cu_from_aranges)
+                return hit ? &m->cus[m->cu_ranges[i].cu] : NULL;
+        if (hit) {
                 struct cu_info *ci = &m->cus[m->cu_ranges[i].cu];
                 if (ci->resolved || resolve_unit(m->dw, ci))
                         return ci;
-                free_cu_table(m);
-        } else if (m->nlisted == 0) {
-                return NULL;
         }
+        free_cu_table(m);
         int r = build_cu_table(m);
-        free(m->listed);
-        m->listed = NULL;
-        m->nlisted = 0;
         if (r < 0) {
                 free_cu_table(m);
                 m->dwarf_tried = false;
