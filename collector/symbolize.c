@@ -833,6 +833,27 @@ static void *vec_grow(void *v, size_t *cap, size_t n, size_t size)
         return nv;
 }
 
+/* Append a code range of unit `cu`, and a unit, to the module's tables (*cap: capacity). */
+static int push_cu_range(struct sym_module *m, size_t *cap, Dwarf_Addr lo, Dwarf_Addr hi, size_t cu)
+{
+        struct cu_range *nr = vec_grow(m->cu_ranges, cap, m->ncu_ranges, sizeof(*nr));
+        if (!nr)
+                return -ENOMEM;
+        m->cu_ranges = nr;
+        m->cu_ranges[m->ncu_ranges++] = (struct cu_range){.lo = lo, .hi = hi, .cu = cu};
+        return 0;
+}
+
+static int push_cu(struct sym_module *m, size_t *cap, struct cu_info ci)
+{
+        struct cu_info *nc = vec_grow(m->cus, cap, m->ncus, sizeof(*nc));
+        if (!nc)
+                return -ENOMEM;
+        m->cus = nc;
+        m->cus[m->ncus++] = ci;
+        return 0;
+}
+
 /* Builds the address -> CU table from each unit's own ranges, for a module without a
  * usable .debug_aranges: clang and rustc do not write one by default (and libdw 0.188
  * finds nothing without it). */
@@ -867,22 +888,12 @@ static int build_cu_table(struct sym_module *m)
                         /* Code discarded by the linker keeps ranges at 0 (or a tombstone). */
                         if (lo == 0 || lo >= hi || lo == (Dwarf_Addr)-1)
                                 continue;
-                        struct cu_range *nr =
-                                vec_grow(m->cu_ranges, &ranges_cap, m->ncu_ranges, sizeof(*nr));
-                        if (!nr)
+                        if (push_cu_range(m, &ranges_cap, lo, hi, idx) < 0)
                                 return -ENOMEM;
-                        m->cu_ranges = nr;
-                        m->cu_ranges[m->ncu_ranges++] =
-                                (struct cu_range){.lo = lo, .hi = hi, .cu = idx};
                         any = true;
                 }
-                if (!any)
-                        continue;
-                struct cu_info *nc = vec_grow(m->cus, &cus_cap, m->ncus, sizeof(*nc));
-                if (!nc)
+                if (any && push_cu(m, &cus_cap, (struct cu_info){.die = use, .resolved = true}) < 0)
                         return -ENOMEM;
-                m->cus = nc;
-                m->cus[m->ncus++] = (struct cu_info){.die = use, .resolved = true};
         }
         if (m->ncu_ranges)
                 qsort(m->cu_ranges, m->ncu_ranges, sizeof(*m->cu_ranges), cmp_cu_range);
@@ -980,22 +991,12 @@ static int read_aranges(struct sym_module *m)
                         uint64_t tomb = addr_size == 8 ? UINT64_MAX : UINT32_MAX;
                         if (lo == 0 || lo == tomb || n == 0 || n > tomb - lo)
                                 continue;
-                        struct cu_range *nr =
-                                vec_grow(m->cu_ranges, &ranges_cap, m->ncu_ranges, sizeof(*nr));
-                        if (!nr)
+                        if (push_cu_range(m, &ranges_cap, lo, lo + n, idx) < 0)
                                 return -ENOMEM;
-                        m->cu_ranges = nr;
-                        m->cu_ranges[m->ncu_ranges++] =
-                                (struct cu_range){.lo = lo, .hi = lo + n, .cu = idx};
                         any = true;
                 }
-                if (!any)
-                        continue;
-                struct cu_info *nc = vec_grow(m->cus, &cus_cap, m->ncus, sizeof(*nc));
-                if (!nc)
+                if (any && push_cu(m, &cus_cap, (struct cu_info){.unit = unit}) < 0)
                         return -ENOMEM;
-                m->cus = nc;
-                m->cus[m->ncus++] = (struct cu_info){.unit = unit};
         }
         if (m->ncu_ranges == 0)
                 goto unusable;
