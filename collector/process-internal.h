@@ -90,6 +90,11 @@ struct ap_process {
         size_t last_module;    /* where stack_intern_ips() placed a frame last (a hint) */
         uint32_t *new_used;    /* modules that became `used`, not yet taken (see process.h) */
         size_t nnew_used, new_used_cap;
+        /* Return addresses of new stacks not yet taken (ap_process_take_new_addrs):
+         * module index << 48 | offset in the module, each once (addrs_seen, by hash). */
+        uint64_t *new_addrs;
+        size_t nnew_addrs, new_addrs_cap;
+        struct ap_map addrs_seen;
 
         /* live blocks: addr -> index into live[] (+1); freed entries recycled */
         struct ap_live_table live;

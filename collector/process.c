@@ -124,6 +124,8 @@ void ap_process_free(struct ap_process *p)
                 free(p->modules[i].path);
         free(p->modules);
         free(p->new_used);
+        free(p->new_addrs);
+        ap_map_clear(&p->addrs_seen);
         ap_live_clear(&p->live);
         free(p->timeline);
         for (int i = 0; i < p->argc; i++)
@@ -167,6 +169,9 @@ struct ap_process *ap_process_snapshot(const struct ap_process *src)
         p->live = (struct ap_live_table){0};
         p->new_used = NULL;
         p->nnew_used = p->new_used_cap = 0;
+        p->new_addrs = NULL;
+        p->nnew_addrs = p->new_addrs_cap = 0;
+        p->addrs_seen = (struct ap_map){0};
         p->scratch = NULL;
         p->stacks = NULL;
         p->nstacks = p->stacks_cap = 0;
@@ -311,6 +316,34 @@ void ap_process_take_new_modules(struct ap_process *p,
         p->nnew_used = 0;
 }
 
+static int cmp_u64(const void *a, const void *b)
+{
+        uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+        return x < y ? -1 : x > y;
+}
+
+void ap_process_take_new_addrs(struct ap_process *p,
+                               void (*fn)(void *ud, const char *path, const uint8_t *build_id,
+                                          size_t build_id_len, uint64_t *offsets, size_t n),
+                               void *ud)
+{
+        if (p->nnew_addrs == 0 || fn == NULL) {
+                p->nnew_addrs = 0; /* nobody to symbolize them early */
+                return;
+        }
+        /* By module, and within one in address order (the symbolizer's walk over a unit's
+         * functions then goes one way); each module's run handed over at once. */
+        qsort(p->new_addrs, p->nnew_addrs, sizeof(*p->new_addrs), cmp_u64);
+        for (size_t i = 0, j; i < p->nnew_addrs; i = j) {
+                uint64_t m = p->new_addrs[i] >> 48;
+                for (j = i; j < p->nnew_addrs && p->new_addrs[j] >> 48 == m; j++)
+                        p->new_addrs[j] &= (1ull << 48) - 1;
+                const struct ap_cmodule *cm = &p->modules[m];
+                fn(ud, cm->path, cm->build_id, cm->build_id_len, p->new_addrs + i, j - i);
+        }
+        p->nnew_addrs = 0;
+}
+
 uint64_t ap_process_backlog(const struct ap_process *p)
 {
         return p->backlog;
@@ -414,30 +447,43 @@ static uint32_t stack_intern_ips(struct ap_process *p, const uint64_t *ips, uint
         s->depth = depth;
         s->hash = hash;
         /* A new stack: note the modules it runs through (a few compares per frame, once
-         * per unique stack).  The last three frames are the C library's program or
-         * thread entry code, which finalize.c names from the symbol table alone: they do
-         * not make the library's DWARF worth loading (the innermost frame always does). */
-        for (uint32_t d = 0; d < depth; d++) {
+         * per unique stack), and its return addresses, for symbolizing while the program
+         * runs.  The last three frames are the C library's program or thread entry code,
+         * which finalize.c names from the symbol table alone: they do not make the
+         * library's DWARF worth loading (the innermost frame always does).  Frames the
+         * stack shares, from the outermost in, with the stack interned before were noted
+         * with it. */
+        const struct ap_cstack *prev = p->nstacks > 0 ? &p->stacks[p->nstacks - 1] : NULL;
+        uint32_t shared = 0;
+        while (prev != NULL && shared < depth && shared < prev->depth &&
+               ips[depth - 1 - shared] == prev->ips[prev->depth - 1 - shared])
+                shared++;
+        for (uint32_t d = 0; d + shared < depth; d++) {
                 if (d > 0 && d + 3 >= depth)
                         continue;
                 /* Neighbouring frames are mostly in one module: the last one found first
                  * (on cc1 the search took a quarter of the time spent interning). */
-                const struct ap_cmodule *last = p->last_module < p->nmodules
-                                                        ? &p->modules[p->last_module]
-                                                        : NULL;
-                if (last != NULL && last->used && ips[d] >= last->lo && ips[d] < last->hi)
-                        continue;
-                for (size_t m = p->nmodules; m-- > 0;) {
-                        struct ap_cmodule *cm = &p->modules[m];
-                        if (ips[d] < cm->lo || ips[d] >= cm->hi)
+                size_t m = p->last_module;
+                if (m >= p->nmodules || ips[d] < p->modules[m].lo || ips[d] >= p->modules[m].hi) {
+                        for (m = p->nmodules; m-- > 0;)
+                                if (ips[d] >= p->modules[m].lo && ips[d] < p->modules[m].hi)
+                                        break;
+                        if (m == SIZE_MAX)
                                 continue;
-                        if (!cm->used &&
-                            AP_GROW(p->new_used, p->new_used_cap, p->nnew_used + 1) == 0) {
-                                cm->used = true;
-                                p->new_used[p->nnew_used++] = (uint32_t)m;
-                        }
                         p->last_module = m;
-                        break;
+                }
+                struct ap_cmodule *cm = &p->modules[m];
+                if (!cm->used && AP_GROW(p->new_used, p->new_used_cap, p->nnew_used + 1) == 0) {
+                        cm->used = true;
+                        p->new_used[p->nnew_used++] = (uint32_t)m;
+                }
+                uint64_t off = ips[d] - cm->bias;
+                if (m < (1u << 15) && off < (1ull << 48)) {
+                        uint64_t a = (uint64_t)m << 48 | off, akey = ap_mix64(a) | 1;
+                        if (ap_map_get(&p->addrs_seen, akey) == NULL &&
+                            ap_map_put(&p->addrs_seen, akey, 1) == 0 &&
+                            AP_GROW(p->new_addrs, p->new_addrs_cap, p->nnew_addrs + 1) == 0)
+                                p->new_addrs[p->nnew_addrs++] = a;
                 }
         }
         if (ap_map_put(&p->stack_by_hash, key ? key : 1, p->nstacks + 1) < 0) {

@@ -50,6 +50,17 @@ void ap_process_take_new_modules(struct ap_process *p,
                                             size_t build_id_len),
                                  void *ud);
 
+/* Return addresses that new stacks brought since the last call (each address once per
+ * process, entry code left out): calls fn once per module with its addresses, offsets in
+ * the module as ap_symbolizer_lookup() takes them once 1 is subtracted (return
+ * addresses), so that they can be symbolized while the program still runs and
+ * ap_process_finalize() finds them in the symbolizer's cache.  The array is fn's to
+ * read during the call only.  fn NULL drops them. */
+void ap_process_take_new_addrs(struct ap_process *p,
+                               void (*fn)(void *ud, const char *path, const uint8_t *build_id,
+                                          size_t build_id_len, uint64_t *offsets, size_t n),
+                               void *ud);
+
 /* The most bytes that any one of its rings held when the last drain round took its
  * snapshot of the heads: what its busiest thread wrote since the round before. */
 uint64_t ap_process_backlog(const struct ap_process *p);

@@ -35,6 +35,12 @@ static void warm_module(void *ud, const char *path, const uint8_t *build_id, siz
         ap_warmer_add(ud, path, build_id, len);
 }
 
+static void warm_addrs(void *ud, const char *path, const uint8_t *build_id, size_t len,
+                       uint64_t *offsets, size_t n)
+{
+        ap_warmer_add_addrs(ud, path, build_id, len, offsets, n);
+}
+
 void ap_collector_set_note(struct ap_collector *c, ap_collector_note_fn fn, void *userdata)
 {
         c->note = fn;
@@ -494,6 +500,7 @@ int ap_collector_step(struct ap_collector *c, int timeout_ms, int extra_fd)
                         backlog = b;
                 if (c->warmer != NULL)
                         ap_process_take_new_modules(c->procs[i].p, warm_module, c->warmer);
+                ap_process_take_new_addrs(c->procs[i].p, c->warmer ? warm_addrs : NULL, c->warmer);
         }
         c->drain_wait_ms = moved > 0 ? ap_drain_wait_ms(backlog, now - c->last_round_ns) : -1;
         c->last_round_ns = now;

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,10 +14,13 @@
 #include "util.h"
 #include "warm.h"
 
+/* A module to load, or (noffsets > 0) addresses in it to symbolize. */
 struct warm_item {
         char *path;
         uint8_t build_id[AP_MAX_BUILD_ID];
         size_t build_id_len;
+        uint64_t *offsets;
+        size_t noffsets;
 };
 
 struct job {
@@ -37,6 +41,9 @@ struct ap_warmer {
         size_t head, n, cap;
         struct ap_map seen; /* hash of path + build-id: queued once */
         bool stop;
+        /* Set with `stop`, read without the lock between two addresses of a batch:
+         * relaxed, as it only cuts the batch short. */
+        _Atomic bool quit;
 };
 
 static void *warm_main(void *arg)
@@ -62,7 +69,21 @@ static void *warm_main(void *arg)
                         break;
                 struct warm_item it = w->queue[w->head++];
                 pthread_mutex_unlock(&w->lock);
-                (void)ap_symbolizer_warm(w->sym, it.path, it.build_id, it.build_id_len);
+                if (it.noffsets == 0)
+                        (void)ap_symbolizer_warm(w->sym, it.path, it.build_id, it.build_id_len);
+                /* The results stay in the symbolizer's cache, where finalizing finds them
+                 * (return addresses: the call is the byte before). */
+                for (size_t i = 0;
+                     i < it.noffsets && !atomic_load_explicit(&w->quit, memory_order_relaxed);
+                     i++) {
+                        struct ap_sym_frame *f = NULL;
+                        uint64_t off = it.offsets[i];
+                        int n = ap_symbolizer_lookup(w->sym, it.path, it.build_id, it.build_id_len,
+                                                     off ? off - 1 : 0, &f);
+                        if (n > 0)
+                                ap_sym_frames_free(f, (size_t)n);
+                }
+                free(it.offsets);
                 free(it.path);
                 pthread_mutex_lock(&w->lock);
         }
@@ -107,12 +128,40 @@ void ap_warmer_add(struct ap_warmer *w, const char *path, const uint8_t *build_i
                 it->path = strdup(path);
                 memcpy(it->build_id, build_id, build_id_len);
                 it->build_id_len = build_id_len;
+                it->offsets = NULL;
+                it->noffsets = 0;
                 if (it->path != NULL) {
                         w->n++;
                         pthread_cond_signal(&w->cond);
                 }
         }
         pthread_mutex_unlock(&w->lock);
+}
+
+void ap_warmer_add_addrs(struct ap_warmer *w, const char *path, const uint8_t *build_id,
+                         size_t build_id_len, const uint64_t *offsets, size_t n)
+{
+        if (w == NULL || path == NULL || path[0] == '\0' || build_id_len > AP_MAX_BUILD_ID ||
+            n == 0)
+                return;
+        char *copy = strdup(path);
+        uint64_t *offs = malloc(n * sizeof(*offs));
+        pthread_mutex_lock(&w->lock);
+        if (copy != NULL && offs != NULL && !w->stop && AP_GROW(w->queue, w->cap, w->n + 1) == 0) {
+                struct warm_item *it = &w->queue[w->n++];
+                it->path = copy;
+                memcpy(it->build_id, build_id, build_id_len);
+                it->build_id_len = build_id_len;
+                memcpy(offs, offsets, n * sizeof(*offs));
+                it->offsets = offs;
+                it->noffsets = n;
+                copy = NULL;
+                offs = NULL;
+                pthread_cond_signal(&w->cond);
+        }
+        pthread_mutex_unlock(&w->lock);
+        free(copy);
+        free(offs);
 }
 
 int ap_warmer_run(struct ap_warmer *w, void (*fn)(void *arg, struct ap_symbolizer *sym),
@@ -149,11 +198,14 @@ void ap_warmer_stop(struct ap_warmer *w)
                 return;
         pthread_mutex_lock(&w->lock);
         w->stop = true;
+        atomic_store_explicit(&w->quit, true, memory_order_relaxed);
         pthread_cond_signal(&w->cond);
         pthread_mutex_unlock(&w->lock);
         pthread_join(w->thread, NULL);
-        for (size_t i = w->head; i < w->n; i++)
+        for (size_t i = w->head; i < w->n; i++) {
                 free(w->queue[i].path);
+                free(w->queue[i].offsets);
+        }
         free(w->queue);
         free(w->jobs);
         ap_map_clear(&w->seen);

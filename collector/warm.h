@@ -23,6 +23,12 @@ int ap_warmer_start(struct ap_symbolizer *sym, struct ap_warmer **ret);
 void ap_warmer_add(struct ap_warmer *w, const char *path, const uint8_t *build_id,
                    size_t build_id_len);
 
+/* Queues addresses of a module to symbolize (return addresses, offsets in the module;
+ * copied), so that finalizing a profile later finds them in the symbolizer's cache.
+ * Thread-safe, never blocks on the work itself.  Abandoned by ap_warmer_stop(). */
+void ap_warmer_add_addrs(struct ap_warmer *w, const char *path, const uint8_t *build_id,
+                         size_t build_id_len, const uint64_t *offsets, size_t n);
+
 /* Runs fn(arg, sym) on the thread, before any queued warm-up: finalizing profiles there
  * keeps the event loop free.  Jobs run in order; every job queued before
  * ap_warmer_stop() runs.  Returns 0, or -ESHUTDOWN / -ENOMEM (fn was not queued). */
