@@ -300,12 +300,13 @@ void ap_process_take_new_modules(struct ap_process *p,
                                             size_t build_id_len),
                                  void *ud)
 {
-        /* Full mode only: a sampled profile has a site inside the C library only if one
-         * of its few samples landed there, and then it is warmed as any module is. */
+        /* Once the process has a stack: every stack ends in the C library's entry code,
+         * which finalizing names from the library's symbol table (indexing libc6-dbg's
+         * takes about 1 ms), so a sampled profile needs it too, even when no sample
+         * landed inside the library. */
         if (p->libc_module != 0 && p->libc_module <= p->nmodules &&
             !p->modules[p->libc_module - 1].used && ap_clock_mono_ns() >= p->libc_due_ns &&
-            ap_load_relaxed(&p->hdr->xmode) == AP_MODE_FULL &&
-            AP_GROW(p->new_used, p->new_used_cap, p->nnew_used + 1) == 0) {
+            p->nstacks > 0 && AP_GROW(p->new_used, p->new_used_cap, p->nnew_used + 1) == 0) {
                 p->modules[p->libc_module - 1].used = true;
                 p->new_used[p->nnew_used++] = p->libc_module - 1;
         }
