@@ -63,16 +63,12 @@ static AP_SLOW void alloc_sampled(struct ap_thread *t, struct ap_shm_header *h, 
         int e = errno;
         t->in_hook = 1;
         uint64_t interval = ap_load_relaxed(&h->xsample_interval);
-        uint64_t n;
         if (!t->sampler_ready || t->sampler.interval != interval) {
                 ap_sampler_init(&t->sampler, interval, ap_sampler_seed());
                 t->sampler_ready = 1;
-                n = ap_sampler_take(&t->sampler, size);
-        } else {
-                /* sampler_skips found that size takes the countdown to 0 or below. */
-                t->sampler.left -= (int64_t)size;
-                n = ap_sampler_points(&t->sampler);
         }
+        /* Else sampler_skips found that size takes the countdown to 0 or below. */
+        uint64_t n = ap_sampler_take(&t->sampler, size);
         if (n > 0) {
                 ap_sampled_remember(p);
                 ap_record_alloc_sampled(p, size, n * t->sampler.interval, realloc, entry);

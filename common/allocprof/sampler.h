@@ -64,11 +64,14 @@ static inline void ap_sampler_init(struct ap_sampler *s, uint64_t interval, uint
         s->left = ap_sampler_gap(s);
 }
 
-/* The sample points a countdown at or below 0 has passed (one gap drawn for each);
- * leaves it above 0.  At an interval of 1 they are the bytes themselves, counted at once
- * instead of one by one. */
-static inline uint64_t ap_sampler_points(struct ap_sampler *s)
+/* Consumes `size` bytes of the stream.  Returns the number of sample points they cover
+ * (usually 0: one subtraction and one compare), one gap drawn for each; at an interval of
+ * 1 the points are the bytes themselves, counted at once instead of one by one. */
+static inline uint64_t ap_sampler_take(struct ap_sampler *s, uint64_t size)
 {
+        s->left -= (int64_t)size;
+        if (__builtin_expect(s->left > 0, 1))
+                return 0;
         if (s->log_q == 0.0) {
                 uint64_t n = (uint64_t)(1 - s->left);
                 s->left = 1;
@@ -80,16 +83,6 @@ static inline uint64_t ap_sampler_points(struct ap_sampler *s)
                 s->left += ap_sampler_gap(s);
         }
         return n;
-}
-
-/* Consumes `size` bytes of the stream.  Returns the number of sample points they cover
- * (usually 0: one subtraction and one compare). */
-static inline uint64_t ap_sampler_take(struct ap_sampler *s, uint64_t size)
-{
-        s->left -= (int64_t)size;
-        if (__builtin_expect(s->left > 0, 1))
-                return 0;
-        return ap_sampler_points(s);
 }
 
 #endif
