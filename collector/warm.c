@@ -40,10 +40,9 @@ struct ap_warmer {
         struct warm_item *queue; /* under lock */
         size_t head, n, cap;
         struct ap_map seen; /* hash of path + build-id: queued once */
-        bool stop;
-        /* Set with `stop`, read without the lock between two addresses of a batch:
-         * relaxed, as it only cuts the batch short. */
-        _Atomic bool quit;
+        /* Set under the lock; also read without it between two addresses of a batch,
+         * relaxed, as there it only cuts the batch short. */
+        _Atomic bool stop;
 };
 
 static void *warm_main(void *arg)
@@ -74,7 +73,7 @@ static void *warm_main(void *arg)
                 /* The results stay in the symbolizer's cache, where finalizing finds them
                  * (return addresses: the call is the byte before). */
                 for (size_t i = 0;
-                     i < it.noffsets && !atomic_load_explicit(&w->quit, memory_order_relaxed);
+                     i < it.noffsets && !atomic_load_explicit(&w->stop, memory_order_relaxed);
                      i++) {
                         struct ap_sym_frame *f = NULL;
                         uint64_t off = it.offsets[i];
@@ -114,6 +113,24 @@ int ap_warmer_start(struct ap_symbolizer *sym, struct ap_warmer **ret)
         return 0;
 }
 
+/* Appends an item, the lock held; `offsets` (n of them, or NULL) become the queue's.
+ * False if out of memory. */
+static bool push_item(struct ap_warmer *w, const char *path, const uint8_t *build_id,
+                      size_t build_id_len, uint64_t *offsets, size_t n)
+{
+        char *copy = strdup(path);
+        if (copy == NULL || AP_GROW(w->queue, w->cap, w->n + 1) < 0) {
+                free(copy);
+                return false;
+        }
+        struct warm_item *it = &w->queue[w->n++];
+        *it = (struct warm_item){
+                .path = copy, .build_id_len = build_id_len, .offsets = offsets, .noffsets = n};
+        memcpy(it->build_id, build_id, build_id_len);
+        pthread_cond_signal(&w->cond);
+        return true;
+}
+
 void ap_warmer_add(struct ap_warmer *w, const char *path, const uint8_t *build_id,
                    size_t build_id_len)
 {
@@ -122,19 +139,8 @@ void ap_warmer_add(struct ap_warmer *w, const char *path, const uint8_t *build_i
         uint64_t key = ap_hash_bytes(path, strlen(path)) ^ ap_hash_bytes(build_id, build_id_len);
         pthread_mutex_lock(&w->lock);
         if (ap_map_get(&w->seen, key ? key : 1) == NULL &&
-            ap_map_put(&w->seen, key ? key : 1, 1) == 0 &&
-            AP_GROW(w->queue, w->cap, w->n + 1) == 0) {
-                struct warm_item *it = &w->queue[w->n];
-                it->path = strdup(path);
-                memcpy(it->build_id, build_id, build_id_len);
-                it->build_id_len = build_id_len;
-                it->offsets = NULL;
-                it->noffsets = 0;
-                if (it->path != NULL) {
-                        w->n++;
-                        pthread_cond_signal(&w->cond);
-                }
-        }
+            ap_map_put(&w->seen, key ? key : 1, 1) == 0)
+                (void)push_item(w, path, build_id, build_id_len, NULL, 0);
         pthread_mutex_unlock(&w->lock);
 }
 
@@ -144,23 +150,14 @@ void ap_warmer_add_addrs(struct ap_warmer *w, const char *path, const uint8_t *b
         if (w == NULL || path == NULL || path[0] == '\0' || build_id_len > AP_MAX_BUILD_ID ||
             n == 0)
                 return;
-        char *copy = strdup(path);
         uint64_t *offs = malloc(n * sizeof(*offs));
+        if (offs == NULL)
+                return;
+        memcpy(offs, offsets, n * sizeof(*offs));
         pthread_mutex_lock(&w->lock);
-        if (copy != NULL && offs != NULL && !w->stop && AP_GROW(w->queue, w->cap, w->n + 1) == 0) {
-                struct warm_item *it = &w->queue[w->n++];
-                it->path = copy;
-                memcpy(it->build_id, build_id, build_id_len);
-                it->build_id_len = build_id_len;
-                memcpy(offs, offsets, n * sizeof(*offs));
-                it->offsets = offs;
-                it->noffsets = n;
-                copy = NULL;
+        if (!w->stop && push_item(w, path, build_id, build_id_len, offs, n))
                 offs = NULL;
-                pthread_cond_signal(&w->cond);
-        }
         pthread_mutex_unlock(&w->lock);
-        free(copy);
         free(offs);
 }
 
@@ -198,7 +195,6 @@ void ap_warmer_stop(struct ap_warmer *w)
                 return;
         pthread_mutex_lock(&w->lock);
         w->stop = true;
-        atomic_store_explicit(&w->quit, true, memory_order_relaxed);
         pthread_cond_signal(&w->cond);
         pthread_mutex_unlock(&w->lock);
         pthread_join(w->thread, NULL);
