@@ -325,7 +325,7 @@ static int cmp_u64(const void *a, const void *b)
 
 void ap_process_take_new_addrs(struct ap_process *p,
                                void (*fn)(void *ud, const char *path, const uint8_t *build_id,
-                                          size_t build_id_len, uint64_t *offsets, size_t n),
+                                          size_t build_id_len, const uint64_t *offsets, size_t n),
                                void *ud)
 {
         if (p->nnew_addrs == 0 || fn == NULL) {

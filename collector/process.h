@@ -58,7 +58,7 @@ void ap_process_take_new_modules(struct ap_process *p,
  * read during the call only.  fn NULL drops them. */
 void ap_process_take_new_addrs(struct ap_process *p,
                                void (*fn)(void *ud, const char *path, const uint8_t *build_id,
-                                          size_t build_id_len, uint64_t *offsets, size_t n),
+                                          size_t build_id_len, const uint64_t *offsets, size_t n),
                                void *ud);
 
 /* The most bytes that any one of its rings held when the last drain round took its

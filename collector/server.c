@@ -36,7 +36,7 @@ static void warm_module(void *ud, const char *path, const uint8_t *build_id, siz
 }
 
 static void warm_addrs(void *ud, const char *path, const uint8_t *build_id, size_t len,
-                       uint64_t *offsets, size_t n)
+                       const uint64_t *offsets, size_t n)
 {
         ap_warmer_add_addrs(ud, path, build_id, len, offsets, n);
 }
