@@ -36,7 +36,7 @@ struct fin {
         uint8_t *alloc_flag;      /* profile frame -> 0 not asked, 1 allocator, 2 not */
         size_t alloc_flag_cap;
         size_t nframes_cap, nsites_cap, nmodules_cap;
-        /* module_at's answers for the return addresses seen last, direct-mapped: every
+        /* ap_process_module_at's answers for the return addresses seen last, direct-mapped: every
          * frame of every stack asks, and the scan of the module list was a third of
          * finalizing a compiler's profile.  ip 0 never asks, so a zeroed cell is empty. */
         struct {
@@ -56,23 +56,6 @@ static bool is_agent_module(const struct ap_cmodule *m)
         return strncmp(ap_path_base(m->path), "liballocprof", 12) == 0;
 }
 
-/* Finds the module mapped at ip: the newest load covering it, preferring one that is
- * still loaded.  Returns the index or UINT32_MAX. */
-static uint32_t module_at(const struct ap_process *p, uint64_t ip)
-{
-        uint32_t best = UINT32_MAX;
-        for (size_t i = p->nmodules; i-- > 0;) {
-                const struct ap_cmodule *m = &p->modules[i];
-                if (ip < m->lo || ip >= m->hi)
-                        continue;
-                if (m->unload_ts == 0)
-                        return (uint32_t)i;
-                if (best == UINT32_MAX)
-                        best = (uint32_t)i;
-        }
-        return best;
-}
-
 static uint32_t module_of(struct fin *f, uint64_t ip)
 {
         if (ip == 0)
@@ -80,7 +63,7 @@ static uint32_t module_of(struct fin *f, uint64_t ip)
         size_t c = (size_t)(ap_mix64(ip) & (sizeof(f->mod_cache) / sizeof(f->mod_cache[0]) - 1));
         if (f->mod_cache[c].ip != ip) {
                 f->mod_cache[c].ip = ip;
-                f->mod_cache[c].cmod = module_at(f->p, ip);
+                f->mod_cache[c].cmod = ap_process_module_at(f->p, ip);
         }
         return f->mod_cache[c].cmod;
 }

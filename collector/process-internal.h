@@ -125,6 +125,10 @@ struct ap_process {
         uint8_t *scratch; /* a record's fixed part, copied out of the ring before validation */
 };
 
+/* The module mapped at ip: the newest load covering it, preferring one that is still
+ * loaded.  Returns its index in modules, or UINT32_MAX. */
+uint32_t ap_process_module_at(const struct ap_process *p, uint64_t ip);
+
 /* Record timestamp -> nanoseconds since the image's agent started. */
 static inline uint64_t ap_process_ticks_to_ns(const struct ap_process *p, uint64_t ts)
 {

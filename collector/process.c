@@ -345,6 +345,21 @@ void ap_process_take_new_addrs(struct ap_process *p,
         p->nnew_addrs = 0;
 }
 
+uint32_t ap_process_module_at(const struct ap_process *p, uint64_t ip)
+{
+        uint32_t best = UINT32_MAX;
+        for (size_t i = p->nmodules; i-- > 0;) {
+                const struct ap_cmodule *m = &p->modules[i];
+                if (ip < m->lo || ip >= m->hi)
+                        continue;
+                if (m->unload_ts == 0)
+                        return (uint32_t)i;
+                if (best == UINT32_MAX)
+                        best = (uint32_t)i;
+        }
+        return best;
+}
+
 uint64_t ap_process_backlog(const struct ap_process *p)
 {
         return p->backlog;
@@ -466,12 +481,10 @@ static uint32_t stack_intern_ips(struct ap_process *p, const uint64_t *ips, uint
                  * (on cc1 the search took a quarter of the time spent interning). */
                 size_t m = p->last_module;
                 if (m >= p->nmodules || ips[d] < p->modules[m].lo || ips[d] >= p->modules[m].hi) {
-                        for (m = p->nmodules; m-- > 0;)
-                                if (ips[d] >= p->modules[m].lo && ips[d] < p->modules[m].hi)
-                                        break;
-                        if (m == SIZE_MAX)
+                        uint32_t found = ap_process_module_at(p, ips[d]);
+                        if (found == UINT32_MAX)
                                 continue;
-                        p->last_module = m;
+                        p->last_module = m = found;
                 }
                 struct ap_cmodule *cm = &p->modules[m];
                 if (!cm->used && AP_GROW(p->new_used, p->new_used_cap, p->nnew_used + 1) == 0) {
