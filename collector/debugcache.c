@@ -119,24 +119,34 @@ static uint64_t inflated_bytes(Elf *elf)
         return total;
 }
 
+int ap_elf_section(Elf *elf, const char *name, Elf_Scn **ret, GElf_Shdr *ret_sh)
+{
+        size_t shstrndx;
+        if (elf_getshdrstrndx(elf, &shstrndx) < 0)
+                return -1;
+        for (Elf_Scn *scn = elf_nextscn(elf, NULL); scn; scn = elf_nextscn(elf, scn)) {
+                if (!gelf_getshdr(scn, ret_sh))
+                        return -1;
+                const char *n = elf_strptr(elf, shstrndx, ret_sh->sh_name);
+                if (n && strcmp(n, name) == 0) {
+                        *ret = scn;
+                        return 1;
+                }
+        }
+        return 0;
+}
+
 /* A relative .gnu_debugaltlink is resolved from the debug file's directory, which a copy
  * in the cache does not share. */
 static bool has_relative_altlink(Elf *elf)
 {
-        size_t shstrndx;
-        if (elf_getshdrstrndx(elf, &shstrndx) < 0)
-                return true;
-        for (Elf_Scn *scn = elf_nextscn(elf, NULL); scn; scn = elf_nextscn(elf, scn)) {
-                GElf_Shdr sh;
-                if (!gelf_getshdr(scn, &sh))
-                        return true;
-                const char *name = elf_strptr(elf, shstrndx, sh.sh_name);
-                if (!name || strcmp(name, ".gnu_debugaltlink") != 0)
-                        continue;
-                Elf_Data *d = elf_rawdata(scn, NULL);
-                return !d || d->d_size == 0 || ((const char *)d->d_buf)[0] != '/';
-        }
-        return false;
+        Elf_Scn *scn;
+        GElf_Shdr sh;
+        int r = ap_elf_section(elf, ".gnu_debugaltlink", &scn, &sh);
+        if (r <= 0)
+                return r < 0;
+        Elf_Data *d = elf_rawdata(scn, NULL);
+        return !d || d->d_size == 0 || ((const char *)d->d_buf)[0] != '/';
 }
 
 static bool pwrite_all(int fd, const void *buf, size_t len, uint64_t off)

@@ -18,6 +18,7 @@
  */
 #pragma once
 
+#include <gelf.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -31,3 +32,7 @@
  * build-id is not `id`, it has nothing compressed, or anything fails: a cache is never a
  * reason to lose debug information.  `fd` is left open and untouched.  Thread-safe. */
 int ap_debugcache_open(int fd, const uint8_t *id, size_t id_len, char **ret_name);
+
+/* The first section of `elf` called `name`, with its header: 1, or 0 when there is none,
+ * -1 when the section headers cannot be read (also used by symbolize.c). */
+int ap_elf_section(Elf *elf, const char *name, Elf_Scn **ret, GElf_Shdr *ret_sh);

@@ -914,26 +914,17 @@ static const uint8_t *aranges_section(Dwarf *dw, size_t *size)
 {
         Elf *elf = dwarf_getelf(dw);
         GElf_Ehdr eh;
-        size_t shstrndx;
+        Elf_Scn *scn;
+        GElf_Shdr sh;
         if (!elf || !gelf_getehdr(elf, &eh) || eh.e_ident[EI_DATA] != ELFDATA2LSB ||
-            elf_getshdrstrndx(elf, &shstrndx) < 0)
+            ap_elf_section(elf, ".debug_aranges", &scn, &sh) <= 0 ||
+            (sh.sh_flags & SHF_COMPRESSED) || sh.sh_type == SHT_NOBITS)
                 return NULL;
-        for (Elf_Scn *scn = elf_nextscn(elf, NULL); scn; scn = elf_nextscn(elf, scn)) {
-                GElf_Shdr sh;
-                if (!gelf_getshdr(scn, &sh))
-                        return NULL;
-                const char *name = elf_strptr(elf, shstrndx, sh.sh_name);
-                if (!name || strcmp(name, ".debug_aranges") != 0)
-                        continue;
-                if ((sh.sh_flags & SHF_COMPRESSED) || sh.sh_type == SHT_NOBITS)
-                        return NULL;
-                Elf_Data *d = elf_getdata(scn, NULL);
-                if (!d || !d->d_buf || d->d_size == 0)
-                        return NULL;
-                *size = d->d_size;
-                return d->d_buf;
-        }
-        return NULL;
+        Elf_Data *d = elf_getdata(scn, NULL);
+        if (!d || !d->d_buf || d->d_size == 0)
+                return NULL;
+        *size = d->d_size;
+        return d->d_buf;
 }
 
 /* The address -> CU table from .debug_aranges, where the compiler wrote one: a few
