@@ -521,6 +521,7 @@ int ap_process_finalize(struct ap_process *p, struct ap_symbolizer *sym, struct 
         prof->exit_status = p->exit_code;
         prof->term_signal = p->term_signal;
         prof->start_unix_ns = p->start_unix_ns;
+        ap_process_calibrate(p);
         prof->duration_ns = ap_process_ticks_to_ns(p, p->last_ts);
         prof->drain_cpu_ns = p->drain_cpu_ns;
 

@@ -60,7 +60,8 @@ struct ap_process {
         struct ap_shm_header *hdr; /* == map, or a private copy in a snapshot (map NULL) */
         uint64_t start_ns;         /* agent's CLOCK_MONOTONIC at init */
         uint64_t start_ticks;      /* agent's ap_clock_ticks() at init: records count from it */
-        double ns_per_tick;
+        bool same_clock;           /* records are stamped with our ap_clock_ticks(), else in ns */
+        double ns_per_tick;        /* 0 until ap_process_calibrate */
         uint64_t start_unix_ns;
         uint64_t last_ts;
 
@@ -129,7 +130,12 @@ struct ap_process {
  * loaded.  Returns its index in modules, or UINT32_MAX. */
 uint32_t ap_process_module_at(const struct ap_process *p, uint64_t ip);
 
-/* Record timestamp -> nanoseconds since the image's agent started. */
+/* Sets ns_per_tick on first use.  Not done at registration: the first calibration of a
+ * collector may sleep, and the agent is waiting for our reply then. */
+void ap_process_calibrate(struct ap_process *p);
+
+/* Record timestamp -> nanoseconds since the image's agent started (after
+ * ap_process_calibrate). */
 static inline uint64_t ap_process_ticks_to_ns(const struct ap_process *p, uint64_t ts)
 {
         return ts > p->start_ticks ? (uint64_t)((double)(ts - p->start_ticks) * p->ns_per_tick) : 0;

@@ -98,7 +98,7 @@ int ap_process_new(int memfd, pid_t pid, const struct ap_hello *hello, struct ap
         p->hdr = h;
         p->start_ns = h->start_ns;
         p->start_ticks = h->start_ticks;
-        p->ns_per_tick = h->clock_kind == AP_CLOCK_KIND ? ap_ns_per_tick() : 1.0;
+        p->same_clock = h->clock_kind == AP_CLOCK_KIND;
         p->start_unix_ns = ap_realtime_ns() - (ap_clock_mono_ns() - h->start_ns);
         p->exit_code = -1;
         p->scratch = scratch;
@@ -886,9 +886,16 @@ static uint64_t thread_cpu_ns(void)
 #define SETTLE_NS 200000
 #define TAIL_STEP (64u << 10) /* power of two, well below AP_RING_BYTES */
 
+void ap_process_calibrate(struct ap_process *p)
+{
+        if (p->ns_per_tick == 0)
+                p->ns_per_tick = p->same_clock ? ap_ns_per_tick() : 1.0;
+}
+
 long ap_process_drain(struct ap_process *p, bool final)
 {
         struct ap_shm_header *h = p->hdr;
+        ap_process_calibrate(p);
         /* 1. Snapshot every ring's head.  Acquire pairs with the agent's release of xhead
          *    (B->C in wire.h): the records below the head are complete.  The slot count
          *    is read again afterwards: a thread that claimed a slot before another
@@ -939,8 +946,7 @@ long ap_process_drain(struct ap_process *p, bool final)
          * filling would pull them away from it on every record (measured: twice as
          * slow). */
         if (!final) {
-                uint64_t now =
-                        p->hdr->clock_kind == AP_CLOCK_KIND ? ap_clock_ticks() : ap_clock_mono_ns();
+                uint64_t now = p->same_clock ? ap_clock_ticks() : ap_clock_mono_ns();
                 uint64_t settle = (uint64_t)(SETTLE_NS / p->ns_per_tick);
                 watermark = now > settle ? now - settle : 0;
         }

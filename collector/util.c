@@ -264,9 +264,7 @@ bool ap_proc_stat(pid_t pid, struct ap_proc_stat *ret)
         return ok;
 }
 
-/* The first (ns, ticks) pair of the calibration, read when the program starts: by the
- * time a profiled process registers (an exec and a dynamic link later), enough time has
- * passed that the calibration need not wait for it (it used to spin 2 ms per run). */
+/* The first (ns, ticks) pair of the calibration, read when the program starts. */
 static uint64_t calib_ns0, calib_ticks0;
 
 static __attribute__((constructor)) void calib_start(void)
@@ -282,13 +280,24 @@ double ap_ns_per_tick(void)
                 return cached;
         if (AP_CLOCK_KIND == AP_CLOCK_MONOTONIC_NS)
                 return cached = 1.0;
-        /* Two (ns, ticks) pairs at least 2 ms apart: each read pair is ~40 ns wide, so the
-         * ratio is good to a few parts in 10^5, plenty for timelines and durations. */
-        uint64_t n1, t1;
+        /* Two (ns, ticks) pairs at least 1 ms apart: each read pair is ~40 ns wide, so the
+         * ratio is good to about 4 parts in 10^5 (4 ms in a 100 s run), plenty for
+         * timelines and durations.  `allocprof run` first needs it when its program
+         * registers, 1.2 ms or more after its own start on a fast machine; a call that
+         * comes sooner sleeps the rest rather than spin on a core the program may want. */
+        const uint64_t span = 1000000;
+        uint64_t n1 = ap_clock_mono_ns(), t1;
+        if (n1 - calib_ns0 < span) {
+                uint64_t until = calib_ns0 + span;
+                struct timespec ts = {.tv_sec = (time_t)(until / 1000000000),
+                                      .tv_nsec = (long)(until % 1000000000)};
+                while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR)
+                        ;
+        }
         do {
                 n1 = ap_clock_mono_ns();
                 t1 = ap_clock_ticks();
-        } while (n1 - calib_ns0 < 2000000);
+        } while (n1 - calib_ns0 < span);
         cached = t1 > calib_ticks0 ? (double)(n1 - calib_ns0) / (double)(t1 - calib_ticks0) : 1.0;
         return cached;
 }
