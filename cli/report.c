@@ -1616,7 +1616,12 @@ static void put_shell_word(const struct out *o, const char *s)
 
 void ap_report_summary(FILE *out, const struct ap_profile *p, const char *profile_path)
 {
-        const struct out o = {out, false};
+        /* Composed in memory and written at once: stderr is unbuffered, and the path alone
+         * took a write per character. */
+        char *buf = NULL;
+        size_t len = 0;
+        FILE *mem = open_memstream(&buf, &len);
+        const struct out o = {mem ? mem : out, false};
         const typeof(p->totals) *t = &p->totals;
         uint32_t *frank = frame_ranks(p);
         struct site_order order;
@@ -1671,6 +1676,9 @@ void ap_report_summary(FILE *out, const struct ap_profile *p, const char *profil
                 put_shell_word(&o, profile_path);
                 say(&o, "\n");
         }
+        if (mem != NULL && fclose(mem) == 0)
+                fwrite(buf, 1, len, out);
+        free(buf);
         fflush(out);
         site_order_free(&order);
         free(frank);
