@@ -56,22 +56,29 @@ static AP_SLOW void alloc_full(struct ap_thread *t, void *p, size_t size, const 
 }
 
 /* Sampled mode, the sampler's countdown ran out (or was never set): count the sample
- * points this block covers and record it if there are any. */
+ * points this block covers and record it if there are any.  Each point weighs the
+ * interval its gap was drawn with.  A new interval (the collector's) is taken up here,
+ * after this block: the hooks' fast path does not look for it, so a thread finishes the
+ * gap it has started at the old one.  Whichever interval a byte is sampled at, its weight
+ * is that interval, so the estimates stay unbiased across the change. */
 static AP_SLOW void alloc_sampled(struct ap_thread *t, struct ap_shm_header *h, void *p,
                                   size_t size, bool realloc, const void *entry)
 {
         int e = errno;
         t->in_hook = 1;
         uint64_t interval = ap_load_relaxed(&h->xsample_interval);
-        if (!t->sampler_ready || t->sampler.interval != interval) {
+        if (!t->sampler_ready) {
                 ap_sampler_init(&t->sampler, interval, ap_sampler_seed());
                 t->sampler_ready = 1;
         }
         /* Else sampler_skips found that size takes the countdown to 0 or below. */
         uint64_t n = ap_sampler_take(&t->sampler, size);
+        uint64_t weight = n * t->sampler.interval;
+        if (t->sampler.interval != (interval ? interval : 1))
+                ap_sampler_init(&t->sampler, interval, ap_sampler_seed());
         if (n > 0) {
                 ap_sampled_remember(p);
-                ap_record_alloc_sampled(p, size, n * t->sampler.interval, realloc, entry);
+                ap_record_alloc_sampled(p, size, weight, realloc, entry);
         }
         t->in_hook = 0;
         errno = e;
@@ -94,17 +101,15 @@ static AP_SLOW void nested_free(void *p)
 }
 
 /* Sampled mode: true if size bytes do not reach the next sample point, which they are
- * then taken off the countdown of; false (countdown untouched) if they do, or if the
- * sampler is not set up for the current interval: alloc_sampled's work.  A sampler never
- * set up needs no test of its own: its countdown is 0, so it never skips. */
-static inline bool sampler_skips(struct ap_thread *t, struct ap_shm_header *h, size_t size)
+ * then taken off the countdown of; false (countdown untouched) if they do: alloc_sampled's
+ * work.  A sampler never set up needs no test of its own: its countdown is 0, so it never
+ * skips. */
+static inline bool sampler_skips(struct ap_thread *t, size_t size)
 {
-        if (ap_likely(t->sampler.interval == ap_load_relaxed(&h->xsample_interval))) {
-                int64_t left = t->sampler.left - (int64_t)size;
-                if (ap_likely(left > 0)) {
-                        t->sampler.left = left;
-                        return true;
-                }
+        int64_t left = t->sampler.left - (int64_t)size;
+        if (ap_likely(left > 0)) {
+                t->sampler.left = left;
+                return true;
         }
         return false;
 }
@@ -126,7 +131,7 @@ static inline __attribute__((always_inline)) void new_block(void *p, size_t size
                 return;
         uint32_t mode = mode_of(h);
         if (mode == AP_MODE_SAMPLED) {
-                if (!sampler_skips(t, h, size))
+                if (!sampler_skips(t, size))
                         alloc_sampled(t, h, p, size, realloc, __builtin_frame_address(0));
         } else if (mode == AP_MODE_FULL) {
                 alloc_full(t, p, size, __builtin_frame_address(0));
@@ -194,7 +199,7 @@ static inline bool quiet_block(size_t size)
         uint32_t mode = mode_of(h);
         if (mode == AP_MODE_SAMPLED) {
                 struct ap_thread *t = &ap_tls;
-                return ap_likely(!t->in_hook) && sampler_skips(t, h, size);
+                return ap_likely(!t->in_hook) && sampler_skips(t, size);
         }
         return mode != AP_MODE_FULL;
 }
