@@ -188,19 +188,22 @@ static inline void end_block(void *p)
  * nearly every call).  In sampled mode it takes the size off the countdown, as new_block
  * would have, and also for an allocation that fails (it only moves the next sample point
  * by the size of a failed request).  False leaves everything to new_block: no session
- * yet, full mode, inside the agent in sampled mode (the agent's own allocations must not
- * move the countdown), or a sample point reached.  In the other modes nothing is
- * recorded, inside the agent or not, so they do not look at the thread at all. */
+ * yet, full mode, or a sample point reached.
+ *
+ * Whether the thread is inside the agent is not looked at: the agent's own allocations
+ * (rare: thread set-up) move the countdown too, and a sample point that falls in one is
+ * dropped by new_block, which does look.  That costs no bias: every byte of the program
+ * is still a sample point with probability 1/interval, whatever came before it (the
+ * gaps are memoryless), and at an interval of 1, where the figures must be exact, no
+ * allocation ever skips. */
 static inline bool quiet_block(size_t size)
 {
         struct ap_shm_header *h = session();
         if (ap_unlikely(h == NULL))
                 return false;
         uint32_t mode = mode_of(h);
-        if (mode == AP_MODE_SAMPLED) {
-                struct ap_thread *t = &ap_tls;
-                return ap_likely(!t->in_hook) && sampler_skips(t, size);
-        }
+        if (mode == AP_MODE_SAMPLED)
+                return sampler_skips(&ap_tls, size);
         return mode != AP_MODE_FULL;
 }
 
@@ -239,11 +242,10 @@ AP_EXPORT void *calloc(size_t nmemb, size_t size)
  * stack frame of its own.  The same decisions as end_block's, which the other case goes
  * through; whether the thread is inside the agent changes none of them (end_block hands
  * such a free to ap_nested_free, which records it in the same cases only), so it is not
- * looked at here. */
+ * looked at here.  free(NULL) needs no test of its own: in full mode end_block skips it,
+ * and in sampled mode its filter bucket is all a test would cost. */
 static inline bool quiet_free(void *p)
 {
-        if (p == NULL)
-                return true;
         struct ap_shm_header *h = session();
         if (ap_unlikely(h == NULL))
                 return true;
