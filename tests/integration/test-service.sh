@@ -462,6 +462,17 @@ check_eq "threads: all freed (frees = allocations, live 0), 4 more threads" "Tru
 check_contains "text report of a PID: a live snapshot" live5.txt "live snapshot of a running process"
 checks=$((checks + 1))
 if grep -qi 'leak' live5.txt; then fail "text report of a live process speaks of leaks: $(grep -i leak live5.txt | head -3)"; fi
+# Another interval: each thread takes it up at its next sample point, after the gap it
+# had started (here at 1K: at most a block or two).  At 1 every byte is a point, so from
+# there on the figures are exact; a thread still sampling at 1K would be a few % off.
+"$AP" detach "$A" 2>/dev/null
+"$AP" attach "$A" --sample 1 2>/dev/null
+check_eq "attach --sample 1" "sampled 1" "$(ps_of "$A" 'p["mode"], p["sample_interval"]')"
+nb0=$(json_of "$A" "'%d,%d' % (sum(s['allocations'] for s in $site), sum(s['bytes'] for s in $site))")
+check_eq "at interval 1: 3000 more blocks" ok "$(say dorm 'alloc 3000 1000')"
+nb1=$(json_of "$A" "'%d,%d' % (sum(s['allocations'] for s in $site), sum(s['bytes'] for s in $site))")
+check_true "new interval taken up: 3000 allocations, 3,000,000 bytes within 2 blocks (got $nb0 -> $nb1)" \
+        "$($PY -c "a=($nb0); b=($nb1); print(abs(b[0]-a[0]-3000) <= 2 and abs(b[1]-a[1]-3000000) <= 2048)")"
 "$AP" detach "$A" 2>/dev/null
 "$AP" attach "$A" 2>/dev/null
 check_eq "attach without --sample: 512K" "sampled 524288" "$(ps_of "$A" 'p["mode"], p["sample_interval"]')"
