@@ -35,6 +35,13 @@ void *__libc_pvalloc(size_t);
  * recording (not yet initialized, disabled, or the child of a fork before re-init). */
 extern AP_HIDDEN _Atomic(struct ap_shm_header *) ap_session;
 extern AP_HIDDEN _Atomic uint64_t ap_session_gen; /* bumped on every (re)registration */
+/* Where the hooks' fast path reads the mode: the live session's xmode, else a word of
+ * the agent's own, which reads AP_MODE_FULL until the agent has tried to start a session
+ * (every call then takes the recording path, which starts one) and AP_MODE_OFF once it
+ * knows there will be none.  One load instead of testing ap_session for NULL first.
+ * Published with release after ap_session (session.c); the hooks load it with acquire,
+ * so a thread that reads the session's word also sees ap_session and the header set. */
+extern AP_HIDDEN _Atomic(_Atomic uint32_t *) ap_mode_word;
 
 /* Per-thread state, initial-exec TLS (no __tls_get_addr, which could allocate). */
 struct ap_thread {

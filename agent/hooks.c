@@ -46,6 +46,15 @@ static inline uint32_t mode_of(struct ap_shm_header *h)
         return ap_load_relaxed(&h->xmode);
 }
 
+/* The fast paths' mode: the session's, or AP_MODE_FULL before the first try at a session
+ * (new_block and end_block then look for the session), AP_MODE_OFF with none at all.
+ * Acquire pairs with the release that published the word (session.c); the mode itself
+ * is relaxed as in mode_of. */
+static inline uint32_t fast_mode(void)
+{
+        return ap_load_relaxed(atomic_load_explicit(&ap_mode_word, memory_order_acquire));
+}
+
 static AP_SLOW void alloc_full(struct ap_thread *t, void *p, size_t size, const void *entry)
 {
         int e = errno;
@@ -198,10 +207,7 @@ static inline void end_block(void *p)
  * allocation ever skips. */
 static inline bool quiet_block(size_t size)
 {
-        struct ap_shm_header *h = session();
-        if (ap_unlikely(h == NULL))
-                return false;
-        uint32_t mode = mode_of(h);
+        uint32_t mode = fast_mode();
         if (mode == AP_MODE_SAMPLED)
                 return sampler_skips(&ap_tls, size);
         return mode != AP_MODE_FULL;
@@ -243,13 +249,11 @@ AP_EXPORT void *calloc(size_t nmemb, size_t size)
  * through; whether the thread is inside the agent changes none of them (end_block hands
  * such a free to ap_nested_free, which records it in the same cases only), so it is not
  * looked at here.  free(NULL) needs no test of its own: in full mode end_block skips it,
- * and in sampled mode its filter bucket is all a test would cost. */
+ * and in sampled mode its filter bucket is all a test would cost.  Before the agent's
+ * first try at a session the word reads full mode, and end_block finds no session. */
 static inline bool quiet_free(void *p)
 {
-        struct ap_shm_header *h = session();
-        if (ap_unlikely(h == NULL))
-                return true;
-        uint32_t mode = mode_of(h);
+        uint32_t mode = fast_mode();
         if (mode == AP_MODE_SAMPLED || mode == AP_MODE_DETACHED)
                 return !ap_sampled_maybe(p);
         return mode != AP_MODE_FULL;

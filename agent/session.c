@@ -25,6 +25,8 @@
 
 AP_HIDDEN _Atomic(struct ap_shm_header *) ap_session;
 AP_HIDDEN _Atomic uint64_t ap_session_gen;
+static _Atomic uint32_t g_mode_untried = AP_MODE_FULL, g_mode_none = AP_MODE_OFF;
+AP_HIDDEN _Atomic(_Atomic uint32_t *) ap_mode_word = &g_mode_untried;
 
 enum { INIT_UNTRIED = 0, INIT_BUSY = 1, INIT_DONE = 2 };
 static _Atomic int g_init_state;
@@ -392,6 +394,8 @@ static int session_start(const char *sock_path)
         /* Release pairs with the hooks' acquire: the header, the module log and the
          * stack index are ready before any thread records into this session. */
         atomic_store_explicit(&ap_session, h, memory_order_release);
+        /* Release after the store above: see ap_mode_word in agent.h. */
+        atomic_store_explicit(&ap_mode_word, &h->xmode, memory_order_release);
         return 0;
 
 out_unmap:
@@ -406,6 +410,7 @@ static void fork_child(void)
         /* The mapping we inherited is our parent's: forget it and register anew on the
          * next call.  Only this thread exists in the child. */
         atomic_store_explicit(&ap_session, NULL, memory_order_relaxed);
+        atomic_store_explicit(&ap_mode_word, &g_mode_untried, memory_order_relaxed);
         ap_fetch_add_relaxed(&ap_session_gen, 1);
         ap_tls.ctl = NULL;
         ap_tls.nctl = NULL;
@@ -434,6 +439,10 @@ AP_HIDDEN void ap_session_ensure(void)
                         ap_store_relaxed(&g_thread_key_ok, 1);
                 (void)session_start(sock);
         }
+        /* No session now means none ever (until a fork): the hooks pass every call
+         * straight through from here on. */
+        if (atomic_load_explicit(&ap_session, memory_order_relaxed) == NULL)
+                atomic_store_explicit(&ap_mode_word, &g_mode_none, memory_order_release);
         ap_store_release(&g_init_state, INIT_DONE);
 }
 
