@@ -115,9 +115,12 @@ static AP_SLOW void nested_free(void *p)
  * skips. */
 static inline bool sampler_skips(struct ap_thread *t, size_t size)
 {
-        int64_t left = t->sampler.left - (int64_t)size;
-        if (ap_likely(left > 0)) {
-                t->sampler.left = left;
+        /* Unsigned: the countdown is never negative (a sampler keeps it at 1 or more, an
+         * unset one is 0), and a size of 2^63 or more must not wrap it (it reaches
+         * new_block, which counts nothing for the failed request). */
+        uint64_t left = (uint64_t)t->sampler.left;
+        if (ap_likely(left > size)) {
+                t->sampler.left = (int64_t)(left - size);
                 return true;
         }
         return false;
