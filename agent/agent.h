@@ -109,26 +109,28 @@ AP_HIDDEN void ap_sampled_remember(void *p);
 AP_HIDDEN bool ap_sampled_forget(void *p);
 AP_HIDDEN bool ap_sampled_contains(const void *p);
 /* Counting filter in front of the sampled set (record.c): a zero bucket means "certainly
- * not sampled", one load of a cache-resident byte. */
-#define AP_FILTER_BITS 16
+ * not sampled", one load of a byte in 8 KiB that stays in the cache.  Behind it a wider
+ * one (record.c) sorts out most of what share a bucket here before the set is probed. */
+#define AP_FILTER_BITS 13
 extern AP_HIDDEN _Atomic uint8_t ap_filter[1u << AP_FILTER_BITS];
 
-static inline uint32_t ap_filter_slot(uint64_t key)
+static inline uint32_t ap_filter_slot(uint64_t key, unsigned bits)
 {
-        /* The address's bits 4 to 19 (blocks are 16-byte aligned), two instructions:
+        /* The address's bits 4 and up (blocks are 16-byte aligned), two instructions:
          * blocks close together share a cache line of the filter, which a program freeing
          * a container's blocks one after the other then finds in the cache.  Addresses
-         * 1 MiB apart collide; a collision only costs a probe of the set.  (Folding in
-         * the higher bits took five more instructions on every free; a multiplicative
-         * hash scattered the loads: twice the first-level data misses on the C++
-         * workload under cachegrind.) */
-        return (uint32_t)((key >> 4) & ((1u << AP_FILTER_BITS) - 1));
+         * a multiple of 2^(bits + 4) apart collide; a collision only costs a look further.
+         * (Folding in the higher bits took five more instructions on every free; a
+         * multiplicative hash scattered the loads: twice the first-level data misses on
+         * the C++ workload under cachegrind.) */
+        return (uint32_t)((key >> 4) & ((1u << bits) - 1));
 }
 
 static inline bool ap_sampled_maybe(const void *p)
 {
-        return atomic_load_explicit(&ap_filter[ap_filter_slot((uint64_t)(uintptr_t)p)],
-                                    memory_order_relaxed) != 0;
+        return atomic_load_explicit(
+                       &ap_filter[ap_filter_slot((uint64_t)(uintptr_t)p, AP_FILTER_BITS)],
+                       memory_order_relaxed) != 0;
 }
 /* Seed for a new thread's sampler. */
 AP_HIDDEN uint64_t ap_sampler_seed(void);
