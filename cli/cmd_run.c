@@ -125,7 +125,8 @@ static int check_output_dir(const char *path)
         return r;
 }
 
-/* A sticky, writable directory for the socket's directory (mkdtemp makes it 0700). */
+/* A directory we may create the socket's directory in (mkdtemp makes it 0700): writable,
+ * and sticky when others can write there too. */
 static bool socket_base_ok(const char *base, bool need_sticky)
 {
         struct stat st;
