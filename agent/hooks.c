@@ -83,7 +83,7 @@ static AP_SLOW void alloc_sampled(struct ap_thread *t, struct ap_shm_header *h, 
         /* Else sampler_skips found that size takes the countdown to 0 or below. */
         uint64_t n = ap_sampler_take(&t->sampler, size);
         uint64_t weight = n * t->sampler.interval;
-        if (t->sampler.interval != (interval ? interval : 1))
+        if (t->sampler.interval != ap_sampler_interval(interval))
                 ap_sampler_init(&t->sampler, interval, ap_sampler_seed());
         if (n > 0) {
                 ap_sampled_remember(p);

@@ -56,9 +56,15 @@ static inline int64_t ap_sampler_gap(struct ap_sampler *s)
         return (int64_t)gap;
 }
 
+/* The interval a sampler set up for `interval` uses: 0 stands for 1, every byte. */
+static inline uint64_t ap_sampler_interval(uint64_t interval)
+{
+        return interval ? interval : 1;
+}
+
 static inline void ap_sampler_init(struct ap_sampler *s, uint64_t interval, uint64_t seed)
 {
-        s->interval = interval ? interval : 1;
+        s->interval = ap_sampler_interval(interval);
         s->log_q = s->interval > 1 ? log1p(-1.0 / (double)s->interval) : 0.0;
         s->rng = seed ? seed : 0x9e3779b97f4a7c15ull;
         s->left = ap_sampler_gap(s);
