@@ -620,8 +620,9 @@ int ap_cmd_run(int argc, char **argv)
                 }
                 free(err);
                 json_decref(resp);
+                /* The agents are told the daemon's socket. */
                 if (ctl != NULL && (sock = strdup(ap_ctl_path(ctl))) == NULL) {
-                        ap_ctl_close(ctl); /* the agents are told it */
+                        ap_ctl_close(ctl);
                         ctl = NULL;
                 }
                 if (ctl == NULL && start_private(&rs, &sock_dir, &sock, &coll) < 0) {

@@ -282,9 +282,10 @@ double ap_ns_per_tick(void)
                 return cached = 1.0;
         /* Two (ns, ticks) pairs at least 1 ms apart: each read pair is ~40 ns wide, so the
          * ratio is good to about 4 parts in 10^5 (4 ms in a 100 s run), plenty for
-         * timelines and durations.  `allocprof run` first needs it when its program
-         * registers, 1.2 ms or more after its own start on a fast machine; a call that
-         * comes sooner sleeps the rest rather than spin on a core the program may want. */
+         * timelines and durations.  `allocprof run` first needs it at its program's
+         * first drain, right after the program registers, 1.2 ms or more after its own
+         * start on a fast machine; a call that comes sooner sleeps the rest rather than
+         * spin on a core the program may want. */
         const uint64_t span = 1000000;
         uint64_t n1 = ap_clock_mono_ns(), t1;
         if (n1 - calib_ns0 < span) {
