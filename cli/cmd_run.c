@@ -223,8 +223,50 @@ static char *prepend_preload(const char *agent)
         return ap_asprintf("%s:%s", agent, old);
 }
 
-/* Child side of fork: set up the environment and exec.  On failure, reports errno over
- * the close-on-exec pipe and exits 127. */
+/* The program's environment: ours, with the agent preloaded and told where the collector
+ * listens, how to sample and how to unwind.  An ALLOCPROF_MODE of ours passes through
+ * unless the run is dormant.  Returns a malloc'd array (its strings too), or NULL. */
+static char **child_env(const char *preload, const char *sock, uint64_t sample, const char *unwind,
+                        bool dormant)
+{
+        static const char *const ours[] = {"LD_PRELOAD", AP_ENV_SOCKET, AP_ENV_SAMPLE,
+                                           AP_ENV_UNWIND, AP_ENV_MODE};
+        const size_t nours = sizeof(ours) / sizeof(ours[0]);
+        const size_t nreplaced = dormant ? nours : nours - 1; /* AP_ENV_MODE is last */
+        size_t n = 0;
+        while (environ[n] != NULL)
+                n++;
+        char **env = calloc(n + nours + 1, sizeof(char *));
+        if (env == NULL)
+                return NULL;
+        size_t k = 0;
+        for (size_t i = 0; i < n; i++) {
+                bool replaced = false;
+                for (size_t j = 0; j < nreplaced; j++) {
+                        size_t l = strlen(ours[j]);
+                        replaced |= strncmp(environ[i], ours[j], l) == 0 && environ[i][l] == '=';
+                }
+                if (!replaced && (env[k++] = strdup(environ[i])) == NULL)
+                        goto fail;
+        }
+        if ((env[k++] = ap_asprintf("LD_PRELOAD=%s", preload)) == NULL ||
+            (env[k++] = ap_asprintf("%s=%s", AP_ENV_SOCKET, sock)) == NULL ||
+            (env[k++] = ap_asprintf("%s=%s", AP_ENV_UNWIND, unwind)) == NULL ||
+            (sample && (env[k++] = ap_asprintf("%s=%llu", AP_ENV_SAMPLE,
+                                               (unsigned long long)sample)) == NULL) ||
+            (dormant && (env[k++] = ap_asprintf("%s=dormant", AP_ENV_MODE)) == NULL))
+                goto fail;
+        return env;
+fail:
+        for (size_t i = 0; i < k; i++)
+                free(env[i]);
+        free(env);
+        return NULL;
+}
+
+/* Child side of fork (a run that allocprofd takes, which must learn the program's pid
+ * before the program registers): waits at the gate for the collector's socket, then
+ * execs.  On failure, reports errno over the close-on-exec pipe and exits 127. */
 static __attribute__((noreturn)) void exec_child(char **argv, const char *preload, int gate_fd,
                                                  uint64_t sample, const char *unwind, bool dormant,
                                                  int err_fd, const sigset_t *orig_mask)
@@ -247,20 +289,57 @@ static __attribute__((noreturn)) void exec_child(char **argv, const char *preloa
         /* The parent only blocked signals (for its signalfd); dispositions are untouched,
          * so the program inherits exactly what allocprof was given, ignored ones too. */
         sigprocmask(SIG_SETMASK, orig_mask, NULL);
-        char sample_str[32];
-        snprintf(sample_str, sizeof(sample_str), "%llu", (unsigned long long)sample);
-        if (setenv("LD_PRELOAD", preload, 1) < 0 || setenv(AP_ENV_SOCKET, sock, 1) < 0 ||
-            (sample ? setenv(AP_ENV_SAMPLE, sample_str, 1) : unsetenv(AP_ENV_SAMPLE)) < 0 ||
-            (dormant && setenv(AP_ENV_MODE, "dormant", 1) < 0) ||
-            setenv(AP_ENV_UNWIND, unwind, 1) < 0) {
-                int e = errno;
+        char **env = child_env(preload, sock, sample, unwind, dormant);
+        if (env == NULL) {
+                int e = ENOMEM;
                 (void)!write(err_fd, &e, sizeof(e));
                 _exit(127);
         }
+        environ = env;
         execvp(argv[0], argv);
         int e = errno;
         (void)!write(err_fd, &e, sizeof(e));
         _exit(e == ENOENT ? 127 : 126);
+}
+
+/* The vfork child: exec or report why not.  It shares our memory until then, so it only
+ * makes system calls and writes *err.  It has its own copy of the signal dispositions. */
+static __attribute__((noreturn, noinline)) void vfork_child(char **argv, char **env,
+                                                            const sigset_t *orig_mask,
+                                                            bool pipe_default, volatile int *err)
+{
+        if (pipe_default) {
+                struct sigaction dfl = {.sa_handler = SIG_DFL};
+                sigemptyset(&dfl.sa_mask);
+                sigaction(SIGPIPE, &dfl, NULL);
+        }
+        sigprocmask(SIG_SETMASK, orig_mask, NULL);
+        execvpe(argv[0], argv, env); /* runs a file without #! with /bin/sh, as execvp */
+        *err = errno;
+        _exit(127);
+}
+
+/* Starts the program at once (a private collector already listens).  vfork: fork would
+ * copy the page tables of a process that has the symbolizer's libraries loaded, and both
+ * sides would then fault on every page they write until the exec (about 0.2 ms of each
+ * run, measured).  Not posix_spawn: glibc's leaves the program with its two internal
+ * signals ignored (/proc/PID/status, SigIgn), which a program run directly does not
+ * have.  Returns 0 with *pid set, or the errno of the failed exec (nothing runs). */
+static int spawn_child(char **argv, char **env, const sigset_t *orig_mask, bool pipe_default,
+                       pid_t *pid)
+{
+        volatile int err = 0;
+        pid_t p = vfork();
+        if (p == 0)
+                vfork_child(argv, env, orig_mask, pipe_default, &err);
+        if (p < 0)
+                return errno;
+        if (err != 0) {
+                waitpid(p, NULL, 0);
+                return err;
+        }
+        *pid = p;
+        return 0;
 }
 
 static void set_profile_command(struct ap_profile *prof, char **argv, int argc)
@@ -565,8 +644,12 @@ int ap_cmd_run(int argc, char **argv)
                 fprintf(stderr, "allocprof: %s\n", strerror(errno));
                 return 1;
         }
-        /* A dead reader must not kill us while we hand over the socket path. */
-        signal(SIGPIPE, SIG_IGN);
+        /* A dead reader must not kill us while we hand over the socket path.  The
+         * program gets the disposition we were given. */
+        struct sigaction ign = {.sa_handler = SIG_IGN}, pipe_orig;
+        sigemptyset(&ign.sa_mask);
+        sigaction(SIGPIPE, &ign, &pipe_orig);
+        bool pipe_default = pipe_orig.sa_handler != SIG_IGN;
 
         /* A listening allocprofd takes the run (it symbolizes with warm caches and lists
          * the program in `allocprof ps`); otherwise a private collector here, which
@@ -587,19 +670,35 @@ int ap_cmd_run(int argc, char **argv)
         if (ctl == NULL && start_private(&rs, &sock_dir, &sock, &coll) < 0)
                 return 1;
 
-        /* The child waits at the gate until a collector expects it. */
         fflush(NULL);
-        pid_t child = fork();
-        if (child < 0) {
-                fprintf(stderr, "allocprof: fork: %s\n", strerror(errno));
-                return 1;
-        }
-        if (child == 0) {
-                close(errpipe[0]);
-                close(gate[1]);
-                signal(SIGPIPE, SIG_DFL);
-                exec_child(prog_argv, preload, gate[0], sample, unwind, dormant, errpipe[1],
-                           &orig);
+        pid_t child = -1;
+        int exec_errno = 0;
+        bool forked = coll == NULL;
+        if (!forked) {
+                /* Our collector listens already: the program starts now. */
+                char **env = child_env(preload, sock, sample, unwind, dormant);
+                exec_errno =
+                        env ? spawn_child(prog_argv, env, &orig, pipe_default, &child) : ENOMEM;
+                for (size_t i = 0; env != NULL && env[i] != NULL; i++)
+                        free(env[i]);
+                free(env);
+                if (exec_errno != 0)
+                        child = -1;
+        } else {
+                /* The child waits at the gate until allocprofd expects it. */
+                child = fork();
+                if (child < 0) {
+                        fprintf(stderr, "allocprof: fork: %s\n", strerror(errno));
+                        return 1;
+                }
+                if (child == 0) {
+                        close(errpipe[0]);
+                        close(gate[1]);
+                        if (pipe_default)
+                                signal(SIGPIPE, SIG_DFL);
+                        exec_child(prog_argv, preload, gate[0], sample, unwind, dormant, errpipe[1],
+                                   &orig);
+                }
         }
         close(errpipe[1]);
         close(gate[0]);
@@ -631,18 +730,20 @@ int ap_cmd_run(int argc, char **argv)
                         return 1;
                 }
         }
-        (void)!write(gate[1], sock, strlen(sock));
+        if (forked)
+                (void)!write(gate[1], sock, strlen(sock));
         close(gate[1]);
 
         /* The symbolizer warms up (loads debug information) while the program runs. */
         struct ap_symbolizer *sym = NULL;
         struct ap_warmer *warmer = NULL;
-        if (coll != NULL && ap_symbolizer_new(&sym) == 0 && ap_warmer_start(sym, &warmer) == 0)
+        if (coll != NULL && child > 0 && ap_symbolizer_new(&sym) == 0 &&
+            ap_warmer_start(sym, &warmer) == 0)
                 ap_collector_set_warmer(coll, warmer);
 
-        int exec_errno = 0;
-        if (read(errpipe[0], &exec_errno, sizeof(exec_errno)) != (ssize_t)sizeof(exec_errno))
-                exec_errno = 0; /* EOF: exec succeeded */
+        int forked_errno = 0;
+        if (read(errpipe[0], &forked_errno, sizeof(forked_errno)) == (ssize_t)sizeof(forked_errno))
+                exec_errno = forked_errno; /* else EOF: exec succeeded, or nothing forked */
         close(errpipe[0]);
 
         int status = 0;
@@ -650,7 +751,8 @@ int ap_cmd_run(int argc, char **argv)
                 status = run_loop_daemon(ctl, &rs, sfd);
                 ap_ctl_close(ctl);
         } else {
-                status = run_loop_private(coll, &rs, sfd);
+                if (child > 0)
+                        status = run_loop_private(coll, &rs, sfd);
                 ap_collector_flush_all(coll);
                 ap_collector_free(coll);
                 rmdir(sock_dir);

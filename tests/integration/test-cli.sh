@@ -183,6 +183,21 @@ check_eq "missing output directory: exit, program not started" "1 no" "$? $([ -e
 check_contains "missing output directory message" od2.err "cannot write profiles in /nonexistent/dir: No such file or directory"
 "$AP" run -q -- sh -c 'exit 42'
 check_eq "exit status passed through" 42 $?
+printf 'echo "script ran with $1"\nexit 7\n' >noshebang
+chmod 755 noshebang
+"$AP" run -q -- ./noshebang arg >ns.out
+check_eq "a script without #! runs under sh, as execvp does" "7 script ran with arg" "$? $(cat ns.out)"
+# The program starts with the signal mask and dispositions allocprof was given: blocked
+# and ignored ones (SIGUSR2 blocked, SIGPIPE ignored by python3), and nothing more.
+sigstate() { grep -E '^Sig(Blk|Ign)' /proc/self/status | tr '\n' ' '; }
+sig_exec() { python3 -c 'import os, signal, sys
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2})
+os.execvp(sys.argv[1], sys.argv[1:])' "$@"; }
+check_eq "signal state with SIGPIPE ignored and SIGUSR2 blocked" \
+        "$(sig_exec grep -E '^Sig(Blk|Ign)' /proc/self/status | tr '\n' ' ')" \
+        "$(sig_exec "$AP" run -q -- grep -E '^Sig(Blk|Ign)' /proc/self/status | tr '\n' ' ')"
+check_eq "signal state from a shell" "$(sigstate)" \
+        "$("$AP" run -q -- grep -E '^Sig(Blk|Ign)' /proc/self/status | tr '\n' ' ')"
 "$AP" run -q -- sh -c 'kill -SEGV $$'
 check_eq "signal death 128+N" 139 $?
 "$AP" bogus 2>/dev/null
