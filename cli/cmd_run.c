@@ -223,6 +223,14 @@ static char *prepend_preload(const char *agent)
         return ap_asprintf("%s:%s", agent, old);
 }
 
+/* Frees what child_env returned (NULL-terminated: it is calloc'd and filled in order). */
+static void free_env(char **env)
+{
+        for (size_t i = 0; env != NULL && env[i] != NULL; i++)
+                free(env[i]);
+        free(env);
+}
+
 /* The program's environment: ours, with the agent preloaded and told where the collector
  * listens, how to sample and how to unwind.  An ALLOCPROF_MODE of ours passes through
  * unless the run is dormant.  Returns a malloc'd array (its strings too), or NULL. */
@@ -258,9 +266,7 @@ static char **child_env(const char *preload, const char *sock, uint64_t sample, 
                 goto fail;
         return env;
 fail:
-        for (size_t i = 0; i < k; i++)
-                free(env[i]);
-        free(env);
+        free_env(env);
         return NULL;
 }
 
@@ -679,11 +685,7 @@ int ap_cmd_run(int argc, char **argv)
                 char **env = child_env(preload, sock, sample, unwind, dormant);
                 exec_errno =
                         env ? spawn_child(prog_argv, env, &orig, pipe_default, &child) : ENOMEM;
-                for (size_t i = 0; env != NULL && env[i] != NULL; i++)
-                        free(env[i]);
-                free(env);
-                if (exec_errno != 0)
-                        child = -1;
+                free_env(env); /* *child is set only when the program started */
         } else {
                 /* The child waits at the gate until allocprofd expects it. */
                 child = fork();
