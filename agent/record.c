@@ -878,12 +878,22 @@ static inline void filter_dec(uint64_t key)
         bucket_dec(&g_wide_filter[ap_filter_slot(key, WIDE_FILTER_BITS)]);
 }
 
+/* Level k's cells (acquire: see g_top), the mask of their indexes, and where key's
+ * probe starts. */
+static inline _Atomic uint64_t *level_probe(uint32_t k, uint64_t key, uint32_t *mask,
+                                            uint32_t *start)
+{
+        unsigned bits = SET_MIN_BITS + k;
+        *mask = (1u << bits) - 1;
+        *start = set_slot(key, bits);
+        return ap_load_acquire(&g_level[k]);
+}
+
 /* Claims a cell of level k for key; false if none is free within SET_PROBES. */
 static bool level_insert(uint32_t k, uint64_t key)
 {
-        _Atomic uint64_t *set = ap_load_acquire(&g_level[k]);
-        unsigned bits = SET_MIN_BITS + k;
-        uint32_t mask = (1u << bits) - 1, i = set_slot(key, bits);
+        uint32_t mask, i;
+        _Atomic uint64_t *set = level_probe(k, key, &mask, &i);
         for (int n = 0; n < SET_PROBES; n++, i = (i + 1) & mask) {
                 /* A CAS, not a load, first: the first touch of a page of the set is then a
                  * write, which gets a fresh zeroed page.  A load first would map the shared
@@ -924,9 +934,8 @@ static _Atomic uint64_t *sampled_find(const void *p)
             ap_load_relaxed(&g_wide_filter[ap_filter_slot(key, WIDE_FILTER_BITS)]) == 0)
                 return NULL;
         for (uint32_t k = ap_load_acquire(&g_top); k-- > 0;) {
-                _Atomic uint64_t *set = ap_load_acquire(&g_level[k]);
-                unsigned bits = SET_MIN_BITS + k;
-                uint32_t mask = (1u << bits) - 1, i = set_slot(key, bits);
+                uint32_t mask, i;
+                _Atomic uint64_t *set = level_probe(k, key, &mask, &i);
                 for (int n = 0; n < SET_PROBES; n++, i = (i + 1) & mask) {
                         uint64_t cur = ap_load_relaxed(&set[i]);
                         if (cur == key)
