@@ -517,6 +517,28 @@ static __attribute__((noinline)) int capture_cached(uint64_t *out, struct ap_thr
         return -1; /* not the frames we expected: libunwind */
 }
 
+/* The general unwinder (unwind.h), for the stacks capture_cached leaves: it starts at
+ * the first frame outside the agent, found by following the agent's own frame pointers
+ * from this frame (or the hook's) up to the hook: frames that are live, so safe to read
+ * on any stack.  -1 if they are not what they should be. */
+static __attribute__((noinline)) int capture_general(uint64_t *out, struct ap_thread *t,
+                                                     const void *entry)
+{
+        const uintptr_t *here = __builtin_frame_address(0);
+        const uintptr_t *fp = entry != NULL && (uintptr_t)entry > (uintptr_t)here ? entry : here;
+        for (int i = 0; i < 16 && ((uintptr_t)fp & 7) == 0; i++) {
+                uintptr_t ret = fp[1];
+                if (!ap_is_agent_addr(ret))
+                        return ap_unwind_capture_general(out, AP_MAX_FRAMES, t->stack_lo,
+                                                         t->stack_hi, ret,
+                                                         (uint64_t)(uintptr_t)(fp + 2), fp[0]);
+                if (fp[0] <= (uintptr_t)fp)
+                        break;
+                fp = (const uintptr_t *)fp[0];
+        }
+        return -1;
+}
+
 /* Captures the calling thread's stack into out (innermost first) and returns its depth;
  * *hash is ap_stack_hash() of it, *same tells that it is the stack the thread's memo
  * named last (the cached unwinder found it unchanged). */
@@ -532,10 +554,20 @@ static __attribute__((noinline)) uint32_t capture(uint64_t *out, uint64_t *hash,
         }
         void *buf[CAPTURE_MAX];
         /* The cached unwinder first (it starts past the agent's frames and writes at most
-         * AP_MAX_FRAMES); libunwind for the stacks it does not handle. */
-        int cn = ap_unwind_general ? -1 : capture_cached(out, t, hash, same, entry);
-        if (cn > 0)
+         * AP_MAX_FRAMES); the general one for the stacks it does not handle.  libunwind
+         * only when asked for (--unwind libunwind, the reference of the tests). */
+        if (!ap_unwind_general) {
+                int cn = capture_cached(out, t, hash, same, entry);
+                if (cn > 0)
+                        return (uint32_t)cn;
+                cn = capture_general(out, t, entry);
+                if (cn <= 0) {
+                        out[0] = 0; /* an unknown site */
+                        cn = 1;
+                }
+                *hash = ap_stack_hash(out, (uint32_t)cn);
                 return (uint32_t)cn;
+        }
         /* The first unwind of a thread sets up libunwind's per-thread cache (and may
          * allocate for it); later ones do not allocate, so an allocation that interrupts
          * them comes from a signal handler and is the program's. */

@@ -22,6 +22,7 @@
 struct find_module {
         uint64_t pc;
         uint64_t eh_hdr;
+        uint64_t seg_end; /* end of the loaded segment that holds pc */
         bool found;
 };
 
@@ -34,9 +35,10 @@ static int find_module_cb(struct dl_phdr_info *info, size_t size, void *arg)
         for (int i = 0; i < info->dlpi_phnum; i++) {
                 const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
                 uint64_t a = info->dlpi_addr + ph->p_vaddr;
-                if (ph->p_type == PT_LOAD && f->pc >= a && f->pc < a + ph->p_memsz)
+                if (ph->p_type == PT_LOAD && f->pc >= a && f->pc < a + ph->p_memsz) {
                         inside = true;
-                else if (ph->p_type == PT_GNU_EH_FRAME)
+                        f->seg_end = a + ph->p_memsz;
+                } else if (ph->p_type == PT_GNU_EH_FRAME)
                         eh = a;
         }
         if (!inside)
@@ -56,10 +58,13 @@ static int find_module_cb(struct dl_phdr_info *info, size_t size, void *arg)
  *   bit 1       end: the return address is undefined (the outermost frame)
  *   bit 2       the CFA is rbp + offset (else rsp + offset)
  *   bit 3       rbp is saved at CFA + 8 * slot (else it keeps its value)
- *   bits 4-23   CFA offset in bytes (0 with `end` clear: this address needs libunwind)
+ *   bits 4-23   CFA offset in bytes (0 with `end` clear: no rule the cache can hold)
  *   bits 24-33  rbp slot, signed
  *   bits 34-63  tag: 30 bits of the address's hash (bits 4-33; the indexes use the top
- *               bits), so two addresses share a rule only if 30 more hash bits agree */
+ *               bits), so two addresses share a rule only if 30 more hash bits agree
+ *
+ * `end` with `CFA is rbp` (which no ordinary rule has) marks the kernel's signal
+ * trampoline: the caller's registers are in the signal frame (R_SIGNAL). */
 #define RULE_BITS 16
 #define RULE_CELLS (1u << RULE_BITS)
 #define R_VALID 1ull
@@ -73,6 +78,7 @@ static int find_module_cb(struct dl_phdr_info *info, size_t size, void *arg)
 #define R_SLOT_MAX 511
 #define R_TAG_SHIFT 34
 #define R_BAD R_VALID /* valid, not end, offset 0 */
+#define R_SIGNAL (R_VALID | R_END | R_CFA_RBP)
 
 static _Atomic uint64_t *g_rules;
 /* Bumped when the rules are dropped; a memo made before is not used (see unwind.h). */
@@ -249,6 +255,7 @@ struct cie_info {
         int64_t data_align;
         uint8_t fde_enc;
         bool has_aug_data;
+        bool signal; /* 'S': the FDE describes a signal frame */
         const uint8_t *insns, *end;
 };
 
@@ -409,8 +416,8 @@ static bool run_cfa(struct cursor *c, const struct cie_info *ci, uint64_t loc, u
         return !c->bad;
 }
 
-/* Reads the CIE at cie into *ci.  False for what we do not handle (signal frames, a
- * return-address column other than 16, unknown augmentations). */
+/* Reads the CIE at cie into *ci.  False for what we do not handle (a return-address
+ * column other than 16, unknown augmentations). */
 static bool read_cie(const uint8_t *cie, struct cie_info *ci)
 {
         struct cursor c = {.p = cie, .end = cie + 8};
@@ -434,6 +441,7 @@ static bool read_cie(const uint8_t *cie, struct cie_info *ci)
         if (ra != REG_RA)
                 return false;
         ci->fde_enc = DW_EH_PE_absptr;
+        ci->signal = false;
         ci->has_aug_data = auglen > 0 && aug[0] == 'z';
         if (auglen > 0 && !ci->has_aug_data)
                 return false;
@@ -455,7 +463,10 @@ static bool read_cie(const uint8_t *cie, struct cie_info *ci)
                                 (void)rd_encoded(&c, penc & 0x7f, 0); /* skipped; indirect ok */
                                 break;
                         }
-                        default: /* 'S' (signal frame) and anything unknown */
+                        case 'S':
+                                ci->signal = true;
+                                break;
+                        default:
                                 return false;
                         }
                 }
@@ -517,6 +528,17 @@ static __attribute__((noinline, cold)) uint64_t compute_rule(uint64_t pc)
         uint64_t range = rd_encoded(&f, ci.fde_enc & 0x0f, 0);
         if (f.bad || pc < start || pc - start >= range)
                 return R_BAD;
+        if (ci.signal) {
+                /* Only the trampoline the kernel returns through, whose frame layout we
+                 * know: the return address (pc + 1) is its `mov $15, %rax; syscall`
+                 * (rt_sigreturn), as libunwind checks too. */
+                static const uint8_t sigreturn[] = {0x48, 0xc7, 0xc0, 0x0f, 0x00,
+                                                    0x00, 0x00, 0x0f, 0x05};
+                if (fm.seg_end - (pc + 1) < sizeof(sigreturn) ||
+                    memcmp((const void *)(uintptr_t)(pc + 1), sigreturn, sizeof(sigreturn)) != 0)
+                        return R_BAD;
+                return R_SIGNAL;
+        }
         if (ci.has_aug_data) {
                 uint64_t alen = rd_uleb(&f);
                 if (f.bad || alen > (uint64_t)(f.end - f.p))
@@ -615,10 +637,10 @@ static inline int step(uint64_t *pc, uint64_t *sp, uint64_t *fp, uint64_t lo, ui
         *slot = 0;
         *flags = 0;
         if (r & R_END)
-                return STEP_END_RULE;
+                return (r & R_CFA_RBP) ? STEP_FAIL : STEP_END_RULE; /* R_SIGNAL: general */
         uint64_t off = (r >> R_OFF_SHIFT) & R_OFF_MAX;
         if (off == 0)
-                return STEP_FAIL; /* a frame for libunwind */
+                return STEP_FAIL; /* a frame for the general unwinder */
         uint64_t cfa = ((r & R_CFA_RBP) ? *fp : *sp) + off;
         if (cfa - (*sp + 8) > stack_hi - (*sp + 8))
                 return STEP_FAIL;
@@ -900,6 +922,109 @@ __attribute__((noinline)) int ap_unwind_capture_here(uint64_t *out, int max, uin
                                       same);
 }
 
+/* ---- the general unwinder -------------------------------------------------------------
+ * For the stacks the fast path leaves: on another stack than the thread's own (a
+ * coroutine's, a sigaltstack handler's), through a signal frame, or reaching a frame
+ * whose rule the cache cannot hold.  Rules come from the same cache.  Reads inside the
+ * live part of the thread's stack (from where the unwind starts to its top) are safe
+ * as they are; any other address is first checked to be mapped with mincore(2), one
+ * system call per new page.  (Not libunwind: its own memory check keeps a pipe open in
+ * the program, two descriptors the program can close and reuse, and it then reads and
+ * writes whatever they have become.)  A frame without a rule ends the stack, after one
+ * frame-pointer step if that leads back into code with unwind tables (JIT code that
+ * keeps frame pointers). */
+struct reader {
+        uint64_t lo, hi;       /* live part of the thread's stack; empty if unknown */
+        uint64_t ok_lo, ok_hi; /* pages found mapped */
+};
+
+#define PAGE_4K 4096ull
+
+static bool read_word(struct reader *r, uint64_t addr, uint64_t *val)
+{
+        if (addr & 7)
+                return false;
+        /* Unsigned differences: one compare per range, and no overflow near the top. */
+        if (addr - r->lo > r->hi - r->lo - 8 && addr - r->ok_lo > r->ok_hi - r->ok_lo - 8) {
+                uint64_t page = addr & ~(PAGE_4K - 1); /* 8-byte aligned: within one page */
+                unsigned char vec;
+                if (page == 0 || mincore((void *)(uintptr_t)page, PAGE_4K, &vec) != 0)
+                        return false;
+                if (r->ok_hi != 0 && page == r->ok_hi)
+                        r->ok_hi = page + PAGE_4K;
+                else if (r->ok_hi != 0 && page + PAGE_4K == r->ok_lo)
+                        r->ok_lo = page;
+                else
+                        r->ok_lo = page, r->ok_hi = page + PAGE_4K;
+        }
+        *val = *(const uint64_t *)(uintptr_t)addr;
+        return true;
+}
+
+static uint64_t general_rule(uint64_t at)
+{
+        if (g_rules != NULL)
+                return rule_for(at);
+        uint64_t r = compute_rule(at);
+        return r ? r : R_BAD;
+}
+
+/* Where the signal frame keeps the interrupted registers, from the stack pointer the
+ * trampoline runs with (the kernel's struct ucontext: uc_mcontext at 40, then r8..r15,
+ * rdi, rsi, rbp, rbx, rdx, rax, rcx, rsp, rip). */
+#define UC_RBP (40 + 8 * 10)
+#define UC_RSP (40 + 8 * 15)
+#define UC_RIP (40 + 8 * 16)
+
+int ap_unwind_capture_general(uint64_t *out, int max, uint64_t stack_lo, uint64_t stack_hi,
+                              uint64_t pc, uint64_t sp, uint64_t fp)
+{
+        struct reader rd = {0};
+        if (sp >= stack_lo && sp < stack_hi)
+                rd.lo = sp, rd.hi = stack_hi;
+        bool exact = false; /* pc is where a signal struck, not a return address */
+        int n = 0;
+        while (n < max && pc != 0) {
+                out[n++] = pc;
+                uint64_t r = general_rule(exact ? pc : pc - 1), next;
+                if ((r & ((1ull << R_TAG_SHIFT) - 1)) == R_SIGNAL) {
+                        uint64_t nsp, nfp;
+                        if (!read_word(&rd, sp + UC_RIP, &next) ||
+                            !read_word(&rd, sp + UC_RSP, &nsp) ||
+                            !read_word(&rd, sp + UC_RBP, &nfp))
+                                break;
+                        pc = next, sp = nsp, fp = nfp, exact = true;
+                        continue;
+                }
+                if (r & R_END)
+                        break;
+                uint64_t off = (r >> R_OFF_SHIFT) & R_OFF_MAX;
+                if (off == 0) {
+                        /* No rule: one frame-pointer step, if it lands in code we can go on
+                         * unwinding (else the stack ends here). */
+                        uint64_t nfp;
+                        if (fp < sp || fp - sp > (1u << 20) || !read_word(&rd, fp, &nfp) ||
+                            !read_word(&rd, fp + 8, &next) || next == 0)
+                                break;
+                        uint64_t nr = general_rule(next - 1);
+                        if ((nr & R_END) == 0 && ((nr >> R_OFF_SHIFT) & R_OFF_MAX) == 0)
+                                break;
+                        sp = fp + 16, fp = nfp, pc = next, exact = false;
+                        continue;
+                }
+                uint64_t cfa = ((r & R_CFA_RBP) ? fp : sp) + off;
+                if (cfa <= sp || !read_word(&rd, cfa - 8, &next))
+                        break;
+                if (r & R_RBP_SAVED) {
+                        int64_t k = (int64_t)(r << (64 - R_SLOT_SHIFT - 10)) >> (64 - 10);
+                        if (!read_word(&rd, cfa + (uint64_t)(k * 8), &fp))
+                                break;
+                }
+                sp = cfa, pc = next, exact = false;
+        }
+        return n;
+}
+
 #else /* not x86-64: libunwind does it all */
 
 int ap_unwind_init(void)
@@ -939,6 +1064,13 @@ int ap_unwind_capture_memo(uint64_t *out, int max, uint64_t stack_hi, uint64_t p
         (void)out, (void)max, (void)stack_hi, (void)pc, (void)sp, (void)fp, (void)hash;
         m->n = 0;
         *same = false;
+        return -1;
+}
+
+int ap_unwind_capture_general(uint64_t *out, int max, uint64_t stack_lo, uint64_t stack_hi,
+                              uint64_t pc, uint64_t sp, uint64_t fp)
+{
+        (void)out, (void)max, (void)stack_lo, (void)stack_hi, (void)pc, (void)sp, (void)fp;
         return -1;
 }
 

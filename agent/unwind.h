@@ -7,9 +7,9 @@
  * It handles what compilers emit for ordinary functions.  Anything else (signal frames,
  * DWARF expressions, a CFA based on another register, a module without .eh_frame_hdr, a
  * stack read outside the thread's stack) makes ap_unwind_capture() give up, and the
- * caller unwinds with libunwind instead: the result is then the same, only slower.
+ * caller unwinds with ap_unwind_capture_general() instead.
  *
- * Runs inside malloc hooks: no allocation, no locks, no system calls.
+ * Runs inside malloc hooks: no allocation, no locks; no system calls on the fast path.
  *
  * SPDX-License-Identifier: MIT OR Apache-2.0
  */
@@ -37,6 +37,15 @@ int ap_unwind_capture(uint64_t *out, int max, uint64_t stack_hi);
  * it), sp and fp the values of rsp and rbp there.  out[0] is pc. */
 int ap_unwind_capture_from(uint64_t *out, int max, uint64_t stack_hi, uint64_t pc, uint64_t sp,
                            uint64_t fp);
+
+/* The slow path, for any stack: signal frames (through the kernel's trampoline, to the
+ * interrupted code, whose exact pc is the next address), stacks outside the thread's
+ * [stack_lo, stack_hi) (every read there checked with mincore first), and frames without
+ * a cacheable rule (one frame-pointer step, else the stack ends there).  Returns the
+ * number of addresses written, pc first; -1 only where the fast path is all there is
+ * (not x86-64). */
+int ap_unwind_capture_general(uint64_t *out, int max, uint64_t stack_lo, uint64_t stack_hi,
+                              uint64_t pc, uint64_t sp, uint64_t fp);
 
 /* ---- a thread's last stack ------------------------------------------------------------
  * Consecutive allocations of a thread mostly share the outer part of their stacks (a

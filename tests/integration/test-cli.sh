@@ -316,6 +316,82 @@ if cc -O2 -g -o altstacks altstacks.c 2>/dev/null; then
         checks=$((checks + 1))
         cmp -s alt-dwarf.txt alt-libunwind.txt || fail "other stacks: --unwind dwarf and libunwind differ"
 fi
+# --- stacks the fast unwinder leaves: no descriptor of ours in the program ---------------
+# A library constructor allocating before main (its stack ends in the loader's entry code,
+# which has no unwind table) and code without unwind tables (JIT-like, frame pointers
+# kept) calling malloc after the program closed fds 3-9 and opened two files there: the
+# agent must leave no descriptor behind (libunwind's memory check kept a pipe open, then
+# read from and wrote into whatever files took its numbers), and unwind through both.
+cat >fdlib.c <<'EOF_C'
+#include <stdlib.h>
+void *volatile lib_keep;
+__attribute__((noinline)) static void lib_setup(void) { lib_keep = malloc(77); }
+__attribute__((constructor)) static void lib_init(void)
+{
+        lib_setup();
+        __asm__ volatile("" ::: "memory"); /* a call, not a jump */
+}
+EOF_C
+cat >fdjit.c <<'EOF_C'
+#include <dirent.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+extern void *volatile lib_keep;
+static void list_fds(void)
+{
+        DIR *d = opendir("/proc/self/fd");
+        struct dirent *e;
+        int me = dirfd(d);
+        while ((e = readdir(d)) != NULL)
+                if (e->d_name[0] != '.' && atoi(e->d_name) != me)
+                        printf(" %s", e->d_name);
+        closedir(d);
+        printf("\n");
+}
+int main(void)
+{
+        /* push rbp; mov rsp,rbp; mov $100,edi; movabs $malloc,rax; call *rax; pop rbp; ret */
+        unsigned char code[] = {0x55, 0x48, 0x89, 0xe5, 0xbf, 0x64, 0, 0, 0, 0x48, 0xb8,
+                                0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xd0, 0x5d, 0xc3};
+        void *target = (void *)malloc;
+        memcpy(code + 11, &target, sizeof(target));
+        unsigned char *jit = mmap(NULL, 4096, PROT_READ | PROT_WRITE | PROT_EXEC,
+                                  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        memcpy(jit, code, sizeof(code));
+        void *(*fn)(void) = (void *(*)(void))jit;
+        printf("fds:");
+        list_fds();
+        fflush(stdout);
+        for (int fd = 3; fd < 10; fd++)
+                close(fd);
+        int a = open("fd-a", O_RDWR | O_CREAT | O_TRUNC, 0600);
+        int b = open("fd-b", O_RDWR | O_CREAT | O_TRUNC, 0600);
+        if (write(a, "ABCDEFGH", 8) != 8 || lseek(a, 0, SEEK_SET) != 0)
+                return 1;
+        for (int i = 0; i < 3; i++)
+                free(fn());
+        char buf[9] = {0};
+        printf("a=%d b=%d read %zd '%s', b has %ld bytes, lib %d\n", a, b, read(a, buf, 8), buf,
+               (long)lseek(b, 0, SEEK_END), lib_keep != NULL);
+        return 0;
+}
+EOF_C
+if cc -O2 -g -shared -fPIC -o libfdlib.so fdlib.c 2>/dev/null &&
+        cc -O2 -g -o fdjit fdjit.c -L. -lfdlib -Wl,-rpath,"$T" 2>/dev/null; then
+        ./fdjit >fdjit-plain.out
+        "$AP" run -q -o fdjit.approf -- ./fdjit >fdjit.out
+        check_eq "no descriptor of ours, the program's files untouched (exit, output)" \
+                "0 $(cat fdjit-plain.out)" "$? $(cat fdjit.out)"
+        check_eq "library constructor's stack: to the loader's entry, no further" \
+                "lib_setup lib_init call_init _dl_init _dl_start_user" \
+                "$(json_of fdjit.approf '" ".join(dict.fromkeys(f["function"] for f in [s for s in d["sites"] if s["frames"][0]["function"] == "lib_setup"][0]["frames"]))')"
+        check_eq "code without unwind tables: 3 allocations, unwound on to main" "3 main" \
+                "$(json_of fdjit.approf '" ".join(str(x) for x in [(s["allocations"], s["frames"][1]["function"]) for s in d["sites"] if s["frames"][0]["module"] is None][0])')"
+fi
 # --- more distinct stacks than the agent's first-level index holds (65,536 cells) ------
 cat >stacks.c <<'EOF_C'
 #include <stdlib.h>
