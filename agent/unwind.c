@@ -38,8 +38,9 @@ static int find_module_cb(struct dl_phdr_info *info, size_t size, void *arg)
                 if (ph->p_type == PT_LOAD && f->pc >= a && f->pc < a + ph->p_memsz) {
                         inside = true;
                         f->seg_end = a + ph->p_memsz;
-                } else if (ph->p_type == PT_GNU_EH_FRAME)
+                } else if (ph->p_type == PT_GNU_EH_FRAME) {
                         eh = a;
+                }
         }
         if (!inside)
                 return 0;
@@ -922,6 +923,14 @@ __attribute__((noinline)) int ap_unwind_capture_here(uint64_t *out, int max, uin
                                       same);
 }
 
+__attribute__((noinline)) int ap_unwind_capture_general_here(uint64_t *out, int max,
+                                                             uint64_t stack_lo, uint64_t stack_hi)
+{
+        uint64_t regs[3];
+        ap_unwind_regs(regs);
+        return ap_unwind_capture_general(out, max, stack_lo, stack_hi, regs[0], regs[1], regs[2]);
+}
+
 /* ---- the general unwinder -------------------------------------------------------------
  * For the stacks the fast path leaves: on another stack than the thread's own (a
  * coroutine's, a sigaltstack handler's), through a signal frame, or reaching a frame
@@ -1071,6 +1080,12 @@ int ap_unwind_capture_general(uint64_t *out, int max, uint64_t stack_lo, uint64_
                               uint64_t pc, uint64_t sp, uint64_t fp)
 {
         (void)out, (void)max, (void)stack_lo, (void)stack_hi, (void)pc, (void)sp, (void)fp;
+        return -1;
+}
+
+int ap_unwind_capture_general_here(uint64_t *out, int max, uint64_t stack_lo, uint64_t stack_hi)
+{
+        (void)out, (void)max, (void)stack_lo, (void)stack_hi;
         return -1;
 }
 

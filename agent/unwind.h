@@ -47,6 +47,9 @@ int ap_unwind_capture_from(uint64_t *out, int max, uint64_t stack_hi, uint64_t p
 int ap_unwind_capture_general(uint64_t *out, int max, uint64_t stack_lo, uint64_t stack_hi,
                               uint64_t pc, uint64_t sp, uint64_t fp);
 
+/* The same from its caller's frame (for the tests; out[0] is inside this function). */
+int ap_unwind_capture_general_here(uint64_t *out, int max, uint64_t stack_lo, uint64_t stack_hi);
+
 /* ---- a thread's last stack ------------------------------------------------------------
  * Consecutive allocations of a thread mostly share the outer part of their stacks (a
  * compiler's: 18 of 22 frames on average).  The memo keeps the last unwind of a thread,

@@ -6,7 +6,10 @@
  * (a thread's last stack, reused where the next one meets it) against the unwinder
  * without it, on stacks that meet it and leave it in every way: deeper, shallower, the
  * same frame sizes under other callers, cut at the frame limit and then not; and the
- * timed trial that decides whether a thread uses it.
+ * timed trial that decides whether a thread uses it.  The general unwinder (the slow
+ * path) against libunwind everywhere, also with the stack's bounds unknown (every read
+ * checked with mincore) and from signal handlers, on the thread's stack and on a
+ * sigaltstack, where the fast one hands the stack back.
  *
  * SPDX-License-Identifier: MIT OR Apache-2.0
  */
@@ -22,7 +25,10 @@
 
 extern void *__libc_stack_end;
 
-static __thread uint64_t t_stack_hi;
+#include <signal.h>
+
+static __thread uint64_t t_stack_hi, t_stack_lo;
+static int general_checked, general_signal;
 static __thread struct ap_unwind_memo t_memo;
 static __thread uint64_t t_last[64]; /* the memo's capture before, to check *same */
 static __thread int t_last_n;
@@ -150,14 +156,39 @@ static __attribute__((noinline, optimize("no-omit-frame-pointer"))) void fp_memo
 /* Both unwinders from the same place.  The cached one reports one frame more at the
  * start (inside ap_unwind_capture); from the return address into this function on, the
  * two lists must be equal. */
+static void check_general(const char *what, const uint64_t *g, int ng, const uint64_t *b, int nb)
+{
+        if (ng - 1 != nb) {
+                fprintf(stderr, "%s: general unwinder %d frames, libunwind %d\n", what, ng - 1, nb);
+                for (int i = 0; i < ng || i < nb; i++)
+                        fprintf(stderr, "  %#" PRIx64 "  %#" PRIx64 "\n", i + 1 < ng ? g[i + 1] : 0,
+                                i < nb ? b[i] : 0);
+                exit(1);
+        }
+        for (int i = 2; i < ng; i++) {
+                if (g[i] != b[i - 1]) {
+                        fprintf(stderr,
+                                "%s: general unwinder frame %d: %#" PRIx64 ", libunwind %#" PRIx64
+                                "\n",
+                                what, i - 1, g[i], b[i - 1]);
+                        exit(1);
+                }
+        }
+        general_checked++;
+}
+
 static __attribute__((noinline)) void compare_here(const char *what)
 {
-        uint64_t a[64], b[64];
+        uint64_t a[64], b[64], g[64], u[64];
         void *raw[64];
         int na = ap_unwind_capture(a, 64, t_stack_hi);
         int nb = unw_backtrace(raw, 64);
+        int ng = ap_unwind_capture_general_here(g, 64, t_stack_lo, t_stack_hi);
+        int nu = ap_unwind_capture_general_here(u, 64, 0, 0); /* bounds unknown */
         for (int i = 0; i < nb; i++)
                 b[i] = (uint64_t)(uintptr_t)raw[i];
+        check_general(what, g, ng, b, nb);
+        check_general(what, u, nu, b, nb);
         if (na < 0) {
                 handed_back++;
                 return;
@@ -231,6 +262,26 @@ static __attribute__((noinline)) void realigned_frame(int n)
         sink += buf[n & 63];
 }
 
+/* A signal handler's stack runs through the kernel's signal frame: the fast unwinder
+ * hands it back, the general one must go on to the interrupted code, as libunwind does. */
+static void on_signal(int sig)
+{
+        (void)sig;
+        int before = handed_back;
+        compare_here("signal handler");
+        general_signal += handed_back - before;
+        handed_back = before;
+}
+
+static __attribute__((noinline)) void raise_from(int depth)
+{
+        if (depth > 0)
+                raise_from(depth - 1);
+        else
+                raise(SIGUSR1);
+        sink++;
+}
+
 static int cmp_int(const void *x, const void *y)
 {
         static int once;
@@ -250,6 +301,7 @@ static void *thread_main(void *arg)
         ASSERT_EQ(pthread_attr_getstack(&a, &lo, &size), 0);
         pthread_attr_destroy(&a);
         t_stack_hi = (uint64_t)(uintptr_t)lo + size;
+        t_stack_lo = (uint64_t)(uintptr_t)lo;
         recurse((int)(intptr_t)arg);
         return NULL;
 }
@@ -258,6 +310,7 @@ int main(void)
 {
         ASSERT_EQ(ap_unwind_init(), 0);
         t_stack_hi = (uint64_t)(uintptr_t)__libc_stack_end;
+        t_stack_lo = t_stack_hi - (64u << 20); /* as the agent takes the main stack */
 
         for (int d = 0; d <= 50; d += 5)
                 recurse(d);
@@ -304,6 +357,20 @@ int main(void)
         ASSERT_EQ(t_memo.left, 4096);
         ASSERT_TRUE(t_memo.trial_frames[1] >= 64 * 12 && t_memo.trial_ticks[1] > 0);
 
+        /* Signal handlers, on this stack and then on a sigaltstack. */
+        struct sigaction sa;
+        memset(&sa, 0, sizeof(sa));
+        sa.sa_handler = on_signal;
+        ASSERT_EQ(sigaction(SIGUSR1, &sa, NULL), 0);
+        raise_from(3);
+        static char alt[1 << 16];
+        stack_t ss = {.ss_sp = alt, .ss_size = sizeof(alt)};
+        ASSERT_EQ(sigaltstack(&ss, NULL), 0);
+        sa.sa_flags = SA_ONSTACK;
+        ASSERT_EQ(sigaction(SIGUSR1, &sa, NULL), 0);
+        raise_from(5);
+        ASSERT_EQ(general_signal, 2); /* both handed back by the fast unwinder */
+
         /* Unknown stack top: nothing is attempted. */
         uint64_t out[8];
         ASSERT_EQ(ap_unwind_capture(out, 8, 0), -1);
@@ -312,8 +379,11 @@ int main(void)
 
         /* Everything a compiler emits for these must be handled, except perhaps the
          * realigned frame. */
-        fprintf(stderr, "%d stacks equal to libunwind's, %d handed back; %d with the memo\n",
-                checked, handed_back, memo_checked);
+        fprintf(stderr,
+                "%d stacks equal to libunwind's, %d handed back; %d with the memo; general "
+                "unwinder: %d equal to libunwind's (%d through a signal frame)\n",
+                checked, handed_back, memo_checked, general_checked, general_signal);
+        ASSERT_TRUE(general_checked >= 2 * (checked + 2));
         ASSERT_TRUE(handed_back <= 1);
         ASSERT_TRUE(checked >= 20);
         ASSERT_EQ(memo_checked, 2 * (2 * 15 + 12));
