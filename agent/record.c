@@ -14,9 +14,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#define UNW_LOCAL_ONLY
-#include <libunwind.h>
-
 #include "agent.h"
 #include "unwind.h"
 #include "allocprof/atomics.h"
@@ -484,6 +481,9 @@ static __attribute__((noinline)) uint32_t capture_fp(uint64_t *out)
 }
 
 AP_HIDDEN int ap_unwind_general;
+/* libunwind's unw_backtrace, under --unwind libunwind only: loaded by the agent's
+ * constructor (session.c); NULL before that or if it could not be loaded. */
+AP_HIDDEN int (*_Atomic ap_unw_backtrace)(void **, int);
 
 /* The agent's own functions keep frame pointers (-fno-omit-frame-pointer): their frames
  * are skipped by following rbp, a load per frame, and the DWARF unwind starts at the
@@ -556,7 +556,8 @@ static __attribute__((noinline)) uint32_t capture(uint64_t *out, uint64_t *hash,
         /* The cached unwinder first (it starts past the agent's frames and writes at most
          * AP_MAX_FRAMES); the general one for the stacks it does not handle.  libunwind
          * only when asked for (--unwind libunwind, the reference of the tests). */
-        if (!ap_unwind_general) {
+        int (*lu_backtrace)(void **, int) = ap_load_relaxed(&ap_unw_backtrace);
+        if (!ap_unwind_general || lu_backtrace == NULL) {
                 int cn = capture_cached(out, t, hash, same, entry);
                 if (cn > 0)
                         return (uint32_t)cn;
@@ -573,7 +574,7 @@ static __attribute__((noinline)) uint32_t capture(uint64_t *out, uint64_t *hash,
          * them comes from a signal handler and is the program's. */
         if (ap_unlikely(!t->unwound))
                 t->own_alloc++;
-        int n = unw_backtrace(buf, CAPTURE_MAX);
+        int n = lu_backtrace(buf, CAPTURE_MAX);
         if (ap_unlikely(!t->unwound)) {
                 t->own_alloc--;
                 t->unwound = 1;

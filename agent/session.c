@@ -4,6 +4,7 @@
  *
  * SPDX-License-Identifier: MIT OR Apache-2.0
  */
+#include <dlfcn.h>
 #include <elf.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -250,6 +251,7 @@ AP_HIDDEN void ap_thread_started(void)
 AP_HIDDEN uint64_t ap_sample_seed;
 extern AP_HIDDEN int ap_unwind_fp;
 extern AP_HIDDEN int ap_unwind_general;
+extern AP_HIDDEN int (*_Atomic ap_unw_backtrace)(void **, int);
 
 /* Decimal digits only; anything else (or nothing) is 0.  No strtoull: no locale. */
 static uint64_t parse_u64(const char *s)
@@ -446,11 +448,31 @@ AP_HIDDEN void ap_session_ensure(void)
         ap_store_release(&g_init_state, INIT_DONE);
 }
 
+/* --unwind libunwind: libunwind is loaded here, in the constructor (where dlopen is
+ * safe, unlike in a hook that may run inside the loader or a signal handler), and only
+ * then: every other program is spared loading it and liblzma (0.14 ms at each start)
+ * and the pipe libunwind keeps open.  Until it is there (allocations before this
+ * constructor), and if it cannot be loaded, the agent's own unwinders do the work; the
+ * CLI refuses the option where the library is missing. */
+static void load_libunwind(void)
+{
+        const char *unwind = getenv(AP_ENV_UNWIND);
+        if (unwind == NULL || strcmp(unwind, "libunwind") != 0 ||
+            ap_load_relaxed(&ap_unw_backtrace) != NULL)
+                return;
+        void *lib = dlopen(AP_LIBUNWIND_SONAME, RTLD_NOW | RTLD_LOCAL);
+        void *fn = lib != NULL ? dlsym(lib, "unw_backtrace") : NULL;
+        /* Relaxed: a thread that sees NULL a while longer uses the other unwinders. */
+        ap_store_relaxed(&ap_unw_backtrace, (int (*)(void **, int))fn);
+}
+
 __attribute__((constructor(101))) static void ap_agent_ctor(void)
 {
         struct ap_thread *t = &ap_tls;
         t->in_hook = 1; /* our own set-up allocations are not the program's */
         t->own_alloc++;
+        if (environ != NULL)
+                load_libunwind();
         ap_session_ensure();
         static int atfork_done;
         if (!atfork_done) {

@@ -4,6 +4,7 @@
  *
  * SPDX-License-Identifier: MIT OR Apache-2.0
  */
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -176,6 +177,23 @@ static int start_private(struct run_state *rs, char **sock_dir, char **sock,
 }
 
 /* Finds PROG as execvp would.  Returns a malloc'd path or NULL (not found). */
+/* --unwind libunwind: the agent loads libunwind into the program (only then); say so
+ * here if it cannot, instead of quietly unwinding another way. */
+static bool libunwind_present(void)
+{
+        void *lib = dlopen(AP_LIBUNWIND_SONAME, RTLD_LAZY | RTLD_LOCAL);
+        if (lib == NULL || dlsym(lib, "unw_backtrace") == NULL) {
+                fprintf(stderr,
+                        "allocprof: --unwind libunwind: cannot load %s (install libunwind8): %s\n",
+                        AP_LIBUNWIND_SONAME, dlerror());
+                if (lib != NULL)
+                        dlclose(lib);
+                return false;
+        }
+        dlclose(lib);
+        return true;
+}
+
 static char *which(const char *prog)
 {
         if (strchr(prog, '/') != NULL)
@@ -583,6 +601,8 @@ int ap_cmd_run(int argc, char **argv)
                                         optarg);
                                 return 2;
                         }
+                        if (strcmp(optarg, "libunwind") == 0 && !libunwind_present())
+                                return 2;
                         unwind = optarg;
                         break;
                 case 's':

@@ -268,6 +268,9 @@ struct ap_reply {
 #define AP_ENV_SAMPLE "ALLOCPROF_SAMPLE" /* mean sampling interval in bytes; 0 = full */
 #define AP_ENV_SAMPLE_SEED "ALLOCPROF_SAMPLE_SEED" /* fixed sampler seed (tests) */
 #define AP_ENV_UNWIND "ALLOCPROF_UNWIND" /* dwarf (default) | fp | libunwind */
+/* What the agent dlopens for ALLOCPROF_UNWIND=libunwind, and the CLI checks for: the
+ * SONAME every libunwind 1.x has had. */
+#define AP_LIBUNWIND_SONAME "libunwind.so.8"
 
 _Static_assert(sizeof(struct ap_shm_header) <= 4096, "header fits one page");
 _Static_assert(offsetof(struct ap_shm_header, xmode) == 128, "control line");

@@ -198,10 +198,14 @@ check_eq "signal state with SIGPIPE ignored and SIGUSR2 blocked" \
         "$(sig_exec "$AP" run -q -- grep -E '^Sig(Blk|Ign)' /proc/self/status | tr '\n' ' ')"
 check_eq "signal state from a shell" "$(sigstate)" \
         "$("$AP" run -q -- grep -E '^Sig(Blk|Ign)' /proc/self/status | tr '\n' ' ')"
-# The agent brings no libm into a program that does not load it (the sampler computes
-# its logarithms itself): loading it cost every shell and compiler 0.1 ms more at start.
-check_eq "no libm in a shell under the agent (sampled)" "" \
-        "$("$AP" run -q --sample 512K -o libs.approf -- sh -c 'grep -o "/lib[^ ]*/libm\.so[^ ]*" /proc/$$/maps | sort -u')"
+# The agent brings no library into a program but itself: no libm (the sampler computes
+# its logarithms itself), no libunwind and liblzma (loaded only for --unwind libunwind).
+# Each cost every shell and compiler about 0.1 ms more at start.
+libs_re='/lib[^ ]*/lib\(m\|unwind\|lzma\)\.so[^ ]*'
+check_eq "no libm, libunwind or liblzma in a shell under the agent (sampled)" "" \
+        "$("$AP" run -q --sample 512K -o libs.approf -- sh -c "grep -o '$libs_re' /proc/\$\$/maps | sort -u")"
+check_eq "--unwind libunwind: libunwind loaded" "libunwind.so.8" \
+        "$("$AP" run -q --unwind libunwind -o libs.approf -- sh -c "grep -o '$libs_re' /proc/\$\$/maps | sort -u" | grep -o 'libunwind\.so\.8')"
 "$AP" run -q -- sh -c 'kill -SEGV $$'
 check_eq "signal death 128+N" 139 $?
 "$AP" bogus 2>/dev/null
@@ -243,13 +247,15 @@ if [ "$(id -u)" = 0 ] && id nobody >/dev/null 2>&1 && cp /bin/true suid-true &&
 fi
 
 # --- the agent's cached DWARF unwinder gives libunwind's stacks -------------------------
-# (module-relative addresses, so the two runs compare across address randomization)
-stacks() { # profile -> one line per site: allocations, bytes, frame addresses
+# (module-relative addresses, so the two runs compare across address randomization; no
+# bytes: libunwind, loaded only under --unwind libunwind, brings thread-local storage,
+# and glibc's per-thread TLS vector grows by a slot)
+stacks() { # profile -> one line per site: allocations, frame addresses
         "$AP" report "$1" --json | python3 -c '
 import json, sys
 d = json.load(sys.stdin)
 for s in sorted(d["sites"], key=lambda s: json.dumps(s["frames"])):
-    print(s["allocations"], s["bytes"], " ".join("%s:%s" % (f["module"], f["address"]) for f in s["frames"]))'
+    print(s["allocations"], " ".join("%s:%s" % (f["module"], f["address"]) for f in s["frames"]))'
 }
 for w in containers threads inline_chain alloc_every; do
         "$AP" run -q --unwind dwarf -o uw-$w-dwarf.approf -- "$BUILD/tests/workloads/$w" >/dev/null
