@@ -100,9 +100,15 @@ static void usage(FILE *out)
                      "                        is checked against)\n");
 }
 
-/* Checks that a profile can be created in the directory of `path`. */
+/* Checks that a profile can be created as `path`: it is not a directory, and a file can
+ * be created next to it (tried: /proc, /sys and read-only mounts pass access(2) as root),
+ * before the program runs, so that a run is never lost to a profile that cannot be
+ * written. */
 static int check_output_dir(const char *path)
 {
+        struct stat pst;
+        if (stat(path, &pst) == 0 && S_ISDIR(pst.st_mode))
+                return -EISDIR;
         char *copy = strdup(path);
         if (copy == NULL)
                 return -ENOMEM;
@@ -122,6 +128,20 @@ static int check_output_dir(const char *path)
                 r = -ENOTDIR;
         else if (access(dir, W_OK | X_OK) < 0)
                 r = -errno;
+        char *probe =
+                r == 0 ? ap_asprintf("%s/.allocprof.tmp.%ld.probe", dir, (long)getpid()) : NULL;
+        if (r == 0 && probe == NULL)
+                r = -ENOMEM;
+        if (probe != NULL) {
+                int fd = open(probe, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+                if (fd < 0) {
+                        r = -errno;
+                } else {
+                        close(fd);
+                        unlink(probe);
+                }
+                free(probe);
+        }
         free(copy);
         return r;
 }

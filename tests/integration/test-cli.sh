@@ -178,6 +178,15 @@ check_eq "program not executable" 126 $?
 check_eq "unwritable output" 1 $?
 check_contains "unwritable output message" od.err "/nonexistent/dir/x.approf"
 rm -f od-ran
+mkdir od-dir
+"$AP" run -q -o od-dir -- sh -c 'touch od-ran' 2>od3.err
+check_eq "-o names a directory: exit, program not started" "1 no" "$? $([ -e od-ran ] && echo yes || echo no)"
+check_contains "-o names a directory: message" od3.err "cannot write the profile od-dir: Is a directory"
+if [ -d /proc/self ]; then
+        "$AP" run -q -o /proc/x.approf -- sh -c 'touch od-ran' 2>/dev/null
+        check_eq "-o in /proc (passes access(2) as root): exit, program not started" "1 no" \
+                "$? $([ -e od-ran ] && echo yes || echo no)"
+fi
 "$AP" run -q --output-dir /nonexistent/dir -- sh -c 'touch od-ran' 2>od2.err
 check_eq "missing output directory: exit, program not started" "1 no" "$? $([ -e od-ran ] && echo yes || echo no)"
 check_contains "missing output directory message" od2.err "cannot write profiles in /nonexistent/dir: No such file or directory"
