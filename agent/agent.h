@@ -50,6 +50,11 @@ struct ap_thread {
         uint64_t gen;              /* ap_session_gen the slot belongs to */
         struct ap_sampler sampler; /* sampled mode: bytes to the next sample point */
         int sampler_ready;         /* sampler drawn for the current interval */
+        /* Sampled mode: this thread's last sampled block and its countdown right after
+         * it; if the countdown is the same when the block is freed, the thread has not
+         * allocated since (every allocation takes its size off): a temporary block. */
+        uintptr_t temp_addr;
+        int64_t temp_left;
         int in_hook;               /* set while we run agent code */
         int own_alloc;             /* inside agent code that may allocate by itself */
         int unwound;               /* this thread's first unwind (which sets up libunwind's
@@ -134,7 +139,7 @@ static inline bool ap_sampled_maybe(const void *p)
 }
 /* Seed for a new thread's sampler. */
 AP_HIDDEN uint64_t ap_sampler_seed(void);
-AP_HIDDEN void ap_record_free(void *p, uint64_t ts);
+AP_HIDDEN void ap_record_free(void *p, uint64_t ts, uint8_t flags);
 AP_HIDDEN void ap_record_realloc(void *old, void *p, size_t size, uint64_t ts, const void *entry);
 
 /* A hook entered while this thread was already inside the agent (a signal handler that

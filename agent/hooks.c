@@ -88,6 +88,8 @@ static AP_SLOW void alloc_sampled(struct ap_thread *t, struct ap_shm_header *h, 
         if (n > 0) {
                 ap_sampled_remember(p);
                 ap_record_alloc_sampled(p, size, weight, realloc, entry);
+                t->temp_addr = (uintptr_t)p;
+                t->temp_left = t->sampler.left;
         }
         t->in_hook = 0;
         errno = e;
@@ -154,7 +156,7 @@ static AP_SLOW void free_record(struct ap_thread *t, void *p)
 {
         int e = errno;
         t->in_hook = 1;
-        ap_record_free(p, ap_clock_ticks_early());
+        ap_record_free(p, ap_clock_ticks_early(), 0);
         t->in_hook = 0;
         errno = e;
 }
@@ -163,8 +165,13 @@ static AP_SLOW void free_sampled(struct ap_thread *t, void *p)
 {
         int e = errno;
         t->in_hook = 1;
-        if (ap_sampled_forget(p))
-                ap_record_free(p, ap_clock_ticks_early());
+        if (ap_sampled_forget(p)) {
+                bool temporary = t->temp_addr == (uintptr_t)p && t->sampler.left == t->temp_left;
+                if (t->temp_addr == (uintptr_t)p)
+                        t->temp_addr = 0;
+                ap_record_free(p, ap_clock_ticks_early(),
+                               AP_RECF_SAMPLED_FREE | (temporary ? AP_RECF_TEMPORARY : 0));
+        }
         t->in_hook = 0;
         errno = e;
 }
@@ -326,8 +333,10 @@ AP_EXPORT void *realloc(void *old, size_t size)
                 if (p != NULL) {
                         int e = errno;
                         t->in_hook = 1;
-                        if (ap_sampled_forget(old))
-                                ap_record_free(old, ts);
+                        if (ap_sampled_forget(old)) /* a realloc'ed block: not temporary */
+                                ap_record_free(old, ts, AP_RECF_SAMPLED_FREE);
+                        if (t->temp_addr == (uintptr_t)old)
+                                t->temp_addr = 0;
                         t->in_hook = 0;
                         errno = e;
                         new_block(p, size, true);

@@ -648,10 +648,10 @@ static void fill_alloc_record(uint8_t *w, uint32_t nbytes, uint8_t type, uint8_t
                 memcpy(w + alloc_record_fixed(type), ips, 8ull * n);
 }
 
-static void fill_free_record(uint8_t *w, void *p, uint64_t ts)
+static void fill_free_record(uint8_t *w, void *p, uint64_t ts, uint8_t flags)
 {
         struct ap_rec_free *r = (struct ap_rec_free *)w;
-        r->hdr = (struct ap_rec_hdr){.type = AP_REC_FREE, .nwords = sizeof(*r) / 8};
+        r->hdr = (struct ap_rec_hdr){.type = AP_REC_FREE, .flags = flags, .nwords = sizeof(*r) / 8};
         r->ts = ts;
         r->addr = (uint64_t)(uintptr_t)p;
 }
@@ -791,7 +791,7 @@ AP_HIDDEN void ap_nested_free(void *p)
             ((mode == AP_MODE_SAMPLED || mode == AP_MODE_DETACHED) && ap_sampled_forget(p))) {
                 uint8_t *w = nested_reserve(t, sizeof(struct ap_rec_free), 0);
                 if (w != NULL) {
-                        fill_free_record(w, p, ap_clock_ticks_early());
+                        fill_free_record(w, p, ap_clock_ticks_early(), 0);
                         ap_ring_commit(&t->npr, sizeof(struct ap_rec_free));
                 } else {
                         ap_count(AP_CNT_DROP_FREE, 1); /* as ap_record_free does */
@@ -1008,7 +1008,7 @@ AP_HIDDEN uint64_t ap_sampler_seed(void)
         return ap_mix(base + k * 0x9e3779b97f4a7c15ull);
 }
 
-AP_HIDDEN void ap_record_free(void *p, uint64_t ts)
+AP_HIDDEN void ap_record_free(void *p, uint64_t ts, uint8_t flags)
 {
         struct ap_thread *t = &ap_tls;
         struct ap_shm_header *h = thread_ring(t);
@@ -1022,6 +1022,6 @@ AP_HIDDEN void ap_record_free(void *p, uint64_t ts)
                 ap_count(AP_CNT_DROP_FREE, 1);
                 return;
         }
-        fill_free_record(w, p, ts);
+        fill_free_record(w, p, ts, flags);
         ap_ring_commit(&t->pr, sizeof(struct ap_rec_free));
 }

@@ -25,7 +25,7 @@
  * worth an engineer's hour, not restate every number in the report. */
 #define HINT_SMALL_AVG 64         /* bytes: "small" for a pool/arena hint */
 #define HINT_POOL_MIN_ALLOCS 1000 /* fewer calls than this are not worth a pool */
-#define HINT_TEMP_FRACTION 0.5    /* share freed before the next allocation */
+#define HINT_TEMP_FRACTION 0.5    /* share freed before the thread's next allocation */
 #define HINT_FREED_FRACTION 0.9   /* ... or this share freed, with */
 #define HINT_LIVE_SHARE 0.01      /* at most this share of the bytes live at once */
 #define HINT_REALLOC_MIN 100      /* reallocs at one site: a growth loop */
@@ -798,7 +798,7 @@ static void put_summary(const struct out *o, const struct ap_profile *p, uint32_
                     p->live ? "every block allocated so far was freed" : "every block was freed");
         summary_row(o, "temporary", fmt_count(t->temporary).s,
                     fmt_percent(t->temporary, t->allocations).s, NULL);
-        say(o, "  of allocations were freed before the next allocation\n");
+        say(o, "  of allocations were freed before their thread allocated again\n");
         summary_row(o, "reallocs", fmt_count(t->reallocs).s,
                     fmt_percent(t->reallocs, t->allocations).s, NULL);
         say(o, "  of allocations were realloc calls\n");
@@ -808,7 +808,10 @@ static void put_summary(const struct out *o, const struct ap_profile *p, uint32_
         }
         if (t->unmatched_frees) {
                 summary_row(o, "unmatched frees", fmt_count(t->unmatched_frees).s, "", NULL);
-                say(o, "  frees of blocks allocated before profiling started\n");
+                say(o, "  %s\n",
+                    t->dropped_events ? "frees of blocks allocated before profiling started, or "
+                                        "whose allocation was dropped"
+                                      : "frees of blocks allocated before profiling started");
         }
         if (t->dropped_events) {
                 say(o, "  ");
@@ -1128,7 +1131,7 @@ static void put_hints(const struct out *o, const struct ap_profile *p,
         unsigned count = 0, kind;
 
         /* Many small, short-lived blocks: what pools, arenas and stack buffers are for.
-         * Short-lived: mostly freed before the next allocation, or so few live at once
+         * Short-lived: mostly freed before the thread's next allocation, or so few live at once
          * that the site's high-water mark is a sliver of what it allocated in total. */
         kind = 0;
         for (uint32_t i = 0; i < p->nsites && kind < HINT_MAX_PER_KIND; i++) {
@@ -1148,7 +1151,7 @@ static void put_hints(const struct out *o, const struct ap_profile *p,
                 say(o, "    %s allocations averaging %s, ", fmt_count(s->allocations).s,
                     fmt_size(s->bytes / s->allocations).s);
                 if (temporary)
-                        say(o, "%s of them freed before the next\n    allocation",
+                        say(o, "%s of them freed before their thread's\n    next allocation",
                             fmt_percent(s->temporary, s->allocations).s);
                 else
                         say(o, "and never more than %s live at\n    once",

@@ -620,8 +620,10 @@ static void block_gone(struct ap_process *p, const struct ap_live *l, bool tempo
         p->t.live_bytes -= l->wbytes;
 }
 
+/* temporary: 1 or 0 when the record says (sampled mode), -1 to tell from the thread's
+ * last allocation (full mode: a block freed before its thread allocated again). */
 static void do_free(struct ap_process *p, struct ap_slot *slot, uint64_t addr, uint64_t ts,
-                    bool can_be_temporary)
+                    int temporary)
 {
         struct ap_live *l = ap_live_find(&p->live, addr);
         if (l == NULL) {
@@ -642,9 +644,12 @@ static void do_free(struct ap_process *p, struct ap_slot *slot, uint64_t addr, u
                         return;
                 }
         }
-        block_gone(p, l, can_be_temporary && slot->last_alloc == addr);
+        block_gone(p, l, temporary < 0 ? slot->last_alloc == addr : temporary > 0);
         ap_live_remove(&p->live, l);
-        slot->last_alloc = 0;
+        /* Frees of other blocks leave it: a block is temporary if its thread allocated
+         * nothing else before freeing it (USAGE.md), whatever it freed meanwhile. */
+        if (slot->last_alloc == addr)
+                slot->last_alloc = 0;
 }
 
 /* A new block at addr from `stack`, standing for wcount/AP_CW allocations of wbytes bytes
@@ -855,7 +860,9 @@ static void process_record(struct ap_process *p, struct ap_slot *slot, const uin
         case AP_REC_FREE: {
                 struct ap_rec_free r;
                 memcpy(&r, p->scratch, sizeof(r));
-                do_free(p, slot, r.addr, r.ts, true);
+                do_free(p, slot, r.addr, r.ts,
+                        (rh.flags & AP_RECF_SAMPLED_FREE) ? (rh.flags & AP_RECF_TEMPORARY) != 0
+                                                          : -1);
                 break;
         }
         case AP_REC_REALLOC: {
@@ -866,7 +873,7 @@ static void process_record(struct ap_process *p, struct ap_slot *slot, const uin
                         p->t.invalid_records++;
                         return;
                 }
-                do_free(p, slot, r.old_addr, r.ts_free, false);
+                do_free(p, slot, r.old_addr, r.ts_free, 0);
                 do_alloc(p, slot, stack, r.new_addr, r.size, r.size, AP_CW, r.ts, true);
                 break;
         }

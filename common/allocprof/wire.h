@@ -161,6 +161,11 @@ enum ap_rec_type {
 /* ap_rec_hdr.flags */
 #define AP_RECF_INLINE_STACK 0x1 /* ips follow the fixed part; depth in hdr.aux */
 #define AP_RECF_REALLOC 0x2      /* ALLOC_SAMPLED: the block came from realloc */
+/* FREE in sampled mode: whether the block was temporary (freed with no allocation by its
+ * thread in between) is told by AP_RECF_TEMPORARY, since the collector, seeing only
+ * sampled allocations, cannot tell.  (Older collectors ignore both.) */
+#define AP_RECF_SAMPLED_FREE 0x4
+#define AP_RECF_TEMPORARY 0x8
 
 struct ap_rec_hdr {
         uint8_t type;
