@@ -806,8 +806,13 @@ int ap_cmd_run(int argc, char **argv)
         int ret = WIFEXITED(status) ? exit_code : 128 + term_sig;
 
         if (exec_errno != 0) {
-                fprintf(stderr, "allocprof: cannot run %s: %s\n", prog_argv[0],
-                        strerror(exec_errno));
+                /* execve says EACCES for a directory; a shell says what it is. */
+                struct stat pst;
+                int shown = exec_errno == EACCES && strchr(prog_argv[0], '/') != NULL &&
+                                            stat(prog_argv[0], &pst) == 0 && S_ISDIR(pst.st_mode)
+                                    ? EISDIR
+                                    : exec_errno;
+                fprintf(stderr, "allocprof: cannot run %s: %s\n", prog_argv[0], strerror(shown));
                 ret = exec_errno == ENOENT ? 127 : 126;
         }
 

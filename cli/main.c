@@ -46,6 +46,10 @@ int main(int argc, char **argv)
                 return 2;
         }
         const char *cmd = argv[1];
+        /* getopt's messages start with argv[0]: "allocprof run: unrecognized option". */
+        static char name[64];
+        snprintf(name, sizeof(name), "allocprof %s", cmd);
+        argv[1] = name;
         if (strcmp(cmd, "run") == 0)
                 return ap_cmd_run(argc - 1, argv + 1);
         if (strcmp(cmd, "report") == 0)

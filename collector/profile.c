@@ -2336,6 +2336,10 @@ int ap_profile_read(const char *path, struct ap_profile **ret, char **err)
                 fail(&rc, r, "%s", strerror(-r));
                 goto out;
         }
+        if (len == 0) { /* not a regular file (/dev/null, a pipe), or a gzip of nothing */
+                r = fail(&rc, -EINVAL, "empty file");
+                goto out;
+        }
         /* Duplicate keys are rejected: a hostile file must not show one value to a human
          * reading it and another to us. */
         r = ap_json_parse(text, len, &doc, &jerr);

@@ -174,6 +174,16 @@ printf 'not a program\n' >notexec
 chmod 644 notexec
 "$AP" run -q -- ./notexec 2>ne.err
 check_eq "program not executable" 126 $?
+mkdir -p adir
+"$AP" run -q -- ./adir 2>dir.err
+check_eq "a directory as the program" 126 $?
+check_contains "a directory as the program: message" dir.err "cannot run ./adir: Is a directory"
+"$AP" run --bogus -- true 2>bogus.err
+check_eq "unknown option" 2 $?
+check_contains "unknown option: message names the command" bogus.err "allocprof run: unrecognized option '--bogus'"
+"$AP" report /dev/null 2>devnull.err
+check_eq "report of /dev/null" 1 $?
+check_contains "report of /dev/null: message" devnull.err "cannot read /dev/null: empty file"
 "$AP" run -q -o /nonexistent/dir/x.approf -- "$SIMPLE" 2>od.err
 check_eq "unwritable output" 1 $?
 check_contains "unwritable output message" od.err "/nonexistent/dir/x.approf"
