@@ -1256,6 +1256,64 @@ static int cmp_sym(const void *a, const void *b)
         return strcmp(x->name, y->name);
 }
 
+/* Sorts syms as qsort with cmp_sym would, faster: a least-significant-digit radix sort of
+ * (address, index) pairs on the 11-bit digits that differ (a module's addresses differ
+ * in their low 20-odd bits: two or three passes), then cmp_sym within each run
+ * of one address (aliases: a handful).  glibc's merge sort moving 40-byte entries took
+ * 0.5-0.8 ms for the C library's 10,000 symbols (with its debug symbols), in every run
+ * that meets a C library frame.  -ENOMEM leaves syms as they were. */
+#define RADIX_BITS 11
+#define RADIX_BUCKETS (1u << RADIX_BITS)
+
+static int sort_syms(struct sym_entry *syms, size_t n)
+{
+        struct key {
+                uint64_t addr;
+                size_t idx;
+        } *a = malloc(sizeof(*a) * n), *b = malloc(sizeof(*b) * n);
+        struct sym_entry *out = malloc(sizeof(*out) * n);
+        size_t *count = calloc(RADIX_BUCKETS, sizeof(*count));
+        if (a == NULL || b == NULL || out == NULL || count == NULL) {
+                free(a), free(b), free(out), free(count);
+                return -ENOMEM;
+        }
+        uint64_t all_or = 0, all_and = ~0ull;
+        for (size_t i = 0; i < n; i++) {
+                a[i] = (struct key){syms[i].addr, i};
+                all_or |= syms[i].addr;
+                all_and &= syms[i].addr;
+        }
+        for (unsigned shift = 0; shift < 64; shift += RADIX_BITS) {
+                if ((((all_or ^ all_and) >> shift) & (RADIX_BUCKETS - 1)) == 0)
+                        continue; /* every address has the same digit here */
+                memset(count, 0, sizeof(*count) * RADIX_BUCKETS);
+                for (size_t i = 0; i < n; i++)
+                        count[(a[i].addr >> shift) & (RADIX_BUCKETS - 1)]++;
+                size_t sum = 0;
+                for (size_t d = 0; d < RADIX_BUCKETS; d++) {
+                        size_t c = count[d];
+                        count[d] = sum;
+                        sum += c;
+                }
+                for (size_t i = 0; i < n; i++)
+                        b[count[(a[i].addr >> shift) & (RADIX_BUCKETS - 1)]++] = a[i];
+                struct key *t = a;
+                a = b;
+                b = t;
+        }
+        for (size_t i = 0; i < n; i++)
+                out[i] = syms[a[i].idx];
+        for (size_t i = 1; i < n; i++) /* insertion sort: only runs of one address move */
+                for (size_t j = i; j > 0 && cmp_sym(&out[j - 1], &out[j]) > 0; j--) {
+                        struct sym_entry t = out[j - 1];
+                        out[j - 1] = out[j];
+                        out[j] = t;
+                }
+        memcpy(syms, out, sizeof(*out) * n);
+        free(a), free(b), free(out), free(count);
+        return 0;
+}
+
 /* End address of the executable section `shndx` of `elf`, in module addresses; 0 when
  * the section is not code. */
 static GElf_Addr code_section_end(Elf *elf, GElf_Word shndx, Dwarf_Addr bias)
@@ -1313,7 +1371,8 @@ static int build_symtab(struct sym_module *m)
         }
         if (!m->nsyms)
                 return 0;
-        qsort(m->syms, m->nsyms, sizeof(*m->syms), cmp_sym);
+        if (sort_syms(m->syms, m->nsyms) < 0)
+                return -ENOMEM;
         /* Keep the preferred alias per address, with the largest size any alias has. */
         size_t out = 0;
         for (size_t i = 0; i < m->nsyms; i++) {
