@@ -791,7 +791,9 @@ AP_HIDDEN void ap_nested_free(void *p)
             ((mode == AP_MODE_SAMPLED || mode == AP_MODE_DETACHED) && ap_sampled_forget(p))) {
                 uint8_t *w = nested_reserve(t, sizeof(struct ap_rec_free), 0);
                 if (w != NULL) {
-                        fill_free_record(w, p, ap_clock_ticks_early(), 0);
+                        /* In sampled mode not temporary: a signal handler freed it. */
+                        fill_free_record(w, p, ap_clock_ticks_early(),
+                                         mode == AP_MODE_FULL ? 0 : AP_RECF_SAMPLED_FREE);
                         ap_ring_commit(&t->npr, sizeof(struct ap_rec_free));
                 } else {
                         ap_count(AP_CNT_DROP_FREE, 1); /* as ap_record_free does */
