@@ -3,11 +3,13 @@
  * SPDX-License-Identifier: MIT OR Apache-2.0
  */
 #include <errno.h>
+#include <link.h>
 #include <stdatomic.h>
 #include <stddef.h>
 #include <string.h>
-#include <link.h>
 #include <sys/mman.h>
+#include <sys/uio.h>
+#include <unistd.h>
 
 #include "allocprof/atomics.h"
 #include "allocprof/clock.h"
@@ -936,37 +938,56 @@ __attribute__((noinline)) int ap_unwind_capture_general_here(uint64_t *out, int 
  * coroutine's, a sigaltstack handler's), through a signal frame, or reaching a frame
  * whose rule the cache cannot hold.  Rules come from the same cache.  Reads inside the
  * live part of the thread's stack (from where the unwind starts to its top) are safe
- * as they are; any other address is first checked to be mapped with mincore(2), one
- * system call per new page.  (Not libunwind: its own memory check keeps a pipe open in
+ * as they are; any other address is read through a system call first, once per new
+ * page (read_word).  (Not libunwind: its own memory check keeps a pipe open in
  * the program, two descriptors the program can close and reuse, and it then reads and
  * writes whatever they have become.)  A frame without a rule ends the stack, after one
  * frame-pointer step if that leads back into code with unwind tables (JIT code that
  * keeps frame pointers). */
 struct reader {
         uint64_t lo, hi;       /* live part of the thread's stack; empty if unknown */
-        uint64_t ok_lo, ok_hi; /* pages found mapped */
+        uint64_t ok_lo, ok_hi; /* pages found readable */
 };
 
 #define PAGE_4K 4096ull
 
+static inline bool in_range(uint64_t addr, uint64_t lo, uint64_t hi)
+{
+        return hi > lo && addr >= lo && hi - addr >= 8;
+}
+
+/* The word at addr, if it can be read.  Outside the known ranges: process_vm_readv(2) on
+ * ourselves reads it or says EFAULT (unmapped, or mapped without read permission, like a
+ * guard page); where seccomp forbids that call (containers without CAP_SYS_PTRACE),
+ * mincore(2) tells at least that the page is mapped. */
 static bool read_word(struct reader *r, uint64_t addr, uint64_t *val)
 {
         if (addr & 7)
                 return false;
-        /* Unsigned differences: one compare per range, and no overflow near the top. */
-        if (addr - r->lo > r->hi - r->lo - 8 && addr - r->ok_lo > r->ok_hi - r->ok_lo - 8) {
-                uint64_t page = addr & ~(PAGE_4K - 1); /* 8-byte aligned: within one page */
-                unsigned char vec;
-                if (page == 0 || mincore((void *)(uintptr_t)page, PAGE_4K, &vec) != 0)
-                        return false;
-                if (r->ok_hi != 0 && page == r->ok_hi)
-                        r->ok_hi = page + PAGE_4K;
-                else if (r->ok_hi != 0 && page + PAGE_4K == r->ok_lo)
-                        r->ok_lo = page;
-                else
-                        r->ok_lo = page, r->ok_hi = page + PAGE_4K;
+        if (in_range(addr, r->lo, r->hi) || in_range(addr, r->ok_lo, r->ok_hi)) {
+                *val = *(const uint64_t *)(uintptr_t)addr;
+                return true;
         }
-        *val = *(const uint64_t *)(uintptr_t)addr;
+        uint64_t page = addr & ~(PAGE_4K - 1); /* 8-byte aligned: within one page */
+        if (page == 0)
+                return false;
+        uint64_t v;
+        struct iovec local = {&v, sizeof(v)}, remote = {(void *)(uintptr_t)addr, sizeof(v)};
+        ssize_t n = process_vm_readv(getpid(), &local, 1, &remote, 1, 0);
+        if (n != (ssize_t)sizeof(v)) {
+                unsigned char vec;
+                if (n >= 0 || errno == EFAULT ||
+                    mincore((void *)(uintptr_t)page, PAGE_4K, &vec) != 0)
+                        return false;
+                v = *(const uint64_t *)(uintptr_t)addr;
+        }
+        if (r->ok_hi > r->ok_lo && page == r->ok_hi)
+                r->ok_hi = page + PAGE_4K;
+        else if (r->ok_hi > r->ok_lo && page + PAGE_4K == r->ok_lo)
+                r->ok_lo = page;
+        else
+                r->ok_lo = page, r->ok_hi = page + PAGE_4K;
+        *val = v;
         return true;
 }
 
@@ -988,7 +1009,7 @@ static uint64_t general_rule(uint64_t at)
 int ap_unwind_capture_general(uint64_t *out, int max, uint64_t stack_lo, uint64_t stack_hi,
                               uint64_t pc, uint64_t sp, uint64_t fp)
 {
-        struct reader rd = {0};
+        struct reader rd = {0}; /* empty ranges: lo == hi */
         if (sp >= stack_lo && sp < stack_hi)
                 rd.lo = sp, rd.hi = stack_hi;
         bool exact = false; /* pc is where a signal struck, not a return address */

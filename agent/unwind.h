@@ -40,10 +40,10 @@ int ap_unwind_capture_from(uint64_t *out, int max, uint64_t stack_hi, uint64_t p
 
 /* The slow path, for any stack: signal frames (through the kernel's trampoline, to the
  * interrupted code, whose exact pc is the next address), stacks outside the thread's
- * [stack_lo, stack_hi) (every read there checked with mincore first), and frames without
- * a cacheable rule (one frame-pointer step, else the stack ends there).  Returns the
- * number of addresses written, pc first; -1 only where the fast path is all there is
- * (not x86-64). */
+ * [stack_lo, stack_hi) (every read there checked with process_vm_readv first), and
+ * frames without a cacheable rule (one frame-pointer step, else the stack ends there).
+ * Returns the number of addresses written, pc first; -1 only where the fast path is all
+ * there is (not x86-64). */
 int ap_unwind_capture_general(uint64_t *out, int max, uint64_t stack_lo, uint64_t stack_hi,
                               uint64_t pc, uint64_t sp, uint64_t fp);
 

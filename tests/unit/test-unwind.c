@@ -8,7 +8,7 @@
  * same frame sizes under other callers, cut at the frame limit and then not; and the
  * timed trial that decides whether a thread uses it.  The general unwinder (the slow
  * path) against libunwind everywhere, also with the stack's bounds unknown (every read
- * checked with mincore) and from signal handlers, on the thread's stack and on a
+ * checked first) and from signal handlers, on the thread's stack and on a
  * sigaltstack, where the fast one hands the stack back.
  *
  * SPDX-License-Identifier: MIT OR Apache-2.0
@@ -16,6 +16,9 @@
 #include <alloca.h>
 #include <pthread.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/uio.h>
+#include <unistd.h>
 
 #define UNW_LOCAL_ONLY
 #include <libunwind.h>
@@ -370,6 +373,34 @@ int main(void)
         ASSERT_EQ(sigaction(SIGUSR1, &sa, NULL), 0);
         raise_from(5);
         ASSERT_EQ(general_signal, 2); /* both handed back by the fast unwinder */
+
+        /* The general unwinder on a stack pointer into memory it must not read: an
+         * unmapped page, and a mapped one without permissions (a guard page).  It stops
+         * after the first frame, without a fault. */
+        {
+                uint64_t pc = (uint64_t)(uintptr_t)recurse + 8, g[8];
+                char *gone = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                                  -1, 0);
+                ASSERT_TRUE(gone != MAP_FAILED);
+                ASSERT_EQ(munmap(gone, 8192), 0);
+                ASSERT_EQ(ap_unwind_capture_general(g, 8, 0, 0, pc, (uint64_t)(uintptr_t)gone + 64,
+                                                    0),
+                          1);
+                uint64_t probe = 7, got = 0;
+                struct iovec l = {&got, sizeof(got)}, r = {&probe, sizeof(probe)};
+                if (process_vm_readv(getpid(), &l, 1, &r, 1, 0) == (ssize_t)sizeof(got)) {
+                        char *guard =
+                                mmap(NULL, 8192, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+                        ASSERT_TRUE(guard != MAP_FAILED);
+                        ASSERT_EQ(ap_unwind_capture_general(g, 8, 0, 0, pc,
+                                                            (uint64_t)(uintptr_t)guard + 64, 0),
+                                  1);
+                        munmap(guard, 8192);
+                } else {
+                        fprintf(stderr,
+                                "process_vm_readv not allowed here: guard page case skipped\n");
+                }
+        }
 
         /* Unknown stack top: nothing is attempted. */
         uint64_t out[8];
