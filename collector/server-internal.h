@@ -30,6 +30,7 @@
 /* How long to sleep before the next drain round, in ms, given the most bytes one ring
  * took (backlog) in the since_ns before this round (server.c). */
 int ap_drain_wait_ms(uint64_t backlog, uint64_t since_ns);
+int ap_idle_wait_ms(unsigned idle_rounds);
 
 struct pending {
         int fd;
@@ -73,7 +74,8 @@ struct ap_collector {
         size_t nprocs, procs_cap;
         struct pollfd *pfds;
         size_t pfds_cap;
-        int drain_wait_ms;      /* the longest poll before the next round; -1: no data moved */
+        int drain_wait_ms;      /* the longest poll before the next round; -1: no limit */
+        unsigned idle_rounds;   /* rounds in a row that moved nothing (ap_idle_wait_ms) */
         uint64_t last_round_ns; /* when the last round drained (CLOCK_MONOTONIC) */
         ap_collector_accept_fn accept;
         void *accept_userdata;

@@ -836,6 +836,12 @@ static void test_drain_wait(void)
         ASSERT_EQ(ap_drain_wait_ms(2 * eighth, 4 * ms), 2);
         ASSERT_EQ(ap_drain_wait_ms(eighth / 4, 2 * ms), 8);
         ASSERT_EQ(ap_drain_wait_ms(3 * eighth, 1 * ms), 1); /* a third of a ms: at least 1 */
+        /* Rounds that moved nothing back off from 1 ms, so that a program that starts
+         * allocating right after registering finds its ring drained within a few ms. */
+        static const int idle[] = {1, 2, 4, 8, 16, AP_DRAIN_WAIT_MAX_MS, AP_DRAIN_WAIT_MAX_MS};
+        for (unsigned k = 0; k < sizeof(idle) / sizeof(idle[0]); k++)
+                ASSERT_EQ(ap_idle_wait_ms(k), idle[k]);
+        ASSERT_EQ(ap_idle_wait_ms(1000), AP_DRAIN_WAIT_MAX_MS);
 }
 
 int main(void)
