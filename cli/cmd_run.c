@@ -107,8 +107,21 @@ static void usage(FILE *out)
 static int check_output_dir(const char *path)
 {
         struct stat pst;
-        if (stat(path, &pst) == 0 && S_ISDIR(pst.st_mode))
+        bool exists = path[0] != '\0' && stat(path, &pst) == 0;
+        if (path[0] == '\0')
+                return -ENOENT;
+        if (exists && S_ISDIR(pst.st_mode))
                 return -EISDIR;
+        if (exists && !S_ISREG(pst.st_mode)) {
+                /* A device (/dev/null) or a FIFO: the profile is written into it. */
+                if (S_ISFIFO(pst.st_mode))
+                        return access(path, W_OK) < 0 ? -errno : 0;
+                int fd = open(path, O_WRONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+                if (fd < 0)
+                        return -errno;
+                close(fd);
+                return 0;
+        }
         char *copy = strdup(path);
         if (copy == NULL)
                 return -ENOMEM;
@@ -128,6 +141,10 @@ static int check_output_dir(const char *path)
                 r = -ENOTDIR;
         else if (access(dir, W_OK | X_OK) < 0)
                 r = -errno;
+        /* In a sticky directory (/tmp) only its owner or the file's may replace a file. */
+        else if (exists && (st.st_mode & S_ISVTX) && geteuid() != 0 && pst.st_uid != geteuid() &&
+                 st.st_uid != geteuid())
+                r = -EPERM;
         char *probe =
                 r == 0 ? ap_asprintf("%s/.allocprof.tmp.%ld.probe", dir, (long)getpid()) : NULL;
         if (r == 0 && probe == NULL)
@@ -595,6 +612,10 @@ int ap_cmd_run(int argc, char **argv)
         while ((c = getopt_long(argc, argv, "+o:qs:u:h", opts, NULL)) != -1) {
                 switch (c) {
                 case 'o':
+                        if (optarg[0] == '\0') {
+                                fprintf(stderr, "allocprof: -o: the file name is empty\n");
+                                return 2;
+                        }
                         output = optarg;
                         break;
                 case 'q':

@@ -1196,6 +1196,20 @@ int ap_profile_write(const struct ap_profile *p, const char *path)
 
         if (!p || !path)
                 return -EINVAL;
+        /* Something there that is not a file (/dev/null, a FIFO, a terminal): write into
+         * it.  Renaming over it would replace a device node with a file. */
+        struct stat st;
+        if (stat(path, &st) == 0 && !S_ISREG(st.st_mode)) {
+                if (S_ISDIR(st.st_mode))
+                        return -EISDIR;
+                int fd = open(path, O_WRONLY | O_CLOEXEC | O_NOCTTY);
+                if (fd < 0)
+                        return -errno;
+                r = ap_profile_write_fd(p, fd);
+                if (close(fd) < 0 && r == 0)
+                        r = -errno;
+                return r;
+        }
         r = validate_for_write(p);
         if (r < 0)
                 return r;

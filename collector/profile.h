@@ -109,7 +109,8 @@ void ap_profile_free(struct ap_profile *p);
 uint32_t ap_profile_intern(struct ap_profile *p, const char *s);
 
 /* Writes the profile to `path` atomically (temporary file in the same directory, then
- * rename), mode 0600.  Returns 0 or -errno. */
+ * rename), mode 0600; if `path` is something else than a file or a directory (a device
+ * such as /dev/null, a FIFO), into it.  Returns 0 or -errno. */
 int ap_profile_write(const struct ap_profile *p, const char *path);
 
 /* Writes the profile to the open file `fd` at its current offset (a memfd handed over a

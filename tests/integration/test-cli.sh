@@ -192,6 +192,30 @@ mkdir od-dir
 "$AP" run -q -o od-dir -- sh -c 'touch od-ran' 2>od3.err
 check_eq "-o names a directory: exit, program not started" "1 no" "$? $([ -e od-ran ] && echo yes || echo no)"
 check_contains "-o names a directory: message" od3.err "cannot write the profile od-dir: Is a directory"
+"$AP" run -q -o "" -- sh -c 'touch od-ran' 2>od4.err
+check_eq "-o with an empty name: usage error, program not started" "2 no" "$? $([ -e od-ran ] && echo yes || echo no)"
+# A device or a FIFO named by -o is written into, never replaced by a file.
+mkfifo od-fifo
+(cat od-fifo >od-fifo.out &)
+"$AP" run -q -o od-fifo -- true
+check_eq "-o FIFO: exit, still a FIFO, the profile came through it" "0 yes 1" \
+        "$? $([ -p od-fifo ] && echo yes || echo no) $(sleep 0.3; "$AP" report --json od-fifo.out | python3 -c 'import json,sys; print(json.load(sys.stdin)["totals"]["allocations"] >= 0 and 1)')"
+"$AP" run -q -o /dev/null -- true
+check_eq "-o /dev/null: exit, still a character device" "0 yes" "$? $([ -c /dev/null ] && echo yes || echo no)"
+if [ -c /dev/full ]; then
+        "$AP" run -q -o /dev/full -- true 2>full.err
+        check_eq "-o /dev/full: the write fails, exit 1, still a device" "1 yes" "$? $([ -c /dev/full ] && echo yes || echo no)"
+        check_contains "-o /dev/full: message" full.err "cannot write profile /dev/full: No space left on device"
+fi
+# Another user's file in a sticky directory cannot be replaced: found before the run.
+if [ "$(id -u)" = 0 ] && [ -k /tmp ] && su nobody -s /bin/sh -c "test -x '$AP'" 2>/dev/null; then
+        sticky=$(mktemp /tmp/allocprof-sticky.XXXXXX) && chmod 644 "$sticky"
+        out=$(su nobody -s /bin/sh -c "cd /tmp && '$AP' run -q -o '$sticky' -- echo RAN; echo rc=\$?" 2>&1)
+        rm -f "$sticky"
+        check_eq "another user's file in /tmp: refused before the run" \
+                "allocprof: cannot write the profile $sticky: Operation not permitted rc=1" \
+                "$(echo $out)"
+fi
 if [ -d /proc/self ]; then
         "$AP" run -q -o /proc/x.approf -- sh -c 'touch od-ran' 2>/dev/null
         check_eq "-o in /proc (passes access(2) as root): exit, program not started" "1 no" \
