@@ -446,16 +446,21 @@ static __attribute__((noinline)) uint32_t capture_fp(uint64_t *out)
 {
         const uintptr_t *fp = __builtin_frame_address(0);
         uintptr_t top = ap_tls.stack_hi ? ap_tls.stack_hi : UINTPTR_MAX;
+        /* From here to the top of the thread's stack is live; anything else (a coroutine's
+         * stack, a sigaltstack, an rbp that holds something else) is read only once a
+         * system call has said it can be. */
+        struct ap_unwind_reader rd = {0};
+        if ((uintptr_t)fp >= ap_tls.stack_lo && (uintptr_t)fp < ap_tls.stack_hi)
+                rd.lo = (uintptr_t)fp, rd.hi = ap_tls.stack_hi;
         uint32_t depth = 0;
         bool ours = true;
         /* The module of the last frame: most frames are in the same one as the frame
          * before, and one compare then replaces a search of the module list. */
         uint64_t mlo = 0, mhi = 0;
         for (int i = 0; i < CAPTURE_MAX && depth < AP_MAX_FRAMES; i++) {
-                if ((uintptr_t)(fp + 2) > top)
-                        break;
-                uintptr_t next = fp[0], ret = fp[1];
-                if (ret == 0)
+                uint64_t next, ret;
+                if ((uintptr_t)(fp + 2) > top || !ap_unwind_read_word(&rd, (uintptr_t)fp, &next) ||
+                    !ap_unwind_read_word(&rd, (uintptr_t)(fp + 1), &ret) || ret == 0)
                         break;
                 if (ours && ap_is_agent_addr(ret)) {
                         /* still inside the agent */

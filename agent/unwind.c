@@ -15,6 +15,51 @@
 #include "allocprof/clock.h"
 #include "unwind.h"
 
+/* ---- checked reads (unwind.h) ---------------------------------------------------------- */
+
+#define PAGE_4K 4096ull
+
+/* [addr, addr + 8) inside [lo, hi); unsigned differences, so no bound can wrap. */
+static inline bool in_range(uint64_t addr, uint64_t lo, uint64_t hi)
+{
+        return hi > lo && hi - lo >= 8 && addr - lo <= hi - lo - 8;
+}
+
+/* The word at addr, if it can be read.  Outside the known ranges: process_vm_readv(2) on
+ * ourselves reads it or says EFAULT (unmapped, or mapped without read permission, like a
+ * guard page); where seccomp forbids that call (containers without CAP_SYS_PTRACE),
+ * mincore(2) tells at least that the page is mapped. */
+bool ap_unwind_read_word(struct ap_unwind_reader *r, uint64_t addr, uint64_t *val)
+{
+        if (addr & 7)
+                return false;
+        if (in_range(addr, r->lo, r->hi) || in_range(addr, r->ok_lo, r->ok_hi)) {
+                *val = *(const uint64_t *)(uintptr_t)addr;
+                return true;
+        }
+        uint64_t page = addr & ~(PAGE_4K - 1); /* 8-byte aligned: within one page */
+        if (page == 0)
+                return false;
+        uint64_t v;
+        struct iovec local = {&v, sizeof(v)}, remote = {(void *)(uintptr_t)addr, sizeof(v)};
+        ssize_t n = process_vm_readv(getpid(), &local, 1, &remote, 1, 0);
+        if (n != (ssize_t)sizeof(v)) {
+                unsigned char vec;
+                if (n >= 0 || errno == EFAULT ||
+                    mincore((void *)(uintptr_t)page, PAGE_4K, &vec) != 0)
+                        return false;
+                v = *(const uint64_t *)(uintptr_t)addr;
+        }
+        if (r->ok_hi > r->ok_lo && page == r->ok_hi)
+                r->ok_hi = page + PAGE_4K;
+        else if (r->ok_hi > r->ok_lo && page + PAGE_4K == r->ok_lo)
+                r->ok_lo = page;
+        else
+                r->ok_lo = page, r->ok_hi = page + PAGE_4K;
+        *val = v;
+        return true;
+}
+
 #if defined(__x86_64__)
 
 /* ---- modules --------------------------------------------------------------------------
@@ -939,58 +984,11 @@ __attribute__((noinline)) int ap_unwind_capture_general_here(uint64_t *out, int 
  * whose rule the cache cannot hold.  Rules come from the same cache.  Reads inside the
  * live part of the thread's stack (from where the unwind starts to its top) are safe
  * as they are; any other address is read through a system call first, once per new
- * page (read_word).  (Not libunwind: its own memory check keeps a pipe open in
+ * page (ap_unwind_read_word).  (Not libunwind: its own memory check keeps a pipe open in
  * the program, two descriptors the program can close and reuse, and it then reads and
  * writes whatever they have become.)  A frame without a rule ends the stack, after one
  * frame-pointer step if that leads back into code with unwind tables (JIT code that
  * keeps frame pointers). */
-struct reader {
-        uint64_t lo, hi;       /* live part of the thread's stack; empty if unknown */
-        uint64_t ok_lo, ok_hi; /* pages found readable */
-};
-
-#define PAGE_4K 4096ull
-
-static inline bool in_range(uint64_t addr, uint64_t lo, uint64_t hi)
-{
-        return hi > lo && addr >= lo && hi - addr >= 8;
-}
-
-/* The word at addr, if it can be read.  Outside the known ranges: process_vm_readv(2) on
- * ourselves reads it or says EFAULT (unmapped, or mapped without read permission, like a
- * guard page); where seccomp forbids that call (containers without CAP_SYS_PTRACE),
- * mincore(2) tells at least that the page is mapped. */
-static bool read_word(struct reader *r, uint64_t addr, uint64_t *val)
-{
-        if (addr & 7)
-                return false;
-        if (in_range(addr, r->lo, r->hi) || in_range(addr, r->ok_lo, r->ok_hi)) {
-                *val = *(const uint64_t *)(uintptr_t)addr;
-                return true;
-        }
-        uint64_t page = addr & ~(PAGE_4K - 1); /* 8-byte aligned: within one page */
-        if (page == 0)
-                return false;
-        uint64_t v;
-        struct iovec local = {&v, sizeof(v)}, remote = {(void *)(uintptr_t)addr, sizeof(v)};
-        ssize_t n = process_vm_readv(getpid(), &local, 1, &remote, 1, 0);
-        if (n != (ssize_t)sizeof(v)) {
-                unsigned char vec;
-                if (n >= 0 || errno == EFAULT ||
-                    mincore((void *)(uintptr_t)page, PAGE_4K, &vec) != 0)
-                        return false;
-                v = *(const uint64_t *)(uintptr_t)addr;
-        }
-        if (r->ok_hi > r->ok_lo && page == r->ok_hi)
-                r->ok_hi = page + PAGE_4K;
-        else if (r->ok_hi > r->ok_lo && page + PAGE_4K == r->ok_lo)
-                r->ok_lo = page;
-        else
-                r->ok_lo = page, r->ok_hi = page + PAGE_4K;
-        *val = v;
-        return true;
-}
-
 static uint64_t general_rule(uint64_t at)
 {
         if (g_rules != NULL)
@@ -1009,7 +1007,7 @@ static uint64_t general_rule(uint64_t at)
 int ap_unwind_capture_general(uint64_t *out, int max, uint64_t stack_lo, uint64_t stack_hi,
                               uint64_t pc, uint64_t sp, uint64_t fp)
 {
-        struct reader rd = {0}; /* empty ranges: lo == hi */
+        struct ap_unwind_reader rd = {0}; /* empty ranges: lo == hi */
         if (sp >= stack_lo && sp < stack_hi)
                 rd.lo = sp, rd.hi = stack_hi;
         bool exact = false; /* pc is where a signal struck, not a return address */
@@ -1019,9 +1017,9 @@ int ap_unwind_capture_general(uint64_t *out, int max, uint64_t stack_lo, uint64_
                 uint64_t r = general_rule(exact ? pc : pc - 1), next;
                 if ((r & ((1ull << R_TAG_SHIFT) - 1)) == R_SIGNAL) {
                         uint64_t nsp, nfp;
-                        if (!read_word(&rd, sp + UC_RIP, &next) ||
-                            !read_word(&rd, sp + UC_RSP, &nsp) ||
-                            !read_word(&rd, sp + UC_RBP, &nfp))
+                        if (!ap_unwind_read_word(&rd, sp + UC_RIP, &next) ||
+                            !ap_unwind_read_word(&rd, sp + UC_RSP, &nsp) ||
+                            !ap_unwind_read_word(&rd, sp + UC_RBP, &nfp))
                                 break;
                         pc = next, sp = nsp, fp = nfp, exact = true;
                         continue;
@@ -1033,8 +1031,9 @@ int ap_unwind_capture_general(uint64_t *out, int max, uint64_t stack_lo, uint64_
                         /* No rule: one frame-pointer step, if it lands in code we can go on
                          * unwinding (else the stack ends here). */
                         uint64_t nfp;
-                        if (fp < sp || fp - sp > (1u << 20) || !read_word(&rd, fp, &nfp) ||
-                            !read_word(&rd, fp + 8, &next) || next == 0)
+                        if (fp < sp || fp - sp > (1u << 20) ||
+                            !ap_unwind_read_word(&rd, fp, &nfp) ||
+                            !ap_unwind_read_word(&rd, fp + 8, &next) || next == 0)
                                 break;
                         uint64_t nr = general_rule(next - 1);
                         if ((nr & R_END) == 0 && ((nr >> R_OFF_SHIFT) & R_OFF_MAX) == 0)
@@ -1043,11 +1042,11 @@ int ap_unwind_capture_general(uint64_t *out, int max, uint64_t stack_lo, uint64_
                         continue;
                 }
                 uint64_t cfa = ((r & R_CFA_RBP) ? fp : sp) + off;
-                if (cfa <= sp || !read_word(&rd, cfa - 8, &next))
+                if (cfa <= sp || !ap_unwind_read_word(&rd, cfa - 8, &next))
                         break;
                 if (r & R_RBP_SAVED) {
                         int64_t k = (int64_t)(r << (64 - R_SLOT_SHIFT - 10)) >> (64 - 10);
-                        if (!read_word(&rd, cfa + (uint64_t)(k * 8), &fp))
+                        if (!ap_unwind_read_word(&rd, cfa + (uint64_t)(k * 8), &fp))
                                 break;
                 }
                 sp = cfa, pc = next, exact = false;

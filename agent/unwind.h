@@ -47,6 +47,17 @@ int ap_unwind_capture_from(uint64_t *out, int max, uint64_t stack_hi, uint64_t p
 int ap_unwind_capture_general(uint64_t *out, int max, uint64_t stack_lo, uint64_t stack_hi,
                               uint64_t pc, uint64_t sp, uint64_t fp);
 
+/* Reads of stack memory that may not be there: inside [lo, hi) (the live part of the
+ * thread's stack) directly, elsewhere through a system call first, once per page, whose
+ * success widens [ok_lo, ok_hi).  Zero-initialized: nothing known. */
+struct ap_unwind_reader {
+        uint64_t lo, hi;
+        uint64_t ok_lo, ok_hi;
+};
+
+/* The 8-byte word at addr into *val; false if it cannot be read (or addr is unaligned). */
+bool ap_unwind_read_word(struct ap_unwind_reader *r, uint64_t addr, uint64_t *val);
+
 /* The same from its caller's frame (for the tests; out[0] is inside this function). */
 int ap_unwind_capture_general_here(uint64_t *out, int max, uint64_t stack_lo, uint64_t stack_hi);
 

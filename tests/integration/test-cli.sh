@@ -441,6 +441,82 @@ if cc -O2 -g -shared -fPIC -o libfdlib.so fdlib.c 2>/dev/null &&
         check_eq "code without unwind tables: 3 allocations, unwound on to main" "3 main" \
                 "$(json_of fdjit.approf '" ".join(str(x) for x in [(s["allocations"], s["frames"][1]["function"]) for s in d["sites"] if s["frames"][0]["module"] is None][0])')"
 fi
+# JIT-like code that keeps garbage in rbp (an address in a PROT_NONE region right above
+# the stack, as a coroutine's or a thread's given stack may have) and calls code that
+# allocates: the unwinders must not read there (they did: SIGSEGV in dwarf and fp mode).
+cat >guarded.c <<'EOF_C'
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <ucontext.h>
+static void *volatile keep;
+__attribute__((noinline)) void helper(size_t n)
+{
+        keep = malloc(n);
+        free(keep);
+}
+static void (*jit)(void);
+static ucontext_t main_ctx, co_ctx;
+static void run(void)
+{
+        for (int i = 0; i < 10; i++)
+                jit();
+}
+static void *thread_main(void *arg)
+{
+        (void)arg;
+        run();
+        return NULL;
+}
+int main(int argc, char **argv)
+{
+        size_t size = 65536;
+        char *stack = mmap(NULL, 2 * size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        mprotect(stack + size, size, PROT_NONE);
+        /* push rbp; movabs $bad,rbp; mov $64,edi; movabs $helper,rax; call *rax; pop rbp; ret */
+        unsigned char code[] = {0x55, 0x48, 0xbd, 0, 0, 0, 0, 0, 0, 0, 0, 0xbf, 64, 0, 0, 0,
+                                0x48, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xd0, 0x5d, 0xc3};
+        uint64_t bad = (uint64_t)(uintptr_t)(stack + size + 256);
+        void *target = (void *)helper;
+        memcpy(code + 3, &bad, 8);
+        memcpy(code + 18, &target, 8);
+        unsigned char *m = mmap(NULL, 4096, PROT_READ | PROT_WRITE | PROT_EXEC,
+                                MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        memcpy(m, code, sizeof(code));
+        jit = (void (*)(void))m;
+        if (argc > 1 && strcmp(argv[1], "thread") == 0) {
+                pthread_attr_t a;
+                pthread_t t;
+                pthread_attr_init(&a);
+                pthread_attr_setstack(&a, stack, size);
+                pthread_create(&t, &a, thread_main, NULL);
+                pthread_join(t, NULL);
+        } else {
+                getcontext(&co_ctx);
+                co_ctx.uc_stack.ss_sp = stack;
+                co_ctx.uc_stack.ss_size = size;
+                co_ctx.uc_link = &main_ctx;
+                makecontext(&co_ctx, run, 0);
+                swapcontext(&main_ctx, &co_ctx);
+        }
+        puts("done");
+        return 0;
+}
+EOF_C
+if cc -O2 -o guarded guarded.c -pthread 2>/dev/null; then
+        for how in thread coroutine; do
+                for m in dwarf fp; do
+                        "$AP" run -q --unwind $m -o guarded.approf -- ./guarded $how >guarded.out 2>&1
+                        check_eq "garbage rbp next to a guard page ($how, $m): exit, output" "0 done" \
+                                "$? $(cat guarded.out)"
+                done
+        done
+        check_eq "garbage rbp: the allocations recorded" 10 \
+                "$(json_of guarded.approf 'sum(s["allocations"] for s in d["sites"] if s["frames"][0]["function"] == "helper")')"
+fi
 # --- more distinct stacks than the agent's first-level index holds (65,536 cells) ------
 cat >stacks.c <<'EOF_C'
 #include <stdlib.h>

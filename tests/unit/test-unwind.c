@@ -374,6 +374,29 @@ int main(void)
         raise_from(5);
         ASSERT_EQ(general_signal, 2); /* both handed back by the fast unwinder */
 
+        /* Checked reads: [PROT_NONE][readable page, the known range][PROT_NONE]. */
+        {
+                char *m = mmap(NULL, 3 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                               -1, 0);
+                ASSERT_TRUE(m != MAP_FAILED);
+                ASSERT_EQ(mprotect(m, 4096, PROT_NONE), 0);
+                ASSERT_EQ(mprotect(m + 2 * 4096, 4096, PROT_NONE), 0);
+                uint64_t mid = (uint64_t)(uintptr_t)(m + 4096), w = 0;
+                memset(m + 4096, 0x5a, 4096);
+                struct ap_unwind_reader rd = {.lo = mid, .hi = mid + 4096};
+                ASSERT_TRUE(ap_unwind_read_word(&rd, mid, &w) && w == 0x5a5a5a5a5a5a5a5aull);
+                ASSERT_TRUE(ap_unwind_read_word(&rd, mid + 4088, &w));
+                ASSERT_TRUE(!ap_unwind_read_word(&rd, mid + 3, &w));    /* unaligned */
+                ASSERT_TRUE(!ap_unwind_read_word(&rd, mid + 4096, &w)); /* just above */
+                ASSERT_TRUE(!ap_unwind_read_word(&rd, mid + 4352, &w));
+                ASSERT_TRUE(!ap_unwind_read_word(&rd, mid - 8, &w)); /* just below */
+                struct ap_unwind_reader none = {0};
+                ASSERT_TRUE(ap_unwind_read_word(&none, mid + 8, &w) && w == 0x5a5a5a5a5a5a5a5aull);
+                ASSERT_TRUE(none.ok_lo == mid && none.ok_hi == mid + 4096); /* remembered */
+                ASSERT_TRUE(!ap_unwind_read_word(&none, mid + 4096, &w));
+                munmap(m, 3 * 4096);
+        }
+
         /* The general unwinder on a stack pointer into memory it must not read: an
          * unmapped page, and a mapped one without permissions (a guard page).  It stops
          * after the first frame, without a fault. */
