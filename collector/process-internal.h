@@ -103,6 +103,9 @@ struct ap_process {
          * AP_LIVE_REUSED: the late free of the block before them is told from their own
          * by comparing full timestamps. */
         struct ap_map reused;
+        /* Thread ids seen (tid + 1 -> 1): a thread that takes a second slot (it freed
+         * something after its exit destructor gave its first back) counts once. */
+        struct ap_map tids;
 
         struct {
                 uint64_t allocations, bytes, frees, freed_bytes;

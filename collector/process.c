@@ -118,6 +118,7 @@ void ap_process_free(struct ap_process *p)
         free(p->stacks);
         ap_map_clear(&p->stack_by_hash);
         ap_map_clear(&p->reused);
+        ap_map_clear(&p->tids);
         if (p->stack_of_id != NULL)
                 munmap(p->stack_of_id, ID_LIMIT * sizeof(uint32_t));
         for (size_t i = 0; i < p->nmodules; i++)
@@ -165,6 +166,7 @@ struct ap_process *ap_process_snapshot(const struct ap_process *src)
         p->map_bytes = 0;
         p->stack_by_hash = (struct ap_map){0};
         p->reused = (struct ap_map){0};
+        p->tids = (struct ap_map){0};
         p->stack_of_id = NULL;
         p->live = (struct ap_live_table){0};
         p->new_used = NULL;
@@ -936,7 +938,10 @@ long ap_process_drain(struct ap_process *p, bool final)
                                 if (!sl->seen || tid != sl->tid) {
                                         sl->seen = true;
                                         sl->tid = tid;
-                                        p->threads++;
+                                        if (ap_map_get(&p->tids, (uint64_t)tid + 1) == NULL) {
+                                                (void)ap_map_put(&p->tids, (uint64_t)tid + 1, 1);
+                                                p->threads++;
+                                        }
                                 }
                                 active[nactive++] = i;
                         }

@@ -42,6 +42,7 @@ static struct ap_ring_ctl *claim_slot(uint32_t id, struct ap_producer *pr)
                                                          (uint64_t)id * AP_SLOT_STRIDE);
         uint32_t expected = AP_SLOT_FREE;
         ASSERT_TRUE(ap_cas_acq_rel(&ctl->xstate, &expected, AP_SLOT_OWNED));
+        ctl->tid = 1000 + id; /* a thread of its own for each slot (threads are counted by it) */
         ap_producer_attach(pr, ctl);
         return ctl;
 }
