@@ -156,30 +156,32 @@ static __attribute__((noinline, optimize("no-omit-frame-pointer"))) void fp_memo
         sink += p[0];
 }
 
-/* Both unwinders from the same place.  The cached one reports one frame more at the
- * start (inside ap_unwind_capture); from the return address into this function on, the
- * two lists must be equal. */
-static void check_general(const char *what, const uint64_t *g, int ng, const uint64_t *b, int nb)
+/* An unwinder's list x against libunwind's b, from the same place: x has one frame more
+ * at the start (inside the capture function); from the return address into the caller
+ * on, the two must be equal. */
+static void check_against(const char *what, const char *which, const uint64_t *x, int nx,
+                          const uint64_t *b, int nb)
 {
-        if (ng - 1 != nb) {
-                fprintf(stderr, "%s: general unwinder %d frames, libunwind %d\n", what, ng - 1, nb);
-                for (int i = 0; i < ng || i < nb; i++)
-                        fprintf(stderr, "  %#" PRIx64 "  %#" PRIx64 "\n", i + 1 < ng ? g[i + 1] : 0,
+        if (nx - 1 != nb) {
+                fprintf(stderr, "%s: %s unwinder %d frames, libunwind %d\n", what, which, nx - 1,
+                        nb);
+                for (int i = 0; i < nx || i < nb; i++)
+                        fprintf(stderr, "  %#" PRIx64 "  %#" PRIx64 "\n", i + 1 < nx ? x[i + 1] : 0,
                                 i < nb ? b[i] : 0);
                 exit(1);
         }
-        for (int i = 2; i < ng; i++) {
-                if (g[i] != b[i - 1]) {
+        for (int i = 2; i < nx; i++) {
+                if (x[i] != b[i - 1]) {
                         fprintf(stderr,
-                                "%s: general unwinder frame %d: %#" PRIx64 ", libunwind %#" PRIx64
-                                "\n",
-                                what, i - 1, g[i], b[i - 1]);
+                                "%s: %s unwinder frame %d: %#" PRIx64 ", libunwind %#" PRIx64 "\n",
+                                what, which, i - 1, x[i], b[i - 1]);
                         exit(1);
                 }
         }
-        general_checked++;
 }
 
+/* The cached unwinder, the general one (with and without the stack's bounds) and
+ * libunwind from the same place. */
 static __attribute__((noinline)) void compare_here(const char *what)
 {
         uint64_t a[64], b[64], g[64], u[64];
@@ -190,27 +192,14 @@ static __attribute__((noinline)) void compare_here(const char *what)
         int nu = ap_unwind_capture_general_here(u, 64, 0, 0); /* bounds unknown */
         for (int i = 0; i < nb; i++)
                 b[i] = (uint64_t)(uintptr_t)raw[i];
-        check_general(what, g, ng, b, nb);
-        check_general(what, u, nu, b, nb);
+        check_against(what, "general", g, ng, b, nb);
+        check_against(what, "general (no bounds)", u, nu, b, nb);
+        general_checked += 2;
         if (na < 0) {
                 handed_back++;
                 return;
         }
-        /* The first frame of each is inside this function, at two different calls. */
-        if (na - 1 != nb) {
-                fprintf(stderr, "%s: %d frames, libunwind %d\n", what, na - 1, nb);
-                for (int i = 0; i < na || i < nb; i++)
-                        fprintf(stderr, "  %#" PRIx64 "  %#" PRIx64 "\n", i + 1 < na ? a[i + 1] : 0,
-                                i < nb ? b[i] : 0);
-                exit(1);
-        }
-        for (int i = 2; i < na; i++) {
-                if (a[i] != b[i - 1]) {
-                        fprintf(stderr, "%s: frame %d: %#" PRIx64 ", libunwind %#" PRIx64 "\n",
-                                what, i - 1, a[i], b[i - 1]);
-                        exit(1);
-                }
-        }
+        check_against(what, "cached", a, na, b, nb);
         /* Again, now from the cache: the same list (past this function's own frame). */
         uint64_t c[64];
         int nc = ap_unwind_capture(c, 64, t_stack_hi);
