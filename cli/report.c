@@ -1151,7 +1151,7 @@ static void put_hints(const struct out *o, const struct ap_profile *p,
                 say(o, "    %s allocations averaging %s, ", fmt_count(s->allocations).s,
                     fmt_size(s->bytes / s->allocations).s);
                 if (temporary)
-                        say(o, "%s of them freed before their thread's\n    next allocation",
+                        say(o, "%s of them freed before the next\n    allocation",
                             fmt_percent(s->temporary, s->allocations).s);
                 else
                         say(o, "and never more than %s live at\n    once",
