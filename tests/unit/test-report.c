@@ -841,17 +841,16 @@ static void test_text(void)
                 "  4-8 MiB                   1    <0.1%    4.00 MiB  #\n");
 
         ASSERT_CONTAINS(
-                t,
-                "\nHints\n"
-                "  * make_node (src/tree.c:42)\n"
-                "    50,000 allocations averaging 32 B, 90.0% of them freed before their thread's\n"
-                "    next allocation: consider a pool/arena allocator or a stack buffer.\n"
-                "  * strbuf_append (src/strbuf.c:58)\n"
-                "    2,300 reallocs (95.8% of this site's calls) grow a buffer step by step:\n"
-                "    reserve the capacity up front, or grow it geometrically.\n"
-                "  * load_config (src/config.c:88)\n"
-                "    leaks 4.00 MiB in 1 block (71.4% of the peak heap):\n"
-                "    free it, or make sure it is meant to live until exit.\n");
+                t, "\nHints\n"
+                   "  * make_node (src/tree.c:42)\n"
+                   "    50,000 allocations averaging 32 B, 90.0% of them freed before the next\n"
+                   "    allocation: consider a pool/arena allocator or a stack buffer.\n"
+                   "  * strbuf_append (src/strbuf.c:58)\n"
+                   "    2,300 reallocs (95.8% of this site's calls) grow a buffer step by step:\n"
+                   "    reserve the capacity up front, or grow it geometrically.\n"
+                   "  * load_config (src/config.c:88)\n"
+                   "    leaks 4.00 MiB in 1 block (71.4% of the peak heap):\n"
+                   "    free it, or make sure it is meant to live until exit.\n");
         ASSERT_NOT_CONTAINS(t, "heap churn");
         free(t);
 
