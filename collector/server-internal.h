@@ -31,6 +31,8 @@
  * took (backlog) in the since_ns before this round (server.c). */
 int ap_drain_wait_ms(uint64_t backlog, uint64_t since_ns);
 int ap_idle_wait_ms(unsigned idle_rounds);
+int ap_next_wait_ms(int last_ms, bool moved, uint64_t backlog, uint64_t since_ns,
+                    unsigned *idle_rounds, bool have_procs);
 
 struct pending {
         int fd;

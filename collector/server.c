@@ -300,6 +300,7 @@ static bool register_process(struct ap_collector *c, int memfd, pid_t pid, uid_t
         int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
         uint64_t start = pidfd < 0 && errno != ESRCH ? proc_start_time(pid) : 0;
         c->idle_rounds = 0; /* a new program: look at its ring again soon */
+        c->drain_wait_ms = 1;
         c->procs[c->nprocs++] = (struct tracked){.p = p,
                                                  .pidfd = pidfd,
                                                  .proc_start = start,
@@ -405,6 +406,30 @@ int ap_idle_wait_ms(unsigned idle_rounds)
 {
         int ms = idle_rounds < 5 ? 1 << idle_rounds : AP_DRAIN_WAIT_MAX_MS;
         return ms < AP_DRAIN_WAIT_MAX_MS ? ms : AP_DRAIN_WAIT_MAX_MS;
+}
+
+/* The sleep after a round (-1: none of our own, the caller's timeout), from the last one:
+ * after a round that moved records, what the busiest ring's fill rate allows
+ * (ap_drain_wait_ms) but at most twice the last sleep: a rate measured over a quiet spell
+ * (a program's first records, then nothing while it starts up) says little about the
+ * burst that may follow (sqlite3 waited 4-15 ms of a 46 ms run behind the 25 ms sleep
+ * its start-up records had earned).  After a round that moved nothing, the idle back-off
+ * (ap_idle_wait_ms), while processes are registered. */
+int ap_next_wait_ms(int last_ms, bool moved, uint64_t backlog, uint64_t since_ns,
+                    unsigned *idle_rounds, bool have_procs)
+{
+        if (moved) {
+                *idle_rounds = 0;
+                int w = ap_drain_wait_ms(backlog, since_ns);
+                int ramp = last_ms > 0 ? 2 * last_ms : 1;
+                return w < ramp ? w : ramp;
+        }
+        if (!have_procs)
+                return -1;
+        int w = ap_idle_wait_ms(*idle_rounds);
+        if (*idle_rounds < 5)
+                ++*idle_rounds;
+        return w;
 }
 
 int ap_collector_step(struct ap_collector *c, int timeout_ms, int extra_fd)
@@ -515,16 +540,8 @@ int ap_collector_step(struct ap_collector *c, int timeout_ms, int extra_fd)
                         ap_process_take_new_modules(c->procs[i].p, warm_module, c->warmer);
                 ap_process_take_new_addrs(c->procs[i].p, c->warmer ? warm_addrs : NULL, c->warmer);
         }
-        if (moved > 0) {
-                c->drain_wait_ms = ap_drain_wait_ms(backlog, now - c->last_round_ns);
-                c->idle_rounds = 0;
-        } else if (c->nprocs > 0) {
-                c->drain_wait_ms = ap_idle_wait_ms(c->idle_rounds);
-                if (c->idle_rounds < 5)
-                        c->idle_rounds++;
-        } else {
-                c->drain_wait_ms = -1;
-        }
+        c->drain_wait_ms = ap_next_wait_ms(c->drain_wait_ms, moved > 0, backlog,
+                                           now - c->last_round_ns, &c->idle_rounds, c->nprocs > 0);
         c->last_round_ns = now;
         for (size_t i = c->nprocs; i-- > 0;)
                 if (c->procs[i].ended)

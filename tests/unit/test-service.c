@@ -842,6 +842,22 @@ static void test_drain_wait(void)
         for (unsigned k = 0; k < sizeof(idle) / sizeof(idle[0]); k++)
                 ASSERT_EQ(ap_idle_wait_ms(k), idle[k]);
         ASSERT_EQ(ap_idle_wait_ms(1000), AP_DRAIN_WAIT_MAX_MS);
+        /* From a registration (last sleep 1 ms): a trickle of start-up records earns the
+         * longest sleep by its rate, but each sleep is at most twice the last. */
+        unsigned idle_rounds = 3;
+        int w = 1;
+        static const int ramp[] = {2, 4, 8, 16, AP_DRAIN_WAIT_MAX_MS, AP_DRAIN_WAIT_MAX_MS};
+        for (unsigned k = 0; k < sizeof(ramp) / sizeof(ramp[0]); k++) {
+                w = ap_next_wait_ms(w, true, 4096, 10 * ms, &idle_rounds, true);
+                ASSERT_EQ(w, ramp[k]);
+                ASSERT_EQ(idle_rounds, 0);
+        }
+        ASSERT_EQ(ap_next_wait_ms(w, true, AP_RING_BYTES, 1 * ms, &idle_rounds, true),
+                  0);                                                           /* half full */
+        ASSERT_EQ(ap_next_wait_ms(0, false, 0, 1 * ms, &idle_rounds, true), 1); /* then idle */
+        ASSERT_EQ(ap_next_wait_ms(1, false, 0, 1 * ms, &idle_rounds, true), 2);
+        ASSERT_EQ(ap_next_wait_ms(2, false, 0, 1 * ms, &idle_rounds, false),
+                  -1); /* nobody registered */
 }
 
 int main(void)
