@@ -116,7 +116,7 @@ struct ap_process {
                 uint64_t invalid_records;
         } t;
         uint64_t peak_epoch;
-        bool sampled; /* sampled records were seen: figures are estimates */
+        bool sampled; /* sampled records were seen, or sampled mode: figures are estimates */
 
         uint64_t hist_count[AP_HIST_BUCKETS];
         uint64_t hist_bytes[AP_HIST_BUCKETS];

@@ -905,6 +905,10 @@ long ap_process_drain(struct ap_process *p, bool final)
 {
         struct ap_shm_header *h = p->hdr;
         ap_process_calibrate(p);
+        /* A process in sampled mode has estimates, sampled or not yet (the label only;
+         * a process that writes another mode there mislabels its own profile). */
+        if (ap_load_relaxed(&h->xmode) == AP_MODE_SAMPLED)
+                p->sampled = true;
         /* 1. Snapshot every ring's head.  Acquire pairs with the agent's release of xhead
          *    (B->C in wire.h): the records below the head are complete.  The slot count
          *    is read again afterwards: a thread that claimed a slot before another

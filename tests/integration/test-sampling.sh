@@ -97,6 +97,15 @@ if full["totals"]["allocations"] < 80000 or full["totals"]["leaked_blocks"] > 16
 sys.exit(1 if fails else 0)
 PY
 
+# A sampled run that took no sample is still a sampled run: its figures are estimates.
+echo "--- sampled, no sample taken"
+printf '#include <stdlib.h>\nint main(void){void *p = malloc(10); free(p); return 0;}\n' >tiny.c
+if cc -O2 -o tiny tiny.c; then
+        "$AP" run -q --sample 1M -o tiny.approf -- ./tiny && "$AP" report tiny.approf --json >tiny.json
+        python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); ok=(d["mode"], d["estimated"], d["sample_interval"]) == ("sampled", True, 1048576); print("mode", d["mode"], d["estimated"], d["sample_interval"]); sys.exit(0 if ok else 1)' tiny.json ||
+                { echo "FAIL: a sampled run without samples is labelled as exact"; rc=1; }
+fi
+
 # Temporary blocks (freed by their thread before it allocated anything else; frees of
 # other blocks in between do not matter): the collector cannot see them in sampled mode,
 # where it only gets the sampled allocations, so the agent tells.  Exact at --sample 1
