@@ -141,9 +141,10 @@ static int check_output_dir(const char *path)
                 r = -ENOTDIR;
         else if (access(dir, W_OK | X_OK) < 0)
                 r = -errno;
-        /* In a sticky directory (/tmp) only its owner or the file's may replace a file. */
-        else if (exists && (st.st_mode & S_ISVTX) && geteuid() != 0 && pst.st_uid != geteuid() &&
-                 st.st_uid != geteuid())
+        /* In a sticky directory (/tmp) only its owner or the entry's may replace an
+         * entry: the entry's own owner (lstat), a symlink's and not its target's. */
+        else if ((st.st_mode & S_ISVTX) && geteuid() != 0 && st.st_uid != geteuid() &&
+                 lstat(path, &pst) == 0 && pst.st_uid != geteuid())
                 r = -EPERM;
         char *probe =
                 r == 0 ? ap_asprintf("%s/.allocprof.tmp.%ld.probe", dir, (long)getpid()) : NULL;
@@ -902,7 +903,13 @@ int ap_cmd_run(int argc, char **argv)
                         path = strdup(output);
                 } else {
                         char *dir = outdir ? strdup(outdir) : NULL;
-                        if (dir == NULL && output != NULL && strchr(output, '/') != NULL) {
+                        /* Next to -o's file, unless -o is a device or a FIFO
+                         * (/dev/null): then here. */
+                        struct stat ost;
+                        bool special =
+                                output != NULL && stat(output, &ost) == 0 && !S_ISREG(ost.st_mode);
+                        if (dir == NULL && output != NULL && !special &&
+                            strchr(output, '/') != NULL) {
                                 dir = strdup(output);
                                 *strrchr(dir, '/') = '\0';
                         }

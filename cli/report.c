@@ -12,6 +12,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #define JSON_REPORT_SCHEMA_VERSION 1
@@ -1675,8 +1676,12 @@ void ap_report_summary(FILE *out, const struct ap_profile *p, const char *profil
         if (profile_path) {
                 say(&o, "allocprof: profile written to ");
                 put_str(&o, profile_path, 0);
-                say(&o, "\nallocprof: view it with: allocprof report ");
-                put_shell_word(&o, profile_path);
+                /* Into a device or a FIFO (-o /dev/null): there is nothing to view there. */
+                struct stat st;
+                if (stat(profile_path, &st) != 0 || S_ISREG(st.st_mode)) {
+                        say(&o, "\nallocprof: view it with: allocprof report ");
+                        put_shell_word(&o, profile_path);
+                }
                 say(&o, "\n");
         }
         if (mem != NULL && fclose(mem) == 0)

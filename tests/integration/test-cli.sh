@@ -234,8 +234,10 @@ mkfifo od-fifo
 "$AP" run -q -o od-fifo -- true
 check_eq "-o FIFO: exit, still a FIFO, the profile came through it" "0 yes 1" \
         "$? $([ -p od-fifo ] && echo yes || echo no) $(sleep 0.3; "$AP" report --json od-fifo.out | python3 -c 'import json,sys; print(json.load(sys.stdin)["totals"]["allocations"] >= 0 and 1)')"
-"$AP" run -q -o /dev/null -- true
+mkdir devnull && (cd devnull && "$AP" run -q -o /dev/null -- sh -c 'ls / >/dev/null; true')
 check_eq "-o /dev/null: exit, still a character device" "0 yes" "$? $([ -c /dev/null ] && echo yes || echo no)"
+check_eq "-o /dev/null: the children's profiles in the current directory, none in /dev" "1 0" \
+        "$(ls devnull/allocprof.ls.*.approf 2>/dev/null | wc -l) $(ls /dev/allocprof.* 2>/dev/null | wc -l)"
 if [ -c /dev/full ]; then
         "$AP" run -q -o /dev/full -- true 2>full.err
         check_eq "-o /dev/full: the write fails, exit 1, still a device" "1 yes" "$? $([ -c /dev/full ] && echo yes || echo no)"
