@@ -55,6 +55,7 @@ struct ap_thread {
          * allocated since (every allocation takes its size off): a temporary block. */
         uintptr_t temp_addr;
         int64_t temp_left;
+        uint64_t counted_gen;      /* ap_session_gen + 1 once counted in AP_CNT_SAMPLED_THREADS */
         int in_hook;               /* set while we run agent code */
         int own_alloc;             /* inside agent code that may allocate by itself */
         int unwound;               /* this thread's first unwind (which sets up libunwind's

@@ -76,6 +76,13 @@ static AP_SLOW void alloc_sampled(struct ap_thread *t, struct ap_shm_header *h, 
         int e = errno;
         t->in_hook = 1;
         uint64_t interval = ap_load_relaxed(&h->xsample_interval);
+        /* A thread's first allocation in sampled mode gets here (its countdown starts at
+         * 0): counted, for the report's thread total. */
+        uint64_t gen = ap_load_relaxed(&ap_session_gen) + 1;
+        if (t->counted_gen != gen) {
+                t->counted_gen = gen;
+                ap_count(AP_CNT_SAMPLED_THREADS, 1);
+        }
         if (!t->sampler_ready) {
                 ap_sampler_init(&t->sampler, interval, ap_sampler_seed());
                 t->sampler_ready = 1;

@@ -416,6 +416,8 @@ static void fork_child(void)
         ap_fetch_add_relaxed(&ap_session_gen, 1);
         ap_tls.ctl = NULL;
         ap_tls.nctl = NULL;
+        ap_tls.sampler_ready = 0; /* a stream of its own, from the first allocation */
+        ap_tls.sampler.left = 0;
         pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
         memcpy(&g_mod_lock, &fresh, sizeof(fresh));
         ap_store_relaxed(&g_init_state, INIT_UNTRIED);

@@ -545,7 +545,7 @@ int ap_process_finalize(struct ap_process *p, struct ap_symbolizer *sym, struct 
         prof->totals.untracked_samples = ap_load_relaxed(&h->xcounters[AP_CNT_SAMPLED_SET_FULL]);
         prof->totals.unmatched_frees = p->t.unmatched_frees;
         prof->totals.invalid_records = p->t.invalid_records;
-        prof->totals.threads = p->threads;
+        prof->totals.threads = ap_process_threads(p);
         for (int b = 0; b < AP_HIST_BUCKETS; b++)
                 prof->hist_count[b] = cnt(p->hist_count[b]);
         memcpy(prof->hist_bytes, p->hist_bytes, sizeof(prof->hist_bytes));

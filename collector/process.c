@@ -259,9 +259,14 @@ char **ap_process_command(const struct ap_process *p, int *argc)
         return p->argv;
 }
 
+/* Threads seen by their rings, or in sampled mode, where most threads never send a
+ * record, those the agent counted allocating (the larger). */
 uint32_t ap_process_threads(const struct ap_process *p)
 {
-        return p->threads;
+        uint64_t sampled = ap_load_relaxed(&p->hdr->xcounters[AP_CNT_SAMPLED_THREADS]);
+        if (sampled > UINT32_MAX)
+                sampled = UINT32_MAX;
+        return sampled > p->threads ? (uint32_t)sampled : p->threads;
 }
 
 pid_t ap_process_pid(const struct ap_process *p)

@@ -84,6 +84,8 @@ enum ap_counter {
         AP_CNT_MODULES_DROPPED,    /* module records that did not fit the log */
         AP_CNT_SAMPLED_SET_FULL,   /* sampled blocks not tracked: their frees are lost */
         AP_CNT_RING_WAIT_NS,       /* nanoseconds writers spent waiting for ring space */
+        AP_CNT_SAMPLED_THREADS,    /* threads that allocated in sampled mode (most never
+                                      sample, so the collector sees no ring of theirs) */
         AP_CNT__MAX = 16,
 };
 

@@ -97,6 +97,11 @@ if full["totals"]["allocations"] < 80000 or full["totals"]["leaked_blocks"] > 16
 sys.exit(1 if fails else 0)
 PY
 
+# Threads are counted in sampled mode too, though most never send a sample.
+"$AP" run -q --sample 1G -o lbig.approf -- "$LIVE_SET" >/dev/null && "$AP" report lbig.approf --json >lbig.json
+python3 -c 'import json,sys; a, b = (json.load(open(f))["totals"]["threads"] for f in sys.argv[1:]); print("threads: full", a, "--sample 1G", b); sys.exit(0 if a == b and a >= 5 else 1)' lfull.json lbig.json ||
+        { echo "FAIL: sampled mode counts threads differently"; rc=1; }
+
 # A sampled run that took no sample is still a sampled run: its figures are estimates.
 echo "--- sampled, no sample taken"
 printf '#include <stdlib.h>\nint main(void){void *p = malloc(10); free(p); return 0;}\n' >tiny.c
