@@ -936,7 +936,9 @@ int ap_cmd_run(int argc, char **argv)
                         written[nwritten++] = strdup(path);
                 if (r < 0) {
                         fprintf(stderr, "allocprof: cannot write profile %s: %s\n",
-                                path ? path : "", strerror(-r));
+                                path ? path : "",
+                                r == -ENXIO ? "no process opened the FIFO to read it within 10 s"
+                                            : strerror(-r));
                         if (ret == 0)
                                 ret = 1;
                 } else if (!quiet && (e == main_img || rs.nended == 1)) {

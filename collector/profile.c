@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -1202,9 +1203,21 @@ int ap_profile_write(const struct ap_profile *p, const char *path)
         if (stat(path, &st) == 0 && !S_ISREG(st.st_mode)) {
                 if (S_ISDIR(st.st_mode))
                         return -EISDIR;
-                int fd = open(path, O_WRONLY | O_CLOEXEC | O_NOCTTY);
+                /* A FIFO: wait up to 10 s for a reader (opening it blocks until one
+                 * comes), then say there is none (ENXIO) rather than hang. */
+                int fd = -1;
+                for (int tries = 0; tries < 1000; tries++) {
+                        fd = open(path, O_WRONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+                        if (fd >= 0 || errno != ENXIO || !S_ISFIFO(st.st_mode))
+                                break;
+                        struct timespec nap = {0, 10 * 1000 * 1000};
+                        nanosleep(&nap, NULL);
+                }
                 if (fd < 0)
                         return -errno;
+                int fl = fcntl(fd, F_GETFL);
+                if (fl >= 0)
+                        (void)fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
                 r = ap_profile_write_fd(p, fd);
                 if (close(fd) < 0 && r == 0)
                         r = -errno;
