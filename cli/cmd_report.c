@@ -312,14 +312,35 @@ static int load_many(int argc, char **argv, bool all, struct ap_profile **ret)
         }
         if (all)
                 status = load_run(&l);
+        /* The same file named twice (f f, f ./f) would count twice: read it once. */
+        struct stat *seen = calloc((size_t)argc + 1, sizeof(*seen));
+        size_t nseen = 0;
+        if (seen == NULL)
+                status = 1;
         for (int i = 0; !all && status == 0 && i < argc; i++) {
                 char *name = NULL;
                 bool guessed;
                 struct ap_profile *p = NULL;
-                if (live_pid(argv[i], NULL))
+                struct stat st;
+                if (live_pid(argv[i], NULL)) {
                         status = live_profile(argv[i], &p);
-                else if ((status = resolve_profile(argv[i], &name, &guessed)) == 0)
+                } else if ((status = resolve_profile(argv[i], &name, &guessed)) == 0) {
+                        bool dup = false;
+                        if (stat(name, &st) == 0 && S_ISREG(st.st_mode)) {
+                                for (size_t k = 0; k < nseen; k++)
+                                        dup |= seen[k].st_dev == st.st_dev &&
+                                               seen[k].st_ino == st.st_ino;
+                                if (!dup)
+                                        seen[nseen++] = st;
+                        }
+                        if (dup) {
+                                fprintf(stderr, "allocprof: %s is named twice: read once\n",
+                                        argv[i]);
+                                free(name);
+                                continue;
+                        }
                         status = read_one(name, &p);
+                }
                 if (status == 0 && keep(&l, p) < 0)
                         status = 1;
                 free(name);
@@ -339,6 +360,7 @@ static int load_many(int argc, char **argv, bool all, struct ap_profile **ret)
         for (size_t i = 0; i < l.n; i++)
                 ap_profile_free(l.ps[i]);
         free(l.ps);
+        free(seen);
         return status;
 }
 

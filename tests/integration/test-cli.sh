@@ -35,6 +35,10 @@ check_eq "simple leak site" "copy_text main" \
 check_eq "simple leak line" "$(grep -n 'greeting = copy_text' "$SRC/examples/simple.c" | cut -d: -f1)" \
         "$(json simple.json '[f["line"] for f in [s for s in d["sites"] if s["leaked_blocks"]][0]["frames"] if f["function"]=="main"][0]')"
 check_eq "schema" "1 allocprof full" "$(json simple.json 'd["schema_version"], d["tool"]["name"], d["mode"]')"
+"$AP" report simple.approf ./simple.approf --json >twice.json 2>twice.err
+check_eq "the same file named twice counts once" "3 422" \
+        "$(json twice.json '" ".join(str(d["totals"][k]) for k in ("allocations","bytes"))')"
+check_contains "the same file named twice: note" twice.err "./simple.approf is named twice: read once"
 
 # Default output name and report's default file (newest in the directory).
 "$AP" run -q -- "$SIMPLE"
