@@ -168,12 +168,14 @@ static AP_SLOW void free_record(struct ap_thread *t, void *p)
         errno = e;
 }
 
-static AP_SLOW void free_sampled(struct ap_thread *t, void *p)
+static AP_SLOW void free_sampled(struct ap_thread *t, void *p, uint32_t mode)
 {
         int e = errno;
         t->in_hook = 1;
         if (ap_sampled_forget(p)) {
-                bool temporary = t->temp_addr == (uintptr_t)p && t->sampler.left == t->temp_left;
+                /* Detached, allocations no longer move the countdown: cannot tell. */
+                bool temporary = mode == AP_MODE_SAMPLED && t->temp_addr == (uintptr_t)p &&
+                                 t->sampler.left == t->temp_left;
                 if (t->temp_addr == (uintptr_t)p)
                         t->temp_addr = 0;
                 ap_record_free(p, ap_clock_ticks_early(),
@@ -202,7 +204,7 @@ static inline void end_block(void *p)
         uint32_t mode = mode_of(h);
         if (mode == AP_MODE_SAMPLED || mode == AP_MODE_DETACHED) {
                 if (ap_sampled_maybe(p))
-                        free_sampled(t, p);
+                        free_sampled(t, p, mode);
         } else if (mode == AP_MODE_FULL) {
                 free_record(t, p);
         }
