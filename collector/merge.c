@@ -209,7 +209,13 @@ int ap_profile_merge(struct ap_profile *const *in, size_t n, size_t main_index,
                 o->totals.untracked_samples += p->totals.untracked_samples;
                 o->totals.unmatched_frees += p->totals.unmatched_frees;
                 o->totals.invalid_records += p->totals.invalid_records;
-                o->totals.threads += p->totals.threads;
+                /* An exec'ed image of a process goes on in the thread that exec'ed: the
+                 * images of one pid share one thread. */
+                bool same_pid = false;
+                for (size_t j = 0; j < k; j++)
+                        same_pid |= in[j]->pid == p->pid && in[j]->totals.threads > 0;
+                o->totals.threads += same_pid && p->totals.threads > 0 ? p->totals.threads - 1
+                                                                       : p->totals.threads;
                 o->ring_waits += p->ring_waits;
                 o->ring_wait_ns += p->ring_wait_ns;
                 for (int b = 0; b < AP_HIST_BUCKETS; b++) {

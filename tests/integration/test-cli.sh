@@ -125,6 +125,10 @@ check_eq "report --all merges the run" "5 True" "$(json all.json 'd["process"]["
 check_eq "report --all shows the program" 0 "$(json all.json 'd["process"]["exit_status"]')"
 "$AP" report main.approf allocprof.forker.*.approf --json >two.json
 check_eq "report FILE FILE merges" "4 25" "$(json two.json 'd["process"]["merged_from"], d["totals"]["allocations"]')"
+cd .. && mkdir execd && cd execd || exit 1
+"$AP" run -q -o main.approf -- sh -c 'ls / >/dev/null; exec ls / >/dev/null'
+check_eq "report --all after an exec: 3 images, 2 threads (the exec'ed image goes on in its thread)" "3 2" \
+        "$("$AP" report --all --json | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["process"]["merged_from"], d["totals"]["threads"])')"
 cd .. && mkdir spawn && cd spawn || exit 1
 "$AP" run -q -o main.approf -- "$BUILD/tests/workloads/spawner"
 check_eq "spawner exit" 0 $?
