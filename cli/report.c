@@ -529,6 +529,17 @@ static void put_site_label(const struct out *o, const struct ap_profile *p,
                 put_str(o, mod, 0);
                 say(o, ")");
         }
+        /* An address without a name (a stripped library) tells sites apart badly: add the
+         * nearest caller that has one. */
+        for (uint32_t i = 1; !fn && i < s->nframes; i++) {
+                const struct ap_pframe *c = pframe(p, s->frames[i]);
+                const char *cfn = c ? pstr(p, c->function) : NULL;
+                if (cfn) {
+                        say(o, " from ");
+                        put_str(o, cfn, 0);
+                        break;
+                }
+        }
 }
 
 /* Whether a frame is the program's main(): what lies outside it is the C runtime's
