@@ -626,6 +626,10 @@ int ap_cmd_run(int argc, char **argv)
                         follow = false;
                         break;
                 case 'D':
+                        if (optarg[0] == '\0') {
+                                fprintf(stderr, "allocprof: --output-dir: the name is empty\n");
+                                return 2;
+                        }
                         outdir = optarg;
                         break;
                 case 'Z':
@@ -889,8 +893,12 @@ int ap_cmd_run(int argc, char **argv)
                                 (int)e->pid, strerror(-r));
                         continue;
                 }
-                /* Started dormant and never attached: nothing was recorded. */
-                if (dormant && prof->totals.allocations == 0 && prof->totals.frees == 0) {
+                /* Started dormant and never attached: nothing was recorded, no thread
+                 * counted, and never in sampled mode (an attach --sample that took no
+                 * sample still has a profile to give). */
+                if (dormant && prof->totals.allocations == 0 && prof->totals.frees == 0 &&
+                    prof->totals.threads == 0 && prof->mode != NULL &&
+                    strcmp(prof->mode, "sampled") != 0) {
                         if (!quiet)
                                 fprintf(stderr,
                                         "allocprof: pid %u was never attached: no profile\n",

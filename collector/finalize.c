@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "allocprof/atomics.h"
+#include "allocprof/clock.h"
 #include "process-internal.h"
 
 #ifndef AP_VERSION
@@ -522,7 +523,12 @@ int ap_process_finalize(struct ap_process *p, struct ap_symbolizer *sym, struct 
         prof->term_signal = p->term_signal;
         prof->start_unix_ns = p->start_unix_ns;
         ap_process_calibrate(p);
-        prof->duration_ns = ap_process_ticks_to_ns(p, p->last_ts);
+        /* How long the image ran: from the agent's start to when we saw it end (now, if
+         * it runs on), and never less than the span of its records. */
+        uint64_t end = p->end_mono_ns ? p->end_mono_ns : ap_clock_mono_ns();
+        uint64_t ran = end > p->start_ns ? end - p->start_ns : 0;
+        uint64_t spanned = ap_process_ticks_to_ns(p, p->last_ts);
+        prof->duration_ns = ran > spanned ? ran : spanned;
         prof->drain_cpu_ns = p->drain_cpu_ns;
 
         const struct ap_shm_header *h = p->hdr;

@@ -63,6 +63,7 @@ struct ap_process {
         bool same_clock;           /* records are stamped with our ap_clock_ticks(), else in ns */
         double ns_per_tick;        /* 0 until ap_process_calibrate */
         uint64_t start_unix_ns;
+        uint64_t end_mono_ns; /* when we saw it end (exit or exec), 0 while it runs */
         uint64_t last_ts;
 
         char **argv;

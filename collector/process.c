@@ -296,6 +296,12 @@ void ap_process_set_command(struct ap_process *p, char **argv, int argc)
         }
 }
 
+void ap_process_mark_ended(struct ap_process *p)
+{
+        if (p->end_mono_ns == 0)
+                p->end_mono_ns = ap_clock_mono_ns();
+}
+
 void ap_process_set_exit(struct ap_process *p, int exit_code, int term_signal)
 {
         p->exit_code = exit_code;

@@ -41,6 +41,9 @@ void ap_process_set_command(struct ap_process *p, char **argv, int argc);
 
 /* The process image ended: normally (exit code), by a signal, or by exec (both < 0). */
 void ap_process_set_exit(struct ap_process *p, int exit_code, int term_signal);
+/* Notes that the process image has ended (it exited or exec'ed), now, for its running
+ * time; later calls change nothing. */
+void ap_process_mark_ended(struct ap_process *p);
 
 /* Modules that some stack started to use since the last call: calls fn(path, build_id,
  * build_id_len) for each, so that their debug information can be loaded while the

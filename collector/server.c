@@ -247,6 +247,7 @@ void ap_collector_retire(struct ap_collector *c, size_t i, bool by_exec)
 {
         struct tracked t = c->procs[i];
         c->procs[i] = c->procs[--c->nprocs];
+        ap_process_mark_ended(t.p);
         /* Still running (exec'ed elsewhere, or we are letting it go): nobody drains its
          * rings any more, so its agent must stop recording rather than wait for us, and
          * stop before the last drain, which would otherwise never end. */

@@ -234,6 +234,8 @@ mkdir od-dir
 "$AP" run -q -o od-dir -- sh -c 'touch od-ran' 2>od3.err
 check_eq "-o names a directory: exit, program not started" "1 no" "$? $([ -e od-ran ] && echo yes || echo no)"
 check_contains "-o names a directory: message" od3.err "cannot write the profile od-dir: Is a directory"
+"$AP" run -q --output-dir "" -- sh -c 'touch od-ran' 2>/dev/null
+check_eq "--output-dir with an empty name: usage error, program not started" "2 no" "$? $([ -e od-ran ] && echo yes || echo no)"
 "$AP" run -q -o "" -- sh -c 'touch od-ran' 2>od4.err
 check_eq "-o with an empty name: usage error, program not started" "2 no" "$? $([ -e od-ran ] && echo yes || echo no)"
 # A device or a FIFO named by -o is written into, never replaced by a file.
@@ -270,6 +272,9 @@ check_eq "missing output directory: exit, program not started" "1 no" "$? $([ -e
 check_contains "missing output directory message" od2.err "cannot write profiles in /nonexistent/dir: No such file or directory"
 "$AP" run -q -- sh -c 'exit 42'
 check_eq "exit status passed through" 42 $?
+# How long the program ran, not how long it allocated: a quiet 0.3 s at the end counts.
+"$AP" run -q -o quiet.approf -- sh -c 'ls >/dev/null; sleep 0.3'
+check_eq "running time includes the quiet end" True "$(json_of quiet.approf 'd["process"]["duration_ns"] >= 300000000')"
 printf 'echo "script ran with $1"\nexit 7\n' >noshebang
 chmod 755 noshebang
 "$AP" run -q -- ./noshebang arg >ns.out
