@@ -530,15 +530,25 @@ static void put_site_label(const struct out *o, const struct ap_profile *p,
                 say(o, ")");
         }
         /* An address without a name (a stripped library) tells sites apart badly: add the
-         * nearest caller that has one. */
+         * nearest caller that has one, past the library's own allocation wrappers
+         * (sqlite3Malloc, PyMem_Malloc, xmalloc: every site of the library goes through
+         * them), unless there is nothing else. */
+        const char *from = NULL;
         for (uint32_t i = 1; !fn && i < s->nframes; i++) {
                 const struct ap_pframe *c = pframe(p, s->frames[i]);
                 const char *cfn = c ? pstr(p, c->function) : NULL;
-                if (cfn) {
-                        say(o, " from ");
-                        put_str(o, cfn, 0);
+                if (cfn == NULL)
+                        continue;
+                if (from == NULL)
+                        from = cfn;
+                if (strcasestr(cfn, "alloc") == NULL) {
+                        from = cfn;
                         break;
                 }
+        }
+        if (from) {
+                say(o, " from ");
+                put_str(o, from, 0);
         }
 }
 

@@ -1437,6 +1437,27 @@ static void test_command(void)
         ap_profile_free(p);
 }
 
+/* A site whose first frame has no name is labelled with its nearest named caller, past
+ * the library's allocation wrappers. */
+static void test_unnamed_label(void)
+{
+        struct ap_profile *p = build_known();
+        struct capture c;
+        char *t;
+
+        site(p, (struct ap_psite){.allocations = 7, .bytes = 700u << 20, .peak_bytes = 1u << 20}, 4,
+             (struct fspec[]){{NULL, NULL, 0, M_ZLIB, 0x7d00, false},
+                              {"zcalloc", NULL, 0, M_ZLIB, 0x7e00, false},
+                              {NULL, NULL, 0, M_ZLIB, 0x7e80, false},
+                              {"inflate_block", NULL, 0, M_ZLIB, 0x7f00, false}});
+        capture_begin(&c);
+        ap_report_summary(c.f, p, NULL);
+        t = capture_end(&c);
+        ASSERT_CONTAINS(t, "0x7d00 (libz.so.1) from inflate_block\n");
+        free(t);
+        ap_profile_free(p);
+}
+
 int main(void)
 {
         ASSERT_NOT_NULL(mkdtemp(tmpdir));
@@ -1453,6 +1474,7 @@ int main(void)
         test_text_sanitizes();
         test_degenerate();
         test_summary();
+        test_unnamed_label();
         test_live();
         test_command();
         ASSERT_EQ(rmdir(tmpdir), 0);
