@@ -341,8 +341,21 @@ static int load_many(int argc, char **argv, bool all, struct ap_profile **ret)
                         }
                         status = read_one(name, &p);
                 }
-                if (status == 0 && keep(&l, p) < 0)
+                /* A copy of a profile already read (the same image: pid and start) would
+                 * count twice as well. */
+                bool copy = false;
+                for (size_t k = 0; status == 0 && p != NULL && k < l.n; k++)
+                        copy |= l.ps[k]->pid == p->pid &&
+                                l.ps[k]->start_unix_ns == p->start_unix_ns;
+                if (copy) {
+                        fprintf(stderr,
+                                "allocprof: %s is the profile of a process image already read "
+                                "(pid %u): skipped\n",
+                                argv[i], p->pid);
+                        ap_profile_free(p);
+                } else if (status == 0 && keep(&l, p) < 0) {
                         status = 1;
+                }
                 free(name);
         }
         if (status == 0) {

@@ -39,6 +39,11 @@ check_eq "schema" "1 allocprof full" "$(json simple.json 'd["schema_version"], d
 check_eq "the same file named twice counts once" "3 422" \
         "$(json twice.json '" ".join(str(d["totals"][k]) for k in ("allocations","bytes"))')"
 check_contains "the same file named twice: note" twice.err "./simple.approf is named twice: read once"
+cp simple.approf simple-copy.approf
+"$AP" report simple.approf simple-copy.approf --json >copy.json 2>copy.err
+check_eq "a copy of a profile counts once" "3 422" \
+        "$(json copy.json '" ".join(str(d["totals"][k]) for k in ("allocations","bytes"))')"
+check_contains "a copy of a profile: note" copy.err "simple-copy.approf is the profile of a process image already read"
 
 # Default output name and report's default file (newest in the directory).
 "$AP" run -q -- "$SIMPLE"
