@@ -729,9 +729,14 @@ static void put_header(const struct out *o, const struct ap_profile *p)
                 say(o, " for ");
                 put_str(o, p->exe, 0);
         }
-        if (p->merged_from > 1)
+        if (p->merged_from > 1 && p->run_id != NULL)
                 say(o, "\n  merged from %" PRIu32 " profiles (processes of one run); peak and "
                        "totals are sums over them;\n  the process shown is the program itself",
+                    p->merged_from);
+        else if (p->merged_from > 1)
+                say(o,
+                    "\n  merged from %" PRIu32 " profiles of different runs; peak, "
+                    "totals and running time are\n  sums over them",
                     p->merged_from);
         say(o, "\n  pid %" PRIu32, p->pid);
         if (p->ppid)

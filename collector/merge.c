@@ -237,6 +237,19 @@ int ap_profile_merge(struct ap_profile *const *in, size_t n, size_t main_index,
         }
         o->duration_ns = end > o->start_unix_ns ? end - o->start_unix_ns : 0;
         o->merged_from = (uint32_t)n;
+        /* Profiles of different runs (or of none): the result belongs to no one run, and
+         * the time from the first start to the last end means nothing; the sum of their
+         * running times does. */
+        for (size_t i = 0; i < n && o->run_id != NULL; i++)
+                if (in[i]->run_id == NULL || strcmp(in[i]->run_id, o->run_id) != 0) {
+                        free(o->run_id);
+                        o->run_id = NULL;
+                }
+        if (o->run_id == NULL && n > 1) {
+                o->duration_ns = 0;
+                for (size_t i = 0; i < n; i++)
+                        o->duration_ns += in[i]->duration_ns;
+        }
         /* Blocks of a running process are live, not leaked: any snapshot makes it so. */
         for (size_t i = 0; i < n; i++)
                 o->live |= in[i]->live;

@@ -39,6 +39,11 @@ check_eq "schema" "1 allocprof full" "$(json simple.json 'd["schema_version"], d
 check_eq "the same file named twice counts once" "3 422" \
         "$(json twice.json '" ".join(str(d["totals"][k]) for k in ("allocations","bytes"))')"
 check_contains "the same file named twice: note" twice.err "./simple.approf is named twice: read once"
+"$AP" run -q -o simple2.approf -- "$SIMPLE"
+"$AP" report simple.approf simple2.approf >runs.txt
+check_contains "profiles of two runs: said so" runs.txt "merged from 2 profiles of different runs"
+check_eq "profiles of two runs: summed" "6 844" \
+        "$("$AP" report simple.approf simple2.approf --json | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["totals"]["allocations"], d["totals"]["bytes"])')"
 cp simple.approf simple-copy.approf
 "$AP" report simple.approf simple-copy.approf --json >copy.json 2>copy.err
 check_eq "a copy of a profile counts once" "3 422" \
