@@ -490,58 +490,66 @@ AP_HIDDEN int ap_unwind_general;
  * constructor (session.c); NULL before that or if it could not be loaded. */
 AP_HIDDEN int (*_Atomic ap_unw_backtrace)(void **, int);
 
+/* Where a walk of the agent's frames starts: the hook's frame when we have it (a step or
+ * two; from here, six or seven), which is above ours on the same stack, else our own. */
+static inline const uintptr_t *walk_start(const void *entry, const void *here)
+{
+        return entry != NULL && (uintptr_t)entry > (uintptr_t)here ? entry : here;
+}
+
+/* Follows the agent's frame pointers from fp to the first frame outside the agent: its
+ * return address, its exact rsp (just above that address) and its rbp (saved by the
+ * agent function it called).  False if the frames are not what the agent's own should
+ * be, or reach above hi. */
+static inline bool first_outside(const uintptr_t *fp, uintptr_t hi, uint64_t *pc, uint64_t *sp,
+                                 uint64_t *bp)
+{
+        for (int i = 0; i < 16; i++) {
+                if ((uintptr_t)(fp + 2) > hi || ((uintptr_t)fp & 7))
+                        return false;
+                uintptr_t ret = fp[1];
+                if (!ap_is_agent_addr(ret)) {
+                        *pc = ret;
+                        *sp = (uint64_t)(uintptr_t)(fp + 2);
+                        *bp = fp[0];
+                        return true;
+                }
+                if (fp[0] <= (uintptr_t)fp)
+                        return false;
+                fp = (const uintptr_t *)fp[0];
+        }
+        return false;
+}
+
 /* The agent's own functions keep frame pointers (-fno-omit-frame-pointer): their frames
- * are skipped by following rbp, a load per frame, and the DWARF unwind starts at the
- * first frame outside the agent, with that frame's exact rsp (just above the return
- * address) and rbp (saved by the agent function it called).  Returns -1 for libunwind:
- * on another stack, or frames that are not what the agent's own should be. */
+ * are skipped by following rbp, a load per frame (first_outside), and the DWARF unwind
+ * starts at the first frame outside the agent.  Returns -1 for the general unwinder: on
+ * another stack, or frames that are not what the agent's own should be. */
 static __attribute__((noinline)) int capture_cached(uint64_t *out, struct ap_thread *t,
                                                    uint64_t *hash, bool *same, const void *entry)
 {
-        /* From the hook's frame when we have it (a step or two; from here, six or seven),
-         * which is above ours on the same stack, else from our own. */
-        const uintptr_t *here = __builtin_frame_address(0);
-        const uintptr_t *fp = entry != NULL && (uintptr_t)entry > (uintptr_t)here ? entry : here;
+        const uintptr_t *fp = walk_start(entry, __builtin_frame_address(0));
         uintptr_t lo = (uintptr_t)fp;
         /* On another stack than the thread's own (a sigaltstack handler, a coroutine's
-         * stack from the heap), the bounds below mean nothing: libunwind. */
-        if (lo < t->stack_lo || lo >= t->stack_hi)
+         * stack from the heap), the bounds below mean nothing: the general unwinder. */
+        uint64_t pc, sp, bp;
+        if (lo < t->stack_lo || lo >= t->stack_hi || !first_outside(fp, t->stack_hi, &pc, &sp, &bp))
                 return -1;
-        for (int i = 0; i < 16; i++) {
-                if ((uintptr_t)(fp + 2) > t->stack_hi || (uintptr_t)fp < lo || ((uintptr_t)fp & 7))
-                        break;
-                uintptr_t ret = fp[1];
-                if (!ap_is_agent_addr(ret))
-                        return ap_unwind_capture_memo(out, AP_MAX_FRAMES, t->stack_hi, ret,
-                                                      (uint64_t)(uintptr_t)(fp + 2), fp[0],
-                                                      &t->memo, hash, same);
-                if (fp[0] <= (uintptr_t)fp)
-                        break;
-                fp = (const uintptr_t *)fp[0];
-        }
-        return -1; /* not the frames we expected: libunwind */
+        return ap_unwind_capture_memo(out, AP_MAX_FRAMES, t->stack_hi, pc, sp, bp, &t->memo, hash,
+                                      same);
 }
 
-/* The general unwinder (unwind.h), for the stacks capture_cached leaves: it starts at
- * the first frame outside the agent, found by following the agent's own frame pointers
- * from this frame (or the hook's) up to the hook: frames that are live, so safe to read
- * on any stack.  -1 if they are not what they should be. */
+/* The general unwinder (unwind.h), for the stacks capture_cached leaves, from the same
+ * first frame outside the agent (the agent's frames up to it are live, so safe to read on
+ * any stack).  -1 if they are not what they should be. */
 static __attribute__((noinline)) int capture_general(uint64_t *out, struct ap_thread *t,
                                                      const void *entry)
 {
-        const uintptr_t *here = __builtin_frame_address(0);
-        const uintptr_t *fp = entry != NULL && (uintptr_t)entry > (uintptr_t)here ? entry : here;
-        for (int i = 0; i < 16 && ((uintptr_t)fp & 7) == 0; i++) {
-                uintptr_t ret = fp[1];
-                if (!ap_is_agent_addr(ret))
-                        return ap_unwind_capture_general(out, AP_MAX_FRAMES, t->stack_lo,
-                                                         t->stack_hi, ret,
-                                                         (uint64_t)(uintptr_t)(fp + 2), fp[0]);
-                if (fp[0] <= (uintptr_t)fp)
-                        break;
-                fp = (const uintptr_t *)fp[0];
-        }
-        return -1;
+        uint64_t pc, sp, bp;
+        if (!first_outside(walk_start(entry, __builtin_frame_address(0)), UINTPTR_MAX, &pc, &sp,
+                           &bp))
+                return -1;
+        return ap_unwind_capture_general(out, AP_MAX_FRAMES, t->stack_lo, t->stack_hi, pc, sp, bp);
 }
 
 /* Captures the calling thread's stack into out (innermost first) and returns its depth;

@@ -620,6 +620,23 @@ static __attribute__((noinline, cold)) uint64_t compute_rule(uint64_t pc)
         return r;
 }
 
+/* A rule's CFA offset (0: no rule the cache can hold) and its rbp slot (bits 24-33,
+ * sign-extended); whether it is the signal trampoline's, whatever its tag. */
+static inline uint64_t rule_cfa_off(uint64_t r)
+{
+        return (r >> R_OFF_SHIFT) & R_OFF_MAX;
+}
+
+static inline int64_t rule_rbp_slot(uint64_t r)
+{
+        return (int64_t)(r << (64 - R_SLOT_SHIFT - 10)) >> (64 - 10);
+}
+
+static inline bool rule_is_signal(uint64_t r)
+{
+        return (r & ((1ull << R_TAG_SHIFT) - 1)) == R_SIGNAL;
+}
+
 static inline bool rule_matches(uint64_t v, uint64_t tag)
 {
         return (v & ~((1ull << R_TAG_SHIFT) - 1)) == tag && (v & R_VALID);
@@ -686,7 +703,7 @@ static inline int step(uint64_t *pc, uint64_t *sp, uint64_t *fp, uint64_t lo, ui
         *flags = 0;
         if (r & R_END)
                 return (r & R_CFA_RBP) ? STEP_FAIL : STEP_END_RULE; /* R_SIGNAL: general */
-        uint64_t off = (r >> R_OFF_SHIFT) & R_OFF_MAX;
+        uint64_t off = rule_cfa_off(r);
         if (off == 0)
                 return STEP_FAIL; /* a frame for the general unwinder */
         uint64_t cfa = ((r & R_CFA_RBP) ? *fp : *sp) + off;
@@ -694,9 +711,7 @@ static inline int step(uint64_t *pc, uint64_t *sp, uint64_t *fp, uint64_t lo, ui
                 return STEP_FAIL;
         uint64_t next_pc = *(const uint64_t *)(uintptr_t)(cfa - 8);
         if (r & R_RBP_SAVED) {
-                /* bits 24-33, sign-extended */
-                int64_t k = (int64_t)(r << (64 - R_SLOT_SHIFT - 10)) >> (64 - 10);
-                uint64_t at = cfa + (uint64_t)(k * 8);
+                uint64_t at = cfa + (uint64_t)(rule_rbp_slot(r) * 8);
                 if (at - lo > stack_hi - 8 - lo)
                         return STEP_FAIL;
                 *fp = *(const uint64_t *)(uintptr_t)at;
@@ -1015,7 +1030,7 @@ int ap_unwind_capture_general(uint64_t *out, int max, uint64_t stack_lo, uint64_
         while (n < max && pc != 0) {
                 out[n++] = pc;
                 uint64_t r = general_rule(exact ? pc : pc - 1), next;
-                if ((r & ((1ull << R_TAG_SHIFT) - 1)) == R_SIGNAL) {
+                if (rule_is_signal(r)) {
                         uint64_t nsp, nfp;
                         if (!ap_unwind_read_word(&rd, sp + UC_RIP, &next) ||
                             !ap_unwind_read_word(&rd, sp + UC_RSP, &nsp) ||
@@ -1026,7 +1041,7 @@ int ap_unwind_capture_general(uint64_t *out, int max, uint64_t stack_lo, uint64_
                 }
                 if (r & R_END)
                         break;
-                uint64_t off = (r >> R_OFF_SHIFT) & R_OFF_MAX;
+                uint64_t off = rule_cfa_off(r);
                 if (off == 0) {
                         /* No rule: one frame-pointer step, if it lands in code we can go on
                          * unwinding (else the stack ends here). */
@@ -1036,7 +1051,7 @@ int ap_unwind_capture_general(uint64_t *out, int max, uint64_t stack_lo, uint64_
                             !ap_unwind_read_word(&rd, fp + 8, &next) || next == 0)
                                 break;
                         uint64_t nr = general_rule(next - 1);
-                        if ((nr & R_END) == 0 && ((nr >> R_OFF_SHIFT) & R_OFF_MAX) == 0)
+                        if ((nr & R_END) == 0 && rule_cfa_off(nr) == 0)
                                 break;
                         sp = fp + 16, fp = nfp, pc = next, exact = false;
                         continue;
@@ -1044,11 +1059,9 @@ int ap_unwind_capture_general(uint64_t *out, int max, uint64_t stack_lo, uint64_
                 uint64_t cfa = ((r & R_CFA_RBP) ? fp : sp) + off;
                 if (cfa <= sp || !ap_unwind_read_word(&rd, cfa - 8, &next))
                         break;
-                if (r & R_RBP_SAVED) {
-                        int64_t k = (int64_t)(r << (64 - R_SLOT_SHIFT - 10)) >> (64 - 10);
-                        if (!ap_unwind_read_word(&rd, cfa + (uint64_t)(k * 8), &fp))
-                                break;
-                }
+                if ((r & R_RBP_SAVED) &&
+                    !ap_unwind_read_word(&rd, cfa + (uint64_t)(rule_rbp_slot(r) * 8), &fp))
+                        break;
                 sp = cfa, pc = next, exact = false;
         }
         return n;
