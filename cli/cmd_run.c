@@ -107,9 +107,7 @@ static void usage(FILE *out)
 static int check_output_dir(const char *path)
 {
         struct stat pst;
-        bool exists = path[0] != '\0' && stat(path, &pst) == 0;
-        if (path[0] == '\0')
-                return -ENOENT;
+        bool exists = stat(path, &pst) == 0; /* never empty: -o '' is refused */
         if (exists && S_ISDIR(pst.st_mode))
                 return -EISDIR;
         if (exists && !S_ISREG(pst.st_mode)) {
@@ -878,6 +876,11 @@ int ap_cmd_run(int argc, char **argv)
                 rs.ended[rs.nended - 1] = tmp;
                 main_img = &rs.ended[rs.nended - 1];
         }
+        /* The other processes' profiles go next to -o's file, unless -o is a device or
+         * a FIFO (/dev/null): then here.  (Looked at once: the program's own profile is
+         * written last.) */
+        struct stat ost;
+        bool output_special = output != NULL && stat(output, &ost) == 0 && !S_ISREG(ost.st_mode);
         for (size_t i = 0; i < rs.nended; i++) {
                 struct ended *e = &rs.ended[i];
                 /* The command line of our own child is known exactly. */
@@ -911,12 +914,7 @@ int ap_cmd_run(int argc, char **argv)
                         path = strdup(output);
                 } else {
                         char *dir = outdir ? strdup(outdir) : NULL;
-                        /* Next to -o's file, unless -o is a device or a FIFO
-                         * (/dev/null): then here. */
-                        struct stat ost;
-                        bool special =
-                                output != NULL && stat(output, &ost) == 0 && !S_ISREG(ost.st_mode);
-                        if (dir == NULL && output != NULL && !special &&
+                        if (dir == NULL && output != NULL && !output_special &&
                             strchr(output, '/') != NULL) {
                                 dir = strdup(output);
                                 *strrchr(dir, '/') = '\0';
