@@ -403,9 +403,11 @@ int ap_drain_wait_ms(uint64_t backlog, uint64_t since_ns)
  * the full wait from the first idle round, every short program that allocates at once
  * waited 20-25 ms for ring space in full mode (22 ms of a 56 ms run, measured), and lost
  * records in sampled mode at small intervals. */
+#define IDLE_DOUBLINGS 5 /* 1 ms doubled this often reaches AP_DRAIN_WAIT_MAX_MS */
+
 int ap_idle_wait_ms(unsigned idle_rounds)
 {
-        int ms = idle_rounds < 5 ? 1 << idle_rounds : AP_DRAIN_WAIT_MAX_MS;
+        int ms = idle_rounds < IDLE_DOUBLINGS ? 1 << idle_rounds : AP_DRAIN_WAIT_MAX_MS;
         return ms < AP_DRAIN_WAIT_MAX_MS ? ms : AP_DRAIN_WAIT_MAX_MS;
 }
 
@@ -428,7 +430,7 @@ int ap_next_wait_ms(int last_ms, bool moved, uint64_t backlog, uint64_t since_ns
         if (!have_procs)
                 return -1;
         int w = ap_idle_wait_ms(*idle_rounds);
-        if (*idle_rounds < 5)
+        if (*idle_rounds < IDLE_DOUBLINGS)
                 ++*idle_rounds;
         return w;
 }
