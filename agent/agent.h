@@ -68,6 +68,8 @@ struct ap_thread {
         int nested_busy;
         uintptr_t stack_hi; /* top of this thread's stack (0 = unknown), bounds fp walks */
         uintptr_t stack_lo; /* its lowest address (the main thread: 64 MiB below the top) */
+        int in_getattr;     /* inside the program's pthread_getattr_np (record.c) */
+        int stack_deferred; /* stack bounds still to learn, outside pthread_getattr_np */
         int exited;         /* thread-exit destructor has run */
         uint32_t beat_countdown; /* records until the next collector-liveness check */
         uint64_t beat_seen;      /* collector heartbeat at the last check */
@@ -83,6 +85,8 @@ extern AP_HIDDEN AP_TLS __thread struct ap_thread ap_tls;
 /* Ensures the session is initialized if the environment asks for it.  Safe to call from
  * a hook (no allocation, no locks) as long as the caller set ap_tls.in_hook. */
 AP_HIDDEN void ap_session_ensure(void);
+/* Finds the C library's pthread_getattr_np, which the agent wraps (record.c). */
+AP_HIDDEN void ap_resolve_getattr(void);
 
 /* Rescans the loaded modules and appends LOAD/UNLOAD records for changes.  Takes the
  * module lock with trylock only: returns without scanning when another thread is in it. */

@@ -4,6 +4,7 @@
  *
  * SPDX-License-Identifier: MIT OR Apache-2.0
  */
+#include <dlfcn.h>
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
@@ -401,6 +402,8 @@ static inline struct ap_shm_header *thread_ring(struct ap_thread *t)
                 ap_thread_started();
                 t->own_alloc--;
         }
+        if (ap_unlikely(t->stack_deferred) && !t->in_getattr)
+                learn_stack_top(t);
         return h;
 }
 
@@ -419,20 +422,59 @@ AP_HIDDEN int ap_unwind_fp;
 extern void *__libc_stack_end; /* ld.so: the main thread's stack top at start-up */
 #define MAIN_STACK_WINDOW (64ull << 20)
 
+/* glibc's pthread_getattr_np holds the thread's own lock while it allocates (the
+ * attributes' cpu set; for the main thread a FILE for /proc/self/maps).  Asking it for a
+ * thread's stack from a hook inside such a call waits for that lock for ever, so the
+ * agent wraps it (exported, it takes the program's calls): while a thread is inside,
+ * its stack bounds are left to a later record, and the general unwinder, which needs
+ * none, takes the stacks until then.  The C library's own is found in the constructor
+ * (dlsym in a hook could wait for the loader's lock), or at the program's first call. */
+typedef int (*getattr_fn)(pthread_t, pthread_attr_t *);
+static _Atomic(getattr_fn) g_real_getattr;
+
+AP_HIDDEN void ap_resolve_getattr(void)
+{
+        if (ap_load_relaxed(&g_real_getattr) == NULL)
+                ap_store_relaxed(&g_real_getattr,
+                                 (getattr_fn)dlsym(RTLD_NEXT, "pthread_getattr_np"));
+}
+
+__attribute__((visibility("default"))) int pthread_getattr_np(pthread_t th,
+                                                               pthread_attr_t *attr)
+{
+        getattr_fn f = ap_load_relaxed(&g_real_getattr);
+        if (f == NULL) {
+                ap_resolve_getattr();
+                f = ap_load_relaxed(&g_real_getattr);
+                if (f == NULL)
+                        return ENOSYS;
+        }
+        ap_tls.in_getattr++;
+        int r = f(th, attr);
+        ap_tls.in_getattr--;
+        return r;
+}
+
 /* Learns the top of the calling thread's stack, from a normal (non-signal) hook. */
 static void learn_stack_top(struct ap_thread *t)
 {
+        t->stack_deferred = 0;
         if (gettid_raw() == getpid()) {
                 t->stack_hi = (uintptr_t)__libc_stack_end;
                 /* It grows on demand up to its limit; deeper than this, libunwind. */
                 t->stack_lo = t->stack_hi > MAIN_STACK_WINDOW ? t->stack_hi - MAIN_STACK_WINDOW : 0;
                 return;
         }
+        getattr_fn getattr = ap_load_relaxed(&g_real_getattr);
+        if (t->in_getattr || getattr == NULL) {
+                t->stack_deferred = 1;
+                return;
+        }
         pthread_attr_t a;
         void *lo;
         size_t size;
         t->own_alloc++; /* glibc allocates a cpu set for the attributes */
-        if (pthread_getattr_np(pthread_self(), &a) == 0) {
+        if (getattr(pthread_self(), &a) == 0) {
                 if (pthread_attr_getstack(&a, &lo, &size) == 0) {
                         t->stack_hi = (uintptr_t)lo + size;
                         t->stack_lo = (uintptr_t)lo;

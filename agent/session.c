@@ -475,6 +475,7 @@ __attribute__((constructor(101))) static void ap_agent_ctor(void)
         t->own_alloc++;
         if (environ != NULL)
                 load_libunwind();
+        ap_resolve_getattr();
         ap_session_ensure();
         static int atfork_done;
         if (!atfork_done) {

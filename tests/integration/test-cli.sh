@@ -115,6 +115,22 @@ check_eq "longlived exit" 0 $?
 check_eq "blocks freed 4.5 s after their allocation are freed, not leaked" "4 10000 3 6000 1 4000" \
         "$(json_of long.approf '" ".join(str(d["totals"][k]) for k in ("allocations", "bytes", "frees", "freed_bytes", "leaked_blocks", "leaked_bytes"))')"
 
+# --- threads whose first allocations are inside pthread_getattr_np (its lock held) --------
+# The agent learned a new thread's stack bounds with pthread_getattr_np at its first
+# record: from inside the program's own call, the thread waited for itself for ever.
+# Full mode, and sampled mode at one byte (every allocation a sample).
+for mode in 0 1; do
+        timeout -k 5 60 "$AP" run -q --sample $mode -o getattr$mode.approf \
+                -- "$BUILD/tests/workloads/getattr_first" >getattr$mode.out 2>getattr$mode.err
+        check_eq "pthread_getattr_np in a thread's first allocation (--sample $mode): exit" 0 $?
+        check_eq "pthread_getattr_np in a thread's first allocation (--sample $mode): output" ok \
+                "$(cat getattr$mode.out)"
+done
+check_eq "pthread_getattr_np in a thread's first allocation: the threads' own blocks" "8 800 8" \
+        "$(json_of getattr0.approf '" ".join(str(sum(s[k] for s in d["sites"] if s["frames"] and s["frames"][0]["function"] == "thread_main")) for k in ("allocations", "bytes", "frees"))')"
+check_eq "pthread_getattr_np in a thread's first allocation: their stacks" True \
+        "$(json_of getattr0.approf 'all([f["function"] for f in s["frames"]][:2] == ["thread_main", "start_thread"] for s in d["sites"] if s["frames"] and s["frames"][0]["function"] == "thread_main")')"
+
 # --- fork and exec: one profile per process image, --no-follow, report --all ---------------
 mkdir fork && cd fork || exit 1
 "$AP" run -o main.approf -- "$BUILD/tests/workloads/forker" 2>fork.err
@@ -851,9 +867,9 @@ else
         echo "note: no compressed debug file for the C library, debug cache not checked end to end"
 fi
 
-# --- the agent exports the malloc family and nothing else -------------------------------
+# --- the agent exports the malloc family, pthread_getattr_np and nothing else ----------
 exported=$(nm -D --defined-only "$AGENT" | awk '$2 ~ /[TW]/ {print $3}' | sort | tr '\n' ' ')
-check_eq "agent exports" "aligned_alloc calloc free malloc memalign posix_memalign pvalloc realloc reallocarray valloc " "$exported"
+check_eq "agent exports" "aligned_alloc calloc free malloc memalign posix_memalign pthread_getattr_np pvalloc realloc reallocarray valloc " "$exported"
 
 # --- an installed copy finds its agent with nothing set ----------------------------------
 if meson install -C "$BUILD" --destdir "$T/root" --no-rebuild >install.log 2>&1; then
