@@ -676,9 +676,15 @@ int ap_cmd_run(int argc, char **argv)
 
         char *probe = outdir ? ap_asprintf("%s/x", outdir) : NULL;
         int r = check_output_dir(output ? output : probe ? probe : "./x");
+        /* With -o, --output-dir still receives the other processes' profiles. */
+        bool dir_failed = false;
+        if (r == 0 && output != NULL && probe != NULL) {
+                r = check_output_dir(probe);
+                dir_failed = r < 0;
+        }
         free(probe);
         if (r < 0) {
-                if (output != NULL)
+                if (output != NULL && !dir_failed)
                         fprintf(stderr, "allocprof: cannot write the profile %s: %s\n", output,
                                 strerror(-r));
                 else

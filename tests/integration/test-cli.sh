@@ -296,6 +296,10 @@ fi
 "$AP" run -q --output-dir /nonexistent/dir -- sh -c 'touch od-ran' 2>od2.err
 check_eq "missing output directory: exit, program not started" "1 no" "$? $([ -e od-ran ] && echo yes || echo no)"
 check_contains "missing output directory message" od2.err "cannot write profiles in /nonexistent/dir: No such file or directory"
+# With -o, the other processes' profiles still go to --output-dir: it is checked too.
+"$AP" run -q -o od3.approf --output-dir /nonexistent/dir -- sh -c 'touch od-ran' 2>od3.err
+check_eq "missing output directory with -o: exit, program not started" "1 no" "$? $([ -e od-ran ] && echo yes || echo no)"
+check_contains "missing output directory with -o: message" od3.err "cannot write profiles in /nonexistent/dir: No such file or directory"
 "$AP" run -q -- sh -c 'exit 42'
 check_eq "exit status passed through" 42 $?
 # How long the program ran, not how long it allocated: a quiet 0.3 s at the end counts.
