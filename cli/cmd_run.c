@@ -107,6 +107,8 @@ static void usage(FILE *out)
 static int check_output_dir(const char *path)
 {
         struct stat pst;
+        if (ap_profile_std_stream(path) >= 0)
+                return 0; /* /dev/stdout redirected into a file: written into */
         bool exists = stat(path, &pst) == 0; /* never empty: -o '' is refused */
         if (exists && S_ISDIR(pst.st_mode))
                 return -EISDIR;
@@ -886,7 +888,9 @@ int ap_cmd_run(int argc, char **argv)
          * a FIFO (/dev/null): then here.  (Looked at once: the program's own profile is
          * written last.) */
         struct stat ost;
-        bool output_special = output != NULL && stat(output, &ost) == 0 && !S_ISREG(ost.st_mode);
+        bool output_special = output != NULL &&
+                              ((stat(output, &ost) == 0 && !S_ISREG(ost.st_mode)) ||
+                               ap_profile_std_stream(output) >= 0);
         for (size_t i = 0; i < rs.nended; i++) {
                 struct ended *e = &rs.ended[i];
                 /* The command line of our own child is known exactly. */

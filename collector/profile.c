@@ -1186,6 +1186,18 @@ int ap_profile_write_fd(const struct ap_profile *p, int fd)
         return r;
 }
 
+int ap_profile_std_stream(const char *path)
+{
+        struct stat lst, st, fst;
+        if (lstat(path, &lst) < 0 || !S_ISLNK(lst.st_mode) || stat(path, &st) < 0 ||
+            !S_ISREG(st.st_mode))
+                return -1;
+        for (int fd = 1; fd <= 2; fd++)
+                if (fstat(fd, &fst) == 0 && fst.st_dev == st.st_dev && fst.st_ino == st.st_ino)
+                        return fd;
+        return -1;
+}
+
 int ap_profile_write(const struct ap_profile *p, const char *path)
 {
         /* Several collector threads may write profiles into one directory at once. */
@@ -1197,6 +1209,17 @@ int ap_profile_write(const struct ap_profile *p, const char *path)
 
         if (!p || !path)
                 return -EINVAL;
+        /* /dev/stdout with our output redirected into a file: after what is there. */
+        int std = ap_profile_std_stream(path);
+        if (std >= 0) {
+                int fd = fcntl(std, F_DUPFD_CLOEXEC, 3);
+                if (fd < 0)
+                        return -errno;
+                r = ap_profile_write_fd(p, fd);
+                if (close(fd) < 0 && r == 0)
+                        r = -errno;
+                return r;
+        }
         /* Something there that is not a file (/dev/null, a FIFO, a terminal): write into
          * it.  Renaming over it would replace a device node with a file. */
         struct stat st;

@@ -113,6 +113,13 @@ uint32_t ap_profile_intern(struct ap_profile *p, const char *s);
  * such as /dev/null, a FIFO), into it.  Returns 0 or -errno. */
 int ap_profile_write(const struct ap_profile *p, const char *path);
 
+/* If `path` is a symbolic link (/dev/stdout, /dev/fd/1, /proc/self/fd/2...) to the
+ * regular file our standard output or standard error is redirected into, returns that
+ * descriptor (1 or 2): ap_profile_write writes into it, as `gzip -c > FILE` would,
+ * rather than replace the link (which as root would replace /dev/stdout itself).
+ * Else -1. */
+int ap_profile_std_stream(const char *path);
+
 /* Writes the profile to the open file `fd` at its current offset (a memfd handed over a
  * socket, say).  Returns 0 or -errno. */
 int ap_profile_write_fd(const struct ap_profile *p, int fd);

@@ -274,6 +274,15 @@ mkdir devnull && (cd devnull && "$AP" run -q -o /dev/null -- sh -c 'ls / >/dev/n
 check_eq "-o /dev/null: exit, still a character device" "0 yes" "$? $([ -c /dev/null ] && echo yes || echo no)"
 check_eq "-o /dev/null: the children's profiles in the current directory, none in /dev" "1 0" \
         "$(ls devnull/allocprof.ls.*.approf 2>/dev/null | wc -l) $(ls /dev/allocprof.* 2>/dev/null | wc -l)"
+# A link to the file standard output is redirected into (/dev/stdout, here one of the
+# test's own so that a failure cannot replace the system's): written into, the link left
+# alone, the children's profiles in the current directory.
+mkdir stdoutlink && ln -s /proc/self/fd/1 stdoutlink/out
+(cd stdoutlink && "$AP" run -q -o out -- sh -c 'ls / >/dev/null; true' >../stdout.approf)
+check_eq "-o a link to redirected stdout: exit, still a link, the profile in the file" "0 yes 0" \
+        "$? $([ -L stdoutlink/out ] && echo yes || echo no) $("$AP" report --json stdout.approf | python3 -c 'import json,sys; print(json.load(sys.stdin)["process"]["exit_status"])')"
+check_eq "-o a link to redirected stdout: the children's profiles in the current directory" "1" \
+        "$(ls stdoutlink/allocprof.ls.*.approf 2>/dev/null | wc -l)"
 if [ -c /dev/full ]; then
         "$AP" run -q -o /dev/full -- true 2>full.err
         check_eq "-o /dev/full: the write fails, exit 1, still a device" "1 yes" "$? $([ -c /dev/full ] && echo yes || echo no)"
