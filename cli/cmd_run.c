@@ -707,7 +707,9 @@ int ap_cmd_run(int argc, char **argv)
                 return 1;
         }
 
-        /* Signals arrive through a signalfd so the loop handles them in order. */
+        /* Signals arrive through a signalfd so the loop handles them in order.  The
+         * user signals and SIGALRM too: their default action would end allocprof alone,
+         * the program left running unprofiled and its profile lost. */
         sigset_t mask, orig;
         sigemptyset(&mask);
         sigaddset(&mask, SIGCHLD);
@@ -715,6 +717,9 @@ int ap_cmd_run(int argc, char **argv)
         sigaddset(&mask, SIGTERM);
         sigaddset(&mask, SIGHUP);
         sigaddset(&mask, SIGQUIT);
+        sigaddset(&mask, SIGUSR1);
+        sigaddset(&mask, SIGUSR2);
+        sigaddset(&mask, SIGALRM);
         sigprocmask(SIG_BLOCK, &mask, &orig);
         int sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
         int errpipe[2], gate[2];

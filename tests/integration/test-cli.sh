@@ -826,6 +826,17 @@ checks=$((checks + 1))
 [ -s sleep.approf ] || fail "no profile after SIGTERM"
 check_eq "sleep profile exit status" 143 "$("$AP" report sleep.approf --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["process"]["exit_status"])')"
 
+# SIGUSR1 (a reload, say) reaches a program that handles it, which goes on; allocprof
+# is not ended by it.
+"$AP" run -q -o usr1.approf -- sh -c 'trap "echo reloaded" USR1; i=0; while [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done; echo done' >usr1.out &
+appid=$!
+for i in $(seq 1 100); do [ -n "$(cat /proc/$appid/task/$appid/children 2>/dev/null)" ] && break; sleep 0.1; done
+sleep 0.5
+kill -USR1 "$appid"
+wait "$appid"
+check_eq "SIGUSR1 forwarded: handled by the program, which exits 0, profile written" "0 reloaded done yes" \
+        "$? $(cat usr1.out | tr '\n' ' ')$([ -s usr1.approf ] && echo yes || echo no)"
+
 # --- allocprofd: the same collector as a service in the foreground -----------------------
 # A file that is not a socket stands where the socket should go: left alone, one line.
 echo keep >notasock
