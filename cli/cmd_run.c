@@ -40,6 +40,7 @@ struct ended {
         struct ap_profile *prof;
         pid_t pid;
         bool by_exec;
+        bool late; /* ended (or was let go) after the program ended */
         int order;
 };
 
@@ -50,7 +51,24 @@ struct run_state {
         bool follow; /* profile every process that registers, not only the program */
         pid_t child;
         bool daemon_lost; /* the daemon serving the run went away */
+        size_t nended_at_end; /* images that had ended when the program did */
 };
+
+/* True if `pid` is a process that has not ended (a zombie has). */
+static bool still_running(pid_t pid)
+{
+        char path[64], buf[256];
+        snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+        FILE *f = fopen(path, "re");
+        if (f == NULL)
+                return false;
+        size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+        fclose(f);
+        buf[n] = '\0';
+        const char *paren = strrchr(buf, ')'); /* the command may hold spaces and ')' */
+        return paren != NULL && paren[1] == ' ' && paren[2] != '\0' && paren[2] != 'Z' &&
+               paren[2] != 'X';
+}
 
 static void on_note(void *userdata, int pid, const char *why)
 {
@@ -465,8 +483,10 @@ static int run_loop_private(struct ap_collector *coll, struct run_state *rs, int
                 if (ev > 0) {
                         bool was_done = child_done;
                         child_done = handle_signals(sfd, rs->child, child_done, &status);
-                        if (child_done && !was_done)
+                        if (child_done && !was_done) {
                                 child_done_at = ap_clock_mono_ns();
+                                rs->nended_at_end = rs->nended;
+                        }
                 }
                 if (child_done) {
                         if (!ap_collector_has_pid(coll, rs->child) && ap_collector_nprocs(coll) == 0)
@@ -566,6 +586,7 @@ static int run_loop_daemon(struct ap_ctl *ctl, struct run_state *rs, int sfd)
                                 break;
                         }
                         finish_sent = true;
+                        rs->nended_at_end = rs->nended;
                         finish_at = ap_clock_mono_ns();
                 }
                 if (finish_sent && ap_clock_mono_ns() - finish_at > DAEMON_FINISH_MS * 1000000ull) {
@@ -853,6 +874,8 @@ int ap_cmd_run(int argc, char **argv)
                 ret = exec_errno == ENOENT ? 127 : 126;
         }
 
+        for (size_t i = rs.nended_at_end; i < rs.nended; i++)
+                rs.ended[i].late = true;
         /* The main program's profile is its last image (after any exec). */
         struct ended *main_img = NULL;
         for (size_t i = 0; i < rs.nended; i++)
@@ -923,6 +946,20 @@ int ap_cmd_run(int argc, char **argv)
                                         prof->pid);
                         ap_profile_free(prof);
                         continue;
+                }
+                /* Still running after the grace time (a daemon, say): what it did until
+                 * now, as a snapshot, where its blocks are live and not leaked. */
+                if (e != main_img && !e->by_exec && e->late &&
+                    still_running(e->pid)) {
+                        prof->live = true;
+                        prof->exit_status = -1;
+                        prof->term_signal = 0;
+                        if (!quiet)
+                                fprintf(stderr,
+                                        "allocprof: pid %u (%s) was still running when %s "
+                                        "ended: its profile stops here, as a snapshot\n",
+                                        prof->pid, prof->exe ? ap_path_base(prof->exe) : "?",
+                                        ap_path_base(prog_argv[0]));
                 }
                 char *path;
                 if (e == main_img && output != NULL) {

@@ -826,6 +826,15 @@ checks=$((checks + 1))
 [ -s sleep.approf ] || fail "no profile after SIGTERM"
 check_eq "sleep profile exit status" 143 "$("$AP" report sleep.approf --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["process"]["exit_status"])')"
 
+# A process still running when the program has ended (and the grace time is over): its
+# profile is a snapshot (live, its blocks not leaked), and run says so.
+mkdir stillrun && (cd stillrun && "$AP" run -o main.approf -- sh -c 'sh -c "ls / >/dev/null; exec sleep 3" & ls / >/dev/null' 2>../stillrun.err)
+check_eq "a process still running after the program: exit, its profile live" "0 True" \
+        "$? $(json_of stillrun/allocprof.sleep.*.approf 'd["live"]')"
+check_contains "a process still running after the program: said so" stillrun.err "(sleep) was still running when sh ended"
+check_eq "the processes that ended: not live" "False False" \
+        "$(json_of stillrun/main.approf 'd["live"]') $(for f in stillrun/allocprof.ls.*.approf; do json_of "$f" 'd["live"]'; done | sort -u)"
+
 # SIGUSR1 (a reload, say) reaches a program that handles it, which goes on; allocprof
 # is not ended by it.
 "$AP" run -q -o usr1.approf -- sh -c 'trap "echo reloaded" USR1; i=0; while [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done; echo done' >usr1.out &
