@@ -236,6 +236,9 @@ int ap_profile_merge(struct ap_profile *const *in, size_t n, size_t main_index,
                 }
         }
         o->duration_ns = end > o->start_unix_ns ? end - o->start_unix_ns : 0;
+        /* The drain time of all the events merged: events / it stays the drain rate. */
+        for (size_t i = 0; i < n; i++)
+                o->drain_cpu_ns += in[i]->drain_cpu_ns;
         o->merged_from = (uint32_t)n;
         /* Profiles of different runs (or of none): the result belongs to no one run, and
          * the time from the first start to the last end means nothing; the sum of their

@@ -149,6 +149,9 @@ check_eq "the exec'ed image has its own profile" 1 "$(ls allocprof.true.*.approf
 "$AP" report --all --json >all.json
 check_eq "report --all merges the run" "5 True" "$(json all.json 'd["process"]["merged_from"], d["totals"]["allocations"] >= 25')"
 check_eq "report --all shows the program" 0 "$(json all.json 'd["process"]["exit_status"]')"
+drain_sum=0
+for f in allocprof.*.approf main.approf; do drain_sum=$((drain_sum + $(json_of "$f" 'd["process"]["drain_cpu_ns"]'))); done
+check_eq "report --all: the drain time of the whole run" "$drain_sum" "$(json all.json 'd["process"]["drain_cpu_ns"]')"
 "$AP" report main.approf allocprof.forker.*.approf --json >two.json
 check_eq "report FILE FILE merges" "4 25" "$(json two.json 'd["process"]["merged_from"], d["totals"]["allocations"]')"
 cd .. && mkdir execd && cd execd || exit 1
