@@ -409,8 +409,10 @@ out_close:
 
 static void fork_child(void)
 {
-        /* The mapping we inherited is our parent's: forget it and register anew on the
-         * next call.  Only this thread exists in the child. */
+        /* The mapping we inherited is our parent's: unmap it (else each generation of
+         * forks would keep its ancestors' 2 GiB of address space, RLIMIT_AS's business)
+         * and register anew on the next call.  Only this thread exists in the child. */
+        struct ap_shm_header *inherited = atomic_load_explicit(&ap_session, memory_order_relaxed);
         atomic_store_explicit(&ap_session, NULL, memory_order_relaxed);
         atomic_store_explicit(&ap_mode_word, &g_mode_untried, memory_order_relaxed);
         ap_fetch_add_relaxed(&ap_session_gen, 1);
@@ -421,6 +423,8 @@ static void fork_child(void)
         pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
         memcpy(&g_mod_lock, &fresh, sizeof(fresh));
         ap_store_relaxed(&g_init_state, INIT_UNTRIED);
+        if (inherited != NULL)
+                munmap(inherited, ap_shm_total_bytes());
 }
 
 extern char **environ;

@@ -838,6 +838,27 @@ check_contains "a process still running after the program: said so" stillrun.err
 check_eq "the processes that ended: not live" "False False" \
         "$(json_of stillrun/main.approf 'd["live"]') $(for f in stillrun/allocprof.ls.*.approf; do json_of "$f" 'd["live"]'; done | sort -u)"
 
+# A fork child maps a session of its own and unmaps its parent's: the address space of
+# a chain of forks (what RLIMIT_AS limits) does not grow with each generation.
+if [ -x /usr/bin/python3 ]; then
+        mkdir forkvm && (cd forkvm && "$AP" run -q -- /usr/bin/python3 -c '
+import os
+def vm():
+    return int([l.split()[1] for l in open("/proc/self/status") if l.startswith("VmSize")][0])
+b = [bytearray(100 + i) for i in range(100)]
+sizes = [vm()]
+for gen in range(2):
+    if os.fork():
+        os.wait()
+        break
+    b = [bytearray(100 + i) for i in range(100)]
+    sizes.append(vm())
+    if gen == 1:
+        print("grows" if max(sizes) - min(sizes) > 512 * 1024 else "same")
+' >../forkvm.out)
+        check_eq "fork children: the address space does not grow by a session per generation" same "$(cat forkvm.out)"
+fi
+
 # SIGUSR1 (a reload, say) reaches a program that handles it, which goes on; allocprof
 # is not ended by it.
 "$AP" run -q -o usr1.approf -- sh -c 'trap "echo reloaded" USR1; i=0; while [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done; echo done' >usr1.out &
