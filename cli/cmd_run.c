@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -887,7 +888,19 @@ int ap_cmd_run(int argc, char **argv)
                 main_img->prof->exit_status = exit_code;
                 main_img->prof->term_signal = term_sig;
         }
-        if (exec_errno == 0 && rs.nended == 0 && !noted && !dormant && !rs.daemon_lost)
+        /* The agent maps its rings (AP_NSLOTS of them) at once: an address-space limit
+         * below that leaves it no room, and it stays out of the program's way. */
+        struct rlimit as_lim;
+        bool as_small = getrlimit(RLIMIT_AS, &as_lim) == 0 && as_lim.rlim_cur != RLIM_INFINITY &&
+                        as_lim.rlim_cur < ap_shm_total_bytes() + (256ull << 20);
+        if (exec_errno == 0 && rs.nended == 0 && !noted && !dormant && !rs.daemon_lost && as_small)
+                fprintf(stderr,
+                        "allocprof: %s never registered with the collector: its address-space "
+                        "limit (ulimit -v, %llu MiB) leaves no room for the agent's %llu MiB "
+                        "of rings: no profile\n",
+                        prog_argv[0], (unsigned long long)(as_lim.rlim_cur >> 20),
+                        (unsigned long long)(ap_shm_total_bytes() >> 20));
+        else if (exec_errno == 0 && rs.nended == 0 && !noted && !dormant && !rs.daemon_lost)
                 fprintf(stderr,
                         "allocprof: %s never registered with the collector (statically "
                         "linked, setuid, or it cleared LD_PRELOAD): no profile\n",

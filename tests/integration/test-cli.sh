@@ -859,6 +859,12 @@ for gen in range(2):
         check_eq "fork children: the address space does not grow by a session per generation" same "$(cat forkvm.out)"
 fi
 
+# An address-space limit too small for the agent's rings: the program runs unprofiled,
+# and run says why (not "statically linked").
+(ulimit -v 1000000 && "$AP" run -q -o aslimit.approf -- sh -c 'ls / >/dev/null') 2>aslimit.err
+check_eq "ulimit -v below the rings: the program's exit" 0 $?
+check_contains "ulimit -v below the rings: said so" aslimit.err "address-space limit (ulimit -v, 976 MiB)"
+
 # SIGUSR1 (a reload, say) reaches a program that handles it, which goes on; allocprof
 # is not ended by it.
 "$AP" run -q -o usr1.approf -- sh -c 'trap "echo reloaded" USR1; i=0; while [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done; echo done' >usr1.out &
