@@ -10,10 +10,12 @@
 #include <getopt.h>
 #include <limits.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
@@ -69,6 +71,26 @@ static bool still_running(pid_t pid)
         const char *paren = strrchr(buf, ')'); /* the command may hold spaces and ')' */
         return paren != NULL && paren[1] == ' ' && paren[2] != '\0' && paren[2] != 'Z' &&
                paren[2] != 'X';
+}
+
+/* Ends allocprof by the signal that ended the program, once its profiles are written,
+ * so that whoever waits for allocprof sees what it would have seen of the program: bash
+ * stops a loop on a child killed by SIGINT, and make and supervisors tell a crash from
+ * an exit code by WIFSIGNALED, which an exit with 128 + N does not give.  Without a core
+ * dump of our own (the program made its own if the limits let it).  Returns if the
+ * signal did not end us (we are a PID namespace's init, which ignores it): the caller
+ * then exits with 128 + N. */
+static void end_by_signal(int sig)
+{
+        fflush(stdout);
+        fflush(stderr);
+        (void)prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+        signal(sig, SIG_DFL);
+        sigset_t one;
+        sigemptyset(&one);
+        sigaddset(&one, sig);
+        pthread_sigmask(SIG_UNBLOCK, &one, NULL);
+        raise(sig);
 }
 
 static void on_note(void *userdata, int pid, const char *why)
@@ -1028,6 +1050,8 @@ int ap_cmd_run(int argc, char **argv)
         /* `allocprof` exits now, and the kernel takes its memory back wholesale: freeing
          * the processes' tables and the symbolizer's debug information block by block
          * first cost a compiler's run 10 ms.  Builds with a leak checker free it all. */
+        if (term_sig != 0 && ret == 128 + term_sig)
+                end_by_signal(term_sig);
         return ret;
 #endif
         for (size_t i = 0; i < rs.nended; i++) {
@@ -1040,5 +1064,7 @@ int ap_cmd_run(int argc, char **argv)
         free(sock_dir);
         free(preload);
         free(agent);
+        if (term_sig != 0 && ret == 128 + term_sig)
+                end_by_signal(term_sig);
         return ret;
 }

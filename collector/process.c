@@ -67,6 +67,8 @@ int ap_process_new(int memfd, pid_t pid, const struct ap_hello *hello, struct ap
         close(memfd);
         if (r < 0)
                 return fail(err, r, "cannot map the shared memory");
+        /* Not in a core dump of ours: 2 GiB per process, mostly zeros. */
+        (void)madvise(map, expect, MADV_DONTDUMP);
 
         struct ap_shm_header *h = map;
         /* The layout is fixed for this version: insist on exactly our numbers, so no

@@ -340,8 +340,28 @@ check_eq "no libm, libunwind or liblzma in a shell under the agent (sampled)" ""
         "$("$AP" run -q --sample 512K -o libs.approf -- sh -c "grep -o '$libs_re' /proc/\$\$/maps | sort -u")"
 check_eq "--unwind libunwind: libunwind loaded" "libunwind.so.8" \
         "$("$AP" run -q --unwind libunwind -o libs.approf -- sh -c "grep -o '$libs_re' /proc/\$\$/maps | sort -u" | grep -o 'libunwind\.so\.8')"
-"$AP" run -q -- sh -c 'kill -SEGV $$'
+"$AP" run -q -- sh -c 'kill -SEGV $$' 2>/dev/null
 check_eq "signal death 128+N" 139 $?
+# allocprof ends by the program's signal (WIFSIGNALED for whoever waits for it), and
+# makes no core dump of its own: the program's is in sub/ (its working directory), none
+# in ours.  The agent's rings are kept out of the program's core dump.
+mkdir -p sigcore/sub
+check_eq "signal death: allocprof ends by the same signal" "-11 -2 -15 3" \
+        "$(cd sigcore && for s in SEGV INT TERM; do
+                python3 -c 'import subprocess, sys; print(subprocess.run(sys.argv[1:]).returncode)' \
+                        "$AP" run -q -o s.approf -- sh -c "kill -$s \$\$"
+        done | tr '\n' ' ')$(cd sigcore && python3 -c 'import subprocess, sys; print(subprocess.run(sys.argv[1:]).returncode)' "$AP" run -q -o s.approf -- sh -c 'exit 3')"
+check_eq "the agent's rings are not dumped with the program (VmFlags dd)" "dd" \
+        "$("$AP" run -q -o s.approf -- sh -c 'grep -A40 "memfd:allocprof" /proc/$$/smaps' | sed -n 's/^VmFlags:.* \(dd\).*/\1/p' | head -1)"
+if [ "$(cat /proc/sys/kernel/core_pattern)" = core ]; then
+        (cd sigcore && ulimit -c unlimited && "$AP" run -q -o s.approf -- sh -c 'cd sub && kill -SEGV $$') 2>/dev/null
+        check_eq "signal death: the program's core dump, none of allocprof's" "sub/core" \
+                "$(cd sigcore && ls core sub/core 2>/dev/null | tr '\n' ' ' | sed 's/ $//')"
+        check_eq "the program's core dump without the agent's rings (under 64 MiB)" yes \
+                "$([ "$(du -k sigcore/sub/core | cut -f1)" -lt 65536 ] && echo yes || echo no)"
+else
+        echo "note: core_pattern is not 'core', core dumps not checked"
+fi
 "$AP" bogus 2>/dev/null
 check_eq "unknown command" 2 $?
 "$AP" run 2>/dev/null
