@@ -43,6 +43,13 @@ extern AP_HIDDEN _Atomic uint64_t ap_session_gen; /* bumped on every (re)registr
  * so a thread that reads the session's word also sees ap_session and the header set. */
 extern AP_HIDDEN _Atomic(_Atomic uint32_t *) ap_mode_word;
 
+/* Slot i's ring_ctl (its ring follows it), mapped on first use if `map`; NULL if it is
+ * not mapped (session.c). */
+AP_HIDDEN struct ap_ring_ctl *ap_slot_ctl(uint32_t i, bool map);
+/* The address of a byte of the stack heap or the module log, by its offset in the shared
+ * memory (at least stacks_offset): they are mapped apart from the header. */
+AP_HIDDEN uint8_t *ap_shm_tail(uint64_t offset);
+
 /* Per-thread state, initial-exec TLS (no __tls_get_addr, which could allocate). */
 struct ap_thread {
         struct ap_ring_ctl *ctl;   /* our slot in the session, NULL if none */

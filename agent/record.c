@@ -119,7 +119,7 @@ static inline uint64_t ap_mix(uint64_t x)
 
 static inline struct ap_stack_entry *heap_entry(struct ap_shm_header *h, uint32_t id)
 {
-        return (struct ap_stack_entry *)((uint8_t *)h + h->stacks_offset + (uint64_t)id * 8);
+        return (struct ap_stack_entry *)ap_shm_tail(h->stacks_offset + (uint64_t)id * 8);
 }
 
 static void check_modules(const uint64_t *ips, uint32_t n);
@@ -231,9 +231,15 @@ static bool slot_claim(struct ap_shm_header *h, struct ap_ring_ctl **ret_ctl,
          * 25 ms of it inside the drain's 195).  A claim is once per thread, so scanning
          * from 0 past the slots of live threads costs little. */
         uint32_t n = h->nslots;
+        bool can_map = true;
         for (uint32_t i = 0; i < n; i++) {
-                struct ap_ring_ctl *ctl = (struct ap_ring_ctl *)((uint8_t *)h + h->slots_offset +
-                                                                 (uint64_t)i * h->slot_stride);
+                /* A slot never mapped here is free (no other process claims ours); once
+                 * one cannot be mapped, only those already mapped are looked at. */
+                struct ap_ring_ctl *ctl = ap_slot_ctl(i, can_map);
+                if (ctl == NULL) {
+                        can_map = false;
+                        continue;
+                }
                 uint32_t expected = AP_SLOT_FREE;
                 if (ap_load_relaxed(&ctl->xstate) != AP_SLOT_FREE)
                         continue;

@@ -37,6 +37,106 @@ static _Atomic int g_thread_key_ok;
 AP_HIDDEN uint64_t ap_agent_lo, ap_agent_hi; /* our own text, written before the session is published */
 static char g_exe_path[AP_MAX_PATH];
 
+/* ---- the session's mappings -----------------------------------------------------------
+ * The shared memory holds 1024 rings of 2 MiB (ap_shm_total_bytes(): 2.1 GiB), but a
+ * process maps only what it uses: the head (the header and slot 0's ring) and the tail
+ * (stack heap and module log) at registration, and each further slot when a thread of
+ * its first claims it.  Mapped at once, the rings took 2.1 GiB of every program's address
+ * space, which RLIMIT_AS counts: a program under `ulimit -v 2000000` was not profiled.
+ *
+ * The descriptor is closed after registration (the program keeps none of ours), so a
+ * slot is mapped from the nearest one below it that is (ap_shm_map_more, ring.h).  Slots
+ * are claimed lowest first: that is usually the one just below, and the transient
+ * mapping two rings long.
+ *
+ * g_slot_page[i] is the address at which slot i's first page (the page holding its
+ * ring_ctl) is mapped in this process, 0 if it is not.  Set once per session with a
+ * release CAS after the mapping exists; read with acquire, so a thread that sees the
+ * address sees the mapping (mremap and munmap are system calls: the kernel orders them,
+ * the atomics only publish the address).  Reset by fork_child alone, single-threaded. */
+static _Atomic uintptr_t g_slot_page[AP_NSLOTS];
+static uint8_t *g_head, *g_tail; /* head and tail mappings (page-aligned starts) */
+static uint64_t g_head_len, g_tail_len, g_tail_off;
+static uint64_t g_page; /* the system's page size */
+
+static inline uint64_t page_down(uint64_t x)
+{
+        return x & ~(g_page - 1);
+}
+
+static inline uint64_t page_up(uint64_t x)
+{
+        return (x + g_page - 1) & ~(g_page - 1);
+}
+
+static inline uint64_t slot_off(uint32_t i)
+{
+        return ap_shm_slot_off(i);
+}
+
+/* Bytes mapped for slot i, from its first page. */
+static inline uint64_t slot_map_len(uint32_t i)
+{
+        return page_up(slot_off(i) + AP_SLOT_STRIDE) - page_down(slot_off(i));
+}
+
+/* Maps slot i (i >= 1) from the nearest mapped slot below it; 0 if that fails (an
+ * address-space limit, a seccomp filter without mremap: the thread goes unrecorded, as
+ * when every slot is taken). */
+static uintptr_t map_slot(uint32_t i)
+{
+        uint32_t j = i;
+        uintptr_t from = 0;
+        while (j-- > 0 && (from = ap_load_acquire(&g_slot_page[j])) == 0)
+                ;
+        if (from == 0)
+                return 0;
+        uint8_t *m = ap_shm_map_more((void *)from, page_down(slot_off(j)), page_down(slot_off(i)),
+                                     slot_map_len(i));
+        if (m == NULL)
+                return 0;
+        uintptr_t mine = (uintptr_t)m, seen = 0;
+        (void)madvise((void *)mine, slot_map_len(i), MADV_DONTDUMP); /* see session_start */
+        /* Release: the mapping exists before another thread can use its address; acquire
+         * on failure: the winner's mapping exists before we use the winner's address. */
+        if (!atomic_compare_exchange_strong_explicit(&g_slot_page[i], &seen, mine,
+                                                     memory_order_acq_rel, memory_order_acquire)) {
+                munmap((void *)mine, slot_map_len(i));
+                return seen;
+        }
+        return mine;
+}
+
+AP_HIDDEN struct ap_ring_ctl *ap_slot_ctl(uint32_t i, bool map)
+{
+        uintptr_t a = ap_load_acquire(&g_slot_page[i]);
+        if (a == 0 && (!map || (a = map_slot(i)) == 0))
+                return NULL;
+        return (struct ap_ring_ctl *)(a + (slot_off(i) - page_down(slot_off(i))));
+}
+
+AP_HIDDEN uint8_t *ap_shm_tail(uint64_t offset)
+{
+        return g_tail + (offset - g_tail_off);
+}
+
+/* Unmaps everything the session mapped (the fork child: its parent's). */
+static void unmap_session(void)
+{
+        for (uint32_t i = 1; i < AP_NSLOTS; i++) {
+                uintptr_t a = ap_load_relaxed(&g_slot_page[i]);
+                if (a != 0)
+                        munmap((void *)a, slot_map_len(i));
+                ap_store_relaxed(&g_slot_page[i], 0);
+        }
+        ap_store_relaxed(&g_slot_page[0], 0);
+        if (g_head != NULL)
+                munmap(g_head, g_head_len);
+        if (g_tail != NULL)
+                munmap(g_tail, g_tail_len);
+        g_head = g_tail = NULL;
+}
+
 /* ---- modules ------------------------------------------------------------------------
  * g_known is append-only; readers (ap_modules_known, lock-free from any hook) load the
  * count with acquire, pairing with the release store after an entry is filled. */
@@ -119,7 +219,7 @@ static void log_module(struct ap_shm_header *h, uint16_t kind, const char *path,
                 ap_fetch_add_relaxed(&h->xcounters[AP_CNT_MODULES_DROPPED], 1);
                 return;
         }
-        struct ap_module_rec *m = (struct ap_module_rec *)((uint8_t *)h + h->modules_offset + used);
+        struct ap_module_rec *m = (struct ap_module_rec *)ap_shm_tail(h->modules_offset + used);
         memset(m, 0, sizeof(*m));
         m->nbytes = (uint32_t)bytes;
         m->kind = kind;
@@ -343,14 +443,29 @@ static int session_start(const char *sock_path)
                 goto out_close;
         }
         (void)fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL);
-        void *map = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-        if (map == MAP_FAILED) {
+        /* The head and the tail now, the other slots when claimed (see map_slot). */
+        g_page = (uint64_t)getpagesize();
+        g_head_len = page_up(slot_off(0) + AP_SLOT_STRIDE);
+        const uint64_t tail_at = slot_off(AP_NSLOTS); /* ap_shm_init_layout's stacks_offset */
+        g_tail_off = page_down(tail_at);
+        g_tail_len = total - g_tail_off;
+        void *map = mmap(NULL, g_head_len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        void *tail = map == MAP_FAILED ? MAP_FAILED
+                                       : mmap(NULL, g_tail_len, PROT_READ | PROT_WRITE, MAP_SHARED,
+                                              fd, (off_t)g_tail_off);
+        if (tail == MAP_FAILED) {
                 r = -errno;
+                if (map != MAP_FAILED)
+                        munmap(map, g_head_len);
                 goto out_close;
         }
+        g_head = map;
+        g_tail = tail;
+        ap_store_release(&g_slot_page[0], (uintptr_t)map + page_down(slot_off(0)));
         /* Kept out of the program's core dumps: a shared mapping is dumped in full by
-         * default, and every crash of a profiled program wrote 2 GiB more. */
-        (void)madvise(map, total, MADV_DONTDUMP);
+         * default (the slots mapped later: map_slot). */
+        (void)madvise(map, g_head_len, MADV_DONTDUMP);
+        (void)madvise(tail, g_tail_len, MADV_DONTDUMP);
         struct ap_shm_header *h = map;
         ap_shm_init_layout(h);
         h->pid = (uint32_t)getpid();
@@ -404,7 +519,7 @@ static int session_start(const char *sock_path)
         return 0;
 
 out_unmap:
-        munmap(map, total);
+        unmap_session();
 out_close:
         close(fd);
         return r;
@@ -412,10 +527,9 @@ out_close:
 
 static void fork_child(void)
 {
-        /* The mapping we inherited is our parent's: unmap it (else each generation of
-         * forks would keep its ancestors' 2 GiB of address space, RLIMIT_AS's business)
-         * and register anew on the next call.  Only this thread exists in the child. */
-        struct ap_shm_header *inherited = atomic_load_explicit(&ap_session, memory_order_relaxed);
+        /* The mappings we inherited are our parent's: unmap them (else each generation
+         * of forks would keep its ancestors' rings, RLIMIT_AS's business) and register
+         * anew on the next call.  Only this thread exists in the child. */
         atomic_store_explicit(&ap_session, NULL, memory_order_relaxed);
         atomic_store_explicit(&ap_mode_word, &g_mode_untried, memory_order_relaxed);
         ap_fetch_add_relaxed(&ap_session_gen, 1);
@@ -426,8 +540,7 @@ static void fork_child(void)
         pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
         memcpy(&g_mod_lock, &fresh, sizeof(fresh));
         ap_store_relaxed(&g_init_state, INIT_UNTRIED);
-        if (inherited != NULL)
-                munmap(inherited, ap_shm_total_bytes());
+        unmap_session();
 }
 
 extern char **environ;

@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "allocprof/clock.h"
+#include "allocprof/ring.h"
 #include "allocprof/wire.h"
 #include "client.h"
 #include "profile.h"
@@ -910,18 +911,20 @@ int ap_cmd_run(int argc, char **argv)
                 main_img->prof->exit_status = exit_code;
                 main_img->prof->term_signal = term_sig;
         }
-        /* The agent maps its rings (AP_NSLOTS of them) at once: an address-space limit
-         * below that leaves it no room, and it stays out of the program's way. */
+        /* The agent maps about 70 MiB of shared memory at registration (ring.h), and so
+         * does our collector: an address-space limit near that leaves it no room, and it
+         * stays out of the program's way. */
         struct rlimit as_lim;
+        const uint64_t shm_min = ap_shm_slot_off(1) + AP_STACK_HEAP_BYTES + AP_MODULE_LOG_BYTES;
         bool as_small = getrlimit(RLIMIT_AS, &as_lim) == 0 && as_lim.rlim_cur != RLIM_INFINITY &&
-                        as_lim.rlim_cur < ap_shm_total_bytes() + (256ull << 20);
+                        as_lim.rlim_cur < shm_min + (256ull << 20);
         if (exec_errno == 0 && rs.nended == 0 && !noted && !dormant && !rs.daemon_lost && as_small)
                 fprintf(stderr,
                         "allocprof: %s never registered with the collector: its address-space "
                         "limit (ulimit -v, %llu MiB) leaves no room for the agent's %llu MiB "
-                        "of rings: no profile\n",
+                        "of shared memory: no profile\n",
                         prog_argv[0], (unsigned long long)(as_lim.rlim_cur >> 20),
-                        (unsigned long long)(ap_shm_total_bytes() >> 20));
+                        (unsigned long long)(shm_min >> 20));
         else if (exec_errno == 0 && rs.nended == 0 && !noted && !dormant && !rs.daemon_lost)
                 fprintf(stderr,
                         "allocprof: %s never registered with the collector (statically "

@@ -44,6 +44,8 @@ struct ap_slot {
         uint64_t pf;         /* records before this position had their live cell prefetched */
         uint64_t last_alloc; /* address of the slot's latest allocation (temporaries) */
         uint32_t tid; /* owner last seen (untrusted, only counted) */
+        struct ap_ring_ctl *ctl; /* where the slot is mapped, NULL until it is (map_slots) */
+        uint8_t *page;           /* start of that mapping (its first page) */
         bool bad;            /* failed validation: ignored from then on */
         bool seen;
 };
@@ -55,8 +57,10 @@ struct ap_process {
         pid_t pid;
         uint32_t ppid;
         uint64_t exec_id;
-        uint8_t *map;
+        uint8_t *map; /* the head: header and slot 0 (ring.h) */
         uint64_t map_bytes;
+        uint8_t *tail; /* stack heap and module log, from file offset tail_off */
+        uint64_t tail_bytes, tail_off;
         struct ap_shm_header *hdr; /* == map, or a private copy in a snapshot (map NULL) */
         uint64_t start_ns;         /* agent's CLOCK_MONOTONIC at init */
         uint64_t start_ticks;      /* agent's ap_clock_ticks() at init: records count from it */

@@ -15,8 +15,9 @@
 
 #include "allocprof/atomics.h"
 #include "allocprof/clock.h"
-#include <time.h>
+#include "allocprof/ring.h"
 #include "process-internal.h"
+#include <time.h>
 
 #define TIMELINE_MAX 2048
 #define RECORD_MAX (sizeof(struct ap_rec_realloc) + 8 * AP_MAX_FRAMES)
@@ -62,13 +63,26 @@ int ap_process_new(int memfd, pid_t pid, const struct ap_hello *hello, struct ap
                 close(memfd);
                 return fail(err, -EPROTO, "shared memory has an unexpected size");
         }
-        void *map = mmap(NULL, expect, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
-        r = map == MAP_FAILED ? -errno : 0;
+        /* The head and the tail now, each other slot when the agent has claimed it
+         * (map_slots): mapped whole, 2.1 GiB a process would count against an
+         * address-space limit (`ulimit -v` applies to run's own collector too). */
+        const uint64_t page = (uint64_t)getpagesize();
+        const uint64_t head_bytes = (ap_shm_slot_off(1) + page - 1) & ~(page - 1);
+        const uint64_t tail_off = ap_shm_slot_off(AP_NSLOTS) & ~(page - 1);
+        void *map = mmap(NULL, head_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
+        void *tail = map == MAP_FAILED ? MAP_FAILED
+                                       : mmap(NULL, expect - tail_off, PROT_READ | PROT_WRITE,
+                                              MAP_SHARED, memfd, (off_t)tail_off);
+        r = tail == MAP_FAILED ? -errno : 0;
         close(memfd);
-        if (r < 0)
+        if (r < 0) {
+                if (map != MAP_FAILED)
+                        munmap(map, head_bytes);
                 return fail(err, r, "cannot map the shared memory");
-        /* Not in a core dump of ours: 2 GiB per process, mostly zeros. */
-        (void)madvise(map, expect, MADV_DONTDUMP);
+        }
+        /* Not in a core dump of ours: mostly zeros. */
+        (void)madvise(map, head_bytes, MADV_DONTDUMP);
+        (void)madvise(tail, expect - tail_off, MADV_DONTDUMP);
 
         struct ap_shm_header *h = map;
         /* The layout is fixed for this version: insist on exactly our numbers, so no
@@ -80,7 +94,8 @@ int ap_process_new(int memfd, pid_t pid, const struct ap_hello *hello, struct ap
             h->stacks_bytes != AP_STACK_HEAP_BYTES ||
             h->modules_offset != h->stacks_offset + AP_STACK_HEAP_BYTES ||
             h->modules_bytes != AP_MODULE_LOG_BYTES) {
-                munmap(map, expect);
+                munmap(map, head_bytes);
+                munmap(tail, expect - tail_off);
                 return fail(err, -EPROTO, "shared memory header is invalid");
         }
 
@@ -89,14 +104,20 @@ int ap_process_new(int memfd, pid_t pid, const struct ap_hello *hello, struct ap
         if (p == NULL || scratch == NULL) {
                 free(p);
                 free(scratch);
-                munmap(map, expect);
+                munmap(map, head_bytes);
+                munmap(tail, expect - tail_off);
                 return fail(err, -ENOMEM, "out of memory");
         }
         p->pid = pid;
         p->ppid = hello->ppid;
         p->exec_id = hello->exec_id;
         p->map = map;
-        p->map_bytes = expect;
+        p->map_bytes = head_bytes;
+        p->tail = tail;
+        p->tail_bytes = expect - tail_off;
+        p->tail_off = tail_off;
+        p->slots[0].page = (uint8_t *)map + (ap_shm_slot_off(0) & ~(page - 1));
+        p->slots[0].ctl = (struct ap_ring_ctl *)((uint8_t *)map + ap_shm_slot_off(0));
         p->hdr = h;
         p->start_ns = h->start_ns;
         p->start_ticks = h->start_ticks;
@@ -109,6 +130,14 @@ int ap_process_new(int memfd, pid_t pid, const struct ap_hello *hello, struct ap
         ap_store_relaxed(&h->xcollector_pid, (uint32_t)getpid());
         *ret = p;
         return 0;
+}
+
+/* Bytes mapped for slot i (i >= 1), from the page holding its ring_ctl. */
+static uint64_t slot_map_bytes(uint32_t i)
+{
+        const uint64_t page = (uint64_t)getpagesize();
+        uint64_t first = ap_shm_slot_off(i) & ~(page - 1);
+        return ((ap_shm_slot_off(i) + AP_SLOT_STRIDE + page - 1) & ~(page - 1)) - first;
 }
 
 void ap_process_free(struct ap_process *p)
@@ -136,10 +165,15 @@ void ap_process_free(struct ap_process *p)
         free(p->argv);
         free(p->exe);
         free(p->scratch);
-        if (p->map != NULL)
+        if (p->map != NULL) {
+                for (uint32_t i = 1; i < AP_NSLOTS; i++)
+                        if (p->slots[i].page != NULL)
+                                munmap(p->slots[i].page, slot_map_bytes(i));
                 munmap(p->map, p->map_bytes);
-        else
+                munmap(p->tail, p->tail_bytes);
+        } else {
                 free(p->hdr); /* a snapshot's copy of the header */
+        }
         free(p);
 }
 
@@ -395,7 +429,7 @@ static void read_modules(struct ap_process *p)
         uint64_t used = ap_load_acquire(&h->xmodules_used);
         if (used > AP_MODULE_LOG_BYTES)
                 used = AP_MODULE_LOG_BYTES;
-        const uint8_t *log = p->map + h->modules_offset;
+        const uint8_t *log = p->tail + (h->modules_offset - p->tail_off);
         struct ap_module_rec m;
 
         while (p->modules_read + sizeof(m) <= used) {
@@ -560,7 +594,7 @@ static uint32_t stack_resolve(struct ap_process *p, const struct ap_rec_hdr *rh,
                 return UINT32_MAX;
         if (table[id] != 0)
                 return table[id] - 1;
-        const uint8_t *base = p->map + p->hdr->stacks_offset;
+        const uint8_t *base = p->tail + (p->hdr->stacks_offset - p->tail_off);
         memcpy(&e, base + off, sizeof(e));
         if (e.depth == 0 || e.depth > AP_MAX_FRAMES ||
             off + sizeof(e) + 8ull * e.depth > AP_STACK_HEAP_BYTES)
@@ -727,7 +761,34 @@ static void do_alloc(struct ap_process *p, struct ap_slot *slot, uint32_t stack,
 
 static inline struct ap_ring_ctl *slot_ctl(struct ap_process *p, uint32_t i)
 {
-        return (struct ap_ring_ctl *)(p->map + p->hdr->slots_offset + (uint64_t)i * AP_SLOT_STRIDE);
+        return p->slots[i].ctl;
+}
+
+/* Maps the slots below hwm that are not yet (from the nearest one below that is, as the
+ * agent does: ring.h).  A slot that cannot be mapped (our own address-space limit) is
+ * set aside as bad, its records lost and counted as invalid. */
+static void map_slots(struct ap_process *p, uint32_t hwm)
+{
+        const uint64_t page = (uint64_t)getpagesize();
+        for (uint32_t i = 1; i < hwm; i++) {
+                struct ap_slot *sl = &p->slots[i];
+                if (sl->ctl != NULL || sl->bad)
+                        continue;
+                uint32_t j = i - 1;
+                while (j > 0 && p->slots[j].page == NULL)
+                        j--;
+                uint64_t from_off = ap_shm_slot_off(j) & ~(page - 1);
+                uint64_t off = ap_shm_slot_off(i) & ~(page - 1);
+                uint8_t *m = ap_shm_map_more(p->slots[j].page, from_off, off, slot_map_bytes(i));
+                if (m == NULL) {
+                        sl->bad = true;
+                        p->t.invalid_records++;
+                        continue;
+                }
+                (void)madvise(m, slot_map_bytes(i), MADV_DONTDUMP);
+                sl->page = m;
+                sl->ctl = (struct ap_ring_ctl *)(m + (ap_shm_slot_off(i) - off));
+        }
 }
 
 /* Copies the next record of slot i into p->scratch and validates its framing.  Returns
@@ -934,6 +995,7 @@ long ap_process_drain(struct ap_process *p, bool final)
         while ((hwm = ap_load_acquire(&h->xslot_hwm)) > done && done < AP_NSLOTS) {
                 if (hwm > AP_NSLOTS)
                         hwm = AP_NSLOTS;
+                map_slots(p, hwm);
                 for (uint32_t i = done; i < hwm; i++) {
                         struct ap_slot *sl = &p->slots[i];
                         if (sl->bad)

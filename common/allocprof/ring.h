@@ -8,6 +8,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/mman.h>
 
 #include "allocprof/atomics.h"
 #include "allocprof/wire.h"
@@ -77,6 +78,33 @@ static inline void ap_ring_commit(struct ap_producer *pr, uint32_t nbytes)
          * core read it last, and taking it back costs a cross-core round trip that
          * this overlaps with the work before the next record. */
         __builtin_prefetch(pr->data + ((pr->head + AP_RING_PREFETCH) & (AP_RING_BYTES - 1)), 1);
+}
+
+/* ---- mapping the shared memory piecemeal ----------------------------------------------
+ * Neither side maps the whole ap_shm_total_bytes() (2.1 GiB, which RLIMIT_AS would count)
+ * at once: the head (header and slot 0) and the tail (stack heap and module log) at
+ * registration, every other slot when it is first used.  Once the memfd is closed, a
+ * slot is mapped from one already mapped with ap_shm_map_more. */
+
+/* File offset of slot i's ring_ctl (ap_shm_init_layout's slots_offset, stride). */
+static inline uint64_t ap_shm_slot_off(uint32_t i)
+{
+        return 4096 + (uint64_t)i * AP_SLOT_STRIDE;
+}
+
+/* Maps the page-aligned file range [off, off + len) given `from`, the address at which
+ * the page-aligned offset from_off <= off is mapped (MAP_SHARED): mremap(2) with an old
+ * size of 0 makes a second mapping of the same pages, from from_off on and as long as
+ * asked, and what lies before `off` is unmapped again.  Returns the address of `off`,
+ * or NULL (an address-space limit, a seccomp filter without mremap). */
+static inline uint8_t *ap_shm_map_more(void *from, uint64_t from_off, uint64_t off, uint64_t len)
+{
+        void *m = mremap(from, 0, off - from_off + len, MREMAP_MAYMOVE);
+        if (m == MAP_FAILED)
+                return NULL;
+        if (off > from_off)
+                munmap(m, off - from_off);
+        return (uint8_t *)m + (off - from_off);
 }
 
 /* Fills in a fresh header for the fixed layout of AP_LAYOUT_VERSION.  The mapping must be
