@@ -119,6 +119,10 @@
  * files that could only be an attack or an accident before handing them to the parser. */
 #define MAX_FILE_SIZE (1ull << 30)
 
+/* Linux's highest signal number (SIGRTMAX; _NSIG - 1): a process killed by a signal was
+ * killed by one of 1 to this. */
+#define MAX_SIGNAL 64
+
 /* ap_profile_new() allocates this; the intern index lives behind the public struct so the
  * header stays a plain data model.  Profiles must therefore come from ap_profile_new(). */
 struct profile_impl {
@@ -660,6 +664,8 @@ static int validate_for_write(const struct ap_profile *p)
             (p->nmodules && !p->modules) || (p->ntimeline && !p->timeline))
                 return -EINVAL;
         if (p->nstrings >= AP_NONE || p->nframes >= AP_NONE || p->nmodules >= AP_NONE)
+                return -EINVAL;
+        if (p->term_signal < 0 || p->term_signal > MAX_SIGNAL)
                 return -EINVAL;
         for (uint32_t i = 0; i < p->ncommand; i++)
                 if (!p->command[i])
@@ -1680,6 +1686,25 @@ static int read_live(struct rctx *rc, struct ap_profile *p, const struct ap_json
         return v ? as_bool(rc, v, &l, &p->live) : 0;
 }
 
+/* "term_signal": 0 for none, else a signal number. */
+static int read_term_signal(struct rctx *rc, struct ap_profile *p, const struct ap_json *proc,
+                            const struct loc *parent)
+{
+        struct loc l = at_key(parent, "term_signal");
+        const struct ap_json *v = NULL;
+        int64_t x = 0;
+        int r;
+
+        if ((r = member(rc, proc, parent, "term_signal", &v)) < 0 ||
+            (r = as_int(rc, v, &l, INT64_MIN, INT64_MAX, &x)) < 0)
+                return r;
+        if (x < 0 || x > MAX_SIGNAL)
+                return fail(rc, -EINVAL, "%s: %lld is not a signal number (1-%d, or 0 for none)",
+                            loc_text(&l).s, (long long)x, MAX_SIGNAL);
+        p->term_signal = (int)x;
+        return 0;
+}
+
 static int read_process(struct rctx *rc, struct ap_profile *p, const struct ap_json *root)
 {
         struct loc l = at_key(NULL, "process"), lc = at_key(&l, "command");
@@ -1691,7 +1716,7 @@ static int read_process(struct rctx *rc, struct ap_profile *p, const struct ap_j
             (r = field_u32(rc, proc, &l, "pid", &p->pid)) < 0 ||
             (r = field_u32(rc, proc, &l, "ppid", &p->ppid)) < 0 ||
             (r = field_int(rc, proc, &l, "exit_status", -1, 255, &p->exit_status)) < 0 ||
-            (r = field_int(rc, proc, &l, "term_signal", 0, 255, &p->term_signal)) < 0 ||
+            (r = read_term_signal(rc, p, proc, &l)) < 0 ||
             (r = field_u64(rc, proc, &l, "start_unix_ns", &p->start_unix_ns)) < 0 ||
             (r = field_u64(rc, proc, &l, "duration_ns", &p->duration_ns)) < 0 ||
             (ap_json_get(proc, "drain_cpu_ns") != NULL &&

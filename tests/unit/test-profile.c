@@ -542,6 +542,10 @@ static void test_write_errors(void)
         p->modules[1].path = 12345;
         ASSERT_ERR(ap_profile_write(p, path), -EINVAL);
         p->modules[1].path = saved;
+
+        p->term_signal = 65;
+        ASSERT_ERR(ap_profile_write(p, path), -EINVAL);
+        p->term_signal = 0;
         ASSERT_EQ(count_entries(tmpdir), 0);
 
         ASSERT_ERR(ap_profile_write(p, "/nonexistent-dir/x.approf"), -ENOENT);
@@ -714,6 +718,9 @@ static void test_round_trip_edges(void)
         p->timeline[p->ntimeline++] = (struct ap_ptimepoint){max, 0, max};
         p->timeline[p->ntimeline++] = (struct ap_ptimepoint){0, max, 0};
         p->timeline[p->ntimeline++] = (struct ap_ptimepoint){max, max, max};
+
+        p->term_signal = 64; /* the highest signal number */
+        p->exit_status = 128 + 64;
 
         ASSERT_OK(ap_profile_write(p, path));
         q = read_ok(path);
@@ -1053,7 +1060,18 @@ static void test_hostile_documents(void)
         expect_mutation_error("process", "pid", json_integer(1ll << 32), E, "process.pid");
         expect_mutation_error("process", "exit_status", json_integer(256), E,
                               "process.exit_status");
-        expect_mutation_error("process", "term_signal", json_integer(-1), E, "process.term_signal");
+        /* 0 for none, else a signal number: not one the report would turn into an exit
+         * status of 128 + 200. */
+        expect_mutation_error(
+                "process", "term_signal", json_integer(-1), E,
+                "process.term_signal: -1 is not a signal number (1-64, or 0 for none)");
+        expect_mutation_error(
+                "process", "term_signal", json_integer(200), E,
+                "process.term_signal: 200 is not a signal number (1-64, or 0 for none)");
+        expect_mutation_error("process", "term_signal", json_integer(65), E,
+                              "process.term_signal: 65 is not a signal number");
+        expect_mutation_error("process", "term_signal", json_integer(INT64_MAX), E,
+                              "process.term_signal: 9223372036854775807 is not a signal number");
         expect_mutation_error("process", "command", json_string("ls -l"), E,
                               "process.command: expected an array");
         expect_mutation_error("process/command", "1", json_integer(5), E,
