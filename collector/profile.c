@@ -119,6 +119,12 @@
  * files that could only be an attack or an accident before handing them to the parser. */
 #define MAX_FILE_SIZE (1ull << 30)
 
+/* How allocations were recorded (ap_profile.mode); null in a profile is unknown. */
+static bool known_mode(const char *mode)
+{
+        return strcmp(mode, "full") == 0 || strcmp(mode, "sampled") == 0;
+}
+
 /* Linux's highest signal number (SIGRTMAX; _NSIG - 1): a process killed by a signal was
  * killed by one of 1 to this. */
 #define MAX_SIGNAL 64
@@ -665,7 +671,8 @@ static int validate_for_write(const struct ap_profile *p)
                 return -EINVAL;
         if (p->nstrings >= AP_NONE || p->nframes >= AP_NONE || p->nmodules >= AP_NONE)
                 return -EINVAL;
-        if (p->term_signal < 0 || p->term_signal > MAX_SIGNAL)
+        if (p->term_signal < 0 || p->term_signal > MAX_SIGNAL ||
+            (p->mode != NULL && !known_mode(p->mode)))
                 return -EINVAL;
         for (uint32_t i = 0; i < p->ncommand; i++)
                 if (!p->command[i])
@@ -1677,6 +1684,37 @@ static int alloc_table(struct rctx *rc, void **ret, uint32_t n, size_t size)
         return 0;
 }
 
+/* s for a one-line message, in quotes: at most 32 bytes of it, anything but printable
+ * ASCII shown as '?'. */
+static struct loc_text quoted(const char *s)
+{
+        struct loc_text t;
+        size_t n = 0;
+
+        t.s[n++] = '"';
+        for (; *s != '\0' && n < 33; s++)
+                t.s[n++] = *s >= 0x20 && *s < 0x7f ? *s : '?';
+        t.s[n++] = '"';
+        if (*s != '\0') {
+                memcpy(t.s + n, "...", 3);
+                n += 3;
+        }
+        t.s[n] = '\0';
+        return t;
+}
+
+/* "full", "sampled", or null (unknown). */
+static int read_mode(struct rctx *rc, struct ap_profile *p, const struct ap_json *root)
+{
+        struct loc l = at_key(NULL, "mode");
+        int r = field_strdup(rc, root, NULL, "mode", true, &p->mode);
+
+        if (r < 0 || p->mode == NULL || known_mode(p->mode))
+                return r;
+        return fail(rc, -EINVAL, "%s: %s is not a recording mode (\"full\" or \"sampled\")",
+                    loc_text(&l).s, quoted(p->mode).s);
+}
+
 /* Optional: only snapshots of a running process carry it. */
 static int read_live(struct rctx *rc, struct ap_profile *p, const struct ap_json *root)
 {
@@ -2236,8 +2274,7 @@ static int read_document(struct rctx *rc, struct ap_profile *p, const struct ap_
         /* Tables in dependency order: each one is checked against those before it. */
         if ((r = get_object(rc, root, NULL, "tool", &o)) < 0 ||
             (r = field_strdup(rc, o, &lt, "version", true, &p->tool_version)) < 0 ||
-            (r = read_live(rc, p, root)) < 0 ||
-            (r = field_strdup(rc, root, NULL, "mode", true, &p->mode)) < 0 ||
+            (r = read_live(rc, p, root)) < 0 || (r = read_mode(rc, p, root)) < 0 ||
             (r = field_u64(rc, root, NULL, "sample_interval", &p->sample_interval)) < 0 ||
             (r = get_object(rc, root, NULL, "totals", &o)) < 0 ||
             (r = fields_u64(rc, o, &ltot, p, totals_fields, ARRAY_SIZE(totals_fields))) < 0 ||

@@ -546,6 +546,12 @@ static void test_write_errors(void)
         p->term_signal = 65;
         ASSERT_ERR(ap_profile_write(p, path), -EINVAL);
         p->term_signal = 0;
+
+        free(p->mode);
+        p->mode = xstrdup("bogus");
+        ASSERT_ERR(ap_profile_write(p, path), -EINVAL);
+        free(p->mode);
+        p->mode = xstrdup("full");
         ASSERT_EQ(count_entries(tmpdir), 0);
 
         ASSERT_ERR(ap_profile_write(p, "/nonexistent-dir/x.approf"), -ENOENT);
@@ -1052,6 +1058,15 @@ static void test_hostile_documents(void)
         expect_mutation_error("totals", "threads", NULL, E, "totals.threads: missing");
         expect_mutation_error("", "totals", json_array(), E, "totals: expected an object");
         expect_mutation_error("", "mode", json_integer(1), E, "mode: expected a string or null");
+        /* What the writer writes, "full" or "sampled" (or null, unknown), and nothing else;
+         * the value is quoted on one line, shortened. */
+        expect_mutation_error("", "mode", json_string("bogus"), E,
+                              "mode: \"bogus\" is not a recording mode (\"full\" or \"sampled\")");
+        expect_mutation_error("", "mode", json_string("Full"), E, "mode: \"Full\" is not");
+        expect_mutation_error("", "mode", json_string(""), E, "mode: \"\" is not");
+        expect_mutation_error("", "mode",
+                              json_string("a\nb\x7f\xc3\xa9 0123456789012345678901234567890"), E,
+                              "mode: \"a?b??? 0123456789012345678901234\"... is not");
         expect_mutation_error("", "live", json_integer(1), E,
                               "live: expected a boolean, found an integer");
         expect_mutation_error("", "live", json_string("true"), E, "live: expected a boolean");
