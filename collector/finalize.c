@@ -11,6 +11,7 @@
 
 #include "allocprof/atomics.h"
 #include "allocprof/clock.h"
+#include "allocprof/sampler.h"
 #include "process-internal.h"
 
 #ifndef AP_VERSION
@@ -499,8 +500,10 @@ int ap_process_finalize(struct ap_process *p, struct ap_symbolizer *sym, struct 
         prof->tool_version = strdup(AP_VERSION);
         prof->mode = strdup(p->sampled ? "sampled" : "full");
         if (p->sampled) {
+                /* As the agent's sampler takes it: a process that writes 0 there samples
+                 * every byte, as at 1. */
                 uint64_t iv = ap_load_relaxed(&p->hdr->xsample_interval);
-                prof->sample_interval = iv;
+                prof->sample_interval = ap_sampler_interval(iv);
         }
         if (prof->tool_version == NULL || prof->mode == NULL)
                 goto out;

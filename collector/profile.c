@@ -125,6 +125,12 @@ static bool known_mode(const char *mode)
         return strcmp(mode, "full") == 0 || strcmp(mode, "sampled") == 0;
 }
 
+/* A sampled profile's interval is the mean number of bytes between samples: at least 1. */
+static bool sampled_without_interval(const struct ap_profile *p)
+{
+        return p->mode != NULL && strcmp(p->mode, "sampled") == 0 && p->sample_interval == 0;
+}
+
 /* Linux's highest signal number (SIGRTMAX; _NSIG - 1): a process killed by a signal was
  * killed by one of 1 to this. */
 #define MAX_SIGNAL 64
@@ -672,7 +678,7 @@ static int validate_for_write(const struct ap_profile *p)
         if (p->nstrings >= AP_NONE || p->nframes >= AP_NONE || p->nmodules >= AP_NONE)
                 return -EINVAL;
         if (p->term_signal < 0 || p->term_signal > MAX_SIGNAL ||
-            (p->mode != NULL && !known_mode(p->mode)))
+            (p->mode != NULL && !known_mode(p->mode)) || sampled_without_interval(p))
                 return -EINVAL;
         for (uint32_t i = 0; i < p->ncommand; i++)
                 if (!p->command[i])
@@ -1715,6 +1721,20 @@ static int read_mode(struct rctx *rc, struct ap_profile *p, const struct ap_json
                     loc_text(&l).s, quoted(p->mode).s);
 }
 
+/* "sample_interval", read after "mode". */
+static int read_sample_interval(struct rctx *rc, struct ap_profile *p, const struct ap_json *root)
+{
+        struct loc l = at_key(NULL, "sample_interval");
+        int r = field_u64(rc, root, NULL, "sample_interval", &p->sample_interval);
+
+        if (r < 0 || !sampled_without_interval(p))
+                return r;
+        return fail(rc, -EINVAL,
+                    "%s: 0 in sampled mode (the mean number of bytes between samples is at "
+                    "least 1)",
+                    loc_text(&l).s);
+}
+
 /* Optional: only snapshots of a running process carry it. */
 static int read_live(struct rctx *rc, struct ap_profile *p, const struct ap_json *root)
 {
@@ -2275,7 +2295,7 @@ static int read_document(struct rctx *rc, struct ap_profile *p, const struct ap_
         if ((r = get_object(rc, root, NULL, "tool", &o)) < 0 ||
             (r = field_strdup(rc, o, &lt, "version", true, &p->tool_version)) < 0 ||
             (r = read_live(rc, p, root)) < 0 || (r = read_mode(rc, p, root)) < 0 ||
-            (r = field_u64(rc, root, NULL, "sample_interval", &p->sample_interval)) < 0 ||
+            (r = read_sample_interval(rc, p, root)) < 0 ||
             (r = get_object(rc, root, NULL, "totals", &o)) < 0 ||
             (r = fields_u64(rc, o, &ltot, p, totals_fields, ARRAY_SIZE(totals_fields))) < 0 ||
             (r = optional_u64(rc, o, &ltot, "untracked_samples", &p->totals.untracked_samples)) <

@@ -129,8 +129,40 @@ int main(void)
                 munmap(g_h, g_total);
                 close(fd);
         }
-        ap_symbolizer_free(sym);
         ASSERT_TRUE(invalid > 0);
+
+        /* A process that says it samples at an interval of 0 (its agent samples every byte
+         * then, as at 1): the profile says 1, which its reader takes. */
+        {
+                int fd = memfd_create("hostile", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+                ASSERT_OK(ftruncate(fd, (off_t)g_total));
+                ASSERT_OK(fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW));
+                g_h = mmap(NULL, g_total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+                ASSERT_TRUE(g_h != MAP_FAILED);
+                ap_shm_init_layout(g_h);
+                ap_store_relaxed(&g_h->xmode, AP_MODE_SAMPLED);
+                ap_store_relaxed(&g_h->xsample_interval, 0);
+                struct ap_hello hello = {.magic = AP_HELLO_MAGIC,
+                                         .layout_version = AP_LAYOUT_VERSION};
+                struct ap_process *p = NULL;
+                struct ap_profile *prof = NULL;
+                char *err = NULL, path[] = "/tmp/ap-test-hostile.XXXXXX";
+                ASSERT_OK(ap_process_new(dup(fd), getpid(), &hello, &p, &err));
+                ap_process_drain(p, true);
+                ASSERT_OK(ap_process_finalize(p, sym, &prof));
+                ASSERT_STREQ(prof->mode, "sampled");
+                ASSERT_EQ(prof->sample_interval, 1u);
+                int tfd = mkstemp(path);
+                ASSERT_TRUE(tfd >= 0);
+                close(tfd);
+                ASSERT_OK(ap_profile_write(prof, path));
+                ASSERT_OK(unlink(path));
+                ap_profile_free(prof);
+                ap_process_free(p);
+                munmap(g_h, g_total);
+                close(fd);
+        }
+        ap_symbolizer_free(sym);
 
         /* Not sealed against shrinking: could be truncated under the collector. */
         int fd = memfd_create("hostile", MFD_CLOEXEC | MFD_ALLOW_SEALING);

@@ -551,6 +551,9 @@ static void test_write_errors(void)
         p->mode = xstrdup("bogus");
         ASSERT_ERR(ap_profile_write(p, path), -EINVAL);
         free(p->mode);
+        p->mode = xstrdup("sampled");
+        ASSERT_ERR(ap_profile_write(p, path), -EINVAL); /* with a sample_interval of 0 */
+        free(p->mode);
         p->mode = xstrdup("full");
         ASSERT_EQ(count_entries(tmpdir), 0);
 
@@ -727,6 +730,9 @@ static void test_round_trip_edges(void)
 
         p->term_signal = 64; /* the highest signal number */
         p->exit_status = 128 + 64;
+        free(p->mode);
+        p->mode = xstrdup("sampled");
+        p->sample_interval = 1; /* the smallest */
 
         ASSERT_OK(ap_profile_write(p, path));
         q = read_ok(path);
@@ -1071,6 +1077,10 @@ static void test_hostile_documents(void)
                               "live: expected a boolean, found an integer");
         expect_mutation_error("", "live", json_string("true"), E, "live: expected a boolean");
         expect_mutation_error("", "sample_interval", json_null(), E, "sample_interval");
+        /* The sample's mode is "full", with 0; sampled mode needs an interval. */
+        expect_mutation_error("", "mode", json_string("sampled"), E,
+                              "sample_interval: 0 in sampled mode (the mean number of bytes "
+                              "between samples is at least 1)");
         expect_mutation_error("tool", "version", json_true(), E, "tool.version");
         expect_mutation_error("process", "pid", json_integer(1ll << 32), E, "process.pid");
         expect_mutation_error("process", "exit_status", json_integer(256), E,
