@@ -570,6 +570,55 @@ static uint64_t saturate(uint64_t v)
         return v > (uint64_t)INT64_MAX ? (uint64_t)INT64_MAX : v;
 }
 
+/* Counters that no profile has above another: a site, or the whole process, frees and
+ * leaks only blocks it allocated.  Not their sum: in sampled mode allocations, frees and
+ * leaked blocks are each an estimate rounded on its own, and frees + leaked_blocks may be
+ * one more than allocations. */
+struct bound {
+        const char *name, *limit; /* of the counter and of its limit */
+        size_t offset, limit_offset;
+};
+
+#define SITE_BOUND(f, l)                                                           \
+        {                                                                          \
+#f, #l, offsetof(struct ap_psite, f), offsetof(struct ap_psite, l) \
+        }
+static const struct bound site_bounds[] = {
+        SITE_BOUND(frees, allocations),
+        SITE_BOUND(leaked_blocks, allocations),
+        SITE_BOUND(freed_bytes, bytes),
+        SITE_BOUND(leaked_bytes, bytes),
+};
+
+#define TOTAL_BOUND(f, l)                                      \
+        {                                                      \
+#f, #l, offsetof(struct ap_profile, totals.f), \
+                        offsetof(struct ap_profile, totals.l)  \
+        }
+static const struct bound totals_bounds[] = {
+        TOTAL_BOUND(frees, allocations),
+        TOTAL_BOUND(leaked_blocks, allocations),
+        TOTAL_BOUND(freed_bytes, bytes),
+        TOTAL_BOUND(leaked_bytes, bytes),
+};
+
+static uint64_t bound_value(const void *base, size_t offset)
+{
+        uint64_t v;
+
+        memcpy(&v, (const char *)base + offset, sizeof(v));
+        return saturate(v); /* as written */
+}
+
+/* The first of the n bounds that the counters at base exceed, or NULL. */
+static const struct bound *broken_bound(const void *base, const struct bound *b, size_t n)
+{
+        for (size_t i = 0; i < n; i++)
+                if (bound_value(base, b[i].offset) > bound_value(base, b[i].limit_offset))
+                        return &b[i];
+        return NULL;
+}
+
 /* Site columns of format 3, in the order they are written and decoded: a coded counter
  * comes after the counters it is coded against (see the top of the file). */
 enum site_coding {
@@ -697,10 +746,13 @@ static int validate_for_write(const struct ap_profile *p)
                     !valid_index(f->module, p->nmodules))
                         return -EINVAL;
         }
+        if (broken_bound(p, totals_bounds, ARRAY_SIZE(totals_bounds)))
+                return -EINVAL;
         for (uint32_t i = 0; i < p->nsites; i++) {
                 const struct ap_psite *s = &p->sites[i];
 
-                if (s->nframes && !s->frames)
+                if ((s->nframes && !s->frames) ||
+                    broken_bound(s, site_bounds, ARRAY_SIZE(site_bounds)))
                         return -EINVAL;
                 for (uint32_t j = 0; j < s->nframes; j++)
                         if (s->frames[j] >= p->nframes)
@@ -2193,6 +2245,58 @@ static int read_sites_v1(struct rctx *rc, struct ap_profile *p, const struct ap_
         return 0;
 }
 
+static int bound_error(struct rctx *rc, const struct loc *l, const void *base,
+                       const struct bound *b)
+{
+        return fail(rc, -EINVAL, "%s: %s (%" PRIu64 ") is more than %s (%" PRIu64 ")",
+                    loc_text(l).s, b->name, bound_value(base, b->offset), b->limit,
+                    bound_value(base, b->limit_offset));
+}
+
+static int check_totals(struct rctx *rc, const struct ap_profile *p)
+{
+        const struct bound *b = broken_bound(p, totals_bounds, ARRAY_SIZE(totals_bounds));
+        struct loc l = at_key(NULL, "totals"), lb;
+
+        if (b == NULL)
+                return 0;
+        lb = at_key(&l, b->name);
+        return bound_error(rc, &lb, p, b);
+}
+
+/* Each site's counters against one another, once all are read.  The error names where
+ * the counter is in the file: a column of format 3 (the one frees are coded in, for
+ * frees), an element of a row of format 2, a key of format 1. */
+static int check_sites(struct rctx *rc, const struct ap_profile *p, int64_t version)
+{
+        struct loc l = at_key(NULL, "sites"), lt, lc;
+
+        for (uint32_t i = 0; i < p->nsites; i++) {
+                const struct ap_psite *s = &p->sites[i];
+                const struct bound *b = broken_bound(s, site_bounds, ARRAY_SIZE(site_bounds));
+                size_t k = 0;
+
+                if (b == NULL)
+                        continue;
+                if (version >= 3) {
+                        while (strcmp(site_columns[k].field, b->name) != 0)
+                                k++;
+                        lt = at_key(&l, site_columns[k].name);
+                        lc = at_index(&lt, i);
+                } else if (version == 2) {
+                        while (strcmp(site_fields[k].name, b->name) != 0)
+                                k++;
+                        lt = at_index(&l, i);
+                        lc = at_index(&lt, k);
+                } else {
+                        lt = at_index(&l, i);
+                        lc = at_key(&lt, b->name);
+                }
+                return bound_error(rc, &lc, s, b);
+        }
+        return 0;
+}
+
 static int read_histogram(struct rctx *rc, struct ap_profile *p, const struct ap_json *root)
 {
         struct loc l = at_key(NULL, "histogram");
@@ -2300,8 +2404,8 @@ static int read_document(struct rctx *rc, struct ap_profile *p, const struct ap_
             (r = fields_u64(rc, o, &ltot, p, totals_fields, ARRAY_SIZE(totals_fields))) < 0 ||
             (r = optional_u64(rc, o, &ltot, "untracked_samples", &p->totals.untracked_samples)) <
                     0 ||
-            (r = read_process(rc, p, root)) < 0 || (r = read_strings(rc, p, root)) < 0 ||
-            (r = read_modules(rc, p, root)) < 0)
+            (r = check_totals(rc, p)) < 0 || (r = read_process(rc, p, root)) < 0 ||
+            (r = read_strings(rc, p, root)) < 0 || (r = read_modules(rc, p, root)) < 0)
                 return r;
         if (version >= 3)
                 r = read_frames_v3(rc, p, root);
@@ -2315,7 +2419,8 @@ static int read_document(struct rctx *rc, struct ap_profile *p, const struct ap_
                 r = read_sites_v2(rc, p, root);
         else
                 r = read_sites_v1(rc, p, root);
-        if (r < 0 || (r = read_histogram(rc, p, root)) < 0 ||
+        if (r < 0 || (r = check_sites(rc, p, version)) < 0 ||
+            (r = read_histogram(rc, p, root)) < 0 ||
             (r = read_timeline(rc, p, root, version >= 3)) < 0)
                 return r;
         return 0;

@@ -387,6 +387,19 @@ printf '{"format": "nope"' >corrupt.approf
 "$AP" report corrupt.approf 2>corrupt.err
 check_eq "corrupt profile" 1 $?
 check_contains "corrupt profile message" corrupt.err "corrupt.approf"
+# A real profile, hand-edited to say what no run can write: one line naming the field.
+edit_profile() { # in out python-statement-on-d
+        python3 -c 'import gzip,json,sys; d=json.load(gzip.open(sys.argv[1])); exec(sys.argv[3]); gzip.open(sys.argv[2],"wt").write(json.dumps(d))' "$@"
+}
+for edit in 'd["process"]["term_signal"]=200|process.term_signal: 200 is not a signal number' \
+            'd["mode"]="bogus"|mode: "bogus" is not a recording mode' \
+            'd["mode"]="sampled"|sample_interval: 0 in sampled mode' \
+            'd["totals"]["frees"]=d["totals"]["allocations"]+1|totals.frees: frees (4) is more than allocations (3)'; do
+        edit_profile simple.approf edited.approf "${edit%%|*}"
+        "$AP" report edited.approf >/dev/null 2>edited.err
+        check_eq "hand-edited profile (${edit%%|*}): exit status, one line" "1 1" "$? $(wc -l <edited.err)"
+        check_contains "hand-edited profile (${edit%%|*}): message" edited.err "cannot read edited.approf: ${edit#*|}"
+done
 
 # A statically linked program cannot load the agent: say so, keep its exit status.
 if printf 'int main(void){return 5;}\n' >st.c && cc -static -o static st.c 2>/dev/null; then

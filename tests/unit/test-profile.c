@@ -56,9 +56,10 @@ static struct ap_psite *add_site(struct ap_profile *p, uint64_t seed, uint32_t n
         p->sites = reallocarray(p->sites, p->nsites + 1, sizeof(*p->sites));
         ASSERT_NOT_NULL(p->sites);
         s = &p->sites[p->nsites++];
-        /* Distinct values per field, so a field swapped in the format cannot go unnoticed. */
-        s->allocations = seed + 1;
-        s->bytes = seed + 2;
+        /* Distinct values per field, so a field swapped in the format cannot go unnoticed;
+         * no more frees or leaked blocks than allocations, nor bytes. */
+        s->allocations = seed + 11;
+        s->bytes = seed + 12;
         s->frees = seed + 3;
         s->freed_bytes = seed + 4;
         s->leaked_blocks = seed + 5;
@@ -99,8 +100,8 @@ static struct ap_profile *build_sample(void)
         p->start_unix_ns = 1732575000123456789ull;
         p->duration_ns = 2500000000ull;
 
-        p->totals.allocations = 101;
-        p->totals.bytes = 102;
+        p->totals.allocations = 118;
+        p->totals.bytes = 119;
         p->totals.frees = 103;
         p->totals.freed_bytes = 104;
         p->totals.leaked_blocks = 105;
@@ -547,6 +548,13 @@ static void test_write_errors(void)
         ASSERT_ERR(ap_profile_write(p, path), -EINVAL);
         p->term_signal = 0;
 
+        p->sites[1].frees = p->sites[1].allocations + 1;
+        ASSERT_ERR(ap_profile_write(p, path), -EINVAL);
+        p->sites[1].frees = 0;
+        p->totals.leaked_bytes = p->totals.bytes + 1;
+        ASSERT_ERR(ap_profile_write(p, path), -EINVAL);
+        p->totals.leaked_bytes = 0;
+
         free(p->mode);
         p->mode = xstrdup("bogus");
         ASSERT_ERR(ap_profile_write(p, path), -EINVAL);
@@ -690,8 +698,9 @@ static void test_round_trip_edges(void)
                                .frames = s->frames,
                                .nframes = s->nframes};
         s = add_site(p, 0, 4, (uint32_t[]){e, b, c, d}); /* all but the innermost shared */
-        *s = (struct ap_psite){.allocations = 0,
-                               .bytes = 1,
+        /* frees + leaked_blocks may exceed allocations (sampled mode rounds each). */
+        *s = (struct ap_psite){.allocations = max,
+                               .bytes = max,
                                .frees = max,
                                .freed_bytes = max,
                                .leaked_blocks = max,
@@ -1195,10 +1204,10 @@ static void test_hostile_documents(void)
                               "sites.allocations[0]: -1 is out of range");
         expect_mutation_error("sites/leaked_bytes", "1", json_real(1.5), E,
                               "sites.leaked_bytes[1]: expected an integer, found a real number");
-        expect_mutation_error("sites/allocations-leaked_blocks-frees", "0", json_integer(0), E,
+        expect_mutation_error("sites/allocations-leaked_blocks-frees", "0", json_integer(10), E,
                               "sites.allocations-leaked_blocks-frees[0]: frees decodes to "
                               "18446744073709551612, more than 9223372036854775807");
-        expect_mutation_error("sites/bytes-leaked_bytes-freed_bytes", "0", json_integer(0), E,
+        expect_mutation_error("sites/bytes-leaked_bytes-freed_bytes", "0", json_integer(10), E,
                               "sites.bytes-leaked_bytes-freed_bytes[0]: freed_bytes decodes to "
                               "18446744073709551612");
         expect_mutation_error("sites/max_live_bytes+1 (0: =bytes)", "0", json_integer(-1), E,
@@ -1208,6 +1217,32 @@ static void test_hostile_documents(void)
                               json_integer(-1), E, "peak_bytes decodes to 18446744073709551613");
         expect_mutation_error("sites/reallocs", "0", json_string("1"), E,
                               "sites.reallocs[0]: expected an integer, found a string");
+        /* A site frees and leaks no more blocks, nor bytes, than it allocated.  Site 1 has
+         * 4011 allocations of 4012 bytes, 4005 blocks and 4006 bytes leaked: frees and
+         * freed bytes are coded as 6 - frees, 6 - freed_bytes. */
+        expect_mutation_error("sites/allocations-leaked_blocks-frees", "1", json_integer(-4006), E,
+                              "sites.allocations-leaked_blocks-frees[1]: frees (4012) is more than "
+                              "allocations (4011)");
+        expect_mutation_error("sites/bytes-leaked_bytes-freed_bytes", "1", json_integer(-4007), E,
+                              "sites.bytes-leaked_bytes-freed_bytes[1]: freed_bytes (4013) is more "
+                              "than bytes (4012)");
+        expect_mutation_error("sites/leaked_blocks", "1", json_integer(4012), E,
+                              "sites.leaked_blocks[1]: leaked_blocks (4012) is more than "
+                              "allocations (4011)");
+        expect_mutation_error(
+                "sites/leaked_bytes", "1", json_integer(5000), E,
+                "sites.leaked_bytes[1]: leaked_bytes (5000) is more than bytes (4012)");
+        /* The whole process likewise (118 allocations of 119 bytes). */
+        expect_mutation_error("totals", "frees", json_integer(119), E,
+                              "totals.frees: frees (119) is more than allocations (118)");
+        expect_mutation_error("totals", "leaked_blocks", json_integer(119), E,
+                              "totals.leaked_blocks: leaked_blocks (119) is more than allocations "
+                              "(118)");
+        expect_mutation_error("totals", "freed_bytes", json_integer(120), E,
+                              "totals.freed_bytes: freed_bytes (120) is more than bytes (119)");
+        expect_mutation_error("totals", "leaked_bytes", json_integer(INT64_MAX), E,
+                              "totals.leaked_bytes: leaked_bytes (9223372036854775807) is more "
+                              "than bytes (119)");
 
         expect_mutation_error("histogram/0", "0", json_integer(AP_HIST_BUCKETS), E,
                               "histogram[0][0]: 64 is out of range");
@@ -1247,6 +1282,10 @@ static void test_hostile_documents(void)
                 "sites", "2", json_array(), E,
                 "sites[2]: expected [allocations, ..., reallocs, shared, [frames]]");
         expect_v2_mutation_error("sites/2", "8", json_integer(-5), E, "sites[2][8]");
+        expect_v2_mutation_error("sites/1", "2", json_integer(4012), E,
+                                 "sites[1][2]: frees (4012) is more than allocations (4011)");
+        expect_v2_mutation_error("sites/1", "5", json_integer(4013), E,
+                                 "sites[1][5]: leaked_bytes (4013) is more than bytes (4012)");
         expect_v2_mutation_error("sites/2", "10", json_integer(3), E,
                                  "sites[2][10]: 3 is out of range [0, 2]");
         expect_v2_mutation_error("sites/0", "10", json_integer(1), E,
@@ -1442,6 +1481,11 @@ static void test_reads_version_1(void)
                 ASSERT_EQ(q->sites[i].allocations, p->sites[i].allocations);
         ap_profile_free(q);
         ap_profile_free(p);
+        /* Its counters are checked against one another too. */
+        ASSERT_EQ(json_object_set_new(dig(doc, "sites/2"), "leaked_blocks", json_integer(3012)), 0);
+        expect_doc_read_error(json_incref(doc), -EINVAL,
+                              "sites[2].leaked_blocks: leaked_blocks (3012) is more than "
+                              "allocations (3011)");
         json_decref(doc);
         unlink(path);
         free(path);
