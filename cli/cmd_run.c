@@ -120,7 +120,9 @@ static void on_done(void *userdata, struct ap_process *p, bool by_exec)
 
 static void usage(FILE *out)
 {
-        fprintf(out, "Usage: allocprof run [-o FILE] [-q] [--sample BYTES] [--] PROG [ARGS...]\n"
+        fprintf(out, "Usage: allocprof run [-o FILE] [-q] [--sample BYTES]\n"
+                     "           [--unwind dwarf|fp|libunwind] [--no-follow] [--output-dir DIR]\n"
+                     "           [--dormant] [--no-daemon] [--] PROG [ARGS...]\n"
                      "  -o, --output FILE     write the profile to FILE\n"
                      "                        (default: allocprof.<prog>.<pid>.approf here)\n"
                      "  -q, --quiet           no summary on stderr\n"
@@ -139,7 +141,8 @@ static void usage(FILE *out)
                      "                        (only for code built with\n"
                      "                        -fno-omit-frame-pointer), or DWARF through\n"
                      "                        libunwind alone (slower; the reference 'dwarf'\n"
-                     "                        is checked against)\n");
+                     "                        is checked against)\n"
+                     "  -h, --help            this text\n");
 }
 
 /* Checks that a profile can be created as `path`: it is not a directory, and a file can

@@ -17,7 +17,7 @@ static void usage(FILE *out)
                 "\n"
                 "Commands:\n"
                 "  run [-o FILE] [-q] [--sample BYTES] [--unwind dwarf|fp|libunwind] [--no-follow]\n"
-                "      [--output-dir DIR] -- PROG [ARGS...]\n"
+                "      [--output-dir DIR] [--dormant] [--no-daemon] [--] PROG [ARGS...]\n"
                 "                          profile PROG (and the processes it starts)\n"
                 "  report [FILE|PID]... [--all] [--json] [--top N]\n"
                 "      [--sort allocations|bytes|leaked|peak] [--color|--no-color]\n"

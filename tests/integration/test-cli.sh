@@ -376,6 +376,27 @@ elif [ "$(cat /proc/sys/kernel/core_pattern)" = core ]; then
 else
         echo "note: core_pattern is not 'core', core dumps not checked"
 fi
+# Every option USAGE.md's table documents for run is in 'allocprof run --help' (every
+# spelling) and in 'allocprof help' (one of them; --help aside), and nothing more.
+"$AP" help | sed -n '/^  run /,/^  report /p' >help-run.txt
+"$AP" run --help >run-help.txt
+awk '/^## `allocprof run`/ { f = 1; next } /^## / { f = 0 } f && /^\| `-/' "$SRC/USAGE.md" |
+        cut -d'|' -f2 >usage-run.txt
+missing=
+while read -r cell; do
+        opts=$(printf '%s\n' "$cell" | grep -o -- '`--\?[a-z-]*' | tr -d '`')
+        seen=
+        for o in $opts; do
+                grep -qE -- "(^| )$o[ ,]" run-help.txt || missing="$missing run-help:$o"
+                grep -qF -- "[$o" help-run.txt && seen=yes
+        done
+        [ -n "$seen" ] || [ "$opts" = "-h
+--help" ] || missing="$missing help:$(echo $opts)"
+done <usage-run.txt
+for o in $(sed -nE 's/^  (-[a-z]), (--[a-z-]+).*/\1 \2/p; s/^      (--[a-z-]+).*/\1/p' run-help.txt); do
+        grep -qF -- "\`$o" usage-run.txt || missing="$missing usage:$o"
+done
+check_eq "run's options: USAGE.md, 'run --help' and 'help' agree" "" "$missing"
 "$AP" bogus 2>/dev/null
 check_eq "unknown command" 2 $?
 "$AP" run 2>/dev/null
