@@ -6,6 +6,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <getopt.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -285,8 +286,16 @@ int ap_cmd_attach(int argc, char **argv)
         optind = 1;
         while ((c = getopt_long(argc, argv, "s:f:h", opts, NULL)) != -1) {
                 switch (c) {
-                case 's':
-                        if (ap_parse_size(optarg, &sample) < 0 || sample == 0) {
+                case 's': {
+                        int r = ap_parse_size(optarg, &sample);
+                        if (r == -ERANGE) {
+                                fprintf(stderr,
+                                        "allocprof: --sample: '%s' is too large (at most %" PRIu64
+                                        " bytes)\n",
+                                        optarg, AP_SIZE_MAX);
+                                return 2;
+                        }
+                        if (r < 0 || sample == 0) {
                                 fprintf(stderr,
                                         "allocprof: --sample: '%s' is not a size of at least "
                                         "one byte (examples: 4096, 64K, 512K, 1M); attach "
@@ -296,6 +305,7 @@ int ap_cmd_attach(int argc, char **argv)
                                 return 2;
                         }
                         break;
+                }
                 case 'f':
                         if (parse_duration(optarg, &for_ms) < 0) {
                                 fprintf(stderr,

@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <poll.h>
 #include <pthread.h>
@@ -699,8 +700,16 @@ int ap_cmd_run(int argc, char **argv)
                                 return 2;
                         unwind = optarg;
                         break;
-                case 's':
-                        if (ap_parse_size(optarg, &sample) < 0) {
+                case 's': {
+                        int r = ap_parse_size(optarg, &sample);
+                        if (r == -ERANGE) {
+                                fprintf(stderr,
+                                        "allocprof: --sample: '%s' is too large (at most %" PRIu64
+                                        " bytes)\n",
+                                        optarg, AP_SIZE_MAX);
+                                return 2;
+                        }
+                        if (r < 0) {
                                 fprintf(stderr,
                                         "allocprof: --sample: '%s' is not a size in bytes "
                                         "(examples: 0, 4096, 512K, 1M)\n",
@@ -708,6 +717,7 @@ int ap_cmd_run(int argc, char **argv)
                                 return 2;
                         }
                         break;
+                }
                 case 'h':
                         usage(stdout);
                         return 0;

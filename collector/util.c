@@ -335,7 +335,7 @@ int ap_exe_unprofilable(const char *path)
         return r;
 }
 
-/* "512K" -> 524288.  Returns 0 or -EINVAL. */
+/* "512K" -> 524288.  Returns 0, -EINVAL, or -ERANGE above AP_SIZE_MAX. */
 int ap_parse_size(const char *s, uint64_t *ret)
 {
         char *end;
@@ -343,8 +343,7 @@ int ap_parse_size(const char *s, uint64_t *ret)
         if (s[0] < '0' || s[0] > '9')
                 return -EINVAL;
         unsigned long long v = strtoull(s, &end, 10);
-        if (errno != 0)
-                return -EINVAL;
+        bool overflow = errno == ERANGE;
         unsigned shift = 0;
         switch (*end) {
         case '\0':
@@ -368,8 +367,8 @@ int ap_parse_size(const char *s, uint64_t *ret)
             !((end[1] == 'i' || end[1] == 'B') && end[2] == '\0') &&
             !(end[1] == 'i' && end[2] == 'B' && end[3] == '\0'))
                 return -EINVAL;
-        if (v > (UINT64_MAX >> 1) >> shift)
-                return -EINVAL;
+        if (overflow || v > AP_SIZE_MAX >> shift)
+                return -ERANGE;
         *ret = (uint64_t)v << shift;
         return 0;
 }

@@ -99,8 +99,11 @@ struct ap_proc_stat {
 };
 bool ap_proc_stat(pid_t pid, struct ap_proc_stat *ret);
 
-/* "512K" -> 524288 (K, M, G suffixes, optionally followed by i, B or iB).  Returns 0 or
- * -EINVAL. */
+/* The largest size ap_parse_size takes: 2^63 - 1 bytes, what a profile can hold. */
+#define AP_SIZE_MAX ((uint64_t)INT64_MAX)
+
+/* "512K" -> 524288 (K, M, G suffixes, optionally followed by i, B or iB).  Returns 0,
+ * -EINVAL for what is not a size, or -ERANGE for a size above AP_SIZE_MAX. */
 int ap_parse_size(const char *s, uint64_t *ret);
 
 /* Descriptors taken from one message by ap_recv_fds (more are closed). */

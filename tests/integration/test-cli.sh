@@ -401,6 +401,22 @@ check_eq "run's options: USAGE.md, 'run --help' and 'help' agree" "" "$missing"
 check_eq "unknown command" 2 $?
 "$AP" run 2>/dev/null
 check_eq "run without program" 2 $?
+# --sample: a size too large is said to be, with the largest; what is no size is not one.
+for v in 9223372036854775808 99999999999999999999 8589934592G; do
+        "$AP" run --sample "$v" -- true 2>sample.err
+        check_eq "--sample $v: bad usage" 2 $?
+        check_contains "--sample $v: too large" sample.err \
+                "allocprof: --sample: '$v' is too large (at most 9223372036854775807 bytes)"
+done
+"$AP" attach 1 --sample 9223372036854775808 2>sample.err
+check_eq "attach --sample too large: bad usage" 2 $?
+check_contains "attach --sample too large" sample.err "is too large (at most 9223372036854775807 bytes)"
+"$AP" run -q --sample 8589934591G -o largest.approf -- true
+check_eq "--sample 8589934591G, the largest in G, runs" "0 9223372035781033984" \
+        "$? $(json_of largest.approf 'd["sample_interval"]')"
+"$AP" run --sample 12x -- true 2>sample.err
+check_eq "--sample 12x: bad usage" 2 $?
+check_contains "--sample 12x: not a size" sample.err "'12x' is not a size in bytes"
 mkdir empty && (cd empty && "$AP" report 2>../noprof.err)
 check_eq "report without profiles" 1 $?
 check_contains "report without profiles message" noprof.err "no profile"
