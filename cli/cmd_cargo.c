@@ -174,6 +174,23 @@ int ap_cmd_cargo(int argc, char **argv)
         }
         const char *mode = argv[i++];
 
+        /* They go to 'allocprof run' with each program built: checked before the build. */
+        char **check = calloc((size_t)nrun_opts + 2, sizeof(char *));
+        if (check == NULL)
+                return 1;
+        check[0] = "cargo alloc-profile";
+        memcpy(check + 1, run_opts, sizeof(char *) * (size_t)nrun_opts);
+        struct ap_run_options o;
+        int bad = ap_run_options(nrun_opts + 1, check, &o, usage);
+        if (bad < 0 && optind <= nrun_opts) {
+                fprintf(stderr, "allocprof: '%s' is not an option\n", check[optind]);
+                usage(stderr);
+                bad = 2;
+        }
+        free(check);
+        if (bad >= 0)
+                return bad;
+
         /* cargo args up to "--", the program's after it */
         int dash = i;
         while (dash < argc && strcmp(argv[dash], "--") != 0)

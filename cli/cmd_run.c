@@ -634,7 +634,7 @@ static char *default_profile_path(const char *dir, const struct ap_profile *prof
                            prof->pid);
 }
 
-int ap_cmd_run(int argc, char **argv)
+int ap_run_options(int argc, char **argv, struct ap_run_options *o, void (*usage_of)(FILE *))
 {
         static const struct option opts[] = {
                 {"output", required_argument, NULL, 'o'},
@@ -648,15 +648,9 @@ int ap_cmd_run(int argc, char **argv)
                 {"help", no_argument, NULL, 'h'},
                 {0},
         };
-        const char *output = NULL;
-        bool quiet = false;
-        uint64_t sample = 0;
-        const char *unwind = "dwarf";
-        bool follow = true;
-        const char *outdir = NULL;
-        bool dormant = false, use_daemon = true;
         int c;
 
+        *o = (struct ap_run_options){.unwind = "dwarf", .follow = true, .use_daemon = true};
         optind = 1;
         /* '+': stop at the first non-option, the program's own options are its own. */
         while ((c = getopt_long(argc, argv, "+o:qs:u:h", opts, NULL)) != -1) {
@@ -666,26 +660,26 @@ int ap_cmd_run(int argc, char **argv)
                                 fprintf(stderr, "allocprof: -o: the file name is empty\n");
                                 return 2;
                         }
-                        output = optarg;
+                        o->output = optarg;
                         break;
                 case 'q':
-                        quiet = true;
+                        o->quiet = true;
                         break;
                 case 'F':
-                        follow = false;
+                        o->follow = false;
                         break;
                 case 'D':
                         if (optarg[0] == '\0') {
                                 fprintf(stderr, "allocprof: --output-dir: the name is empty\n");
                                 return 2;
                         }
-                        outdir = optarg;
+                        o->outdir = optarg;
                         break;
                 case 'Z':
-                        dormant = true;
+                        o->dormant = true;
                         break;
                 case 'N':
-                        use_daemon = false;
+                        o->use_daemon = false;
                         break;
                 case 'u':
                         if (strcmp(optarg, "dwarf") != 0 && strcmp(optarg, "fp") != 0 &&
@@ -698,10 +692,10 @@ int ap_cmd_run(int argc, char **argv)
                         }
                         if (strcmp(optarg, "libunwind") == 0 && !libunwind_present())
                                 return 2;
-                        unwind = optarg;
+                        o->unwind = optarg;
                         break;
                 case 's': {
-                        int r = ap_parse_size(optarg, &sample);
+                        int r = ap_parse_size(optarg, &o->sample);
                         if (r == -ERANGE) {
                                 fprintf(stderr,
                                         "allocprof: --sample: '%s' is too large (at most %" PRIu64
@@ -719,13 +713,26 @@ int ap_cmd_run(int argc, char **argv)
                         break;
                 }
                 case 'h':
-                        usage(stdout);
+                        usage_of(stdout);
                         return 0;
                 default:
-                        usage(stderr);
+                        usage_of(stderr);
                         return 2;
                 }
         }
+        return -1;
+}
+
+int ap_cmd_run(int argc, char **argv)
+{
+        struct ap_run_options o;
+        int st = ap_run_options(argc, argv, &o, usage);
+        if (st >= 0)
+                return st;
+        const char *output = o.output, *unwind = o.unwind, *outdir = o.outdir;
+        uint64_t sample = o.sample;
+        bool quiet = o.quiet, follow = o.follow, dormant = o.dormant, use_daemon = o.use_daemon;
+
         if (optind >= argc) {
                 fprintf(stderr, "allocprof: run needs a program to run\n");
                 usage(stderr);

@@ -417,6 +417,21 @@ check_eq "--sample 8589934591G, the largest in G, runs" "0 9223372035781033984" 
 "$AP" run --sample 12x -- true 2>sample.err
 check_eq "--sample 12x: bad usage" 2 $?
 check_contains "--sample 12x: not a size" sample.err "'12x' is not a size in bytes"
+# cargo alloc-profile checks allocprof's options before it builds anything.
+mkdir -p cargobin && ln -sf "$AP" cargobin/cargo-alloc-profile
+printf '#!/bin/sh\ntouch built\n' >fake-cargo && chmod +x fake-cargo
+for opts in "--sample bad" "--sample 9223372036854775808" "--unwind nope" "--bogus"; do
+        rm -f built
+        # shellcheck disable=SC2086
+        CARGO=$PWD/fake-cargo cargobin/cargo-alloc-profile alloc-profile $opts run 2>cargo.err
+        check_eq "cargo alloc-profile $opts run: bad usage, nothing built" "2 no" \
+                "$? $([ -e built ] && echo yes || echo no)"
+done
+check_contains "cargo alloc-profile --bogus: message" cargo.err "unrecognized option '--bogus'"
+rm -f built
+CARGO=$PWD/fake-cargo cargobin/cargo-alloc-profile alloc-profile --sample 4K --no-daemon run 2>cargo.err
+check_eq "cargo alloc-profile --sample 4K --no-daemon run: built" "1 yes" \
+        "$? $([ -e built ] && echo yes || echo no)"
 mkdir empty && (cd empty && "$AP" report 2>../noprof.err)
 check_eq "report without profiles" 1 $?
 check_contains "report without profiles message" noprof.err "no profile"
