@@ -56,6 +56,7 @@ struct run_state {
         bool follow; /* profile every process that registers, not only the program */
         pid_t child;
         bool daemon_lost; /* the daemon serving the run went away */
+        pid_t daemon_pid; /* its pid, 0 if it did not say (an older allocprofd) */
         size_t nended_at_end; /* images that had ended when the program did */
 };
 
@@ -551,6 +552,47 @@ static void take_image(struct run_state *rs, json_t *ev, int fd)
         };
 }
 
+/* The connection to allocprofd broke (why: err).  What became of the profiles it held
+ * depends on how: stopping (it said so first: SIGTERM, SIGINT, SIGHUP), it wrote them to
+ * its output directory; alive, it closed the connection and writes them there as they
+ * end; else it was killed or crashed, and they are lost. */
+static void say_daemon_lost(const struct run_state *rs, bool stopping, const char *err)
+{
+        if (stopping) {
+                fprintf(stderr, "allocprof: allocprofd was stopped during the run: it wrote the "
+                                "profiles of this run's processes it still held to its own "
+                                "output directory, not here\n");
+                return;
+        }
+        if (rs->daemon_pid <= 0) {
+                fprintf(stderr,
+                        "allocprof: allocprofd went away during the run (%s): if it was "
+                        "stopped (SIGTERM, SIGINT, SIGHUP), it wrote the profiles of this "
+                        "run's processes it held to its own output directory; if it was "
+                        "killed, they are lost\n",
+                        err);
+                return;
+        }
+        /* Killed, it is gone (not even a zombie) within moments of the hang-up. */
+        bool alive = still_running(rs->daemon_pid);
+        for (int i = 0; alive && i < 50; i++) {
+                usleep(10000);
+                alive = still_running(rs->daemon_pid);
+        }
+        if (alive)
+                fprintf(stderr,
+                        "allocprof: allocprofd closed the connection during the run (%s): it "
+                        "writes the profiles of this run's processes to its own output "
+                        "directory as they end, not here\n",
+                        err);
+        else
+                fprintf(stderr,
+                        "allocprof: allocprofd went away during the run (%s) without writing "
+                        "the profiles of this run's processes it held: it was killed or "
+                        "crashed, and they are lost\n",
+                        err);
+}
+
 /* How long to wait for allocprofd to finalize the run's images after the program ended. */
 #define DAEMON_FINISH_MS 120000
 
@@ -559,7 +601,7 @@ static void take_image(struct run_state *rs, json_t *ev, int fd)
 static int run_loop_daemon(struct ap_ctl *ctl, struct run_state *rs, int sfd)
 {
         int status = 0;
-        bool child_done = false, finish_sent = false, lost = false;
+        bool child_done = false, finish_sent = false, lost = false, stopping = false;
         uint64_t finish_at = 0;
         for (;;) {
                 struct pollfd pf[2] = {{.fd = sfd, .events = POLLIN},
@@ -577,11 +619,7 @@ static int run_loop_daemon(struct ap_ctl *ctl, struct run_state *rs, int sfd)
                         if (r == 0)
                                 break;
                         if (r < 0) {
-                                fprintf(stderr,
-                                        "allocprof: allocprofd went away during the run (%s); "
-                                        "profiles it still held were written to its output "
-                                        "directory, if it could\n",
-                                        err);
+                                say_daemon_lost(rs, stopping, err);
                                 free(err);
                                 lost = true;
                                 rs->daemon_lost = true;
@@ -597,6 +635,8 @@ static int run_loop_daemon(struct ap_ctl *ctl, struct run_state *rs, int sfd)
                         } else if (kind != NULL && strcmp(kind, "finished") == 0) {
                                 json_decref(ev);
                                 return status;
+                        } else if (kind != NULL && strcmp(kind, "stopping") == 0) {
+                                stopping = true;
                         }
                         if (fd >= 0)
                                 close(fd);
@@ -860,6 +900,9 @@ int ap_cmd_run(int argc, char **argv)
                                 err ? err : ap_ctl_error(resp));
                         ap_ctl_close(ctl);
                         ctl = NULL;
+                } else {
+                        json_int_t dp = json_integer_value(json_object_get(resp, "collector_pid"));
+                        rs.daemon_pid = dp > 0 && dp <= INT32_MAX ? (pid_t)dp : 0;
                 }
                 free(err);
                 json_decref(resp);

@@ -511,8 +511,20 @@ bool ap_control_note(struct ap_collector *c, const struct tracked *t, const char
 
 void ap_control_drop_sessions(struct ap_collector *c)
 {
-        for (size_t i = 0; i < c->nsessions; i++)
-                c->sessions[i]->client = 0;
+        for (size_t i = 0; i < c->nsessions; i++) {
+                struct ap_session *s = c->sessions[i];
+                struct ap_client *cl = client_by_id(c, s->client);
+                /* Told now, while we still can: the processes it has not been sent are
+                 * ours to write. */
+                if (cl != NULL && !s->done) {
+                        send_json(
+                                cl,
+                                json_pack("{s:i, s:s}", "v", AP_PROTO_VERSION, "event", "stopping"),
+                                -1);
+                        flush_out(cl);
+                }
+                s->client = 0;
+        }
 }
 
 static void session_free(struct ap_session *s)
@@ -766,7 +778,10 @@ static void cmd_run(struct ap_collector *c, struct ap_client *cl, json_t *req)
                                  .follow = jf == NULL || json_is_true(jf)};
         c->sessions[c->nsessions++] = s;
         cl->session = s->id;
-        send_json(cl, reply_ok(), -1);
+        /* So that the client can tell, if the connection breaks, whether we are gone. */
+        json_t *r = reply_ok();
+        json_object_set_new(r, "collector_pid", json_integer(getpid()));
+        send_json(cl, r, -1);
 }
 
 static void cmd_finish(struct ap_collector *c, struct ap_client *cl, json_t *req)

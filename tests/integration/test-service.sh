@@ -706,7 +706,8 @@ for i in 1 2 3 4; do
         check_true "daemon SIGKILLed: program $i not held up ($ms ms vs $base_ms ms uninstrumented)" \
                 "$($PY -c "print($ms < 3 * $base_ms and $ms < 10000)")"
 done
-check_contains "daemon SIGKILLed: allocprof run says the daemon went away" k4.err "allocprofd went away during the run"
+check_contains "daemon SIGKILLed: allocprof run says the daemon went away, its profiles lost" k4.err \
+        "allocprofd went away during the run (the collector hung up) without writing the profiles of this run's processes it held: it was killed or crashed, and they are lost"
 checks=$((checks + 1))
 if grep -q 'never registered' k4.err; then
         fail "daemon SIGKILLed: allocprof run claims its program never registered: $(grep 'never registered' k4.err)"
@@ -761,7 +762,8 @@ check_eq "SIGTERM: the run's program's profile up to now" "40 4000 40" \
 check_eq "SIGTERM: the run's program goes on" ok "$(say t4 'alloc 1 1')"
 drv_exit t4 9
 check_eq "SIGTERM: the run's program exits normally, run with its status" 9 "$EXITED"
-check_contains "SIGTERM: run says where the profile went" "$T/t4.err" "allocprofd went away during the run"
+check_contains "SIGTERM: run says where the profile went" "$T/t4.err" \
+        "allocprofd was stopped during the run: it wrote the profiles of this run's processes it still held to its own output directory, not here"
 for i in 1 2 3; do
         f="term/allocprof.attachee.${DPID[t$i]}.approf"
         check_eq "SIGTERM: program $i's profile up to now" "$((10 * i)) $((1000 * i)) $((10 * i))" \
