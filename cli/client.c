@@ -4,6 +4,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -420,4 +421,14 @@ int ap_ctl_snapshot(struct ap_ctl *c, pid_t pid, struct ap_profile **ret)
                 return 1;
         }
         return 0;
+}
+
+int ap_parse_sample(const char *arg, uint64_t *ret)
+{
+        int r = ap_parse_size(arg, ret);
+        if (r == -ERANGE)
+                fprintf(stderr,
+                        "allocprof: --sample: '%s' is too large (at most %" PRIu64 " bytes)\n", arg,
+                        AP_SIZE_MAX);
+        return r;
 }

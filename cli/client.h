@@ -63,3 +63,8 @@ int ap_ctl_snapshot(struct ap_ctl *c, pid_t pid, struct ap_profile **ret);
 
 /* "12345" -> pid.  Returns false for anything else. */
 bool ap_parse_pid(const char *s, pid_t *ret);
+
+/* Parses the argument of --sample into *ret (ap_parse_size).  A size too large is
+ * refused here with its own message (-ERANGE); any other failure is a negative errno
+ * the caller explains in its own words. */
+int ap_parse_sample(const char *arg, uint64_t *ret);

@@ -6,7 +6,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <getopt.h>
-#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -287,14 +286,9 @@ int ap_cmd_attach(int argc, char **argv)
         while ((c = getopt_long(argc, argv, "s:f:h", opts, NULL)) != -1) {
                 switch (c) {
                 case 's': {
-                        int r = ap_parse_size(optarg, &sample);
-                        if (r == -ERANGE) {
-                                fprintf(stderr,
-                                        "allocprof: --sample: '%s' is too large (at most %" PRIu64
-                                        " bytes)\n",
-                                        optarg, AP_SIZE_MAX);
+                        int r = ap_parse_sample(optarg, &sample);
+                        if (r == -ERANGE)
                                 return 2;
-                        }
                         if (r < 0 || sample == 0) {
                                 fprintf(stderr,
                                         "allocprof: --sample: '%s' is not a size of at least "

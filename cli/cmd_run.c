@@ -8,7 +8,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
-#include <inttypes.h>
 #include <limits.h>
 #include <poll.h>
 #include <pthread.h>
@@ -735,14 +734,9 @@ int ap_run_options(int argc, char **argv, struct ap_run_options *o, void (*usage
                         o->unwind = optarg;
                         break;
                 case 's': {
-                        int r = ap_parse_size(optarg, &o->sample);
-                        if (r == -ERANGE) {
-                                fprintf(stderr,
-                                        "allocprof: --sample: '%s' is too large (at most %" PRIu64
-                                        " bytes)\n",
-                                        optarg, AP_SIZE_MAX);
+                        int r = ap_parse_sample(optarg, &o->sample);
+                        if (r == -ERANGE)
                                 return 2;
-                        }
                         if (r < 0) {
                                 fprintf(stderr,
                                         "allocprof: --sample: '%s' is not a size in bytes "
