@@ -98,6 +98,12 @@ AP_HIDDEN void ap_resolve_getattr(void);
 /* Rescans the loaded modules and appends LOAD/UNLOAD records for changes.  Takes the
  * module lock with trylock only: returns without scanning when another thread is in it. */
 AP_HIDDEN void ap_modules_rescan(void);
+/* Rescans (as ap_modules_rescan) only if the loader has loaded or unloaded an object since
+ * the last scan (dl_iterate_phdr's dlpi_adds and dlpi_subs); true if it scanned.  Costs a
+ * dl_iterate_phdr that stops at the first object: for the frame-pointer walk, which must
+ * know a return address's module before it follows it (record.c).  Not from a signal
+ * handler. */
+AP_HIDDEN bool ap_modules_rescan_if_changed(void);
 
 /* True if addr lies inside a module the session has reported (lock-free read). */
 AP_HIDDEN bool ap_modules_known(uint64_t addr);

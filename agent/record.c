@@ -490,7 +490,7 @@ static void learn_stack_top(struct ap_thread *t)
         t->own_alloc--;
 }
 
-static __attribute__((noinline)) uint32_t capture_fp(uint64_t *out)
+static __attribute__((noinline)) uint32_t capture_fp(uint64_t *out, bool may_scan)
 {
         const uintptr_t *fp = __builtin_frame_address(0);
         uintptr_t top = ap_tls.stack_hi ? ap_tls.stack_hi : UINTPTR_MAX;
@@ -516,8 +516,15 @@ static __attribute__((noinline)) uint32_t capture_fp(uint64_t *out)
                         if (ret - mlo >= mhi - mlo) {
                                 /* (copies: mlo and mhi stay in registers in the loop) */
                                 uint64_t lo, hi;
-                                if (!ap_module_range(ret, &lo, &hi))
-                                        break;
+                                /* A library dlopen'ed since the last scan is not known
+                                 * yet: look again, once per stack and only if the loader
+                                 * has changed its list (not in a signal handler). */
+                                if (!ap_module_range(ret, &lo, &hi)) {
+                                        bool scanned = may_scan && ap_modules_rescan_if_changed();
+                                        may_scan = false;
+                                        if (!scanned || !ap_module_range(ret, &lo, &hi))
+                                                break;
+                                }
                                 mlo = lo;
                                 mhi = hi;
                         }
@@ -609,7 +616,7 @@ static __attribute__((noinline)) uint32_t capture(uint64_t *out, uint64_t *hash,
         struct ap_thread *t = &ap_tls;
         *same = false;
         if (ap_unwind_fp) {
-                uint32_t n = capture_fp(out);
+                uint32_t n = capture_fp(out, true);
                 *hash = ap_stack_hash(out, n);
                 return n;
         }
@@ -818,7 +825,7 @@ AP_HIDDEN void ap_nested_alloc(void *p, size_t size, bool realloc)
         }
         if (mode == AP_MODE_FULL || mode == AP_MODE_SAMPLED) {
                 uint64_t ips[AP_MAX_FRAMES];
-                uint32_t n = capture_fp(ips);
+                uint32_t n = capture_fp(ips, false);
                 uint64_t ts = ap_clock_ticks();
                 uint8_t type = mode == AP_MODE_SAMPLED ? AP_REC_ALLOC_SAMPLED : AP_REC_ALLOC;
                 uint8_t flags = realloc && mode == AP_MODE_SAMPLED ? AP_RECF_REALLOC : 0;

@@ -11,6 +11,7 @@
 #include <link.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/auxv.h>
@@ -150,6 +151,10 @@ struct known_module {
 static struct known_module g_known[MAX_KNOWN];
 static _Atomic uint32_t g_nknown;
 static pthread_mutex_t g_mod_lock = PTHREAD_MUTEX_INITIALIZER;
+/* dlpi_adds + dlpi_subs when the modules were last scanned (0: never), and during a scan,
+ * as the scan's first callback saw it (under g_mod_lock). */
+static _Atomic uint64_t g_loader_events;
+static uint64_t g_scan_events;
 
 
 AP_HIDDEN bool ap_module_range(uint64_t addr, uint64_t *lo, uint64_t *hi)
@@ -240,7 +245,9 @@ static int scan_cb(struct dl_phdr_info *info, size_t size, void *arg)
 {
         struct ap_shm_header *h = arg;
         uint64_t lo = UINT64_MAX, hi = 0;
-        (void)size;
+        if (g_scan_events == 0 && size >= offsetof(struct dl_phdr_info, dlpi_subs) +
+                                                   sizeof(info->dlpi_subs))
+                g_scan_events = info->dlpi_adds + info->dlpi_subs;
 
         for (int i = 0; i < info->dlpi_phnum; i++) {
                 const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
@@ -313,7 +320,9 @@ AP_HIDDEN void ap_modules_rescan(void)
         uint32_t n = ap_load_relaxed(&g_nknown);
         for (uint32_t i = 0; i < n; i++)
                 g_known[i].present = 0;
+        g_scan_events = 0;
         dl_iterate_phdr(scan_cb, h);
+        ap_store_relaxed(&g_loader_events, g_scan_events);
         for (uint32_t i = 0; i < n; i++) {
                 struct known_module *k = &g_known[i];
                 if (!k->present && !k->gone) {
@@ -324,6 +333,23 @@ AP_HIDDEN void ap_modules_rescan(void)
                 }
         }
         pthread_mutex_unlock(&g_mod_lock);
+}
+
+static int loader_events_cb(struct dl_phdr_info *info, size_t size, void *arg)
+{
+        if (size >= offsetof(struct dl_phdr_info, dlpi_subs) + sizeof(info->dlpi_subs))
+                *(uint64_t *)arg = info->dlpi_adds + info->dlpi_subs;
+        return 1; /* the counters are the same in every callback: one is enough */
+}
+
+AP_HIDDEN bool ap_modules_rescan_if_changed(void)
+{
+        uint64_t events = 0;
+        dl_iterate_phdr(loader_events_cb, &events);
+        if (events != 0 && events == ap_load_relaxed(&g_loader_events))
+                return false;
+        ap_modules_rescan();
+        return true;
 }
 
 /* ---- registration ------------------------------------------------------------------- */

@@ -104,6 +104,14 @@ for u in dwarf fp; do
         check_eq "--unwind $u chain" "3 leaf_alloc outer main" \
                 "$(json_of fp.approf '[" ".join([str(s["allocations"])] + [f["function"] for f in s["frames"][:3]]) for s in d["sites"] if s["frames"][0]["function"] == "leaf_alloc"][0]')"
 done
+# A library dlopen'ed since the agent last listed the modules: the frame-pointer walk
+# stopped at its first return address (not in a known module), and a stack that began
+# there was an unknown site.
+"$AP" run -q --unwind fp -o fp-dl.approf -- "$BUILD/tests/workloads/dlopen_host" \
+        "$BUILD/tests/workloads/libdlplugin.so"
+check_eq "--unwind fp, dlopen: exit" 0 $?
+check_eq "--unwind fp, dlopen: frames of the library" "10 plugin_make libdlplugin.so" \
+        "$(json_of fp-dl.approf '"|".join(" ".join([str(s["allocations"]), s["frames"][0]["function"], s["frames"][0]["module"].split("/")[-1]]) for s in d["sites"] if s["frames"] and s["frames"][0]["module"] and "dlplugin" in s["frames"][0]["module"])')"
 "$AP" run -q --unwind bogus -- true 2>/dev/null
 check_eq "--unwind bogus" 2 $?
 "$AP" run -q --sample 12X -- true 2>/dev/null
