@@ -426,10 +426,15 @@ char *ap_demangle(const char *sym)
                 return NULL;
         if (strnlen(sym, MAX_DEMANGLE_LEN + 1) > MAX_DEMANGLE_LEN)
                 return NULL;
-        /* DMGL_AUTO tries Rust (legacy and v0) first, then Itanium; without DMGL_VERBOSE the
-         * Rust legacy hash is left out.  An explicit DMGL_RUST would reject C++ names, and
-         * DMGL_GNU_V3 alone would keep Rust hashes. */
-        char *r = cplus_demangle(sym, DMGL_PARAMS | DMGL_ANSI | DMGL_AUTO);
+        /* Rust (legacy and v0) first, as DMGL_AUTO would: legacy names are Itanium-shaped.
+         * Without DMGL_VERBOSE the legacy hash and v0's crate disambiguators are left out.
+         * C++ names are demangled as c++filt does, with DMGL_VERBOSE: its standard
+         * abbreviations spelled out ("std::basic_string<char, std::char_traits<char>,
+         * std::allocator<char> >", not "std::string", for Ss). */
+        char *r = rust_demangle(sym, DMGL_PARAMS | DMGL_ANSI);
+        if (r)
+                return r;
+        r = cplus_demangle_v3(sym, DMGL_PARAMS | DMGL_ANSI | DMGL_VERBOSE);
         if (r)
                 strip_rust_hash(r);
         return r;

@@ -908,6 +908,11 @@ static void test_demangle(void)
         DEMANGLES_TO("_Z3foov", "foo()");
         DEMANGLES_TO("_ZN2ns5ClassC2Ev", "ns::Class::Class()");
         DEMANGLES_TO("_Z3foov.cold", "foo() [clone .cold]");
+        /* The standard abbreviations spelled out, as c++filt does (DMGL_VERBOSE). */
+        DEMANGLES_TO("_ZNSs4_Rep9_S_createEmmRKSaIcE",
+                     "std::basic_string<char, std::char_traits<char>, std::allocator<char> >::"
+                     "_Rep::_S_create(unsigned long, unsigned long, std::allocator<char> const&)");
+        DEMANGLES_TO("_Z5printRSo", "print(std::basic_ostream<char, std::char_traits<char> >&)");
         /* Rust legacy: hash dropped, also with LLVM's ".llvm.N" suffix. */
         DEMANGLES_TO("_ZN4core3fmt5write17h0123456789abcdefE", "core::fmt::write");
         DEMANGLES_TO("_ZN4core3fmt5write17h0123456789abcdefE.llvm.1234", "core::fmt::write");
