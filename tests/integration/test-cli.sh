@@ -938,12 +938,12 @@ check_eq "sleep profile exit status" 143 "$("$AP" report sleep.approf --json | p
 
 # A process still running when the program has ended (and the grace time is over): its
 # profile is a snapshot (live, its blocks not leaked), and run says so.
-mkdir stillrun && (cd stillrun && "$AP" run -o main.approf -- sh -c 'sh -c "ls / >/dev/null; exec sleep 3" & ls / >/dev/null' 2>../stillrun.err)
-# (Under load the inner shell may not have exec'ed sleep yet: whichever image is running
-# then gets the snapshot.)
-check_eq "a process still running after the program: exit, one profile live" "0 1" \
-        "$? $(for f in stillrun/allocprof.*.approf; do json_of "$f" 'd.get("live")'; done | grep -c True)"
-check_contains "a process still running after the program: said so" stillrun.err "was still running when sh ended"
+# The program waits until the inner shell has allocated (it writes 'ready' after its
+# 'ls', by which time it has registered) and ends; the inner shell sleeps on.
+mkdir stillrun && (cd stillrun && "$AP" run -o main.approf -- sh -c 'sh -c "ls / >/dev/null; echo >ready; sleep 3" & while [ ! -e ready ]; do sleep 0.05; done; ls / >/dev/null' 2>../stillrun.err)
+check_eq "a process still running after the program: exit, its profile live" "0 1" \
+        "$? $(for f in stillrun/allocprof.dash.*.approf; do json_of "$f" 'd.get("live")'; done | grep -c True)"
+check_contains "a process still running after the program: said so" stillrun.err "(dash) was still running when sh ended"
 check_eq "the processes that ended: not live" "False False" \
         "$(json_of stillrun/main.approf 'd["live"]') $(for f in stillrun/allocprof.ls.*.approf; do json_of "$f" 'd["live"]'; done | sort -u)"
 
