@@ -4,6 +4,7 @@
  * SPDX-License-Identifier: MIT OR Apache-2.0
  */
 #include "report.h"
+#include "allocprof/wire.h"
 #include "util.h"
 
 #include <errno.h>
@@ -709,6 +710,13 @@ static void put_stack(const struct out *o, const struct ap_profile *p, const str
                 say(o, "%s", indent);
                 say_in(o, SGR_DIM, "... %" PRIu32 " more frame%s", depth - used,
                        depth - used == 1 ? "" : "s");
+                say(o, "\n");
+        }
+        if (s->truncated && depth == s->nframes) {
+                say(o, "%s", indent);
+                say_in(o, SGR_DIM,
+                       "... stack cut at %d frames: its outer callers were not recorded",
+                       AP_MAX_FRAMES);
                 say(o, "\n");
         }
 }
@@ -1420,6 +1428,8 @@ static void json_site(FILE *f, const struct ap_profile *p, const struct ap_psite
         jkey_u64(&o, "max_live_bytes", s->max_live_bytes);
         jkey_u64(&o, "temporary", s->temporary);
         jkey_u64(&o, "reallocs", s->reallocs);
+        jkey(&o, "truncated");
+        fputs(s->truncated ? "true" : "false", f);
         jkey(&o, "frames");
         fputc('[', f);
         for (uint32_t i = 0; i < s->nframes; i++) {

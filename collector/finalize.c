@@ -454,6 +454,9 @@ static int finalize_sites(struct fin *f)
                 site->max_live_bytes += s->max_live_bytes;
                 site->temporary += s->temporary;
                 site->reallocs += s->reallocs;
+                /* The agent records at most AP_MAX_FRAMES; a stack that long which does not
+                 * end in the C library's entry code was cut there. */
+                site->truncated |= depth == AP_MAX_FRAMES && nentry == 0;
 
                 uint32_t mod = nf ? prof->frames[fv[0]].module : AP_NONE;
                 if (mod != AP_NONE) {

@@ -137,6 +137,7 @@ static int merge_site(struct merger *m, const struct ap_profile *in, const struc
         dst->max_live_bytes += s->max_live_bytes;
         dst->temporary += s->temporary;
         dst->reallocs += s->reallocs;
+        dst->truncated |= s->truncated;
         return 0;
 }
 

@@ -1127,7 +1127,23 @@ static void out_sites(struct fd_sink *sink, const struct ap_profile *p, const st
                 }
                 out_char(sink, ']');
         }
-        out_lit(sink, "]}");
+        out_char(sink, ']');
+        /* Optional (readers before it ignore it): the sites, in this order, whose stack
+         * was cut at AP_MAX_FRAMES. */
+        bool any = false;
+        for (uint32_t i = 0; i < p->nsites; i++) {
+                if (!plan->sites[i].site->truncated)
+                        continue;
+                if (any)
+                        out_char(sink, ',');
+                else
+                        out_lit(sink, ",\"truncated\":[");
+                out_i64(sink, i);
+                any = true;
+        }
+        if (any)
+                out_char(sink, ']');
+        out_char(sink, '}');
 }
 
 static void out_histogram(struct fd_sink *sink, const struct ap_profile *p)
@@ -2165,6 +2181,24 @@ static int read_sites_v3(struct rctx *rc, struct ap_profile *p, const struct ap_
                                             "%s: frame index %lld out of range (%u frames)",
                                             loc_text(&lk).s, (long long)frame, p->nframes);
                         s->frames[nnew - 1 - k] = (uint32_t)frame;
+                }
+        }
+        /* Optional: the indexes of the sites whose stack was cut at AP_MAX_FRAMES. */
+        const struct ap_json *cut = ap_json_get(o, "truncated");
+        if (cut != NULL) {
+                struct loc lt = at_key(&l, "truncated");
+                uint32_t ncut = 0;
+                if ((r = get_array(rc, o, &l, "truncated", &cut, &ncut)) < 0)
+                        return r;
+                for (uint32_t k = 0; k < ncut; k++) {
+                        struct loc lk = at_index(&lt, k);
+                        int64_t i = 0;
+                        if (n == 0)
+                                return fail(rc, -EINVAL, "%s: no sites to refer to",
+                                            loc_text(&lk).s);
+                        if ((r = as_int(rc, ap_json_at(cut, k), &lk, 0, (int64_t)n - 1, &i)) < 0)
+                                return r;
+                        p->sites[i].truncated = true;
                 }
         }
         return 0;

@@ -35,6 +35,7 @@ struct ap_psite {
         uint64_t reallocs;       /* of `allocations`, how many were realloc calls */
         uint32_t *frames;        /* indices into frames, innermost first */
         uint32_t nframes;
+        bool truncated; /* its stack was cut at AP_MAX_FRAMES: outer callers not recorded */
 };
 
 struct ap_pmodule {

@@ -15,6 +15,9 @@ cd "$T" || exit 1
 # Inflated debug files go to a cache of this test's own, not the user's.
 export ALLOCPROF_CACHE_DIR="$T/cache"
 . "$SRC/tests/integration/checks.sh"
+edit_profile() { # in out python-statement-on-d
+        python3 -c 'import gzip,json,sys; d=json.load(gzip.open(sys.argv[1])); exec(sys.argv[3]); gzip.open(sys.argv[2],"wt").write(json.dumps(d))' "$@"
+}
 json_of() { # profile python-expression-on-d (over its JSON report)
         "$AP" report "$1" --json | python3 -c "import json,sys; d=json.load(sys.stdin); print($2)"
 }
@@ -138,6 +141,19 @@ check_eq "pthread_getattr_np in a thread's first allocation: the threads' own bl
         "$(json_of getattr0.approf '" ".join(str(sum(s[k] for s in d["sites"] if s["frames"] and s["frames"][0]["function"] == "thread_main")) for k in ("allocations", "bytes", "frees"))')"
 check_eq "pthread_getattr_np in a thread's first allocation: their stacks" True \
         "$(json_of getattr0.approf 'all([f["function"] for f in s["frames"]][:2] == ["thread_main", "start_thread"] for s in d["sites"] if s["frames"] and s["frames"][0]["function"] == "thread_main")')"
+
+# --- a stack deeper than the agent records: the site says it was cut ---------------------
+"$AP" run -q -o deep.approf -- "$BUILD/tests/workloads/deep_stack"
+check_eq "deep stack: exit" 0 $?
+check_eq "deep stack: the 200-deep site is cut at 64 frames, the 5-deep one whole" \
+        "False 6 True 64" \
+        "$(json_of deep.approf '" ".join("%s %d" % (s["truncated"], sum(f["function"] == "recurse" for f in s["frames"])) for s in sorted(d["sites"], key=lambda s: len(s["frames"])) if s["frames"][0]["function"] == "recurse")')"
+"$AP" report deep.approf >deep.txt
+check_contains "deep stack: the text report says so" deep.txt "... stack cut at 64 frames: its outer callers were not recorded"
+edit_profile deep.approf edited.approf 'd["sites"]["truncated"] = [len(d["sites"]["popped"])]'
+"$AP" report edited.approf >/dev/null 2>edited.err
+check_eq "hand-edited sites.truncated out of range: exit status" 1 $?
+check_contains "hand-edited sites.truncated out of range: message" edited.err "sites.truncated[0]:"
 
 # --- threads racing for slots and their mappings: every event kept ------------------------
 # 3 rounds of 96 threads released by a barrier at once, each 50 allocations of 24 bytes
@@ -448,9 +464,6 @@ printf '{"format": "nope"' >corrupt.approf
 check_eq "corrupt profile" 1 $?
 check_contains "corrupt profile message" corrupt.err "corrupt.approf"
 # A real profile, hand-edited to say what no run can write: one line naming the field.
-edit_profile() { # in out python-statement-on-d
-        python3 -c 'import gzip,json,sys; d=json.load(gzip.open(sys.argv[1])); exec(sys.argv[3]); gzip.open(sys.argv[2],"wt").write(json.dumps(d))' "$@"
-}
 for edit in 'd["process"]["term_signal"]=200|process.term_signal: 200 is not a signal number' \
             'd["mode"]="bogus"|mode: "bogus" is not a recording mode' \
             'd["mode"]="sampled"|sample_interval: 0 in sampled mode' \

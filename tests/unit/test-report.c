@@ -385,7 +385,8 @@ static void test_json_schema(void)
         static const char *const site_keys[] = {"allocations", "bytes",          "frees",
                                                 "freed_bytes", "leaked_blocks",  "leaked_bytes",
                                                 "peak_bytes",  "max_live_bytes", "temporary",
-                                                "reallocs",    "frames",         NULL};
+                                                "reallocs",    "truncated",      "frames",
+                                                NULL};
         static const char *const frame_keys[] = {"function", "file",    "line", "module",
                                                  "address",  "inlined", NULL};
         static const char *const module_keys[] = {
