@@ -21,7 +21,9 @@
  *   modules_offset           module log: append-only struct ap_module_rec
  *
  * Every offset and size in the header is written once by the agent before registration;
- * the collector re-validates all of them against the mapping size it measured itself.
+ * the collector re-validates all of them against the memfd size it measured itself.
+ * Neither side maps it whole: the header with slot 0 and the stack heap with the module
+ * log at registration, every other slot once it is used (ring.h: ap_shm_map_more).
  *
  * Per-thread ring protocol (single producer = the owning thread, single consumer = the
  * collector).  Positions are free-running 64-bit byte counts; data index = pos & (size-1).
