@@ -83,6 +83,8 @@ struct ap_thread {
         uint64_t beat_ns;        /* when it last moved, CLOCK_MONOTONIC */
         int gave_up; /* a wait for ring space ran out: records are dropped at once (and
                       * counted) until the ring has room again */
+        uint64_t claim_fail_gen; /* ap_session_gen + 1 when a slot claim last failed */
+        uint64_t claim_retry_at; /* then no claim is tried before this (CLOCK_MONOTONIC) */
         /* The thread's last stack, for the next unwind (unwind.h); memo.user is its
          * stack id.  Used by the hooks' own path only, never by a nested (signal) one. */
         struct ap_unwind_memo memo;

@@ -221,9 +221,19 @@ static pid_t gettid_raw(void)
         return (pid_t)syscall(SYS_gettid);
 }
 
+/* A thread that found no slot (all taken, or none could be mapped) drops its records,
+ * counted, and looks again after this long, not on each call: a look scans every slot,
+ * and 100 threads without one under a seccomp filter that refuses mremap spent 95% of
+ * their time there (140 times slower than unprofiled). */
+#define CLAIM_RETRY_NS (1000ull * 1000)
+
 static bool slot_claim(struct ap_shm_header *h, struct ap_ring_ctl **ret_ctl,
                        struct ap_producer *pr, uint64_t *ret_gen)
 {
+        struct ap_thread *t = &ap_tls;
+        const uint64_t gen = ap_load_relaxed(&ap_session_gen);
+        if (t->claim_fail_gen == gen + 1 && ap_clock_mono_ns() < t->claim_retry_at)
+                return false;
         /* The lowest free slot: the collector walks every slot below the high-water
          * mark on each drain round, each on a page of its own.  Starting at tid % nslots,
          * as this once did, put a single-threaded process with pid 5877 in slot 757, and
@@ -259,6 +269,8 @@ static bool slot_claim(struct ap_shm_header *h, struct ap_ring_ctl **ret_ctl,
                         ;
                 return true;
         }
+        t->claim_retry_at = ap_clock_mono_ns() + CLAIM_RETRY_NS;
+        t->claim_fail_gen = gen + 1;
         return false;
 }
 
@@ -780,17 +792,17 @@ AP_HIDDEN void ap_record_realloc(void *old, void *p, size_t size, uint64_t ts, c
 
 /* ---- nested (signal handler) records ------------------------------------------------ */
 
-static struct ap_shm_header *nested_ring(struct ap_thread *t)
+/* The thread's nested ring in session h, claiming a slot on first use.  False: no slot
+ * (all taken, or the one found could not be mapped); the caller counts the record as
+ * dropped, as thread_ring does for the hooks' own path. */
+static bool nested_ring(struct ap_thread *t, struct ap_shm_header *h)
 {
-        struct ap_shm_header *h = atomic_load_explicit(&ap_session, memory_order_acquire);
-        if (h == NULL)
-                return NULL;
         if (ap_unlikely(t->nctl == NULL || t->ngen != ap_load_relaxed(&ap_session_gen))) {
                 t->nctl = NULL;
                 if (!slot_claim(h, &t->nctl, &t->npr, &t->ngen))
-                        return NULL;
+                        return false;
         }
-        return h;
+        return true;
 }
 
 /* Writes one record into the nested ring, no waiting (a handler must not block). */
@@ -812,7 +824,7 @@ AP_HIDDEN void ap_nested_alloc(void *p, size_t size, bool realloc)
                 return;
         }
         t->nested_busy = 1;
-        struct ap_shm_header *h = nested_ring(t);
+        struct ap_shm_header *h = atomic_load_explicit(&ap_session, memory_order_acquire);
         uint32_t mode = h ? ap_load_relaxed(&h->xmode) : AP_MODE_OFF;
         uint64_t weight = 0;
         if (mode == AP_MODE_SAMPLED) {
@@ -823,7 +835,11 @@ AP_HIDDEN void ap_nested_alloc(void *p, size_t size, bool realloc)
                 else
                         ap_sampled_remember(p);
         }
-        if (mode == AP_MODE_FULL || mode == AP_MODE_SAMPLED) {
+        if (mode != AP_MODE_FULL && mode != AP_MODE_SAMPLED) {
+                /* nothing to record */
+        } else if (!nested_ring(t, h)) {
+                ap_count(AP_CNT_DROP_NO_SLOT, 1);
+        } else {
                 uint64_t ips[AP_MAX_FRAMES];
                 uint32_t n = capture_fp(ips, false);
                 uint64_t ts = ap_clock_ticks();
@@ -853,10 +869,16 @@ AP_HIDDEN void ap_nested_free(void *p)
                 return;
         }
         t->nested_busy = 1;
-        struct ap_shm_header *h = nested_ring(t);
+        struct ap_shm_header *h = atomic_load_explicit(&ap_session, memory_order_acquire);
         uint32_t mode = h ? ap_load_relaxed(&h->xmode) : AP_MODE_OFF;
         if (mode == AP_MODE_FULL ||
             ((mode == AP_MODE_SAMPLED || mode == AP_MODE_DETACHED) && ap_sampled_forget(p))) {
+                if (!nested_ring(t, h)) {
+                        ap_count(AP_CNT_DROP_NO_SLOT, 1);
+                        ap_count(AP_CNT_DROP_FREE, 1);
+                        t->nested_busy = 0;
+                        return;
+                }
                 uint8_t *w = nested_reserve(t, sizeof(struct ap_rec_free), 0);
                 if (w != NULL) {
                         /* In sampled mode not temporary: a signal handler freed it. */

@@ -81,11 +81,22 @@ static inline uint64_t slot_map_len(uint32_t i)
         return page_up(slot_off(i) + AP_SLOT_STRIDE) - page_down(slot_off(i));
 }
 
+/* After a slot could not be mapped, none is tried again before this CLOCK_MONOTONIC time
+ * (0: none failed).  What refuses one (an address-space limit, a seccomp filter) refuses
+ * the next, and a thread without a slot looks for one on each of its calls: retrying every
+ * time, 100 such threads ran 20 (seccomp) to 50 (RLIMIT_AS) times slower, mremap taking
+ * the address-space lock for writing.  Relaxed: a hint.  Reset by fork_child. */
+#define MAP_RETRY_NS (100ull * 1000 * 1000)
+static _Atomic uint64_t g_map_retry_at;
+
 /* Maps slot i (i >= 1) from the nearest mapped slot below it; 0 if that fails (an
  * address-space limit, a seccomp filter without mremap: the thread goes unrecorded, as
  * when every slot is taken). */
 static uintptr_t map_slot(uint32_t i)
 {
+        uint64_t retry_at = ap_load_relaxed(&g_map_retry_at);
+        if (retry_at != 0 && ap_clock_mono_ns() < retry_at)
+                return 0;
         uint32_t j = i;
         uintptr_t from = 0;
         while (j-- > 0 && (from = ap_load_acquire(&g_slot_page[j])) == 0)
@@ -94,8 +105,10 @@ static uintptr_t map_slot(uint32_t i)
                 return 0;
         uint8_t *m = ap_shm_map_more((void *)from, page_down(slot_off(j)), page_down(slot_off(i)),
                                      slot_map_len(i));
-        if (m == NULL)
+        if (m == NULL) {
+                ap_store_relaxed(&g_map_retry_at, ap_clock_mono_ns() + MAP_RETRY_NS);
                 return 0;
+        }
         uintptr_t mine = (uintptr_t)m, seen = 0;
         (void)madvise((void *)mine, slot_map_len(i), MADV_DONTDUMP); /* see session_start */
         /* Release: the mapping exists before another thread can use its address; acquire
@@ -566,6 +579,7 @@ static void fork_child(void)
         pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
         memcpy(&g_mod_lock, &fresh, sizeof(fresh));
         ap_store_relaxed(&g_init_state, INIT_UNTRIED);
+        ap_store_relaxed(&g_map_retry_at, 0);
         unmap_session();
 }
 
