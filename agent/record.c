@@ -398,6 +398,26 @@ static uint8_t *ring_reserve(struct ap_thread *t, struct ap_shm_header *h, uint3
 
 static void learn_stack_top(struct ap_thread *t);
 
+/* The agent's own allocations (own_alloc set) are told from those of a signal handler
+ * that interrupts the agent by that flag alone: a handler that allocated while it is set
+ * would be taken for the agent, its blocks neither recorded nor counted as dropped (a
+ * signal storm at thread start lost hundreds of them that way).  So signals wait while
+ * it is set, and their handlers then run as nested records (ap_nested_alloc).  Two
+ * system calls around calls that make several of their own, once per thread. */
+static void own_begin(struct ap_thread *t, sigset_t *old)
+{
+        sigset_t all;
+        sigfillset(&all);
+        pthread_sigmask(SIG_BLOCK, &all, old);
+        t->own_alloc++;
+}
+
+static void own_end(struct ap_thread *t, const sigset_t *old)
+{
+        t->own_alloc--;
+        pthread_sigmask(SIG_SETMASK, old, NULL);
+}
+
 /* Returns the thread's ring, claiming a slot on first use.  NULL: no slot (counted). */
 static inline struct ap_shm_header *thread_ring(struct ap_thread *t)
 {
@@ -416,9 +436,10 @@ static inline struct ap_shm_header *thread_ring(struct ap_thread *t)
                         ap_store_relaxed(&g_multi_thread, 1);
                 extern AP_HIDDEN void ap_thread_started(void);
                 /* pthread_setspecific may allocate its key block: ours, not the program's */
-                t->own_alloc++;
+                sigset_t old;
+                own_begin(t, &old);
                 ap_thread_started();
-                t->own_alloc--;
+                own_end(t, &old);
         }
         if (ap_unlikely(t->stack_deferred) && !t->in_getattr)
                 learn_stack_top(t);
@@ -491,7 +512,8 @@ static void learn_stack_top(struct ap_thread *t)
         pthread_attr_t a;
         void *lo;
         size_t size;
-        t->own_alloc++; /* glibc allocates a cpu set for the attributes */
+        sigset_t old;
+        own_begin(t, &old); /* glibc allocates a cpu set for the attributes */
         if (getattr(pthread_self(), &a) == 0) {
                 if (pthread_attr_getstack(&a, &lo, &size) == 0) {
                         t->stack_hi = (uintptr_t)lo + size;
@@ -499,7 +521,7 @@ static void learn_stack_top(struct ap_thread *t)
                 }
                 pthread_attr_destroy(&a);
         }
-        t->own_alloc--;
+        own_end(t, &old);
 }
 
 static __attribute__((noinline)) uint32_t capture_fp(uint64_t *out, bool may_scan)
@@ -828,7 +850,17 @@ AP_HIDDEN void ap_nested_alloc(void *p, size_t size, bool realloc)
         uint32_t mode = h ? ap_load_relaxed(&h->xmode) : AP_MODE_OFF;
         uint64_t weight = 0;
         if (mode == AP_MODE_SAMPLED) {
-                uint64_t n = t->sampler_ready ? ap_sampler_take(&t->sampler, size) : 0;
+                /* A handler that interrupts the thread's first sampled allocation before
+                 * its sampler is set up (alloc_sampled) sets it up: skipped, its blocks
+                 * went unsampled, unseen even at an interval of 1.  (Should it interrupt
+                 * alloc_sampled between its test and its own set-up, that one starts a
+                 * fresh stream after this: no bias.) */
+                if (!t->sampler_ready) {
+                        ap_sampler_init(&t->sampler, ap_load_relaxed(&h->xsample_interval),
+                                        ap_sampler_seed());
+                        t->sampler_ready = 1;
+                }
+                uint64_t n = ap_sampler_take(&t->sampler, size);
                 weight = n * t->sampler.interval;
                 if (n == 0)
                         mode = AP_MODE_OFF;

@@ -220,6 +220,18 @@ check_eq "every handler allocation recorded (hits, then leaked)" "$hits $(( (hit
 check_eq "signals totals: loop + handler + stdout buffer" "$((3000000 + hits + 1)) 0" \
         "$(json_of sig.approf 'd["totals"]["allocations"], d["totals"]["dropped_events"]')"
 
+# --- signals storming threads as they start: a handler's blocks are the program's --------
+# A thread's first recorded allocation claims and maps its ring and asks the C library for
+# its stack (allocating for the agent): handler allocations there were taken for the
+# agent's own, neither recorded nor counted as dropped.
+for mode in 0 1; do
+        "$AP" run -q --sample $mode -o tsig$mode.approf -- "$BUILD/tests/workloads/thread_signals" >tsig$mode.out
+        check_eq "signals at starting threads (--sample $mode): exit" 0 $?
+        check_eq "signals at starting threads (--sample $mode): every handler and thread allocation, nothing dropped" \
+                "$(cat tsig$mode.out) 32000 0 0" \
+                "$(json_of tsig$mode.approf '" ".join(str(x) for x in [sum(s["allocations"] for s in d["sites"] if s["frames"] and s["frames"][0]["function"] == f) for f in ("tsig_handler_alloc", "tsig_alloc")] + [d["totals"]["dropped_events"], d["totals"]["invalid_records"]])')"
+done
+
 # --- threads whose ring cannot be mapped (seccomp refuses mremap after start) -------------
 # 8 threads x 20,000 allocations and frees, all dropped and counted; a profiling timer's
 # handler allocates and frees on the main thread, whose second (nested) ring cannot be
