@@ -41,8 +41,8 @@ static char g_exe_path[AP_MAX_PATH];
 /* ---- the session's mappings -----------------------------------------------------------
  * The shared memory holds 1024 rings of 2 MiB (ap_shm_total_bytes(): 2.1 GiB), but a
  * process maps only what it uses: the head (the header and slot 0's ring) and the tail
- * (stack heap and module log) at registration, and each further slot when a thread of
- * its first claims it.  Mapped at once, the rings took 2.1 GiB of every program's address
+ * (stack heap and module log) at registration, and each further slot when a thread
+ * first claims it.  Mapped at once, the rings took 2.1 GiB of every program's address
  * space, which RLIMIT_AS counts: a program under `ulimit -v 2000000` was not profiled.
  *
  * The descriptor is closed after registration (the program keeps none of ours), so a
@@ -54,7 +54,9 @@ static char g_exe_path[AP_MAX_PATH];
  * ring_ctl) is mapped in this process, 0 if it is not.  Set once per session with a
  * release CAS after the mapping exists; read with acquire, so a thread that sees the
  * address sees the mapping (mremap and munmap are system calls: the kernel orders them,
- * the atomics only publish the address).  Reset by fork_child alone, single-threaded. */
+ * the atomics only publish the address).  Reset by fork_child alone, single-threaded;
+ * a fork while another thread is between its mremap and its CAS leaves the child that
+ * one mapping unrecorded (address space only: the child registers anew). */
 static _Atomic uintptr_t g_slot_page[AP_NSLOTS];
 static uint8_t *g_head, *g_tail; /* head and tail mappings (page-aligned starts) */
 static uint64_t g_head_len, g_tail_len, g_tail_off;
