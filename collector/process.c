@@ -765,8 +765,9 @@ static inline struct ap_ring_ctl *slot_ctl(struct ap_process *p, uint32_t i)
 }
 
 /* Maps the slots below hwm that are not yet (from the nearest one below that is, as the
- * agent does: ring.h).  A slot that cannot be mapped (our own address-space limit) is
- * set aside as bad, its records lost and counted as invalid. */
+ * agent does: ring.h).  A slot that cannot be mapped now (our own address-space limit,
+ * which `ulimit -v` sets for run's collector too) is tried again next round: its records
+ * wait in the ring, and if it stays full the agent drops them and counts them. */
 static void map_slots(struct ap_process *p, uint32_t hwm)
 {
         const uint64_t page = (uint64_t)getpagesize();
@@ -780,11 +781,8 @@ static void map_slots(struct ap_process *p, uint32_t hwm)
                 uint64_t from_off = ap_shm_slot_off(j) & ~(page - 1);
                 uint64_t off = ap_shm_slot_off(i) & ~(page - 1);
                 uint8_t *m = ap_shm_map_more(p->slots[j].page, from_off, off, slot_map_bytes(i));
-                if (m == NULL) {
-                        sl->bad = true;
-                        p->t.invalid_records++;
-                        continue;
-                }
+                if (m == NULL)
+                        return; /* again next round (one failed mremap a round at most) */
                 (void)madvise(m, slot_map_bytes(i), MADV_DONTDUMP);
                 sl->page = m;
                 sl->ctl = (struct ap_ring_ctl *)(m + (ap_shm_slot_off(i) - off));
@@ -998,7 +996,7 @@ long ap_process_drain(struct ap_process *p, bool final)
                 map_slots(p, hwm);
                 for (uint32_t i = done; i < hwm; i++) {
                         struct ap_slot *sl = &p->slots[i];
-                        if (sl->bad)
+                        if (sl->bad || sl->ctl == NULL) /* not mapped yet: map_slots */
                                 continue;
                         uint64_t head = ap_load_acquire(&slot_ctl(p, i)->xhead);
                         if (head - sl->tail > AP_RING_BYTES) {
@@ -1036,7 +1034,14 @@ long ap_process_drain(struct ap_process *p, bool final)
          * thousand records behind each writer: reading the lines a writer is still
          * filling would pull them away from it on every record (measured: twice as
          * slow). */
-        if (!final) {
+        if (final) {
+                /* A slot we never could map: whatever it held is lost, counted once. */
+                for (uint32_t i = 1; i < hwm; i++)
+                        if (p->slots[i].ctl == NULL && !p->slots[i].bad) {
+                                p->slots[i].bad = true;
+                                p->t.invalid_records++;
+                        }
+        } else {
                 uint64_t now = p->same_clock ? ap_clock_ticks() : ap_clock_mono_ns();
                 uint64_t settle = (uint64_t)(SETTLE_NS / p->ns_per_tick);
                 watermark = now > settle ? now - settle : 0;
@@ -1139,7 +1144,7 @@ long ap_process_drain(struct ap_process *p, bool final)
         for (uint32_t i = 0; i < hwm; i++) {
                 struct ap_slot *sl = &p->slots[i];
                 struct ap_ring_ctl *ctl = slot_ctl(p, i);
-                if (sl->bad)
+                if (sl->bad || ctl == NULL)
                         continue;
                 /* Release pairs with the agent's acquire of xtail (D->A): we are done
                  * reading the space below our tail. */
