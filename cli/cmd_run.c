@@ -57,6 +57,8 @@ struct run_state {
         bool daemon_lost; /* the daemon serving the run went away */
         pid_t daemon_pid; /* its pid, 0 if it did not say (an older allocprofd) */
         size_t nended_at_end; /* images that had ended when the program did */
+        bool dormant;         /* started dormant */
+        size_t never_attached; /* images of other processes dropped by on_done */
 };
 
 /* True if `pid` is a process that has not ended (a zombie has). */
@@ -111,6 +113,15 @@ static bool on_register(void *userdata, pid_t pid)
 static void on_done(void *userdata, struct ap_process *p, bool by_exec)
 {
         struct run_state *rs = userdata;
+        /* Started dormant and never attached: no profile to give.  Dropped now, not kept
+         * until the program ends (a shell loop under --dormant held every child's tables
+         * and mappings: 2.5 GB after a minute).  The program's own is kept: its message
+         * and exit status come at the end. */
+        if (rs->dormant && ap_process_pid(p) != rs->child && !ap_process_recorded(p)) {
+                rs->never_attached++;
+                ap_process_free(p);
+                return;
+        }
         if (AP_GROW(rs->ended, rs->ended_cap, rs->nended + 1) < 0) {
                 ap_process_free(p);
                 return;
@@ -837,7 +848,7 @@ int ap_cmd_run(int argc, char **argv)
          * the program in `allocprof ps`); otherwise a private collector here, which
          * listens before the program starts: the program then need not wait for the rest
          * of its set-up (symbolizer, warm-up thread), done while it execs. */
-        struct run_state rs = {.follow = follow};
+        struct run_state rs = {.follow = follow, .dormant = dormant};
         struct ap_ctl *ctl = NULL;
         struct ap_collector *coll = NULL;
         char *sock = NULL, *sock_dir = NULL;
@@ -1035,7 +1046,9 @@ int ap_cmd_run(int argc, char **argv)
                 if (dormant && prof->totals.allocations == 0 && prof->totals.frees == 0 &&
                     prof->totals.threads == 0 && prof->mode != NULL &&
                     strcmp(prof->mode, "sampled") != 0) {
-                        if (!quiet)
+                        if (e != main_img)
+                                rs.never_attached++; /* said once, below */
+                        else if (!quiet)
                                 fprintf(stderr,
                                         "allocprof: pid %u was never attached: no profile\n",
                                         prof->pid);
@@ -1103,6 +1116,12 @@ int ap_cmd_run(int argc, char **argv)
                 free(path);
                 ap_profile_free(prof);
         }
+        if (rs.never_attached > 0 && !quiet)
+                fprintf(stderr,
+                        "allocprof: %zu other process image%s started dormant %s never "
+                        "attached: no profile\n",
+                        rs.never_attached, rs.never_attached == 1 ? "" : "s",
+                        rs.never_attached == 1 ? "was" : "were");
         for (size_t i = 0; i < nwritten; i++)
                 free(written[i]);
         free(written);

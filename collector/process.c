@@ -305,6 +305,11 @@ uint32_t ap_process_threads(const struct ap_process *p)
         return sampled > p->threads ? (uint32_t)sampled : p->threads;
 }
 
+bool ap_process_recorded(const struct ap_process *p)
+{
+        return p->t.allocations != 0 || p->t.frees != 0 || ap_process_threads(p) != 0 || p->sampled;
+}
+
 pid_t ap_process_pid(const struct ap_process *p)
 {
         return p->pid;

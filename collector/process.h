@@ -85,6 +85,9 @@ void ap_process_set_mode(struct ap_process *p, uint32_t mode, uint64_t sample_in
 /* Command line (as set by ap_process_set_command; may be empty) and threads seen. */
 char **ap_process_command(const struct ap_process *p, int *argc);
 uint32_t ap_process_threads(const struct ap_process *p);
+/* False while nothing was recorded from p: no event, no thread, never in sampled mode (a
+ * process started dormant and never attached). */
+bool ap_process_recorded(const struct ap_process *p);
 
 /* Symbolizes and folds everything into a new profile.  The process can keep running and
  * be finalized again later (a snapshot).  Returns 0 or -errno. */

@@ -577,6 +577,12 @@ for how in private daemon; do
         check_contains "never attached ($how): note" never-$how.err "was never attached"
         checks=$((checks + 1))
         [ ! -e never-$how.approf ] || fail "never attached ($how): a profile was written"
+        # Its children, never attached either: dropped as they end, said in one line.
+        ALLOCPROF_DAEMON_SOCKET="$env_sock" "$AP" run --dormant -o never-$how.approf -- \
+                sh -c 'i=0; while [ $i -lt 200 ]; do ls / >/dev/null; i=$((i + 1)); done' 2>never-$how.err
+        check_eq "never attached ($how), 200 children: exit, two lines" "0 2" "$? $(wc -l <never-$how.err)"
+        check_contains "never attached ($how), 200 children: one line for them" never-$how.err \
+                "200 other process images started dormant were never attached: no profile"
 done
 cd "$T" || exit 1
 echo "e. run --dormant: $(($(now_ms) - t0)) ms"
