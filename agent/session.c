@@ -62,25 +62,14 @@ static uint8_t *g_head, *g_tail; /* head and tail mappings (page-aligned starts)
 static uint64_t g_head_len, g_tail_len, g_tail_off;
 static uint64_t g_page; /* the system's page size */
 
-static inline uint64_t page_down(uint64_t x)
+static inline uint64_t slot_page(uint32_t i)
 {
-        return x & ~(g_page - 1);
+        return ap_shm_slot_page(i, g_page);
 }
 
-static inline uint64_t page_up(uint64_t x)
-{
-        return (x + g_page - 1) & ~(g_page - 1);
-}
-
-static inline uint64_t slot_off(uint32_t i)
-{
-        return ap_shm_slot_off(i);
-}
-
-/* Bytes mapped for slot i, from its first page. */
 static inline uint64_t slot_map_len(uint32_t i)
 {
-        return page_up(slot_off(i) + AP_SLOT_STRIDE) - page_down(slot_off(i));
+        return ap_shm_slot_map_bytes(i, g_page);
 }
 
 /* After a slot could not be mapped, none is tried again before this CLOCK_MONOTONIC time
@@ -105,8 +94,7 @@ static uintptr_t map_slot(uint32_t i)
                 ;
         if (from == 0)
                 return 0;
-        uint8_t *m = ap_shm_map_more((void *)from, page_down(slot_off(j)), page_down(slot_off(i)),
-                                     slot_map_len(i));
+        uint8_t *m = ap_shm_map_more((void *)from, slot_page(j), slot_page(i), slot_map_len(i));
         if (m == NULL) {
                 ap_store_relaxed(&g_map_retry_at, ap_clock_mono_ns() + MAP_RETRY_NS);
                 return 0;
@@ -128,7 +116,7 @@ AP_HIDDEN struct ap_ring_ctl *ap_slot_ctl(uint32_t i, bool map)
         uintptr_t a = ap_load_acquire(&g_slot_page[i]);
         if (a == 0 && (!map || (a = map_slot(i)) == 0))
                 return NULL;
-        return (struct ap_ring_ctl *)(a + (slot_off(i) - page_down(slot_off(i))));
+        return (struct ap_ring_ctl *)(a + (ap_shm_slot_off(i) - slot_page(i)));
 }
 
 AP_HIDDEN uint8_t *ap_shm_tail(uint64_t offset)
@@ -486,9 +474,8 @@ static int session_start(const char *sock_path)
         (void)fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL);
         /* The head and the tail now, the other slots when claimed (see map_slot). */
         g_page = (uint64_t)getpagesize();
-        g_head_len = page_up(slot_off(0) + AP_SLOT_STRIDE);
-        const uint64_t tail_at = slot_off(AP_NSLOTS); /* ap_shm_init_layout's stacks_offset */
-        g_tail_off = page_down(tail_at);
+        g_head_len = ap_shm_head_bytes(g_page);
+        g_tail_off = ap_shm_tail_off(g_page);
         g_tail_len = total - g_tail_off;
         void *map = mmap(NULL, g_head_len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
         void *tail = map == MAP_FAILED ? MAP_FAILED
@@ -502,7 +489,7 @@ static int session_start(const char *sock_path)
         }
         g_head = map;
         g_tail = tail;
-        ap_store_release(&g_slot_page[0], (uintptr_t)map + page_down(slot_off(0)));
+        ap_store_release(&g_slot_page[0], (uintptr_t)map + slot_page(0));
         /* Kept out of the program's core dumps: a shared mapping is dumped in full by
          * default (the slots mapped later: map_slot). */
         (void)madvise(map, g_head_len, MADV_DONTDUMP);

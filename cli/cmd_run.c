@@ -983,7 +983,9 @@ int ap_cmd_run(int argc, char **argv)
          * does our collector: an address-space limit near that leaves it no room, and it
          * stays out of the program's way. */
         struct rlimit as_lim;
-        const uint64_t shm_min = ap_shm_slot_off(1) + AP_STACK_HEAP_BYTES + AP_MODULE_LOG_BYTES;
+        const uint64_t page = (uint64_t)getpagesize();
+        const uint64_t shm_min =
+                ap_shm_head_bytes(page) + ap_shm_total_bytes() - ap_shm_tail_off(page);
         bool as_small = getrlimit(RLIMIT_AS, &as_lim) == 0 && as_lim.rlim_cur != RLIM_INFINITY &&
                         as_lim.rlim_cur < shm_min + (256ull << 20);
         if (exec_errno == 0 && rs.nended == 0 && !noted && !dormant && !rs.daemon_lost && as_small)

@@ -67,8 +67,8 @@ int ap_process_new(int memfd, pid_t pid, const struct ap_hello *hello, struct ap
          * (map_slots): mapped whole, 2.1 GiB a process would count against an
          * address-space limit (`ulimit -v` applies to run's own collector too). */
         const uint64_t page = (uint64_t)getpagesize();
-        const uint64_t head_bytes = (ap_shm_slot_off(1) + page - 1) & ~(page - 1);
-        const uint64_t tail_off = ap_shm_slot_off(AP_NSLOTS) & ~(page - 1);
+        const uint64_t head_bytes = ap_shm_head_bytes(page);
+        const uint64_t tail_off = ap_shm_tail_off(page);
         void *map = mmap(NULL, head_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
         void *tail = map == MAP_FAILED ? MAP_FAILED
                                        : mmap(NULL, expect - tail_off, PROT_READ | PROT_WRITE,
@@ -116,7 +116,7 @@ int ap_process_new(int memfd, pid_t pid, const struct ap_hello *hello, struct ap
         p->tail = tail;
         p->tail_bytes = expect - tail_off;
         p->tail_off = tail_off;
-        p->slots[0].page = (uint8_t *)map + (ap_shm_slot_off(0) & ~(page - 1));
+        p->slots[0].page = (uint8_t *)map + ap_shm_slot_page(0, page);
         p->slots[0].ctl = (struct ap_ring_ctl *)((uint8_t *)map + ap_shm_slot_off(0));
         p->hdr = h;
         p->start_ns = h->start_ns;
@@ -135,9 +135,7 @@ int ap_process_new(int memfd, pid_t pid, const struct ap_hello *hello, struct ap
 /* Bytes mapped for slot i (i >= 1), from the page holding its ring_ctl. */
 static uint64_t slot_map_bytes(uint32_t i)
 {
-        const uint64_t page = (uint64_t)getpagesize();
-        uint64_t first = ap_shm_slot_off(i) & ~(page - 1);
-        return ((ap_shm_slot_off(i) + AP_SLOT_STRIDE + page - 1) & ~(page - 1)) - first;
+        return ap_shm_slot_map_bytes(i, (uint64_t)getpagesize());
 }
 
 void ap_process_free(struct ap_process *p)
@@ -783,12 +781,12 @@ static void map_slots(struct ap_process *p, uint32_t hwm)
                 uint32_t j = i - 1;
                 while (j > 0 && p->slots[j].page == NULL)
                         j--;
-                uint64_t from_off = ap_shm_slot_off(j) & ~(page - 1);
-                uint64_t off = ap_shm_slot_off(i) & ~(page - 1);
-                uint8_t *m = ap_shm_map_more(p->slots[j].page, from_off, off, slot_map_bytes(i));
+                uint64_t off = ap_shm_slot_page(i, page);
+                uint8_t *m = ap_shm_map_more(p->slots[j].page, ap_shm_slot_page(j, page), off,
+                                             ap_shm_slot_map_bytes(i, page));
                 if (m == NULL)
                         return; /* again next round (one failed mremap a round at most) */
-                (void)madvise(m, slot_map_bytes(i), MADV_DONTDUMP);
+                (void)madvise(m, ap_shm_slot_map_bytes(i, page), MADV_DONTDUMP);
                 sl->page = m;
                 sl->ctl = (struct ap_ring_ctl *)(m + (ap_shm_slot_off(i) - off));
         }

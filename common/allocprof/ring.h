@@ -92,6 +92,31 @@ static inline uint64_t ap_shm_slot_off(uint32_t i)
         return 4096 + (uint64_t)i * AP_SLOT_STRIDE;
 }
 
+/* Where slot i's mapping starts (the page holding its ring_ctl) and how long it is, for
+ * pages of `page` bytes; slot 0's lies within the head, [0, ap_shm_head_bytes). */
+static inline uint64_t ap_shm_slot_page(uint32_t i, uint64_t page)
+{
+        return ap_shm_slot_off(i) & ~(page - 1);
+}
+
+static inline uint64_t ap_shm_slot_map_bytes(uint32_t i, uint64_t page)
+{
+        return ((ap_shm_slot_off(i) + AP_SLOT_STRIDE + page - 1) & ~(page - 1)) -
+               ap_shm_slot_page(i, page);
+}
+
+/* The head: the header and slot 0, from offset 0. */
+static inline uint64_t ap_shm_head_bytes(uint64_t page)
+{
+        return ap_shm_slot_page(0, page) + ap_shm_slot_map_bytes(0, page);
+}
+
+/* The tail: the stack heap and the module log (stacks_offset on), from this page. */
+static inline uint64_t ap_shm_tail_off(uint64_t page)
+{
+        return ap_shm_slot_off(AP_NSLOTS) & ~(page - 1);
+}
+
 /* Maps the page-aligned file range [off, off + len) given `from`, the address at which
  * the page-aligned offset from_off <= off is mapped (MAP_SHARED): mremap(2) with an old
  * size of 0 makes a second mapping of the same pages, from from_off on and as long as
