@@ -259,7 +259,8 @@ static bool slot_claim(struct ap_shm_header *h, struct ap_ring_ctl **ret_ctl,
                         continue;
                 ctl->tid = (uint32_t)gettid_raw();
                 *ret_ctl = ctl;
-                /* We are the only producer now; the previous owner's last head stands. */
+                /* We are the only producer now; the collector rewound the ring to 0 when
+                 * it freed the slot (wire.h). */
                 ap_producer_attach(pr, ctl);
                 *ret_gen = ap_load_relaxed(&ap_session_gen);
                 uint32_t hwm = ap_load_relaxed(&h->xslot_hwm);

@@ -1156,8 +1156,19 @@ long ap_process_drain(struct ap_process *p, bool final)
                 if (ap_load_acquire(&ctl->xstate) == AP_SLOT_RETIRED &&
                     ap_load_acquire(&ctl->xhead) == sl->tail) {
                         sl->last_alloc = 0;
+                        /* Rewind the empty ring while no one owns it, so that its next
+                         * owner writes from the start again: a program that starts many
+                         * short threads then touches the first pages of each slot, not,
+                         * owner after owner, all 2 MiB (26 MB of shared memory for
+                         * 20,000 threads 16 at a time, 620 MB when the slots in use
+                         * climbed to 470).  Relaxed: the release below publishes them. */
+                        if (sl->tail != 0) {
+                                ap_store_relaxed(&ctl->xhead, 0);
+                                ap_store_relaxed(&ctl->xtail, 0);
+                                sl->tail = sl->snap_head = sl->pf = 0;
+                        }
                         /* Release pairs with the claiming thread's CAS (acquire): it
-                         * sees our final tail. */
+                         * sees the rewound head and tail. */
                         ap_store_release(&ctl->xstate, AP_SLOT_FREE);
                 }
         }

@@ -40,6 +40,12 @@
  * Records never wrap: a record that does not fit before the end of the data area is
  * preceded by an AP_REC_PAD record that fills the rest.
  *
+ * Slot ownership (ap_ring_ctl.xstate): a thread claims a FREE slot by CAS (acq_rel) to
+ * OWNED and retires it at exit with a release store of RETIRED, after its last (B).  The
+ * collector, once it has read a RETIRED slot up to its head, stores 0 into xhead and
+ * xtail (relaxed; it is the slot's only user then) and publishes FREE with a release
+ * store that the next claimer's CAS acquires: every owner starts at position 0.
+ *
  * Stack heap: an agent thread that inserts a new stack writes its entry, then publishes
  * the entry's id with a release store into its private index; a thread that finds the
  * id with an acquire load and then publishes a record naming it (B) makes the entry
