@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "allocprof/wire.h"
@@ -20,12 +21,54 @@
 
 /* ---- ps ------------------------------------------------------------------------------ */
 
-/* Every collector this user can reach: the daemon, and the private collectors of
- * `allocprof run` found through the environment of the processes they profile. */
-static size_t list_sockets(char ***ret)
+/* The collectors to ask, each once.  A collector is its socket, and one socket can go by
+ * several names (the daemon's path as this CLI computes it, and as each program it
+ * profiles got it, spelled differently or through a symbolic link): its inode tells. */
+struct sock_name {
+        char *path;
+        dev_t dev;
+        ino_t ino; /* 0: could not be looked at, told apart by its path alone */
+};
+
+struct sockets {
+        struct sock_name *s;
+        size_t n, cap;
+};
+
+/* Adds path (copied) unless it names a socket already there.  Returns 0 or -ENOMEM. */
+static int add_socket(struct sockets *l, const char *path)
 {
-        char **socks = NULL;
-        size_t n = 0, cap = 0;
+        struct stat st;
+        dev_t dev = 0;
+        ino_t ino = 0;
+        if (stat(path, &st) == 0) {
+                dev = st.st_dev;
+                ino = st.st_ino;
+        }
+        for (size_t i = 0; i < l->n; i++)
+                if (strcmp(l->s[i].path, path) == 0 ||
+                    (ino != 0 && l->s[i].ino == ino && l->s[i].dev == dev))
+                        return 0;
+        if (AP_GROW(l->s, l->cap, l->n + 1) < 0)
+                return -ENOMEM;
+        char *copy = strdup(path);
+        if (copy == NULL)
+                return -ENOMEM;
+        l->s[l->n++] = (struct sock_name){.path = copy, .dev = dev, .ino = ino};
+        return 0;
+}
+
+static void free_sockets(struct sockets *l)
+{
+        for (size_t i = 0; i < l->n; i++)
+                free(l->s[i].path);
+        free(l->s);
+}
+
+/* Adds the private collectors of `allocprof run` (and any other collector), found through
+ * the environment of the processes they profile. */
+static void list_sockets(struct sockets *l)
+{
         DIR *d = opendir("/proc");
         struct dirent *e;
         while (d != NULL && (e = readdir(d)) != NULL) {
@@ -33,20 +76,12 @@ static size_t list_sockets(char ***ret)
                 if (!ap_parse_pid(e->d_name, &pid))
                         continue;
                 char *sock = ap_ctl_environ_socket(pid);
-                if (sock == NULL)
-                        continue;
-                bool dup = false;
-                for (size_t i = 0; i < n; i++)
-                        dup |= strcmp(socks[i], sock) == 0;
-                if (!dup && AP_GROW(socks, cap, n + 1) == 0)
-                        socks[n++] = sock;
-                else
-                        free(sock);
+                if (sock != NULL)
+                        (void)add_socket(l, sock);
+                free(sock);
         }
         if (d != NULL)
                 closedir(d);
-        *ret = socks;
-        return n;
 }
 
 static void add_processes(json_t *all, json_t *resp)
@@ -151,18 +186,23 @@ int ap_cmd_ps(int argc, char **argv)
         }
         free(err);
         err = NULL;
-        char **socks = NULL;
-        size_t nsocks = list_sockets(&socks);
-        for (size_t i = 0; i <= nsocks; i++) {
-                if (i > 0) {
-                        ctl = NULL;
-                        if (ap_ctl_open(socks[i - 1], &ctl, &err) < 0) {
-                                free(err); /* a collector that is gone: nothing to list */
-                                err = NULL;
-                        }
-                }
-                if (ctl == NULL)
+        /* The daemon first, connected already; then every other collector, once. */
+        struct sockets socks = {0};
+        struct ap_ctl *daemon = ctl;
+        if (daemon != NULL && add_socket(&socks, ap_ctl_path(daemon)) < 0) {
+                ap_ctl_close(daemon);
+                daemon = NULL;
+        }
+        list_sockets(&socks);
+        for (size_t i = 0; i < socks.n; i++) {
+                ctl = NULL;
+                if (i == 0 && daemon != NULL) {
+                        ctl = daemon;
+                } else if (ap_ctl_open(socks.s[i].path, &ctl, &err) < 0) {
+                        free(err); /* a collector that is gone: nothing to list */
+                        err = NULL;
                         continue;
+                }
                 json_t *resp = NULL;
                 if (ap_ctl_call(ctl, json_pack("{s:s}", "cmd", "ps"), -1, CALL_TIMEOUT_MS, &resp,
                                 &err) == 0) {
@@ -179,9 +219,7 @@ int ap_cmd_ps(int argc, char **argv)
                 json_decref(resp);
                 ap_ctl_close(ctl);
         }
-        for (size_t i = 0; i < nsocks; i++)
-                free(socks[i]);
-        free(socks);
+        free_sockets(&socks);
         if (json) {
                 json_t *doc = json_pack("{s:i, s:o}", "version", 1, "processes", all);
                 json_dumpf(doc, stdout, JSON_INDENT(2));

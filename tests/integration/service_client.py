@@ -13,6 +13,12 @@ prints one "key value" line per finding, for the shell script to compare.
                                                   the sites whose frames[0] is in FUNCS
   service_client.py fingerprint AP FILE           a profile without its timing and process
                                                   fields, as one canonical JSON line
+  service_client.py fake-ps SOCK PID              a stand-in collector listening on SOCK
+                                                  that answers hello and ps (one process,
+                                                  PID, its allocations one more at each
+                                                  ps); "ready" once it listens, and when
+                                                  SIGTERM ends it "ps_requests CLIENT N"
+                                                  for each client process that sent ps
 
 Uses only the standard library, so that the system python3 of another user runs it.
 
@@ -21,7 +27,9 @@ SPDX-License-Identifier: MIT OR Apache-2.0
 import errno
 import json
 import os
+import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -324,6 +332,56 @@ def cmd_fingerprint(ap, path):
                       "histogram": d["histogram"]}, sort_keys=True))
 
 
+class Stop(Exception):
+    pass
+
+
+def cmd_fake_ps(path, pid):
+    def stop(signum, frame):
+        raise Stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(16)
+    # By client: any `allocprof ps` on the machine asks every collector it finds.
+    requests = {}
+    print("ready", flush=True)
+    try:
+        while True:
+            c, _ = srv.accept()
+            client = struct.unpack("3i", c.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                      struct.calcsize("3i")))[0]
+            with c:
+                while True:
+                    line = read_line(c, 5.0)
+                    if line is None:
+                        break
+                    cmd = json.loads(line).get("cmd")
+                    if cmd == "ps":
+                        # A live process: its figures change between two requests.
+                        n = requests[client] = requests.get(client, 0) + 1
+                        ans = {"processes": [{
+                            "pid": int(pid), "ppid": 1, "uid": os.getuid(), "command": "fake",
+                            "mode": "full", "sample_interval": 0, "state": "recording",
+                            "allocations": n, "live_bytes": 100 * n,
+                            "threads": 1, "run_session": False}]}
+                    elif cmd == "hello":
+                        ans = {"version": "fake", "protocol": 1, "pid": os.getpid(),
+                               "uid": os.getuid(), "socket": path}
+                    else:
+                        ans = {"ok": False, "code": "unknown-command", "error": "fake: ps only"}
+                    ans = dict({"v": 1, "ok": True}, **ans)
+                    c.sendall((json.dumps(ans) + "\n").encode())
+    except Stop:
+        pass
+    finally:
+        srv.close()
+        os.unlink(path)
+        for client, n in requests.items():
+            print("ps_requests", client, n, flush=True)
+
+
 def main(argv):
     if len(argv) < 3:
         print(__doc__, file=sys.stderr)
@@ -341,6 +399,8 @@ def main(argv):
         cmd_summary(path, argv[3], argv[4:])
     elif cmd == "fingerprint":
         cmd_fingerprint(path, argv[3])
+    elif cmd == "fake-ps":
+        cmd_fake_ps(path, argv[3])
     else:
         print(__doc__, file=sys.stderr)
         return 2

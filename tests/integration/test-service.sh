@@ -562,6 +562,10 @@ check_eq "run --dormant through the daemon: attach" 0 $?
 say drun 'alloc 4000 1000' >/dev/null
 check_eq "run --dormant through the daemon: live report" True \
         "$(json_of "$C" "d['live'] and abs(sum(s['allocations'] for s in $site) - 4000) <= 400")"
+"$AP" ps --json >drun-ps.json
+"$AP" ps >drun-ps.txt
+check_eq "run --dormant through the daemon: ps lists the program once" "1 1" \
+        "$(py "len([p for p in d['processes'] if p['pid'] == $C])" <drun-ps.json) $(awk -v p="$C" '$1 == p' drun-ps.txt | wc -l)"
 drv_exit drun 7
 check_eq "run --dormant through the daemon: exit status" 7 "$EXITED"
 check_eq "run --dormant through the daemon: profile with the attached window" "7 True" \
@@ -583,6 +587,26 @@ for how in private daemon; do
         check_eq "never attached ($how), 200 children: exit, two lines" "0 2" "$? $(wc -l <never-$how.err)"
         check_contains "never attached ($how), 200 children: one line for them" never-$how.err \
                 "200 other process images started dormant were never attached: no profile"
+done
+
+# ps asks each collector once, under whatever name: the daemon's socket is also the one a
+# program's environment names (run through the daemon, or spelled another way).  A
+# stand-in daemon whose process's figures change with every request, as a live one's do,
+# would show a second request as a second line.
+mkdir -m 700 psd psd/allocprof
+for spelling in "$T/e/psd/allocprof/allocprofd.sock" "$T/e/psd/./allocprof//allocprofd.sock"; do
+        env ALLOCPROF_SOCKET="$spelling" sleep 30 &
+        S=$!
+        $PY "$HELPER" fake-ps "$T/e/psd/allocprof/allocprofd.sock" "$S" >fake.out 2>fake.err &
+        F=$!
+        for i in $(seq 100); do grep -q ready fake.out && break; sleep 0.1; done
+        XDG_RUNTIME_DIR="$T/e/psd" "$AP" ps --json >fake-ps.json 2>fake-ps.err &
+        P=$!
+        wait "$P"
+        kill -TERM "$F" "$S"
+        wait "$F" "$S" 2>/dev/null
+        check_eq "ps, the daemon's socket also in a program's environment ($spelling): asked once, listed once" \
+                "ps_requests $P 1 1" "$(grep "^ps_requests $P " fake.out) $(py "len([p for p in d['processes'] if p['pid'] == $S])" <fake-ps.json)"
 done
 cd "$T" || exit 1
 echo "e. run --dormant: $(($(now_ms) - t0)) ms"
