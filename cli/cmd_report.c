@@ -38,8 +38,10 @@ static void usage(FILE *out)
         fprintf(out, "Usage: allocprof report [FILE|PID]... [OPTIONS]\n"
                      "\n"
                      "Shows a profile written by 'allocprof run'.  Without FILE, the newest\n"
-                     "allocprof.*.approf in the current directory; a PID picks the newest\n"
-                     "allocprof.*.PID.approf.  Several FILEs are merged into one report.\n"
+                     "allocprof.*.approf in the current directory.  A PID still running is\n"
+                     "reported live; one that has ended picks the newest allocprof.*.PID.approf\n"
+                     "here, else the newest *.approf of that process (run -o FILE), else of\n"
+                     "the program its 'allocprof run' started.  Several FILEs are merged.\n"
                      "\n"
                      "Options:\n"
                      "  --all                every profile of the newest run here (all the\n"
@@ -59,19 +61,46 @@ static bool ends_with(const char *s, const char *suffix)
         return n >= m && strcmp(s + n - m, suffix) == 0;
 }
 
-/* Whether `name` is a profile file name, and (if pid_suffix is set, e.g. ".1234.approf")
- * of that process. */
-static bool is_profile_name(const char *name, const char *pid_suffix)
+/* Whether `name` is a profile file name: allocprof.*.approf. */
+static bool is_profile_name(const char *name)
 {
-        if (strncmp(name, PROFILE_PREFIX, strlen(PROFILE_PREFIX)) != 0 ||
-            strlen(name) <= strlen(PROFILE_PREFIX) + strlen(PROFILE_SUFFIX))
-                return false;
-        return ends_with(name, pid_suffix ? pid_suffix : PROFILE_SUFFIX);
+        return strncmp(name, PROFILE_PREFIX, strlen(PROFILE_PREFIX)) == 0 &&
+               strlen(name) > strlen(PROFILE_PREFIX) + strlen(PROFILE_SUFFIX) &&
+               ends_with(name, PROFILE_SUFFIX);
 }
 
-/* The newest profile (by mtime; the name breaks ties) in the current directory.  Returns
- * 0 and a malloc'd name, -ENOENT if there is none, or another -errno. */
-static int find_newest(const char *pid_suffix, char **ret, bool any_name)
+/* Whether `name` is the default name of a profile of process `pid` (decimal):
+ * allocprof.<prog>.<pid>.approf, or allocprof.<prog>.<pid>-<n>.approf for the same
+ * program exec'ed again under that pid. */
+static bool is_pid_profile_name(const char *name, const char *pid)
+{
+        if (!is_profile_name(name))
+                return false;
+        size_t len = strlen(name) - strlen(PROFILE_SUFFIX), digits = len;
+        while (digits > 0 && name[digits - 1] >= '0' && name[digits - 1] <= '9')
+                digits--;
+        if (digits < len && digits > 0 && name[digits - 1] == '-')
+                len = digits - 1; /* the image number */
+        size_t plen = strlen(pid);
+        return len > strlen(PROFILE_PREFIX) + plen + 1 && name[len - plen - 1] == '.' &&
+               strncmp(name + len - plen, pid, plen) == 0;
+}
+
+/* Whether the file (st, name) is newer than the best so far (by mtime; the name breaks
+ * ties). */
+static bool newer(const struct stat *st, const char *name, const struct timespec *best_time,
+                  const char *best)
+{
+        return !best || st->st_mtim.tv_sec > best_time->tv_sec ||
+               (st->st_mtim.tv_sec == best_time->tv_sec &&
+                (st->st_mtim.tv_nsec > best_time->tv_nsec ||
+                 (st->st_mtim.tv_nsec == best_time->tv_nsec && strcmp(name, best) > 0)));
+}
+
+/* The newest profile in the current directory: of process `pid` (decimal) by its name if
+ * pid is set, else any allocprof.*.approf, or with any_name any *.approf.  Returns 0 and
+ * a malloc'd name, -ENOENT if there is none, or another -errno. */
+static int find_newest(const char *pid, char **ret, bool any_name)
 {
         struct timespec best_time = {0, 0};
         char *best = NULL;
@@ -82,18 +111,12 @@ static int find_newest(const char *pid_suffix, char **ret, bool any_name)
                 return -errno;
         while ((e = readdir(d))) {
                 struct stat st;
-                bool newer;
 
                 if (!(any_name ? ends_with(e->d_name, PROFILE_SUFFIX)
-                               : is_profile_name(e->d_name, pid_suffix)) ||
-                    fstatat(dirfd(d), e->d_name, &st, 0) < 0 || !S_ISREG(st.st_mode))
-                        continue;
-                newer = !best || st.st_mtim.tv_sec > best_time.tv_sec ||
-                        (st.st_mtim.tv_sec == best_time.tv_sec &&
-                         (st.st_mtim.tv_nsec > best_time.tv_nsec ||
-                          (st.st_mtim.tv_nsec == best_time.tv_nsec &&
-                           strcmp(e->d_name, best) > 0)));
-                if (!newer)
+                      : pid    ? is_pid_profile_name(e->d_name, pid)
+                               : is_profile_name(e->d_name)) ||
+                    fstatat(dirfd(d), e->d_name, &st, 0) < 0 || !S_ISREG(st.st_mode) ||
+                    !newer(&st, e->d_name, &best_time, best))
                         continue;
                 free(best);
                 best = strdup(e->d_name);
@@ -108,6 +131,61 @@ static int find_newest(const char *pid_suffix, char **ret, bool any_name)
                 return -ENOENT;
         *ret = best;
         return 0;
+}
+
+/* The newest *.approf in the current directory whose process is `pid`, whatever its name
+ * (run -o FILE, a snapshot); else the newest of the program an `allocprof run` with that
+ * pid ran (its child, whose exit status the run knew: the image run wrote to -o).  Each
+ * file is read.  Returns 0 with a malloc'd name and *ret_program (0, or the program's
+ * pid), -ENOENT if there is none, or another -errno. */
+static int find_by_content(pid_t pid, char **ret, pid_t *ret_program)
+{
+        struct timespec best_time[2] = {{0, 0}, {0, 0}};
+        char *best[2] = {NULL, NULL}; /* pid's own, its run's program */
+        pid_t program = 0;
+        struct dirent *e;
+        DIR *d = opendir(".");
+        int r = 0;
+
+        if (!d)
+                return -errno;
+        while (r == 0 && (e = readdir(d))) {
+                struct ap_profile *p = NULL;
+                struct stat st;
+                int k = -1;
+
+                if (!ends_with(e->d_name, PROFILE_SUFFIX) ||
+                    fstatat(dirfd(d), e->d_name, &st, 0) < 0 || !S_ISREG(st.st_mode) ||
+                    ap_profile_read(e->d_name, &p, NULL) < 0)
+                        continue;
+                if (p->pid == (uint32_t)pid)
+                        k = 0;
+                else if (p->ppid == (uint32_t)pid && p->run_id != NULL &&
+                         (p->exit_status >= 0 || p->term_signal > 0))
+                        k = 1;
+                if (k >= 0 && newer(&st, e->d_name, &best_time[k], best[k])) {
+                        free(best[k]);
+                        best[k] = strdup(e->d_name);
+                        best_time[k] = st.st_mtim;
+                        if (best[k] == NULL)
+                                r = -ENOMEM;
+                        if (k == 1)
+                                program = (pid_t)p->pid;
+                }
+                ap_profile_free(p);
+        }
+        closedir(d);
+        if (r == 0 && best[0] == NULL && best[1] == NULL)
+                r = -ENOENT;
+        if (r == 0) {
+                *ret = best[0] ? best[0] : best[1];
+                *ret_program = best[0] ? 0 : program;
+                free(best[0] ? best[1] : NULL);
+                return 0;
+        }
+        free(best[0]);
+        free(best[1]);
+        return r;
 }
 
 static bool all_digits(const char *s)
@@ -170,15 +248,15 @@ static bool want_color(void)
         return isatty(STDOUT_FILENO) == 1;
 }
 
-/* Resolves the FILE|PID argument (NULL = newest) to a path.  Prints the error itself and
- * returns the exit status on failure, 0 on success. */
-static int resolve_profile(const char *arg, char **ret, bool *ret_guessed)
+/* Resolves the FILE|PID argument (NULL = newest) to a path.  Says on stderr which file
+ * it picked if `say` (and always when a pid stands for the program its run started).
+ * Prints the error itself and returns the exit status on failure, 0 on success. */
+static int resolve_profile(const char *arg, char **ret, bool say)
 {
-        char pid_suffix[32];
         struct stat st;
+        pid_t pid = 0, program = 0;
         int r;
 
-        *ret_guessed = false;
         if (arg &&
             !(all_digits(arg) && strlen(arg) < 11 && stat(arg, &st) < 0 && errno == ENOENT)) {
                 *ret = strdup(arg);
@@ -188,14 +266,19 @@ static int resolve_profile(const char *arg, char **ret, bool *ret_guessed)
                 }
                 return 0;
         }
-        if (arg)
-                snprintf(pid_suffix, sizeof(pid_suffix), ".%s" PROFILE_SUFFIX, arg);
-        r = find_newest(arg ? pid_suffix : NULL, ret, false);
+        r = find_newest(arg, ret, false);
+        /* A profile not named for the process: run -o FILE, or the pid of the run. */
+        if (r == -ENOENT && arg && ap_parse_pid(arg, &pid))
+                r = find_by_content(pid, ret, &program);
         if (r == -ENOENT && arg) {
+                struct ap_proc_stat ps;
+                bool running = pid > 0 && ap_proc_stat(pid, &ps) && ps.state != 'Z';
                 fprintf(stderr,
-                        "allocprof: no profile of pid %s in the current directory "
-                        "(looked for allocprof.*.%s.approf)\n",
-                        arg, arg);
+                        "allocprof: no profile of pid %s in the current directory (looked "
+                        "for allocprof.*.%s.approf, then in every *.approf for process %s or "
+                        "for the program an 'allocprof run' with pid %s started)%s\n",
+                        arg, arg, arg, arg,
+                        running ? "; the process is running, without the allocprof agent" : "");
                 return 1;
         }
         if (r == -ENOENT) {
@@ -207,7 +290,16 @@ static int resolve_profile(const char *arg, char **ret, bool *ret_guessed)
                 fprintf(stderr, "allocprof: cannot list the current directory: %s\n", strerror(-r));
                 return 1;
         }
-        *ret_guessed = true;
+        if (program > 0)
+                fprintf(stderr,
+                        "allocprof: pid %s was 'allocprof run'; showing %s, the profile of "
+                        "its program, pid %d\n",
+                        arg, *ret, (int)program);
+        else if (say && arg)
+                fprintf(stderr, "allocprof: showing %s (the newest profile of pid %s here)\n", *ret,
+                        arg);
+        else if (say)
+                fprintf(stderr, "allocprof: showing %s (the newest profile here)\n", *ret);
         return 0;
 }
 
@@ -319,12 +411,11 @@ static int load_many(int argc, char **argv, bool all, struct ap_profile **ret)
                 status = 1;
         for (int i = 0; !all && status == 0 && i < argc; i++) {
                 char *name = NULL;
-                bool guessed;
                 struct ap_profile *p = NULL;
                 struct stat st;
                 if (live_pid(argv[i], NULL)) {
                         status = live_profile(argv[i], &p);
-                } else if ((status = resolve_profile(argv[i], &name, &guessed)) == 0) {
+                } else if ((status = resolve_profile(argv[i], &name, false)) == 0) {
                         bool dup = false;
                         if (stat(name, &st) == 0 && S_ISREG(st.st_mode)) {
                                 for (size_t k = 0; k < nseen; k++)
@@ -395,7 +486,7 @@ int ap_cmd_report(int argc, char **argv)
         struct ap_profile *p = NULL;
         const char *file = NULL;
         char *path = NULL, *err = NULL;
-        bool json = false, top_set = false, guessed, all = false;
+        bool json = false, top_set = false, all = false;
         int color = -1; /* -1 = decide from the terminal */
         int c, r;
 
@@ -475,7 +566,7 @@ int ap_cmd_report(int argc, char **argv)
                                 return r;
                         goto render;
                 }
-                r = resolve_profile(file, &path, &guessed);
+                r = resolve_profile(file, &path, !json);
                 if (r != 0)
                         return r;
                 r = ap_profile_read(path, &p, &err);
@@ -486,8 +577,6 @@ int ap_cmd_report(int argc, char **argv)
                         free(path);
                         return 1;
                 }
-                if (guessed && !json)
-                        fprintf(stderr, "allocprof: showing %s (the newest profile here)\n", path);
         }
 render:
         r = json ? ap_report_json(stdout, p, &ro) : ap_report_text(stdout, p, &ro);

@@ -206,6 +206,39 @@ cd .. && mkdir execd && cd execd || exit 1
 "$AP" run -q -o main.approf -- sh -c 'ls / >/dev/null; exec ls / >/dev/null'
 check_eq "report --all after an exec: 3 images, 2 threads (the exec'ed image goes on in its thread)" "3 2" \
         "$("$AP" report --all --json | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["process"]["merged_from"], d["totals"]["threads"])')"
+# --- report PID once the process has ended: the profile written for it -------------------
+cd .. && mkdir ended && cd ended || exit 1
+"$AP" run -q -- sh -c 'echo $$ >prog.pid; ls / >/dev/null' &
+rp=$!
+wait "$rp"
+prog=$(cat prog.pid)
+"$AP" report "$rp" --json >byrun.json 2>byrun.err
+check_eq "report PID of an ended 'allocprof run' (\$!): its program's profile" "0 $prog" \
+        "$? $(json byrun.json 'd["process"]["pid"]')"
+check_contains "report PID of an ended 'allocprof run': says so" byrun.err \
+        "allocprof: pid $rp was 'allocprof run'; showing allocprof."
+check_contains "report PID of an ended 'allocprof run': names the program" byrun.err \
+        ".$prog.approf, the profile of its program, pid $prog"
+"$AP" report "$prog" >byprog.txt 2>byprog.err
+check_eq "report PID of an ended program" "0 1" "$? $(grep -c "pid $prog (parent $rp), exited with status 0" byprog.txt)"
+check_contains "report PID of an ended program: says which file" byprog.err \
+        "(the newest profile of pid $prog here)"
+# Written with -o: the file's name does not say the pid, the profile does.
+"$AP" run -q -o named.approf -- sh -c 'echo $$ >prog2.pid; ls / >/dev/null' &
+rp2=$!
+wait "$rp2"
+prog2=$(cat prog2.pid)
+exit_pid() { # PID -> "exit_status pid" of the profile report PID shows
+        "$AP" report "$1" --json 2>/dev/null |
+                python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["process"]["exit_status"], d["process"]["pid"])'
+}
+check_eq "report PID of an ended program written with -o" "0 $prog2" "$(exit_pid "$prog2")"
+check_eq "report PID of an ended 'allocprof run -o'" "0 $prog2" "$(exit_pid "$rp2")"
+# No profile of it here: one line that says where it looked, exit 1.
+mkdir none && (cd none && "$AP" report "$prog" >/dev/null 2>../none.err)
+check_eq "report PID without its profile here: exit 1, one line" "1 1" "$? $(wc -l <none.err)"
+check_contains "report PID without its profile here: what was looked for" none.err \
+        "allocprof: no profile of pid $prog in the current directory (looked for allocprof.*.$prog.approf, then in every *.approf"
 cd .. && mkdir spawn && cd spawn || exit 1
 "$AP" run -q -o main.approf -- "$BUILD/tests/workloads/spawner"
 check_eq "spawner exit" 0 $?

@@ -1377,6 +1377,78 @@ static void test_command(void)
         json_decref(doc);
         run_free(&r);
 
+        /* A process that has ended, its profile not named for it: found by the pid in
+         * the files (run -o FILE); the pid of an `allocprof run` stands for its program
+         * (its child whose exit status the run knew).  No such pid can be running. */
+        p->nsites = 3;
+        p->pid = 1999999001;
+        p->ppid = 1999999000;
+        p->run_id = xstrdup("0123456789abcdef");
+        ASSERT_OK(ap_profile_write(p, "main.approf"));
+        r = run_report((const char *const[]){"1999999001", "--json", NULL});
+        ASSERT_EQ(r.status, 0);
+        ASSERT_STREQ(r.err, "");
+        doc = json_loads(r.out, 0, NULL);
+        ASSERT_NOT_NULL(doc);
+        ASSERT_EQ(jint(jget(doc, "process"), "pid"), 1999999001);
+        ASSERT_EQ(jint(doc, "sites_total"), 3);
+        json_decref(doc);
+        run_free(&r);
+        r = run_report((const char *const[]){"1999999001", NULL});
+        ASSERT_EQ(r.status, 0);
+        ASSERT_STREQ(r.err, "allocprof: showing main.approf (the newest profile of pid "
+                            "1999999001 here)\n");
+        run_free(&r);
+        r = run_report((const char *const[]){"1999999000", "--json", NULL});
+        ASSERT_EQ(r.status, 0);
+        ASSERT_STREQ(r.err, "allocprof: pid 1999999000 was 'allocprof run'; showing "
+                            "main.approf, the profile of its program, pid 1999999001\n");
+        doc = json_loads(r.out, 0, NULL);
+        ASSERT_NOT_NULL(doc);
+        ASSERT_EQ(jint(jget(doc, "process"), "pid"), 1999999001);
+        json_decref(doc);
+        run_free(&r);
+        /* Another process that run started (its exit status unknown) is not its program. */
+        p->pid = 1999999005;
+        p->ppid = 1999999004;
+        p->exit_status = -1;
+        ASSERT_OK(ap_profile_write(p, "child.approf"));
+        expect_failure((const char *const[]){"1999999004", NULL}, 1,
+                       "no profile of pid 1999999004 in the current directory (looked for "
+                       "allocprof.*.1999999004.approf, then in every *.approf for process "
+                       "1999999004 or for the program an 'allocprof run' with pid 1999999004 "
+                       "started)\n");
+        /* By name: the newest image of the pid, numbered when the program exec'ed itself;
+         * a name that only ends in the same digits is another pid's. */
+        p->pid = 1999999002;
+        p->nsites = 1;
+        ASSERT_OK(ap_profile_write(p, "allocprof.a.1999999002.approf"));
+        set_mtime("allocprof.a.1999999002.approf", 1000000000);
+        p->nsites = 4;
+        ASSERT_OK(ap_profile_write(p, "allocprof.a.1999999002-2.approf"));
+        set_mtime("allocprof.a.1999999002-2.approf", 1500000000);
+        p->nsites = 5;
+        ASSERT_OK(ap_profile_write(p, "allocprof.a.11999999002.approf"));
+        set_mtime("allocprof.a.11999999002.approf", 2000000000);
+        r = run_report((const char *const[]){"1999999002", "--json", NULL});
+        ASSERT_EQ(r.status, 0);
+        doc = json_loads(r.out, 0, NULL);
+        ASSERT_NOT_NULL(doc);
+        ASSERT_EQ(jint(doc, "sites_total"), 4);
+        json_decref(doc);
+        run_free(&r);
+        p->exit_status = 0;
+        free(p->run_id);
+        p->run_id = NULL;
+        p->pid = 77;
+        p->ppid = 4200;
+        p->nsites = 7;
+        unlink("main.approf");
+        unlink("child.approf");
+        unlink("allocprof.a.1999999002.approf");
+        unlink("allocprof.a.1999999002-2.approf");
+        unlink("allocprof.a.11999999002.approf");
+
         r = run_report(
                 (const char *const[]){"allocprof.other.77.approf", "--color", "--top=0", NULL});
         ASSERT_EQ(r.status, 0);
