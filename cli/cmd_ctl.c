@@ -429,7 +429,9 @@ int ap_cmd_snapshot(int argc, char **argv)
                         printf("Usage: allocprof snapshot PID [-o FILE]\n"
                                "Saves the profile of a running process as it is now (default\n"
                                "FILE: allocprof.<prog>.<pid>.snapshot.approf); 'allocprof report\n"
-                               "FILE' reads it like any other profile.\n");
+                               "FILE' reads it like any other profile.  FILE is checked as 'run\n"
+                               "-o' checks it, before the snapshot is taken (a device, a FIFO or\n"
+                               "a redirected /dev/stdout is written into).\n");
                         return 0;
                 default:
                         return 2;
@@ -438,6 +440,19 @@ int ap_cmd_snapshot(int argc, char **argv)
         pid_t pid;
         if (!one_pid(argc, argv, "snapshot", &pid))
                 return 2;
+        /* Checked before the collector symbolizes a snapshot for nothing. */
+        char *why = NULL;
+        int r = output ? ap_profile_check_dest(output, &why) : ap_profile_check_dir(".", &why);
+        if (r < 0) {
+                if (output)
+                        fprintf(stderr, "allocprof: cannot write the profile %s: %s\n", output,
+                                why ? why : strerror(-r));
+                else
+                        fprintf(stderr, "allocprof: cannot write the snapshot: %s\n",
+                                why ? why : strerror(-r));
+                free(why);
+                return 1;
+        }
         struct ap_profile *prof = NULL;
         int status = ap_live_snapshot(pid, &prof);
         if (status != 0)
@@ -449,10 +464,10 @@ int ap_cmd_snapshot(int argc, char **argv)
                 const char *exe = prof->exe ? ap_path_base(prof->exe) : "unknown";
                 path = ap_asprintf("allocprof.%s.%d.snapshot.approf", exe, (int)pid);
         }
-        int r = path ? ap_profile_write(prof, path) : -ENOMEM;
+        r = path ? ap_profile_write(prof, path) : -ENOMEM;
         if (r < 0) {
-                fprintf(stderr, "allocprof: cannot write %s: %s\n", path ? path : "the snapshot",
-                        strerror(-r));
+                fprintf(stderr, "allocprof: cannot write the profile %s: %s\n",
+                        path ? path : "of the snapshot", ap_profile_write_strerror(r));
                 status = 1;
         } else {
                 fprintf(stderr, "allocprof: snapshot of pid %d written to %s\n", (int)pid, path);

@@ -192,70 +192,6 @@ static void usage(FILE *out)
                      "  -h, --help            this text\n");
 }
 
-/* Checks that a profile can be created as `path`: it is not a directory, and a file can
- * be created next to it (tried: /proc, /sys and read-only mounts pass access(2) as root),
- * before the program runs, so that a run is never lost to a profile that cannot be
- * written. */
-static int check_output_dir(const char *path)
-{
-        struct stat pst;
-        if (ap_profile_std_stream(path) >= 0)
-                return 0; /* /dev/stdout redirected into a file: written into */
-        bool exists = stat(path, &pst) == 0; /* never empty: -o '' is refused */
-        if (exists && S_ISDIR(pst.st_mode))
-                return -EISDIR;
-        if (exists && !S_ISREG(pst.st_mode)) {
-                /* A device (/dev/null) or a FIFO: the profile is written into it. */
-                if (S_ISFIFO(pst.st_mode))
-                        return access(path, W_OK) < 0 ? -errno : 0;
-                int fd = open(path, O_WRONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
-                if (fd < 0)
-                        return -errno;
-                close(fd);
-                return 0;
-        }
-        char *copy = strdup(path);
-        if (copy == NULL)
-                return -ENOMEM;
-        char *slash = strrchr(copy, '/');
-        const char *dir = ".";
-        if (slash == copy)
-                dir = "/";
-        else if (slash != NULL) {
-                *slash = '\0';
-                dir = copy;
-        }
-        struct stat st;
-        int r = 0;
-        if (stat(dir, &st) < 0)
-                r = -errno;
-        else if (!S_ISDIR(st.st_mode))
-                r = -ENOTDIR;
-        else if (access(dir, W_OK | X_OK) < 0)
-                r = -errno;
-        /* In a sticky directory (/tmp) only its owner or the entry's may replace an
-         * entry: the entry's own owner (lstat), a symlink's and not its target's. */
-        else if ((st.st_mode & S_ISVTX) && geteuid() != 0 && st.st_uid != geteuid() &&
-                 lstat(path, &pst) == 0 && pst.st_uid != geteuid())
-                r = -EPERM;
-        char *probe =
-                r == 0 ? ap_asprintf("%s/.allocprof.tmp.%ld.probe", dir, (long)getpid()) : NULL;
-        if (r == 0 && probe == NULL)
-                r = -ENOMEM;
-        if (probe != NULL) {
-                int fd = open(probe, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
-                if (fd < 0) {
-                        r = -errno;
-                } else {
-                        close(fd);
-                        unlink(probe);
-                }
-                free(probe);
-        }
-        free(copy);
-        return r;
-}
-
 /* A directory we may create the socket's directory in (mkdtemp makes it 0700): writable,
  * and sticky when others can write there too. */
 static bool socket_base_ok(const char *base, bool need_sticky)
@@ -821,22 +757,23 @@ int ap_cmd_run(int argc, char **argv)
         char **prog_argv = argv + optind;
         int prog_argc = argc - optind;
 
-        char *probe = outdir ? ap_asprintf("%s/x", outdir) : NULL;
-        int r = check_output_dir(output ? output : probe ? probe : "./x");
-        /* With -o, --output-dir still receives the other processes' profiles. */
-        bool dir_failed = false;
-        if (r == 0 && output != NULL && probe != NULL) {
-                r = check_output_dir(probe);
-                dir_failed = r < 0;
-        }
-        free(probe);
+        /* A run is never lost to a profile that cannot be written: checked first.  The
+         * other processes' profiles go to --output-dir, else next to -o's file (checked
+         * with it), else here. */
+        char *why = NULL;
+        int r = output ? ap_profile_check_dest(output, &why) : 0;
         if (r < 0) {
-                if (output != NULL && !dir_failed)
-                        fprintf(stderr, "allocprof: cannot write the profile %s: %s\n", output,
-                                strerror(-r));
-                else
-                        fprintf(stderr, "allocprof: cannot write profiles in %s: %s\n",
-                                outdir ? outdir : "the current directory", strerror(-r));
+                fprintf(stderr, "allocprof: cannot write the profile %s: %s\n", output,
+                        why ? why : strerror(-r));
+                free(why);
+                return 1;
+        }
+        r = outdir || !output ? ap_profile_check_dir(outdir ? outdir : ".", &why) : 0;
+        if (r < 0) {
+                fprintf(stderr, "allocprof: %s%s\n",
+                        outdir ? "--output-dir: " : "cannot write profiles: ",
+                        why ? why : strerror(-r));
+                free(why);
                 return 1;
         }
         bool noted = note_unprofilable(prog_argv[0]);
@@ -1074,10 +1011,7 @@ int ap_cmd_run(int argc, char **argv)
         /* The other processes' profiles go next to -o's file, unless -o is a device or
          * a FIFO (/dev/null): then here.  (Looked at once: the program's own profile is
          * written last.) */
-        struct stat ost;
-        bool output_special = output != NULL &&
-                              ((stat(output, &ost) == 0 && !S_ISREG(ost.st_mode)) ||
-                               ap_profile_std_stream(output) >= 0);
+        bool output_special = output != NULL && ap_profile_dest_of(output) == AP_DEST_INTO;
         for (size_t i = 0; i < rs.nended; i++) {
                 struct ended *e = &rs.ended[i];
                 /* The command line of our own child is known exactly. */
@@ -1154,10 +1088,8 @@ int ap_cmd_run(int argc, char **argv)
                 if (r >= 0 && written != NULL)
                         written[nwritten++] = strdup(path);
                 if (r < 0) {
-                        fprintf(stderr, "allocprof: cannot write profile %s: %s\n",
-                                path ? path : "",
-                                r == -ENXIO ? "no process opened the FIFO to read it within 10 s"
-                                            : strerror(-r));
+                        fprintf(stderr, "allocprof: cannot write the profile %s: %s\n",
+                                path ? path : "", ap_profile_write_strerror(r));
                         if (ret == 0)
                                 ret = 1;
                 } else if (!quiet && (e == main_img || rs.nended == 1)) {

@@ -1712,9 +1712,9 @@ void ap_report_summary(FILE *out, const struct ap_profile *p, const char *profil
         if (profile_path) {
                 say(&o, "allocprof: profile written to ");
                 put_str(&o, profile_path, 0);
-                /* Into a device or a FIFO (-o /dev/null): there is nothing to view there. */
-                struct stat st;
-                if (stat(profile_path, &st) != 0 || S_ISREG(st.st_mode)) {
+                /* Into a device, a FIFO or a redirected standard output (-o /dev/null,
+                 * -o /dev/stdout): there is nothing to view there. */
+                if (ap_profile_dest_of(profile_path) == AP_DEST_FILE) {
                         say(&o, "\nallocprof: view it with: allocprof report ");
                         put_shell_word(&o, profile_path);
                 }

@@ -175,12 +175,13 @@ int main(int argc, char **argv)
                 return 2;
         }
         /* Resolved now: the daemon's working directory becomes /. */
-        char resolved[PATH_MAX];
-        struct stat st;
-        if (realpath(outdir, resolved) == NULL || stat(resolved, &st) < 0 ||
-            !S_ISDIR(st.st_mode) || access(resolved, W_OK | X_OK) < 0) {
-                fprintf(stderr, "allocprofd: cannot write profiles to %s: %s\n", outdir,
-                        errno ? strerror(errno) : "not a directory");
+        char resolved[PATH_MAX], *why = NULL;
+        int dr = ap_profile_check_dir(outdir, &why);
+        if (dr == 0 && realpath(outdir, resolved) == NULL)
+                dr = -errno;
+        if (dr < 0) {
+                fprintf(stderr, "allocprofd: --output-dir: %s\n", why ? why : strerror(-dr));
+                free(why);
                 return 1;
         }
         d.outdir = strdup(resolved);

@@ -12,12 +12,14 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <linux/magic.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <time.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -1283,6 +1285,203 @@ int ap_profile_std_stream(const char *path)
                 if (fstat(fd, &fst) == 0 && fst.st_dev == st.st_dev && fst.st_ino == st.st_ino)
                         return fd;
         return -1;
+}
+
+static int dest_fail(char **err, int r, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+static int dest_fail(char **err, int r, const char *fmt, ...)
+{
+        va_list ap;
+
+        va_start(ap, fmt);
+        if (vasprintf(err, fmt, ap) < 0)
+                *err = NULL;
+        va_end(ap);
+        return r;
+}
+
+/* The name of the virtual file system `dir` is on (where no file can be created), or
+ * NULL. */
+static const char *virtual_fs(const char *dir)
+{
+        static const struct {
+                unsigned long magic;
+                const char *name;
+        } kinds[] = {
+                {PROC_SUPER_MAGIC, "proc"},
+                {SYSFS_MAGIC, "sysfs"},
+                {CGROUP_SUPER_MAGIC, "cgroup"},
+                {CGROUP2_SUPER_MAGIC, "cgroup2"},
+                {DEBUGFS_MAGIC, "debugfs"},
+                {TRACEFS_MAGIC, "tracefs"},
+                {SECURITYFS_MAGIC, "securityfs"},
+                {DEVPTS_SUPER_MAGIC, "devpts"},
+                {BPF_FS_MAGIC, "bpf"},
+                {PSTOREFS_MAGIC, "pstore"},
+                {EFIVARFS_MAGIC, "efivarfs"},
+        };
+        struct statfs sf;
+
+        if (statfs(dir, &sf) < 0)
+                return NULL;
+        for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++)
+                if ((unsigned long)sf.f_type == kinds[i].magic)
+                        return kinds[i].name;
+        return NULL;
+}
+
+int ap_profile_check_dir(const char *dir, char **err)
+{
+        const char *name = strcmp(dir, ".") == 0 ? "the current directory" : dir;
+        struct stat st;
+
+        if (stat(dir, &st) < 0) {
+                int r = -errno;
+                if (r == -ENOENT)
+                        return dest_fail(err, r, "directory %s does not exist", name);
+                return dest_fail(err, r, "cannot reach directory %s: %s", name, strerror(-r));
+        }
+        if (!S_ISDIR(st.st_mode))
+                return dest_fail(err, -ENOTDIR, "%s is not a directory", name);
+        /* Tried, not asked: access(2) lets root write anywhere, even where nothing can be
+         * created. */
+        char *probe = NULL;
+        if (asprintf(&probe, "%s/.allocprof.tmp.%ld.probe", dir, (long)getpid()) < 0)
+                return dest_fail(err, -ENOMEM, "out of memory");
+        int fd = open(probe, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+        int r = fd >= 0 || errno == EEXIST ? 0 : -errno;
+        if (fd >= 0) {
+                close(fd);
+                unlink(probe);
+        }
+        free(probe);
+        if (r == 0)
+                return 0;
+        const char *vfs = virtual_fs(dir);
+        if (vfs != NULL)
+                return dest_fail(
+                        err, r, "%s is on a virtual file system (%s), where no file can be created",
+                        name, vfs);
+        if (r == -EROFS)
+                return dest_fail(err, r, "%s is on a read-only file system", name);
+        if (r == -EACCES || r == -EPERM)
+                return dest_fail(err, r, "no permission to create files in %s", name);
+        return dest_fail(err, r, "cannot create a file in %s: %s", name, strerror(-r));
+}
+
+/* Whether the link `path` names a descriptor (/dev/stdout, /dev/fd/N, /proc/self/fd/N):
+ * its target is under /proc/<pid or self>/fd/.  *target gets it. */
+static bool links_to_fd(const char *path, char *target, size_t len)
+{
+        ssize_t n = readlink(path, target, len - 1);
+        if (n < 0)
+                return false;
+        target[n] = '\0';
+        if (strncmp(target, "/dev/fd/", 8) == 0)
+                return true;
+        if (strncmp(target, "/proc/", 6) != 0)
+                return false;
+        const char *rest = strchr(target + 6, '/');
+        return rest != NULL && strncmp(rest, "/fd/", 4) == 0;
+}
+
+int ap_profile_check_dest(const char *path, char **err)
+{
+        struct stat st, lst;
+        bool regular = false;
+
+        if (path[0] == '\0')
+                return dest_fail(err, -EINVAL, "the name is empty");
+        if (ap_profile_std_stream(path) >= 0)
+                return AP_DEST_INTO; /* our redirected stdout: after what is there */
+        if (stat(path, &st) == 0) {
+                if (S_ISDIR(st.st_mode))
+                        return dest_fail(err, -EISDIR, "it is a directory");
+                if (S_ISBLK(st.st_mode))
+                        return dest_fail(err, -EINVAL,
+                                         "it is a block device: a profile is written into a "
+                                         "character device (/dev/null), a FIFO or a "
+                                         "redirected standard output, never into a disk");
+                if (S_ISSOCK(st.st_mode))
+                        return dest_fail(err, -ENXIO, "it is a socket");
+                if (S_ISFIFO(st.st_mode)) {
+                        /* Opened when the profile is written, waiting for a reader. */
+                        if (access(path, W_OK) < 0)
+                                return dest_fail(err, -EACCES, "no permission to write into it");
+                        return AP_DEST_INTO;
+                }
+                if (S_ISCHR(st.st_mode)) {
+                        int fd = open(path, O_WRONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+                        int e = errno;
+                        if (fd < 0)
+                                return dest_fail(err, -e, "cannot write into it: %s", strerror(e));
+                        bool tty = isatty(fd);
+                        close(fd);
+                        if (tty)
+                                return dest_fail(err, -EINVAL,
+                                                 "it is a terminal, and a profile is binary "
+                                                 "(gzip'ed JSON): name a file, or redirect "
+                                                 "the output into one");
+                        return AP_DEST_INTO;
+                }
+                regular = S_ISREG(st.st_mode);
+        } else if (errno != ENOENT && errno != ENOTDIR) {
+                int e = errno;
+                return dest_fail(err, -e, "%s", strerror(e));
+        } else {
+                char target[PATH_MAX];
+                if (lstat(path, &lst) == 0 && S_ISLNK(lst.st_mode) &&
+                    links_to_fd(path, target, sizeof(target)))
+                        return dest_fail(err, -EBADF,
+                                         "it is a link to %s, a descriptor that is not open",
+                                         target);
+        }
+        /* A new file next to it, renamed over what is there (a file, a symbolic link). */
+        bool exists = lstat(path, &lst) == 0;
+        char *dir = strdup(path);
+        if (dir == NULL)
+                return dest_fail(err, -ENOMEM, "out of memory");
+        char *slash = strrchr(dir, '/');
+        if (slash == dir)
+                slash[1] = '\0';
+        else if (slash != NULL)
+                *slash = '\0';
+        else
+                strcpy(dir, ".");
+        char *why = NULL;
+        int r = ap_profile_check_dir(dir, &why);
+        if (r < 0 && regular)
+                r = dest_fail(err, r,
+                              "%s (a profile replaces a file, it is never written into one)",
+                              why ? why : strerror(-r));
+        else if (r < 0)
+                r = dest_fail(err, r, "%s", why ? why : strerror(-r));
+        /* In a sticky directory (/tmp) only its owner or the entry's may replace an
+         * entry: the entry's own owner (lstat), a symlink's and not its target's. */
+        else if (exists && geteuid() != 0 && stat(dir, &st) == 0 && (st.st_mode & S_ISVTX) &&
+                 st.st_uid != geteuid() && lst.st_uid != geteuid())
+                r = dest_fail(err, -EPERM,
+                              "it belongs to another user, in %s, a sticky directory where only "
+                              "its owner may replace it",
+                              dir);
+        free(why);
+        free(dir);
+        return r < 0 ? r : AP_DEST_FILE;
+}
+
+enum ap_profile_dest ap_profile_dest_of(const char *path)
+{
+        struct stat st;
+        if (ap_profile_std_stream(path) >= 0 || (stat(path, &st) == 0 && !S_ISREG(st.st_mode)))
+                return AP_DEST_INTO;
+        return AP_DEST_FILE;
+}
+
+const char *ap_profile_write_strerror(int r)
+{
+        if (r == -ENXIO)
+                return "no process opened the FIFO to read it within 10 s";
+        return strerror(-r);
 }
 
 int ap_profile_write(const struct ap_profile *p, const char *path)

@@ -121,6 +121,36 @@ int ap_profile_write(const struct ap_profile *p, const char *path);
  * Else -1. */
 int ap_profile_std_stream(const char *path);
 
+/* What ap_profile_write does with a path. */
+enum ap_profile_dest {
+        AP_DEST_FILE = 0, /* creates a new file next to it, renamed over what is there */
+        AP_DEST_INTO = 1, /* writes into what is there: a character device (/dev/null), a
+                           * FIFO (waiting up to 10 s for a reader), or the file our
+                           * standard output or error is redirected into (/dev/stdout) */
+};
+
+/* Checks, before there is a profile to write (before a program runs, before a snapshot
+ * is taken), that one can be written to `path`: the one check of every command's -o.
+ * Refused: a directory, a terminal (a profile is binary), a block device, a socket, a
+ * link to a descriptor that is not open, what cannot be opened for writing, and a file
+ * that cannot be created next to `path` (a file is created and removed there:
+ * /proc, /sys and read-only mounts pass access(2) as root), or that would replace
+ * another user's in a sticky directory.  Returns the ap_profile_dest, or -errno with
+ * *err set to a malloc'd reason (one line, lower case, without the path itself). */
+int ap_profile_check_dest(const char *path, char **err);
+
+/* Checks that profiles can be created in the directory `dir` (a file is created there
+ * and removed).  Returns 0, or -errno with *err set to a malloc'd reason that names
+ * `dir` ("the current directory" for "."). */
+int ap_profile_check_dir(const char *dir, char **err);
+
+/* What ap_profile_write would do with `path` as it is now (nothing is checked). */
+enum ap_profile_dest ap_profile_dest_of(const char *path);
+
+/* The words for a failure r of ap_profile_write: strerror, but a FIFO nobody opened
+ * (-ENXIO) is said as such.  Static storage. */
+const char *ap_profile_write_strerror(int r);
+
 /* Writes the profile to the open file `fd` at its current offset (a memfd handed over a
  * socket, say).  Returns 0 or -errno. */
 int ap_profile_write_fd(const struct ap_profile *p, int fd);

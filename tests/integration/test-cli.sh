@@ -387,7 +387,7 @@ rm -f od-ran
 mkdir od-dir
 "$AP" run -q -o od-dir -- sh -c 'touch od-ran' 2>od3.err
 check_eq "-o names a directory: exit, program not started" "1 no" "$? $([ -e od-ran ] && echo yes || echo no)"
-check_contains "-o names a directory: message" od3.err "cannot write the profile od-dir: Is a directory"
+check_contains "-o names a directory: message" od3.err "cannot write the profile od-dir: it is a directory"
 "$AP" run -q --output-dir "" -- sh -c 'touch od-ran' 2>/dev/null
 check_eq "--output-dir with an empty name: usage error, program not started" "2 no" "$? $([ -e od-ran ] && echo yes || echo no)"
 "$AP" run -q -o "" -- sh -c 'touch od-ran' 2>od4.err
@@ -414,7 +414,7 @@ check_eq "-o a link to redirected stdout: the children's profiles in the current
 if [ -c /dev/full ]; then
         "$AP" run -q -o /dev/full -- true 2>full.err
         check_eq "-o /dev/full: the write fails, exit 1, still a device" "1 yes" "$? $([ -c /dev/full ] && echo yes || echo no)"
-        check_contains "-o /dev/full: message" full.err "cannot write profile /dev/full: No space left on device"
+        check_contains "-o /dev/full: message" full.err "cannot write the profile /dev/full: No space left on device"
 fi
 # Another user's file in a sticky directory cannot be replaced: found before the run.
 if [ "$(id -u)" = 0 ] && [ -k /tmp ] && su nobody -s /bin/sh -c "test -x '$AP'" 2>/dev/null; then
@@ -422,7 +422,7 @@ if [ "$(id -u)" = 0 ] && [ -k /tmp ] && su nobody -s /bin/sh -c "test -x '$AP'" 
         out=$(su nobody -s /bin/sh -c "cd /tmp && '$AP' run -q -o '$sticky' -- echo RAN; echo rc=\$?" 2>&1)
         rm -f "$sticky"
         check_eq "another user's file in /tmp: refused before the run" \
-                "allocprof: cannot write the profile $sticky: Operation not permitted rc=1" \
+                "allocprof: cannot write the profile $sticky: it belongs to another user, in /tmp, a sticky directory where only its owner may replace it rc=1" \
                 "$(echo $out)"
 fi
 if [ -d /proc/self ]; then
@@ -432,11 +432,91 @@ if [ -d /proc/self ]; then
 fi
 "$AP" run -q --output-dir /nonexistent/dir -- sh -c 'touch od-ran' 2>od2.err
 check_eq "missing output directory: exit, program not started" "1 no" "$? $([ -e od-ran ] && echo yes || echo no)"
-check_contains "missing output directory message" od2.err "cannot write profiles in /nonexistent/dir: No such file or directory"
+check_contains "missing output directory message" od2.err "allocprof: --output-dir: directory /nonexistent/dir does not exist"
 # With -o, the other processes' profiles still go to --output-dir: it is checked too.
 "$AP" run -q -o od3.approf --output-dir /nonexistent/dir -- sh -c 'touch od-ran' 2>od3.err
 check_eq "missing output directory with -o: exit, program not started" "1 no" "$? $([ -e od-ran ] && echo yes || echo no)"
-check_contains "missing output directory with -o: message" od3.err "cannot write profiles in /nonexistent/dir: No such file or directory"
+check_contains "missing output directory with -o: message" od3.err "allocprof: --output-dir: directory /nonexistent/dir does not exist"
+# -o is checked in one place for run and snapshot, before anything is recorded: the
+# same refusals, in the same words, the program not started; special files are written
+# into alike (a FIFO waits for its reader up to 10 s, then fails alike).
+mkdir dest && cd dest || exit 1
+"$AP" run -q --no-daemon -o snapd.approf -- sh -c 'echo $$ >snap.pid; while :; do sleep 1; done' &
+snaprun=$!
+for i in $(seq 100); do
+        [ -s snap.pid ] && "$AP" snapshot "$(cat snap.pid)" -o /dev/null 2>/dev/null && break
+        sleep 0.1
+done
+sp=$(cat snap.pid)
+mkdir adir
+ln -s /proc/self/fd/9 closedfd
+python3 -c 'import socket,sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])' sock
+blk=""
+# Major 0 has no driver: nothing could be written to it even if it were opened.
+mknod blk b 0 0 2>/dev/null && blk='blk|it is a block device: a profile is written into a character device'
+for dest in '/proc/version|/proc is on a virtual file system (proc), where no file can be created (a profile replaces a file, it is never written into one)' \
+        '/proc/x.approf|/proc is on a virtual file system (proc), where no file can be created' \
+        'adir|it is a directory' \
+        'closedfd|it is a link to /proc/self/fd/9, a descriptor that is not open' \
+        'sock|it is a socket' \
+        '/nonexistent/dir/x.approf|directory /nonexistent/dir does not exist' \
+        ${blk:+"$blk"}; do
+        d=${dest%%|*}
+        rm -f ran
+        "$AP" run -q --no-daemon -o "$d" -- sh -c 'touch ran' 2>run.err
+        st=$?
+        "$AP" snapshot "$sp" -o "$d" 2>snap.err
+        check_eq "-o $d: run refuses it, the program not started; snapshot refuses it alike" \
+                "1 no 1 1 1" "$st $([ -e ran ] && echo yes || echo no) $? $(wc -l <run.err) $(wc -l <snap.err)"
+        check_contains "-o $d: run says why" run.err "allocprof: cannot write the profile $d: ${dest#*|}"
+        check_eq "-o $d: snapshot says it in the same words" "$(cat run.err)" "$(cat snap.err)"
+done
+check_eq "-o a link to a closed descriptor: left alone" yes "$([ -L closedfd ] && echo yes || echo no)"
+# A terminal (a pseudo-terminal here, and /dev/stdout on it): a profile is binary.
+for d in pty /dev/stdout; do
+        out=$(python3 -c 'import os, pty, subprocess, sys
+m, s = pty.openpty()
+d = os.ttyname(s) if sys.argv[1] == "pty" else sys.argv[1]
+for cmd in (["run", "-q", "--no-daemon", "-o", d, "--", "true"], ["snapshot", sys.argv[3], "-o", d]):
+    r = subprocess.run([sys.argv[2]] + cmd, stdout=s, stderr=subprocess.PIPE)
+    print(r.returncode, r.stderr.decode().split(": ", 2)[-1].strip())' "$d" "$AP" "$sp")
+        check_eq "-o $d on a terminal: run and snapshot refuse it" \
+                "1 it is a terminal, and a profile is binary (gzip'ed JSON): name a file, or redirect the output into one
+1 it is a terminal, and a profile is binary (gzip'ed JSON): name a file, or redirect the output into one" "$out"
+done
+# Written into: a FIFO whose reader comes a second late, /dev/stdout into a file.
+mkfifo fifo
+late_reader() {
+        rm -f fifo.out
+        { sleep 1 && cat fifo >fifo.out; } &
+        reader=$!
+}
+through_fifo() { # what status
+        wait "$reader"
+        check_eq "-o FIFO, its reader a second late ($1): written through it, still a FIFO" "0 yes 1" \
+                "$2 $([ -p fifo ] && echo yes || echo no) $("$AP" report --json fifo.out 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["totals"]["allocations"] >= 0 and 1)')"
+}
+late_reader
+"$AP" snapshot "$sp" -o fifo 2>/dev/null
+through_fifo snapshot $?
+late_reader
+"$AP" run -q --no-daemon -o fifo -- true
+through_fifo run $?
+"$AP" snapshot "$sp" -o /dev/stdout >stdout.approf 2>/dev/null
+check_eq "snapshot -o /dev/stdout into a file" "True $sp" "$(json_of stdout.approf 'd["live"], d["process"]["pid"]')"
+# No reader at all: both give up after 10 s, in the same words (run and snapshot at once).
+mkfifo fifo2 fifo3
+"$AP" run -q --no-daemon -o fifo2 -- true 2>fifo2.err &
+frun=$!
+"$AP" snapshot "$sp" -o fifo3 2>fifo3.err
+check_eq "snapshot -o FIFO without a reader" 1 $?
+wait $frun
+check_eq "run -o FIFO without a reader" 1 $?
+check_contains "snapshot -o FIFO without a reader: message" fifo3.err "allocprof: cannot write the profile fifo3: no process opened the FIFO to read it within 10 s"
+check_contains "run -o FIFO without a reader: message" fifo2.err "allocprof: cannot write the profile fifo2: no process opened the FIFO to read it within 10 s"
+kill "$snaprun"
+wait "$snaprun"
+cd .. || exit 1
 "$AP" run -q -- sh -c 'exit 42'
 check_eq "exit status passed through" 42 $?
 # How long the program ran, not how long it allocated: a quiet 0.3 s at the end counts.

@@ -1708,6 +1708,47 @@ static void test_truncations_and_flips(void)
         ap_profile_free(s);
 }
 
+/* The one check of every command's -o, and of output directories. */
+static void test_check_dest(void)
+{
+        char *file = path_in_tmp("dest.approf"), *missing = path_in_tmp("no/dest.approf");
+        char *fifo = path_in_tmp("dest.fifo"), *err = NULL;
+
+        ASSERT_EQ(ap_profile_check_dest(file, &err), AP_DEST_FILE); /* no file yet */
+        ASSERT_EQ(count_entries(tmpdir), 0);                        /* the probe is gone */
+        ASSERT_EQ(ap_profile_check_dest("/dev/null", &err), AP_DEST_INTO);
+        ASSERT_EQ(ap_profile_dest_of("/dev/null"), AP_DEST_INTO);
+        ASSERT_EQ(ap_profile_dest_of(file), AP_DEST_FILE);
+        ASSERT_EQ(mkfifo(fifo, 0600), 0);
+        ASSERT_EQ(ap_profile_check_dest(fifo, &err), AP_DEST_INTO); /* no reader needed yet */
+        ASSERT_EQ(unlink(fifo), 0);
+        ASSERT_OK(ap_profile_check_dir(tmpdir, &err));
+        ASSERT_NULL(err);
+
+        ASSERT_ERR(ap_profile_check_dest(tmpdir, &err), -EISDIR);
+        ASSERT_STREQ(err, "it is a directory");
+        free(err);
+        ASSERT_ERR(ap_profile_check_dest(missing, &err), -ENOENT);
+        ASSERT_CONTAINS(err, "directory ");
+        ASSERT_CONTAINS(err, "/no does not exist");
+        free(err);
+        ASSERT_ERR(ap_profile_check_dest("", &err), -EINVAL);
+        ASSERT_STREQ(err, "the name is empty");
+        free(err);
+        ASSERT_ERR(ap_profile_check_dir(missing, &err), -ENOENT);
+        free(err);
+        if (access("/proc/version", F_OK) == 0) {
+                ASSERT_TRUE(ap_profile_check_dest("/proc/version", &err) < 0);
+                ASSERT_STREQ(err, "/proc is on a virtual file system (proc), where no file can "
+                                  "be created (a profile replaces a file, it is never written "
+                                  "into one)");
+                free(err);
+        }
+        free(file);
+        free(missing);
+        free(fifo);
+}
+
 int main(void)
 {
         ASSERT_NOT_NULL(mkdtemp(tmpdir));
@@ -1719,6 +1760,7 @@ int main(void)
         test_invalid_utf8();
         test_escapes();
         test_write_errors();
+        test_check_dest();
         test_hostile_documents();
         test_stack_coding();
         test_reads_version_1();
