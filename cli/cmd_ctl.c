@@ -457,6 +457,9 @@ int ap_cmd_snapshot(int argc, char **argv)
         int status = ap_live_snapshot(pid, &prof);
         if (status != 0)
                 return status;
+        /* The pid of an `allocprof run` stood for its program's: the snapshot is that. */
+        if (prof->pid != 0)
+                pid = (pid_t)prof->pid;
         char *path;
         if (output != NULL) {
                 path = strdup(output);

@@ -514,6 +514,11 @@ wait $frun
 check_eq "run -o FIFO without a reader" 1 $?
 check_contains "snapshot -o FIFO without a reader: message" fifo3.err "allocprof: cannot write the profile fifo3: no process opened the FIFO to read it within 10 s"
 check_contains "run -o FIFO without a reader: message" fifo2.err "allocprof: cannot write the profile fifo2: no process opened the FIFO to read it within 10 s"
+# The pid of the run stands for its program: the snapshot is named and said for it.
+mkdir byrun && (cd byrun && "$AP" snapshot "$snaprun" 2>../byrun.err)
+check_eq "snapshot of the run's pid: named for the program's" "0 1" \
+        "$? $(ls byrun/allocprof.*.$sp.snapshot.approf 2>/dev/null | wc -l)"
+check_contains "snapshot of the run's pid: says the program's" byrun.err "allocprof: snapshot of pid $sp written to allocprof."
 kill "$snaprun"
 wait "$snaprun"
 cd .. || exit 1
