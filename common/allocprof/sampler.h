@@ -118,22 +118,29 @@ static inline void ap_sampler_init(struct ap_sampler *s, uint64_t interval, uint
 
 /* Consumes `size` bytes of the stream.  Returns the number of sample points they cover
  * (usually 0: one subtraction and one compare), one gap drawn for each; at an interval of
- * 1 the points are the bytes themselves, counted at once instead of one by one. */
+ * 1 the points are the bytes themselves, counted at once instead of one by one.
+ *
+ * The countdown is worked on in a local and stored once: a signal handler that allocates
+ * in between must never see it at 0 or below, which the hooks' fast path (read as
+ * unsigned) would take for a countdown far from its end and let the handler's block go
+ * unsampled, uncounted, even at an interval of 1. */
 static inline uint64_t ap_sampler_take(struct ap_sampler *s, uint64_t size)
 {
-        s->left -= (int64_t)size;
-        if (__builtin_expect(s->left > 0, 1))
+        int64_t left = s->left - (int64_t)size;
+        if (__builtin_expect(left > 0, 1)) {
+                s->left = left;
                 return 0;
+        }
         if (s->log_q == 0.0) {
-                uint64_t n = (uint64_t)(1 - s->left);
                 s->left = 1;
-                return n;
+                return (uint64_t)(1 - left);
         }
         uint64_t n = 0;
-        while (s->left <= 0) {
+        while (left <= 0) {
                 n++;
-                s->left += ap_sampler_gap(s);
+                left += ap_sampler_gap(s);
         }
+        s->left = left;
         return n;
 }
 
