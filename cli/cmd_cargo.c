@@ -37,8 +37,11 @@ static void usage(FILE *out)
                 "directory as allocprof.<program>.<pid>.approf; view one with\n"
                 "'allocprof report FILE'.\n"
                 "\n"
-                "allocprof options go first, before the cargo subcommand:\n"
-                "  cargo alloc-profile [--sample BYTES] [--unwind dwarf|fp|libunwind] run ...\n");
+                "allocprof options go first, before the cargo subcommand; they are those of\n"
+                "'allocprof run' (see 'allocprof run --help'), e.g.\n"
+                "  cargo alloc-profile [--sample BYTES] [--unwind dwarf|fp|libunwind]\n"
+                "                      [-o FILE | --output-dir DIR] [-q] run ...\n"
+                "-o FILE is for one executable; relative paths are from the current directory.\n");
 }
 
 /* Runs cargo with argv, collecting executables from its JSON messages.  Returns cargo's
@@ -107,26 +110,59 @@ static int cargo_build(char **argv, const char *mode, struct artifact **ret, siz
         return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 
-/* Runs `allocprof run [opts] -o OUT -- exe args` as a child (this same binary).  Returns
- * its exit status. */
-static int profile_one(const struct artifact *a, char **run_opts, int nrun_opts, char **args,
-                       int nargs, const char *outdir)
+/* `path` as seen from `cwd` (the program runs in its package's directory). */
+static char *from_cwd(const char *path, const char *cwd)
+{
+        return path[0] == '/' ? strdup(path) : ap_asprintf("%s/%s", cwd, path);
+}
+
+/* Runs `allocprof run OPTS -- exe args` as a child (this same binary), with the options
+ * the user gave (o) and the profiles written where they said, or in `cwd`.  Returns its
+ * exit status. */
+static int profile_one(const struct artifact *a, const struct ap_run_options *o, char **args,
+                       int nargs, const char *cwd)
 {
         char self[PATH_MAX];
         ssize_t l = readlink("/proc/self/exe", self, sizeof(self) - 1);
         if (l <= 0)
                 return 1;
         self[l] = '\0';
-        char **argv = calloc((size_t)(nrun_opts + nargs + 8), sizeof(char *));
-        if (argv == NULL)
+        char **argv = calloc((size_t)(nargs + 16), sizeof(char *));
+        char *dir = from_cwd(o->outdir ? o->outdir : ".", cwd);
+        char *outarg = ap_asprintf("--output-dir=%s", dir ? dir : "");
+        char *file = o->output ? from_cwd(o->output, cwd) : NULL;
+        char *filearg = file ? ap_asprintf("--output=%s", file) : NULL;
+        char *samplearg = ap_asprintf("--sample=%llu", (unsigned long long)o->sample);
+        char *unwindarg = ap_asprintf("--unwind=%s", o->unwind);
+        free(dir);
+        free(file);
+        if (argv == NULL || outarg == NULL || (o->output && filearg == NULL) || samplearg == NULL ||
+            unwindarg == NULL) {
+                free(argv);
+                free(outarg);
+                free(filearg);
+                free(samplearg);
+                free(unwindarg);
                 return 1;
+        }
         int k = 0;
         argv[k++] = self;
         argv[k++] = "run";
-        for (int i = 0; i < nrun_opts; i++)
-                argv[k++] = run_opts[i];
-        char *outarg = ap_asprintf("--output-dir=%s", outdir);
-        argv[k++] = outarg;
+        argv[k++] = samplearg;
+        argv[k++] = unwindarg;
+        if (o->quiet)
+                argv[k++] = "--quiet";
+        if (!o->follow)
+                argv[k++] = "--no-follow";
+        if (o->dormant)
+                argv[k++] = "--dormant";
+        if (!o->use_daemon)
+                argv[k++] = "--no-daemon";
+        /* Without --output-dir, run puts the other processes' profiles next to -o's. */
+        if (filearg != NULL)
+                argv[k++] = filearg;
+        if (filearg == NULL || o->outdir != NULL)
+                argv[k++] = outarg;
         argv[k++] = "--";
         argv[k++] = a->exe;
         for (int i = 0; i < nargs; i++)
@@ -144,6 +180,9 @@ static int profile_one(const struct artifact *a, char **run_opts, int nrun_opts,
                 while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
                         ;
         free(outarg);
+        free(filearg);
+        free(samplearg);
+        free(unwindarg);
         free(argv);
         return pid < 0 ? 1 : WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
@@ -154,42 +193,28 @@ int ap_cmd_cargo(int argc, char **argv)
         int i = 1;
         if (i < argc && strcmp(argv[i], "alloc-profile") == 0)
                 i++;
-        char **run_opts = argv + i;
-        int nrun_opts = 0;
-        while (i < argc && argv[i][0] == '-') {
-                if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
-                        usage(stdout);
-                        return 0;
-                }
-                bool takes_value =
-                        (strcmp(argv[i], "--sample") == 0 || strcmp(argv[i], "-s") == 0 ||
-                         strcmp(argv[i], "--unwind") == 0 || strcmp(argv[i], "-u") == 0);
-                i += takes_value ? 2 : 1;
-                nrun_opts += takes_value ? 2 : 1;
-        }
+        /* allocprof run's options, parsed by run's own parser: the same ones, taking
+         * values the same way (-o FILE, --output=FILE). */
+        char **check = calloc((size_t)(argc - i) + 2, sizeof(char *));
+        if (check == NULL)
+                return 1;
+        check[0] = "cargo alloc-profile";
+        memcpy(check + 1, argv + i, sizeof(char *) * (size_t)(argc - i));
+        struct ap_run_options o;
+        int bad = ap_run_options(argc - i + 1, check, &o, usage);
+        int nopts = optind - 1;
+        free(check);
+        if (bad >= 0)
+                return bad;
+        i += nopts;
         if (i >= argc || (strcmp(argv[i], "run") != 0 && strcmp(argv[i], "test") != 0 &&
                           strcmp(argv[i], "bench") != 0)) {
                 usage(stderr);
                 return 2;
         }
         const char *mode = argv[i++];
-
-        /* They go to 'allocprof run' with each program built: checked before the build. */
-        char **check = calloc((size_t)nrun_opts + 2, sizeof(char *));
-        if (check == NULL)
+        if (ap_run_check_dest(o.output, o.outdir) != 0)
                 return 1;
-        check[0] = "cargo alloc-profile";
-        memcpy(check + 1, run_opts, sizeof(char *) * (size_t)nrun_opts);
-        struct ap_run_options o;
-        int bad = ap_run_options(nrun_opts + 1, check, &o, usage);
-        if (bad < 0 && optind <= nrun_opts) {
-                fprintf(stderr, "allocprof: '%s' is not an option\n", check[optind]);
-                usage(stderr);
-                bad = 2;
-        }
-        free(check);
-        if (bad >= 0)
-                return bad;
 
         /* cargo args up to "--", the program's after it */
         int dash = i;
@@ -232,13 +257,20 @@ int ap_cmd_cargo(int argc, char **argv)
                         n);
                 return 1;
         }
+        if (o.output != NULL && n > 1) {
+                fprintf(stderr,
+                        "allocprof: -o names one profile, and cargo built %zu %s executables: "
+                        "name a directory for them with --output-dir DIR\n",
+                        n, mode);
+                return 2;
+        }
         char cwd[PATH_MAX];
         if (getcwd(cwd, sizeof(cwd)) == NULL)
                 return 1;
         int status = 0;
         for (size_t j = 0; j < n; j++) {
                 fprintf(stderr, "allocprof: profiling %s\n", arts[j].exe);
-                int st = profile_one(&arts[j], run_opts, nrun_opts, prog_args, nprog_args, cwd);
+                int st = profile_one(&arts[j], &o, prog_args, nprog_args, cwd);
                 if (status == 0)
                         status = st;
                 free(arts[j].exe);

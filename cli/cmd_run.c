@@ -655,6 +655,29 @@ static char *default_profile_path(const char *dir, const struct ap_profile *prof
                            prof->pid);
 }
 
+int ap_run_check_dest(const char *output, const char *outdir)
+{
+        /* The other processes' profiles go to --output-dir, else next to -o's file
+         * (checked with it), else here. */
+        char *why = NULL;
+        int r = output ? ap_profile_check_dest(output, &why) : 0;
+        if (r < 0) {
+                fprintf(stderr, "allocprof: cannot write the profile %s: %s\n", output,
+                        why ? why : strerror(-r));
+                free(why);
+                return 1;
+        }
+        r = outdir || !output ? ap_profile_check_dir(outdir ? outdir : ".", &why) : 0;
+        if (r < 0) {
+                fprintf(stderr, "allocprof: %s%s\n",
+                        outdir ? "--output-dir: " : "cannot write profiles: ",
+                        why ? why : strerror(-r));
+                free(why);
+                return 1;
+        }
+        return 0;
+}
+
 int ap_run_options(int argc, char **argv, struct ap_run_options *o, void (*usage_of)(FILE *))
 {
         static const struct option opts[] = {
@@ -757,25 +780,10 @@ int ap_cmd_run(int argc, char **argv)
         char **prog_argv = argv + optind;
         int prog_argc = argc - optind;
 
-        /* A run is never lost to a profile that cannot be written: checked first.  The
-         * other processes' profiles go to --output-dir, else next to -o's file (checked
-         * with it), else here. */
-        char *why = NULL;
-        int r = output ? ap_profile_check_dest(output, &why) : 0;
-        if (r < 0) {
-                fprintf(stderr, "allocprof: cannot write the profile %s: %s\n", output,
-                        why ? why : strerror(-r));
-                free(why);
+        /* A run is never lost to a profile that cannot be written: checked first. */
+        if (ap_run_check_dest(output, outdir) != 0)
                 return 1;
-        }
-        r = outdir || !output ? ap_profile_check_dir(outdir ? outdir : ".", &why) : 0;
-        if (r < 0) {
-                fprintf(stderr, "allocprof: %s%s\n",
-                        outdir ? "--output-dir: " : "cannot write profiles: ",
-                        why ? why : strerror(-r));
-                free(why);
-                return 1;
-        }
+        int r;
         bool noted = note_unprofilable(prog_argv[0]);
         char *agent = ap_find_agent();
         if (agent == NULL) {

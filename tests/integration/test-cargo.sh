@@ -72,5 +72,34 @@ rc=$?
 grep -q "test result: ok. 1 passed" test.out || fail "test: the test harness did not run the test"
 n=$(ls allocprof.apcrate-*.approf 2>/dev/null | wc -l)
 [ "$n" = 1 ] || fail "test: $n profiles of the test executable, expected 1"
+# -o FILE (with a space, as run takes it) from a subdirectory: the file lands where the
+# user is, not in the package's directory where the program runs.
+rm -f allocprof.*.approf
+mkdir -p src/here && cd src/here || exit 1
+out=$(cargo alloc-profile -q -o one.approf run -- 5 2>o.err)
+rc=$?
+[ "$rc.$out" = 0.5 ] || { fail "-o FILE: exit status $rc, output '$out'"; cat o.err; }
+[ -f one.approf ] || fail "-o one.approf from src/here: no src/here/one.approf ($(ls "$T/crate"))"
+[ "$("$AP" report one.approf --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["process"]["exe"].rsplit("/", 1)[-1])')" = apcrate ] ||
+        fail "-o FILE: the profile is not apcrate's"
+cd "$T/crate" || exit 1
+# --output-dir DIR for the test executables
+mkdir prof && cargo alloc-profile --output-dir=prof test >/dev/null 2>&1
+[ "$(ls prof/allocprof.apcrate-*.approf 2>/dev/null | wc -l)" = 1 ] || fail "--output-dir=prof test: $(ls prof 2>&1)"
+# A destination that cannot be written is refused before anything is built.
+cargo alloc-profile -o /proc/one.approf run 2>bad.err
+rc=$?
+[ "$rc" = 1 ] || fail "-o /proc/one.approf: exit status $rc, expected 1"
+grep -q "^allocprof: cannot write the profile /proc/one.approf: " bad.err || fail "-o /proc/one.approf: $(cat bad.err)"
+grep -q "Compiling" bad.err && fail "-o /proc/one.approf: cargo built first"
+# Two test executables (the crate's and an integration test) cannot share one -o file.
+mkdir -p tests && printf '#[test]\nfn two() { assert_eq!(1 + 1, 2); }\n' >tests/it.rs
+cargo alloc-profile -o both.approf test >/dev/null 2>two.err
+rc=$?
+[ "$rc" = 2 ] || fail "-o with two test executables: exit status $rc, expected 2"
+grep -q "^allocprof: -o names one profile, and cargo built 2 test executables: name a directory for them with --output-dir DIR$" two.err ||
+        fail "-o with two test executables: $(tail -2 two.err)"
+[ -e both.approf ] && fail "-o with two test executables: both.approf written"
+
 echo "$fails failed"
 [ "$fails" = 0 ]
