@@ -386,12 +386,11 @@ AP_EXPORT void *aligned_alloc(size_t alignment, size_t size)
 
 AP_EXPORT int posix_memalign(void **memptr, size_t alignment, size_t size)
 {
-        int saved = errno;
-
+        /* glibc's checks, then its memalign: errno is left as glibc's posix_memalign
+         * leaves it (untouched for a bad alignment, ENOMEM when no block is given). */
         if (alignment % sizeof(void *) != 0 || (alignment & (alignment - 1)) != 0 || alignment == 0)
                 return EINVAL;
         void *p = __libc_memalign(alignment, size);
-        errno = saved; /* posix_memalign reports through its return value only */
         if (p == NULL)
                 return ENOMEM;
         new_block(p, size, false);

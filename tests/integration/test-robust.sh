@@ -1,0 +1,34 @@
+#!/bin/sh
+# Programs that do unusual things with the allocator, their environment, their working
+# directory or their privileges, run under `allocprof run`: what they print and how they
+# end must not change, and their profiles must hold exactly what they did.
+#
+#   test-robust.sh ALLOCPROF BUILD_ROOT SOURCE_ROOT
+#
+# SPDX-License-Identifier: MIT OR Apache-2.0
+set -u
+abs() { case $1 in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
+AP=$(abs "$1") BUILD=$(abs "$2") SRC=$(abs "$3")
+WL="$BUILD/tests/workloads"
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+cd "$T" || exit 1
+export ALLOCPROF_CACHE_DIR="$T/cache"
+. "$SRC/tests/integration/checks.sh"
+json_of() { # profile python-expression-on-d (over its JSON report)
+        "$AP" report "$1" --json | python3 -c "import json,sys; d=json.load(sys.stdin); print($2)"
+}
+totals='" ".join(str(d["totals"][k]) for k in ("allocations","bytes","frees","freed_bytes","leaked_blocks","leaked_bytes"))'
+
+# --- the malloc family's edge cases: results and errno unchanged, exact figures ---------
+"$WL/edge_calls" >edge.native
+check_eq "edge_calls exit, unprofiled" 0 $?
+"$AP" run -q -o edge.approf -- "$WL/edge_calls" >edge.out
+check_eq "edge_calls exit" 0 $?
+checks=$((checks + 1))
+cmp -s edge.native edge.out || { fail "edge_calls: output differs when profiled:"; diff edge.native edge.out; }
+check_eq "edge_calls figures (failed calls not counted)" "17 2688 9 1288 8 1400" \
+        "$(json_of edge.approf "$totals")"
+
+echo "$checks checks, $fails failed"
+[ "$fails" -eq 0 ]
