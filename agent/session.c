@@ -460,6 +460,39 @@ static int send_hello(const char *sock_path, int memfd, const struct ap_shm_head
         return r;
 }
 
+/* What the environment asked of the agent, read once per process image, by the first
+ * try at a session (the constructor, or an allocation before it).  A fork child
+ * registers with the same settings without reading the environment again: the program
+ * may have cleared it since (clearenv(), unsetenv(), a daemon tidying up before it forks
+ * its workers), and its children are still its own image, to be profiled as it is.  (An
+ * exec reads the new environment: what the program passes on is the next image's.) */
+static struct {
+        bool read;
+        char sock[sizeof(((struct sockaddr_un *)0)->sun_path)]; /* "": none (or too long) */
+        bool dormant;
+        uint64_t interval, seed;
+        char unwind[16];
+} g_env;
+
+static void copy_env(char *dst, size_t len, const char *name)
+{
+        const char *v = getenv(name);
+        dst[0] = '\0';
+        if (v != NULL && strlen(v) < len)
+                strcpy(dst, v);
+}
+
+static void read_env(void)
+{
+        copy_env(g_env.sock, sizeof(g_env.sock), AP_ENV_SOCKET);
+        const char *mode = getenv(AP_ENV_MODE);
+        g_env.dormant = mode != NULL && strcmp(mode, "dormant") == 0;
+        g_env.interval = parse_u64(getenv(AP_ENV_SAMPLE));
+        g_env.seed = parse_u64(getenv(AP_ENV_SAMPLE_SEED));
+        copy_env(g_env.unwind, sizeof(g_env.unwind), AP_ENV_UNWIND);
+        g_env.read = true;
+}
+
 static int session_start(const char *sock_path)
 {
         const uint64_t total = ap_shm_total_bytes();
@@ -506,17 +539,15 @@ static int session_start(const char *sock_path)
         if (rnd != NULL)
                 memcpy(&id, rnd, sizeof(id));
         h->exec_id = id ^ (ap_load_relaxed(&ap_session_gen) * 0x9e3779b97f4a7c15ull);
-        const char *mode = getenv(AP_ENV_MODE);
-        uint64_t interval = parse_u64(getenv(AP_ENV_SAMPLE));
-        ap_sample_seed = parse_u64(getenv(AP_ENV_SAMPLE_SEED));
-        const char *unwind = getenv(AP_ENV_UNWIND);
-        ap_unwind_fp = unwind != NULL && strcmp(unwind, "fp") == 0;
+        uint64_t interval = g_env.interval;
+        ap_sample_seed = g_env.seed;
+        ap_unwind_fp = strcmp(g_env.unwind, "fp") == 0;
         /* "libunwind": every stack through libunwind (the reference the cached unwinder
          * is tested against). */
-        ap_unwind_general = unwind != NULL && strcmp(unwind, "libunwind") == 0;
+        ap_unwind_general = strcmp(g_env.unwind, "libunwind") == 0;
         ap_store_relaxed(&h->xsample_interval, interval ? interval : 512 * 1024);
         uint32_t m = interval ? AP_MODE_SAMPLED : AP_MODE_FULL;
-        if (mode != NULL && strcmp(mode, "dormant") == 0)
+        if (g_env.dormant)
                 m = AP_MODE_DORMANT;
         ap_store_relaxed(&h->xmode, m);
 
@@ -580,13 +611,16 @@ AP_HIDDEN void ap_session_ensure(void)
         if (ap_load_relaxed(&g_init_state) != INIT_UNTRIED ||
             !ap_cas_acq_rel(&g_init_state, &expected, INIT_BUSY))
                 return;
-        if (environ == NULL) {
-                /* Too early in process start-up to read the environment: try later. */
+        if (!g_env.read && environ == NULL) {
+                /* Too early in process start-up to read the environment: try later.  (Once
+                 * read, a NULL environ is a program's clearenv(): see g_env.) */
                 ap_store_release(&g_init_state, INIT_UNTRIED);
                 return;
         }
-        const char *sock = getenv(AP_ENV_SOCKET);
-        if (sock != NULL && sock[0] != '\0') {
+        if (!g_env.read)
+                read_env();
+        const char *sock = g_env.sock;
+        if (sock[0] != '\0') {
                 if (!ap_load_relaxed(&g_thread_key_ok) &&
                     pthread_key_create(&g_thread_key, thread_exit_cb) == 0)
                         ap_store_relaxed(&g_thread_key_ok, 1);

@@ -30,5 +30,22 @@ cmp -s edge.native edge.out || { fail "edge_calls: output differs when profiled:
 check_eq "edge_calls figures (failed calls not counted)" "17 2688 9 1288 8 1400" \
         "$(json_of edge.approf "$totals")"
 
+# --- a program that clears its environment, then forks: the child is still profiled ----
+# The child is the same program image: it registers with the settings the agent was
+# started with, whatever became of the environment since.
+for how in clearenv unsetenv setenv; do
+        mkdir "env-$how" && cd "env-$how" || exit 1
+        out=$("$AP" run -q -o main.approf -- "$WL/env_fork" $how)
+        check_eq "env_fork $how: output and exit" "worker done 0" "$out $?"
+        # (setenv allocates.)
+        [ $how != setenv ] && check_eq "env_fork $how: the parent's figures" "1 111 0 0 1 111" \
+                "$(json_of main.approf "$totals")"
+        child=$(ls allocprof.env_fork.*.approf 2>/dev/null)
+        check_eq "env_fork $how: the worker has a profile" 1 "$(echo "$child" | grep -c .)"
+        [ -n "$child" ] && check_eq "env_fork $how: the worker's figures" "3 666 2 444 1 222" \
+                "$(json_of "$child" "$totals")"
+        cd .. || exit 1
+done
+
 echo "$checks checks, $fails failed"
 [ "$fails" -eq 0 ]
