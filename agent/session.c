@@ -244,6 +244,72 @@ static void log_module(struct ap_shm_header *h, uint16_t kind, const char *path,
         ap_store_release(&h->xmodules_used, used + bytes);
 }
 
+/* Lower-case hex digits at *s, moving *s past them. */
+static uint64_t parse_hex(const char **s)
+{
+        uint64_t v = 0;
+        for (;; (*s)++) {
+                unsigned d = (unsigned)(**s - '0') <= 9   ? (unsigned)(**s - '0')
+                             : (unsigned)(**s - 'a') <= 5 ? (unsigned)(**s - 'a') + 10
+                                                          : 16u;
+                if (d == 16)
+                        return v;
+                v = v << 4 | d;
+        }
+}
+
+/* The file mapped at addr, as /proc/self/maps names it (absolute, whatever the working
+ * directory is now) into out; false if it cannot tell.  For the loader's relative names
+ * (dlopen("./lib/x.so"), a relative LD_LIBRARY_PATH), which the working directory of
+ * the moment would resolve wrongly once the program has changed it: the agent meets a
+ * module only when a stack first names it, perhaps long after the dlopen.  Called under
+ * g_mod_lock (the buffer is static: no big frame on the program's stack). */
+static bool mapped_file(uint64_t addr, char *out, size_t len)
+{
+        static char buf[2 * AP_MAX_PATH + 256];
+        int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+                return false;
+        bool found = false;
+        size_t have = 0;
+        for (;;) {
+                ssize_t n = read(fd, buf + have, sizeof(buf) - 1 - have);
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n <= 0)
+                        break;
+                have += (size_t)n;
+                buf[have] = '\0';
+                char *line = buf, *nl;
+                while (!found && (nl = strchr(line, '\n')) != NULL) {
+                        *nl = '\0';
+                        /* "lo-hi perms offset dev inode   /path": the first '/' starts the
+                         * path (the fields before it hold none). */
+                        const char *p = line;
+                        uint64_t lo = parse_hex(&p), hi = 0;
+                        if (*p == '-') {
+                                p++;
+                                hi = parse_hex(&p);
+                        }
+                        const char *path = strchr(line, '/');
+                        if (addr >= lo && addr < hi && path != NULL && strlen(path) < len) {
+                                strcpy(out, path);
+                                found = true;
+                        }
+                        line = nl + 1;
+                }
+                if (found)
+                        break;
+                /* Keep the unfinished line; a line longer than the buffer is dropped. */
+                have = (size_t)(buf + have - line);
+                if (have == sizeof(buf) - 1)
+                        have = 0;
+                memmove(buf, line, have);
+        }
+        close(fd);
+        return found;
+}
+
 static int scan_cb(struct dl_phdr_info *info, size_t size, void *arg)
 {
         struct ap_shm_header *h = arg;
@@ -272,6 +338,8 @@ static int scan_cb(struct dl_phdr_info *info, size_t size, void *arg)
         } else if (name[0] != '/') {
                 if (strchr(name, '/') == NULL)
                         name = ""; /* the vDSO and friends: no file to read */
+                else if (mapped_file(lo, buf, sizeof(buf)))
+                        name = buf;
                 else if (getcwd(buf, sizeof(buf) - strlen(name) - 2) != NULL) {
                         size_t l = strlen(buf);
                         buf[l] = '/';

@@ -47,5 +47,15 @@ for how in clearenv unsetenv setenv; do
         cd .. || exit 1
 done
 
+# --- a library loaded by a relative path, met by the agent after a chdir ----------------
+# Its name is relative to the directory it was loaded from, not to where the program is
+# when it first allocates from it: the profile must name the file, and its functions.
+mkdir -p plugins cwd && cp "$WL/libdlplugin.so" plugins/ || exit 1
+"$AP" run -q -o chdir.approf -- "$WL/chdir_dlopen" ./plugins/libdlplugin.so "$T/cwd"
+check_eq "chdir_dlopen exit" 0 $?
+check_eq "chdir_dlopen: the plugin's module and function" \
+        "$(realpath plugins/libdlplugin.so) plugin_make 10 3" \
+        "$(json_of chdir.approf '" ".join(str(x) for x in [(s["frames"][0]["module"], s["frames"][0]["function"], s["allocations"], s["leaked_blocks"]) for s in d["sites"] if s["bytes"] == 800][0])')"
+
 echo "$checks checks, $fails failed"
 [ "$fails" -eq 0 ]
