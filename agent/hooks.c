@@ -324,6 +324,11 @@ AP_EXPORT void *realloc(void *old, size_t size)
                 return p;
         }
         struct ap_shm_header *h = session();
+        /* No session tried yet (a fork child whose first call this is, resizing a block
+         * it inherited): look for one first, as new_block does, or the new block would
+         * go unrecorded.  The untried word reads full mode; none at all, off. */
+        if (ap_unlikely(h == NULL) && fast_mode() == AP_MODE_FULL)
+                h = session_slow(t);
         uint32_t mode = h ? mode_of(h) : AP_MODE_OFF;
         if (mode == AP_MODE_FULL) {
                 /* old may be reused by other threads from inside the real realloc: its

@@ -57,5 +57,16 @@ check_eq "chdir_dlopen: the plugin's module and function" \
         "$(realpath plugins/libdlplugin.so) plugin_make 10 3" \
         "$(json_of chdir.approf '" ".join(str(x) for x in [(s["frames"][0]["module"], s["frames"][0]["function"], s["allocations"], s["leaked_blocks"]) for s in d["sites"] if s["bytes"] == 800][0])')"
 
+# --- a fork child whose first call is a realloc of an inherited block -------------------
+mkdir fork-realloc && cd fork-realloc || exit 1
+"$AP" run -q -o main.approf -- "$WL/fork_realloc"
+check_eq "fork_realloc exit" 0 $?
+child=$(ls allocprof.fork_realloc.*.approf 2>/dev/null)
+check_eq "fork_realloc: the child has a profile" 1 "$(echo "$child" | grep -c .)"
+[ -n "$child" ] && check_eq "fork_realloc: the child's figures, its realloc included" \
+        "2 5007 0 0 2 5007 1 1" \
+        "$(json_of "$child" "$totals"' + " " + str(d["totals"]["reallocs"]) + " " + str(d["totals"]["unmatched_frees"])')"
+cd .. || exit 1
+
 echo "$checks checks, $fails failed"
 [ "$fails" -eq 0 ]
