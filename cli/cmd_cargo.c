@@ -187,6 +187,16 @@ static int profile_one(const struct artifact *a, const struct ap_run_options *o,
         return pid < 0 ? 1 : WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 
+static void free_arts(struct artifact *arts, size_t n)
+{
+        for (size_t j = 0; j < n; j++) {
+                free(arts[j].exe);
+                free(arts[j].name);
+                free(arts[j].dir);
+        }
+        free(arts);
+}
+
 int ap_cmd_cargo(int argc, char **argv)
 {
         /* cargo runs us as: cargo-alloc-profile alloc-profile SUBCOMMAND ... */
@@ -255,6 +265,7 @@ int ap_cmd_cargo(int argc, char **argv)
         if (strcmp(mode, "run") == 0 && n > 1) {
                 fprintf(stderr, "allocprof: cargo built %zu binaries; choose one with --bin NAME\n",
                         n);
+                free_arts(arts, n);
                 return 1;
         }
         if (o.output != NULL && n > 1) {
@@ -262,21 +273,21 @@ int ap_cmd_cargo(int argc, char **argv)
                         "allocprof: -o names one profile, and cargo built %zu %s executables: "
                         "name a directory for them with --output-dir DIR\n",
                         n, mode);
+                free_arts(arts, n);
                 return 2;
         }
         char cwd[PATH_MAX];
-        if (getcwd(cwd, sizeof(cwd)) == NULL)
+        if (getcwd(cwd, sizeof(cwd)) == NULL) {
+                free_arts(arts, n);
                 return 1;
+        }
         int status = 0;
         for (size_t j = 0; j < n; j++) {
                 fprintf(stderr, "allocprof: profiling %s\n", arts[j].exe);
                 int st = profile_one(&arts[j], &o, prog_args, nprog_args, cwd);
                 if (status == 0)
                         status = st;
-                free(arts[j].exe);
-                free(arts[j].name);
-                free(arts[j].dir);
         }
-        free(arts);
+        free_arts(arts, n);
         return status;
 }
