@@ -451,6 +451,60 @@ static void set_profile_command(struct ap_profile *prof, char **argv, int argc)
         prof->ncommand = (uint32_t)argc;
 }
 
+/* The signals whose default action would end allocprof alone, the program left running
+ * unprofiled and its profile lost: while the program runs they come through a signalfd
+ * and go on to it; the real-time ones too (run_signals).  Faults (SIGSEGV, ...) are not
+ * among them, nor SIGPIPE (ignored, see ap_cmd_run). */
+static const int g_forwarded[] = {SIGINT,    SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2,   SIGALRM,
+                                  SIGVTALRM, SIGPROF, SIGPWR, SIGXCPU, SIGXFSZ, SIGSTKFLT, SIGIO};
+
+static void run_signals(sigset_t *set)
+{
+        sigemptyset(set);
+        sigaddset(set, SIGCHLD);
+        for (size_t i = 0; i < sizeof(g_forwarded) / sizeof(g_forwarded[0]); i++)
+                sigaddset(set, g_forwarded[i]);
+        /* glibc keeps the two it uses itself out of any mask */
+        for (int sig = SIGRTMIN; sig <= SIGRTMAX; sig++)
+                sigaddset(set, sig);
+}
+
+/* After the program: one of those signals now ends allocprof once its profiles are
+ * written, so a second one ends it at once (the first says so).  Async-signal-safe. */
+static volatile sig_atomic_t g_late_signal;
+
+static void late_signal(int sig)
+{
+        if (g_late_signal == sig) {
+                struct sigaction dfl = {.sa_handler = SIG_DFL};
+                sigemptyset(&dfl.sa_mask);
+                sigaction(sig, &dfl, NULL);
+                raise(sig); /* delivered when the handler returns */
+                return;
+        }
+        g_late_signal = sig;
+        static const char msg[] = "allocprof: a signal came after the program ended: the "
+                                  "profiles are written first (send it again to stop at once)\n";
+        (void)!write(STDERR_FILENO, msg, sizeof(msg) - 1);
+}
+
+/* Installs late_signal for every forwarded signal that is not ignored. */
+static void catch_late_signals(void)
+{
+        struct sigaction sa = {.sa_handler = late_signal, .sa_flags = SA_RESTART}, old;
+        sigemptyset(&sa.sa_mask);
+        for (size_t i = 0; i < sizeof(g_forwarded) / sizeof(g_forwarded[0]); i++) {
+                int sig = g_forwarded[i];
+                if (sigaction(sig, NULL, &old) == 0 && old.sa_handler != SIG_IGN && sig != SIGXFSZ)
+                        sigaction(sig, &sa, NULL);
+        }
+        /* A profile larger than the file-size limit: the write fails (EFBIG) and says
+         * so, rather than the signal ending us. */
+        struct sigaction ign = {.sa_handler = SIG_IGN};
+        sigemptyset(&ign.sa_mask);
+        sigaction(SIGXFSZ, &ign, NULL);
+}
+
 /* Handles what the signalfd has: the child's end (status into *status), and signals
  * sent to us alone, forwarded to the child.  Returns true once the child ended. */
 static bool handle_signals(int sfd, pid_t child, bool child_done, int *status)
@@ -470,8 +524,12 @@ static bool handle_signals(int sfd, pid_t child, bool child_done, int *status)
                         /* A terminal's ^C already reached the whole foreground group, the
                          * program included: forward only signals sent to us alone (kill,
                          * timeout, a supervisor). */
-                        if (si.ssi_code != SI_KERNEL)
+                        if (si.ssi_code == SI_QUEUE) { /* sigqueue: with its value */
+                                union sigval v = {.sival_ptr = (void *)(uintptr_t)si.ssi_ptr};
+                                sigqueue(child, (int)si.ssi_signo, v);
+                        } else if (si.ssi_code != SI_KERNEL) {
                                 kill(child, (int)si.ssi_signo);
+                        }
                 }
         }
         return child_done;
@@ -797,19 +855,10 @@ int ap_cmd_run(int argc, char **argv)
                 return 1;
         }
 
-        /* Signals arrive through a signalfd so the loop handles them in order.  The
-         * user signals and SIGALRM too: their default action would end allocprof alone,
-         * the program left running unprofiled and its profile lost. */
+        /* Signals arrive through a signalfd so the loop handles them in order (which
+         * ones: g_forwarded). */
         sigset_t mask, orig;
-        sigemptyset(&mask);
-        sigaddset(&mask, SIGCHLD);
-        sigaddset(&mask, SIGINT);
-        sigaddset(&mask, SIGTERM);
-        sigaddset(&mask, SIGHUP);
-        sigaddset(&mask, SIGQUIT);
-        sigaddset(&mask, SIGUSR1);
-        sigaddset(&mask, SIGUSR2);
-        sigaddset(&mask, SIGALRM);
+        run_signals(&mask);
         sigprocmask(SIG_BLOCK, &mask, &orig);
         int sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
         int errpipe[2], gate[2];
@@ -930,6 +979,9 @@ int ap_cmd_run(int argc, char **argv)
                 ap_collector_free(coll);
                 rmdir(sock_dir);
         }
+        /* The program has ended: what is still to come (or pending) no longer ends us
+         * before the profiles are written. */
+        catch_late_signals();
         sigprocmask(SIG_SETMASK, &orig, NULL);
 
         int exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;

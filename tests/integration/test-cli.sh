@@ -1183,6 +1183,51 @@ wait "$appid"
 check_eq "SIGUSR1 forwarded: handled by the program, which exits 0, profile written" "0 reloaded done yes" \
         "$? $(cat usr1.out | tr '\n' ' ')$([ -s usr1.approf ] && echo yes || echo no)"
 
+# Signals whose default action would end allocprof alone: SIGVTALRM and a real-time one
+# (with its sigqueue value) reach the program, which handles them and goes on.
+if [ -x /usr/bin/python3 ]; then
+        "$AP" run -q -o rt.approf -- /usr/bin/python3 -c '
+import signal, sys, time
+got = []
+signal.signal(signal.SIGVTALRM, lambda s, f: got.append("vtalrm"))
+signal.signal(signal.SIGRTMIN + 3, lambda s, f: got.append("rt"))
+open("rt.ready", "w").close()
+t = time.time()
+while len(got) < 2 and time.time() - t < 20:
+    time.sleep(0.05)
+print(" ".join(sorted(got)))' >rt.out &
+        appid=$!
+        for i in $(seq 1 200); do [ -e rt.ready ] && break; sleep 0.05; done
+        kill -VTALRM "$appid"
+        /usr/bin/python3 -c 'import os, signal, sys; os.kill(int(sys.argv[1]), signal.SIGRTMIN + 3)' "$appid"
+        wait "$appid"
+        check_eq "SIGVTALRM and SIGRTMIN+3 forwarded: handled by the program, profile written" "0 rt vtalrm yes" \
+                "$? $(cat rt.out)$([ -s rt.approf ] && echo " yes" || echo " no")"
+fi
+
+# A signal that comes after the program ended (run writing its profile into a FIFO
+# nobody reads yet): the profile is still written, the exit status is the program's; a
+# second one ends allocprof at once.
+mkfifo late.fifo late2.fifo
+"$AP" run -q -o late.fifo -- sh -c 'exit 5' 2>late.err &
+appid=$!
+sleep 1
+kill -TERM "$appid"
+sleep 0.3
+cat late.fifo >late.approf
+wait "$appid"
+check_eq "SIGTERM after the program ended: the program's exit status, the profile written" "5 5" \
+        "$? $(json_of late.approf 'd["process"]["exit_status"]')"
+check_contains "SIGTERM after the program ended: said so" late.err "a signal came after the program ended: the profiles are written first (send it again to stop at once)"
+"$AP" run -q -o late2.fifo -- sh -c 'exit 5' 2>/dev/null &
+appid=$!
+sleep 1
+kill -TERM "$appid"
+sleep 0.3
+kill -TERM "$appid"
+wait "$appid"
+check_eq "SIGTERM twice after the program ended: allocprof ends by it" 143 $?
+
 # --- allocprofd: the same collector as a service in the foreground -----------------------
 # A file that is not a socket stands where the socket should go: left alone, one line.
 echo keep >notasock
