@@ -597,9 +597,12 @@ mkdir -m 700 psd psd/allocprof
 for spelling in "$T/e/psd/allocprof/allocprofd.sock" "$T/e/psd/./allocprof//allocprofd.sock"; do
         env ALLOCPROF_SOCKET="$spelling" sleep 30 &
         S=$!
+        # Gone before the stand-in starts: the loop below must not find the last one's
+        # "ready" (the redirection below happens in the background, maybe later).
+        rm -f fake.out
         $PY "$HELPER" fake-ps "$T/e/psd/allocprof/allocprofd.sock" "$S" >fake.out 2>fake.err &
         F=$!
-        for i in $(seq 100); do grep -q ready fake.out && break; sleep 0.1; done
+        for i in $(seq 100); do grep -q ready fake.out 2>/dev/null && break; sleep 0.1; done
         XDG_RUNTIME_DIR="$T/e/psd" "$AP" ps --json >fake-ps.json 2>fake-ps.err &
         P=$!
         wait "$P"
