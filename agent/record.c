@@ -278,14 +278,20 @@ static bool slot_claim(struct ap_shm_header *h, struct ap_ring_ctl **ret_ctl,
 AP_HIDDEN void ap_thread_release(void)
 {
         struct ap_thread *t = &ap_tls;
-        if (t->ctl != NULL && t->gen == ap_load_relaxed(&ap_session_gen)) {
-                /* Release: our last head store is visible before the slot is retired. */
-                ap_store_release(&t->ctl->xstate, AP_SLOT_RETIRED);
-        }
-        if (t->nctl != NULL && t->ngen == ap_load_relaxed(&ap_session_gen))
-                ap_store_release(&t->nctl->xstate, AP_SLOT_RETIRED); /* same pairing */
+        const uint64_t gen = ap_load_relaxed(&ap_session_gen);
+        struct ap_ring_ctl *ctl = t->ctl != NULL && t->gen == gen ? t->ctl : NULL;
+        struct ap_ring_ctl *nctl = t->nctl != NULL && t->ngen == gen ? t->nctl : NULL;
+        /* Forgotten first: a signal handler that allocates from here on claims a slot of
+         * its own rather than write into one we retire, which the collector may already
+         * have rewound to 0 and freed (wire.h).  The release stores below keep these
+         * plain stores before them. */
         t->ctl = NULL;
         t->nctl = NULL;
+        /* Release: our last head store is visible before the slot is retired. */
+        if (ctl != NULL)
+                ap_store_release(&ctl->xstate, AP_SLOT_RETIRED);
+        if (nctl != NULL)
+                ap_store_release(&nctl->xstate, AP_SLOT_RETIRED); /* same pairing */
 }
 
 AP_HIDDEN void ap_count(enum ap_counter c, uint64_t n)
