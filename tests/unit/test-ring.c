@@ -93,6 +93,101 @@ static void *producer(void *arg)
         return NULL;
 }
 
+/* The call stack of the single-threaded cases' allocations (and of the slot reuse). */
+static const uint64_t one_ip = 0x1000;
+
+/* Slot reuse: REUSE_THREADS threads take turns on REUSE_SLOTS slots, REUSE_ROUNDS times
+ * each, as short-lived threads do: claim whichever slot is free, write, retire.  The
+ * collector rewinds every slot it frees (wire.h), so each owner must find the ring at 0,
+ * and write over bytes the collector read from the previous owner only after it gave the
+ * slot back (ThreadSanitizer checks that ordering). */
+#define REUSE_THREADS 4
+#define REUSE_SLOTS 2
+#define REUSE_ROUNDS 300
+#define REUSE_ALLOCS 50
+
+static _Atomic int g_reuse_bad; /* an owner that found the ring not at 0 */
+
+static void *reuser(void *arg)
+{
+        uint32_t id = (uint32_t)(uintptr_t)arg;
+        for (uint64_t round = 0; round < REUSE_ROUNDS; round++) {
+                struct ap_ring_ctl *ctl = NULL;
+                while (ctl == NULL) {
+                        for (uint32_t s = 0; s < REUSE_SLOTS && ctl == NULL; s++) {
+                                struct ap_ring_ctl *c =
+                                        (struct ap_ring_ctl *)((uint8_t *)g_h + g_h->slots_offset +
+                                                               (uint64_t)s * AP_SLOT_STRIDE);
+                                uint32_t expected = AP_SLOT_FREE;
+                                if (ap_cas_acq_rel(&c->xstate, &expected, AP_SLOT_OWNED))
+                                        ctl = c;
+                        }
+                        if (ctl == NULL)
+                                sched_yield();
+                }
+                ctl->tid = 2000 + id;
+                struct ap_producer pr;
+                ap_producer_attach(&pr, ctl);
+                if (pr.head != 0 || pr.tail_cache != 0)
+                        atomic_fetch_add(&g_reuse_bad, 1);
+                for (uint64_t i = 0; i < REUSE_ALLOCS; i++) {
+                        uint64_t addr = ((uint64_t)(id + 1) << 40) | (round << 20) | (i << 4);
+                        put_alloc(&pr, ap_clock_ticks(), addr, 8, &one_ip, 1);
+                        if (i % 2 == 0)
+                                put_free(&pr, ap_clock_ticks(), addr);
+                }
+                ap_store_release(&ctl->xstate, AP_SLOT_RETIRED);
+        }
+        return NULL;
+}
+
+static struct ap_process *new_area(int *fd, uint64_t *total, uint32_t slots);
+
+static void test_slot_reuse(void)
+{
+        int fd;
+        uint64_t total;
+        struct ap_process *p = new_area(&fd, &total, REUSE_SLOTS);
+        pthread_t th[REUSE_THREADS];
+        for (uintptr_t i = 0; i < REUSE_THREADS; i++)
+                ASSERT_EQ(pthread_create(&th[i], NULL, reuser, (void *)i), 0);
+        long drained = 0;
+        int joined = 0;
+        for (;;) {
+                long n = ap_process_drain(p, joined == REUSE_THREADS);
+                drained += n;
+                if (joined == REUSE_THREADS && n == 0)
+                        break;
+                while (joined < REUSE_THREADS && pthread_tryjoin_np(th[joined], NULL) == 0)
+                        joined++;
+        }
+        const uint64_t owners = (uint64_t)REUSE_THREADS * REUSE_ROUNDS;
+        ASSERT_EQ(drained, (long)(owners * REUSE_ALLOCS * 3 / 2));
+        ASSERT_EQ(atomic_load(&g_reuse_bad), 0);
+        for (uint32_t s = 0; s < REUSE_SLOTS; s++) {
+                struct ap_ring_ctl *c = (struct ap_ring_ctl *)((uint8_t *)g_h + g_h->slots_offset +
+                                                               (uint64_t)s * AP_SLOT_STRIDE);
+                ASSERT_EQ(ap_load_acquire(&c->xstate), (uint32_t)AP_SLOT_FREE);
+                ASSERT_EQ(ap_load_relaxed(&c->xhead), 0);
+                ASSERT_EQ(ap_load_relaxed(&c->xtail), 0);
+        }
+        struct ap_symbolizer *sym = NULL;
+        ASSERT_OK(ap_symbolizer_new(&sym));
+        struct ap_profile *prof = NULL;
+        ASSERT_OK(ap_process_finalize(p, sym, &prof));
+        ASSERT_EQ(prof->totals.allocations, owners * REUSE_ALLOCS);
+        ASSERT_EQ(prof->totals.bytes, owners * REUSE_ALLOCS * 8);
+        ASSERT_EQ(prof->totals.frees, owners * REUSE_ALLOCS / 2);
+        ASSERT_EQ(prof->totals.unmatched_frees, 0);
+        ASSERT_EQ(prof->totals.invalid_records, 0);
+        ASSERT_EQ(prof->totals.threads, REUSE_THREADS);
+        ap_profile_free(prof);
+        ap_symbolizer_free(sym);
+        ap_process_free(p);
+        munmap(g_h, total);
+        close(fd);
+}
+
 /* A fresh shared area in g_h with `slots` slots in use, and the collector's process on
  * it; *fd and *total for the caller to release. */
 static struct ap_process *new_area(int *fd, uint64_t *total, uint32_t slots)
@@ -118,9 +213,6 @@ static struct ap_process *new_area(int *fd, uint64_t *total, uint32_t slots)
         ASSERT_OK(ap_process_new(dup(*fd), getpid(), &hello, &p, &err));
         return p;
 }
-
-/* The call stack of the single-threaded cases' allocations. */
-static const uint64_t one_ip = 0x1000;
 
 /* A block of size `before` at addr from thread 0 at stamp t; thread 1 gets addr back at
  * t + 1000 (size `after`) before the collector sees thread 0's free of it, which comes
@@ -266,5 +358,8 @@ int main(void)
                drained);
         test_timestamps();
         printf("ok: long-lived blocks and a late free\n");
+        test_slot_reuse();
+        printf("ok: %d threads taking turns on %d slots, %d times each\n", REUSE_THREADS,
+               REUSE_SLOTS, REUSE_ROUNDS);
         return 0;
 }
