@@ -26,7 +26,6 @@
 
 static struct ap_shm_header *g_h;
 
-
 static uint8_t *reserve(struct ap_producer *pr, uint32_t n, uint32_t keep)
 {
         uint8_t *w;
@@ -35,11 +34,17 @@ static uint8_t *reserve(struct ap_producer *pr, uint32_t n, uint32_t keep)
         return w;
 }
 
+/* Slot i's control block in g_h. */
+static struct ap_ring_ctl *slot_at(uint32_t i)
+{
+        return (struct ap_ring_ctl *)((uint8_t *)g_h + g_h->slots_offset +
+                                      (uint64_t)i * AP_SLOT_STRIDE);
+}
+
 /* Claims slot id of g_h and attaches pr to it, as a thread of the agent would. */
 static struct ap_ring_ctl *claim_slot(uint32_t id, struct ap_producer *pr)
 {
-        struct ap_ring_ctl *ctl = (struct ap_ring_ctl *)((uint8_t *)g_h + g_h->slots_offset +
-                                                         (uint64_t)id * AP_SLOT_STRIDE);
+        struct ap_ring_ctl *ctl = slot_at(id);
         uint32_t expected = AP_SLOT_FREE;
         ASSERT_TRUE(ap_cas_acq_rel(&ctl->xstate, &expected, AP_SLOT_OWNED));
         ctl->tid = 1000 + id; /* a thread of its own for each slot (threads are counted by it) */
@@ -115,9 +120,7 @@ static void *reuser(void *arg)
                 struct ap_ring_ctl *ctl = NULL;
                 while (ctl == NULL) {
                         for (uint32_t s = 0; s < REUSE_SLOTS && ctl == NULL; s++) {
-                                struct ap_ring_ctl *c =
-                                        (struct ap_ring_ctl *)((uint8_t *)g_h + g_h->slots_offset +
-                                                               (uint64_t)s * AP_SLOT_STRIDE);
+                                struct ap_ring_ctl *c = slot_at(s);
                                 uint32_t expected = AP_SLOT_FREE;
                                 if (ap_cas_acq_rel(&c->xstate, &expected, AP_SLOT_OWNED))
                                         ctl = c;
@@ -165,8 +168,7 @@ static void test_slot_reuse(void)
         ASSERT_EQ(drained, (long)(owners * REUSE_ALLOCS * 3 / 2));
         ASSERT_EQ(atomic_load(&g_reuse_bad), 0);
         for (uint32_t s = 0; s < REUSE_SLOTS; s++) {
-                struct ap_ring_ctl *c = (struct ap_ring_ctl *)((uint8_t *)g_h + g_h->slots_offset +
-                                                               (uint64_t)s * AP_SLOT_STRIDE);
+                struct ap_ring_ctl *c = slot_at(s);
                 ASSERT_EQ(ap_load_acquire(&c->xstate), (uint32_t)AP_SLOT_FREE);
                 ASSERT_EQ(ap_load_relaxed(&c->xhead), 0);
                 ASSERT_EQ(ap_load_relaxed(&c->xtail), 0);
@@ -344,9 +346,7 @@ int main(void)
 
         /* Retired, drained slots were handed back. */
         for (uint32_t i = 0; i < THREADS; i++) {
-                struct ap_ring_ctl *ctl =
-                        (struct ap_ring_ctl *)((uint8_t *)g_h + g_h->slots_offset +
-                                               (uint64_t)i * AP_SLOT_STRIDE);
+                struct ap_ring_ctl *ctl = slot_at(i);
                 ASSERT_EQ(ap_load_acquire(&ctl->xstate), (uint32_t)AP_SLOT_FREE);
         }
         ap_profile_free(prof);
