@@ -530,6 +530,12 @@ static bool handle_signals(int sfd, pid_t child, bool child_done, int *status)
                         } else if (si.ssi_code != SI_KERNEL) {
                                 kill(child, (int)si.ssi_signo);
                         }
+                } else if (si.ssi_signo != SIGCHLD && si.ssi_code != SI_KERNEL) {
+                        /* The program has ended, other processes may still run: as once
+                         * the loop is over. */
+                        if (g_late_signal == (int)si.ssi_signo)
+                                end_by_signal((int)si.ssi_signo);
+                        late_signal((int)si.ssi_signo);
                 }
         }
         return child_done;

@@ -1209,9 +1209,13 @@ fi
 # nobody reads yet): the profile is still written, the exit status is the program's; a
 # second one ends allocprof at once.
 mkfifo late.fifo late2.fifo
-"$AP" run -q -o late.fifo -- sh -c 'exit 5' 2>late.err &
+late_wait() { # until the program has started and ended (allocprof waits for a reader)
+        for i in $(seq 1 200); do [ -e "$1" ] && break; sleep 0.05; done
+        for i in $(seq 1 200); do [ -z "$(cat /proc/$appid/task/$appid/children 2>/dev/null)" ] && break; sleep 0.05; done
+}
+"$AP" run -q -o late.fifo -- sh -c ': >late.started; exit 5' 2>late.err &
 appid=$!
-sleep 1
+late_wait late.started
 kill -TERM "$appid"
 sleep 0.3
 cat late.fifo >late.approf
@@ -1219,9 +1223,9 @@ wait "$appid"
 check_eq "SIGTERM after the program ended: the program's exit status, the profile written" "5 5" \
         "$? $(json_of late.approf 'd["process"]["exit_status"]')"
 check_contains "SIGTERM after the program ended: said so" late.err "a signal came after the program ended: the profiles are written first (send it again to stop at once)"
-"$AP" run -q -o late2.fifo -- sh -c 'exit 5' 2>/dev/null &
+"$AP" run -q -o late2.fifo -- sh -c ': >late2.started; exit 5' 2>/dev/null &
 appid=$!
-sleep 1
+late_wait late2.started
 kill -TERM "$appid"
 sleep 0.3
 kill -TERM "$appid"
