@@ -97,15 +97,21 @@ static bool newer(const struct stat *st, const char *name, const struct timespec
                  (st->st_mtim.tv_nsec == best_time->tv_nsec && strcmp(name, best) > 0)));
 }
 
-/* The newest profile in the current directory: of process `pid` (decimal) by its name if
- * pid is set, else any allocprof.*.approf, or with any_name any *.approf.  Returns 0 and
- * a malloc'd name, -ENOENT if there is none, or another -errno. */
-static int find_newest(const char *pid, char **ret, bool any_name)
+/* `name` in directory `dir` ("." : the name alone), malloc'd. */
+static char *in_dir(const char *dir, const char *name)
+{
+        return strcmp(dir, ".") == 0 ? strdup(name) : ap_asprintf("%s/%s", dir, name);
+}
+
+/* The newest profile in directory `dir`: of process `pid` (decimal) by its name if pid is
+ * set, else any allocprof.*.approf, or with any_name any *.approf.  Returns 0 and a
+ * malloc'd path (the name alone in "."), -ENOENT if there is none, or another -errno. */
+static int find_newest(const char *dir, const char *pid, char **ret, bool any_name)
 {
         struct timespec best_time = {0, 0};
         char *best = NULL;
         struct dirent *e;
-        DIR *d = opendir(".");
+        DIR *d = opendir(dir);
 
         if (!d)
                 return -errno;
@@ -129,8 +135,9 @@ static int find_newest(const char *pid, char **ret, bool any_name)
         closedir(d);
         if (!best)
                 return -ENOENT;
-        *ret = best;
-        return 0;
+        *ret = in_dir(dir, best);
+        free(best);
+        return *ret ? 0 : -ENOMEM;
 }
 
 /* The newest *.approf in the current directory whose process is `pid`, whatever its name
@@ -138,13 +145,13 @@ static int find_newest(const char *pid, char **ret, bool any_name)
  * pid ran (its child, whose exit status the run knew: the image run wrote to -o).  Each
  * file is read.  Returns 0 with a malloc'd name and *ret_program (0, or the program's
  * pid), -ENOENT if there is none, or another -errno. */
-static int find_by_content(pid_t pid, char **ret, pid_t *ret_program)
+static int find_by_content(const char *dir, pid_t pid, char **ret, pid_t *ret_program)
 {
         struct timespec best_time[2] = {{0, 0}, {0, 0}};
         char *best[2] = {NULL, NULL}; /* pid's own, its run's program */
         pid_t program = 0;
         struct dirent *e;
-        DIR *d = opendir(".");
+        DIR *d = opendir(dir);
         int r = 0;
 
         if (!d)
@@ -155,8 +162,12 @@ static int find_by_content(pid_t pid, char **ret, pid_t *ret_program)
                 int k = -1;
 
                 if (!ends_with(e->d_name, PROFILE_SUFFIX) ||
-                    fstatat(dirfd(d), e->d_name, &st, 0) < 0 || !S_ISREG(st.st_mode) ||
-                    ap_profile_read(e->d_name, &p, NULL) < 0)
+                    fstatat(dirfd(d), e->d_name, &st, 0) < 0 || !S_ISREG(st.st_mode))
+                        continue;
+                char *path = in_dir(dir, e->d_name);
+                int rr = path ? ap_profile_read(path, &p, NULL) : -ENOMEM;
+                free(path);
+                if (rr < 0)
                         continue;
                 if (p->pid == (uint32_t)pid)
                         k = 0;
@@ -178,10 +189,11 @@ static int find_by_content(pid_t pid, char **ret, pid_t *ret_program)
         if (r == 0 && best[0] == NULL && best[1] == NULL)
                 r = -ENOENT;
         if (r == 0) {
-                *ret = best[0] ? best[0] : best[1];
+                *ret = in_dir(dir, best[0] ? best[0] : best[1]);
                 *ret_program = best[0] ? 0 : program;
-                free(best[0] ? best[1] : NULL);
-                return 0;
+                free(best[0]);
+                free(best[1]);
+                return *ret ? 0 : -ENOMEM;
         }
         free(best[0]);
         free(best[1]);
@@ -251,6 +263,27 @@ static bool want_color(void)
 /* Resolves the FILE|PID argument (NULL = newest) to a path.  Says on stderr which file
  * it picked if `say` (and always when a pid stands for the program its run started).
  * Prints the error itself and returns the exit status on failure, 0 on success. */
+/* The output directory of a running allocprofd of ours (its hello says it), or NULL.
+ * The current directory is not repeated. */
+static char *daemon_output_dir(void)
+{
+        struct ap_ctl *c = NULL;
+        char *err = NULL, *dir = NULL;
+        json_t *resp = NULL;
+        if (ap_ctl_open_daemon(&c, &err) == 0 &&
+            ap_ctl_call(c, json_pack("{s:s}", "cmd", "hello"), -1, 2000, &resp, &err) == 0) {
+                const char *d = json_string_value(json_object_get(resp, "output_dir"));
+                char here[PATH_MAX];
+                if (d != NULL && d[0] == '/' &&
+                    !(getcwd(here, sizeof(here)) != NULL && strcmp(here, d) == 0))
+                        dir = strdup(d);
+        }
+        json_decref(resp);
+        free(err);
+        ap_ctl_close(c);
+        return dir;
+}
+
 static int resolve_profile(const char *arg, char **ret, bool say)
 {
         struct stat st;
@@ -266,21 +299,38 @@ static int resolve_profile(const char *arg, char **ret, bool say)
                 }
                 return 0;
         }
-        r = find_newest(arg, ret, false);
+        r = find_newest(".", arg, ret, false);
         /* A profile not named for the process: run -o FILE, or the pid of the run. */
         if (r == -ENOENT && arg && ap_parse_pid(arg, &pid))
-                r = find_by_content(pid, ret, &program);
+                r = find_by_content(".", pid, ret, &program);
+        /* A process allocprofd profiled: in its output directory. */
+        char *ddir = r == -ENOENT && pid > 0 ? daemon_output_dir() : NULL;
+        if (ddir != NULL) {
+                r = find_newest(ddir, arg, ret, false);
+                if (r == -ENOENT)
+                        r = find_by_content(ddir, pid, ret, &program);
+                if (r == 0 && program == 0)
+                        fprintf(stderr,
+                                "allocprof: showing %s (the newest profile of pid %s in "
+                                "allocprofd's output directory)\n",
+                                *ret, arg);
+                if (r == 0)
+                        say = false;
+        }
         if (r == -ENOENT && arg) {
                 struct ap_proc_stat ps;
                 bool running = pid > 0 && ap_proc_stat(pid, &ps) && ps.state != 'Z';
                 fprintf(stderr,
-                        "allocprof: no profile of pid %s in the current directory (looked "
+                        "allocprof: no profile of pid %s in the current directory%s%s (looked "
                         "for allocprof.*.%s.approf, then in every *.approf for process %s or "
                         "for the program an 'allocprof run' with pid %s started)%s\n",
-                        arg, arg, arg, arg,
+                        arg, ddir ? " nor in allocprofd's output directory " : "", ddir ? ddir : "",
+                        arg, arg, arg,
                         running ? "; the process is running, without the allocprof agent" : "");
+                free(ddir);
                 return 1;
         }
+        free(ddir);
         if (r == -ENOENT) {
                 fprintf(stderr, "allocprof: no profile found in the current directory "
                                 "(looked for allocprof.*.approf)\n");
@@ -358,7 +408,7 @@ static int load_run(struct loaded *l)
         char *newest = NULL;
         struct ap_profile *np = NULL;
         /* Any *.approf here counts (run -o names its main profile freely). */
-        if (find_newest(NULL, &newest, true) < 0) {
+        if (find_newest(".", NULL, &newest, true) < 0) {
                 fprintf(stderr, "allocprof: no profile found in the current directory "
                                 "(looked for *.approf)\n");
                 return 1;

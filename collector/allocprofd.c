@@ -228,6 +228,8 @@ int main(int argc, char **argv)
         struct ap_symbolizer *wsym = NULL;
         if (ap_symbolizer_new(&wsym) == 0 && ap_warmer_start(wsym, &d.warmer) == 0)
                 ap_collector_set_warmer(coll, d.warmer);
+        /* Said in hello, for `allocprof report PID` (out of memory: not said). */
+        (void)ap_collector_set_output_dir(coll, d.outdir);
 
         sigset_t mask;
         sigemptyset(&mask);

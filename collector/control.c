@@ -621,6 +621,8 @@ static void cmd_hello(struct ap_collector *c, struct ap_client *cl)
         json_object_set_new(r, "protocol", json_integer(AP_PROTO_VERSION));
         json_object_set_new(r, "pid", json_integer(getpid()));
         json_object_set_new(r, "uid", json_integer(geteuid()));
+        if (c->output_dir != NULL)
+                json_object_set_new(r, "output_dir", json_string(c->output_dir));
         send_json(cl, r, -1);
 }
 

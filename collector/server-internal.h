@@ -68,6 +68,7 @@ struct ap_job;
 struct ap_collector {
         int listen_fd;
         char *path; /* unlinked at the end; NULL for an inherited socket */
+        char *output_dir; /* where profiles go (hello says it), NULL: not ours to say */
         ap_collector_done_fn done;
         void *userdata;
         struct pending pending[PENDING_MAX];

@@ -30,6 +30,16 @@ void ap_collector_set_warmer(struct ap_collector *c, struct ap_warmer *w)
         c->warmer = w;
 }
 
+int ap_collector_set_output_dir(struct ap_collector *c, const char *dir)
+{
+        char *copy = strdup(dir);
+        if (copy == NULL)
+                return -ENOMEM;
+        free(c->output_dir);
+        c->output_dir = copy;
+        return 0;
+}
+
 static void warm_module(void *ud, const char *path, const uint8_t *build_id, size_t len)
 {
         ap_warmer_add(ud, path, build_id, len);
@@ -193,6 +203,7 @@ void ap_collector_free(struct ap_collector *c)
         if (c->path != NULL)
                 unlink(c->path);
         free(c->path);
+        free(c->output_dir);
         for (size_t i = 0; i < c->npending; i++)
                 close(c->pending[i].fd);
         for (size_t i = 0; i < c->nprocs; i++) {

@@ -43,6 +43,11 @@ void ap_collector_set_note(struct ap_collector *c, ap_collector_note_fn fn, void
  * collector. */
 void ap_collector_set_warmer(struct ap_collector *c, struct ap_warmer *w);
 
+/* The directory the ended processes' profiles are written to (absolute), told to clients
+ * in the hello reply ("output_dir") so that `allocprof report PID` finds them.  Returns 0
+ * or -ENOMEM. */
+int ap_collector_set_output_dir(struct ap_collector *c, const char *dir);
+
 /* Decides whether a registering process is profiled (true) or told to record nothing.
  * Without a filter every process of an allowed user is accepted. */
 typedef bool (*ap_collector_accept_fn)(void *userdata, pid_t pid);

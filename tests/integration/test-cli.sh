@@ -1243,9 +1243,17 @@ mkdir -m 700 daemon
 "$BUILD/collector/allocprofd" --foreground --socket "$T/daemon/sock" --output-dir "$T/daemon" 2>daemon.log &
 dpid=$!
 for i in $(seq 1 100); do [ -S daemon/sock ] && break; sleep 0.1; done
-LD_PRELOAD="$AGENT" ALLOCPROF_SOCKET="$T/daemon/sock" "$SIMPLE"
+LD_PRELOAD="$AGENT" ALLOCPROF_SOCKET="$T/daemon/sock" "$SIMPLE" &
+spid=$!
+wait "$spid"
 check_eq "program under allocprofd exit" 0 $?
 for i in $(seq 1 100); do ls daemon/allocprof.simple.*.approf >/dev/null 2>&1 && break; sleep 0.1; done
+# report PID from elsewhere: the daemon says where it writes (hello's output_dir).
+ALLOCPROF_DAEMON_SOCKET="$T/daemon/sock" "$AP" report "$spid" >dreport.out 2>dreport.err
+check_eq "report PID of a program allocprofd profiled, from another directory: exit" 0 $?
+check_contains "report PID from another directory: said where" dreport.err \
+        "(the newest profile of pid $spid in allocprofd's output directory)"
+check_contains "report PID from another directory: the program's report" dreport.out "pid $spid"
 kill -TERM "$dpid"
 wait "$dpid"
 check_eq "allocprofd exits 0 on SIGTERM" 0 $?
