@@ -257,6 +257,19 @@ int ap_profile_merge(struct ap_profile *const *in, size_t n, size_t main_index,
         /* Blocks of a running process are live, not leaked: any snapshot makes it so. */
         for (size_t i = 0; i < n; i++)
                 o->live |= in[i]->live;
+        /* One profile (`--all` of a run that started nothing, a file named twice) is its
+         * own report: its peak has a moment and its timeline a meaning, which a sum of
+         * processes' has not. */
+        if (n == 1 && r >= 0) {
+                size_t size = in[0]->ntimeline * sizeof(*o->timeline);
+                o->totals.peak_t_ns = in[0]->totals.peak_t_ns;
+                if (size > 0 && (o->timeline = malloc(size)) == NULL) {
+                        r = -ENOMEM;
+                } else if (size > 0) {
+                        memcpy(o->timeline, in[0]->timeline, size);
+                        o->ntimeline = in[0]->ntimeline;
+                }
+        }
         ap_map_clear(&m.frame_index);
         ap_map_clear(&m.site_index);
         if (r < 0) {

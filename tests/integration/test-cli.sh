@@ -42,6 +42,15 @@ check_eq "schema" "1 allocprof full" "$(json simple.json 'd["schema_version"], d
 check_eq "the same file named twice counts once" "3 422" \
         "$(json twice.json '" ".join(str(d["totals"][k]) for k in ("allocations","bytes"))')"
 check_contains "the same file named twice: note" twice.err "./simple.approf is named twice: read once"
+# One profile read through the merge (named twice, or --all of a run that started
+# nothing) is the same report as the file alone: the peak's moment and the timeline too.
+check_eq "the same file named twice: the report of the file" "$(cat simple.json)" "$(cat twice.json)"
+mkdir one && (cd one && "$AP" run -q -o s.approf -- "$SIMPLE" && "$AP" report --all --json >all.json &&
+        "$AP" report s.approf --json >s.json)
+check_eq "report --all of a run of one process: the report of its profile" "$(cat one/s.json)" \
+        "$(cat one/all.json)"
+check_true "report --all of one process: peak moment and timeline kept" \
+        "$(json one/all.json 'd["totals"]["peak_t_ns"] > 0 and len(d["timeline"]) > 0')"
 "$AP" run -q -o simple2.approf -- "$SIMPLE"
 "$AP" report simple.approf simple2.approf >runs.txt
 check_contains "profiles of two runs: said so" runs.txt "merged from 2 profiles of different runs"
