@@ -432,3 +432,26 @@ int ap_parse_sample(const char *arg, uint64_t *ret)
                         AP_SIZE_MAX);
         return r;
 }
+
+int ap_run_check_dest(const char *output, const char *outdir)
+{
+        /* The other processes' profiles go to --output-dir, else next to -o's file
+         * (checked with it), else here. */
+        char *why = NULL;
+        int r = output ? ap_profile_check_dest(output, &why) : 0;
+        if (r < 0) {
+                fprintf(stderr, "allocprof: cannot write the profile %s: %s\n", output,
+                        why ? why : strerror(-r));
+                free(why);
+                return 1;
+        }
+        r = outdir || !output ? ap_profile_check_dir(outdir ? outdir : ".", &why) : 0;
+        if (r < 0) {
+                fprintf(stderr, "allocprof: %s%s\n",
+                        outdir ? "--output-dir: " : "cannot write profiles: ",
+                        why ? why : strerror(-r));
+                free(why);
+                return 1;
+        }
+        return 0;
+}

@@ -64,6 +64,11 @@ int ap_ctl_snapshot(struct ap_ctl *c, pid_t pid, struct ap_profile **ret);
 /* "12345" -> pid.  Returns false for anything else. */
 bool ap_parse_pid(const char *s, pid_t *ret);
 
+/* Checks that run's profiles can be written: to `output` (-o) if not NULL, the other
+ * processes' to `outdir` (--output-dir) if not NULL, else next to `output`, else in the
+ * current directory.  Returns 0, or 1 after a message saying why not. */
+int ap_run_check_dest(const char *output, const char *outdir);
+
 /* Parses the argument of --sample into *ret (ap_parse_size).  A size too large is
  * refused here with its own message (-ERANGE); any other failure is a negative errno
  * the caller explains in its own words. */

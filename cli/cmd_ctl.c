@@ -440,16 +440,15 @@ int ap_cmd_snapshot(int argc, char **argv)
         pid_t pid;
         if (!one_pid(argc, argv, "snapshot", &pid))
                 return 2;
-        /* Checked before the collector symbolizes a snapshot for nothing. */
+        /* Checked before the collector symbolizes a snapshot for nothing: -o as run
+         * checks it (in the same words), else this directory. */
+        if (output != NULL && ap_run_check_dest(output, NULL) != 0)
+                return 1;
         char *why = NULL;
-        int r = output ? ap_profile_check_dest(output, &why) : ap_profile_check_dir(".", &why);
+        int r = output ? 0 : ap_profile_check_dir(".", &why);
         if (r < 0) {
-                if (output)
-                        fprintf(stderr, "allocprof: cannot write the profile %s: %s\n", output,
-                                why ? why : strerror(-r));
-                else
-                        fprintf(stderr, "allocprof: cannot write the snapshot: %s\n",
-                                why ? why : strerror(-r));
+                fprintf(stderr, "allocprof: cannot write the snapshot: %s\n",
+                        why ? why : strerror(-r));
                 free(why);
                 return 1;
         }

@@ -140,11 +140,11 @@ static int find_newest(const char *dir, const char *pid, char **ret, bool any_na
         return *ret ? 0 : -ENOMEM;
 }
 
-/* The newest *.approf in the current directory whose process is `pid`, whatever its name
+/* The newest *.approf in directory `dir` whose process is `pid`, whatever its name
  * (run -o FILE, a snapshot); else the newest of the program an `allocprof run` with that
  * pid ran (its child, whose exit status the run knew: the image run wrote to -o).  Each
- * file is read.  Returns 0 with a malloc'd name and *ret_program (0, or the program's
- * pid), -ENOENT if there is none, or another -errno. */
+ * file is read.  Returns 0 with a malloc'd path (as find_newest's) and *ret_program (0,
+ * or the program's pid), -ENOENT if there is none, or another -errno. */
 static int find_by_content(const char *dir, pid_t pid, char **ret, pid_t *ret_program)
 {
         struct timespec best_time[2] = {{0, 0}, {0, 0}};
@@ -260,9 +260,6 @@ static bool want_color(void)
         return isatty(STDOUT_FILENO) == 1;
 }
 
-/* Resolves the FILE|PID argument (NULL = newest) to a path.  Says on stderr which file
- * it picked if `say` (and always when a pid stands for the program its run started).
- * Prints the error itself and returns the exit status on failure, 0 on success. */
 /* The output directory of a running allocprofd of ours (its hello says it), or NULL.
  * The current directory is not repeated. */
 static char *daemon_output_dir(void)
@@ -284,6 +281,9 @@ static char *daemon_output_dir(void)
         return dir;
 }
 
+/* Resolves the FILE|PID argument (NULL = newest) to a path.  Says on stderr which file
+ * it picked if `say` (and always when a pid stands for the program its run started).
+ * Prints the error itself and returns the exit status on failure, 0 on success. */
 static int resolve_profile(const char *arg, char **ret, bool say)
 {
         struct stat st;

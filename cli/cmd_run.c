@@ -37,8 +37,6 @@
 /* After the program exits, how long to wait for its descendants' images to end. */
 #define DESCENDANT_GRACE_NS (500ull * 1000 * 1000)
 
-/* A process image that ended: raw (our private collector) or already symbolized (a
- * shared allocprofd did it). */
 /* An image of another process, finalized on the warmer's thread as soon as it ends. */
 struct early_job {
         struct ap_process *p; /* freed by the job */
@@ -46,6 +44,8 @@ struct early_job {
         int r; /* ap_process_finalize's */
 };
 
+/* A process image that ended: raw (our private collector), handed to an early_job, or
+ * already symbolized (a shared allocprofd did it). */
 struct ended {
         struct ap_process *p; /* NULL once handed to a job */
         struct ap_profile *prof;
@@ -719,29 +719,6 @@ static char *default_profile_path(const char *dir, const struct ap_profile *prof
                            prof->pid);
 }
 
-int ap_run_check_dest(const char *output, const char *outdir)
-{
-        /* The other processes' profiles go to --output-dir, else next to -o's file
-         * (checked with it), else here. */
-        char *why = NULL;
-        int r = output ? ap_profile_check_dest(output, &why) : 0;
-        if (r < 0) {
-                fprintf(stderr, "allocprof: cannot write the profile %s: %s\n", output,
-                        why ? why : strerror(-r));
-                free(why);
-                return 1;
-        }
-        r = outdir || !output ? ap_profile_check_dir(outdir ? outdir : ".", &why) : 0;
-        if (r < 0) {
-                fprintf(stderr, "allocprof: %s%s\n",
-                        outdir ? "--output-dir: " : "cannot write profiles: ",
-                        why ? why : strerror(-r));
-                free(why);
-                return 1;
-        }
-        return 0;
-}
-
 int ap_run_options(int argc, char **argv, struct ap_run_options *o, void (*usage_of)(FILE *))
 {
         static const struct option opts[] = {
@@ -1012,12 +989,6 @@ int ap_cmd_run(int argc, char **argv)
         for (size_t i = 0; i < rs.nended; i++)
                 if (rs.ended[i].pid == child) /* its last image */
                         main_img = &rs.ended[i];
-        if (main_img != NULL && main_img->p != NULL)
-                ap_process_set_exit(main_img->p, exit_code, term_sig);
-        if (main_img != NULL && main_img->prof != NULL) {
-                main_img->prof->exit_status = exit_code;
-                main_img->prof->term_signal = term_sig;
-        }
         /* The agent maps about 70 MiB of shared memory at registration (ring.h), and so
          * does our collector: an address-space limit near that leaves it no room, and it
          * stays out of the program's way. */
@@ -1051,10 +1022,15 @@ int ap_cmd_run(int argc, char **argv)
                 e->err = e->job->r;
                 free(e->job);
                 e->job = NULL;
-                if (e == main_img && e->prof != NULL) { /* it exec'ed a program we lost */
-                        e->prof->exit_status = exit_code;
-                        e->prof->term_signal = term_sig;
-                }
+        }
+        /* The program's exit status goes on its last image: still raw, or finalized
+         * already (by allocprofd, or early when that image was replaced by an exec into
+         * a program we lost). */
+        if (main_img != NULL && main_img->p != NULL)
+                ap_process_set_exit(main_img->p, exit_code, term_sig);
+        if (main_img != NULL && main_img->prof != NULL) {
+                main_img->prof->exit_status = exit_code;
+                main_img->prof->term_signal = term_sig;
         }
         if (rs.nended > 0 && ctl == NULL && sym == NULL && ap_symbolizer_new(&sym) < 0) {
                 fprintf(stderr, "allocprof: out of memory\n");

@@ -24,11 +24,6 @@ struct ap_run_options {
  * what is wrong (and usage_of(stderr) for an option that does not exist). */
 int ap_run_options(int argc, char **argv, struct ap_run_options *o, void (*usage_of)(FILE *));
 
-/* Checks that run's profiles can be written: to `output` (-o) if not NULL, the other
- * processes' to `outdir` (--output-dir) if not NULL, else next to `output`, else in the
- * current directory.  Returns 0, or 1 after a message saying why not. */
-int ap_run_check_dest(const char *output, const char *outdir);
-
 /* `cargo alloc-profile ...` (argv as cargo passes it to cargo-alloc-profile). */
 int ap_cmd_cargo(int argc, char **argv);
 

@@ -132,12 +132,6 @@ int ap_process_new(int memfd, pid_t pid, const struct ap_hello *hello, struct ap
         return 0;
 }
 
-/* Bytes mapped for slot i (i >= 1), from the page holding its ring_ctl. */
-static uint64_t slot_map_bytes(uint32_t i)
-{
-        return ap_shm_slot_map_bytes(i, (uint64_t)getpagesize());
-}
-
 void ap_process_free(struct ap_process *p)
 {
         if (p == NULL)
@@ -164,9 +158,10 @@ void ap_process_free(struct ap_process *p)
         free(p->exe);
         free(p->scratch);
         if (p->map != NULL) {
+                const uint64_t page = (uint64_t)getpagesize();
                 for (uint32_t i = 1; i < AP_NSLOTS; i++)
                         if (p->slots[i].page != NULL)
-                                munmap(p->slots[i].page, slot_map_bytes(i));
+                                munmap(p->slots[i].page, ap_shm_slot_map_bytes(i, page));
                 munmap(p->map, p->map_bytes);
                 munmap(p->tail, p->tail_bytes);
         } else {
