@@ -284,19 +284,25 @@ static char *which(const char *prog)
 static bool note_unprofilable(const char *prog)
 {
         char *path = which(prog);
-        int why = path ? ap_exe_unprofilable(path) : 0;
+        enum ap_exe_why why = path ? ap_exe_unprofilable(path) : AP_EXE_PROFILABLE;
         free(path);
-        if (why == 1)
+        if (why == AP_EXE_STATIC)
                 fprintf(stderr,
                         "allocprof: %s is statically linked: LD_PRELOAD cannot reach its "
                         "allocator, so it runs unprofiled\n",
                         prog);
-        else if (why == 2)
+        else if (why == AP_EXE_SETID)
                 fprintf(stderr,
                         "allocprof: %s is set-user-ID or set-group-ID: the loader ignores "
                         "LD_PRELOAD for it, so it runs unprofiled\n",
                         prog);
-        return why != 0;
+        else if (why == AP_EXE_FILECAPS)
+                fprintf(stderr,
+                        "allocprof: %s has file capabilities (see getcap): run by a user "
+                        "other than root, it gains them and the loader ignores LD_PRELOAD "
+                        "for it, so it runs unprofiled\n",
+                        prog);
+        return why != AP_EXE_PROFILABLE;
 }
 
 static char *prepend_preload(const char *agent)
@@ -1008,7 +1014,8 @@ int ap_cmd_run(int argc, char **argv)
         else if (exec_errno == 0 && rs.nended == 0 && !noted && !dormant && !rs.daemon_lost)
                 fprintf(stderr,
                         "allocprof: %s never registered with the collector (statically "
-                        "linked, setuid, or it cleared LD_PRELOAD): no profile\n",
+                        "linked, setuid, file capabilities, or it cleared LD_PRELOAD): no "
+                        "profile\n",
                         prog_argv[0]);
 
         ap_warmer_stop(warmer); /* from here on the symbolizer is ours alone */

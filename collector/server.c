@@ -521,13 +521,14 @@ int ap_collector_step(struct ap_collector *c, int timeout_ms, int extra_fd)
                 for (size_t i = c->nprocs; i-- > 0;) {
                         struct tracked *tp = &c->procs[i];
                         char *exe = tp->exe && !tp->ended ? proc_exe(ap_process_pid(tp->p)) : NULL;
-                        int why = exe && strcmp(exe, tp->exe) != 0 ? ap_exe_unprofilable(exe) : 0;
-                        if (why != 0 && (c->note != NULL || tp->session != 0)) {
-                                char *msg =
-                                        ap_asprintf("pid %d exec'ed %s, which is %s: not profiled "
-                                                    "from there on",
-                                                    (int)ap_process_pid(tp->p), exe,
-                                                    why == 1 ? "statically linked" : "set-user-ID");
+                        enum ap_exe_why why = exe && strcmp(exe, tp->exe) != 0
+                                                      ? ap_exe_unprofilable(exe)
+                                                      : AP_EXE_PROFILABLE;
+                        if (why != AP_EXE_PROFILABLE && (c->note != NULL || tp->session != 0)) {
+                                char *msg = ap_asprintf(
+                                        "pid %d exec'ed %s, which is %s: not profiled "
+                                        "from there on",
+                                        (int)ap_process_pid(tp->p), exe, ap_exe_why_text(why));
                                 /* A run session's client prints it, as a private
                                  * collector would. */
                                 if (msg != NULL && !ap_control_note(c, tp, msg) &&
@@ -536,7 +537,7 @@ int ap_collector_step(struct ap_collector *c, int timeout_ms, int extra_fd)
                                 free(msg);
                         }
                         free(exe);
-                        if (why != 0) {
+                        if (why != AP_EXE_PROFILABLE) {
                                 ap_process_set_exit(tp->p, -1, 0);
                                 ap_collector_retire(c, i, true);
                         }

@@ -5,11 +5,13 @@
 #include <elf.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/capability.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/xattr.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -303,19 +305,38 @@ double ap_ns_per_tick(void)
         return cached;
 }
 
-int ap_exe_unprofilable(const char *path)
+/* True if the file's capabilities (security.capability) permit any: exec'ed by a user
+ * other than root, who starts with none, the image gains them and runs securely. */
+static bool exe_gains_caps(const char *path)
+{
+        if (geteuid() == 0)
+                return false;
+        struct vfs_ns_cap_data caps;
+        memset(&caps, 0, sizeof(caps));
+        ssize_t n = getxattr(path, "security.capability", &caps, sizeof(caps));
+        if (n < (ssize_t)XATTR_CAPS_SZ_1)
+                return false;
+        uint32_t permitted = caps.data[0].permitted;
+        /* Revisions 2 and 3 carry the upper 32 capabilities too. */
+        if ((caps.magic_etc & VFS_CAP_REVISION_MASK) != VFS_CAP_REVISION_1 &&
+            n >= (ssize_t)XATTR_CAPS_SZ_2)
+                permitted |= caps.data[1].permitted;
+        return permitted != 0;
+}
+
+enum ap_exe_why ap_exe_unprofilable(const char *path)
 {
         struct stat st;
         if (stat(path, &st) < 0 || !S_ISREG(st.st_mode))
-                return 0;
+                return AP_EXE_PROFILABLE;
         if (((st.st_mode & S_ISUID) && st.st_uid != geteuid()) ||
             ((st.st_mode & S_ISGID) && st.st_gid != getegid()))
-                return 2;
+                return AP_EXE_SETID;
         int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
         if (fd < 0)
-                return 0;
+                return AP_EXE_PROFILABLE;
         Elf64_Ehdr eh;
-        int r = 0;
+        enum ap_exe_why r = AP_EXE_PROFILABLE;
         if (pread(fd, &eh, sizeof(eh), 0) == (ssize_t)sizeof(eh) &&
             memcmp(eh.e_ident, ELFMAG, SELFMAG) == 0 && eh.e_ident[EI_CLASS] == ELFCLASS64 &&
             eh.e_phentsize == sizeof(Elf64_Phdr) && eh.e_phnum < 4096 &&
@@ -329,10 +350,27 @@ int ap_exe_unprofilable(const char *path)
                         interp |= ph.p_type == PT_INTERP;
                 }
                 /* No interpreter: nothing reads LD_PRELOAD (static or static-pie). */
-                r = interp ? 0 : 1;
+                r = interp ? AP_EXE_PROFILABLE : AP_EXE_STATIC;
         }
         close(fd);
+        if (r == AP_EXE_PROFILABLE && exe_gains_caps(path))
+                r = AP_EXE_FILECAPS;
         return r;
+}
+
+const char *ap_exe_why_text(enum ap_exe_why why)
+{
+        switch (why) {
+        case AP_EXE_STATIC:
+                return "statically linked";
+        case AP_EXE_SETID:
+                return "set-user-ID or set-group-ID";
+        case AP_EXE_FILECAPS:
+                return "given file capabilities";
+        case AP_EXE_PROFILABLE:
+                break;
+        }
+        return "profilable";
 }
 
 /* "512K" -> 524288.  Returns 0, -EINVAL, or -ERANGE above AP_SIZE_MAX. */

@@ -80,10 +80,19 @@ const char *ap_fmt_bytes(char *buf, size_t len, uint64_t bytes);
 double ap_ns_per_tick(void);
 uint64_t ap_realtime_ns(void);
 
-/* Why the executable at path cannot be profiled by an LD_PRELOAD agent: 0 it can (or we
- * cannot tell), 1 statically linked (no dynamic loader), 2 set-user-ID or set-group-ID
- * of another user (the loader ignores LD_PRELOAD). */
-int ap_exe_unprofilable(const char *path);
+/* Why the executable at path cannot be profiled by an LD_PRELOAD agent, as
+ * ap_exe_unprofilable says. */
+enum ap_exe_why {
+        AP_EXE_PROFILABLE = 0, /* it can, or we cannot tell */
+        AP_EXE_STATIC = 1,     /* statically linked: no dynamic loader reads LD_PRELOAD */
+        AP_EXE_SETID = 2,      /* set-user-ID or set-group-ID of another user */
+        AP_EXE_FILECAPS = 3,   /* file capabilities that a user other than root gains */
+};
+/* The loader ignores LD_PRELOAD (a path) in a secure-execution image (AT_SECURE): one that
+ * changes its user or group, or gains capabilities. */
+enum ap_exe_why ap_exe_unprofilable(const char *path);
+/* "statically linked", "set-user-ID or set-group-ID", "given file capabilities". */
+const char *ap_exe_why_text(enum ap_exe_why why);
 
 /* Reads a whole small file (e.g. /proc/PID/cmdline).  Returns bytes read or -errno;
  * *ret is malloc'd and NUL-terminated. */

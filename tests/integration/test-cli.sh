@@ -685,6 +685,28 @@ if [ "$(id -u)" = 0 ] && id nobody >/dev/null 2>&1 && cp /bin/true suid-true &&
         check_contains "setuid program message" suid.err "set-user-ID or set-group-ID: the loader ignores LD_PRELOAD"
 fi
 
+# A program with file capabilities, run by a user other than root, gains them: the loader
+# ignores LD_PRELOAD for it as for a setuid one.  Say so, run it, keep its status.
+if [ "$(id -u)" = 0 ] && command -v setcap >/dev/null && command -v setpriv >/dev/null &&
+        setpriv --reuid=65534 --regid=65534 --clear-groups test -x "$AP" 2>/dev/null; then
+        capcwd=$PWD
+        capdir=$(mktemp -d /tmp/allocprof-caps.XXXXXX) && chmod 755 "$capdir" &&
+                printf 'int main(void){return 7;}\n' >"$capdir/c.c" &&
+                cc -o "$capdir/caps-prog" "$capdir/c.c" && setcap cap_net_raw+ep "$capdir/caps-prog"
+        (cd "$capdir" && setpriv --reuid=65534 --regid=65534 --clear-groups \
+                "$AP" run -o /tmp/allocprof-caps-nobody.approf -- ./caps-prog) 2>caps.err
+        check_eq "program with file capabilities: its exit status" 7 $?
+        check_contains "program with file capabilities: said so" caps.err \
+                "./caps-prog has file capabilities (see getcap): run by a user other than root, it gains them and the loader ignores LD_PRELOAD"
+        # root gains nothing from them: profiled as any program
+        (cd "$capdir" && "$AP" run -q -o "$capcwd/caps-root.approf" -- ./caps-prog) 2>caps-root.err
+        check_eq "program with file capabilities run by root: status, profiled, no note" "7 yes 0" \
+                "$? $([ -s caps-root.approf ] && echo yes || echo no) $(grep -c 'file capabilities' caps-root.err)"
+        rm -rf "$capdir" /tmp/allocprof-caps-nobody.approf
+else
+        echo "note: not root, or setcap or setpriv missing: the file-capabilities check is skipped"
+fi
+
 # --- the agent's cached DWARF unwinder gives libunwind's stacks -------------------------
 # (module-relative addresses, so the two runs compare across address randomization; no
 # bytes: libunwind, loaded only under --unwind libunwind, brings thread-local storage,
