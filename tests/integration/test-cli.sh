@@ -297,12 +297,27 @@ check_eq "signals totals: loop + handler + stdout buffer" "$((3000000 + hits + 1
 # A thread's first recorded allocation claims and maps its ring and asks the C library for
 # its stack (allocating for the agent): handler allocations there were taken for the
 # agent's own, neither recorded nor counted as dropped.
+# Sampled mode drops what does not fit in a full ring rather than wait (full mode waits):
+# on a machine too busy to let the collector keep up, --sample 1 may drop, and then every
+# allocation missing must be counted among the dropped events.
+tsig_check() { # mode handler-calls recorded-handler recorded-thread dropped invalid
+        h=$2 rh=${3:-} rt=${4:-} drop=${5:-} inv=${6:-}
+        if [ "$1" = 1 ] && [ "$drop" -gt 0 ] 2>/dev/null; then
+                echo "note: --sample 1 dropped $drop events on a busy machine"
+                missing=$((h - rh + 32000 - rt))
+                check_eq "signals at starting threads (--sample 1): what is missing was dropped and counted, nothing invalid" \
+                        "yes 0" "$([ "$missing" -ge 0 ] && [ "$missing" -le "$drop" ] && echo yes || echo "no: $missing missing") $inv"
+        else
+                check_eq "signals at starting threads (--sample $1): every handler and thread allocation, nothing dropped" \
+                        "$h 32000 0 0" "$rh $rt $drop $inv"
+        fi
+}
 for mode in 0 1; do
         "$AP" run -q --sample $mode -o tsig$mode.approf -- "$BUILD/tests/workloads/thread_signals" >tsig$mode.out
         check_eq "signals at starting threads (--sample $mode): exit" 0 $?
-        check_eq "signals at starting threads (--sample $mode): every handler and thread allocation, nothing dropped" \
-                "$(cat tsig$mode.out) 32000 0 0" \
-                "$(json_of tsig$mode.approf '" ".join(str(x) for x in [sum(s["allocations"] for s in d["sites"] if s["frames"] and s["frames"][0]["function"] == f) for f in ("tsig_handler_alloc", "tsig_alloc")] + [d["totals"]["dropped_events"], d["totals"]["invalid_records"]])')"
+        got=$(json_of tsig$mode.approf '" ".join(str(x) for x in [sum(s["allocations"] for s in d["sites"] if s["frames"] and s["frames"][0]["function"] == f) for f in ("tsig_handler_alloc", "tsig_alloc")] + [d["totals"]["dropped_events"], d["totals"]["invalid_records"]])')
+        # shellcheck disable=SC2086
+        tsig_check $mode "$(cat tsig$mode.out)" $got
 done
 
 # --- threads whose ring cannot be mapped (seccomp refuses mremap after start) -------------
