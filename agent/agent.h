@@ -91,6 +91,27 @@ struct ap_thread {
 };
 extern AP_HIDDEN AP_TLS __thread struct ap_thread ap_tls;
 
+/* A page the kernel zeroes in every child that does not share our memory
+ * (MADV_WIPEONFORK), marked 1 while a session of this process is live; NULL if it could
+ * not be set up.  fork() tells the agent of its child (pthread_atfork), but a child of
+ * clone(2) without CLONE_VM, or of the fork system call, runs no handler: it finds its
+ * parent's session in ap_session, whose rings are shared memory, and would write into
+ * its parent's ring from a thread of its own (two producers on one ring: the parent's
+ * figures spoiled, the child unprofiled).  The record paths look at this mark instead.
+ * Relaxed: the kernel zeroes it before the child runs, and the session start stores 1
+ * before it publishes ap_session with release. */
+extern AP_HIDDEN _Atomic uint32_t *ap_fork_mark;
+static inline bool ap_fork_unseen(void)
+{
+        _Atomic uint32_t *m = ap_fork_mark;
+        return m != NULL && atomic_load_explicit(m, memory_order_relaxed) == 0;
+}
+/* Forgets the parent's session in such a child, as fork() would have (the session is
+ * NULL on return), and if `reregister`, registers this process anew, as its first
+ * allocation would after a fork().  Call with ap_tls.in_hook set, not from a nested
+ * (signal handler) record. */
+AP_HIDDEN void ap_session_forked(bool reregister);
+
 /* Ensures the session is initialized if the environment asks for it.  Safe to call from
  * a hook (no allocation, no locks) as long as the caller set ap_tls.in_hook. */
 AP_HIDDEN void ap_session_ensure(void);

@@ -278,6 +278,12 @@ static bool slot_claim(struct ap_shm_header *h, struct ap_ring_ctl **ret_ctl,
 AP_HIDDEN void ap_thread_release(void)
 {
         struct ap_thread *t = &ap_tls;
+        if (ap_unlikely(ap_fork_unseen())) {
+                /* The slots are our parent's (ap_fork_mark): not ours to retire. */
+                t->ctl = NULL;
+                t->nctl = NULL;
+                return;
+        }
         const uint64_t gen = ap_load_relaxed(&ap_session_gen);
         struct ap_ring_ctl *ctl = t->ctl != NULL && t->gen == gen ? t->ctl : NULL;
         struct ap_ring_ctl *nctl = t->nctl != NULL && t->ngen == gen ? t->nctl : NULL;
@@ -425,12 +431,21 @@ static void own_end(struct ap_thread *t, const sigset_t *old)
         pthread_sigmask(SIG_SETMASK, old, NULL);
 }
 
-/* Returns the thread's ring, claiming a slot on first use.  NULL: no slot (counted). */
-static inline struct ap_shm_header *thread_ring(struct ap_thread *t)
+/* Returns the thread's ring, claiming a slot on first use.  NULL: no slot (counted), or
+ * no session.  In a child of a fork the C library did not see (ap_fork_mark), the
+ * session is its parent's: forgotten, and if `may_register` (an allocation, which is
+ * where a fork child registers), this process registers as its own. */
+static inline struct ap_shm_header *thread_ring(struct ap_thread *t, bool may_register)
 {
         struct ap_shm_header *h = atomic_load_explicit(&ap_session, memory_order_acquire);
         if (h == NULL)
                 return NULL;
+        if (ap_unlikely(ap_fork_unseen())) {
+                ap_session_forked(may_register);
+                h = atomic_load_explicit(&ap_session, memory_order_acquire);
+                if (h == NULL)
+                        return NULL;
+        }
         if (ap_unlikely(t->ctl == NULL || t->gen != ap_load_relaxed(&ap_session_gen))) {
                 t->ctl = NULL;
                 if (!slot_claim(h, &t->ctl, &t->pr, &t->gen)) {
@@ -769,7 +784,7 @@ static void write_alloc_like(uint8_t type, uint8_t flags, void *old, void *p, si
                              uint64_t ts, uint64_t weight, const void *entry)
 {
         struct ap_thread *t = &ap_tls;
-        struct ap_shm_header *h = thread_ring(t);
+        struct ap_shm_header *h = thread_ring(t, true);
         if (h == NULL)
                 return;
 
@@ -854,6 +869,9 @@ AP_HIDDEN void ap_nested_alloc(void *p, size_t size, bool realloc)
         }
         t->nested_busy = 1;
         struct ap_shm_header *h = atomic_load_explicit(&ap_session, memory_order_acquire);
+        /* Our parent's session (ap_fork_mark): left to the next hook outside a handler. */
+        if (h != NULL && ap_unlikely(ap_fork_unseen()))
+                h = NULL;
         uint32_t mode = h ? ap_load_relaxed(&h->xmode) : AP_MODE_OFF;
         uint64_t weight = 0;
         if (mode == AP_MODE_SAMPLED) {
@@ -909,6 +927,9 @@ AP_HIDDEN void ap_nested_free(void *p)
         }
         t->nested_busy = 1;
         struct ap_shm_header *h = atomic_load_explicit(&ap_session, memory_order_acquire);
+        /* Our parent's session (ap_fork_mark): left to the next hook outside a handler. */
+        if (h != NULL && ap_unlikely(ap_fork_unseen()))
+                h = NULL;
         uint32_t mode = h ? ap_load_relaxed(&h->xmode) : AP_MODE_OFF;
         if (mode == AP_MODE_FULL ||
             ((mode == AP_MODE_SAMPLED || mode == AP_MODE_DETACHED) && ap_sampled_forget(p))) {
@@ -1142,7 +1163,7 @@ AP_HIDDEN uint64_t ap_sampler_seed(void)
 AP_HIDDEN void ap_record_free(void *p, uint64_t ts, uint8_t flags)
 {
         struct ap_thread *t = &ap_tls;
-        struct ap_shm_header *h = thread_ring(t);
+        struct ap_shm_header *h = thread_ring(t, false);
         if (h == NULL) {
                 ap_count(AP_CNT_DROP_FREE, 1);
                 return;

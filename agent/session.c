@@ -33,6 +33,8 @@ AP_HIDDEN _Atomic(_Atomic uint32_t *) ap_mode_word = &g_mode_untried;
 enum { INIT_UNTRIED = 0, INIT_BUSY = 1, INIT_DONE = 2 };
 static _Atomic int g_init_state;
 
+AP_HIDDEN _Atomic uint32_t *ap_fork_mark;
+
 static pthread_key_t g_thread_key;
 static _Atomic int g_thread_key_ok;
 AP_HIDDEN uint64_t ap_agent_lo, ap_agent_hi; /* our own text, written before the session is published */
@@ -638,6 +640,17 @@ static int session_start(const char *sock_path)
         if (r < 0)
                 goto out_unmap;
         close(fd);
+        /* Once per image (a fork child inherits the page, zeroed): see ap_fork_mark. */
+        if (ap_fork_mark == NULL) {
+                void *page = mmap(NULL, g_page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                                  -1, 0);
+                if (page != MAP_FAILED && madvise(page, g_page, MADV_WIPEONFORK) == 0)
+                        ap_fork_mark = page;
+                else if (page != MAP_FAILED)
+                        munmap(page, g_page);
+        }
+        if (ap_fork_mark != NULL)
+                ap_store_relaxed(ap_fork_mark, 1);
         /* Release pairs with the hooks' acquire: the header, the module log and the
          * stack index are ready before any thread records into this session. */
         atomic_store_explicit(&ap_session, h, memory_order_release);
@@ -669,6 +682,16 @@ static void fork_child(void)
         ap_store_relaxed(&g_init_state, INIT_UNTRIED);
         ap_store_relaxed(&g_map_retry_at, 0);
         unmap_session();
+}
+
+AP_HIDDEN void ap_session_forked(bool reregister)
+{
+        fork_child();
+        if (reregister) {
+                ap_tls.own_alloc++;
+                ap_session_ensure();
+                ap_tls.own_alloc--;
+        }
 }
 
 extern char **environ;

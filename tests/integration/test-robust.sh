@@ -68,5 +68,22 @@ check_eq "fork_realloc: the child has a profile" 1 "$(echo "$child" | grep -c .)
         "$(json_of "$child" "$totals"' + " " + str(d["totals"]["reallocs"]) + " " + str(d["totals"]["unmatched_frees"])')"
 cd .. || exit 1
 
+# --- children made without fork(): clone(2) without CLONE_VM, the fork system call -------
+# No fork handler runs in them: the child must still get a profile of its own, and must
+# not write into its parent's (a second producer on the parent's ring).
+for how in clone syscall; do
+        mkdir "clone-$how" && cd "clone-$how" || exit 1
+        "$AP" run -q -o main.approf -- "$WL/clone_fork" $how
+        check_eq "clone_fork $how exit" 0 $?
+        check_eq "clone_fork $how: the parent's figures" "2001 465536 1001 265536 1000 200000 0 0" \
+                "$(json_of main.approf "$totals"' + " " + str(d["totals"]["unmatched_frees"]) + " " + str(d["totals"]["invalid_records"])')"
+        child=$(ls allocprof.clone_fork.*.approf 2>/dev/null)
+        check_eq "clone_fork $how: the child has a profile" 1 "$(echo "$child" | grep -c .)"
+        [ -n "$child" ] && check_eq "clone_fork $how: the child's figures" \
+                "2000 200000 1000 100000 1000 100000 0 0" \
+                "$(json_of "$child" "$totals"' + " " + str(d["totals"]["unmatched_frees"]) + " " + str(d["totals"]["invalid_records"])')"
+        cd .. || exit 1
+done
+
 echo "$checks checks, $fails failed"
 [ "$fails" -eq 0 ]
