@@ -441,9 +441,12 @@ static inline struct ap_shm_header *thread_ring(struct ap_thread *t, bool may_re
         if (h == NULL)
                 return NULL;
         if (ap_unlikely(ap_fork_unseen())) {
+                /* This call was judged by the parent's mode (which its attach may have
+                 * changed): recorded only if the new session has the same one. */
+                uint32_t was = ap_load_relaxed(&h->xmode);
                 ap_session_forked(may_register);
                 h = atomic_load_explicit(&ap_session, memory_order_acquire);
-                if (h == NULL)
+                if (h == NULL || ap_load_relaxed(&h->xmode) != was)
                         return NULL;
         }
         if (ap_unlikely(t->ctl == NULL || t->gen != ap_load_relaxed(&ap_session_gen))) {
