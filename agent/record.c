@@ -218,7 +218,7 @@ static uint32_t index_level(struct ap_shm_header *h, int level, const uint64_t *
 
 static pid_t gettid_raw(void)
 {
-        return (pid_t)syscall(SYS_gettid);
+        return gettid(); /* not syscall(): the agent wraps it (session.c) */
 }
 
 /* A thread that found no slot (all taken, or none could be mapped) drops its records,

@@ -9,13 +9,16 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <link.h>
+#include <linux/seccomp.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/auxv.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
@@ -566,7 +569,7 @@ static void read_env(void)
 static int session_start(const char *sock_path)
 {
         const uint64_t total = ap_shm_total_bytes();
-        int fd = (int)syscall(SYS_memfd_create, "allocprof", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+        int fd = memfd_create("allocprof", MFD_CLOEXEC | MFD_ALLOW_SEALING);
         if (fd < 0)
                 return -errno;
         int r = 0;
@@ -684,6 +687,82 @@ static void fork_child(void)
         unmap_session();
 }
 
+/* ---- seccomp ------------------------------------------------------------------------
+ * A program that installs a seccomp filter may forbid what a registration needs
+ * (memfd_create, socket, connect, sendmsg, ...), and the filter may kill the process
+ * rather than fail the call (SECCOMP_RET_KILL_PROCESS, or SECCOMP_RET_TRAP without a
+ * handler): its fork children, which register on their first allocation, died of SIGSYS.
+ * A filter cannot be read back, so the agent wraps the ways a program installs one
+ * through the C library, prctl(PR_SET_SECCOMP) and syscall(SYS_seccomp) (libseccomp uses
+ * them), and once one succeeded registers nothing more: the process's fork children run
+ * unprofiled.  The agent's own system calls do not go through the syscall wrapper
+ * (memfd_create(3), gettid(3)).  Relaxed: a fork child reads its parent's store in its
+ * copy of memory; a thread that forks while another installs a filter races with the
+ * program itself. */
+static _Atomic int g_sandboxed;
+
+typedef int (*prctl_fn)(int, unsigned long, unsigned long, unsigned long, unsigned long);
+typedef long (*syscall_fn)(long, long, long, long, long, long, long);
+static _Atomic(prctl_fn) g_real_prctl;
+static _Atomic(syscall_fn) g_real_syscall;
+
+/* The C library's prctl and syscall, looked up in the constructor (dlsym in a hook could
+ * wait for the loader's lock), or at the program's first call before it. */
+static void resolve_wrapped(void)
+{
+        if (ap_load_relaxed(&g_real_prctl) == NULL)
+                ap_store_relaxed(&g_real_prctl, (prctl_fn)dlsym(RTLD_NEXT, "prctl"));
+        if (ap_load_relaxed(&g_real_syscall) == NULL)
+                ap_store_relaxed(&g_real_syscall, (syscall_fn)dlsym(RTLD_NEXT, "syscall"));
+}
+
+__attribute__((visibility("default"))) int prctl(int option, ...)
+{
+        va_list ap;
+        va_start(ap, option);
+        unsigned long a[4];
+        for (int i = 0; i < 4; i++)
+                a[i] = va_arg(ap, unsigned long);
+        va_end(ap);
+        prctl_fn f = ap_load_relaxed(&g_real_prctl);
+        if (f == NULL) {
+                resolve_wrapped();
+                if ((f = ap_load_relaxed(&g_real_prctl)) == NULL) {
+                        errno = ENOSYS;
+                        return -1;
+                }
+        }
+        int r = f(option, a[0], a[1], a[2], a[3]);
+        if (r == 0 && option == PR_SET_SECCOMP)
+                ap_store_relaxed(&g_sandboxed, 1);
+        return r;
+}
+
+__attribute__((visibility("default"))) long syscall(long number, ...)
+{
+        va_list ap;
+        va_start(ap, number);
+        long a[6];
+        for (int i = 0; i < 6; i++)
+                a[i] = va_arg(ap, long);
+        va_end(ap);
+        syscall_fn f = ap_load_relaxed(&g_real_syscall);
+        if (f == NULL) {
+                resolve_wrapped();
+                if ((f = ap_load_relaxed(&g_real_syscall)) == NULL) {
+                        errno = ENOSYS;
+                        return -1;
+                }
+        }
+        long r = f(number, a[0], a[1], a[2], a[3], a[4], a[5]);
+        /* SECCOMP_SET_MODE_STRICT (0) and _FILTER (1); a filter with a listener returns
+         * its descriptor. */
+        if (r >= 0 && ((number == SYS_seccomp && (unsigned long)a[0] <= SECCOMP_SET_MODE_FILTER) ||
+                       (number == SYS_prctl && a[0] == PR_SET_SECCOMP)))
+                ap_store_relaxed(&g_sandboxed, 1);
+        return r;
+}
+
 AP_HIDDEN void ap_session_forked(bool reregister)
 {
         fork_child();
@@ -711,7 +790,7 @@ AP_HIDDEN void ap_session_ensure(void)
         if (!g_env.read)
                 read_env();
         const char *sock = g_env.sock;
-        if (sock[0] != '\0') {
+        if (sock[0] != '\0' && !ap_load_relaxed(&g_sandboxed)) {
                 if (!ap_load_relaxed(&g_thread_key_ok) &&
                     pthread_key_create(&g_thread_key, thread_exit_cb) == 0)
                         ap_store_relaxed(&g_thread_key_ok, 1);
@@ -750,6 +829,7 @@ __attribute__((constructor(101))) static void ap_agent_ctor(void)
         if (environ != NULL)
                 load_libunwind();
         ap_resolve_getattr();
+        resolve_wrapped();
         ap_session_ensure();
         static int atfork_done;
         if (!atfork_done) {

@@ -85,5 +85,17 @@ for how in clone syscall; do
         cd .. || exit 1
 done
 
+# --- a program that installs a seccomp filter, then forks -------------------------------
+# The filter kills on memfd_create, socket, connect and sendmsg: a child that registered
+# would die of SIGSYS.  It must run as it does unprofiled; the parent's profile is exact.
+for how in prctl syscall; do
+        mkdir "seccomp-$how" && cd "seccomp-$how" || exit 1
+        out=$("$AP" run -q -o main.approf -- "$WL/seccomp_fork" $how)
+        check_eq "seccomp_fork $how: output and exit" "child exit 0 0" "$out $?"
+        check_eq "seccomp_fork $how: the parent's figures" "3 1600 1 1000 2 600" \
+                "$(json_of main.approf "$totals")"
+        cd .. || exit 1
+done
+
 echo "$checks checks, $fails failed"
 [ "$fails" -eq 0 ]
