@@ -561,12 +561,29 @@ int ap_process_finalize(struct ap_process *p, struct ap_symbolizer *sym, struct 
         for (int b = 0; b < AP_HIST_BUCKETS; b++)
                 prof->hist_count[b] = cnt(p->hist_count[b]);
         memcpy(prof->hist_bytes, p->hist_bytes, sizeof(prof->hist_bytes));
-        if (p->ntimeline > 0) {
-                prof->timeline = malloc(sizeof(*prof->timeline) * p->ntimeline);
+        /* The timeline is sampled as allocations come, one row per step at most: its last
+         * row can be long before the end (a short program's only row is its first
+         * allocation), and frees since then are not in it.  A closing row at the end of
+         * the image (of the snapshot, live) shows the heap the totals describe. */
+        struct ap_ptimepoint last = {.t_ns = prof->duration_ns,
+                                     .live_bytes = p->t.live_bytes,
+                                     .allocations = prof->totals.allocations};
+        size_t nt = p->ntimeline;
+        bool close = nt > 0 ? p->timeline[nt - 1].live_bytes != last.live_bytes ||
+                                      p->timeline[nt - 1].allocations != last.allocations
+                            : last.allocations > 0;
+        if (nt > 0 || close) {
+                prof->timeline = malloc(sizeof(*prof->timeline) * (nt + 1));
                 if (prof->timeline == NULL)
                         goto out;
-                memcpy(prof->timeline, p->timeline, sizeof(*prof->timeline) * p->ntimeline);
-                prof->ntimeline = (uint32_t)p->ntimeline;
+                if (nt > 0)
+                        memcpy(prof->timeline, p->timeline, sizeof(*prof->timeline) * nt);
+                if (close) {
+                        if (nt > 0 && last.t_ns < p->timeline[nt - 1].t_ns)
+                                last.t_ns = p->timeline[nt - 1].t_ns;
+                        prof->timeline[nt++] = last;
+                }
+                prof->ntimeline = (uint32_t)nt;
         }
 
         r = finalize_sites(&f);

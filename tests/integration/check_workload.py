@@ -317,6 +317,19 @@ def check_report(ck, report, exp, cmd, workload, markers):
               totals["allocations"] - totals["frees"])
     check_alternatives(ck, "totals", exp.get("totals"), totals)
 
+    # The timeline ends with the heap the totals describe, within the process's life.
+    timeline = report.get("timeline") or []
+    if totals.get("allocations"):
+        end = timeline[-1] if timeline else {}
+        ck.eq("timeline[-1].allocations (all of them, at the end)", totals.get("allocations"),
+              end.get("allocations"))
+        ck.eq("timeline[-1].live_bytes (the leaked bytes, at the end)",
+              totals.get("leaked_bytes"), end.get("live_bytes"))
+        ck.checks += 1
+        if not isinstance(end.get("t_ns"), int) or end["t_ns"] > proc.get("duration_ns", 0):
+            ck.fail("timeline[-1].t_ns", f"at most duration_ns {proc.get('duration_ns')}",
+                    end.get("t_ns"))
+
     # sites, summed by key
     keys = list(exp.get("sites", {}))
     agg = {k: dict.fromkeys(FIELDS + ("sites",), 0) for k in keys}
