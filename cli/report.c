@@ -825,9 +825,9 @@ static void put_summary(const struct out *o, const struct ap_profile *p, uint32_
         summary_row(o, p->live ? "live now" : "leaked", fmt_count(t->leaked_blocks).s,
                     fmt_size(t->leaked_bytes).s, t->leaked_blocks && !p->live ? SGR_RED : NULL);
         if (t->leaked_blocks)
-                say(o, "  %s bytes %s, from %" PRIu32 " call site%s\n",
-                    fmt_count(t->leaked_bytes).s, p->live ? "not freed yet" : "never freed",
-                    leaking_sites, leaking_sites == 1 ? "" : "s");
+                say(o, "  %s bytes %s, from %s call site%s\n", fmt_count(t->leaked_bytes).s,
+                    p->live ? "not freed yet" : "never freed", fmt_count(leaking_sites).s,
+                    leaking_sites == 1 ? "" : "s");
         else
                 say(o, "  %s\n",
                     p->live ? "every block allocated so far was freed" : "every block was freed");
@@ -930,14 +930,13 @@ static void put_hot_sites(const struct out *o, const struct ap_profile *p, struc
         uint32_t n = shown(opts->top, p->nsites);
         const char *by =
                 p->live && opts->sort == AP_SORT_LEAKED ? "live bytes" : sort_name(opts->sort);
-        char title[128];
+        char title[192];
 
         if (n < p->nsites)
-                snprintf(title, sizeof(title),
-                         "Hot call sites (top %" PRIu32 " of %" PRIu32 ", by %s)", n, p->nsites,
-                         by);
+                snprintf(title, sizeof(title), "Hot call sites (top %s of %s, by %s)",
+                         fmt_count(n).s, fmt_count(p->nsites).s, by);
         else
-                snprintf(title, sizeof(title), "Hot call sites (%" PRIu32 ", by %s)", p->nsites,
+                snprintf(title, sizeof(title), "Hot call sites (%s, by %s)", fmt_count(p->nsites).s,
                          by);
         section(o, title);
         if (p->nsites == 0) {
@@ -1033,8 +1032,9 @@ static void put_leaks(const struct out *o, const struct ap_profile *p, struct si
         say(o, "  ");
         say_in(o, p->live ? SGR_BOLD : SGR_RED, "%s in %s blocks",
                fmt_size(p->totals.leaked_bytes).s, fmt_count(p->totals.leaked_blocks).s);
-        say(o, " were still allocated %s, from %" PRIu32 " call site%s\n",
-            p->live ? "when the snapshot was taken" : "at exit", leaking, leaking == 1 ? "" : "s");
+        say(o, " were still allocated %s, from %s call site%s\n",
+            p->live ? "when the snapshot was taken" : "at exit", fmt_count(leaking).s,
+            leaking == 1 ? "" : "s");
         if (p->totals.dropped_frees)
                 say_in(o, SGR_YELLOW,
                        "  (%s frees were dropped: some of these blocks may have "
@@ -1057,8 +1057,8 @@ static void put_leaks(const struct out *o, const struct ap_profile *p, struct si
                         p->live ? (one ? "site with live blocks" : "sites with live blocks")
                                 : (one ? "leaking site" : "leaking sites");
 
-                say_in(o, SGR_DIM, "\n  ... and %" PRIu32 " more %s (use --top 0 to see all)\n",
-                       leaking - n, what);
+                say_in(o, SGR_DIM, "\n  ... and %s more %s (use --top 0 to see all)\n",
+                       fmt_count(leaking - n).s, what);
         }
 }
 

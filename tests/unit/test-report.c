@@ -720,6 +720,11 @@ static void test_order_many_sites(void)
                 json_decref(all);
                 json_decref(top);
         }
+        /* Counts of sites are grouped by thousands, as every other count of the report. */
+        char *text = render_text(p, 25, AP_SORT_BYTES, false);
+        ASSERT_CONTAINS(text, "\nHot call sites (top 25 of 3,000, by bytes)\n");
+        ASSERT_TRUE(strstr(text, "3000") == NULL);
+        free(text);
         ap_profile_free(p);
 }
 
