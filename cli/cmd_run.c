@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/random.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
@@ -202,12 +203,13 @@ static bool socket_base_ok(const char *base, bool need_sticky)
                access(base, W_OK | X_OK) == 0;
 }
 
-static char *make_socket_dir(void)
+/* The user's runtime directory, else /dev/shm (memory, where /tmp may be a disk:
+ * creating and removing the directory and socket there took 0.15 ms more on ext4), else
+ * /tmp.  `shared`: a directory every user may pass through, not the runtime directory
+ * (private to its user). */
+static char *make_socket_dir(bool shared)
 {
-        /* The user's runtime directory, else /dev/shm (memory, where /tmp may be a disk:
-         * creating and removing the directory and socket there took 0.15 ms more on
-         * ext4), else /tmp. */
-        const char *base = getenv("XDG_RUNTIME_DIR");
+        const char *base = shared ? NULL : getenv("XDG_RUNTIME_DIR");
         if (!socket_base_ok(base, false))
                 base = socket_base_ok("/dev/shm", true) ? "/dev/shm" : "/tmp";
         char *tmpl = ap_asprintf("%s/allocprof-run-XXXXXX", base);
@@ -220,13 +222,35 @@ static char *make_socket_dir(void)
         return tmpl;
 }
 
+/* A socket name nobody guesses: 128 random bits in hex.  NULL if there is no randomness. */
+static char *secret_socket_name(const char *dir)
+{
+        uint8_t b[16];
+        if (getrandom(b, sizeof(b), GRND_NONBLOCK) != (ssize_t)sizeof(b))
+                return NULL;
+        char hex[2 * sizeof(b) + 1];
+        for (size_t i = 0; i < sizeof(b); i++)
+                snprintf(hex + 2 * i, 3, "%02x", b[i]);
+        return ap_asprintf("%s/%s.sock", dir, hex);
+}
+
 /* A private collector, listening on a socket in a fresh directory.  Returns 0, or -1
- * after saying why not. */
+ * after saying why not.
+ *
+ * Run by root, the program may change its user (a server that drops its privileges, then
+ * forks workers): for those processes to register, the directory is 0711 (others may
+ * pass through, not list it), the socket 0666 and named by a secret, which only the
+ * processes that inherit the program's environment learn; the collector takes agents of
+ * any user (control clients still only root's). */
 static int start_private(struct run_state *rs, char **sock_dir, char **sock,
                          struct ap_collector **coll)
 {
-        *sock_dir = make_socket_dir();
-        *sock = *sock_dir ? ap_asprintf("%s/collector.sock", *sock_dir) : NULL;
+        const bool shared = geteuid() == 0;
+        *sock_dir = make_socket_dir(shared);
+        *sock = *sock_dir && shared ? secret_socket_name(*sock_dir) : NULL;
+        const bool secret = *sock != NULL;
+        if (*sock_dir && !secret)
+                *sock = ap_asprintf("%s/collector.sock", *sock_dir);
         char *err = NULL;
         int r = *sock ? ap_collector_new(*sock, on_done, rs, coll, &err) : -errno;
         if (r < 0) {
@@ -239,6 +263,8 @@ static int start_private(struct run_state *rs, char **sock_dir, char **sock,
         }
         ap_collector_set_accept(*coll, on_register, rs);
         ap_collector_set_note(*coll, on_note, rs);
+        if (secret && chmod(*sock_dir, 0711) == 0 && chmod(*sock, 0666) == 0)
+                ap_collector_accept_any_user(*coll);
         return 0;
 }
 

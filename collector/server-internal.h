@@ -82,6 +82,7 @@ struct ap_collector {
         uint64_t last_round_ns; /* when the last round drained (CLOCK_MONOTONIC) */
         ap_collector_accept_fn accept;
         void *accept_userdata;
+        bool any_user; /* agents of any uid may register (ap_collector_accept_any_user) */
         ap_collector_note_fn note;
         void *note_userdata;
         struct ap_warmer *warmer;

@@ -53,6 +53,12 @@ int ap_collector_set_output_dir(struct ap_collector *c, const char *dir);
 typedef bool (*ap_collector_accept_fn)(void *userdata, pid_t pid);
 void ap_collector_set_accept(struct ap_collector *c, ap_collector_accept_fn fn, void *userdata);
 
+/* Lets agents of any user register, not only ours and root's: for root's private
+ * collector, whose program may change its user (a server that drops privileges) and whose
+ * socket only the program's processes know the path of.  Control clients are still
+ * served only for our user and root. */
+void ap_collector_accept_any_user(struct ap_collector *c);
+
 /* Closes the socket (unlinking it) and frees every process still tracked without
  * calling `done`.  Accepts NULL. */
 void ap_collector_free(struct ap_collector *c);

@@ -97,5 +97,33 @@ for how in prctl syscall; do
         cd .. || exit 1
 done
 
+# --- run by root, a worker that drops its privileges before it allocates -----------------
+# Its agent must reach root's collector (directory 0711, a secret socket name, 0666) and
+# be taken though of another user; it was refused, and its worker ran unprofiled.
+if [ "$(id -u)" = 0 ] && id nobody >/dev/null 2>&1; then
+        mkdir setuid && cd setuid || exit 1
+        "$AP" run -q -o main.approf -- "$WL/setuid_fork"
+        check_eq "setuid_fork exit" 0 $?
+        check_eq "setuid_fork: the parent's figures" "1 100 1 100 0 0" "$(json_of main.approf "$totals")"
+        child=$(ls allocprof.setuid_fork.*.approf 2>/dev/null)
+        check_eq "setuid_fork: the worker has a profile" 1 "$(echo "$child" | grep -c .)"
+        [ -n "$child" ] && check_eq "setuid_fork: the worker's figures" \
+                "1000 40000 500 20000 500 20000" "$(json_of "$child" "$totals")"
+        # Another user can neither list the socket's directory nor ask the collector for
+        # anything (only agents are taken from other users).
+        if command -v setpriv >/dev/null; then
+                AP="$AP" "$AP" run -q -o ctl.approf -- sh -c '
+                        nobody() { setpriv --reuid=65534 --regid=65534 --clear-groups "$@"; }
+                        nobody ls "$(dirname "$ALLOCPROF_SOCKET")" >/dev/null 2>&1; echo "ls $?"
+                        nobody "$AP" ps 2>&1 >/dev/null; echo "ps $?"' >ctl.out
+                check_eq "root's run: another user can neither list its socket's directory nor query it" \
+                        "ls 2|allocprof: this collector serves only uid 0: you are uid 65534|ps 1" \
+                        "$(tr '\n' '|' <ctl.out | sed 's/|$//')"
+        fi
+        cd .. || exit 1
+else
+        echo "note: not root: the privilege-dropping worker is not checked"
+fi
+
 echo "$checks checks, $fails failed"
 [ "$fails" -eq 0 ]
