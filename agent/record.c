@@ -227,8 +227,11 @@ static pid_t gettid_raw(void)
  * their time there (140 times slower than unprofiled). */
 #define CLAIM_RETRY_NS (1000ull * 1000)
 
+static bool slot_wait(struct ap_shm_header *h, uint64_t start, uint64_t *beat, uint64_t *beat_at);
+
+/* `may_wait`: false for a signal handler's nested ring, which must not block. */
 static bool slot_claim(struct ap_shm_header *h, struct ap_ring_ctl **ret_ctl,
-                       struct ap_producer *pr, uint64_t *ret_gen)
+                       struct ap_producer *pr, uint64_t *ret_gen, bool may_wait)
 {
         struct ap_thread *t = &ap_tls;
         const uint64_t gen = ap_load_relaxed(&ap_session_gen);
@@ -241,7 +244,9 @@ static bool slot_claim(struct ap_shm_header *h, struct ap_ring_ctl **ret_ctl,
          * 25 ms of it inside the drain's 195).  A claim is once per thread, so scanning
          * from 0 past the slots of live threads costs little. */
         uint32_t n = h->nslots;
-        bool can_map = true;
+        bool can_map = true, retired = false;
+        uint64_t wait_start = 0, beat = 0, beat_at = 0;
+again:
         for (uint32_t i = 0; i < n; i++) {
                 /* A slot never mapped here is free (no other process claims ours); once
                  * one cannot be mapped, only those already mapped are looked at. */
@@ -250,9 +255,11 @@ static bool slot_claim(struct ap_shm_header *h, struct ap_ring_ctl **ret_ctl,
                         can_map = false;
                         continue;
                 }
-                uint32_t expected = AP_SLOT_FREE;
-                if (ap_load_relaxed(&ctl->xstate) != AP_SLOT_FREE)
+                uint32_t expected = AP_SLOT_FREE, state = ap_load_relaxed(&ctl->xstate);
+                if (state != AP_SLOT_FREE) {
+                        retired |= state == AP_SLOT_RETIRED;
                         continue;
+                }
                 /* acq_rel: acquire pairs with the collector's release of FREE (it finished
                  * reading the previous owner's records); release orders our claim. */
                 if (!ap_cas_acq_rel(&ctl->xstate, &expected, AP_SLOT_OWNED))
@@ -268,8 +275,25 @@ static bool slot_claim(struct ap_shm_header *h, struct ap_ring_ctl **ret_ctl,
                                               &h->xslot_hwm, &hwm, i + 1, memory_order_release,
                                               memory_order_relaxed))
                         ;
+                if (wait_start != 0)
+                        ap_count(AP_CNT_RING_WAIT_NS, ap_clock_mono_ns() - wait_start);
                 return true;
         }
+        /* Every slot taken, some by threads that ended (RETIRED) whose records the
+         * collector has not read yet: it is behind (20,000 short threads under a busy
+         * machine).  Full mode waits for it to hand one back, as for ring space. */
+        if (retired && may_wait && ap_load_relaxed(&h->xmode) == AP_MODE_FULL) {
+                if (wait_start == 0) {
+                        wait_start = beat_at = ap_clock_mono_ns();
+                        beat = ap_load_relaxed(&h->xheartbeat);
+                        ap_count(AP_CNT_RING_WAITS, 1);
+                }
+                retired = false;
+                if (slot_wait(h, wait_start, &beat, &beat_at))
+                        goto again;
+        }
+        if (wait_start != 0)
+                ap_count(AP_CNT_RING_WAIT_NS, ap_clock_mono_ns() - wait_start);
         t->claim_retry_at = ap_clock_mono_ns() + CLAIM_RETRY_NS;
         t->claim_fail_gen = gen + 1;
         return false;
@@ -384,6 +408,28 @@ static uint8_t *wait_for_space(struct ap_thread *t, struct ap_shm_header *h, uin
         }
 }
 
+/* slot_claim found no free slot but some retired: naps, then true to look again, or
+ * false once WAIT_MAX_NS passed, the collector is found gone or the mode changed. */
+static bool slot_wait(struct ap_shm_header *h, uint64_t start, uint64_t *beat, uint64_t *beat_at)
+{
+        if (ap_load_relaxed(&g_collector_stalled))
+                return false;
+        struct timespec ts = {0, 50 * 1000};
+        nanosleep(&ts, NULL);
+        if (ap_load_relaxed(&h->xmode) != AP_MODE_FULL)
+                return false;
+        uint64_t now = ap_clock_mono_ns(), b = ap_load_relaxed(&h->xheartbeat);
+        if (b != *beat) {
+                *beat = b;
+                *beat_at = now;
+        } else if (now - *beat_at > WAIT_STALL_NS && !collector_alive(h)) {
+                ap_store_relaxed(&g_collector_stalled, 1);
+                ap_store_relaxed(&h->xmode, AP_MODE_OFF);
+                return false;
+        }
+        return now - start <= WAIT_MAX_NS;
+}
+
 static uint8_t *ring_reserve(struct ap_thread *t, struct ap_shm_header *h, uint32_t nbytes,
                              uint32_t keep)
 {
@@ -451,7 +497,7 @@ static inline struct ap_shm_header *thread_ring(struct ap_thread *t, bool may_re
         }
         if (ap_unlikely(t->ctl == NULL || t->gen != ap_load_relaxed(&ap_session_gen))) {
                 t->ctl = NULL;
-                if (!slot_claim(h, &t->ctl, &t->pr, &t->gen)) {
+                if (!slot_claim(h, &t->ctl, &t->pr, &t->gen, true)) {
                         ap_count(AP_CNT_DROP_NO_SLOT, 1);
                         return NULL;
                 }
@@ -846,7 +892,7 @@ static bool nested_ring(struct ap_thread *t, struct ap_shm_header *h)
 {
         if (ap_unlikely(t->nctl == NULL || t->ngen != ap_load_relaxed(&ap_session_gen))) {
                 t->nctl = NULL;
-                if (!slot_claim(h, &t->nctl, &t->npr, &t->ngen))
+                if (!slot_claim(h, &t->nctl, &t->npr, &t->ngen, false))
                         return false;
         }
         return true;

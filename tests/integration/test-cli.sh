@@ -187,6 +187,16 @@ check_eq "thread churn: churn_alloc's blocks, all freed, nothing dropped or inva
         "$(json_of churn.approf '" ".join(str(x) for x in [sum(s[k] for s in d["sites"] if s["frames"] and s["frames"][0]["function"] == "churn_alloc") for k in ("allocations", "bytes", "frees")] + [d["totals"]["dropped_events"], d["totals"]["invalid_records"]])')"
 check_eq "thread churn: shared memory resident below 12 MB" yes \
         "$(awk '{ print ($1 > 0 && $1 < 12288) ? "yes" : "no: " $1 " kB" }' churn.shm)"
+# The same while the collector stands still for half a second (run stopped): every slot
+# ends up taken by threads that ended, whose records it has not read.  Full mode waits for
+# it to hand slots back, as it waits for ring space; new threads dropped all they did
+# (702,040 events).
+"$AP" run -q -o churn-stop.approf -- sh -c 'r=$PPID; (sleep 0.1; kill -STOP $r; sleep 0.5; kill -CONT $r) &
+        exec "$0" "$@"' "$BUILD/tests/workloads/thread_churn" churn-stop.shm
+check_eq "thread churn, collector stopped: exit" 0 $?
+check_eq "thread churn, collector stopped: churn_alloc's blocks, all freed, nothing dropped or invalid, waited" \
+        "400000 16000000 400000 0 0 True" \
+        "$(json_of churn-stop.approf '" ".join(str(x) for x in [sum(s[k] for s in d["sites"] if s["frames"] and s["frames"][0]["function"] == "churn_alloc") for k in ("allocations", "bytes", "frees")] + [d["totals"]["dropped_events"], d["totals"]["invalid_records"], d["process"]["ring_waits"] > 0])')"
 
 # --- fork and exec: one profile per process image, --no-follow, report --all ---------------
 mkdir fork && cd fork || exit 1
