@@ -113,7 +113,8 @@ if [ "$(id -u)" = 0 ] && id nobody >/dev/null 2>&1; then
         # anything (only agents are taken from other users).
         if command -v setpriv >/dev/null; then
                 AP="$AP" "$AP" run -q -o ctl.approf -- sh -c '
-                        nobody() { setpriv --reuid=65534 --regid=65534 --clear-groups "$@"; }
+                        # (without the agent: an ASan-built allocprof wants its runtime first)
+                        nobody() { env -u LD_PRELOAD setpriv --reuid=65534 --regid=65534 --clear-groups "$@"; }
                         nobody ls "$(dirname "$ALLOCPROF_SOCKET")" >/dev/null 2>&1; echo "ls $?"
                         nobody "$AP" ps 2>&1 >/dev/null; echo "ps $?"' >ctl.out
                 check_eq "root's run: another user can neither list its socket's directory nor query it" \
