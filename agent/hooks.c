@@ -8,6 +8,7 @@
  *
  * SPDX-License-Identifier: MIT OR Apache-2.0
  */
+#include <dlfcn.h>
 #include <errno.h>
 #include <malloc.h>
 #include <stdint.h>
@@ -415,4 +416,120 @@ AP_EXPORT void *pvalloc(size_t size)
         void *p = __libc_pvalloc(size);
         new_block(p, size, false);
         return p;
+}
+
+/* ---- C++ operator new and delete -------------------------------------------------------
+ * libstdc++'s operator new calls malloc, which brings its blocks here.  A program linked
+ * with another allocator (jemalloc, tcmalloc) gets that library's operator new instead,
+ * which does not: its C++ blocks went unseen, while its malloc, ours, gives glibc's.  So
+ * the agent defines the replaceable operators itself (Itanium ABI names), as libstdc++
+ * does them: the block comes from glibc (a size of 0 asks for 1 byte) and delete frees
+ * it as free() does.  Only when glibc has no memory does the next definition take the
+ * call (libstdc++'s, or the other allocator's): it runs the new-handler and throws
+ * std::bad_alloc, or returns NULL in the nothrow forms, asking malloc again, which comes
+ * back here.  The aligned forms (std::align_val_t) are left to that next definition
+ * (libstdc++'s calls aligned_alloc, ours), and so are their deletes, which must match. */
+
+typedef void *(*cxx_new_fn)(size_t);
+typedef void *(*cxx_new_nothrow_fn)(size_t, const void *);
+
+void *_Znwm(size_t size);
+void *_Znam(size_t size);
+void *_ZnwmRKSt9nothrow_t(size_t size, const void *nothrow);
+void *_ZnamRKSt9nothrow_t(size_t size, const void *nothrow);
+void _ZdlPv(void *p);
+void _ZdaPv(void *p);
+void _ZdlPvm(void *p, size_t size);
+void _ZdaPvm(void *p, size_t size);
+void _ZdlPvRKSt9nothrow_t(void *p, const void *nothrow);
+void _ZdaPvRKSt9nothrow_t(void *p, const void *nothrow);
+
+/* The next definition of the operator called name (glibc had no memory for it).  Looked
+ * up only then: a program that calls it has a C++ runtime that defines it. */
+static AP_SLOW void *cxx_next(const char *name)
+{
+        void *f = dlsym(RTLD_NEXT, name);
+        if (f == NULL)
+                abort();
+        return f;
+}
+
+static __attribute__((noinline)) void *cxx_new_recorded(size_t n)
+{
+        void *p = __libc_malloc(n);
+        new_block(p, n, false);
+        return p;
+}
+
+static inline __attribute__((always_inline)) void *cxx_new(size_t size)
+{
+        size_t n = size ? size : 1;
+        return ap_likely(quiet_block(n)) ? __libc_malloc(n) : cxx_new_recorded(n);
+}
+
+AP_EXPORT void *_Znwm(size_t size)
+{
+        void *p = cxx_new(size);
+        if (ap_unlikely(p == NULL))
+                p = ((cxx_new_fn)cxx_next("_Znwm"))(size);
+        return p;
+}
+
+AP_EXPORT void *_Znam(size_t size)
+{
+        void *p = cxx_new(size);
+        if (ap_unlikely(p == NULL))
+                p = ((cxx_new_fn)cxx_next("_Znam"))(size);
+        return p;
+}
+
+AP_EXPORT void *_ZnwmRKSt9nothrow_t(size_t size, const void *nothrow)
+{
+        void *p = cxx_new(size);
+        if (ap_unlikely(p == NULL))
+                p = ((cxx_new_nothrow_fn)cxx_next("_ZnwmRKSt9nothrow_t"))(size, nothrow);
+        return p;
+}
+
+AP_EXPORT void *_ZnamRKSt9nothrow_t(size_t size, const void *nothrow)
+{
+        void *p = cxx_new(size);
+        if (ap_unlikely(p == NULL))
+                p = ((cxx_new_nothrow_fn)cxx_next("_ZnamRKSt9nothrow_t"))(size, nothrow);
+        return p;
+}
+
+/* delete, delete[], their sized and nothrow forms: free(). */
+AP_EXPORT void _ZdlPv(void *p)
+{
+        free(p);
+}
+
+AP_EXPORT void _ZdaPv(void *p)
+{
+        free(p);
+}
+
+AP_EXPORT void _ZdlPvm(void *p, size_t size)
+{
+        (void)size;
+        free(p);
+}
+
+AP_EXPORT void _ZdaPvm(void *p, size_t size)
+{
+        (void)size;
+        free(p);
+}
+
+AP_EXPORT void _ZdlPvRKSt9nothrow_t(void *p, const void *nothrow)
+{
+        (void)nothrow;
+        free(p);
+}
+
+AP_EXPORT void _ZdaPvRKSt9nothrow_t(void *p, const void *nothrow)
+{
+        (void)nothrow;
+        free(p);
 }

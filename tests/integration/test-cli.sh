@@ -1352,9 +1352,10 @@ else
         echo "note: no compressed debug file for the C library, debug cache not checked end to end"
 fi
 
-# --- the agent exports the malloc family, pthread_getattr_np, prctl, syscall, no more -----
+# --- the agent exports the malloc family, operator new and delete, pthread_getattr_np, prctl,
+# syscall, no more
 exported=$(nm -D --defined-only "$AGENT" | awk '$2 ~ /[TW]/ {print $3}' | sort | tr '\n' ' ')
-check_eq "agent exports" "aligned_alloc calloc free malloc memalign posix_memalign prctl pthread_getattr_np pvalloc realloc reallocarray syscall valloc " "$exported"
+check_eq "agent exports" "_ZdaPv _ZdaPvRKSt9nothrow_t _ZdaPvm _ZdlPv _ZdlPvRKSt9nothrow_t _ZdlPvm _Znam _ZnamRKSt9nothrow_t _Znwm _ZnwmRKSt9nothrow_t aligned_alloc calloc free malloc memalign posix_memalign prctl pthread_getattr_np pvalloc realloc reallocarray syscall valloc " "$exported"
 
 # --- an installed copy finds its agent with nothing set ----------------------------------
 if meson install -C "$BUILD" --destdir "$T/root" --no-rebuild >install.log 2>&1; then

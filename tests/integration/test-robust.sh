@@ -97,6 +97,17 @@ for how in prctl syscall; do
         cd .. || exit 1
 done
 
+# --- a C++ program whose allocator library defines operator new (as jemalloc does) ------
+# Its C++ blocks never reached malloc: unseen (and its malloc was glibc's, through ours).
+# The agent's own operator new and delete take them now, exactly; the library's arena
+# gives out nothing, and none of its blocks reaches free().
+mkdir own-new && cd own-new || exit 1
+out=$("$AP" run -q -o own.approf -- "$WL/own_new")
+check_eq "own_new: exit, the library's arena unused" "0 arena 0" "$? $out"
+check_eq "own_new: own_new_work's blocks" "2 350 33200 100 10000 250 23200" \
+        "$(json_of own.approf '(lambda ss: " ".join(str(x) for x in [len(ss)] + [sum(s[k] for s in ss) for k in ("allocations", "bytes", "frees", "freed_bytes", "leaked_blocks", "leaked_bytes")]))([s for s in d["sites"] if s["frames"] and s["frames"][0]["function"] == "own_new_work"])')"
+cd .. || exit 1
+
 # --- run by root, a worker that drops its privileges before it allocates -----------------
 # Its agent must reach root's collector (directory 0711, a secret socket name, 0666) and
 # be taken though of another user; it was refused, and its worker ran unprofiled.
