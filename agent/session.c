@@ -25,8 +25,9 @@
 #include <unistd.h>
 
 #include "agent.h"
-#include "unwind.h"
 #include "allocprof/atomics.h"
+#include "allocprof/seccomp.h"
+#include "unwind.h"
 
 AP_HIDDEN _Atomic(struct ap_shm_header *) ap_session;
 AP_HIDDEN _Atomic uint64_t ap_session_gen;
@@ -545,6 +546,7 @@ static struct {
         bool dormant;
         uint64_t interval, seed;
         char unwind[16];
+        char seccomp[32]; /* run's seccomp state (allocprof/seccomp.h), "" if not run's */
 } g_env;
 
 static void copy_env(char *dst, size_t len, const char *name)
@@ -563,6 +565,7 @@ static void read_env(void)
         g_env.interval = parse_u64(getenv(AP_ENV_SAMPLE));
         g_env.seed = parse_u64(getenv(AP_ENV_SAMPLE_SEED));
         copy_env(g_env.unwind, sizeof(g_env.unwind), AP_ENV_UNWIND);
+        copy_env(g_env.seccomp, sizeof(g_env.seccomp), AP_ENV_SECCOMP);
         g_env.read = true;
 }
 
@@ -763,6 +766,18 @@ __attribute__((visibility("default"))) long syscall(long number, ...)
         return r;
 }
 
+/* Started by `allocprof run` (ALLOCPROF_SECCOMP set), are we under seccomp filters it
+ * was not?  Then an ancestor sandboxed itself and exec'ed us (or we are a fork child of
+ * such an image), and a filter that kills on what registering takes may be in force:
+ * this process stays unprofiled, as the children of a process that installed one do. */
+static bool sandboxed_since_run(void)
+{
+        struct ap_seccomp_state base;
+        if (g_env.seccomp[0] == '\0' || !ap_seccomp_parse(g_env.seccomp, &base))
+                return false;
+        return ap_seccomp_added(base, ap_seccomp_now());
+}
+
 AP_HIDDEN void ap_session_forked(bool reregister)
 {
         fork_child();
@@ -790,7 +805,7 @@ AP_HIDDEN void ap_session_ensure(void)
         if (!g_env.read)
                 read_env();
         const char *sock = g_env.sock;
-        if (sock[0] != '\0' && !ap_load_relaxed(&g_sandboxed)) {
+        if (sock[0] != '\0' && !ap_load_relaxed(&g_sandboxed) && !sandboxed_since_run()) {
                 if (!ap_load_relaxed(&g_thread_key_ok) &&
                     pthread_key_create(&g_thread_key, thread_exit_cb) == 0)
                         ap_store_relaxed(&g_thread_key_ok, 1);

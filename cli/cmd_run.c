@@ -25,6 +25,7 @@
 
 #include "allocprof/clock.h"
 #include "allocprof/ring.h"
+#include "allocprof/seccomp.h"
 #include "allocprof/wire.h"
 #include "client.h"
 #include "profile.h"
@@ -353,8 +354,8 @@ static void free_env(char **env)
 static char **child_env(const char *preload, const char *sock, uint64_t sample, const char *unwind,
                         bool dormant)
 {
-        static const char *const ours[] = {"LD_PRELOAD", AP_ENV_SOCKET, AP_ENV_SAMPLE,
-                                           AP_ENV_UNWIND, AP_ENV_MODE};
+        static const char *const ours[] = {"LD_PRELOAD",  AP_ENV_SOCKET,  AP_ENV_SAMPLE,
+                                           AP_ENV_UNWIND, AP_ENV_SECCOMP, AP_ENV_MODE};
         const size_t nours = sizeof(ours) / sizeof(ours[0]);
         const size_t nreplaced = dormant ? nours : nours - 1; /* AP_ENV_MODE is last */
         size_t n = 0;
@@ -373,7 +374,11 @@ static char **child_env(const char *preload, const char *sock, uint64_t sample, 
                 if (!replaced && (env[k++] = strdup(environ[i])) == NULL)
                         goto fail;
         }
+        /* Our seccomp filters: an image under more (the program sandboxed itself, then
+         * exec'ed) does not register (allocprof/seccomp.h). */
+        struct ap_seccomp_state sc = ap_seccomp_now();
         if ((env[k++] = ap_asprintf("LD_PRELOAD=%s", preload)) == NULL ||
+            (env[k++] = ap_asprintf("%s=%d %d", AP_ENV_SECCOMP, sc.mode, sc.filters)) == NULL ||
             (env[k++] = ap_asprintf("%s=%s", AP_ENV_SOCKET, sock)) == NULL ||
             (env[k++] = ap_asprintf("%s=%s", AP_ENV_UNWIND, unwind)) == NULL ||
             (sample && (env[k++] = ap_asprintf("%s=%llu", AP_ENV_SAMPLE,

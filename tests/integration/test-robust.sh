@@ -96,6 +96,14 @@ for how in prctl syscall; do
                 "$(json_of main.approf "$totals")"
         cd .. || exit 1
 done
+# ... and then execs: the new image inherits the filter; its agent, finding more filters
+# than run had, must not register (it died of SIGSYS, status 159).
+mkdir seccomp-exec && cd seccomp-exec || exit 1
+out=$("$AP" run -q -o main.approf -- "$WL/seccomp_fork" exec)
+check_eq "seccomp_fork exec: output and exit" "execd ok 0" "$out $?"
+check_eq "seccomp_fork exec: the first image's figures" "3 1600 1 1000 2 600" \
+        "$(json_of main.approf "$totals")"
+cd .. || exit 1
 
 # --- a C++ program whose allocator library defines operator new (as jemalloc does) ------
 # Its C++ blocks never reached malloc: unseen (and its malloc was glibc's, through ours).

@@ -7,6 +7,11 @@
  * unprofiled rather than die of SIGSYS, and the parent's profile holds its own 3
  * blocks: 1 of 1000 bytes freed, 2 of 300 bytes leaked.
  *
+ * "exec": the filter through prctl, then the program execs itself as "execd", which
+ * allocates 10 blocks of 40 bytes, prints "execd ok" and exits 0.  Profiled, that image
+ * inherits the filter: its agent must not register (it would die of SIGSYS), and the
+ * image runs unprofiled.
+ *
  * Prints with write(2), not stdio, so its allocations are only these.
  *
  * SPDX-License-Identifier: MIT OR Apache-2.0
@@ -33,6 +38,12 @@ int main(int argc, char **argv)
 {
         if (argc != 2)
                 return 2;
+        if (strcmp(argv[1], "execd") == 0) {
+                for (int i = 0; i < 10; i++)
+                        wl_keep(malloc(40));
+                say("execd ok\n");
+                return 0;
+        }
         void *p = malloc(1000);
         wl_keep(p);
         free(p);
@@ -51,7 +62,7 @@ int main(int argc, char **argv)
                 perror("PR_SET_NO_NEW_PRIVS");
                 return 1;
         }
-        int r = strcmp(argv[1], "prctl") == 0
+        int r = strcmp(argv[1], "syscall") != 0
                         ? prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog)
                         : (int)syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog);
         if (r != 0) {
@@ -59,6 +70,11 @@ int main(int argc, char **argv)
                 return 1;
         }
         wl_keep(malloc(300));
+        if (strcmp(argv[1], "exec") == 0) {
+                execl(argv[0], argv[0], "execd", (char *)NULL);
+                perror("execl");
+                return 1;
+        }
         pid_t pid = fork();
         if (pid < 0)
                 return 1;
