@@ -130,6 +130,13 @@ AP_HIDDEN uint8_t *ap_shm_tail(uint64_t offset)
         return g_tail + (offset - g_tail_off);
 }
 
+/* The header page of this process's nearest profiled ancestor, kept mapped in a fork
+ * child until its own registration is settled: a child that cannot register (a chroot
+ * hides the socket, no descriptor left, a seccomp filter) says so there, in
+ * AP_CNT_CHILDREN_UNPROFILED, and keeps the page for its own children; one that registers
+ * lets it go.  NULL in an image the environment started (exec drops every mapping). */
+static struct ap_shm_header *g_report_hdr;
+
 /* Unmaps everything the session mapped (the fork child: its parent's). */
 static void unmap_session(void)
 {
@@ -687,7 +694,30 @@ static void fork_child(void)
         memcpy(&g_mod_lock, &fresh, sizeof(fresh));
         ap_store_relaxed(&g_init_state, INIT_UNTRIED);
         ap_store_relaxed(&g_map_retry_at, 0);
+        /* The parent's header page stays, to report into (g_report_hdr); an ancestor's
+         * page kept before goes, the parent being nearer. */
+        if (g_head != NULL && g_head_len > g_page) {
+                if (g_report_hdr != NULL)
+                        munmap(g_report_hdr, g_page);
+                g_report_hdr = (struct ap_shm_header *)g_head;
+                munmap(g_head + g_page, g_head_len - g_page);
+                g_head = NULL;
+        }
         unmap_session();
+}
+
+/* A fork child's registration is settled: -EPERM is the collector's "not this one" (run
+ * --no-follow), not a failure. */
+static void report_registration(int r)
+{
+        if (g_report_hdr == NULL || r == -EPERM)
+                return;
+        if (r < 0) {
+                ap_fetch_add_relaxed(&g_report_hdr->xcounters[AP_CNT_CHILDREN_UNPROFILED], 1);
+                return;
+        }
+        munmap(g_report_hdr, g_page);
+        g_report_hdr = NULL;
 }
 
 /* ---- seccomp ------------------------------------------------------------------------
@@ -805,11 +835,13 @@ AP_HIDDEN void ap_session_ensure(void)
         if (!g_env.read)
                 read_env();
         const char *sock = g_env.sock;
-        if (sock[0] != '\0' && !ap_load_relaxed(&g_sandboxed) && !sandboxed_since_run()) {
+        if (sock[0] != '\0' && (ap_load_relaxed(&g_sandboxed) || sandboxed_since_run())) {
+                report_registration(-EACCES);
+        } else if (sock[0] != '\0') {
                 if (!ap_load_relaxed(&g_thread_key_ok) &&
                     pthread_key_create(&g_thread_key, thread_exit_cb) == 0)
                         ap_store_relaxed(&g_thread_key_ok, 1);
-                (void)session_start(sock);
+                report_registration(session_start(sock));
         }
         /* No session now means none ever (until a fork): the hooks pass every call
          * straight through from here on. */

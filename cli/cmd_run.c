@@ -1080,6 +1080,7 @@ int ap_cmd_run(int argc, char **argv)
         snprintf(run_id, sizeof(run_id), "%016llx", (unsigned long long)ap_mix64(rid));
         char **written = calloc(rs.nended + 1, sizeof(char *));
         size_t nwritten = 0;
+        uint64_t unprofiled = 0; /* children that could not register, over all images */
         /* The program's own profile last, so its summary ends the output. */
         if (main_img != NULL && main_img != &rs.ended[rs.nended - 1]) {
                 struct ended tmp = *main_img;
@@ -1164,6 +1165,7 @@ int ap_cmd_run(int argc, char **argv)
                 }
                 free(stem);
                 prof->run_id = strdup(run_id);
+                unprofiled += prof->totals.unprofiled_children;
                 r = path ? ap_profile_write(prof, path) : -ENOMEM;
                 if (r >= 0 && written != NULL)
                         written[nwritten++] = strdup(path);
@@ -1187,6 +1189,12 @@ int ap_cmd_run(int argc, char **argv)
                         "attached: no profile\n",
                         rs.never_attached, rs.never_attached == 1 ? "" : "s",
                         rs.never_attached == 1 ? "was" : "were");
+        if (unprofiled > 0)
+                fprintf(stderr,
+                        "allocprof: %llu child process%s could not register with the "
+                        "collector (a chroot, no descriptor left, a seccomp filter...) and ran "
+                        "unprofiled\n",
+                        (unsigned long long)unprofiled, unprofiled == 1 ? "" : "es");
         for (size_t i = 0; i < nwritten; i++)
                 free(written[i]);
         free(written);

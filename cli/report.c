@@ -867,6 +867,15 @@ static void put_summary(const struct out *o, const struct ap_profile *p, uint32_
                        fmt_count(t->untracked_samples).s, p->live ? "live blocks" : "leaks");
                 say(o, "\n");
         }
+        if (t->unprofiled_children) {
+                say(o, "  ");
+                say_in(o, SGR_YELLOW,
+                       "note: %s child process%s could not register with the collector (a "
+                       "chroot, no descriptor left, a seccomp filter...) and ran unprofiled",
+                       fmt_count(t->unprofiled_children).s,
+                       t->unprofiled_children == 1 ? "" : "es");
+                say(o, "\n");
+        }
         if (t->invalid_records) {
                 say(o, "  ");
                 say_in(o, SGR_RED, "warning: %s malformed records from the process were ignored",
@@ -1505,6 +1514,7 @@ static void json_totals(struct jobj *root, const struct ap_profile *p)
         jkey_u64(&o, "dropped_events", t->dropped_events);
         jkey_u64(&o, "dropped_frees", t->dropped_frees);
         jkey_u64(&o, "untracked_samples", t->untracked_samples);
+        jkey_u64(&o, "unprofiled_children", t->unprofiled_children);
         jkey_u64(&o, "unmatched_frees", t->unmatched_frees);
         jkey_u64(&o, "invalid_records", t->invalid_records);
         jkey_u64(&o, "threads", t->threads);

@@ -555,6 +555,8 @@ int ap_process_finalize(struct ap_process *p, struct ap_symbolizer *sym, struct 
                                       ap_load_relaxed(&h->xcounters[AP_CNT_DROP_NO_SLOT]);
         prof->totals.dropped_frees = ap_load_relaxed(&h->xcounters[AP_CNT_DROP_FREE]);
         prof->totals.untracked_samples = ap_load_relaxed(&h->xcounters[AP_CNT_SAMPLED_SET_FULL]);
+        prof->totals.unprofiled_children =
+                ap_load_relaxed(&h->xcounters[AP_CNT_CHILDREN_UNPROFILED]);
         prof->totals.unmatched_frees = p->t.unmatched_frees;
         prof->totals.invalid_records = p->t.invalid_records;
         prof->totals.threads = ap_process_threads(p);

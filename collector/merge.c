@@ -208,6 +208,7 @@ int ap_profile_merge(struct ap_profile *const *in, size_t n, size_t main_index,
                 o->totals.dropped_events += p->totals.dropped_events;
                 o->totals.dropped_frees += p->totals.dropped_frees;
                 o->totals.untracked_samples += p->totals.untracked_samples;
+                o->totals.unprofiled_children += p->totals.unprofiled_children;
                 o->totals.unmatched_frees += p->totals.unmatched_frees;
                 o->totals.invalid_records += p->totals.invalid_records;
                 /* An exec'ed image of a process goes on in the thread that exec'ed: the

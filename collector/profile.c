@@ -1216,6 +1216,10 @@ static int out_document(struct fd_sink *sink, const struct ap_profile *p, const 
                 out_lit(sink, ",\"untracked_samples\":");
                 out_u64(sink, p->totals.untracked_samples);
         }
+        if (p->totals.unprofiled_children) { /* likewise */
+                out_lit(sink, ",\"unprofiled_children\":");
+                out_u64(sink, p->totals.unprofiled_children);
+        }
         out_char(sink, '}');
         out_lit(sink, ",\"strings\":[");
         for (uint32_t i = 0; i < p->nstrings; i++) {
@@ -2637,6 +2641,8 @@ static int read_document(struct rctx *rc, struct ap_profile *p, const struct ap_
             (r = fields_u64(rc, o, &ltot, p, totals_fields, ARRAY_SIZE(totals_fields))) < 0 ||
             (r = optional_u64(rc, o, &ltot, "untracked_samples", &p->totals.untracked_samples)) <
                     0 ||
+            (r = optional_u64(rc, o, &ltot, "unprofiled_children",
+                              &p->totals.unprofiled_children)) < 0 ||
             (r = check_totals(rc, p)) < 0 || (r = read_process(rc, p, root)) < 0 ||
             (r = read_strings(rc, p, root)) < 0 || (r = read_modules(rc, p, root)) < 0)
                 return r;

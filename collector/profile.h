@@ -84,6 +84,10 @@ struct ap_profile {
                  * are not seen, so they count as live to the end.  In the file only when
                  * not 0. */
                 uint64_t untracked_samples;
+                /* Fork children (and their descendants) that could not register and ran
+                 * unprofiled (a chroot, no descriptor left, a seccomp filter).  In the
+                 * file only when not 0. */
+                uint64_t unprofiled_children;
         } totals;
 
         char **strings;

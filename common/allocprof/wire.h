@@ -84,16 +84,19 @@ enum ap_slot_state {
 
 /* Drop/diagnostic counters, ap_shm_header.xcounters[] (agent increments, relaxed). */
 enum ap_counter {
-        AP_CNT_DROP_RING_FULL = 0, /* records dropped: ring full after the bounded wait */
-        AP_CNT_DROP_NO_SLOT,       /* records dropped: no free ring slot */
-        AP_CNT_DROP_FREE,          /* of the drops above, how many were frees */
-        AP_CNT_INLINE_STACKS,      /* stacks sent inline (index full / racing insert) */
-        AP_CNT_RING_WAITS,         /* times a writer waited for ring space */
-        AP_CNT_MODULES_DROPPED,    /* module records that did not fit the log */
-        AP_CNT_SAMPLED_SET_FULL,   /* sampled blocks not tracked: their frees are lost */
-        AP_CNT_RING_WAIT_NS,       /* nanoseconds writers spent waiting for ring space */
-        AP_CNT_SAMPLED_THREADS,    /* threads that allocated in sampled mode (most never
-                                      sample, so the collector sees no ring of theirs) */
+        AP_CNT_DROP_RING_FULL = 0,  /* records dropped: ring full after the bounded wait */
+        AP_CNT_DROP_NO_SLOT,        /* records dropped: no free ring slot */
+        AP_CNT_DROP_FREE,           /* of the drops above, how many were frees */
+        AP_CNT_INLINE_STACKS,       /* stacks sent inline (index full / racing insert) */
+        AP_CNT_RING_WAITS,          /* times a writer waited for ring space */
+        AP_CNT_MODULES_DROPPED,     /* module records that did not fit the log */
+        AP_CNT_SAMPLED_SET_FULL,    /* sampled blocks not tracked: their frees are lost */
+        AP_CNT_RING_WAIT_NS,        /* nanoseconds writers spent waiting for ring space */
+        AP_CNT_SAMPLED_THREADS,     /* threads that allocated in sampled mode (most never
+                                       sample, so the collector sees no ring of theirs) */
+        AP_CNT_CHILDREN_UNPROFILED, /* fork children (and their descendants) that could
+                                       not register: counted by them, into the header of
+                                       their nearest profiled ancestor (session.c) */
         AP_CNT__MAX = 16,
 };
 

@@ -105,6 +105,20 @@ check_eq "seccomp_fork exec: the first image's figures" "3 1600 1 1000 2 600" \
         "$(json_of main.approf "$totals")"
 cd .. || exit 1
 
+# --- children that cannot register (no descriptor left): counted, said -------------------
+# They ran unprofiled without a word; the program's profile now counts them (a child and
+# its child, which reports to the same nearest profiled ancestor) and run says so.
+mkdir nofile && cd nofile || exit 1
+"$AP" run -q -o main.approf -- "$WL/nofile_fork" 2>nofile.err
+check_eq "nofile_fork: exit, profiles" "0 main.approf" "$? $(ls *.approf | tr '\n' ' ' | sed 's/ $//')"
+check_eq "nofile_fork: the program's profile counts 2 unprofiled children, its own block" "2 1" \
+        "$(json_of main.approf '"%d %d" % (d["totals"]["unprofiled_children"], d["totals"]["allocations"])')"
+check_contains "nofile_fork: run says so" nofile.err \
+        "allocprof: 2 child processes could not register with the collector"
+"$AP" report main.approf >report.txt
+check_contains "nofile_fork: the report says so" report.txt "note: 2 child processes could not register"
+cd .. || exit 1
+
 # --- a C++ program whose allocator library defines operator new (as jemalloc does) ------
 # Its C++ blocks never reached malloc: unseen (and its malloc was glibc's, through ours).
 # The agent's own operator new and delete take them now, exactly; the library's arena

@@ -233,6 +233,7 @@ static void assert_same_renumbered(const struct ap_profile *a, const struct ap_p
         ASSERT_EQ(a->totals.dropped_frees, b->totals.dropped_frees);
         ASSERT_EQ(a->totals.unmatched_frees, b->totals.unmatched_frees);
         ASSERT_EQ(a->totals.untracked_samples, b->totals.untracked_samples);
+        ASSERT_EQ(a->totals.unprofiled_children, b->totals.unprofiled_children);
         ASSERT_EQ(a->totals.invalid_records, b->totals.invalid_records);
         ASSERT_EQ(a->totals.threads, b->totals.threads);
         ASSERT_EQ(a->ring_waits, b->ring_waits);
@@ -987,6 +988,7 @@ static void test_live(void)
         text = slurp(path, &len);
         ASSERT_NOT_CONTAINS(text, "\"live\"");
         ASSERT_NOT_CONTAINS(text, "untracked_samples"); /* written only when not 0 */
+        ASSERT_NOT_CONTAINS(text, "unprofiled_children");
         free(text);
         q = read_ok(path);
         ASSERT_FALSE(q->live);
@@ -1013,6 +1015,18 @@ static void test_live(void)
         assert_same(p, q);
         ap_profile_free(q);
         p->totals.untracked_samples = 0;
+
+        /* Children that could not register: likewise. */
+        p->totals.unprofiled_children = 3;
+        ASSERT_OK(ap_profile_write(p, path));
+        text = slurp(path, &len);
+        ASSERT_CONTAINS(text, ",\"unprofiled_children\":3},");
+        free(text);
+        q = read_ok(path);
+        ASSERT_EQ(q->totals.unprofiled_children, 3u);
+        assert_same(p, q);
+        ap_profile_free(q);
+        p->totals.unprofiled_children = 0;
 
         /* An explicit false is accepted too. */
         doc = sample_doc();
