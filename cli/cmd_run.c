@@ -578,6 +578,17 @@ static bool handle_signals(int sfd, pid_t child, bool child_done, int *status)
         return child_done;
 }
 
+/* Once the program has ended: reaps the processes it left (we are their subreaper, see
+ * ap_cmd_run) and says whether any is still running, registered with the collector or not
+ * (a fork child that has not allocated yet, an exec'ed image still starting). */
+static bool orphans_running(void)
+{
+        pid_t w;
+        while ((w = waitpid(-1, NULL, WNOHANG | __WALL)) > 0)
+                ;
+        return w == 0;
+}
+
 /* Our own collector: until the program and the processes it started have ended (or
  * their grace period is over).  Returns the program's wait status. */
 static int run_loop_private(struct ap_collector *coll, struct run_state *rs, int sfd)
@@ -600,7 +611,8 @@ static int run_loop_private(struct ap_collector *coll, struct run_state *rs, int
                         }
                 }
                 if (child_done) {
-                        if (!ap_collector_has_pid(coll, rs->child) && ap_collector_nprocs(coll) == 0)
+                        if (!ap_collector_has_pid(coll, rs->child) &&
+                            ap_collector_nprocs(coll) == 0 && !orphans_running())
                                 break;
                         if (ap_clock_mono_ns() - child_done_at > DESCENDANT_GRACE_NS)
                                 break;
@@ -684,15 +696,21 @@ static int run_loop_daemon(struct ap_ctl *ctl, struct run_state *rs, int sfd)
 {
         int status = 0;
         bool child_done = false, finish_sent = false, lost = false, stopping = false;
-        uint64_t finish_at = 0;
+        uint64_t finish_at = 0, child_done_at = 0;
         for (;;) {
                 struct pollfd pf[2] = {{.fd = sfd, .events = POLLIN},
                                        {.fd = lost ? -1 : ap_ctl_fd(ctl), .events = POLLIN}};
                 int pr = poll(pf, 2, 100);
                 if (pr < 0 && errno != EINTR)
                         break;
-                if (pf[0].revents & POLLIN)
+                if (pf[0].revents & POLLIN) {
+                        bool was_done = child_done;
                         child_done = handle_signals(sfd, rs->child, child_done, &status);
+                        if (child_done && !was_done) {
+                                child_done_at = ap_clock_mono_ns();
+                                rs->nended_at_end = rs->nended;
+                        }
+                }
                 while (!lost && (pf[1].revents & (POLLIN | POLLHUP | POLLERR))) {
                         json_t *ev = NULL;
                         int fd = -1;
@@ -726,17 +744,23 @@ static int run_loop_daemon(struct ap_ctl *ctl, struct run_state *rs, int sfd)
                 }
                 if (child_done && lost)
                         break;
-                if (child_done && !finish_sent) {
+                /* The daemon waits for the processes that registered; the ones that have
+                 * not yet are our orphans (or their parents are): their grace time is
+                 * spent here first. */
+                uint64_t waited = child_done ? ap_clock_mono_ns() - child_done_at : 0;
+                if (child_done && !finish_sent &&
+                    (waited >= DESCENDANT_GRACE_NS || !orphans_running())) {
                         char *err = NULL;
+                        uint64_t left =
+                                waited >= DESCENDANT_GRACE_NS ? 0 : DESCENDANT_GRACE_NS - waited;
                         json_t *req = json_pack("{s:s, s:I}", "cmd", "finish", "grace_ms",
-                                                (json_int_t)(DESCENDANT_GRACE_NS / 1000000));
+                                                (json_int_t)(left / 1000000));
                         if (ap_ctl_send(ctl, req, -1, &err) < 0) {
                                 fprintf(stderr, "allocprof: allocprofd: %s\n", err);
                                 free(err);
                                 break;
                         }
                         finish_sent = true;
-                        rs->nended_at_end = rs->nended;
                         finish_at = ap_clock_mono_ns();
                 }
                 if (finish_sent && ap_clock_mono_ns() - finish_at > DAEMON_FINISH_MS * 1000000ull) {
@@ -912,6 +936,10 @@ int ap_cmd_run(int argc, char **argv)
         if (ctl == NULL && start_private(&rs, &sock_dir, &sock, &coll) < 0)
                 return 1;
 
+        /* The program's orphans become our children, not init's: once it has ended, we
+         * see which of its processes still run, whether they have registered yet or not,
+         * and give them their grace time (orphans_running). */
+        (void)prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
         fflush(NULL);
         pid_t child = -1;
         int exec_errno = 0;

@@ -449,11 +449,14 @@ uint64_t ap_control_session_for(struct ap_collector *c, pid_t pid, uint32_t ppid
                 struct ap_client *cl = client_by_id(c, s->client);
                 if (s->done || cl == NULL || (cl->uid != uid && cl->uid != 0))
                         continue;
-                bool member = session_has(s, pid) || session_has(s, (pid_t)ppid);
+                /* The run's client is the subreaper of the program's processes: an
+                 * orphan whose parent died before it registered is its child. */
+                bool member = session_has(s, pid) || session_has(s, (pid_t)ppid) ||
+                              (pid_t)ppid == cl->pid;
                 /* An orphan registers after its parent died: follow /proc upwards. */
                 pid_t up = parent_of(pid);
                 for (int depth = 0; !member && up > 1 && depth < 64; depth++) {
-                        member = session_has(s, up);
+                        member = session_has(s, up) || up == cl->pid;
                         up = parent_of(up);
                 }
                 if (!member)

@@ -1192,6 +1192,16 @@ check_contains "a process still running after the program: said so" stillrun.err
 check_eq "the processes that ended: not live" "False False" \
         "$(json_of stillrun/main.approf 'd["live"]') $(for f in stillrun/allocprof.ls.*.approf; do json_of "$f" 'd["live"]'; done | sort -u)"
 
+# A child the program forked and left running, which has not allocated (so not
+# registered) when the program ends: it is waited for as the registered ones are, and
+# its profile is complete.
+mkdir orphan && (cd orphan && "$AP" run -o main.approf -- "$BUILD/tests/workloads/orphan" 200 2>../orphan.err)
+check_eq "a child that registers after the program ended: exit, its whole profile" \
+        "3 3 3000 2 1000 False" \
+        "$? $(for f in orphan/allocprof.orphan.*.approf; do json_of "$f" '" ".join(str(d["totals"][k]) for k in ("allocations","bytes","frees","leaked_bytes")), d["live"]'; done)"
+check_eq "a child that registers after the program ended: report --all" "2 3" \
+        "$(cd orphan && "$AP" report --all --json | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["process"]["merged_from"], d["totals"]["allocations"])')"
+
 # A fork child maps a session of its own and unmaps its parent's: the address space of
 # a chain of forks (what RLIMIT_AS limits) does not grow with each generation.
 if [ -x /usr/bin/python3 ]; then

@@ -329,6 +329,15 @@ for how in daemon private; do
                 "$("$AP" report --all --json | py 'd["process"]["merged_from"], d["process"]["exit_status"]')"
         cd .. || exit 1
 done
+# A child that registers only after the program ended is the run's too, through the
+# daemon as with a private collector.
+for how in daemon private; do
+        opt=""
+        [ $how = private ] && opt=--no-daemon
+        mkdir "orphan-$how" && (cd "orphan-$how" && "$AP" run -q $opt -o main.approf -- "$BUILD/tests/workloads/orphan" 200)
+        check_eq "orphan ($how): exit, the child's profile from the run" "3 3 3000 1000 False" \
+                "$? $(for f in orphan-$how/allocprof.orphan.*.approf; do json_of "$f" 'd["totals"]["allocations"], d["totals"]["bytes"], d["totals"]["leaked_bytes"], d["live"]'; done)"
+done
 check_eq "forker: the same 5 profiles either way" True \
         "$([ -s daemon/all.fp ] && cmp -s daemon/all.fp private/all.fp && echo True)"
 check_eq "forker: the same summary lines either way" \
