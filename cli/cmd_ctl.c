@@ -204,8 +204,9 @@ int ap_cmd_ps(int argc, char **argv)
                         continue;
                 }
                 json_t *resp = NULL;
-                if (ap_ctl_call(ctl, json_pack("{s:s}", "cmd", "ps"), -1, CALL_TIMEOUT_MS, &resp,
-                                &err) == 0) {
+                r = ap_ctl_call(ctl, json_pack("{s:s}", "cmd", "ps"), -1, CALL_TIMEOUT_MS, &resp,
+                                &err);
+                if (r == 0) {
                         if (json_is_true(json_object_get(resp, "ok"))) {
                                 add_processes(all, resp);
                                 reached++;
@@ -213,6 +214,14 @@ int ap_cmd_ps(int argc, char **argv)
                                 fprintf(stderr, "allocprof: %s\n", ap_ctl_error(resp));
                                 status = 1;
                         }
+                } else if (r != -EPIPE || ctl == daemon) {
+                        /* Alive but not answering (stopped, stuck): its processes are not
+                         * listed, and "no collector is running" would be untrue.  A run
+                         * that hung up has just ended: nothing to list. */
+                        fprintf(stderr, "allocprof: %s%s: %s\n",
+                                ctl == daemon ? "allocprofd at " : "the collector at ",
+                                socks.s[i].path, err ? err : strerror(-r));
+                        status = 1;
                 }
                 free(err);
                 err = NULL;

@@ -320,13 +320,25 @@ static int resolve_profile(const char *arg, char **ret, bool say)
         if (r == -ENOENT && arg) {
                 struct ap_proc_stat ps;
                 bool running = pid > 0 && ap_proc_stat(pid, &ps) && ps.state != 'Z';
+                /* Another user's process hides its maps: whether it has the agent is
+                 * unknown, and it could not be reported on live anyway. */
+                char proc[32], why[128] = "";
+                struct stat pst;
+                snprintf(proc, sizeof(proc), "/proc/%d", (int)pid);
+                if (running && geteuid() != 0 && stat(proc, &pst) == 0 && pst.st_uid != geteuid())
+                        snprintf(why, sizeof(why),
+                                 "; the process is running as uid %u: only its owner (or root) "
+                                 "can report on it live",
+                                 (unsigned)pst.st_uid);
+                else if (running)
+                        snprintf(why, sizeof(why),
+                                 "; the process is running, without the allocprof agent");
                 fprintf(stderr,
                         "allocprof: no profile of pid %s in the current directory%s%s (looked "
                         "for allocprof.*.%s.approf, then in every *.approf for process %s or "
                         "for the program an 'allocprof run' with pid %s started)%s\n",
                         arg, ddir ? " nor in allocprofd's output directory " : "", ddir ? ddir : "",
-                        arg, arg, arg,
-                        running ? "; the process is running, without the allocprof agent" : "");
+                        arg, arg, arg, why);
                 free(ddir);
                 return 1;
         }

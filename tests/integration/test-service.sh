@@ -816,6 +816,24 @@ for i in 1 2 3; do
         drv_exit "t$i" "$i"
         check_eq "SIGTERM: program $i exits normally" "$i" "$EXITED"
 done
+
+# A daemon that is there but does not answer (stopped): ps says so, never "no collector".
+mkdir -m 700 stopd
+"$APD" --foreground --socket "$T/h/stopd/d.sock" --output-dir "$T/h/stopd" 2>stopd.log &
+SD=$!
+for i in $(seq 50); do [ -S stopd/d.sock ] && break; sleep 0.1; done
+kill -STOP "$SD"
+ALLOCPROF_DAEMON_SOCKET="$T/h/stopd/d.sock" "$AP" ps >stopd-ps.out 2>stopd-ps.err
+check_eq "stopped daemon: ps fails" 1 $?
+check_contains "stopped daemon: ps says it did not answer" stopd-ps.err \
+        "allocprof: allocprofd at $T/h/stopd/d.sock: the collector did not answer within"
+checks=$((checks + 1))
+grep -q "no collector is running" stopd-ps.err &&
+        fail "stopped daemon: ps claims no collector is running: $(cat stopd-ps.err)"
+kill -CONT "$SD"
+kill -TERM "$SD"
+wait "$SD"
+check_eq "stopped daemon, continued: SIGTERM, exit 0" 0 $?
 cd "$T" || exit 1
 echo "h. daemon killed/stopped: $(($(now_ms) - t0)) ms"
 
@@ -880,8 +898,14 @@ if [ -n "$OTHER_USER" ]; then
                 "$(py "len([p for p in d['processes'] if p['uid'] != $OU])" <other-ps.json)"
         as_other "$AP" attach "$RP" 2>other-attach.err
         check_eq "other user: attach to a root process" 1 $?
-        as_other "$AP" report "$RP" >/dev/null 2>&1
+        as_other "$AP" report "$RP" >/dev/null 2>other-report.err
         check_eq "other user: live report of a root process" 1 $?
+        # Its maps are hidden from the other user: no claim that it has no agent.
+        check_contains "other user: report says whose process it is" other-report.err \
+                "the process is running as uid 0: only its owner (or root) can report on it live"
+        checks=$((checks + 1))
+        grep -q "without the allocprof agent" other-report.err &&
+                fail "other user: report claims root's process has no agent: $(cat other-report.err)"
         check_eq "root's process still dormant" dormant "$(ps_of "$RP" 'p["mode"]')"
         check_eq "root's profiles are 0600" 600 "$(stat -c %a "$rootprof")"
         as_other cat "$rootprof" >/dev/null 2>&1
