@@ -347,6 +347,13 @@ int ap_ctl_for_pid(pid_t *ppid, struct ap_ctl **ret)
                         (int)pid, (unsigned)st.st_uid);
                 return 1;
         }
+        /* An ended process its parent has not reaped yet shows no maps: not "no agent". */
+        struct ap_proc_stat ps;
+        if (ap_proc_stat(pid, &ps) && ps.state == 'Z') {
+                fprintf(stderr, "allocprof: pid %d has ended (its parent has not reaped it yet)\n",
+                        (int)pid);
+                return 1;
+        }
         if (!has_agent(pid)) {
                 /* `allocprof run ... &` then `attach $!`: that pid is run itself. */
                 pid_t child = profiled_child(pid);

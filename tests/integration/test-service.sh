@@ -525,6 +525,23 @@ check_contains "no process: says so" nopid.err "no process $nopid"
 check_eq "detach of no process" 1 $?
 "$AP" snapshot $nopid 2>/dev/null
 check_eq "snapshot of no process" 1 $?
+# A dormant program that has ended, its parent not reaping it (sleep, exec'ed by sh).
+sh -c "env LD_PRELOAD=$AGENT ALLOCPROF_SOCKET=$SOCK ALLOCPROF_MODE=dormant $ATTACHEE </dev/null >/dev/null & exec sleep 30" &
+SL=$!
+zp=""
+for i in $(seq 100); do
+        zp=$(pgrep -P "$SL" | head -1)
+        [ -n "$zp" ] && [ "$(awk '{print $3}' "/proc/$zp/stat" 2>/dev/null)" = Z ] && break
+        sleep 0.05
+done
+for c in attach detach snapshot; do
+        "$AP" $c "$zp" 2>zombie-$c.err >/dev/null
+        check_eq "$c of an ended, unreaped program" 1 $?
+        check_eq "$c of an ended program: says it ended" \
+                "allocprof: pid $zp has ended (its parent has not reaped it yet)" "$(cat zombie-$c.err)"
+done
+kill "$SL"
+wait "$SL" 2>/dev/null
 cd "$T" || exit 1
 echo "d. attach/detach: $(($(now_ms) - t0)) ms"
 
