@@ -401,9 +401,16 @@ int ap_ctl_snapshot(struct ap_ctl *c, pid_t pid, struct ap_profile **ret)
         }
         json_t *resp = NULL;
         char *err = NULL;
-        /* Symbolizing a big program the first time can take a while. */
-        int r = ap_ctl_call(c, json_pack("{s:s, s:i}", "cmd", "snapshot", "pid", (int)pid), mfd,
-                            120000, &resp, &err);
+        /* Symbolizing a big program the first time can take a while, so the snapshot may
+         * take two minutes; a collector that does not answer at all (stopped, stuck) is
+         * found out by a hello first, in the ten seconds every other call gets. */
+        int r = ap_ctl_call(c, json_pack("{s:s}", "cmd", "hello"), -1, AP_CTL_CALL_TIMEOUT_MS,
+                            &resp, &err);
+        json_decref(resp);
+        resp = NULL;
+        if (r == 0)
+                r = ap_ctl_call(c, json_pack("{s:s, s:i}", "cmd", "snapshot", "pid", (int)pid), mfd,
+                                120000, &resp, &err);
         if (r < 0) {
                 fprintf(stderr, "allocprof: pid %d: %s\n", (int)pid, err);
                 free(err);

@@ -60,6 +60,8 @@ pid_t ap_ctl_profiled_pid(pid_t pid);
 /* A live snapshot of pid through c: symbolized by the collector into a memfd.  Returns
  * 0, or an exit status after printing one line. */
 int ap_ctl_snapshot(struct ap_ctl *c, pid_t pid, struct ap_profile **ret);
+/* How long a control call waits for its answer (a snapshot's own, longer, aside). */
+#define AP_CTL_CALL_TIMEOUT_MS 10000
 
 /* "12345" -> pid.  Returns false for anything else. */
 bool ap_parse_pid(const char *s, pid_t *ret);

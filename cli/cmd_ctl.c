@@ -17,7 +17,7 @@
 #include "ctl.h"
 #include "util.h"
 
-#define CALL_TIMEOUT_MS 10000
+#define CALL_TIMEOUT_MS AP_CTL_CALL_TIMEOUT_MS
 
 /* ---- ps ------------------------------------------------------------------------------ */
 

@@ -839,7 +839,15 @@ mkdir -m 700 stopd
 "$APD" --foreground --socket "$T/h/stopd/d.sock" --output-dir "$T/h/stopd" 2>stopd.log &
 SD=$!
 for i in $(seq 50); do [ -S stopd/d.sock ] && break; sleep 0.1; done
+drv_start stopd env LD_PRELOAD="$AGENT" ALLOCPROF_SOCKET="$T/h/stopd/d.sock" ALLOCPROF_MODE=dormant "$ATTACHEE"
 kill -STOP "$SD"
+# A snapshot (report PID) of its program gives up as soon as any other call does, not
+# after the two minutes a snapshot may take to symbolize.
+s0=$(now_ms)
+"$AP" snapshot -o stopd-snap.approf "${DPID[stopd]}" 2>stopd-snap.err
+check_eq "stopped daemon: snapshot of its program fails, within 15 s" "1 1" \
+        "$? $(($(now_ms) - s0 < 15000))"
+check_contains "stopped daemon: snapshot says it did not answer" stopd-snap.err "did not answer within"
 ALLOCPROF_DAEMON_SOCKET="$T/h/stopd/d.sock" "$AP" ps >stopd-ps.out 2>stopd-ps.err
 check_eq "stopped daemon: ps fails" 1 $?
 check_contains "stopped daemon: ps says it did not answer" stopd-ps.err \
@@ -848,6 +856,7 @@ checks=$((checks + 1))
 grep -q "no collector is running" stopd-ps.err &&
         fail "stopped daemon: ps claims no collector is running: $(cat stopd-ps.err)"
 kill -CONT "$SD"
+drv_exit stopd 0
 kill -TERM "$SD"
 wait "$SD"
 check_eq "stopped daemon, continued: SIGTERM, exit 0" 0 $?
