@@ -137,6 +137,12 @@ AP_HIDDEN uint8_t *ap_shm_tail(uint64_t offset)
  * lets it go.  NULL in an image the environment started (exec drops every mapping). */
 static struct ap_shm_header *g_report_hdr;
 
+/* The mode and sampling interval the parent recorded in when it forked us, if it had been
+ * attached (started dormant, now recording): a child it forks while attached starts
+ * recording as it does, not dormant, so that a server's workers are sampled with it. */
+static uint32_t g_parent_mode = AP_MODE_OFF;
+static uint64_t g_parent_interval;
+
 /* Unmaps everything the session mapped (the fork child: its parent's). */
 static void unmap_session(void)
 {
@@ -628,10 +634,14 @@ static int session_start(const char *sock_path)
         /* "libunwind": every stack through libunwind (the reference the cached unwinder
          * is tested against). */
         ap_unwind_general = strcmp(g_env.unwind, "libunwind") == 0;
-        ap_store_relaxed(&h->xsample_interval, interval ? interval : 512 * 1024);
         uint32_t m = interval ? AP_MODE_SAMPLED : AP_MODE_FULL;
         if (g_env.dormant)
                 m = AP_MODE_DORMANT;
+        if (g_env.dormant && (g_parent_mode == AP_MODE_SAMPLED || g_parent_mode == AP_MODE_FULL)) {
+                m = g_parent_mode; /* forked while attached: see g_parent_mode */
+                interval = g_parent_interval;
+        }
+        ap_store_relaxed(&h->xsample_interval, interval ? interval : 512 * 1024);
         ap_store_relaxed(&h->xmode, m);
 
         if (g_exe_path[0] == '\0') {
@@ -695,8 +705,13 @@ static void fork_child(void)
         ap_store_relaxed(&g_init_state, INIT_UNTRIED);
         ap_store_relaxed(&g_map_retry_at, 0);
         /* The parent's header page stays, to report into (g_report_hdr); an ancestor's
-         * page kept before goes, the parent being nearer. */
+         * page kept before goes, the parent being nearer.  Its mode is the one we start
+         * in if it was attached (g_parent_mode; relaxed: the collector may flip it at any
+         * time, and the fork is as good a moment as any). */
         if (g_head != NULL && g_head_len > g_page) {
+                const struct ap_shm_header *ph = (const struct ap_shm_header *)g_head;
+                g_parent_mode = ap_load_relaxed(&ph->xmode);
+                g_parent_interval = ap_load_relaxed(&ph->xsample_interval);
                 if (g_report_hdr != NULL)
                         munmap(g_report_hdr, g_page);
                 g_report_hdr = (struct ap_shm_header *)g_head;

@@ -578,6 +578,23 @@ check_eq "run: profile written with the attached window" "False 4 sampled True" 
 check_eq "run: profile's live = what was not freed" True \
         "$(json_of run.approf "abs(sum(s['leaked_bytes'] for s in $site) - 4000000) <= 400000")"
 
+# A child forked while its parent is attached records as the parent does (a server's
+# workers sampled with it); one forked before the attach or after the detach stays
+# dormant, and has no profile.
+mkdir fk && cd fk || exit 1
+drv_start fk env ALLOCPROF_DAEMON_SOCKET="$T/e/no-daemon.sock" "$AP" run --dormant -o fk.approf -- "$ATTACHEE"
+C=$(pgrep -P "${DPID[fk]}" | head -1)
+say fk 'fork 10 100' >/dev/null
+"$AP" attach "$C" --sample 1 2>/dev/null
+say fk 'fork 100 1000' >/dev/null
+"$AP" detach "$C" 2>/dev/null
+say fk 'fork 10 100' >/dev/null
+drv_exit fk 0
+check_eq "attached parent's fork child: the only child profile, sampled at 1, its 100 blocks" \
+        "1 sampled 1 100 100000" \
+        "$(n=$(ls allocprof.attachee.*.approf 2>/dev/null | wc -l); f=$(ls allocprof.attachee.*.approf 2>/dev/null | head -1); [ -n "$f" ] && echo "$n $(json_of "$f" "d['mode'], d['sample_interval'], sum(s['allocations'] for s in d['sites'] if s['frames'] and s['frames'][0]['function'] == 'child_blocks'), sum(s['bytes'] for s in d['sites'] if s['frames'] and s['frames'][0]['function'] == 'child_blocks')")")"
+cd .. || exit 1
+
 # The same through the daemon: the attach reaches the daemon, run writes the profile.
 drv_start drun "$AP" run --dormant -o drun.approf -- "$ATTACHEE"
 C=$(pgrep -P "${DPID[drun]}" | head -1)

@@ -8,6 +8,8 @@
  *   free-alloc        frees every block "alloc" made
  *   threads K N SIZE  K threads, each allocating N blocks of SIZE from thread_blocks()
  *                     and freeing them all; joined before "ok"
+ *   fork N SIZE       a child that allocates N blocks of SIZE from child_blocks(), keeps
+ *                     them and exits 0; waited for before "ok"
  *   exit CODE         exits with CODE (blocks still held leak)
  *
  * End of input exits with status 0.  An unknown or malformed command answers "error"
@@ -22,6 +24,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "workload.h"
 
@@ -130,6 +134,25 @@ static int run_threads(size_t k, size_t n, size_t size)
         return started == k ? 0 : -1;
 }
 
+WL_FRAME static void child_blocks(size_t n, size_t size)
+{
+        for (size_t i = 0; i < n; i++)
+                wl_keep(malloc(size));
+}
+
+static int run_child(size_t n, size_t size)
+{
+        fflush(stdout);
+        pid_t pid = fork();
+        if (pid == 0) {
+                child_blocks(n, size);
+                _exit(0);
+        }
+        int st;
+        return pid > 0 && waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0
+                                                                                               : -1;
+}
+
 int main(void)
 {
         char line[256];
@@ -148,6 +171,8 @@ int main(void)
                         free_list(&alloc_list), r = 0;
                 else if (sscanf(line, "threads %lu %lu %lu", &a, &b, &c) == 3)
                         r = run_threads(a, b, c);
+                else if (sscanf(line, "fork %lu %lu", &a, &b) == 2)
+                        r = run_child(a, b);
                 else if (sscanf(line, "exit %d", &code) == 1)
                         exit(code);
                 printf(r == 0 ? "ok\n" : "error\n");
