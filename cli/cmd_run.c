@@ -67,6 +67,7 @@ struct run_state {
         pid_t child;
         bool daemon_lost; /* the daemon serving the run went away */
         pid_t daemon_pid; /* its pid, 0 if it did not say (an older allocprofd) */
+        char *daemon_dir; /* its output directory, NULL if it did not say */
         size_t nended_at_end; /* images that had ended when the program did */
         bool dormant;         /* started dormant */
         size_t never_attached; /* images of other processes dropped by on_done */
@@ -652,19 +653,20 @@ static void take_image(struct run_state *rs, json_t *ev, int fd)
  * end; else it was killed or crashed, and they are lost. */
 static void say_daemon_lost(const struct run_state *rs, bool stopping, const char *err)
 {
+        const char *dir = rs->daemon_dir ? rs->daemon_dir : "its own output directory";
         if (stopping) {
-                fprintf(stderr, "allocprof: allocprofd was stopped during the run: it wrote the "
-                                "profiles of this run's processes it still held to its own "
-                                "output directory, not here\n");
+                fprintf(stderr,
+                        "allocprof: allocprofd was stopped during the run: it wrote the "
+                        "profiles of this run's processes it still held to %s, not here\n",
+                        dir);
                 return;
         }
         if (rs->daemon_pid <= 0) {
                 fprintf(stderr,
                         "allocprof: allocprofd went away during the run (%s): if it was "
                         "stopped (SIGTERM, SIGINT, SIGHUP), it wrote the profiles of this "
-                        "run's processes it held to its own output directory; if it was "
-                        "killed, they are lost\n",
-                        err);
+                        "run's processes it held to %s; if it was killed, they are lost\n",
+                        err, dir);
                 return;
         }
         /* Killed, it is gone (not even a zombie) within moments of the hang-up. */
@@ -676,9 +678,9 @@ static void say_daemon_lost(const struct run_state *rs, bool stopping, const cha
         if (alive)
                 fprintf(stderr,
                         "allocprof: allocprofd closed the connection during the run (%s): it "
-                        "writes the profiles of this run's processes to its own output "
-                        "directory as they end, not here\n",
-                        err);
+                        "writes the profiles of this run's processes to %s as they end, not "
+                        "here\n",
+                        err, dir);
         else
                 fprintf(stderr,
                         "allocprof: allocprofd went away during the run (%s) without writing "
@@ -985,6 +987,8 @@ int ap_cmd_run(int argc, char **argv)
                 } else {
                         json_int_t dp = json_integer_value(json_object_get(resp, "collector_pid"));
                         rs.daemon_pid = dp > 0 && dp <= INT32_MAX ? (pid_t)dp : 0;
+                        const char *dd = json_string_value(json_object_get(resp, "output_dir"));
+                        rs.daemon_dir = dd != NULL && dd[0] == '/' ? strdup(dd) : NULL;
                 }
                 free(err);
                 json_decref(resp);
@@ -1242,6 +1246,7 @@ int ap_cmd_run(int argc, char **argv)
         ap_symbolizer_free(sym);
         free(sock);
         free(sock_dir);
+        free(rs.daemon_dir);
         free(preload);
         free(agent);
         if (term_sig != 0 && ret == 128 + term_sig)

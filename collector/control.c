@@ -786,6 +786,8 @@ static void cmd_run(struct ap_collector *c, struct ap_client *cl, json_t *req)
         /* So that the client can tell, if the connection breaks, whether we are gone. */
         json_t *r = reply_ok();
         json_object_set_new(r, "collector_pid", json_integer(getpid()));
+        if (c->output_dir != NULL) /* where the run's profiles go if we stop first */
+                json_object_set_new(r, "output_dir", json_string(c->output_dir));
         send_json(cl, r, -1);
 }
 

@@ -839,7 +839,7 @@ check_eq "SIGTERM: the run's program goes on" ok "$(say t4 'alloc 1 1')"
 drv_exit t4 9
 check_eq "SIGTERM: the run's program exits normally, run with its status" 9 "$EXITED"
 check_contains "SIGTERM: run says where the profile went" "$T/t4.err" \
-        "allocprofd was stopped during the run: it wrote the profiles of this run's processes it still held to its own output directory, not here"
+        "allocprofd was stopped during the run: it wrote the profiles of this run's processes it still held to $T/h/term, not here"
 for i in 1 2 3; do
         f="term/allocprof.attachee.${DPID[t$i]}.approf"
         check_eq "SIGTERM: program $i's profile up to now" "$((10 * i)) $((1000 * i)) $((10 * i))" \
