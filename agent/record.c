@@ -227,7 +227,21 @@ static pid_t gettid_raw(void)
  * their time there (140 times slower than unprofiled). */
 #define CLAIM_RETRY_NS (1000ull * 1000)
 
-static bool slot_wait(struct ap_shm_header *h, uint64_t start, uint64_t *beat, uint64_t *beat_at);
+/* The collector is presumed gone when its heartbeat did not move for this long while our
+ * ring stayed full; from then on full rings drop at once instead of waiting. */
+#define WAIT_STALL_NS (200ull * 1000 * 1000)
+#define WAIT_MAX_NS (5000ull * 1000 * 1000)
+static _Atomic int g_collector_stalled;
+
+/* A writer waiting for the collector to give something back (ring space, a slot): when it
+ * began, and the collector's heartbeat as last seen, and when. */
+struct collector_wait {
+        uint64_t start, beat, beat_at;
+};
+enum wait_verdict { WAIT_ON, WAIT_STOP, WAIT_TIMED_OUT };
+static void wait_begin(struct collector_wait *w, struct ap_shm_header *h, uint64_t start);
+static void wait_nap(void);
+static enum wait_verdict wait_verdict(struct collector_wait *w, struct ap_shm_header *h);
 
 /* `may_wait`: false for a signal handler's nested ring, which must not block. */
 static bool slot_claim(struct ap_shm_header *h, struct ap_ring_ctl **ret_ctl,
@@ -245,7 +259,7 @@ static bool slot_claim(struct ap_shm_header *h, struct ap_ring_ctl **ret_ctl,
          * from 0 past the slots of live threads costs little. */
         uint32_t n = h->nslots;
         bool can_map = true, retired = false;
-        uint64_t wait_start = 0, beat = 0, beat_at = 0;
+        struct collector_wait w = {0, 0, 0};
 again:
         for (uint32_t i = 0; i < n; i++) {
                 /* A slot never mapped here is free (no other process claims ours); once
@@ -275,25 +289,26 @@ again:
                                               &h->xslot_hwm, &hwm, i + 1, memory_order_release,
                                               memory_order_relaxed))
                         ;
-                if (wait_start != 0)
-                        ap_count(AP_CNT_RING_WAIT_NS, ap_clock_mono_ns() - wait_start);
+                if (w.start != 0)
+                        ap_count(AP_CNT_RING_WAIT_NS, ap_clock_mono_ns() - w.start);
                 return true;
         }
         /* Every slot taken, some by threads that ended (RETIRED) whose records the
          * collector has not read yet: it is behind (20,000 short threads under a busy
          * machine).  Full mode waits for it to hand one back, as for ring space. */
-        if (retired && may_wait && ap_load_relaxed(&h->xmode) == AP_MODE_FULL) {
-                if (wait_start == 0) {
-                        wait_start = beat_at = ap_clock_mono_ns();
-                        beat = ap_load_relaxed(&h->xheartbeat);
+        if (retired && may_wait && ap_load_relaxed(&h->xmode) == AP_MODE_FULL &&
+            !ap_load_relaxed(&g_collector_stalled)) {
+                if (w.start == 0) {
+                        wait_begin(&w, h, ap_clock_mono_ns());
                         ap_count(AP_CNT_RING_WAITS, 1);
                 }
                 retired = false;
-                if (slot_wait(h, wait_start, &beat, &beat_at))
+                wait_nap();
+                if (wait_verdict(&w, h) == WAIT_ON)
                         goto again;
         }
-        if (wait_start != 0)
-                ap_count(AP_CNT_RING_WAIT_NS, ap_clock_mono_ns() - wait_start);
+        if (w.start != 0)
+                ap_count(AP_CNT_RING_WAIT_NS, ap_clock_mono_ns() - w.start);
         t->claim_retry_at = ap_clock_mono_ns() + CLAIM_RETRY_NS;
         t->claim_fail_gen = gen + 1;
         return false;
@@ -331,12 +346,6 @@ AP_HIDDEN void ap_count(enum ap_counter c, uint64_t n)
                 ap_fetch_add_relaxed(&h->xcounters[c], n);
 }
 
-/* The collector is presumed gone when its heartbeat did not move for this long while our
- * ring stayed full; from then on full rings drop at once instead of waiting. */
-#define WAIT_STALL_NS (200ull * 1000 * 1000)
-#define WAIT_MAX_NS (5000ull * 1000 * 1000)
-static _Atomic int g_collector_stalled;
-
 /* The collector is slow rather than gone as long as its process exists. */
 static bool collector_alive(struct ap_shm_header *h)
 {
@@ -372,6 +381,39 @@ static __attribute__((noinline, cold)) void check_collector(struct ap_thread *t,
         }
 }
 
+static void wait_begin(struct collector_wait *w, struct ap_shm_header *h, uint64_t start)
+{
+        w->start = w->beat_at = start;
+        w->beat = ap_load_relaxed(&h->xheartbeat);
+}
+
+static void wait_nap(void)
+{
+        struct timespec ts = {0, 50 * 1000};
+        nanosleep(&ts, NULL);
+}
+
+/* After a nap that gave nothing back: wait on; stop, when the mode is no longer full or
+ * the collector is found gone (then nothing more is recorded); or give up after
+ * WAIT_MAX_NS. */
+static enum wait_verdict wait_verdict(struct collector_wait *w, struct ap_shm_header *h)
+{
+        if (ap_load_relaxed(&h->xmode) != AP_MODE_FULL)
+                return WAIT_STOP;
+        uint64_t now = ap_clock_mono_ns();
+        uint64_t b = ap_load_relaxed(&h->xheartbeat);
+        if (b != w->beat) {
+                w->beat = b;
+                w->beat_at = now;
+        } else if (now - w->beat_at > WAIT_STALL_NS && !collector_alive(h)) {
+                /* Gone: from now on record nothing. */
+                ap_store_relaxed(&g_collector_stalled, 1);
+                ap_store_relaxed(&h->xmode, AP_MODE_OFF);
+                return WAIT_STOP;
+        }
+        return now - w->start > WAIT_MAX_NS ? WAIT_TIMED_OUT : WAIT_ON;
+}
+
 /* The ring is full: naps until the collector gives space back, it is found gone (then
  * nothing more is recorded), the mode changes, or WAIT_MAX_NS pass.  NULL if no space.
  * A collector that is alive but drains nothing (stopped, hung, or busy elsewhere) would
@@ -380,54 +422,19 @@ static __attribute__((noinline, cold)) void check_collector(struct ap_thread *t,
 static uint8_t *wait_for_space(struct ap_thread *t, struct ap_shm_header *h, uint32_t nbytes,
                                uint32_t keep, uint64_t start)
 {
-        uint64_t beat_at = start;
-        uint64_t beat = ap_load_relaxed(&h->xheartbeat);
+        struct collector_wait w;
+        wait_begin(&w, h, start);
         for (;;) {
-                struct timespec ts = {0, 50 * 1000};
-                nanosleep(&ts, NULL);
-                uint8_t *w = ap_ring_try_reserve(&t->pr, nbytes, keep);
-                if (w != NULL)
-                        return w;
-                if (ap_load_relaxed(&h->xmode) != AP_MODE_FULL)
-                        return NULL;
-                uint64_t now = ap_clock_mono_ns();
-                uint64_t b = ap_load_relaxed(&h->xheartbeat);
-                if (b != beat) {
-                        beat = b;
-                        beat_at = now;
-                } else if (now - beat_at > WAIT_STALL_NS && !collector_alive(h)) {
-                        /* Gone: from now on record nothing. */
-                        ap_store_relaxed(&g_collector_stalled, 1);
-                        ap_store_relaxed(&h->xmode, AP_MODE_OFF);
-                        return NULL;
-                }
-                if (now - start > WAIT_MAX_NS) {
+                wait_nap();
+                uint8_t *p = ap_ring_try_reserve(&t->pr, nbytes, keep);
+                if (p != NULL)
+                        return p;
+                enum wait_verdict v = wait_verdict(&w, h);
+                if (v == WAIT_TIMED_OUT)
                         t->gave_up = 1;
+                if (v != WAIT_ON)
                         return NULL;
-                }
         }
-}
-
-/* slot_claim found no free slot but some retired: naps, then true to look again, or
- * false once WAIT_MAX_NS passed, the collector is found gone or the mode changed. */
-static bool slot_wait(struct ap_shm_header *h, uint64_t start, uint64_t *beat, uint64_t *beat_at)
-{
-        if (ap_load_relaxed(&g_collector_stalled))
-                return false;
-        struct timespec ts = {0, 50 * 1000};
-        nanosleep(&ts, NULL);
-        if (ap_load_relaxed(&h->xmode) != AP_MODE_FULL)
-                return false;
-        uint64_t now = ap_clock_mono_ns(), b = ap_load_relaxed(&h->xheartbeat);
-        if (b != *beat) {
-                *beat = b;
-                *beat_at = now;
-        } else if (now - *beat_at > WAIT_STALL_NS && !collector_alive(h)) {
-                ap_store_relaxed(&g_collector_stalled, 1);
-                ap_store_relaxed(&h->xmode, AP_MODE_OFF);
-                return false;
-        }
-        return now - start <= WAIT_MAX_NS;
 }
 
 static uint8_t *ring_reserve(struct ap_thread *t, struct ap_shm_header *h, uint32_t nbytes,
@@ -885,6 +892,14 @@ AP_HIDDEN void ap_record_realloc(void *old, void *p, size_t size, uint64_t ts, c
 
 /* ---- nested (signal handler) records ------------------------------------------------ */
 
+/* The session a handler's record goes to: none in a child that has not yet dropped its
+ * parent's (ap_fork_mark), which is left to the next hook outside a handler. */
+static struct ap_shm_header *nested_session(void)
+{
+        struct ap_shm_header *h = atomic_load_explicit(&ap_session, memory_order_acquire);
+        return h != NULL && ap_unlikely(ap_fork_unseen()) ? NULL : h;
+}
+
 /* The thread's nested ring in session h, claiming a slot on first use.  False: no slot
  * (all taken, or the one found could not be mapped); the caller counts the record as
  * dropped, as thread_ring does for the hooks' own path. */
@@ -917,10 +932,7 @@ AP_HIDDEN void ap_nested_alloc(void *p, size_t size, bool realloc)
                 return;
         }
         t->nested_busy = 1;
-        struct ap_shm_header *h = atomic_load_explicit(&ap_session, memory_order_acquire);
-        /* Our parent's session (ap_fork_mark): left to the next hook outside a handler. */
-        if (h != NULL && ap_unlikely(ap_fork_unseen()))
-                h = NULL;
+        struct ap_shm_header *h = nested_session();
         uint32_t mode = h ? ap_load_relaxed(&h->xmode) : AP_MODE_OFF;
         uint64_t weight = 0;
         if (mode == AP_MODE_SAMPLED) {
@@ -975,10 +987,7 @@ AP_HIDDEN void ap_nested_free(void *p)
                 return;
         }
         t->nested_busy = 1;
-        struct ap_shm_header *h = atomic_load_explicit(&ap_session, memory_order_acquire);
-        /* Our parent's session (ap_fork_mark): left to the next hook outside a handler. */
-        if (h != NULL && ap_unlikely(ap_fork_unseen()))
-                h = NULL;
+        struct ap_shm_header *h = nested_session();
         uint32_t mode = h ? ap_load_relaxed(&h->xmode) : AP_MODE_OFF;
         if (mode == AP_MODE_FULL ||
             ((mode == AP_MODE_SAMPLED || mode == AP_MODE_DETACHED) && ap_sampled_forget(p))) {
