@@ -11,6 +11,7 @@
  */
 #pragma once
 
+#include <errno.h>
 #include <fcntl.h>
 #include <stdbool.h>
 #include <stdlib.h>
@@ -48,9 +49,14 @@ static inline struct ap_seccomp_state ap_seccomp_now(void)
         if (fd < 0)
                 return s;
         size_t got = 0;
-        ssize_t n;
-        while (got < sizeof(buf) - 1 && (n = read(fd, buf + got, sizeof(buf) - 1 - got)) > 0)
+        while (got < sizeof(buf) - 1) {
+                ssize_t n = read(fd, buf + got, sizeof(buf) - 1 - got);
+                if (n < 0 && errno == EINTR)
+                        continue; /* a signal of the program's, in its constructor */
+                if (n <= 0)
+                        break;
                 got += (size_t)n;
+        }
         close(fd);
         buf[got] = '\0';
         s.mode = ap_seccomp_field(buf, "Seccomp:");
