@@ -777,7 +777,13 @@ static void put_header(const struct out *o, const struct ap_profile *p)
                         say(o, ", started %s", when);
         }
         say(o, "\n");
-        if (is_sampled(p))
+        if (is_sampled(p) && p->sample_interval_min != 0 &&
+            p->sample_interval_min != p->sample_interval_max)
+                say(o,
+                    "  mode sampled: one sample per %s to %s allocated on average (the "
+                    "interval changed while it was recorded); figures are estimates\n",
+                    fmt_size(p->sample_interval_min).s, fmt_size(p->sample_interval_max).s);
+        else if (is_sampled(p))
                 say(o,
                     "  mode sampled: one sample per %s allocated on average; figures are "
                     "estimates\n",
@@ -1555,6 +1561,10 @@ int ap_report_json(FILE *out, const struct ap_profile *p, const struct ap_report
         fputs(p->live ? "true" : "false", out);
         jkey_str(&root, "mode", p->mode);
         jkey_u64(&root, "sample_interval", p->sample_interval);
+        jkey_u64(&root, "sample_interval_min",
+                 p->sample_interval_min ? p->sample_interval_min : p->sample_interval);
+        jkey_u64(&root, "sample_interval_max",
+                 p->sample_interval_max ? p->sample_interval_max : p->sample_interval);
         jkey(&root, "estimated");
         fputs(is_sampled(p) ? "true" : "false", out);
         json_totals(&root, p);

@@ -156,6 +156,8 @@ static int copy_header(struct ap_profile *o, const struct ap_profile *first)
         o->term_signal = first->term_signal;
         o->start_unix_ns = first->start_unix_ns;
         o->sample_interval = first->sample_interval;
+        o->sample_interval_min = first->sample_interval_min;
+        o->sample_interval_max = first->sample_interval_max;
         if (first->ncommand > 0) {
                 o->command = calloc(first->ncommand, sizeof(char *));
                 if (o->command == NULL)
@@ -167,6 +169,19 @@ static int copy_header(struct ap_profile *o, const struct ap_profile *first)
                 }
         }
         return 0;
+}
+
+/* The merge's smallest and largest sample intervals cover p's (an input without them, as
+ * built by hand, counts as its sample_interval). */
+static void widen_intervals(struct ap_profile *o, const struct ap_profile *p)
+{
+        uint64_t lo = p->sample_interval_min ? p->sample_interval_min : p->sample_interval;
+        uint64_t hi = p->sample_interval_max > p->sample_interval ? p->sample_interval_max
+                                                                  : p->sample_interval;
+        if (lo != 0 && (o->sample_interval_min == 0 || lo < o->sample_interval_min))
+                o->sample_interval_min = lo;
+        if (hi > o->sample_interval_max)
+                o->sample_interval_max = hi;
 }
 
 int ap_profile_merge(struct ap_profile *const *in, size_t n, size_t main_index,
@@ -190,6 +205,7 @@ int ap_profile_merge(struct ap_profile *const *in, size_t n, size_t main_index,
                         if (o->mode == NULL)
                                 r = -ENOMEM;
                 }
+                widen_intervals(o, p);
                 if (p->start_unix_ns != 0 && p->start_unix_ns < o->start_unix_ns)
                         o->start_unix_ns = p->start_unix_ns;
                 if (p->start_unix_ns + p->duration_ns > end)

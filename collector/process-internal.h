@@ -122,6 +122,9 @@ struct ap_process {
         } t;
         uint64_t peak_epoch;
         bool sampled; /* sampled records were seen, or sampled mode: figures are estimates */
+        /* The smallest and largest sample intervals the header held in sampled mode (both
+         * 0 until then): a program attached again with another --sample mixes them. */
+        uint64_t interval_min, interval_max;
 
         uint64_t hist_count[AP_HIST_BUCKETS];
         uint64_t hist_bytes[AP_HIST_BUCKETS];

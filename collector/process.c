@@ -16,6 +16,7 @@
 #include "allocprof/atomics.h"
 #include "allocprof/clock.h"
 #include "allocprof/ring.h"
+#include "allocprof/sampler.h"
 #include "process-internal.h"
 #include <time.h>
 
@@ -273,6 +274,16 @@ uint32_t ap_process_mode(const struct ap_process *p, uint64_t *sample_interval)
         return ap_load_relaxed(&p->hdr->xmode);
 }
 
+/* Keeps the interval in force among those the profile will say were used. */
+static void note_interval(struct ap_process *p)
+{
+        uint64_t iv = ap_sampler_interval(ap_load_relaxed(&p->hdr->xsample_interval));
+        if (p->interval_min == 0 || iv < p->interval_min)
+                p->interval_min = iv;
+        if (iv > p->interval_max)
+                p->interval_max = iv;
+}
+
 void ap_process_set_mode(struct ap_process *p, uint32_t mode, uint64_t sample_interval)
 {
         /* The interval first: an agent thread that sees the new mode then reads an
@@ -280,6 +291,8 @@ void ap_process_set_mode(struct ap_process *p, uint32_t mode, uint64_t sample_in
         if (sample_interval != 0)
                 ap_store_relaxed(&p->hdr->xsample_interval, sample_interval);
         ap_store_relaxed(&p->hdr->xmode, mode);
+        if (mode == AP_MODE_SAMPLED)
+                note_interval(p);
 }
 
 char **ap_process_command(const struct ap_process *p, int *argc)
@@ -977,8 +990,10 @@ long ap_process_drain(struct ap_process *p, bool final)
         ap_process_calibrate(p);
         /* A process in sampled mode has estimates, sampled or not yet (the label only;
          * a process that writes another mode there mislabels its own profile). */
-        if (ap_load_relaxed(&h->xmode) == AP_MODE_SAMPLED)
+        if (ap_load_relaxed(&h->xmode) == AP_MODE_SAMPLED) {
                 p->sampled = true;
+                note_interval(p);
+        }
         /* 1. Snapshot every ring's head.  Acquire pairs with the agent's release of xhead
          *    (B->C in wire.h): the records below the head are complete.  The slot count
          *    is read again afterwards: a thread that claimed a slot before another

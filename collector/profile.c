@@ -37,6 +37,7 @@
  *               or neither)},
  *    "live":true,                                      (snapshots of a running process only)
  *    "mode":S|null, "sample_interval":N,
+ *    "sample_intervals":[min, max],   (sampled profiles whose interval changed only)
  *    "totals":{one key per field of ap_profile.totals ("untracked_samples" only when
  *              not 0)},
  *    "strings":[S...],
@@ -131,6 +132,14 @@ static bool known_mode(const char *mode)
 static bool sampled_without_interval(const struct ap_profile *p)
 {
         return p->mode != NULL && strcmp(p->mode, "sampled") == 0 && p->sample_interval == 0;
+}
+
+/* A sampled profile recorded at more than one interval (the smallest and largest are
+ * set, and differ). */
+static bool interval_changed(const struct ap_profile *p)
+{
+        return p->sample_interval != 0 && p->sample_interval_min != 0 &&
+               p->sample_interval_min != p->sample_interval_max;
 }
 
 /* Linux's highest signal number (SIGRTMAX; _NSIG - 1): a process killed by a signal was
@@ -1210,6 +1219,13 @@ static int out_document(struct fd_sink *sink, const struct ap_profile *p, const 
         out_str(sink, p->mode);
         out_lit(sink, ",\"sample_interval\":");
         out_u64(sink, p->sample_interval);
+        if (interval_changed(p)) { /* only then: other files are as they were */
+                out_lit(sink, ",\"sample_intervals\":[");
+                out_u64(sink, p->sample_interval_min);
+                out_lit(sink, ",");
+                out_u64(sink, p->sample_interval_max);
+                out_lit(sink, "]");
+        }
         out_lit(sink, ",\"totals\":");
         out_u64_fields(sink, p, totals_fields, ARRAY_SIZE(totals_fields), true);
         if (p->totals.untracked_samples) { /* only when not 0: older readers never saw it */
@@ -1998,12 +2014,35 @@ static int read_sample_interval(struct rctx *rc, struct ap_profile *p, const str
         struct loc l = at_key(NULL, "sample_interval");
         int r = field_u64(rc, root, NULL, "sample_interval", &p->sample_interval);
 
-        if (r < 0 || !sampled_without_interval(p))
+        if (r < 0)
                 return r;
-        return fail(rc, -EINVAL,
-                    "%s: 0 in sampled mode (the mean number of bytes between samples is at "
-                    "least 1)",
-                    loc_text(&l).s);
+        if (sampled_without_interval(p))
+                return fail(rc, -EINVAL,
+                            "%s: 0 in sampled mode (the mean number of bytes between samples "
+                            "is at least 1)",
+                            loc_text(&l).s);
+        p->sample_interval_min = p->sample_interval_max = p->sample_interval;
+
+        /* Optional "sample_intervals": [min, max], around sample_interval. */
+        const struct ap_json *t = ap_json_get(root, "sample_intervals");
+        struct loc lr = at_key(NULL, "sample_intervals");
+        if (t == NULL)
+                return 0;
+        if (p->sample_interval == 0)
+                return fail(rc, -EINVAL, "%s: present in a profile with no sample interval",
+                            loc_text(&lr).s);
+        if ((r = tuple(rc, t, &lr, 2, "[smallest, largest]")) < 0 ||
+            (r = tuple_u64(rc, t, &lr, 0, &p->sample_interval_min)) < 0 ||
+            (r = tuple_u64(rc, t, &lr, 1, &p->sample_interval_max)) < 0)
+                return r;
+        if (p->sample_interval_min == 0 || p->sample_interval_min > p->sample_interval ||
+            p->sample_interval_max < p->sample_interval)
+                return fail(rc, -EINVAL,
+                            "%s: [%" PRIu64 ", %" PRIu64 "] does not hold sample_interval %" PRIu64
+                            " (nor 0)",
+                            loc_text(&lr).s, p->sample_interval_min, p->sample_interval_max,
+                            p->sample_interval);
+        return 0;
 }
 
 /* Optional: only snapshots of a running process carry it. */

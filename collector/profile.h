@@ -63,6 +63,9 @@ struct ap_profile {
         int term_signal;          /* signal that killed it, 0 if none */
         char *mode;               /* "full" */
         uint64_t sample_interval; /* 0 in full mode */
+        /* The smallest and largest intervals used (a program attached twice with other
+         * --sample values): both sample_interval when it was one, 0 in full mode. */
+        uint64_t sample_interval_min, sample_interval_max;
         uint64_t start_unix_ns;   /* wall-clock start of the process image */
         uint64_t duration_ns;
         uint64_t drain_cpu_ns; /* collector CPU time spent draining its rings (0: unknown) */

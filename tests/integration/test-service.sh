@@ -490,6 +490,13 @@ check_eq "dormant attachee exit status" 3 "$EXITED"
 wait_files 1 "$T/out/allocprof.attachee.$A.approf"
 check_eq "daemon's profile of the attached program: not live, exit unknown, estimated" "False None True" \
         "$(json_of "$T/out/allocprof.attachee.$A.approf" 'd["live"], d["process"]["exit_status"], d["estimated"]')"
+# Its windows were sampled at 1K, 1 and 512K: the profile says all three were used, not
+# only the last one.
+check_eq "attached at three intervals: the last, the smallest, the largest" "524288 1 524288" \
+        "$(json_of "$T/out/allocprof.attachee.$A.approf" 'd["sample_interval"], d["sample_interval_min"], d["sample_interval_max"]')"
+"$AP" report "$T/out/allocprof.attachee.$A.approf" >intervals.txt 2>&1
+check_contains "text report: the intervals it was recorded at" intervals.txt \
+        "one sample per 1 B to 512.00 KiB allocated on average (the interval changed while it was recorded)"
 
 # Refusals: a program recording everything, a program without the agent, no process.
 drv_start full env LD_PRELOAD="$AGENT" ALLOCPROF_SOCKET="$SOCK" "$ATTACHEE"

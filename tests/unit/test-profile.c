@@ -214,6 +214,10 @@ static void assert_same_renumbered(const struct ap_profile *a, const struct ap_p
         ASSERT_EQ(a->term_signal, b->term_signal);
         ASSERT_STREQ(a->mode, b->mode);
         ASSERT_EQ(a->sample_interval, b->sample_interval);
+        ASSERT_EQ(a->sample_interval_min ? a->sample_interval_min : a->sample_interval,
+                  b->sample_interval_min);
+        ASSERT_EQ(a->sample_interval_max ? a->sample_interval_max : a->sample_interval,
+                  b->sample_interval_max);
         ASSERT_EQ(a->start_unix_ns, b->start_unix_ns);
         ASSERT_EQ(a->duration_ns, b->duration_ns);
         ASSERT_EQ(a->live, b->live);
@@ -750,6 +754,35 @@ static void test_round_trip_edges(void)
         ASSERT_OK(ap_profile_write(p, path));
         q = read_ok(path);
         assert_same(p, q);
+        {
+                /* Recorded at several intervals: the range is written and read back; at
+                 * one, nothing more is written. */
+                char *text;
+                size_t len;
+
+                text = slurp(path, &len);
+                ASSERT_NOT_CONTAINS(text, "sample_intervals");
+                free(text);
+                ap_profile_free(q);
+                p->sample_interval = 4096;
+                p->sample_interval_min = 1;
+                p->sample_interval_max = INT64_MAX;
+                ASSERT_OK(ap_profile_write(p, path));
+                text = slurp(path, &len);
+                ASSERT_CONTAINS(text, "\"sample_intervals\":[1,9223372036854775807]");
+                free(text);
+                q = read_ok(path);
+                assert_same(p, q);
+                p->sample_interval_min = p->sample_interval_max = 0;
+                ap_profile_free(q);
+                ASSERT_OK(ap_profile_write(p, path));
+                q = read_ok(path);
+                assert_same(p, q);
+                p->sample_interval = 1;
+                ap_profile_free(q);
+                ASSERT_OK(ap_profile_write(p, path));
+                q = read_ok(path);
+        }
 
         /* Written again, what was read gives the same file: its frames and sites are in
          * the file's order already. */
@@ -1108,6 +1141,32 @@ static void test_hostile_documents(void)
                               "sample_interval: 0 in sampled mode (the mean number of bytes "
                               "between samples is at least 1)");
         expect_mutation_error("tool", "version", json_true(), E, "tool.version");
+        /* The intervals a sampled profile was recorded at, around its sample_interval. */
+        expect_mutation_error("", "sample_intervals", json_pack("[i,i]", 1, 2), E,
+                              "sample_intervals: present in a profile with no sample interval");
+        {
+                static const struct {
+                        const char *json, *needle;
+                } bad[] = {
+                        {"[1024]", "sample_intervals: expected [smallest, largest]"},
+                        {"[1024, 4096, 8192]", "expected [smallest, largest]"},
+                        {"{}", "expected [smallest, largest]"},
+                        {"[0, 4096]", "[0, 4096] does not hold sample_interval 4096"},
+                        {"[8192, 4096]", "[8192, 4096] does not hold"},
+                        {"[1, 2048]", "[1, 2048] does not hold sample_interval 4096"},
+                        {"[8192, 16384]", "does not hold"},
+                        {"[1, -5]", "sample_intervals[1]"},
+                        {"[1, \"4096\"]", "sample_intervals[1]"},
+                };
+                for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+                        json_t *doc = sample_doc();
+                        ASSERT_EQ(json_object_set_new(doc, "mode", json_string("sampled")), 0);
+                        ASSERT_EQ(json_object_set_new(doc, "sample_interval", json_integer(4096)),
+                                  0);
+                        expect_doc_error(doc, "", "sample_intervals",
+                                         json_loads(bad[i].json, 0, NULL), E, bad[i].needle);
+                }
+        }
         expect_mutation_error("process", "pid", json_integer(1ll << 32), E, "process.pid");
         expect_mutation_error("process", "exit_status", json_integer(256), E,
                               "process.exit_status");

@@ -365,10 +365,23 @@ static void test_json_schema(void)
 {
         struct ap_profile *p = build_known();
         json_t *doc = render_json(p, 0, AP_SORT_BYTES), *o, *s, *f;
-        static const char *const root_keys[] = {
-                "schema_version",  "tool",      "process",   "live",     "mode",
-                "sample_interval", "estimated", "totals",    "sort",     "sites_total",
-                "sites",           "modules",   "histogram", "timeline", NULL};
+        static const char *const root_keys[] = {"schema_version",
+                                                "tool",
+                                                "process",
+                                                "live",
+                                                "mode",
+                                                "sample_interval",
+                                                "sample_interval_min",
+                                                "sample_interval_max",
+                                                "estimated",
+                                                "totals",
+                                                "sort",
+                                                "sites_total",
+                                                "sites",
+                                                "modules",
+                                                "histogram",
+                                                "timeline",
+                                                NULL};
         static const char *const process_keys[] = {"pid",           "ppid",        "command",
                                                    "exe",           "run_id",      "exit_status", "term_signal",
                                                    "start_unix_ns", "duration_ns", "drain_cpu_ns", "ring_waits",
@@ -411,6 +424,8 @@ static void test_json_schema(void)
         ASSERT_TRUE(json_is_false(jget(doc, "live")));
         ASSERT_STREQ(jstring(doc, "mode"), "full");
         ASSERT_EQ(jint(doc, "sample_interval"), 0);
+        ASSERT_EQ(jint(doc, "sample_interval_min"), 0);
+        ASSERT_EQ(jint(doc, "sample_interval_max"), 0);
         ASSERT_TRUE(json_is_false(jget(doc, "estimated")));
         ASSERT_STREQ(jstring(doc, "sort"), "bytes");
         ASSERT_EQ(jint(doc, "sites_total"), 7);
@@ -766,7 +781,17 @@ static void test_json_exit_status(void)
         ASSERT_EQ(jint(jget(doc, "process"), "exit_status"), 3);
         ASSERT_TRUE(json_is_true(jget(doc, "estimated")));
         ASSERT_EQ(jint(doc, "sample_interval"), 524288);
+        ASSERT_EQ(jint(doc, "sample_interval_min"), 524288);
+        ASSERT_EQ(jint(doc, "sample_interval_max"), 524288);
         json_decref(doc);
+        p->sample_interval_min = 1024;
+        p->sample_interval_max = 1048576;
+        doc = render_json(p, 1, AP_SORT_BYTES);
+        ASSERT_EQ(jint(doc, "sample_interval"), 524288);
+        ASSERT_EQ(jint(doc, "sample_interval_min"), 1024);
+        ASSERT_EQ(jint(doc, "sample_interval_max"), 1048576);
+        json_decref(doc);
+        p->sample_interval_min = p->sample_interval_max = 0;
 
         /* Counters beyond INT64_MAX saturate rather than wrap negative. */
         p->totals.bytes = UINT64_MAX;
@@ -964,6 +989,18 @@ static void test_text(void)
         ASSERT_CONTAINS(
                 t, "\n  mode sampled: one sample per 512.00 KiB allocated on average; figures are "
                    "estimates\n");
+        free(t);
+        /* Recorded at several intervals (attached again with another --sample). */
+        p->sample_interval_min = 1024;
+        p->sample_interval_max = 524288;
+        t = render_text(p, 10, AP_SORT_BYTES, false);
+        ASSERT_CONTAINS(t, "\n  mode sampled: one sample per 1.00 KiB to 512.00 KiB allocated on "
+                           "average (the interval changed while it was recorded); figures are "
+                           "estimates\n");
+        free(t);
+        p->sample_interval_min = p->sample_interval_max = 524288;
+        t = render_text(p, 10, AP_SORT_BYTES, false);
+        ASSERT_CONTAINS(t, "one sample per 512.00 KiB allocated on average; figures");
         free(t);
         ap_profile_free(p);
 }
