@@ -67,6 +67,8 @@ struct ap_thread {
         int own_alloc;             /* inside agent code that may allocate by itself */
         int unwound;               /* this thread's first unwind (which sets up libunwind's
                                     * per-thread cache, allocating) is behind us */
+        int own_tracked;           /* own allocations now are remembered (ap_own_remember):
+                                    * the C library frees them later, outside the agent */
         /* A signal handler that allocates while this thread is inside the agent records
          * into a second slot of its own (the first may hold a half-written record). */
         struct ap_ring_ctl *nctl;
@@ -189,6 +191,24 @@ AP_HIDDEN void ap_record_realloc(void *old, void *p, size_t size, uint64_t ts, c
  * allocations (own_alloc) and a second level of nesting (counted as dropped). */
 AP_HIDDEN void ap_nested_alloc(void *p, size_t size, bool realloc);
 AP_HIDDEN void ap_nested_free(void *p);
+
+/* The agent's own blocks that the C library frees later from the program's code: under
+ * --unwind libunwind, a thread's first unwind makes glibc allocate the thread's block of
+ * libunwind's thread-local storage (libunwind is dlopen'ed: dynamic TLS, allocated on first
+ * use), an allocation of the agent's and not recorded; glibc frees it when the thread's
+ * stack is freed or reused.  Such blocks are remembered while own_tracked is set, and
+ * their frees (and reallocs) are not recorded: recorded, they were unmatched frees of the
+ * program's.  ap_own_live is 0 while no block is remembered, so that every other program
+ * pays one relaxed load per recorded free. */
+extern AP_HIDDEN _Atomic uint32_t ap_own_live;
+AP_HIDDEN void ap_own_remember(void *p);
+AP_HIDDEN bool ap_own_forget(void *p);
+/* True if p was one of those blocks (then forgotten). */
+static inline bool ap_own_block(void *p)
+{
+        return ap_unlikely(atomic_load_explicit(&ap_own_live, memory_order_relaxed) != 0) &&
+               ap_own_forget(p);
+}
 
 /* Slot release at thread exit / session reset. */
 AP_HIDDEN void ap_thread_release(void);

@@ -752,10 +752,13 @@ static __attribute__((noinline)) uint32_t capture(uint64_t *out, uint64_t *hash,
         /* The first unwind of a thread sets up libunwind's per-thread cache (and may
          * allocate for it); later ones do not allocate, so an allocation that interrupts
          * them comes from a signal handler and is the program's. */
-        if (ap_unlikely(!t->unwound))
+        if (ap_unlikely(!t->unwound)) {
                 t->own_alloc++;
+                t->own_tracked++; /* glibc frees those blocks later (ap_own_live) */
+        }
         int n = lu_backtrace(buf, CAPTURE_MAX);
         if (ap_unlikely(!t->unwound)) {
+                t->own_tracked--;
                 t->own_alloc--;
                 t->unwound = 1;
         }
@@ -887,7 +890,63 @@ AP_HIDDEN void ap_record_alloc_sampled(void *p, size_t size, uint64_t weight, bo
 
 AP_HIDDEN void ap_record_realloc(void *old, void *p, size_t size, uint64_t ts, const void *entry)
 {
+        if (ap_own_block(old)) {
+                ap_own_remember(p); /* resized by the C library: still the agent's */
+                return;
+        }
         write_alloc_like(AP_REC_REALLOC, 0, old, p, size, ts, 0, entry);
+}
+
+/* ---- the agent's own blocks that the C library frees (agent.h) ----------------------- */
+
+/* Open addressing, a fixed window of OWN_PROBES cells from the key's slot: an insert
+ * claims an empty cell of the window (CAS from 0), a removal empties the cell it finds, so
+ * no tombstones are needed.  Relaxed: a block is remembered by the thread that allocates
+ * it, before the C library has its address; whoever frees it got it through the C
+ * library's own synchronization.  A block that finds no cell (more than a few thousand
+ * threads at once) is forgotten: its free counts as an unmatched one, as before. */
+#define OWN_BITS 14
+#define OWN_PROBES 32
+static _Atomic uint64_t g_own[1u << OWN_BITS];
+AP_HIDDEN _Atomic uint32_t ap_own_live;
+
+static inline uint32_t own_slot(uint64_t key)
+{
+        return (uint32_t)(ap_mix(key) >> (64 - OWN_BITS));
+}
+
+AP_HIDDEN void ap_own_remember(void *p)
+{
+        uint64_t key = (uint64_t)(uintptr_t)p;
+        if (key == 0)
+                return;
+        uint32_t mask = (1u << OWN_BITS) - 1, i = own_slot(key);
+        for (int n = 0; n < OWN_PROBES; n++, i = (i + 1) & mask) {
+                uint64_t cur = 0;
+                if (atomic_compare_exchange_strong_explicit(
+                            &g_own[i], &cur, key, memory_order_relaxed, memory_order_relaxed)) {
+                        ap_fetch_add_relaxed(&ap_own_live, 1);
+                        return;
+                }
+        }
+}
+
+AP_HIDDEN bool ap_own_forget(void *p)
+{
+        uint64_t key = (uint64_t)(uintptr_t)p;
+        if (key == 0)
+                return false;
+        uint32_t mask = (1u << OWN_BITS) - 1, i = own_slot(key);
+        for (int n = 0; n < OWN_PROBES; n++, i = (i + 1) & mask) {
+                uint64_t cur = key;
+                if (ap_load_relaxed(&g_own[i]) == key &&
+                    atomic_compare_exchange_strong_explicit(
+                            &g_own[i], &cur, 0, memory_order_relaxed, memory_order_relaxed)) {
+                        ap_fetch_add_relaxed(&ap_own_live, (uint32_t)-1);
+                        return true;
+                }
+        }
+        return false;
 }
 
 /* ---- nested (signal handler) records ------------------------------------------------ */
@@ -925,8 +984,11 @@ static uint8_t *nested_reserve(struct ap_thread *t, uint32_t nbytes, uint32_t ke
 AP_HIDDEN void ap_nested_alloc(void *p, size_t size, bool realloc)
 {
         struct ap_thread *t = &ap_tls;
-        if (t->own_alloc)
+        if (t->own_alloc) {
+                if (t->own_tracked)
+                        ap_own_remember(p);
                 return;
+        }
         if (t->nested_busy) {
                 ap_count(AP_CNT_DROP_RING_FULL, 1); /* a handler inside a handler */
                 return;
@@ -978,8 +1040,10 @@ AP_HIDDEN void ap_nested_alloc(void *p, size_t size, bool realloc)
 AP_HIDDEN void ap_nested_free(void *p)
 {
         struct ap_thread *t = &ap_tls;
-        if (t->own_alloc)
+        if (t->own_alloc) {
+                (void)ap_own_block(p); /* ours: forgotten if remembered */
                 return;
+        }
         if (t->nested_busy) {
                 /* a handler inside a handler: counted like the allocations */
                 ap_count(AP_CNT_DROP_RING_FULL, 1);
@@ -989,8 +1053,10 @@ AP_HIDDEN void ap_nested_free(void *p)
         t->nested_busy = 1;
         struct ap_shm_header *h = nested_session();
         uint32_t mode = h ? ap_load_relaxed(&h->xmode) : AP_MODE_OFF;
-        if (mode == AP_MODE_FULL ||
-            ((mode == AP_MODE_SAMPLED || mode == AP_MODE_DETACHED) && ap_sampled_forget(p))) {
+        if (mode == AP_MODE_FULL && ap_own_block(p)) {
+                /* the agent's own block: not recorded */
+        } else if (mode == AP_MODE_FULL || ((mode == AP_MODE_SAMPLED || mode == AP_MODE_DETACHED) &&
+                                            ap_sampled_forget(p))) {
                 if (!nested_ring(t, h)) {
                         ap_count(AP_CNT_DROP_NO_SLOT, 1);
                         ap_count(AP_CNT_DROP_FREE, 1);
@@ -1220,6 +1286,9 @@ AP_HIDDEN uint64_t ap_sampler_seed(void)
 
 AP_HIDDEN void ap_record_free(void *p, uint64_t ts, uint8_t flags)
 {
+        /* Full mode (a sampled free's block was sampled, so it is the program's). */
+        if (!(flags & AP_RECF_SAMPLED_FREE) && ap_own_block(p))
+                return;
         struct ap_thread *t = &ap_tls;
         struct ap_shm_header *h = thread_ring(t, false);
         if (h == NULL) {
