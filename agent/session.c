@@ -582,6 +582,22 @@ static void read_env(void)
         g_env.read = true;
 }
 
+/* Where the program's calls to malloc go when that is not this agent: an executable that
+ * defines malloc itself (a Rust program with jemalloc built in, say), or a library
+ * preloaded ahead of the agent, comes first in the lookup order, and those calls never
+ * reach the hooks.  Looked up once, in the constructor; the collector is told the address
+ * (AP_CNT_FOREIGN_MALLOC) and names its module.  0: the agent's own. */
+static uint64_t g_foreign_malloc;
+
+static void find_foreign_malloc(void)
+{
+        void *m = dlsym(RTLD_DEFAULT, "malloc");
+        Dl_info mine, theirs;
+        if (m != NULL && dladdr((void *)find_foreign_malloc, &mine) != 0 &&
+            dladdr(m, &theirs) != 0 && theirs.dli_fbase != mine.dli_fbase)
+                g_foreign_malloc = (uint64_t)(uintptr_t)m;
+}
+
 static int session_start(const char *sock_path)
 {
         const uint64_t total = ap_shm_total_bytes();
@@ -643,6 +659,7 @@ static int session_start(const char *sock_path)
         }
         ap_store_relaxed(&h->xsample_interval, interval ? interval : 512 * 1024);
         ap_store_relaxed(&h->xmode, m);
+        ap_store_relaxed(&h->xcounters[AP_CNT_FOREIGN_MALLOC], g_foreign_malloc);
 
         if (g_exe_path[0] == '\0') {
                 ssize_t l = readlink("/proc/self/exe", g_exe_path, sizeof(g_exe_path) - 1);
@@ -892,6 +909,7 @@ __attribute__((constructor(101))) static void ap_agent_ctor(void)
                 load_libunwind();
         ap_resolve_getattr();
         resolve_wrapped();
+        find_foreign_malloc();
         ap_session_ensure();
         static int atfork_done;
         if (!atfork_done) {

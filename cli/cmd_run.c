@@ -1198,6 +1198,13 @@ int ap_cmd_run(int argc, char **argv)
                 free(stem);
                 prof->run_id = strdup(run_id);
                 unprofiled += prof->totals.unprofiled_children;
+                if (prof->foreign_malloc != NULL)
+                        fprintf(stderr,
+                                "allocprof: warning: pid %u (%s) calls the malloc in %s, which "
+                                "comes before allocprof's: allocations made with it were not "
+                                "seen\n",
+                                prof->pid, prof->exe ? ap_path_base(prof->exe) : "?",
+                                prof->foreign_malloc);
                 r = path ? ap_profile_write(prof, path) : -ENOMEM;
                 if (r >= 0 && written != NULL)
                         written[nwritten++] = strdup(path);

@@ -873,6 +873,15 @@ static void put_summary(const struct out *o, const struct ap_profile *p, uint32_
                        fmt_count(t->untracked_samples).s, p->live ? "live blocks" : "leaks");
                 say(o, "\n");
         }
+        if (p->foreign_malloc != NULL) {
+                say(o, "  ");
+                say_in(o, SGR_BOLD SGR_RED, "warning: the program's malloc is the one in ");
+                put_str(o, p->foreign_malloc, 0);
+                say_in(o, SGR_BOLD SGR_RED,
+                       ", which comes before allocprof's: allocations made with it were not "
+                       "seen (only those that reach the C library's malloc are)");
+                say(o, "\n");
+        }
         if (t->unprofiled_children) {
                 say(o, "  ");
                 say_in(o, SGR_YELLOW,
@@ -1473,6 +1482,7 @@ static void json_process(struct jobj *root, const struct ap_profile *p)
         fputc(']', f);
         jkey_str(&o, "exe", p->exe);
         jkey_str(&o, "run_id", p->run_id);
+        jkey_str(&o, "foreign_malloc", p->foreign_malloc);
         if (p->merged_from > 1)
                 jkey_u64(&o, "merged_from", p->merged_from);
         /* Like a shell's $?: 128 + signal when killed, so CI can compare one number.  A live

@@ -565,6 +565,15 @@ int ap_process_finalize(struct ap_process *p, struct ap_symbolizer *sym, struct 
         prof->totals.untracked_samples = ap_load_relaxed(&h->xcounters[AP_CNT_SAMPLED_SET_FULL]);
         prof->totals.unprofiled_children =
                 ap_load_relaxed(&h->xcounters[AP_CNT_CHILDREN_UNPROFILED]);
+        uint64_t fm = ap_load_relaxed(&h->xcounters[AP_CNT_FOREIGN_MALLOC]);
+        if (fm != 0) {
+                /* The module of the malloc that took the program's calls (a number from
+                 * the process: only looked up in its module map). */
+                uint32_t m = ap_process_module_at(p, fm);
+                const char *path = m != UINT32_MAX ? p->modules[m].path : NULL;
+                if ((prof->foreign_malloc = strdup(path ? path : "an unknown module")) == NULL)
+                        goto out;
+        }
         prof->totals.unmatched_frees = p->t.unmatched_frees;
         prof->totals.invalid_records = p->t.invalid_records;
         prof->totals.threads = ap_process_threads(p);

@@ -206,6 +206,9 @@ int ap_profile_merge(struct ap_profile *const *in, size_t n, size_t main_index,
                                 r = -ENOMEM;
                 }
                 widen_intervals(o, p);
+                if (o->foreign_malloc == NULL && p->foreign_malloc != NULL &&
+                    (o->foreign_malloc = strdup(p->foreign_malloc)) == NULL)
+                        r = -ENOMEM;
                 if (p->start_unix_ns != 0 && p->start_unix_ns < o->start_unix_ns)
                         o->start_unix_ns = p->start_unix_ns;
                 if (p->start_unix_ns + p->duration_ns > end)

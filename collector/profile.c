@@ -32,6 +32,8 @@
  *   {"format":"allocprof-profile", "format_version":3,
  *    "tool":{"name":"allocprof","version":S|null},
  *    "process":{"pid","ppid","command":[S...],"exe":S|null,"run_id":S (optional),
+ *               "foreign_malloc":S (optional: the module whose malloc the program's calls
+ *               reached instead of the agent's),
  *               "exit_status","term_signal","start_unix_ns","duration_ns",
  *               "drain_cpu_ns" (optional), "ring_waits","ring_wait_ns" (optional, both
  *               or neither)},
@@ -187,6 +189,7 @@ void ap_profile_free(struct ap_profile *p)
         free(p->command);
         free(p->exe);
         free(p->run_id);
+        free(p->foreign_malloc);
         free(p->mode);
         for (uint32_t i = 0; i < p->nstrings; i++)
                 free(p->strings[i]);
@@ -995,6 +998,10 @@ static void out_process(struct fd_sink *sink, const struct ap_profile *p)
         if (p->run_id != NULL) {
                 out_lit(sink, ",\"run_id\":");
                 out_str(sink, p->run_id);
+        }
+        if (p->foreign_malloc != NULL) {
+                out_lit(sink, ",\"foreign_malloc\":");
+                out_str(sink, p->foreign_malloc);
         }
         out_lit(sink, ",\"exit_status\":");
         out_i64(sink, p->exit_status);
@@ -2095,6 +2102,8 @@ static int read_process(struct rctx *rc, struct ap_profile *p, const struct ap_j
             (r = field_strdup(rc, proc, &l, "exe", true, &p->exe)) < 0 ||
             (ap_json_get(proc, "run_id") != NULL &&
              (r = field_strdup(rc, proc, &l, "run_id", true, &p->run_id)) < 0) ||
+            (ap_json_get(proc, "foreign_malloc") != NULL &&
+             (r = field_strdup(rc, proc, &l, "foreign_malloc", false, &p->foreign_malloc)) < 0) ||
             (r = get_array(rc, proc, &l, "command", &cmd, &n)) < 0 ||
             (r = alloc_table(rc, (void **)&p->command, n, sizeof(*p->command))) < 0)
                 return r;

@@ -57,6 +57,9 @@ struct ap_profile {
         uint32_t ncommand;
         char *exe;                /* path of the main executable, may be NULL */
         char *run_id; /* profiles of one `allocprof run` share it; may be NULL */
+        /* The module whose malloc the program's calls reached instead of the agent's (an
+         * executable with its own allocator): what went there was not seen.  NULL: none. */
+        char *foreign_malloc;
         uint32_t merged_from; /* > 1: a merge of that many profiles (not stored in files) */
         bool live; /* a snapshot of a running process: "leaked" figures are live now */
         int exit_status;          /* exit code, or -1 if unknown / killed */

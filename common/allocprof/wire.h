@@ -97,6 +97,10 @@ enum ap_counter {
         AP_CNT_CHILDREN_UNPROFILED, /* fork children (and their descendants) that could
                                        not register: counted by them, into the header of
                                        their nearest profiled ancestor (session.c) */
+        AP_CNT_FOREIGN_MALLOC,      /* not a count: the address of the malloc the program's
+                                       calls reach when it is not the agent's (an
+                                       executable with its own allocator), else 0; set
+                                       before registration */
         AP_CNT__MAX = 16,
 };
 

@@ -130,6 +130,25 @@ check_eq "own_new: own_new_work's blocks" "2 350 33200 100 10000 250 23200" \
         "$(json_of own.approf '(lambda ss: " ".join(str(x) for x in [len(ss)] + [sum(s[k] for s in ss) for k in ("allocations", "bytes", "frees", "freed_bytes", "leaked_blocks", "leaked_bytes")]))([s for s in d["sites"] if s["frames"] and s["frames"][0]["function"] == "own_new_work"])')"
 cd .. || exit 1
 
+# --- an executable with its own malloc (a Rust program with jemalloc built in) -------------
+# It comes before the agent in the lookup order: nothing reaches the hooks.  An empty
+# profile must not pass for a program that allocates nothing: run and the report say why.
+mkdir own-malloc && cd own-malloc || exit 1
+out=$("$AP" run -o own.approf -- "$WL/own_malloc" 2>run.err)
+check_eq "own_malloc: exit and output unchanged" "0 own 151" "$? $out"
+check_contains "own_malloc: run says whose malloc took the calls" run.err \
+        "allocprof: warning: pid $(json_of own.approf 'd["process"]["pid"]') (own_malloc) calls the malloc in $WL/own_malloc, which comes before allocprof's: allocations made with it were not seen"
+check_eq "own_malloc: the profile names it, nothing was seen" "$WL/own_malloc 0" \
+        "$(json_of own.approf '"%s %d" % (d["process"]["foreign_malloc"], d["totals"]["allocations"])')"
+"$AP" report own.approf >report.txt
+check_contains "own_malloc: the report says so" report.txt \
+        "warning: the program's malloc is the one in $WL/own_malloc, which comes before allocprof's"
+# A program on the C library's malloc has none of it.
+"$AP" run -q -o plain.approf -- "$WL/own_new" >/dev/null 2>plain.err
+check_eq "own_new: no foreign malloc, no warning" "None 0" \
+        "$(json_of plain.approf 'd["process"]["foreign_malloc"]') $(grep -c 'comes before' plain.err)"
+cd .. || exit 1
+
 # --- run by root, a worker that drops its privileges before it allocates -----------------
 # Its agent must reach root's collector (directory 0711, a secret socket name, 0666) and
 # be taken though of another user; it was refused, and its worker ran unprofiled.

@@ -210,6 +210,7 @@ static void assert_same_renumbered(const struct ap_profile *a, const struct ap_p
         for (uint32_t i = 0; i < a->ncommand; i++)
                 ASSERT_STREQ(a->command[i], b->command[i]);
         ASSERT_STREQ(a->exe, b->exe);
+        ASSERT_STREQ(a->foreign_malloc, b->foreign_malloc);
         ASSERT_EQ(a->exit_status, b->exit_status);
         ASSERT_EQ(a->term_signal, b->term_signal);
         ASSERT_STREQ(a->mode, b->mode);
@@ -660,11 +661,18 @@ static void test_escapes(void)
         free(p->exe);
         p->exe = xstrdup(nasty);
         ASSERT_OK(ap_profile_write(p, path));
+        text = slurp(path, &len);
+        ASSERT_NOT_CONTAINS(text, "foreign_malloc"); /* only when there is one */
+        free(text);
+        p->foreign_malloc = xstrdup(nasty);
+        ASSERT_OK(ap_profile_write(p, path));
         q = read_ok(path);
         ASSERT_STREQ(q->exe, nasty);
+        ASSERT_STREQ(q->foreign_malloc, nasty);
         text = slurp(path, &len);
         ASSERT_CONTAINS(text,
                         "\"exe\":\"\\u0001\\u001F\\b\\f\\n\\r\\t\\\"\\\\/\x7f \xe2\x82\xac\"");
+        ASSERT_CONTAINS(text, "\"foreign_malloc\":\"\\u0001\\u001F");
         free(text);
         ap_profile_free(q);
         ap_profile_free(p);
@@ -1141,6 +1149,10 @@ static void test_hostile_documents(void)
                               "sample_interval: 0 in sampled mode (the mean number of bytes "
                               "between samples is at least 1)");
         expect_mutation_error("tool", "version", json_true(), E, "tool.version");
+        expect_mutation_error("process", "foreign_malloc", json_null(), E,
+                              "process.foreign_malloc: expected a string");
+        expect_mutation_error("process", "foreign_malloc", json_integer(7), E,
+                              "process.foreign_malloc: expected a string");
         /* The intervals a sampled profile was recorded at, around its sample_interval. */
         expect_mutation_error("", "sample_intervals", json_pack("[i,i]", 1, 2), E,
                               "sample_intervals: present in a profile with no sample interval");

@@ -382,10 +382,13 @@ static void test_json_schema(void)
                                                 "histogram",
                                                 "timeline",
                                                 NULL};
-        static const char *const process_keys[] = {"pid",           "ppid",        "command",
-                                                   "exe",           "run_id",      "exit_status", "term_signal",
-                                                   "start_unix_ns", "duration_ns", "drain_cpu_ns", "ring_waits",
-                                                   "ring_wait_ns", NULL};
+        static const char *const process_keys[] = {"pid",           "ppid",
+                                                   "command",       "exe",
+                                                   "run_id",        "foreign_malloc",
+                                                   "exit_status",   "term_signal",
+                                                   "start_unix_ns", "duration_ns",
+                                                   "drain_cpu_ns",  "ring_waits",
+                                                   "ring_wait_ns",  NULL};
         static const char *const totals_keys[] = {"allocations",
                                                   "bytes",
                                                   "frees",
@@ -771,6 +774,7 @@ static void test_json_exit_status(void)
         proc = jget(doc, "process");
         assert_null(proc, "exit_status");
         assert_null(proc, "term_signal");
+        assert_null(proc, "foreign_malloc");
         json_decref(doc);
 
         p->exit_status = 3;
@@ -1001,7 +1005,20 @@ static void test_text(void)
         p->sample_interval_min = p->sample_interval_max = 524288;
         t = render_text(p, 10, AP_SORT_BYTES, false);
         ASSERT_CONTAINS(t, "one sample per 512.00 KiB allocated on average; figures");
+        ASSERT_NOT_CONTAINS(t, "comes before allocprof's");
         free(t);
+        /* A program whose calls went to another malloc (its executable's own). */
+        p->foreign_malloc = xstrdup("/usr/bin/rustc\033[31m");
+        t = render_text(p, 10, AP_SORT_BYTES, false);
+        ASSERT_CONTAINS(t, "  warning: the program's malloc is the one in /usr/bin/rustc?[31m, "
+                           "which comes before allocprof's: allocations made with it were not "
+                           "seen (only those that reach the C library's malloc are)\n");
+        free(t);
+        doc = render_json(p, 0, AP_SORT_BYTES);
+        ASSERT_STREQ(jstring(jget(doc, "process"), "foreign_malloc"), "/usr/bin/rustc\033[31m");
+        json_decref(doc);
+        free(p->foreign_malloc);
+        p->foreign_malloc = NULL;
         ap_profile_free(p);
 }
 
