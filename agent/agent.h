@@ -35,6 +35,7 @@ void *__libc_pvalloc(size_t);
  * recording (not yet initialized, disabled, or the child of a fork before re-init). */
 extern AP_HIDDEN _Atomic(struct ap_shm_header *) ap_session;
 extern AP_HIDDEN _Atomic uint64_t ap_session_gen; /* bumped on every (re)registration */
+extern AP_HIDDEN _Atomic uint32_t ap_waiters;     /* threads waiting for the collector (record.c) */
 /* Where the hooks' fast path reads the mode: the live session's xmode, else a word of
  * the agent's own, which reads AP_MODE_FULL until the agent has tried to start a session
  * (every call then takes the recording path, which starts one) and AP_MODE_OFF once it

@@ -713,6 +713,7 @@ static void fork_child(void)
         atomic_store_explicit(&ap_session, NULL, memory_order_relaxed);
         atomic_store_explicit(&ap_mode_word, &g_mode_untried, memory_order_relaxed);
         ap_fetch_add_relaxed(&ap_session_gen, 1);
+        ap_store_relaxed(&ap_waiters, 0); /* the waiting threads stayed in the parent */
         ap_tls.ctl = NULL;
         ap_tls.nctl = NULL;
         ap_tls.sampler_ready = 0; /* a stream of its own, from the first allocation */

@@ -13,6 +13,7 @@
 #define ap_store_release(p, v) atomic_store_explicit((p), (v), memory_order_release)
 #define ap_store_relaxed(p, v) atomic_store_explicit((p), (v), memory_order_relaxed)
 #define ap_fetch_add_relaxed(p, v) atomic_fetch_add_explicit((p), (v), memory_order_relaxed)
+#define ap_fetch_sub_relaxed(p, v) atomic_fetch_sub_explicit((p), (v), memory_order_relaxed)
 #define ap_fetch_add_acq_rel(p, v) atomic_fetch_add_explicit((p), (v), memory_order_acq_rel)
 /* CAS: acq_rel on success (publishes our prior writes, sees the previous owner's),
  * acquire on failure. */
