@@ -832,9 +832,14 @@ static void sort_sites(struct site_ref *sites, uint32_t nsites)
                 size_t n;
                 uint32_t depth;
         };
-        /* Of the parts of a partition, the two larger are pushed and the smallest, at
-         * most half of the range, is sorted next; all that is pushed while sorting it is
-         * no larger.  So the stack holds at most two entries per halving of 2^32. */
+        /* Of the parts of a partition, the smallest (at most a third of the range) is
+         * sorted next, and the other two are pushed, the largest first: the middle one
+         * (at most half) comes off next, and the largest, popped last, is sorted at the
+         * depth of the stack the range had.  So the stack grows by two entries per third
+         * and one per half of the range: at most 2 log3(2^32) + 2 < 44 entries.  Pushed
+         * the other way round, a part could stay under every later one: sites already in
+         * order, 512 callers of 16 stacks each, filled the stack past its end (and wrote
+         * over the collector's own stack: a million sites crashed it). */
         struct range todo[2 * 33], cur = {sites, nsites, 0};
         size_t ntodo = 0;
 
@@ -886,8 +891,16 @@ static void sort_sites(struct site_ref *sites, uint32_t nsites)
                 for (size_t k = 0; k < 3; k++)
                         if (part[k].n > 1 && (smallest == 3 || part[k].n < part[smallest].n))
                                 smallest = k;
+                size_t largest = 3;
+
                 for (size_t k = 0; k < 3; k++)
-                        if (part[k].n > 1 && k != smallest)
+                        if (part[k].n > 1 && k != smallest &&
+                            (largest == 3 || part[k].n > part[largest].n))
+                                largest = k;
+                if (largest != 3)
+                        todo[ntodo++] = part[largest];
+                for (size_t k = 0; k < 3; k++)
+                        if (part[k].n > 1 && k != smallest && k != largest)
                                 todo[ntodo++] = part[k];
                 if (smallest != 3)
                         cur = part[smallest];

@@ -400,6 +400,56 @@ static void test_round_trip(void)
         ap_profile_free(p);
 }
 
+/* Sites already in the file's order, many callers of a few stacks each (a program with
+ * 2,048 functions that each reach 16 allocation sites through a table): sorting them
+ * kept a part of each partition on its stack of ranges to do, 161 of the 66 it has
+ * room for, and wrote over the writer's own stack (the collector crashed writing the
+ * profile of a million such sites). */
+static void test_sites_in_order(void)
+{
+        enum { CALLERS = 2048, CALLEES = 16 };
+        struct ap_profile *p = ap_profile_new(), *q;
+        char *path = path_in_tmp("ordered.approf");
+        uint32_t main_f, leaf_f, caller_f[CALLERS], callee_f[CALLEES];
+        uint64_t allocations = 0;
+
+        ASSERT_NOT_NULL(p);
+        p->mode = xstrdup("full");
+        p->modules = calloc(1, sizeof(*p->modules));
+        ASSERT_NOT_NULL(p->modules);
+        p->nmodules = 1;
+        p->modules[0] = (struct ap_pmodule){.path = ap_profile_intern(p, "/usr/bin/prog"),
+                                            .build_id = AP_NONE};
+        /* File order is by address: main, the callees, the callers, the leaf. */
+        main_f = add_frame(p, "main", NULL, 0, 0, 0x1000, false);
+        for (uint32_t j = 0; j < CALLEES; j++)
+                callee_f[j] = add_frame(p, NULL, NULL, 0, 0, 0x2000 + 16 * j, false);
+        for (uint32_t i = 0; i < CALLERS; i++)
+                caller_f[i] = add_frame(p, NULL, NULL, 0, 0, 0x10000 + 16 * i, false);
+        leaf_f = add_frame(p, "leaf", NULL, 0, 0, 0x100000, false);
+        for (uint32_t i = 0; i < CALLERS; i++)
+                for (uint32_t j = 0; j < CALLEES; j++) {
+                        struct ap_psite *s = add_site(
+                                p, 0, 4, (uint32_t[]){leaf_f, callee_f[j], caller_f[i], main_f});
+                        s->allocations = 1 + i;
+                        s->bytes = 16;
+                        s->frees = s->freed_bytes = s->leaked_blocks = s->leaked_bytes = 0;
+                        s->peak_bytes = s->max_live_bytes = s->temporary = s->reallocs = 0;
+                        s->truncated = false;
+                        allocations += s->allocations;
+                }
+        ASSERT_OK(ap_profile_write(p, path));
+        q = read_ok(path);
+        ASSERT_EQ(q->nsites, (uint32_t)(CALLERS * CALLEES));
+        for (uint32_t i = 0; i < q->nsites; i++)
+                allocations -= q->sites[i].allocations;
+        ASSERT_EQ(allocations, 0u);
+        ap_profile_free(q);
+        unlink(path);
+        free(path);
+        ap_profile_free(p);
+}
+
 /* The site of q whose stack is `frames` (file numbers), or NULL. */
 static const struct ap_psite *find_site(const struct ap_profile *q, uint32_t nframes,
                                         const uint32_t *frames)
@@ -1839,6 +1889,7 @@ int main(void)
         ASSERT_NOT_NULL(mkdtemp(tmpdir));
         test_intern();
         test_round_trip();
+        test_sites_in_order();
         test_live();
         test_u64_limits();
         test_round_trip_edges();
