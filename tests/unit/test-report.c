@@ -1181,9 +1181,19 @@ static void test_summary(void)
         capture_begin(&c);
         ap_report_summary(c.f, p, NULL);
         t = capture_end(&c);
+        ASSERT_CONTAINS(t,
+                        "allocprof: the program's threads waited 1.50 s in all for the collector "
+                        "(their rings were full 3 times)\n");
+        free(t);
+        /* One thread: its waits are the program's. */
+        p->totals.threads = 1;
+        capture_begin(&c);
+        ap_report_summary(c.f, p, NULL);
+        t = capture_end(&c);
         ASSERT_CONTAINS(t, "allocprof: the program waited 1.50 s for the collector (its ring was full 3 "
                            "times)\n");
         free(t);
+        p->totals.threads = 2;
 
         /* A path a shell would split is quoted in the hint. */
         capture_begin(&c);
