@@ -325,6 +325,16 @@ static pid_t profiled_child(pid_t pid)
         return count == 1 ? found : 0;
 }
 
+/* Whether pid runs this very program (an `allocprof run`, say): the same executable. */
+static bool is_allocprof(pid_t pid)
+{
+        char path[64];
+        struct stat a, b;
+        snprintf(path, sizeof(path), "/proc/%d/exe", (int)pid);
+        return stat(path, &a) == 0 && stat("/proc/self/exe", &b) == 0 && a.st_dev == b.st_dev &&
+               a.st_ino == b.st_ino;
+}
+
 pid_t ap_ctl_profiled_pid(pid_t pid)
 {
         return has_agent(pid) ? pid : profiled_child(pid);
@@ -357,6 +367,16 @@ int ap_ctl_for_pid(pid_t *ppid, struct ap_ctl **ret)
         if (!has_agent(pid)) {
                 /* `allocprof run ... &` then `attach $!`: that pid is run itself. */
                 pid_t child = profiled_child(pid);
+                if (child == 0 && is_allocprof(pid)) {
+                        /* Not "start the program with the agent": it was, and has ended
+                         * (run is writing its profile), or has not started yet. */
+                        fprintf(stderr,
+                                "allocprof: pid %d is allocprof (an 'allocprof run'?), and no "
+                                "program it profiles is running now: it has ended (its profile "
+                                "is being written) or has not started yet\n",
+                                (int)pid);
+                        return 1;
+                }
                 if (child == 0) {
                         no_agent(pid);
                         return 1;

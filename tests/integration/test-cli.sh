@@ -264,6 +264,21 @@ check_contains "report PID of an ended 'allocprof run': names the program" byrun
 check_eq "report PID of an ended program" "0 1" "$? $(grep -c "pid $prog (parent $rp), exited with status 0" byprog.txt)"
 check_contains "report PID of an ended program: says which file" byprog.err \
         "(the newest profile of pid $prog here)"
+# An 'allocprof run' whose program has ended while run has not written its profile yet
+# (stopped here: a million call sites take seconds to write): snapshot and attach say
+# so, not that the program should be started with the agent.
+"$AP" run -q -o stopped.approf -- sh -c 'kill -STOP $PPID; exit 0' &
+rp=$!
+while [ "$(awk '/^State:/ { print $2 }' /proc/$rp/status 2>/dev/null)" != T ]; do sleep 0.05; done
+"$AP" snapshot "$rp" -o stopped.snap.approf 2>stopped.err
+check_eq "snapshot of an 'allocprof run' whose program ended" 1 $?
+check_contains "snapshot of an 'allocprof run' whose program ended: says so" stopped.err \
+        "allocprof: pid $rp is allocprof (an 'allocprof run'?), and no program it profiles is running now"
+check_eq "snapshot of an 'allocprof run' whose program ended: not 'no agent'" 0 \
+        "$(grep -c 'has no allocprof agent' stopped.err)"
+kill -CONT "$rp"
+wait "$rp"
+check_eq "the stopped 'allocprof run' then ends as its program did" 0 $?
 # Written with -o: the file's name does not say the pid, the profile does.
 "$AP" run -q -o named.approf -- sh -c 'echo $$ >prog2.pid; ls / >/dev/null' &
 rp2=$!
