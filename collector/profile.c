@@ -13,6 +13,7 @@
 #include <inttypes.h>
 #include <limits.h>
 #include <linux/magic.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -2825,6 +2826,32 @@ static int read_text(int fd, char **ret, size_t *ret_len)
         return nul_terminated(out, olen, ret, ret_len);
 }
 
+/* A named FIFO (fd, opened without waiting) has no writer until one opens it, and reads
+ * as empty until then: waits up to 10 s for data or for a writer's end.  A pipe
+ * (`report <(zcat FILE)`) has its writer already, and anything else is read at once.
+ * Returns 0, -ETIMEDOUT or -errno. */
+static int wait_for_writer(int fd, const struct stat *st)
+{
+        struct statfs sfs;
+        if (!S_ISFIFO(st->st_mode) || (fstatfs(fd, &sfs) == 0 && sfs.f_type == PIPEFS_MAGIC))
+                return 0;
+        struct pollfd pfd = {.fd = fd, .events = POLLIN};
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        const int64_t deadline_ms = (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000 + 10000;
+        for (;;) {
+                clock_gettime(CLOCK_MONOTONIC, &now);
+                int64_t left = deadline_ms - ((int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000);
+                int n = poll(&pfd, 1, left > 0 ? (int)left : 0);
+                if (n > 0)
+                        return 0;
+                if (n == 0)
+                        return -ETIMEDOUT;
+                if (errno != EINTR)
+                        return -errno;
+        }
+}
+
 int ap_profile_read(const char *path, struct ap_profile **ret, char **err)
 {
         struct rctx rc = {0};
@@ -2840,10 +2867,19 @@ int ap_profile_read(const char *path, struct ap_profile **ret, char **err)
                 *err = NULL;
         if (!path || !ret)
                 return -EINVAL;
-        fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-        if (fd < 0 || fstat(fd, &st) < 0) {
+        /* Opening a FIFO waits for a writer, without end if none comes: open it without
+         * waiting, and wait for the writer below, as long as ap_profile_write waits for a
+         * reader. */
+        fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+        if (fd < 0 || fstat(fd, &st) < 0 || fcntl(fd, F_SETFL, 0) < 0) {
                 r = -errno;
                 fail(&rc, r, "%s", strerror(-r));
+                goto out;
+        }
+        r = wait_for_writer(fd, &st);
+        if (r < 0) {
+                fail(&rc, r, r == -ETIMEDOUT ? "a FIFO that nothing was written to in 10 s" : "%s",
+                     strerror(-r));
                 goto out;
         }
         if (S_ISDIR(st.st_mode)) {

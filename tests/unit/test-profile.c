@@ -6,9 +6,10 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <jansson.h>
-#include <zlib.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include "../helpers.h"
 #include "profile.h"
@@ -1751,6 +1752,37 @@ static void test_file_errors(void)
         ASSERT_EQ(ftruncate(fd, (off_t)2 << 30), 0);
         close(fd);
         expect_read_error(path, -EFBIG, "too large");
+        unlink(path);
+        free(path);
+
+        /* A FIFO that no one writes to is given up after 10 s, not waited for without end
+         * (the alarm turns such a wait into a failure); one that a writer opens after us
+         * is read, and one whose writer wrote nothing is empty. */
+        path = path_in_tmp("fifo.approf");
+        ASSERT_EQ(mkfifo(path, 0600), 0);
+        alarm(20);
+        expect_read_error(path, -ETIMEDOUT, "a FIFO that nothing was written to in 10 s");
+        alarm(0);
+        pid_t child = fork();
+        ASSERT_TRUE(child >= 0);
+        if (child == 0) {
+                usleep(200 * 1000);
+                int w = open(path, O_WRONLY);
+                _exit(w >= 0 && write(w, "{}", 2) == 2 ? 0 : 1);
+        }
+        expect_read_error(path, -EINVAL, "not an allocprof profile");
+        int status = 0;
+        ASSERT_EQ(waitpid(child, &status, 0), child);
+        ASSERT_EQ(status, 0);
+        child = fork();
+        ASSERT_TRUE(child >= 0);
+        if (child == 0) {
+                usleep(200 * 1000);
+                _exit(open(path, O_WRONLY) >= 0 ? 0 : 1);
+        }
+        expect_read_error(path, -EINVAL, "empty file");
+        ASSERT_EQ(waitpid(child, &status, 0), child);
+        ASSERT_EQ(status, 0);
         unlink(path);
         free(path);
 
