@@ -42,6 +42,7 @@ struct parser {
         struct ap_json_doc *doc;
         struct ap_json_member *scratch; /* slots of the open containers' children */
         size_t nscratch, capscratch;
+        size_t nvalues; /* slots pushed so far: the document's values but its root */
         struct level levels[AP_JSON_MAX_DEPTH];
         size_t nlevels;
         struct ap_json_error *err;
@@ -98,21 +99,25 @@ static inline void skip_ws(struct parser *ps)
         }
 }
 
-/* A new slot for a child of the innermost open container. */
-static struct ap_json_member *push_slot(struct parser *ps)
+/* A new slot for a child of the innermost open container, in *ret.  Returns 0, -EINVAL
+ * (with the error set) for one value more than AP_JSON_MAX_VALUES, or -ENOMEM. */
+static int push_slot(struct parser *ps, struct ap_json_member **ret)
 {
+        if (++ps->nvalues >= AP_JSON_MAX_VALUES)
+                return fail(ps, ps->p, "more than %u values in the document", AP_JSON_MAX_VALUES);
         if (ps->nscratch == ps->capscratch) {
                 size_t cap = ps->capscratch ? ps->capscratch * 2 : 1024;
                 struct ap_json_member *n = realloc(ps->scratch, cap * sizeof(*n));
                 if (n == NULL)
-                        return NULL;
+                        return -ENOMEM;
                 ps->scratch = n;
                 ps->capscratch = cap;
         }
         struct ap_json_member *m = &ps->scratch[ps->nscratch++];
         m->key = NULL;
         m->keylen = 0;
-        return m;
+        *ret = m;
+        return 0;
 }
 
 static int hex4(const char *s, unsigned *ret)
@@ -471,9 +476,9 @@ static int member_key(struct parser *ps)
         if (*ps->p != ':')
                 return fail(ps, ps->p, "expected ':' after an object's key");
         ps->p++;
-        struct ap_json_member *m = push_slot(ps);
-        if (m == NULL)
-                return -ENOMEM;
+        struct ap_json_member *m;
+        if ((r = push_slot(ps, &m)) < 0)
+                return r;
         m->key = key;
         m->keylen = keylen;
         return 0;
@@ -506,8 +511,9 @@ static int parse(struct parser *ps)
                                         return r;
                                 continue;
                         } else {
-                                if (push_slot(ps) == NULL)
-                                        return -ENOMEM;
+                                struct ap_json_member *m;
+                                if ((r = push_slot(ps, &m)) < 0)
+                                        return r;
                                 continue;
                         }
                 } else if (c == '"') {
@@ -553,10 +559,11 @@ static int parse(struct parser *ps)
                         skip_ws(ps);
                         if (*ps->p == ',') {
                                 ps->p++;
+                                struct ap_json_member *m;
                                 if (l->type == AP_JSON_OBJECT)
                                         r = member_key(ps);
                                 else
-                                        r = push_slot(ps) ? 0 : -ENOMEM;
+                                        r = push_slot(ps, &m);
                                 if (r < 0)
                                         return r;
                                 break;

@@ -120,10 +120,12 @@
 
 #define FORMAT_NAME "allocprof-profile"
 
-/* A real profile is a few MB of text.  Its tree costs at most 16 bytes a value, up to 8 times
- * the text for a text of one-digit numbers, and twice that while it is built; so refuse
- * files that could only be an attack or an accident before handing them to the parser. */
-#define MAX_FILE_SIZE (1ull << 30)
+/* A real profile is a few MB of text (a compiler's, 400 KB).  Refuse files that could
+ * only be an attack or an accident before handing them to the parser, and stop inflating
+ * there: a few MB of gzip'ed zeros or spaces inflate to gigabytes.  The parser bounds its
+ * tree by its number of values (AP_JSON_MAX_VALUES, about as many as this much text of
+ * real profiles holds). */
+#define MAX_FILE_SIZE (1ull << 28)
 
 /* How allocations were recorded (ap_profile.mode); null in a profile is unknown. */
 static bool known_mode(const char *mode)
@@ -2786,7 +2788,10 @@ static int read_text(int fd, char **ret, size_t *ret_len)
                 free(raw);
                 return -ENOMEM;
         }
+        /* About what a profile inflates to, but never more than the most that is read. */
         size_t ocap = len * 8 > (1u << 20) ? len * 8 : (1u << 20), olen = 0;
+        if (ocap > MAX_FILE_SIZE)
+                ocap = MAX_FILE_SIZE;
         unsigned char *out = malloc(ocap);
         int r = out ? 0 : -ENOMEM;
         z.next_in = raw;

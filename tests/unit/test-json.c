@@ -215,6 +215,58 @@ static void test_depth(void)
         free(text);
 }
 
+/* A document of "[0,0,...]" costs 48 bytes a value while it is parsed, for 2 bytes of
+ * text: a few MB of gzip'ed profile made gigabytes.  The number of values is bounded
+ * (this test is built with a bound of 100,000 instead of 2^25), the root counting as
+ * one; the error is where the value one too many starts. */
+static void test_max_values(void)
+{
+        const size_t max = AP_JSON_MAX_VALUES;
+        char *text = malloc(16 * max);
+        ASSERT_NOT_NULL(text);
+        ASSERT_EQ(max, 100000u);
+        for (int kind = 0; kind < 3; kind++) {
+                /* max - 1 elements of an array, or of arrays in an array: max values. */
+                size_t len = 0;
+                text[len++] = '[';
+                for (size_t k = 0; k + 1 < max; k++) {
+                        if (k > 0)
+                                text[len++] = ',';
+                        if (kind == 0)
+                                text[len++] = '0';
+                        else if (kind == 1)
+                                text[len++] = '"', text[len++] = '"';
+                        else
+                                text[len++] = '[', text[len++] = ']';
+                }
+                text[len++] = ']';
+                text[len] = '\0';
+                char *buf;
+                struct ap_json_doc *doc = accept_doc(text, &buf);
+                ASSERT_EQ(ap_json_root(doc)->n, max - 1);
+                ap_json_free(doc);
+                free(buf);
+                /* One more. */
+                size_t at = len - 1;
+                const char *more = kind == 0 ? ",0]" : kind == 1 ? ",\"\"]" : ",[]]";
+                memcpy(text + at, more, strlen(more) + 1);
+                expect_refused(text, strlen(text), 1, (int)at + 2, "more than 100000 values");
+        }
+        /* Members of an object count as well. */
+        size_t len = 0;
+        len += (size_t)sprintf(text + len, "{");
+        for (size_t k = 0; k < max; k++)
+                len += (size_t)sprintf(text + len, "%s\"%zx\":0", k ? "," : "", k);
+        len += (size_t)sprintf(text + len, "}");
+        struct ap_json_doc *doc = NULL;
+        struct ap_json_error err = {0};
+        char *buf = copy_text(text, len);
+        ASSERT_EQ(ap_json_parse(buf, len, &doc, &err), -EINVAL);
+        ASSERT_CONTAINS(err.text, "more than 100000 values");
+        free(buf);
+        free(text);
+}
+
 /* ---- against jansson ---------------------------------------------------------------- */
 
 static uint64_t rng_state = 0x243f6a8885a308d3ull;
@@ -506,6 +558,7 @@ int main(void)
         test_values();
         test_refused();
         test_depth();
+        test_max_values();
         test_against_jansson();
         printf("test-json: ok\n");
         return 0;

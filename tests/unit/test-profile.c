@@ -1834,6 +1834,36 @@ static void test_gzip_damage(void)
         ap_profile_free(s);
 }
 
+/* A few hundred KB of gzip'ed zeros inflate to more than any profile: inflating stops at
+ * 256 MiB with one line (it went on to 1 GiB, and /dev/zero was read that far). */
+static void test_gzip_bomb(void)
+{
+        char *path = path_in_tmp("bomb.approf");
+        static unsigned char zeros[1 << 20], out[1 << 16];
+        z_stream z = {0};
+        FILE *f = fopen(path, "w");
+
+        ASSERT_NOT_NULL(f);
+        ASSERT_EQ(deflateInit2(&z, 1, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY), Z_OK);
+        for (int mib = 0; mib <= 257; mib++) {
+                z.next_in = zeros;
+                z.avail_in = mib < 257 ? sizeof(zeros) : 0;
+                do {
+                        z.next_out = out;
+                        z.avail_out = sizeof(out);
+                        ASSERT_TRUE(deflate(&z, mib < 257 ? Z_NO_FLUSH : Z_FINISH) !=
+                                    Z_STREAM_ERROR);
+                        fwrite(out, 1, sizeof(out) - z.avail_out, f);
+                } while (z.avail_out == 0);
+        }
+        deflateEnd(&z);
+        ASSERT_EQ(fclose(f), 0);
+        expect_read_error(path, -EFBIG, "larger than 256 MiB uncompressed: not a profile");
+        unlink(path);
+        free(path);
+        expect_read_error("/dev/zero", -EFBIG, "larger than 256 MiB uncompressed");
+}
+
 static void test_truncations_and_flips(void)
 {
         struct ap_profile *s = build_sample();
@@ -1939,6 +1969,7 @@ int main(void)
         test_file_errors();
         test_truncations_and_flips();
         test_gzip_damage();
+        test_gzip_bomb();
         ASSERT_EQ(rmdir(tmpdir), 0);
         printf("profile: all tests passed\n");
         return 0;
