@@ -13,9 +13,13 @@
 
 struct merger {
         struct ap_profile *out;
-        struct ap_map frame_index; /* hash of a frame (probed) -> out frame index + 1 */
-        struct ap_map site_index;  /* hash of a frame list (probed) -> out site index + 1 */
+        struct ap_map frame_index;  /* hash of a frame (probed) -> out frame index + 1 */
+        struct ap_map site_index;   /* hash of a frame list (probed) -> out site index + 1 */
+        struct ap_map module_index; /* hash of path and build-id (probed) -> out index + 1 */
         size_t frames_cap, sites_cap, modules_cap;
+        /* The input being merged: its frames' and modules' out index + 1 (0: not mapped
+         * yet), so that each is looked up once, not once per stack it is in. */
+        uint32_t *frame_map, *module_map;
 };
 
 static const char *str(const struct ap_profile *p, uint32_t i)
@@ -35,24 +39,40 @@ static int map_module(struct merger *m, const struct ap_profile *in, uint32_t mo
                 *ret = AP_NONE;
                 return 0;
         }
+        if (m->module_map[mod] != 0) {
+                *ret = m->module_map[mod] - 1;
+                return 0;
+        }
         uint32_t path = intern(m, in, in->modules[mod].path);
         uint32_t bid = intern(m, in, in->modules[mod].build_id);
         struct ap_profile *o = m->out;
-        for (uint32_t i = 0; i < o->nmodules; i++) {
-                if (o->modules[i].path == path && o->modules[i].build_id == bid) {
-                        *ret = i;
+        uint64_t h = ap_mix64((uint64_t)path << 32 | bid);
+        for (int k = 0; k < 64; k++, h = ap_mix64(h + 1)) {
+                uint64_t *v = ap_map_get(&m->module_index, h ? h : 1);
+                if (v == NULL)
+                        break;
+                const struct ap_pmodule *c = &o->modules[*v - 1];
+                if (c->path == path && c->build_id == bid) {
+                        *ret = (uint32_t)(*v - 1);
+                        m->module_map[mod] = *ret + 1;
                         return 0;
                 }
         }
-        if (AP_GROW(o->modules, m->modules_cap, (size_t)o->nmodules + 1) < 0)
+        if (AP_GROW(o->modules, m->modules_cap, (size_t)o->nmodules + 1) < 0 ||
+            ap_map_put(&m->module_index, h ? h : 1, (uint64_t)o->nmodules + 1) < 0)
                 return -ENOMEM;
         o->modules[o->nmodules] = (struct ap_pmodule){.path = path, .build_id = bid};
         *ret = o->nmodules++;
+        m->module_map[mod] = *ret + 1;
         return 0;
 }
 
 static int map_frame(struct merger *m, const struct ap_profile *in, uint32_t f, uint32_t *ret)
 {
+        if (m->frame_map[f] != 0) {
+                *ret = m->frame_map[f] - 1;
+                return 0;
+        }
         const struct ap_pframe *src = &in->frames[f];
         struct ap_pframe fr = {
                 .function = intern(m, in, src->function),
@@ -77,6 +97,7 @@ static int map_frame(struct merger *m, const struct ap_profile *in, uint32_t f, 
                     c->module == fr.module && c->address == fr.address &&
                     c->inlined == fr.inlined) {
                         *ret = (uint32_t)(*v - 1);
+                        m->frame_map[f] = *ret + 1;
                         return 0;
                 }
         }
@@ -85,6 +106,7 @@ static int map_frame(struct merger *m, const struct ap_profile *in, uint32_t f, 
                 return -ENOMEM;
         o->frames[o->nframes] = fr;
         *ret = o->nframes++;
+        m->frame_map[f] = *ret + 1;
         return 0;
 }
 
@@ -243,6 +265,10 @@ int ap_profile_merge(struct ap_profile *const *in, size_t n, size_t main_index,
                         o->hist_count[b] += p->hist_count[b];
                         o->hist_bytes[b] += p->hist_bytes[b];
                 }
+                m.frame_map = calloc((size_t)p->nframes + 1, sizeof(*m.frame_map));
+                m.module_map = calloc((size_t)p->nmodules + 1, sizeof(*m.module_map));
+                if (m.frame_map == NULL || m.module_map == NULL)
+                        r = -ENOMEM;
                 for (uint32_t i = 0; i < p->nsites && r >= 0; i++)
                         r = merge_site(&m, p, &p->sites[i]);
                 for (uint32_t i = 0; i < p->nmodules && r >= 0; i++) {
@@ -255,6 +281,9 @@ int ap_profile_merge(struct ap_profile *const *in, size_t n, size_t main_index,
                                 o->modules[mod].leaked_bytes += p->modules[i].leaked_bytes;
                         }
                 }
+                free(m.frame_map);
+                free(m.module_map);
+                m.frame_map = m.module_map = NULL;
         }
         o->duration_ns = end > o->start_unix_ns ? end - o->start_unix_ns : 0;
         /* The drain time of all the events merged: events / it stays the drain rate. */
@@ -292,6 +321,7 @@ int ap_profile_merge(struct ap_profile *const *in, size_t n, size_t main_index,
         }
         ap_map_clear(&m.frame_index);
         ap_map_clear(&m.site_index);
+        ap_map_clear(&m.module_index);
         if (r < 0) {
                 ap_profile_free(o);
                 return r;

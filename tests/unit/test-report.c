@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "../helpers.h"
+#include "merge.h"
 #include "report.h"
 
 static char tmpdir[] = "/tmp/ap-test-report.XXXXXX";
@@ -1610,6 +1611,56 @@ static void test_unnamed_label(void)
         ap_profile_free(p);
 }
 
+/* Merging (`report A B`, `report --all`) looked each frame of each stack up again, and
+ * its module by a walk over all the modules merged so far: a profile of n modules and a
+ * stack of n frames, one in each, took n^2 steps (a minute for 200,000, a file of a few
+ * MB; the alarm fails the test).  Each frame and module is looked up once now. */
+static void test_merge_many_modules(void)
+{
+        const uint32_t n = 200000;
+        struct ap_profile *p = ap_profile_new(), *m = NULL;
+        struct ap_psite *s;
+        char name[32];
+
+        ASSERT_NOT_NULL(p);
+        p->modules = calloc(n, sizeof(*p->modules));
+        p->frames = calloc(n, sizeof(*p->frames));
+        p->sites = calloc(2, sizeof(*p->sites));
+        ASSERT_TRUE(p->modules && p->frames && p->sites);
+        for (uint32_t i = 0; i < n; i++) {
+                snprintf(name, sizeof(name), "/lib/m%u.so", i);
+                p->modules[i] = (struct ap_pmodule){
+                        .path = ap_profile_intern(p, name), .build_id = AP_NONE, .allocations = 1};
+                p->frames[i] = (struct ap_pframe){
+                        .function = AP_NONE, .file = AP_NONE, .module = i, .address = i};
+        }
+        p->nmodules = p->nframes = n;
+        for (uint32_t k = 0; k < 2; k++) {
+                s = &p->sites[p->nsites++];
+                s->allocations = s->bytes = 1;
+                s->nframes = n - k;
+                s->frames = calloc(n, sizeof(*s->frames));
+                ASSERT_NOT_NULL(s->frames);
+                for (uint32_t i = 0; i < n - k; i++)
+                        s->frames[i] = i + k;
+        }
+        struct ap_profile *two[] = {p, p};
+        alarm(10);
+        ASSERT_OK(ap_profile_merge(two, 2, 0, &m));
+        alarm(0);
+        ASSERT_EQ(m->nmodules, n);
+        ASSERT_EQ(m->nframes, n);
+        ASSERT_EQ(m->nsites, 2u);
+        ASSERT_EQ(m->sites[1].nframes, n - 1);
+        ASSERT_EQ(m->sites[1].allocations, 2u);
+        ASSERT_EQ(m->frames[m->sites[1].frames[0]].address, 1u);
+        ASSERT_EQ(m->modules[m->frames[m->sites[1].frames[0]].module].allocations, 2u);
+        ASSERT_STREQ(m->strings[m->modules[m->frames[m->sites[1].frames[n - 2]].module].path],
+                     "/lib/m199999.so");
+        ap_profile_free(m);
+        ap_profile_free(p);
+}
+
 int main(void)
 {
         ASSERT_NOT_NULL(mkdtemp(tmpdir));
@@ -1629,6 +1680,7 @@ int main(void)
         test_unnamed_label();
         test_live();
         test_command();
+        test_merge_many_modules();
         ASSERT_EQ(rmdir(tmpdir), 0);
         printf("report: all tests passed\n");
         return 0;
