@@ -1224,6 +1224,10 @@ static void put_hints(const struct out *o, const struct ap_profile *p,
         for (uint32_t i = 0; i < p->nsites && kind < HINT_MAX_PER_KIND; i++) {
                 const struct ap_psite *s = &p->sites[site_at(by_allocs, i)];
 
+                /* Reallocs are some of a site's allocations: the sites after this one have
+                 * too few (rather than sorting all of them, a million in a big profile). */
+                if (s->allocations < HINT_REALLOC_MIN)
+                        break;
                 if (s->reallocs < HINT_REALLOC_MIN)
                         continue;
                 hint_start(o, &count, p, s, NULL);
