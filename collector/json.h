@@ -18,10 +18,13 @@
 /* A document of more values than this is refused: each costs 16 bytes in the tree and up
  * to twice that more while its container is open, so a hostile text of one-digit numbers
  * ("[0,0,0,...", 2 bytes a value, a few MB gzip'ed) would otherwise cost 24 times its size
- * (gigabytes).  This bounds the parser's memory to about 1.5 GiB besides the text; a
- * compiler's profile has about 100,000 values.  (Tests build json.c with a smaller one.) */
+ * (gigabytes).  This bounds the parser's memory to about 3 GiB besides the text.  A
+ * compiler's profile has about 100,000 values, one of a million call sites 19 million:
+ * the bound leaves room for profiles three times that, which the collector can write
+ * (with a few GiB of memory), so that report reads what it writes.  (Tests build json.c
+ * with a smaller one.) */
 #ifndef AP_JSON_MAX_VALUES
-#define AP_JSON_MAX_VALUES (1u << 25)
+#define AP_JSON_MAX_VALUES (1u << 26)
 #endif
 
 enum ap_json_type {
