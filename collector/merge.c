@@ -22,6 +22,14 @@ struct merger {
         uint32_t *frame_map, *module_map;
 };
 
+/* *a += b, held at INT64_MAX ("at least this much", as the writer saturates counters):
+ * valid inputs each hold up to INT64_MAX, and their sum must not wrap to a small number. */
+static void add_sat(uint64_t *a, uint64_t b)
+{
+        *a = *a >= (uint64_t)INT64_MAX || b >= (uint64_t)INT64_MAX - *a ? (uint64_t)INT64_MAX
+                                                                        : *a + b;
+}
+
 static const char *str(const struct ap_profile *p, uint32_t i)
 {
         return i == AP_NONE || i >= p->nstrings ? NULL : p->strings[i];
@@ -149,16 +157,16 @@ static int merge_site(struct merger *m, const struct ap_profile *in, const struc
         } else {
                 free(frames);
         }
-        dst->allocations += s->allocations;
-        dst->bytes += s->bytes;
-        dst->frees += s->frees;
-        dst->freed_bytes += s->freed_bytes;
-        dst->leaked_blocks += s->leaked_blocks;
-        dst->leaked_bytes += s->leaked_bytes;
-        dst->peak_bytes += s->peak_bytes;
-        dst->max_live_bytes += s->max_live_bytes;
-        dst->temporary += s->temporary;
-        dst->reallocs += s->reallocs;
+        add_sat(&dst->allocations, s->allocations);
+        add_sat(&dst->bytes, s->bytes);
+        add_sat(&dst->frees, s->frees);
+        add_sat(&dst->freed_bytes, s->freed_bytes);
+        add_sat(&dst->leaked_blocks, s->leaked_blocks);
+        add_sat(&dst->leaked_bytes, s->leaked_bytes);
+        add_sat(&dst->peak_bytes, s->peak_bytes);
+        add_sat(&dst->max_live_bytes, s->max_live_bytes);
+        add_sat(&dst->temporary, s->temporary);
+        add_sat(&dst->reallocs, s->reallocs);
         dst->truncated |= s->truncated;
         return 0;
 }
@@ -235,23 +243,23 @@ int ap_profile_merge(struct ap_profile *const *in, size_t n, size_t main_index,
                         o->start_unix_ns = p->start_unix_ns;
                 if (p->start_unix_ns + p->duration_ns > end)
                         end = p->start_unix_ns + p->duration_ns;
-                o->totals.allocations += p->totals.allocations;
-                o->totals.bytes += p->totals.bytes;
-                o->totals.frees += p->totals.frees;
-                o->totals.freed_bytes += p->totals.freed_bytes;
-                o->totals.leaked_blocks += p->totals.leaked_blocks;
-                o->totals.leaked_bytes += p->totals.leaked_bytes;
+                add_sat(&o->totals.allocations, p->totals.allocations);
+                add_sat(&o->totals.bytes, p->totals.bytes);
+                add_sat(&o->totals.frees, p->totals.frees);
+                add_sat(&o->totals.freed_bytes, p->totals.freed_bytes);
+                add_sat(&o->totals.leaked_blocks, p->totals.leaked_blocks);
+                add_sat(&o->totals.leaked_bytes, p->totals.leaked_bytes);
                 /* Processes peak at different moments: the sum bounds the run's peak. */
-                o->totals.peak_bytes += p->totals.peak_bytes;
-                o->totals.peak_blocks += p->totals.peak_blocks;
-                o->totals.temporary += p->totals.temporary;
-                o->totals.reallocs += p->totals.reallocs;
-                o->totals.dropped_events += p->totals.dropped_events;
-                o->totals.dropped_frees += p->totals.dropped_frees;
-                o->totals.untracked_samples += p->totals.untracked_samples;
-                o->totals.unprofiled_children += p->totals.unprofiled_children;
-                o->totals.unmatched_frees += p->totals.unmatched_frees;
-                o->totals.invalid_records += p->totals.invalid_records;
+                add_sat(&o->totals.peak_bytes, p->totals.peak_bytes);
+                add_sat(&o->totals.peak_blocks, p->totals.peak_blocks);
+                add_sat(&o->totals.temporary, p->totals.temporary);
+                add_sat(&o->totals.reallocs, p->totals.reallocs);
+                add_sat(&o->totals.dropped_events, p->totals.dropped_events);
+                add_sat(&o->totals.dropped_frees, p->totals.dropped_frees);
+                add_sat(&o->totals.untracked_samples, p->totals.untracked_samples);
+                add_sat(&o->totals.unprofiled_children, p->totals.unprofiled_children);
+                add_sat(&o->totals.unmatched_frees, p->totals.unmatched_frees);
+                add_sat(&o->totals.invalid_records, p->totals.invalid_records);
                 /* An exec'ed image of a process goes on in the thread that exec'ed: the
                  * images of one pid share one thread. */
                 bool same_pid = false;
@@ -259,11 +267,11 @@ int ap_profile_merge(struct ap_profile *const *in, size_t n, size_t main_index,
                         same_pid |= in[j]->pid == p->pid && in[j]->totals.threads > 0;
                 o->totals.threads += same_pid && p->totals.threads > 0 ? p->totals.threads - 1
                                                                        : p->totals.threads;
-                o->ring_waits += p->ring_waits;
-                o->ring_wait_ns += p->ring_wait_ns;
+                add_sat(&o->ring_waits, p->ring_waits);
+                add_sat(&o->ring_wait_ns, p->ring_wait_ns);
                 for (int b = 0; b < AP_HIST_BUCKETS; b++) {
-                        o->hist_count[b] += p->hist_count[b];
-                        o->hist_bytes[b] += p->hist_bytes[b];
+                        add_sat(&o->hist_count[b], p->hist_count[b]);
+                        add_sat(&o->hist_bytes[b], p->hist_bytes[b]);
                 }
                 m.frame_map = calloc((size_t)p->nframes + 1, sizeof(*m.frame_map));
                 m.module_map = calloc((size_t)p->nmodules + 1, sizeof(*m.module_map));
@@ -275,10 +283,11 @@ int ap_profile_merge(struct ap_profile *const *in, size_t n, size_t main_index,
                         uint32_t mod;
                         r = map_module(&m, p, i, &mod);
                         if (r >= 0) {
-                                o->modules[mod].allocations += p->modules[i].allocations;
-                                o->modules[mod].bytes += p->modules[i].bytes;
-                                o->modules[mod].leaked_blocks += p->modules[i].leaked_blocks;
-                                o->modules[mod].leaked_bytes += p->modules[i].leaked_bytes;
+                                add_sat(&o->modules[mod].allocations, p->modules[i].allocations);
+                                add_sat(&o->modules[mod].bytes, p->modules[i].bytes);
+                                add_sat(&o->modules[mod].leaked_blocks,
+                                        p->modules[i].leaked_blocks);
+                                add_sat(&o->modules[mod].leaked_bytes, p->modules[i].leaked_bytes);
                         }
                 }
                 free(m.frame_map);
@@ -288,7 +297,7 @@ int ap_profile_merge(struct ap_profile *const *in, size_t n, size_t main_index,
         o->duration_ns = end > o->start_unix_ns ? end - o->start_unix_ns : 0;
         /* The drain time of all the events merged: events / it stays the drain rate. */
         for (size_t i = 0; i < n; i++)
-                o->drain_cpu_ns += in[i]->drain_cpu_ns;
+                add_sat(&o->drain_cpu_ns, in[i]->drain_cpu_ns);
         o->merged_from = (uint32_t)n;
         /* Profiles of different runs (or of none): the result belongs to no one run, and
          * the time from the first start to the last end means nothing; the sum of their
@@ -301,7 +310,7 @@ int ap_profile_merge(struct ap_profile *const *in, size_t n, size_t main_index,
         if (o->run_id == NULL && n > 1) {
                 o->duration_ns = 0;
                 for (size_t i = 0; i < n; i++)
-                        o->duration_ns += in[i]->duration_ns;
+                        add_sat(&o->duration_ns, in[i]->duration_ns);
         }
         /* Blocks of a running process are live, not leaked: any snapshot makes it so. */
         for (size_t i = 0; i < n; i++)

@@ -1661,6 +1661,37 @@ static void test_merge_many_modules(void)
         ap_profile_free(p);
 }
 
+/* Counters near INT64_MAX (each valid in a file) add up to INT64_MAX in a merge, "at least
+ * this much", rather than wrap to a small number. */
+static void test_merge_saturates(void)
+{
+        struct ap_profile *p = ap_profile_new(), *m = NULL;
+
+        ASSERT_NOT_NULL(p);
+        p->sites = calloc(1, sizeof(*p->sites));
+        ASSERT_NOT_NULL(p->sites);
+        p->nsites = 1;
+        p->sites[0] = (struct ap_psite){
+                .allocations = INT64_MAX - 1, .bytes = INT64_MAX, .frees = 3, .freed_bytes = 5};
+        p->totals.allocations = INT64_MAX - 1;
+        p->totals.bytes = INT64_MAX;
+        p->totals.frees = 3;
+        p->totals.freed_bytes = 5;
+        p->hist_count[3] = INT64_MAX / 2 + 1;
+        struct ap_profile *three[] = {p, p, p};
+        ASSERT_OK(ap_profile_merge(three, 3, 0, &m));
+        ASSERT_EQ(m->nsites, 1u);
+        ASSERT_EQ(m->sites[0].allocations, (uint64_t)INT64_MAX);
+        ASSERT_EQ(m->sites[0].bytes, (uint64_t)INT64_MAX);
+        ASSERT_EQ(m->sites[0].frees, 9u);
+        ASSERT_EQ(m->totals.allocations, (uint64_t)INT64_MAX);
+        ASSERT_EQ(m->totals.bytes, (uint64_t)INT64_MAX);
+        ASSERT_EQ(m->totals.freed_bytes, 15u);
+        ASSERT_EQ(m->hist_count[3], (uint64_t)INT64_MAX);
+        ap_profile_free(m);
+        ap_profile_free(p);
+}
+
 int main(void)
 {
         ASSERT_NOT_NULL(mkdtemp(tmpdir));
@@ -1681,6 +1712,7 @@ int main(void)
         test_live();
         test_command();
         test_merge_many_modules();
+        test_merge_saturates();
         ASSERT_EQ(rmdir(tmpdir), 0);
         printf("report: all tests passed\n");
         return 0;
