@@ -582,27 +582,42 @@ int ap_process_finalize(struct ap_process *p, struct ap_symbolizer *sym, struct 
         memcpy(prof->hist_bytes, p->hist_bytes, sizeof(prof->hist_bytes));
         /* The timeline is sampled as allocations come, one row per step at most: its last
          * row can be long before the end (a short program's only row is its first
-         * allocation), and frees since then are not in it.  A closing row at the end of
-         * the image (of the snapshot, live) shows the heap the totals describe. */
+         * allocation), and frees since then are not in it, nor a peak reached and left
+         * between two rows (a burst of a few ms).  A row at the moment of the peak puts
+         * the peak on the curve, and a closing row at the end of the image (of the
+         * snapshot, live) shows the heap the totals describe. */
         struct ap_ptimepoint last = {.t_ns = prof->duration_ns,
                                      .live_bytes = p->t.live_bytes,
                                      .allocations = prof->totals.allocations};
-        size_t nt = p->ntimeline;
+        struct ap_ptimepoint peak = {.t_ns = prof->totals.peak_t_ns,
+                                     .live_bytes = p->t.peak_bytes,
+                                     .allocations = cnt(p->t.peak_allocations)};
+        size_t nt = p->ntimeline, at = 0;
+        while (at < nt && p->timeline[at].t_ns < peak.t_ns)
+                at++;
+        bool add_peak = p->t.peak_bytes > 0 && !(at < nt && p->timeline[at].t_ns == peak.t_ns &&
+                                                 p->timeline[at].live_bytes == peak.live_bytes);
         bool close = nt > 0 ? p->timeline[nt - 1].live_bytes != last.live_bytes ||
                                       p->timeline[nt - 1].allocations != last.allocations
                             : last.allocations > 0;
-        if (nt > 0 || close) {
-                prof->timeline = malloc(sizeof(*prof->timeline) * (nt + 1));
+        if (nt > 0 || close || add_peak) {
+                prof->timeline = malloc(sizeof(*prof->timeline) * (nt + 2));
                 if (prof->timeline == NULL)
                         goto out;
-                if (nt > 0)
-                        memcpy(prof->timeline, p->timeline, sizeof(*prof->timeline) * nt);
-                if (close) {
-                        if (nt > 0 && last.t_ns < p->timeline[nt - 1].t_ns)
-                                last.t_ns = p->timeline[nt - 1].t_ns;
-                        prof->timeline[nt++] = last;
+                struct ap_ptimepoint *o = prof->timeline;
+                memcpy(o, p->timeline, sizeof(*o) * at);
+                o += at;
+                if (add_peak)
+                        *o++ = peak;
+                memcpy(o, p->timeline + at, sizeof(*o) * (nt - at));
+                o += nt - at;
+                if (close && (o == prof->timeline || o[-1].live_bytes != last.live_bytes ||
+                              o[-1].allocations != last.allocations)) {
+                        if (o > prof->timeline && last.t_ns < o[-1].t_ns)
+                                last.t_ns = o[-1].t_ns;
+                        *o++ = last;
                 }
-                prof->ntimeline = (uint32_t)nt;
+                prof->ntimeline = (uint32_t)(o - prof->timeline);
         }
 
         r = finalize_sites(&f);

@@ -116,6 +116,7 @@ struct ap_process {
                 uint64_t allocations, bytes, frees, freed_bytes;
                 uint64_t live_blocks, live_bytes;
                 uint64_t peak_bytes, peak_blocks, peak_ts;
+                uint64_t peak_allocations; /* allocations made by the peak (AP_CW units) */
                 uint64_t temporary, reallocs;
                 uint64_t unmatched_frees, stale_frees, conflicts;
                 uint64_t invalid_records;

@@ -762,6 +762,7 @@ static void do_alloc(struct ap_process *p, struct ap_slot *slot, uint32_t stack,
                 p->t.peak_bytes = p->t.live_bytes;
                 p->t.peak_blocks = p->t.live_blocks;
                 p->t.peak_ts = ts;
+                p->t.peak_allocations = p->t.allocations;
                 p->peak_epoch++;
         }
         slot->last_alloc = addr;

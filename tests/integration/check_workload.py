@@ -329,6 +329,19 @@ def check_report(ck, report, exp, cmd, workload, markers):
         if not isinstance(end.get("t_ns"), int) or end["t_ns"] > proc.get("duration_ns", 0):
             ck.fail("timeline[-1].t_ns", f"at most duration_ns {proc.get('duration_ns')}",
                     end.get("t_ns"))
+        # In time order, allocations never going down, and the peak on the curve: a row at
+        # its moment with its bytes, and none higher.
+        ck.checks += 1
+        rows = [(r.get("t_ns"), r.get("allocations")) for r in timeline]
+        if rows != sorted(rows):
+            ck.fail("timeline", "rows in time order, allocations never decreasing", rows)
+        ck.eq("timeline: a row at the peak (t_ns, live_bytes)",
+              (totals.get("peak_t_ns"), totals.get("peak_bytes")),
+              next(((r["t_ns"], r["live_bytes"]) for r in timeline
+                    if r.get("t_ns") == totals.get("peak_t_ns")
+                    and r.get("live_bytes") == totals.get("peak_bytes")), None))
+        ck.eq("timeline: highest live_bytes is the peak", totals.get("peak_bytes"),
+              max(r.get("live_bytes", 0) for r in timeline))
 
     # sites, summed by key
     keys = list(exp.get("sites", {}))
