@@ -4,6 +4,7 @@
  *
  * SPDX-License-Identifier: MIT OR Apache-2.0
  */
+#include <dirent.h>
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -88,6 +89,44 @@ static bool still_running(pid_t pid)
         const char *paren = strrchr(buf, ')'); /* the command may hold spaces and ')' */
         return paren != NULL && paren[1] == ' ' && paren[2] != '\0' && paren[2] != 'Z' &&
                paren[2] != 'X';
+}
+
+/* Processes the program started that still run when run ends and never registered with
+ * the collector (a fork child that has not allocated yet, still in its grace time): they
+ * are our children, as their subreaper, and none of rs's images.  Returns how many, their
+ * pids (up to max) in out. */
+static size_t unregistered_orphans(const struct run_state *rs, pid_t *out, size_t max)
+{
+        DIR *d = opendir("/proc");
+        size_t n = 0;
+        if (d == NULL)
+                return 0;
+        for (struct dirent *de; (de = readdir(d)) != NULL;) {
+                char *end, path[64], buf[512];
+                long pid = strtol(de->d_name, &end, 10);
+                if (*end != '\0' || pid <= 0)
+                        continue;
+                snprintf(path, sizeof(path), "/proc/%ld/stat", pid);
+                FILE *f = fopen(path, "re");
+                if (f == NULL)
+                        continue;
+                size_t len = fread(buf, 1, sizeof(buf) - 1, f);
+                fclose(f);
+                buf[len] = '\0';
+                const char *paren = strrchr(buf, ')'); /* the command may hold ')' */
+                char state;
+                long ppid;
+                if (paren == NULL || sscanf(paren + 1, " %c %ld", &state, &ppid) != 2 ||
+                    ppid != (long)getpid() || state == 'Z' || state == 'X')
+                        continue;
+                bool known = false;
+                for (size_t i = 0; i < rs->nended && !known; i++)
+                        known = rs->ended[i].pid == (pid_t)pid;
+                if (!known && n++ < max)
+                        out[n - 1] = (pid_t)pid;
+        }
+        closedir(d);
+        return n;
 }
 
 /* Ends allocprof by the signal that ended the program, once its profiles are written,
@@ -1031,6 +1070,8 @@ int ap_cmd_run(int argc, char **argv)
                 ap_collector_free(coll);
                 rmdir(sock_dir);
         }
+        pid_t orphan[4];
+        size_t norphans = unregistered_orphans(&rs, orphan, 4);
         /* The program has ended: what is still to come (or pending) no longer ends us
          * before the profiles are written. */
         catch_late_signals();
@@ -1234,6 +1275,17 @@ int ap_cmd_run(int argc, char **argv)
                         "collector (a chroot, no descriptor left, a seccomp filter...) and ran "
                         "unprofiled\n",
                         (unsigned long long)unprofiled, unprofiled == 1 ? "" : "es");
+        if (norphans > 0) {
+                fprintf(stderr, "allocprof: %zu process%s the program started (pid", norphans,
+                        norphans == 1 ? "" : "es");
+                for (size_t i = 0; i < norphans && i < 4; i++)
+                        fprintf(stderr, "%s %d", i ? "," : "", (int)orphan[i]);
+                fprintf(stderr,
+                        "%s) %s still running when %s ended and had not registered with the "
+                        "collector yet: %s unprofiled\n",
+                        norphans > 4 ? ", ..." : "", norphans == 1 ? "was" : "were",
+                        ap_path_base(prog_argv[0]), norphans == 1 ? "it runs on" : "they run on");
+        }
         for (size_t i = 0; i < nwritten; i++)
                 free(written[i]);
         free(written);

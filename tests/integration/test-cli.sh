@@ -1251,6 +1251,17 @@ check_eq "a child that registers after the program ended: exit, its whole profil
         "$? $(for f in orphan/allocprof.orphan.*.approf; do json_of "$f" '" ".join(str(d["totals"][k]) for k in ("allocations","bytes","frees","leaked_bytes")), d["live"]'; done)"
 check_eq "a child that registers after the program ended: report --all" "2 3" \
         "$(cd orphan && "$AP" report --all --json | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["process"]["merged_from"], d["totals"]["allocations"])')"
+check_eq "a child that registered in time: no word of unregistered ones" 0 \
+        "$(grep -c 'had not registered' orphan.err)"
+# One that sleeps past the grace time (0.5 s) before it allocates: it runs on unprofiled,
+# and run says so (it said nothing).
+mkdir orphan-late && (cd orphan-late && "$AP" run -q -o main.approf -- "$BUILD/tests/workloads/orphan" 2500 2>../orphan-late.err)
+check_eq "a child that has not registered by the end: exit, no profile of it" "3 main.approf" \
+        "$? $(cd orphan-late && ls *.approf | tr '\n' ' ' | sed 's/ $//')"
+check_contains "a child that has not registered by the end: run says so" orphan-late.err \
+        "allocprof: 1 process the program started (pid "
+check_contains "a child that has not registered by the end: what of it" orphan-late.err \
+        ") was still running when orphan ended and had not registered with the collector yet: it runs on unprofiled"
 
 # A fork child maps a session of its own and unmaps its parent's: the address space of
 # a chain of forks (what RLIMIT_AS limits) does not grow with each generation.
