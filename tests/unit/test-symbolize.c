@@ -373,6 +373,39 @@ static void test_cpp(struct ap_symbolizer *s)
         };
         scan_function(s, args.cpp, "_ZNK2ns5Class3runEPVii",
                       "ns::Class::run(int volatile*, int) const", w, 2);
+
+        /* Holder<lambda>::call and the lambda's operator() have internal linkage: GCC
+         * writes no linkage name for them, only "call" and "operator()".  Their names must
+         * still say where they are: the class template, and the function the lambda is in.
+         * (The spelling of the template arguments is the compiler's, so only the parts
+         * that do not depend on it are checked.) */
+        uint64_t lo, size;
+        find_sym(args.cpp, "_ZN2ns5applyEPVi", &lo, &size);
+        uint32_t body = marker_line(src, "@cpp-lambda-body");
+        uint32_t call = marker_line(src, "@cpp-holder-call");
+        uint32_t apply = marker_line(src, "@cpp-apply-call");
+        int hits = 0;
+        for (uint64_t off = lo; off < lo + size; off++) {
+                struct ap_sym_frame *f = NULL;
+                int n = ap_symbolizer_lookup(s, args.cpp, NULL, 0, off, &f);
+                ASSERT_TRUE(n >= 1);
+                ASSERT_STREQ(f[n - 1].function, "ns::apply(int volatile*)");
+                if (n == 3 && f[0].line == body && f[1].line == call && f[2].line == apply) {
+                        if (strncmp(f[0].function, "ns::apply(int volatile*)::", 26) != 0 ||
+                            !strstr(f[0].function, "operator()") ||
+                            strncmp(f[1].function, "ns::Holder<", 11) != 0 ||
+                            !strstr(f[1].function, ">::call"))
+                                dump_frames("ns::apply", off, f, n);
+                        ASSERT_TRUE(strncmp(f[0].function, "ns::apply(int volatile*)::", 26) == 0);
+                        ASSERT_NOT_NULL(strstr(f[0].function, "operator()"));
+                        ASSERT_TRUE(strncmp(f[1].function, "ns::Holder<", 11) == 0);
+                        ASSERT_NOT_NULL(strstr(f[1].function, ">::call"));
+                        ASSERT_TRUE(f[0].inlined && f[1].inlined && !f[2].inlined);
+                        hits++;
+                }
+                ap_sym_frames_free(f, (size_t)n);
+        }
+        ASSERT_TRUE(hits > 0);
 }
 
 static void test_build_id(struct ap_symbolizer *s)
