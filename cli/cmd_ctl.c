@@ -6,6 +6,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <getopt.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -273,6 +274,23 @@ static int parse_duration(const char *s, uint64_t *ret_ms)
         return 0;
 }
 
+/* 3600000 -> "1 h", 90000 -> "90 s", 1500 -> "1.500 s", in the unit it was given in
+ * (or a smaller one). */
+static const char *fmt_duration(char *buf, size_t len, uint64_t ms)
+{
+        if (ms % 3600000 == 0)
+                snprintf(buf, len, "%" PRIu64 " h", ms / 3600000);
+        else if (ms % 60000 == 0)
+                snprintf(buf, len, "%" PRIu64 " min", ms / 60000);
+        else if (ms % 1000 == 0)
+                snprintf(buf, len, "%" PRIu64 " s", ms / 1000);
+        else if (ms < 1000)
+                snprintf(buf, len, "%" PRIu64 " ms", ms);
+        else
+                snprintf(buf, len, "%" PRIu64 ".%03" PRIu64 " s", ms / 1000, ms % 1000);
+        return buf;
+}
+
 /* Sends one request about pid and prints the failure, if any.  Returns the exit status;
  * *ret_resp (if non-NULL) gets a successful answer. */
 static int call_for_pid(pid_t *ppid, json_t *req, json_t **ret_resp)
@@ -377,11 +395,11 @@ int ap_cmd_attach(int argc, char **argv)
                 json_object_set_new(req, "for_ms", json_integer((json_int_t)for_ms));
         int status = call_for_pid(&pid, req, NULL);
         if (status == 0) {
-                char iv[32];
+                char iv[32], dur[48];
                 fprintf(stderr, "allocprof: attached to pid %d, sampling every %s on average",
                         (int)pid, ap_fmt_bytes(iv, sizeof(iv), sample));
                 if (for_ms)
-                        fprintf(stderr, " for %.3g s", (double)for_ms / 1000);
+                        fprintf(stderr, " for %s", fmt_duration(dur, sizeof(dur), for_ms));
                 fprintf(stderr, "\n");
         }
         return status;

@@ -457,6 +457,14 @@ check_eq "--for 1s: detached after it" "detached dormant" "$(ps_of "$A" 'p["mode
 check_eq "after --for: free-alloc" ok "$(say dorm free-alloc)"
 check_eq "after --for: live exactly 0" "0 0" \
         "$(json_of "$A" 'd["totals"]["leaked_bytes"], d["totals"]["unmatched_frees"]')"
+# The time is said in the unit it was given in, not as 3.6e+03 s.
+for d in "1h 1 h" "90m 90 min" "1500ms 1.500 s"; do
+        "$AP" attach "$A" --sample 1K --for "${d%% *}" 2>for-msg.err
+        check_eq "attach --for ${d%% *}: the message" \
+                "allocprof: attached to pid $A, sampling every 1.00 KiB on average for ${d#* }" \
+                "$(cat for-msg.err)"
+        "$AP" detach "$A" 2>/dev/null
+done
 
 # Threads while attached: estimated like the rest, every sampled block followed to its free.
 "$AP" attach "$A" --sample 1K 2>/dev/null
