@@ -819,11 +819,17 @@ static void handle_request(struct ap_collector *c, struct ap_client *cl, const c
         }
         json_t *v = json_object_get(req, "v");
         const char *cmd = json_string_value(json_object_get(req, "cmd"));
-        if (!json_is_integer(v) || json_integer_value(v) != AP_PROTO_VERSION)
+        if (v == NULL)
+                reply_error(cl, AP_PROTO_E_BAD_REQUEST, "no \"v\" (the protocol version, %d)",
+                            AP_PROTO_VERSION);
+        else if (!json_is_integer(v))
+                reply_error(cl, AP_PROTO_E_BAD_REQUEST,
+                            "\"v\" must be an integer (the protocol version, %d)",
+                            AP_PROTO_VERSION);
+        else if (json_integer_value(v) != AP_PROTO_VERSION)
                 reply_error(cl, AP_PROTO_E_VERSION,
                             "protocol version %lld is not supported (this collector speaks %d)",
-                            json_is_integer(v) ? (long long)json_integer_value(v) : -1LL,
-                            AP_PROTO_VERSION);
+                            (long long)json_integer_value(v), AP_PROTO_VERSION);
         else if (cmd == NULL)
                 reply_error(cl, AP_PROTO_E_BAD_REQUEST, "no \"cmd\"");
         else if (strcmp(cmd, "hello") == 0)
