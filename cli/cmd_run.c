@@ -930,7 +930,14 @@ int ap_cmd_run(int argc, char **argv)
         bool noted = note_unprofilable(prog_argv[0]);
         char *agent = ap_find_agent();
         if (agent == NULL) {
-                fprintf(stderr, "allocprof: cannot find liballocprof.so next to the allocprof "
+                int e = errno;
+                const char *env = getenv("ALLOCPROF_AGENT");
+                if (env != NULL && env[0] != '\0')
+                        fprintf(stderr, "allocprof: ALLOCPROF_AGENT: cannot use %s: %s\n", env,
+                                strerror(e));
+                else
+                        fprintf(stderr,
+                                "allocprof: cannot find liballocprof.so next to the allocprof "
                                 "binary (set ALLOCPROF_AGENT to its path)\n");
                 return 1;
         }

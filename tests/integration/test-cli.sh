@@ -1428,6 +1428,13 @@ fi
 exported=$(nm -D --defined-only "$AGENT" | awk '$2 ~ /[TW]/ {print $3}' | sort | tr '\n' ' ')
 check_eq "agent exports" "_ZdaPv _ZdaPvRKSt9nothrow_t _ZdaPvm _ZdlPv _ZdlPvRKSt9nothrow_t _ZdlPvm _Znam _ZnamRKSt9nothrow_t _Znwm _ZnwmRKSt9nothrow_t aligned_alloc calloc free malloc memalign posix_memalign prctl pthread_getattr_np pvalloc realloc reallocarray syscall valloc " "$exported"
 
+# --- ALLOCPROF_AGENT naming no file: that is what run says, not "set ALLOCPROF_AGENT"
+ALLOCPROF_AGENT="$T/no-such-agent.so" "$AP" run -q -o noagent.approf -- "$SIMPLE" 2>noagent.err
+check_eq "ALLOCPROF_AGENT missing: status" 1 $?
+check_eq "ALLOCPROF_AGENT missing: the message" \
+        "allocprof: ALLOCPROF_AGENT: cannot use $T/no-such-agent.so: No such file or directory" \
+        "$(cat noagent.err)"
+
 # --- an installed copy finds its agent with nothing set ----------------------------------
 if meson install -C "$BUILD" --destdir "$T/root" --no-rebuild >install.log 2>&1; then
         inst=$(find "$T/root" -path '*/bin/allocprof' -type f | head -1)
