@@ -593,9 +593,18 @@ static void find_foreign_malloc(void)
 {
         void *m = dlsym(RTLD_DEFAULT, "malloc");
         Dl_info mine, theirs;
-        if (m != NULL && dladdr((void *)find_foreign_malloc, &mine) != 0 &&
-            dladdr(m, &theirs) != 0 && theirs.dli_fbase != mine.dli_fbase)
-                g_foreign_malloc = (uint64_t)(uintptr_t)m;
+        const ElfW(Sym) *sym = NULL;
+        if (m == NULL || dladdr((void *)find_foreign_malloc, &mine) == 0 ||
+            dladdr1(m, &theirs, (void **)&sym, RTLD_DL_SYMENT) == 0 ||
+            theirs.dli_fbase == mine.dli_fbase)
+                return;
+        /* A position-dependent executable that takes malloc's address in its code (as
+         * Debian's python3 does) has an undefined `malloc` whose value is its PLT entry,
+         * the function's canonical address: what dlsym returns, though the calls go
+         * through that entry to the first definition, ours.  Not a malloc of its own. */
+        if (sym != NULL && sym->st_shndx == SHN_UNDEF && theirs.dli_saddr == m)
+                return;
+        g_foreign_malloc = (uint64_t)(uintptr_t)m;
 }
 
 static int session_start(const char *sock_path)

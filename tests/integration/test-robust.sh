@@ -147,6 +147,11 @@ check_contains "own_malloc: the report says so" report.txt \
 "$AP" run -q -o plain.approf -- "$WL/own_new" >/dev/null 2>plain.err
 check_eq "own_new: no foreign malloc, no warning" "None 0" \
         "$(json_of plain.approf 'd["process"]["foreign_malloc"]') $(grep -c 'comes before' plain.err)"
+# Nor has a position-dependent executable whose undefined malloc has its PLT entry as its
+# address (Debian's python3): the calls reach the agent.
+"$AP" run -q -o addr.approf -- "$WL/malloc_addr" 2>addr.err
+check_eq "malloc_addr: no foreign malloc, every block seen, no warning" "None 10 0" \
+        "$(json_of addr.approf '"%s %d" % (d["process"]["foreign_malloc"], d["totals"]["allocations"])') $(grep -c 'comes before' addr.err)"
 cd .. || exit 1
 
 # --- run by root, a worker that drops its privileges before it allocates -----------------
