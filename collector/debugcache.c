@@ -274,6 +274,28 @@ out:
         return ok;
 }
 
+/* Whether every section of `elf` (its header table included) lies within the file's
+ * `size` bytes.  A file cut short, or whose section header offset is damaged, has no
+ * sections to libelf or sections it cannot read: as an entry it would hide the debug
+ * information it stands for. */
+static bool complete_elf(Elf *elf, uint64_t size)
+{
+        size_t shnum;
+        GElf_Ehdr eh;
+        if (!gelf_getehdr(elf, &eh) || elf_getshdrnum(elf, &shnum) < 0 || shnum < 2 ||
+            eh.e_shoff > size || (uint64_t)shnum * eh.e_shentsize > size - eh.e_shoff)
+                return false;
+        for (Elf_Scn *scn = elf_nextscn(elf, NULL); scn; scn = elf_nextscn(elf, scn)) {
+                GElf_Shdr sh;
+                if (!gelf_getshdr(scn, &sh))
+                        return false;
+                if (sh.sh_type != SHT_NOBITS &&
+                    (sh.sh_offset > size || sh.sh_size > size - sh.sh_offset))
+                        return false;
+        }
+        return true;
+}
+
 /* Opens entry `path` if it is a complete one of ours with the given build-id.  Returns the
  * descriptor or -1 (a damaged entry is then written anew over it). */
 static int open_entry(const char *path, const uint8_t *id, size_t id_len)
@@ -291,7 +313,8 @@ static int open_entry(const char *path, const uint8_t *id, size_t id_len)
         if (elf && elf_kind(elf) == ELF_K_ELF) {
                 uint8_t got[AP_MAX_BUILD_ID];
                 size_t len = elf_build_id(elf, got);
-                good = len == id_len && memcmp(got, id, len) == 0 && inflated_bytes(elf) == 0;
+                good = len == id_len && memcmp(got, id, len) == 0 &&
+                       complete_elf(elf, (uint64_t)st.st_size) && inflated_bytes(elf) == 0;
         }
         elf_end(elf);
         if (!good) {
