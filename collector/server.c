@@ -101,10 +101,12 @@ static struct ap_collector *collector_alloc(ap_collector_done_fn done, void *use
         c->drain_wait_ms = -1;
         c->next_id = 1;
         c->event_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-        if (c->event_fd < 0 || pthread_mutex_init(&c->done_lock, NULL) != 0) {
+        int r = c->event_fd < 0 ? errno : pthread_mutex_init(&c->done_lock, NULL);
+        if (r != 0) {
                 if (c->event_fd >= 0)
                         close(c->event_fd);
                 free(c);
+                errno = r; /* EMFILE (no descriptor left) is not "out of memory" */
                 return NULL;
         }
         return c;
@@ -136,9 +138,10 @@ int ap_collector_new(const char *socket_path, ap_collector_done_fn done, void *u
         strcpy(sa.sun_path, socket_path);
         struct ap_collector *c = collector_alloc(done, userdata);
         if (c == NULL || (c->path = strdup(socket_path)) == NULL) {
+                int e = c == NULL && errno != 0 ? errno : ENOMEM;
                 ap_collector_free(c);
-                *err = ap_asprintf("out of memory");
-                return -ENOMEM;
+                *err = ap_asprintf("%s", strerror(e));
+                return -e;
         }
         /* The socket appears at its path only once it listens (bound and listening
          * under a temporary name, then hard-linked into place): whoever sees the file

@@ -1451,6 +1451,16 @@ check_eq "ALLOCPROF_AGENT missing: the message" \
         "allocprof: ALLOCPROF_AGENT: cannot use $T/no-such-agent.so: No such file or directory" \
         "$(cat noagent.err)"
 
+# --- run with too few descriptors to start its collector: says so, not "out of memory" --
+for n in 6 7 8 9; do
+        prlimit --nofile=$n "$AP" run -q -o nofile.approf -- "$DEMO" >/dev/null 2>nofile.err
+        st=$?
+        checks=$((checks + 1))
+        if [ $st -ne 0 ] && ! grep -q 'Too many open files' nofile.err; then
+                fail "RLIMIT_NOFILE $n: status $st without the reason: $(cat nofile.err)"
+        fi
+done
+
 # --- an installed copy finds its agent with nothing set ----------------------------------
 if meson install -C "$BUILD" --destdir "$T/root" --no-rebuild >install.log 2>&1; then
         inst=$(find "$T/root" -path '*/bin/allocprof' -type f | head -1)
