@@ -89,7 +89,7 @@ static AP_SLOW void alloc_sampled(struct ap_thread *t, struct ap_shm_header *h, 
                 t->sampler_ready = 1;
         }
         /* Else sampler_skips found that size takes the countdown to 0 or below. */
-        uint64_t n = ap_sampler_take(&t->sampler, size);
+        uint64_t n = ap_sampler_take(&t->sampler, ap_sampler_stream_size(size));
         uint64_t weight = n * t->sampler.interval;
         if (t->sampler.interval != ap_sampler_interval(interval))
                 ap_sampler_init(&t->sampler, interval, ap_sampler_seed());
@@ -119,16 +119,17 @@ static AP_SLOW void nested_free(void *p)
         errno = e;
 }
 
-/* Sampled mode: true if size bytes do not reach the next sample point, which they are
- * then taken off the countdown of; false (countdown untouched) if they do: alloc_sampled's
- * work.  A sampler never set up needs no test of its own: its countdown is 0, so it never
- * skips. */
+/* Sampled mode: true if size bytes (one for a zero-size block: ap_sampler_stream_size)
+ * do not reach the next sample point, which they are then taken off the countdown of;
+ * false (countdown untouched) if they do: alloc_sampled's work.  A sampler never set up
+ * needs no test of its own: its countdown is 0, so it never skips. */
 static inline bool sampler_skips(struct ap_thread *t, size_t size)
 {
         /* Unsigned: the countdown is never negative (a sampler keeps it at 1 or more, an
          * unset one is 0), and a size of 2^63 or more must not wrap it (it reaches
          * new_block, which counts nothing for the failed request). */
         uint64_t left = (uint64_t)t->sampler.left;
+        size = ap_sampler_stream_size(size);
         if (ap_likely(left > size)) {
                 t->sampler.left = (int64_t)(left - size);
                 return true;

@@ -1046,7 +1046,7 @@ AP_HIDDEN void ap_nested_alloc(void *p, size_t size, bool realloc)
                                         ap_sampler_seed());
                         t->sampler_ready = 1;
                 }
-                uint64_t n = ap_sampler_take(&t->sampler, size);
+                uint64_t n = ap_sampler_take(&t->sampler, ap_sampler_stream_size(size));
                 weight = n * t->sampler.interval;
                 if (n == 0)
                         mode = AP_MODE_OFF;

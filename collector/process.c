@@ -934,13 +934,14 @@ static void process_record(struct ap_process *p, struct ap_slot *slot, const uin
                         p->t.invalid_records++;
                         return;
                 }
-                /* weight / size allocations, in AP_CW units; a zero-size block cannot
-                 * cover a sample point, treat it as one byte. */
+                /* weight / size allocations, in AP_CW units.  A zero-size block took
+                 * one byte of the stream (ap_sampler_stream_size): weight allocations
+                 * of no bytes. */
                 unsigned __int128 wc = (unsigned __int128)r.weight * AP_CW / (r.size ? r.size : 1);
                 uint64_t wcount = wc > (1ull << 60) ? (1ull << 60) : (uint64_t)wc;
                 p->sampled = true;
-                do_alloc(p, slot, stack, r.addr, r.size, r.weight, wcount ? wcount : 1, r.ts,
-                         (rh.flags & AP_RECF_REALLOC) != 0);
+                do_alloc(p, slot, stack, r.addr, r.size, r.size ? r.weight : 0, wcount ? wcount : 1,
+                         r.ts, (rh.flags & AP_RECF_REALLOC) != 0);
                 break;
         }
         case AP_REC_FREE: {

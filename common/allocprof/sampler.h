@@ -116,6 +116,15 @@ static inline void ap_sampler_init(struct ap_sampler *s, uint64_t interval, uint
         s->left = ap_sampler_gap(s);
 }
 
+/* The bytes a block of `size` bytes takes of the stream: its size, but one for a
+ * zero-size block (malloc(0), which returns a block all the same, and full mode counts
+ * it), which would otherwise never cover a sample point: every count of blocks would
+ * leave such blocks out, even at an interval of 1.  The collector adds no bytes for them. */
+static inline uint64_t ap_sampler_stream_size(uint64_t size)
+{
+        return size + (size == 0);
+}
+
 /* Consumes `size` bytes of the stream.  Returns the number of sample points they cover
  * (usually 0: one subtraction and one compare), one gap drawn for each; at an interval of
  * 1 the points are the bytes themselves, counted at once instead of one by one.
