@@ -834,6 +834,11 @@ static void put_summary(const struct out *o, const struct ap_profile *p, uint32_
                 say(o, "  %s bytes %s, from %s call site%s\n", fmt_count(t->leaked_bytes).s,
                     p->live ? "not freed yet" : "never freed", fmt_count(leaking_sites).s,
                     leaking_sites == 1 ? "" : "s");
+        else if (is_sampled(p)) /* blocks never sampled may have leaked all the same */
+                say(o, "  %s\n",
+                    p->live ? "every sampled block allocated so far was freed"
+                            : "every sampled block was freed (a leak of blocks no sample fell "
+                              "on would not show)");
         else
                 say(o, "  %s\n",
                     p->live ? "every block allocated so far was freed" : "every block was freed");
@@ -1048,8 +1053,12 @@ static void put_leaks(const struct out *o, const struct ap_profile *p, struct si
         if (leaking == 0 && p->totals.leaked_blocks == 0) {
                 say(o, "  ");
                 say_in(o, SGR_GREEN, "%s",
-                       p->live ? "nothing live: every block allocated so far was freed"
-                               : "no leaks: every allocated block was freed before exit");
+                       p->live ? is_sampled(p) ? "nothing live: every sampled block allocated "
+                                                 "so far was freed"
+                                               : "nothing live: every block allocated so far "
+                                                 "was freed"
+                       : is_sampled(p) ? "no leaks seen: every sampled block was freed before exit"
+                                       : "no leaks: every allocated block was freed before exit");
                 say(o, "\n");
                 return;
         }
@@ -1715,6 +1724,8 @@ void ap_report_summary(FILE *out, const struct ap_profile *p, const char *profil
         else if (t->leaked_blocks)
                 say(&o, "allocprof: leaked %s in %s blocks\n", fmt_size(t->leaked_bytes).s,
                     fmt_count(t->leaked_blocks).s);
+        else if (is_sampled(p))
+                say(&o, "allocprof: no leaks among the sampled blocks\n");
         else
                 say(&o, "allocprof: no leaks\n");
         if (ordered && n > 0) {

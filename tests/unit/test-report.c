@@ -1118,6 +1118,23 @@ static void test_degenerate(void)
         ASSERT_CONTAINS(t, "no leaks");
         ASSERT_CONTAINS(t, "nothing stands out");
         free(t);
+        /* Sampled: no leak among the samples is not no leak. */
+        p->mode = xstrdup("sampled");
+        p->sample_interval = 524288;
+        t = render_text(p, 10, AP_SORT_BYTES, false);
+        ASSERT_CONTAINS(t, "  every sampled block was freed (a leak of blocks no sample fell on "
+                           "would not show)\n");
+        ASSERT_CONTAINS(t, "no leaks seen: every sampled block was freed before exit");
+        ASSERT_NOT_CONTAINS(t, "no leaks: every allocated block");
+        free(t);
+        capture_begin(&c);
+        ap_report_summary(c.f, p, NULL);
+        t = capture_end(&c);
+        ASSERT_CONTAINS(t, "allocprof: no leaks among the sampled blocks\n");
+        free(t);
+        free(p->mode);
+        p->mode = NULL;
+        p->sample_interval = 0;
         doc = render_json(p, 0, AP_SORT_BYTES);
         ASSERT_EQ(json_array_size(jget(doc, "sites")), 0u);
         assert_null(doc, "mode");
