@@ -593,7 +593,11 @@ int ap_process_finalize(struct ap_process *p, struct ap_symbolizer *sym, struct 
                                      .live_bytes = p->t.peak_bytes,
                                      .allocations = cnt(p->t.peak_allocations)};
         size_t nt = p->ntimeline, at = 0;
-        while (at < nt && p->timeline[at].t_ns < peak.t_ns)
+        /* In time order, and among rows of the same nanosecond, in the order of their
+         * allocations. */
+        while (at < nt && (p->timeline[at].t_ns < peak.t_ns ||
+                           (p->timeline[at].t_ns == peak.t_ns &&
+                            p->timeline[at].allocations < peak.allocations)))
                 at++;
         bool add_peak = p->t.peak_bytes > 0 && !(at < nt && p->timeline[at].t_ns == peak.t_ns &&
                                                  p->timeline[at].live_bytes == peak.live_bytes);
@@ -605,11 +609,13 @@ int ap_process_finalize(struct ap_process *p, struct ap_symbolizer *sym, struct 
                 if (prof->timeline == NULL)
                         goto out;
                 struct ap_ptimepoint *o = prof->timeline;
-                memcpy(o, p->timeline, sizeof(*o) * at);
+                if (at > 0)
+                        memcpy(o, p->timeline, sizeof(*o) * at);
                 o += at;
                 if (add_peak)
                         *o++ = peak;
-                memcpy(o, p->timeline + at, sizeof(*o) * (nt - at));
+                if (nt > at)
+                        memcpy(o, p->timeline + at, sizeof(*o) * (nt - at));
                 o += nt - at;
                 if (close && (o == prof->timeline || o[-1].live_bytes != last.live_bytes ||
                               o[-1].allocations != last.allocations)) {
