@@ -898,7 +898,9 @@ static void put_summary(const struct out *o, const struct ap_profile *p, uint32_
         }
         if (t->invalid_records) {
                 say(o, "  ");
-                say_in(o, SGR_RED, "warning: %s malformed records from the process were ignored",
+                say_in(o, SGR_RED,
+                       "warning: %s records from the process were malformed or could not be "
+                       "kept (the collector short of memory), and were ignored",
                        fmt_count(t->invalid_records).s);
                 say(o, "\n");
         }
@@ -1752,6 +1754,12 @@ void ap_report_summary(FILE *out, const struct ap_profile *p, const char *profil
                     "allocprof: warning: %s sampled blocks were not tracked (the agent's "
                     "set of sampled blocks was full): %s may be overstated\n",
                     fmt_count(t->untracked_samples).s, p->live ? "live blocks" : "leaks");
+        /* Malformed, or more than the collector had memory for: either way not counted. */
+        if (t->invalid_records)
+                say(&o,
+                    "allocprof: warning: %s records from the process were malformed or could "
+                    "not be kept, and were ignored; figures are incomplete\n",
+                    fmt_count(t->invalid_records).s);
         /* ring_wait_ns adds up the waits of every thread: with several, it can exceed the
          * run (200 threads that outran the collector for 4 s waited 4 min 23 s in all). */
         if (waited_notably(p) && t->threads > 1)

@@ -1186,6 +1186,19 @@ static void test_summary(void)
                 ASSERT_TRUE(strncmp(line, "allocprof: ", 11) == 0);
         ASSERT_EQ(lines, 9u);
         free(t);
+        ASSERT_EQ(p->totals.invalid_records, 0u);
+        p->totals.invalid_records = 1234;
+        capture_begin(&c);
+        ap_report_summary(c.f, p, NULL);
+        t = capture_end(&c);
+        ASSERT_CONTAINS(t, "allocprof: warning: 1,234 records from the process were malformed or "
+                           "could not be kept, and were ignored; figures are incomplete\n");
+        free(t);
+        t = render_text(p, 10, AP_SORT_BYTES, false);
+        ASSERT_CONTAINS(t, "  warning: 1,234 records from the process were malformed or could "
+                           "not be kept (the collector short of memory), and were ignored\n");
+        free(t);
+        p->totals.invalid_records = 0;
 
         /* Waits for ring space, from 1 ms and 1% of the run (2.35 s) on. */
         p->ring_waits = 3;
