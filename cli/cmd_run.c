@@ -78,17 +78,8 @@ struct run_state {
 /* True if `pid` is a process that has not ended (a zombie has). */
 static bool still_running(pid_t pid)
 {
-        char path[64], buf[256];
-        snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-        FILE *f = fopen(path, "re");
-        if (f == NULL)
-                return false;
-        size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-        fclose(f);
-        buf[n] = '\0';
-        const char *paren = strrchr(buf, ')'); /* the command may hold spaces and ')' */
-        return paren != NULL && paren[1] == ' ' && paren[2] != '\0' && paren[2] != 'Z' &&
-               paren[2] != 'X';
+        struct ap_proc_stat ps;
+        return ap_proc_stat(pid, &ps) && ps.state != 'Z' && ps.state != 'X';
 }
 
 /* Processes the program started that still run when run ends and never registered with
@@ -102,28 +93,16 @@ static size_t unregistered_orphans(const struct run_state *rs, pid_t *out, size_
         if (d == NULL)
                 return 0;
         for (struct dirent *de; (de = readdir(d)) != NULL;) {
-                char *end, path[64], buf[512];
-                long pid = strtol(de->d_name, &end, 10);
-                if (*end != '\0' || pid <= 0)
-                        continue;
-                snprintf(path, sizeof(path), "/proc/%ld/stat", pid);
-                FILE *f = fopen(path, "re");
-                if (f == NULL)
-                        continue;
-                size_t len = fread(buf, 1, sizeof(buf) - 1, f);
-                fclose(f);
-                buf[len] = '\0';
-                const char *paren = strrchr(buf, ')'); /* the command may hold ')' */
-                char state;
-                long ppid;
-                if (paren == NULL || sscanf(paren + 1, " %c %ld", &state, &ppid) != 2 ||
-                    ppid != (long)getpid() || state == 'Z' || state == 'X')
+                pid_t pid;
+                struct ap_proc_stat ps;
+                if (!ap_parse_pid(de->d_name, &pid) || !ap_proc_stat(pid, &ps) ||
+                    ps.ppid != getpid() || ps.state == 'Z' || ps.state == 'X')
                         continue;
                 bool known = false;
                 for (size_t i = 0; i < rs->nended && !known; i++)
-                        known = rs->ended[i].pid == (pid_t)pid;
+                        known = rs->ended[i].pid == pid;
                 if (!known && n++ < max)
-                        out[n - 1] = (pid_t)pid;
+                        out[n - 1] = pid;
         }
         closedir(d);
         return n;
