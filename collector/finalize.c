@@ -508,13 +508,10 @@ int ap_process_finalize(struct ap_process *p, struct ap_symbolizer *sym, struct 
                 uint64_t iv = ap_load_relaxed(&p->hdr->xsample_interval);
                 prof->sample_interval = ap_sampler_interval(iv);
                 /* Every interval seen in force, the last one included. */
-                prof->sample_interval_min =
-                        p->interval_min && p->interval_min < prof->sample_interval
-                                ? p->interval_min
-                                : prof->sample_interval;
-                prof->sample_interval_max = p->interval_max > prof->sample_interval
-                                                    ? p->interval_max
-                                                    : prof->sample_interval;
+                prof->sample_interval_min = p->interval_min;
+                prof->sample_interval_max = p->interval_max;
+                ap_range_widen(&prof->sample_interval_min, &prof->sample_interval_max,
+                               prof->sample_interval);
         }
         if (prof->tool_version == NULL || prof->mode == NULL)
                 goto out;

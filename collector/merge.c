@@ -205,13 +205,9 @@ static int copy_header(struct ap_profile *o, const struct ap_profile *first)
  * built by hand, counts as its sample_interval). */
 static void widen_intervals(struct ap_profile *o, const struct ap_profile *p)
 {
-        uint64_t lo = p->sample_interval_min ? p->sample_interval_min : p->sample_interval;
-        uint64_t hi = p->sample_interval_max > p->sample_interval ? p->sample_interval_max
-                                                                  : p->sample_interval;
-        if (lo != 0 && (o->sample_interval_min == 0 || lo < o->sample_interval_min))
-                o->sample_interval_min = lo;
-        if (hi > o->sample_interval_max)
-                o->sample_interval_max = hi;
+        ap_range_widen(&o->sample_interval_min, &o->sample_interval_max, p->sample_interval);
+        ap_range_widen(&o->sample_interval_min, &o->sample_interval_max, p->sample_interval_min);
+        ap_range_widen(&o->sample_interval_min, &o->sample_interval_max, p->sample_interval_max);
 }
 
 int ap_profile_merge(struct ap_profile *const *in, size_t n, size_t main_index,

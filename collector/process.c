@@ -277,11 +277,8 @@ uint32_t ap_process_mode(const struct ap_process *p, uint64_t *sample_interval)
 /* Keeps the interval in force among those the profile will say were used. */
 static void note_interval(struct ap_process *p)
 {
-        uint64_t iv = ap_sampler_interval(ap_load_relaxed(&p->hdr->xsample_interval));
-        if (p->interval_min == 0 || iv < p->interval_min)
-                p->interval_min = iv;
-        if (iv > p->interval_max)
-                p->interval_max = iv;
+        ap_range_widen(&p->interval_min, &p->interval_max,
+                       ap_sampler_interval(ap_load_relaxed(&p->hdr->xsample_interval)));
 }
 
 void ap_process_set_mode(struct ap_process *p, uint32_t mode, uint64_t sample_interval)

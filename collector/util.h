@@ -108,6 +108,18 @@ struct ap_proc_stat {
 };
 bool ap_proc_stat(pid_t pid, struct ap_proc_stat *ret);
 
+/* Widens the range [*lo, *hi] (empty while *lo is 0) to hold v; a v of 0 is no value
+ * (the sample intervals a profile was recorded at). */
+static inline void ap_range_widen(uint64_t *lo, uint64_t *hi, uint64_t v)
+{
+        if (v == 0)
+                return;
+        if (*lo == 0 || v < *lo)
+                *lo = v;
+        if (v > *hi)
+                *hi = v;
+}
+
 /* The largest size ap_parse_size takes: 2^63 - 1 bytes, what a profile can hold. */
 #define AP_SIZE_MAX ((uint64_t)INT64_MAX)
 
