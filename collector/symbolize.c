@@ -1561,15 +1561,8 @@ static int qualified_name(struct sym_module *m, Dwarf_Die *owner, const char *na
         if (ptrmap_get(&m->scoped, owner->addr, ret))
                 return 0;
         Dwarf_Die path[MAX_SCOPE_NESTING];
-        int n = depth < 4 ? enclosing_scopes(m, owner, path) : -1;
-        size_t len = 0, cap = strlen(name) + 1;
-        for (int i = 0; i < n; i++) {
-                const char *s = dwarf_diename(&path[i]);
-                cap += (s ? strlen(s) : 32) + 2;
-        }
-        char *buf = malloc(cap);
-        if (!buf)
-                return -ENOMEM;
+        int n = depth < 4 ? enclosing_scopes(m, owner, path) : -1, first = 0;
+        const char *part[MAX_SCOPE_NESTING];
         for (int i = 0; i < n; i++) {
                 const char *s = dwarf_diename(&path[i]);
                 switch (dwarf_tag(&path[i])) {
@@ -1587,37 +1580,29 @@ static int qualified_name(struct sym_module *m, Dwarf_Die *owner, const char *na
                 case DW_TAG_subprogram: {
                         /* Everything outside the function is part of its own name. */
                         int r = die_name_depth(m, &path[i], depth + 1, &s);
-                        if (r < 0) {
-                                free(buf);
+                        if (r < 0)
                                 return r;
-                        }
-                        len = 0;
-                        if (s) {
-                                size_t need = strlen(s) + 2 + strlen(name) + 1;
-                                for (int j = i + 1; j < n; j++) {
-                                        const char *t = dwarf_diename(&path[j]);
-                                        need += (t ? strlen(t) : 32) + 2;
-                                }
-                                if (need > cap) {
-                                        char *nb = realloc(buf, need);
-                                        if (!nb) {
-                                                free(buf);
-                                                return -ENOMEM;
-                                        }
-                                        buf = nb;
-                                        cap = need;
-                                }
-                        }
+                        first = i;
                         break;
                 }
                 default: /* lexical blocks */
                         s = NULL;
                         break;
                 }
-                if (!s)
+                part[i] = s;
+        }
+        size_t len = strlen(name) + 1;
+        for (int i = first; i < n; i++)
+                len += part[i] ? strlen(part[i]) + 2 : 0;
+        char *buf = malloc(len);
+        if (!buf)
+                return -ENOMEM;
+        len = 0;
+        for (int i = first; i < n; i++) {
+                if (!part[i])
                         continue;
-                size_t sl = strlen(s);
-                memcpy(buf + len, s, sl);
+                size_t sl = strlen(part[i]);
+                memcpy(buf + len, part[i], sl);
                 memcpy(buf + len + sl, "::", 2);
                 len += sl + 2;
         }
