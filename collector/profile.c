@@ -5,6 +5,7 @@
  * SPDX-License-Identifier: MIT OR Apache-2.0
  */
 #include "profile.h"
+#include "allocprof/clock.h"
 #include "json.h"
 #include "util.h"
 
@@ -126,6 +127,10 @@
  * tree by its number of values (AP_JSON_MAX_VALUES, about as many as this much text of
  * real profiles holds). */
 #define MAX_FILE_SIZE (1ull << 28)
+
+/* How long a FIFO named as a profile is waited for: by the writer for a reader to open it,
+ * by the reader for a writer (the messages say "10 s"). */
+#define FIFO_WAIT_MS 10000
 
 /* How allocations were recorded (ap_profile.mode); null in a profile is unknown. */
 static bool known_mode(const char *mode)
@@ -1558,7 +1563,7 @@ int ap_profile_write(const struct ap_profile *p, const char *path)
                 /* A FIFO: wait up to 10 s for a reader (opening it blocks until one
                  * comes), then say there is none (ENXIO) rather than hang. */
                 int fd = -1;
-                for (int tries = 0; tries < 1000; tries++) {
+                for (int tries = 0; tries < FIFO_WAIT_MS / 10; tries++) {
                         fd = open(path, O_WRONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
                         if (fd >= 0 || errno != ENXIO || !S_ISFIFO(st.st_mode))
                                 break;
@@ -2841,13 +2846,10 @@ static int wait_for_writer(int fd, const struct stat *st)
         if (!S_ISFIFO(st->st_mode) || (fstatfs(fd, &sfs) == 0 && sfs.f_type == PIPEFS_MAGIC))
                 return 0;
         struct pollfd pfd = {.fd = fd, .events = POLLIN};
-        struct timespec now;
-        clock_gettime(CLOCK_MONOTONIC, &now);
-        const int64_t deadline_ms = (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000 + 10000;
+        const uint64_t deadline = ap_clock_mono_ns() + FIFO_WAIT_MS * 1000000ull;
         for (;;) {
-                clock_gettime(CLOCK_MONOTONIC, &now);
-                int64_t left = deadline_ms - ((int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000);
-                int n = poll(&pfd, 1, left > 0 ? (int)left : 0);
+                uint64_t now = ap_clock_mono_ns();
+                int n = poll(&pfd, 1, now < deadline ? (int)((deadline - now) / 1000000) : 0);
                 if (n > 0)
                         return 0;
                 if (n == 0)
