@@ -23,6 +23,17 @@ T=$(mktemp -d)
 trap 'rm -rf "$T"' EXIT
 cd "$T" || exit 1
 
+# JSON reports of PROG in full mode (STEMfull.json), at --sample 1 (STEM1.json) and at
+# --sample INTERVAL with seeds 1 to 3 (STEMx-1.json ...): full_one_three PROG STEM INTERVAL.
+full_one_three() {
+        "$AP" run -q -o "$2full.approf" -- "$1" && "$AP" report "$2full.approf" --json >"$2full.json"
+        "$AP" run -q --sample 1 -o "${2}1.approf" -- "$1" && "$AP" report "${2}1.approf" --json >"${2}1.json"
+        for seed in 1 2 3; do
+                ALLOCPROF_SAMPLE_SEED=$seed "$AP" run -q --sample "$3" -o "$2x.approf" -- "$1" &&
+                        "$AP" report "$2x.approf" --json >"$2x-$seed.json"
+        done
+}
+
 "$AP" run -q -o full.approf -- "$PROG" || { echo "FAIL: full run"; exit 1; }
 "$AP" report full.approf --json >full.json
 rc=0
@@ -151,13 +162,8 @@ int main(void)
 }
 EOF_C
 if cc -O2 -o temporary temporary.c; then
-        "$AP" run -q -o tfull.approf -- ./temporary && "$AP" report tfull.approf --json >tfull.json
-        "$AP" run -q --sample 1 -o t1.approf -- ./temporary && "$AP" report t1.approf --json >t1.json
-        for seed in 1 2 3; do
-                ALLOCPROF_SAMPLE_SEED=$seed "$AP" run -q --sample 4K -o t4k.approf -- ./temporary &&
-                        "$AP" report t4k.approf --json >t4k-$seed.json
-        done
-        python3 - tfull.json t1.json t4k-1.json t4k-2.json t4k-3.json <<'PY' || rc=1
+        full_one_three ./temporary t 4K
+        python3 - tfull.json t1.json tx-1.json tx-2.json tx-3.json <<'PY' || rc=1
 import json, sys
 tot = [json.load(open(p))["totals"] for p in sys.argv[1:]]
 full, one, *est = (t["temporary"] for t in tot)
@@ -211,13 +217,8 @@ int main(void)
 }
 EOF_C
 if cc -O0 -o zero zero.c; then
-        "$AP" run -q -o zfull.approf -- ./zero && "$AP" report zfull.approf --json >zfull.json
-        "$AP" run -q --sample 1 -o z1.approf -- ./zero && "$AP" report z1.approf --json >z1.json
-        for seed in 1 2 3; do
-                ALLOCPROF_SAMPLE_SEED=$seed "$AP" run -q --sample 16 -o z16.approf -- ./zero &&
-                        "$AP" report z16.approf --json >z16-$seed.json
-        done
-        python3 - zfull.json z1.json z16-1.json z16-2.json z16-3.json <<'PY' || rc=1
+        full_one_three ./zero z 16
+        python3 - zfull.json z1.json zx-1.json zx-2.json zx-3.json <<'PY' || rc=1
 import json, sys
 full, one, *est = (json.load(open(p))["totals"] for p in sys.argv[1:])
 keys = ("allocations", "bytes", "frees", "freed_bytes", "leaked_blocks", "leaked_bytes",
