@@ -19,6 +19,7 @@
 #include <sys/auxv.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
@@ -65,6 +66,9 @@ static char g_exe_path[AP_MAX_PATH];
  * one mapping unrecorded (address space only: the child registers anew). */
 static _Atomic uintptr_t g_slot_page[AP_NSLOTS];
 static uint8_t *g_head, *g_tail; /* head and tail mappings (page-aligned starts) */
+/* Slots 1..g_slots_allowed may be mapped: under a finite RLIMIT_AS, the rings that keep
+ * the session within 1/AP_AS_SHARE of it (wire.h); set before the session is published. */
+static uint32_t g_slots_allowed;
 static uint64_t g_head_len, g_tail_len, g_tail_off;
 static uint64_t g_page; /* the system's page size */
 
@@ -92,7 +96,7 @@ static _Atomic uint64_t g_map_retry_at;
 static uintptr_t map_slot(uint32_t i)
 {
         uint64_t retry_at = ap_load_relaxed(&g_map_retry_at);
-        if (retry_at != 0 && ap_clock_mono_ns() < retry_at)
+        if (i > g_slots_allowed || (retry_at != 0 && ap_clock_mono_ns() < retry_at))
                 return 0;
         uint32_t j = i;
         uintptr_t from = 0;
@@ -607,29 +611,84 @@ static void find_foreign_malloc(void)
         g_foreign_malloc = (uint64_t)(uintptr_t)m;
 }
 
+/* Tells the collector why this image does not register (wire.h: struct ap_unregistered),
+ * if it has no profiled ancestor to count itself into.  Best effort, never waits. */
+static void say_unregistered(const char *sock_path, uint32_t why, int err, uint64_t limit)
+{
+        struct sockaddr_un sa = {.sun_family = AF_UNIX};
+        if (g_report_hdr != NULL || strlen(sock_path) >= sizeof(sa.sun_path))
+                return;
+        strcpy(sa.sun_path, sock_path);
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        if (fd < 0)
+                return;
+        struct ap_unregistered msg = {.magic = AP_UNREG_MAGIC,
+                                      .layout_version = AP_LAYOUT_VERSION,
+                                      .why = why,
+                                      .err = err > 0 ? (uint32_t)err : 0,
+                                      .limit = limit};
+        if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0)
+                (void)!send(fd, &msg, sizeof(msg), MSG_NOSIGNAL | MSG_DONTWAIT);
+        close(fd);
+}
+
+/* Whether the process's limits leave room for a session: 0, or -errno after saying why.
+ * Sets g_slots_allowed. */
+static int check_limits(const char *sock_path, uint64_t total)
+{
+        struct rlimit rl;
+        /* Sizing the memfd past RLIMIT_FSIZE fails with EFBIG and raises SIGXFSZ, which
+         * kills a program that does not expect it (under `ulimit -f`, say). */
+        if (getrlimit(RLIMIT_FSIZE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
+            rl.rlim_cur < total) {
+                say_unregistered(sock_path, AP_UNREG_FSIZE_LIMIT, 0, rl.rlim_cur);
+                return -EFBIG;
+        }
+        g_slots_allowed = AP_NSLOTS - 1;
+        if (getrlimit(RLIMIT_AS, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) {
+                const uint64_t share = rl.rlim_cur / AP_AS_SHARE;
+                const uint64_t initial = g_head_len + g_tail_len;
+                if (initial > share) {
+                        say_unregistered(sock_path, AP_UNREG_AS_LIMIT, 0, rl.rlim_cur);
+                        return -ENOMEM;
+                }
+                uint64_t more = (share - initial) / slot_map_len(1);
+                if (more < g_slots_allowed)
+                        g_slots_allowed = (uint32_t)more;
+        }
+        return 0;
+}
+
 static int session_start(const char *sock_path)
 {
         const uint64_t total = ap_shm_total_bytes();
-        int fd = memfd_create("allocprof", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-        if (fd < 0)
-                return -errno;
-        int r = 0;
-        if (ftruncate(fd, (off_t)total) < 0) {
-                r = -errno;
-                goto out_close;
-        }
-        (void)fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL);
         /* The head and the tail now, the other slots when claimed (see map_slot). */
         g_page = (uint64_t)getpagesize();
         g_head_len = ap_shm_head_bytes(g_page);
         g_tail_off = ap_shm_tail_off(g_page);
         g_tail_len = total - g_tail_off;
+        int r = check_limits(sock_path, total);
+        if (r < 0)
+                return r;
+        int fd = memfd_create("allocprof", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+        if (fd < 0) {
+                r = -errno;
+                say_unregistered(sock_path, AP_UNREG_MEMFD, -r, 0);
+                return r;
+        }
+        if (ftruncate(fd, (off_t)total) < 0) {
+                r = -errno;
+                say_unregistered(sock_path, AP_UNREG_SHM, -r, 0);
+                goto out_close;
+        }
+        (void)fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL);
         void *map = mmap(NULL, g_head_len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
         void *tail = map == MAP_FAILED ? MAP_FAILED
                                        : mmap(NULL, g_tail_len, PROT_READ | PROT_WRITE, MAP_SHARED,
                                               fd, (off_t)g_tail_off);
         if (tail == MAP_FAILED) {
                 r = -errno;
+                say_unregistered(sock_path, AP_UNREG_SHM, -r, 0);
                 if (map != MAP_FAILED)
                         munmap(map, g_head_len);
                 goto out_close;

@@ -73,7 +73,21 @@ struct run_state {
         bool dormant;         /* started dormant */
         size_t never_attached; /* images of other processes dropped by on_done */
         struct ap_warmer *warmer; /* runs early_job, NULL in the daemon's case */
+        bool child_said;          /* the collector said why the program could not register */
+        /* Other images that could not register: the first is said, the rest counted (a
+         * build under `ulimit -v` would say it of each of its thousand processes). */
+        size_t unregistered;
 };
+
+/* Says what the collector had to say of a process (see ap_collector_note_fn). */
+static void say_note(struct run_state *rs, int pid, const char *why)
+{
+        bool unreg = strstr(why, AP_NOTE_UNREGISTERED) != NULL;
+        rs->child_said |= pid == rs->child;
+        if (unreg && pid != rs->child && rs->unregistered++ > 0)
+                return;
+        fprintf(stderr, "allocprof: %s\n", why);
+}
 
 /* True if `pid` is a process that has not ended (a zombie has). */
 static bool still_running(pid_t pid)
@@ -137,9 +151,7 @@ static void end_by_signal(int sig)
 
 static void on_note(void *userdata, int pid, const char *why)
 {
-        (void)userdata;
-        (void)pid;
-        fprintf(stderr, "allocprof: %s\n", why);
+        say_note(userdata, pid, why);
 }
 
 static bool on_register(void *userdata, pid_t pid)
@@ -757,8 +769,9 @@ static int run_loop_daemon(struct ap_ctl *ctl, struct run_state *rs, int sfd)
                                 take_image(rs, ev, fd);
                                 fd = -1;
                         } else if (kind != NULL && strcmp(kind, "note") == 0) {
-                                fprintf(stderr, "allocprof: %s\n",
-                                        json_string_value(json_object_get(ev, "message")) ?: "");
+                                json_int_t np = json_integer_value(json_object_get(ev, "pid"));
+                                say_note(rs, np > 0 && np <= INT32_MAX ? (int)np : 0,
+                                         json_string_value(json_object_get(ev, "message")) ?: "");
                         } else if (kind != NULL && strcmp(kind, "finished") == 0) {
                                 json_decref(ev);
                                 return status;
@@ -1092,15 +1105,16 @@ int ap_cmd_run(int argc, char **argv)
         for (size_t i = 0; i < rs.nended; i++)
                 if (rs.ended[i].pid == child) /* its last image */
                         main_img = &rs.ended[i];
-        /* The agent maps about 70 MiB of shared memory at registration (ring.h), and so
-         * does our collector: an address-space limit near that leaves it no room, and it
-         * stays out of the program's way. */
+        /* The agent maps about 70 MiB of shared memory at registration (ring.h), and
+         * stays out of the way of a program whose address-space limit is less than
+         * AP_AS_SHARE times that (it says so itself: this is for an agent that could not). */
         struct rlimit as_lim;
         const uint64_t page = (uint64_t)getpagesize();
         const uint64_t shm_min =
                 ap_shm_head_bytes(page) + ap_shm_total_bytes() - ap_shm_tail_off(page);
         bool as_small = getrlimit(RLIMIT_AS, &as_lim) == 0 && as_lim.rlim_cur != RLIM_INFINITY &&
-                        as_lim.rlim_cur < shm_min + (256ull << 20);
+                        as_lim.rlim_cur < AP_AS_SHARE * shm_min;
+        noted |= rs.child_said;
         if (exec_errno == 0 && rs.nended == 0 && !noted && !dormant && !rs.daemon_lost && as_small)
                 fprintf(stderr,
                         "allocprof: %s never registered with the collector: its address-space "
@@ -1268,6 +1282,11 @@ int ap_cmd_run(int argc, char **argv)
                         "collector (a chroot, no descriptor left, a seccomp filter...) and ran "
                         "unprofiled\n",
                         (unsigned long long)unprofiled, unprofiled == 1 ? "" : "es");
+        if (rs.unregistered > 1)
+                fprintf(stderr,
+                        "allocprof: %zu more process image%s could not register with the "
+                        "collector and ran unprofiled\n",
+                        rs.unregistered - 1, rs.unregistered == 2 ? "" : "s");
         if (norphans > 0) {
                 fprintf(stderr, "allocprof: %zu process%s the program started (pid", norphans,
                         norphans == 1 ? "" : "es");

@@ -499,17 +499,30 @@ bool ap_control_image_done(struct ap_collector *c, struct tracked *t, bool by_ex
         return true;
 }
 
-bool ap_control_note(struct ap_collector *c, const struct tracked *t, const char *msg)
+static bool note_session(struct ap_collector *c, uint64_t session, pid_t pid, const char *msg)
 {
-        struct ap_session *s = session_by_id(c, t->session);
+        struct ap_session *s = session_by_id(c, session);
         struct ap_client *cl = s ? client_by_id(c, s->client) : NULL;
         if (cl == NULL)
                 return false;
         send_json(cl,
                   json_pack("{s:i, s:s, s:i, s:s}", "v", AP_PROTO_VERSION, "event", "note", "pid",
-                            (int)ap_process_pid(t->p), "message", msg),
+                            (int)pid, "message", msg),
                   -1);
         return true;
+}
+
+bool ap_control_note(struct ap_collector *c, const struct tracked *t, const char *msg)
+{
+        return note_session(c, t->session, ap_process_pid(t->p), msg);
+}
+
+bool ap_control_note_pid(struct ap_collector *c, pid_t pid, uid_t uid, const char *msg)
+{
+        bool declined = false;
+        uint64_t session = ap_control_session_for(c, pid, 0, uid, &declined);
+        /* A process the run does not follow would not have been profiled anyway. */
+        return declined || note_session(c, session, pid, msg);
 }
 
 void ap_control_drop_sessions(struct ap_collector *c)

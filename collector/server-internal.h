@@ -118,6 +118,9 @@ uint64_t ap_control_session_for(struct ap_collector *c, pid_t pid, uint32_t ppid
 bool ap_control_image_done(struct ap_collector *c, struct tracked *t, bool by_exec);
 void ap_control_drop_sessions(struct ap_collector *c);
 bool ap_control_note(struct ap_collector *c, const struct tracked *t, const char *msg);
+/* The same for a process that is not tracked (it could not register), sent to the run
+ * session it belongs to; true if the session took it, or declines the process. */
+bool ap_control_note_pid(struct ap_collector *c, pid_t pid, uid_t uid, const char *msg);
 void ap_control_free_all(struct ap_collector *c);
 void ap_collector_finished_add(struct ap_collector *c, const struct tracked *t);
 void ap_collector_finished_clear(struct ap_collector *c);

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "allocprof/clock.h"
+#include "allocprof/ring.h"
 #include "server-internal.h"
 #include "warm.h"
 
@@ -332,6 +333,58 @@ static bool register_process(struct ap_collector *c, int memfd, pid_t pid, uid_t
         return true;
 }
 
+/* An agent that could not register said why (wire.h): said on, if anyone listens (run's
+ * note, or its session's client).  The message is the process's own word, checked as
+ * any: an unknown reason or errno is not shown. */
+static void unregistered(struct ap_collector *c, pid_t pid, uid_t uid,
+                         const struct ap_unregistered *u)
+{
+        if (u->layout_version != AP_LAYOUT_VERSION || u->why < 1 || u->why > AP_UNREG__MAX ||
+            u->err >= 4096 || (c->accept != NULL && !c->accept(c->accept_userdata, pid)))
+                return;
+        const uint64_t page = (uint64_t)getpagesize();
+        const uint64_t initial =
+                ap_shm_head_bytes(page) + ap_shm_total_bytes() - ap_shm_tail_off(page);
+        const char *err = u->err != 0 ? strerror((int)u->err) : "failed";
+        char why[256];
+        switch (u->why) {
+        case AP_UNREG_AS_LIMIT:
+                snprintf(why, sizeof(why),
+                         "its address-space limit (ulimit -v, %llu MiB) is less than %d times "
+                         "the agent's %llu MiB of shared memory",
+                         (unsigned long long)(u->limit >> 20), AP_AS_SHARE,
+                         (unsigned long long)(initial >> 20));
+                break;
+        case AP_UNREG_FSIZE_LIMIT:
+                snprintf(why, sizeof(why),
+                         "its file-size limit (ulimit -f, %llu KiB) is below the size of the "
+                         "agent's shared memory (%llu MiB, most of it never written)",
+                         (unsigned long long)(u->limit >> 10),
+                         (unsigned long long)(ap_shm_total_bytes() >> 20));
+                break;
+        case AP_UNREG_MEMFD:
+                snprintf(why, sizeof(why),
+                         "memfd_create, which the agent's shared memory needs, failed: %s%s", err,
+                         u->err == EPERM || u->err == ENOSYS || u->err == EACCES
+                                 ? " (a seccomp filter or a sandbox that forbids it?)"
+                                 : "");
+                break;
+        default:
+                snprintf(why, sizeof(why), "the agent could not size or map its shared memory: %s",
+                         err);
+                break;
+        }
+        /* (Gone already, a short-lived program's exe is not known.) */
+        char *exe = proc_exe(pid);
+        char *msg = ap_asprintf("pid %d%s%s%s " AP_NOTE_UNREGISTERED ": %s: it runs unprofiled",
+                                (int)pid, exe ? " (" : "", exe ? ap_path_base(exe) : "",
+                                exe ? ")" : "", why);
+        if (msg != NULL && !ap_control_note_pid(c, pid, uid, msg) && c->note != NULL)
+                c->note(c->note_userdata, (int)pid, msg);
+        free(msg);
+        free(exe);
+}
+
 /* Reads the hello of a pending connection.  Returns true when the connection is done
  * with (registered or rejected), false to keep waiting. */
 static bool read_hello(struct ap_collector *c, int fd)
@@ -357,9 +410,16 @@ static bool read_hello(struct ap_collector *c, int fd)
                 close(fds[k]);
         struct ucred cred;
         socklen_t len = sizeof(cred);
-        bool ok = n == (ssize_t)sizeof(hello) && !(msg_flags & (MSG_TRUNC | MSG_CTRUNC)) &&
-                  memfd >= 0 && getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0 &&
-                  (c->any_user || cred.uid == geteuid() || cred.uid == 0);
+        bool peer_ok = n == (ssize_t)sizeof(hello) && !(msg_flags & (MSG_TRUNC | MSG_CTRUNC)) &&
+                       getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0 &&
+                       (c->any_user || cred.uid == geteuid() || cred.uid == 0);
+        if (peer_ok && memfd < 0 && hello.magic == AP_UNREG_MAGIC) {
+                struct ap_unregistered u;
+                memcpy(&u, &hello, sizeof(u));
+                unregistered(c, cred.pid, cred.uid, &u);
+                return true; /* it waits for no reply */
+        }
+        bool ok = peer_ok && memfd >= 0;
         if (ok) {
                 struct stat st;
                 /* Only a memfd-like regular file will do: no sockets, devices, fifos. */

@@ -35,6 +35,9 @@ int ap_collector_new_fd(int listen_fd, ap_collector_done_fn done, void *userdata
 /* Called when a profiled process exec'ed a program the agent cannot follow (statically
  * linked, or set-user-ID): `why` is one line without a trailing newline. */
 typedef void (*ap_collector_note_fn)(void *userdata, int pid, const char *why);
+/* Also called for an image that could not register and said why (wire.h: struct
+ * ap_unregistered): then `why` contains this. */
+#define AP_NOTE_UNREGISTERED "could not register with the collector"
 void ap_collector_set_note(struct ap_collector *c, ap_collector_note_fn fn, void *userdata);
 
 /* Hands every module a stack starts to use to `w` (loads its debug information while

@@ -284,6 +284,40 @@ struct ap_reply {
         uint32_t reserved;
 };
 
+/* An agent that cannot register says why, when nothing it knows of forbids it to try the
+ * socket (a seccomp filter installed by the program may kill on socket(2): then it says
+ * nothing): one struct ap_unregistered, no descriptor, no reply awaited.  Only an image
+ * without a profiled ancestor says it (the first image of a run, or one an exec started):
+ * a fork child counts itself in its ancestor's AP_CNT_CHILDREN_UNPROFILED instead, so a
+ * program forking thousands of children does not send thousands of these.  The collector
+ * takes the pid from SO_PEERCRED, and uses `why` and `err` only after range checks. */
+#define AP_UNREG_MAGIC 0x4745524e55504155ull
+enum ap_unreg_why {
+        AP_UNREG_AS_LIMIT = 1,    /* RLIMIT_AS: the agent's mappings would take more than
+                                   * 1/AP_AS_SHARE of it (limit: its soft limit, bytes) */
+        AP_UNREG_FSIZE_LIMIT = 2, /* RLIMIT_FSIZE below the shared memory's size: sizing the
+                                   * memfd would raise SIGXFSZ (limit: bytes) */
+        AP_UNREG_MEMFD = 3,       /* memfd_create failed (err) */
+        AP_UNREG_SHM = 4,         /* sizing or mapping the shared memory failed (err) */
+        AP_UNREG__MAX = 4,
+};
+struct ap_unregistered {
+        uint64_t magic;
+        uint32_t layout_version;
+        uint32_t why; /* enum ap_unreg_why */
+        uint32_t err; /* errno of the call that failed, else 0 */
+        uint32_t reserved;
+        uint64_t limit;
+        uint64_t reserved2;
+};
+
+/* Under a finite address-space limit, the agent keeps its mappings (the head and tail at
+ * registration, a ring per further recording thread) within this fraction of it: a
+ * program that runs near its limit must not fail because it is profiled.  An image whose
+ * registration alone would take more does not register (AP_UNREG_AS_LIMIT); threads
+ * beyond the rings that fit go unrecorded, their events counted as dropped. */
+#define AP_AS_SHARE 4
+
 /* Environment variables the agent reads. */
 #define AP_ENV_SOCKET "ALLOCPROF_SOCKET"
 #define AP_ENV_MODE "ALLOCPROF_MODE"     /* full | dormant (default full) */
@@ -303,6 +337,8 @@ _Static_assert(sizeof(struct ap_rec_alloc) == 32, "alloc record");
 _Static_assert(sizeof(struct ap_rec_free) == 24, "free record");
 _Static_assert(sizeof(struct ap_rec_realloc) == 48, "realloc record");
 _Static_assert(sizeof(struct ap_rec_alloc_sampled) == 40, "sampled alloc record");
+_Static_assert(sizeof(struct ap_unregistered) == sizeof(struct ap_hello),
+               "the collector reads either in one recv");
 _Static_assert(sizeof(struct ap_stack_entry) == 16, "stack entry header");
 _Static_assert(sizeof(struct ap_module_rec) % 8 == 0, "module record header");
 _Static_assert((AP_RING_BYTES & (AP_RING_BYTES - 1)) == 0, "ring size power of two");

@@ -154,6 +154,57 @@ check_eq "malloc_addr: no foreign malloc, every block seen, no warning" "None 10
         "$(json_of addr.approf '"%s %d" % (d["process"]["foreign_malloc"], d["totals"]["allocations"])') $(grep -c 'comes before' addr.err)"
 cd .. || exit 1
 
+# --- resource limits: the program runs as it would without allocprof --------------------
+# (prlimit sets the limits of the whole run, allocprof's own included, as a shell's ulimit
+# would; not under AddressSanitizer, whose shadow memory needs far more address space.)
+mkdir limits && cd limits || exit 1
+if ! command -v prlimit >/dev/null; then
+        echo "note: no prlimit: the resource limits are not checked"
+elif ldd "$AP" | grep -q libasan; then
+        echo "note: allocprof built with AddressSanitizer, the resource limits are not checked"
+else
+        # A file-size limit below the agent's (sparse) shared memory: sizing it raised
+        # SIGXFSZ, which killed the program (status 153).
+        prlimit --fsize=65536 "$AP" run -q -o fsize.approf -- "$WL/edge_calls" >fsize.out 2>fsize.err
+        check_eq "ulimit -f 64 KiB: edge_calls' exit, output, no profile" "0 same none" \
+                "$? $(cmp -s ../edge.native fsize.out && echo same) $(ls fsize.approf 2>/dev/null || echo none)"
+        check_contains "ulimit -f 64 KiB: run says why" fsize.err \
+                "could not register with the collector: its file-size limit (ulimit -f, 64 KiB) is below the size of the agent's shared memory"
+        # Near its address-space limit, the program must not lose to the agent the room it
+        # needs (a 150 MiB block and a thread, under 200 MiB): the agent keeps out of a
+        # process whose limit is less than 4 times its 70 MiB.
+        prlimit --as=$((200 << 20)) "$WL/big_alloc" 150 >as.native 2>&1
+        check_eq "ulimit -v 200 MiB: big_alloc 150 runs unprofiled" "0 ok" "$? $(cat as.native)"
+        prlimit --as=$((200 << 20)) "$AP" run -q -o as.approf -- "$WL/big_alloc" 150 >as.out 2>as.err
+        check_eq "ulimit -v 200 MiB: big_alloc 150 profiled: exit, output, no profile" "0 ok none" \
+                "$? $(cat as.out) $(ls as.approf 2>/dev/null || echo none)"
+        check_contains "ulimit -v 200 MiB: run says why" as.err \
+                "could not register with the collector: its address-space limit (ulimit -v, 200 MiB) is less than 4 times the agent's 70 MiB of shared memory: it runs unprofiled"
+        check_eq "ulimit -v 200 MiB: no guess (statically linked...)" 0 "$(grep -c 'statically linked' as.err)"
+        # Every image of a build says so: the first two lines (the program's, the first
+        # other's), then a count.
+        prlimit --as=$((200 << 20)) "$AP" run -q -o as.approf -- sh -c \
+                "$WL/big_alloc 1 && $WL/big_alloc 1 && $WL/big_alloc 1" >as3.out 2>as3.err
+        check_eq "ulimit -v 200 MiB, three images: exit, output" "0 ok ok ok" "$? $(cat as3.out | tr '\n' ' ' | sed 's/ $//')"
+        check_eq "ulimit -v 200 MiB, three images: two said, the rest counted" "2 1" \
+                "$(grep -c 'could not register with the collector: its address-space limit' as3.err) $(grep -c '^allocprof: 2 more process images could not register' as3.err)"
+        # Room for the agent's 70 MiB but for two more rings only (300 / 4 = 75 MiB): the
+        # threads beyond run unrecorded, their events counted as dropped.
+        prlimit --as=$((300 << 20)) "$AP" run -q -o as4.approf -- "$WL/threads" >/dev/null 2>as4.err
+        check_eq "ulimit -v 300 MiB: threads' exit" 0 $?
+        check_eq "ulimit -v 300 MiB: every allocation recorded or counted as dropped, some dropped" \
+                "4404 True" "$(json_of as4.approf '"%d %s" % (d["totals"]["allocations"] + d["totals"]["dropped_events"] - d["totals"]["dropped_frees"], d["totals"]["dropped_events"] > 0)')"
+fi
+# A sandbox that refuses memfd_create (with EPERM: a filter in force before run started,
+# a container's): run says so, not "statically linked, setuid...".
+"$WL/no_memfd" "$AP" run -q -o nomemfd.approf -- "$WL/edge_calls" >nomemfd.out 2>nomemfd.err
+check_eq "memfd_create refused: edge_calls' exit, output, no profile" "0 same none" \
+        "$? $(cmp -s ../edge.native nomemfd.out && echo same) $(ls nomemfd.approf 2>/dev/null || echo none)"
+check_contains "memfd_create refused: run says why" nomemfd.err \
+        "could not register with the collector: memfd_create, which the agent's shared memory needs, failed: Operation not permitted"
+check_eq "memfd_create refused: no guess (statically linked...)" 0 "$(grep -c 'statically linked' nomemfd.err)"
+cd .. || exit 1
+
 # --- run by root, a worker that drops its privileges before it allocates -----------------
 # Its agent must reach root's collector (directory 0711, a secret socket name, 0666) and
 # be taken though of another user; it was refused, and its worker ran unprofiled.
