@@ -542,6 +542,8 @@ static int send_hello(const char *sock_path, int memfd, const struct ap_shm_head
                 else if (recv(fd, &reply, sizeof(reply), MSG_DONTWAIT) != (ssize_t)sizeof(reply) ||
                          reply.magic != AP_REPLY_MAGIC)
                         r = -EPROTO;
+                else if (reply.status == AP_REPLY_FAILED)
+                        r = -ENOMEM; /* unprofiled, not "not this one" */
                 else if (reply.status != AP_REPLY_ACCEPTED)
                         r = -EPERM;
         }

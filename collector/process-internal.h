@@ -85,10 +85,13 @@ struct ap_process {
         uint64_t backlog;            /* ap_process_backlog() */
         uint32_t libc_module;        /* the C library's index in modules + 1 (0: none yet) */
         uint64_t libc_due_ns;        /* when to warm it (CLOCK_MONOTONIC) */
-        /* Agent stack id -> stack index + 1 (0: not seen yet), ID_LIMIT cells mapped on
-         * first use.  Only the pages of ids the agent used are touched: one 4-byte cell
-         * per stack, and stacks take a few dozen bytes of heap each. */
+        /* Agent stack id -> stack index + 1 (0: not seen yet), stack_of_id_cells cells
+         * (a power of two, at most ID_LIMIT), grown as ids come.  One 4-byte cell per 8
+         * bytes of the agent's stack heap, of which a program uses little: all ID_LIMIT
+         * (32 MiB) at once took that much of our address space per process, which an
+         * address-space limit on run counts. */
         uint32_t *stack_of_id;
+        size_t stack_of_id_cells;
 
         struct ap_cmodule *modules;
         size_t nmodules, modules_cap;

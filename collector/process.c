@@ -107,7 +107,7 @@ int ap_process_new(int memfd, pid_t pid, const struct ap_hello *hello, struct ap
                 free(scratch);
                 munmap(map, head_bytes);
                 munmap(tail, expect - tail_off);
-                return fail(err, -ENOMEM, "out of memory");
+                return fail(err, -ENOMEM, "is out of memory");
         }
         p->pid = pid;
         p->ppid = hello->ppid;
@@ -144,7 +144,7 @@ void ap_process_free(struct ap_process *p)
         ap_map_clear(&p->reused);
         ap_map_clear(&p->tids);
         if (p->stack_of_id != NULL)
-                munmap(p->stack_of_id, ID_LIMIT * sizeof(uint32_t));
+                munmap(p->stack_of_id, p->stack_of_id_cells * sizeof(uint32_t));
         for (size_t i = 0; i < p->nmodules; i++)
                 free(p->modules[i].path);
         free(p->modules);
@@ -198,6 +198,7 @@ struct ap_process *ap_process_snapshot(const struct ap_process *src)
         p->reused = (struct ap_map){0};
         p->tids = (struct ap_map){0};
         p->stack_of_id = NULL;
+        p->stack_of_id_cells = 0;
         p->live = (struct ap_live_table){0};
         p->new_used = NULL;
         p->nnew_used = p->new_used_cap = 0;
@@ -564,16 +565,27 @@ static uint32_t stack_intern_ips(struct ap_process *p, const uint64_t *ips, uint
         return (uint32_t)p->nstacks++;
 }
 
-/* The id -> stack table, mapped on first use.  NULL if it cannot be. */
-static uint32_t *stack_of_id(struct ap_process *p)
+/* The id -> stack table, with a cell for id (< ID_LIMIT): mapped on first use, grown
+ * (doubled, new cells zero) when an id beyond it comes.  NULL if it cannot be. */
+static uint32_t *stack_of_id(struct ap_process *p, uint32_t id)
 {
-        if (p->stack_of_id == NULL) {
-                void *m = mmap(NULL, ID_LIMIT * sizeof(uint32_t), PROT_READ | PROT_WRITE,
-                               MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-                if (m != MAP_FAILED)
-                        p->stack_of_id = m;
-        }
-        return p->stack_of_id;
+        if (id < p->stack_of_id_cells)
+                return p->stack_of_id;
+        size_t cells = p->stack_of_id_cells ? p->stack_of_id_cells : 16384; /* 64 KiB */
+        while (cells <= id && cells < ID_LIMIT)
+                cells *= 2;
+        if (cells <= id)
+                return NULL;
+        void *m = p->stack_of_id == NULL
+                          ? mmap(NULL, cells * sizeof(uint32_t), PROT_READ | PROT_WRITE,
+                                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+                          : mremap(p->stack_of_id, p->stack_of_id_cells * sizeof(uint32_t),
+                                   cells * sizeof(uint32_t), MREMAP_MAYMOVE);
+        if (m == MAP_FAILED)
+                return NULL;
+        p->stack_of_id = m;
+        p->stack_of_id_cells = cells;
+        return m;
 }
 
 /* Resolves a record's stack reference.  Returns the stack index or UINT32_MAX when the
@@ -597,8 +609,10 @@ static uint32_t stack_resolve(struct ap_process *p, const struct ap_rec_hdr *rh,
         uint32_t id = rh->aux;
         uint64_t off = (uint64_t)id * 8;
         struct ap_stack_entry e;
-        uint32_t *table = stack_of_id(p);
-        if (id == 0 || off + sizeof(e) > AP_STACK_HEAP_BYTES || table == NULL)
+        if (id == 0 || off + sizeof(e) > AP_STACK_HEAP_BYTES)
+                return UINT32_MAX;
+        uint32_t *table = stack_of_id(p, id);
+        if (table == NULL)
                 return UINT32_MAX;
         if (table[id] != 0)
                 return table[id] - 1;
@@ -897,8 +911,7 @@ static void prefetch_ahead(struct ap_process *p, uint32_t i)
                 }
                 /* and the id-table cell of an allocation's stack */
                 if (rh.type != AP_REC_FREE && rh.type != AP_REC_PAD &&
-                    !(rh.flags & AP_RECF_INLINE_STACK) && rh.aux < ID_LIMIT &&
-                    p->stack_of_id != NULL)
+                    !(rh.flags & AP_RECF_INLINE_STACK) && rh.aux < p->stack_of_id_cells)
                         __builtin_prefetch(&p->stack_of_id[rh.aux]);
                 sl->pf += len;
         }

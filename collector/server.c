@@ -11,9 +11,10 @@
 #include <poll.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/eventfd.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -283,25 +284,45 @@ void ap_collector_retire(struct ap_collector *c, size_t i, bool by_exec)
                 c->done(c->userdata, t.p, by_exec);
 }
 
-/* Returns true if the process is now tracked. */
-static bool register_process(struct ap_collector *c, int memfd, pid_t pid, uid_t uid,
-                             const struct ap_hello *hello)
+static void say_unregistered(struct ap_collector *c, pid_t pid, uid_t uid, const char *why);
+
+/* Returns the reply to send: AP_REPLY_ACCEPTED if the process is now tracked. */
+static uint32_t register_process(struct ap_collector *c, int memfd, pid_t pid, uid_t uid,
+                                 const struct ap_hello *hello)
 {
         struct ap_process *p = NULL;
         char *err = NULL;
         if (c->accept != NULL && !c->accept(c->accept_userdata, pid)) {
                 close(memfd);
-                return false;
+                return AP_REPLY_DECLINED;
         }
         bool declined = false;
         uint64_t session = ap_control_session_for(c, pid, hello->ppid, uid, &declined);
         if (declined) {
                 close(memfd);
-                return false;
+                return AP_REPLY_DECLINED;
         }
-        if (ap_process_new(memfd, pid, hello, &p, &err) < 0) {
+        int r = ap_process_new(memfd, pid, hello, &p, &err);
+        if (r == -EPROTO) {
                 free(err); /* a broken agent: nothing to profile */
-                return false;
+                return AP_REPLY_DECLINED;
+        }
+        if (r < 0) {
+                /* Our failure, not the agent's (no memory, or no address space left under
+                 * a limit that binds us too): a program that goes unprofiled for it is
+                 * told so, and so is the user. */
+                struct rlimit as;
+                char lim[96] = "";
+                if (r == -ENOMEM && getrlimit(RLIMIT_AS, &as) == 0 && as.rlim_cur != RLIM_INFINITY)
+                        snprintf(lim, sizeof(lim),
+                                 " (its address-space limit, ulimit -v, is %llu MiB)",
+                                 (unsigned long long)(as.rlim_cur >> 20));
+                char *why = ap_asprintf("the collector %s: %s%s", err ? err : "failed",
+                                        strerror(-r), lim);
+                say_unregistered(c, pid, uid, why ? why : "the collector is out of memory");
+                free(why);
+                free(err);
+                return AP_REPLY_FAILED;
         }
         /* Same pid registering again: the previous image exec'ed into this one. */
         for (size_t i = 0; i < c->nprocs; i++) {
@@ -314,7 +335,8 @@ static bool register_process(struct ap_collector *c, int memfd, pid_t pid, uid_t
         read_cmdline(p, pid);
         if (AP_GROW(c->procs, c->procs_cap, c->nprocs + 1) < 0) {
                 ap_process_free(p);
-                return false;
+                say_unregistered(c, pid, uid, "the collector is out of memory");
+                return AP_REPLY_FAILED;
         }
         /* Where pidfd_open is missing (Linux before 5.3) or refused (a container's
          * seccomp profile, valgrind), the process's /proc entry is watched each round. */
@@ -330,7 +352,7 @@ static bool register_process(struct ap_collector *c, int memfd, pid_t pid, uid_t
                                                  .uid = uid,
                                                  .ppid = (pid_t)hello->ppid,
                                                  .session = session};
-        return true;
+        return AP_REPLY_ACCEPTED;
 }
 
 /* An agent that could not register said why (wire.h): said on, if anyone listens (run's
@@ -374,6 +396,12 @@ static void unregistered(struct ap_collector *c, pid_t pid, uid_t uid,
                          err);
                 break;
         }
+        say_unregistered(c, pid, uid, why);
+}
+
+/* Says that pid could not register, and why (one line, see AP_NOTE_UNREGISTERED). */
+static void say_unregistered(struct ap_collector *c, pid_t pid, uid_t uid, const char *why)
+{
         /* (Gone already, a short-lived program's exe is not known.) */
         char *exe = proc_exe(pid);
         char *msg = ap_asprintf("pid %d%s%s%s " AP_NOTE_UNREGISTERED ": %s: it runs unprofiled",
@@ -425,14 +453,13 @@ static bool read_hello(struct ap_collector *c, int fd)
                 /* Only a memfd-like regular file will do: no sockets, devices, fifos. */
                 ok = fstat(memfd, &st) == 0 && S_ISREG(st.st_mode);
         }
-        bool accepted = false;
+        uint32_t status = AP_REPLY_DECLINED;
         if (ok)
-                accepted = register_process(c, memfd, cred.pid, cred.uid, &hello);
+                status = register_process(c, memfd, cred.pid, cred.uid, &hello);
         else if (memfd >= 0)
                 close(memfd);
         /* The agent waits for this (bounded); a full socket buffer is impossible here. */
-        struct ap_reply reply = {.magic = AP_REPLY_MAGIC,
-                                 .status = accepted ? AP_REPLY_ACCEPTED : AP_REPLY_DECLINED};
+        struct ap_reply reply = {.magic = AP_REPLY_MAGIC, .status = status};
         (void)!send(fd, &reply, sizeof(reply), MSG_DONTWAIT | MSG_NOSIGNAL);
         return true;
 }

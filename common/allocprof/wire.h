@@ -277,6 +277,10 @@ struct ap_hello {
 enum ap_reply_status {
         AP_REPLY_ACCEPTED = 0, /* record into the memory you sent */
         AP_REPLY_DECLINED = 1, /* not profiled (e.g. run --no-follow): record nothing */
+        AP_REPLY_FAILED = 2,   /* the collector could not take it (no memory, its own
+                                * address-space limit): record nothing; a fork child
+                                * counts itself as unprofiled (older agents take it as
+                                * DECLINED) */
 };
 struct ap_reply {
         uint64_t magic;

@@ -194,6 +194,14 @@ else
         check_eq "ulimit -v 300 MiB: threads' exit" 0 $?
         check_eq "ulimit -v 300 MiB: every allocation recorded or counted as dropped, some dropped" \
                 "4404 True" "$(json_of as4.approf '"%d %s" % (d["totals"]["allocations"] + d["totals"]["dropped_events"] - d["totals"]["dropped_frees"], d["totals"]["dropped_events"] > 0)')"
+        # Room for each process's agent, not for the collector's mappings of them all at
+        # once (run's own collector is under the limit too): those it cannot take are
+        # said, not silently left unprofiled.
+        prlimit --as=$((290 << 20)) "$AP" run -q -o as5.approf -- sh -c \
+                'for i in 1 2 3 4 5 6; do sleep 1 & done; wait' >/dev/null 2>as5.err
+        check_eq "ulimit -v 290 MiB, six processes at once: exit" 0 $?
+        check_contains "ulimit -v 290 MiB, six processes at once: the collector says what it could not take" \
+                as5.err "could not register with the collector: the collector cannot map the shared memory: Cannot allocate memory (its address-space limit, ulimit -v, is 290 MiB): it runs unprofiled"
 fi
 # A sandbox that refuses memfd_create (with EPERM: a filter in force before run started,
 # a container's): run says so, not "statically linked, setuid...".
