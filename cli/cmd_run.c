@@ -1052,10 +1052,15 @@ int ap_cmd_run(int argc, char **argv)
                 (void)!write(gate[1], sock, strlen(sock));
         close(gate[1]);
 
-        /* The symbolizer warms up (loads debug information) while the program runs. */
+        /* The symbolizer warms up (loads debug information) while the program runs, on a
+         * thread of its own; not under a finite RLIMIT_NPROC (a user's threads count),
+         * where that thread could take the last process the program may start. */
         struct ap_symbolizer *sym = NULL;
         struct ap_warmer *warmer = NULL;
-        if (coll != NULL && child > 0 && ap_symbolizer_new(&sym) == 0 &&
+        struct rlimit nproc;
+        bool nproc_tight = geteuid() != 0 && getrlimit(RLIMIT_NPROC, &nproc) == 0 &&
+                           nproc.rlim_cur != RLIM_INFINITY;
+        if (coll != NULL && child > 0 && !nproc_tight && ap_symbolizer_new(&sym) == 0 &&
             ap_warmer_start(sym, &warmer) == 0)
                 ap_collector_set_warmer(coll, warmer);
         rs.warmer = warmer;

@@ -225,6 +225,15 @@ if [ "$(id -u)" = 0 ] && id nobody >/dev/null 2>&1; then
         check_eq "setuid_fork: the worker has a profile" 1 "$(echo "$child" | grep -c .)"
         [ -n "$child" ] && check_eq "setuid_fork: the worker's figures" \
                 "1000 40000 500 20000 500 20000" "$(json_of "$child" "$totals")"
+        # Under RLIMIT_NPROC, run's threads count against the user's processes: it takes
+        # one (itself, the program's parent), not two, and a program that may start two
+        # more processes (sh, and its child) still can.
+        if command -v setpriv >/dev/null && command -v prlimit >/dev/null &&
+                [ "$(ps -u nobody -L 2>/dev/null | grep -c .)" -le 1 ]; then
+                out=$(env -u LD_PRELOAD setpriv --reuid=65534 --regid=65534 --clear-groups \
+                        prlimit --nproc=3 "$AP" run -q --no-follow -o /dev/null -- sh -c "$WL/edge_calls >/dev/null && echo ok" 2>&1)
+                check_eq "nobody under RLIMIT_NPROC 3: sh can still start its child" "ok 0" "$out $?"
+        fi
         # Another user can neither list the socket's directory nor ask the collector for
         # anything (only agents are taken from other users).
         if command -v setpriv >/dev/null; then
