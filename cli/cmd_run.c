@@ -129,6 +129,25 @@ static size_t unregistered_orphans(const struct run_state *rs, pid_t *out, size_
         return n;
 }
 
+/* Whether a thread of ours could take the last of the processes the program may start:
+ * a user's threads count against RLIMIT_NPROC (root's do not).  Every user but root
+ * has a finite one (Debian: tens of thousands), so finite is not enough: the user's
+ * count is not to be had cheaply, but it is at most the system's, which /proc/loadavg
+ * gives.  Tight when the system holds half as many threads as the limit, or when it
+ * cannot be told. */
+static bool nproc_tight(void)
+{
+        struct rlimit rl;
+        if (geteuid() == 0 || getrlimit(RLIMIT_NPROC, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY)
+                return false;
+        unsigned long running = 0, total = 0;
+        FILE *f = fopen("/proc/loadavg", "re");
+        bool known = f != NULL && fscanf(f, "%*s %*s %*s %lu/%lu", &running, &total) == 2;
+        if (f != NULL)
+                fclose(f);
+        return !known || 2 * (rlim_t)total >= rl.rlim_cur;
+}
+
 /* Ends allocprof by the signal that ended the program, once its profiles are written,
  * so that whoever waits for allocprof sees what it would have seen of the program: bash
  * stops a loop on a child killed by SIGINT, and make and supervisors tell a crash from
@@ -1053,14 +1072,11 @@ int ap_cmd_run(int argc, char **argv)
         close(gate[1]);
 
         /* The symbolizer warms up (loads debug information) while the program runs, on a
-         * thread of its own; not under a finite RLIMIT_NPROC (a user's threads count),
-         * where that thread could take the last process the program may start. */
+         * thread of its own; not when that thread could take the last process the
+         * program may start (nproc_tight). */
         struct ap_symbolizer *sym = NULL;
         struct ap_warmer *warmer = NULL;
-        struct rlimit nproc;
-        bool nproc_tight = geteuid() != 0 && getrlimit(RLIMIT_NPROC, &nproc) == 0 &&
-                           nproc.rlim_cur != RLIM_INFINITY;
-        if (coll != NULL && child > 0 && !nproc_tight && ap_symbolizer_new(&sym) == 0 &&
+        if (coll != NULL && child > 0 && !nproc_tight() && ap_symbolizer_new(&sym) == 0 &&
             ap_warmer_start(sym, &warmer) == 0)
                 ap_collector_set_warmer(coll, warmer);
         rs.warmer = warmer;
