@@ -1718,14 +1718,16 @@ void ap_report_summary(FILE *out, const struct ap_profile *p, const char *profil
             fmt_count(t->allocations).s, fmt_size(t->bytes).s, fmt_count(t->frees).s,
             fmt_size(t->peak_bytes).s, fmt_count(t->peak_blocks).s,
             is_sampled(p) ? " (estimated)" : "");
+        /* The first line's "(estimated)" reads as the peak's: the leak line says it too. */
+        const char *est = is_sampled(p) ? " (estimated)" : "";
         if (p->live && t->leaked_blocks)
-                say(&o, "allocprof: %s in %s blocks live now\n", fmt_size(t->leaked_bytes).s,
-                    fmt_count(t->leaked_blocks).s);
+                say(&o, "allocprof: %s in %s block%s live now%s\n", fmt_size(t->leaked_bytes).s,
+                    fmt_count(t->leaked_blocks).s, t->leaked_blocks == 1 ? "" : "s", est);
         else if (p->live)
                 say(&o, "allocprof: nothing live now\n");
         else if (t->leaked_blocks)
-                say(&o, "allocprof: leaked %s in %s blocks\n", fmt_size(t->leaked_bytes).s,
-                    fmt_count(t->leaked_blocks).s);
+                say(&o, "allocprof: leaked %s in %s block%s%s\n", fmt_size(t->leaked_bytes).s,
+                    fmt_count(t->leaked_blocks).s, t->leaked_blocks == 1 ? "" : "s", est);
         else if (is_sampled(p))
                 say(&o, "allocprof: no leaks among the sampled blocks\n");
         else

@@ -1169,6 +1169,7 @@ static void test_summary(void)
                 t,
                 "allocprof: 52,736 allocations (16.02 MiB), 52,712 frees, peak 5.61 MiB in 1,234 blocks\n");
         ASSERT_CONTAINS(t, "allocprof: leaked 4.00 MiB in 24 blocks\n");
+        ASSERT_NOT_CONTAINS(t, "estimated");
         ASSERT_CONTAINS(
                 t,
                 "allocprof: top call sites by bytes:\n"
@@ -1225,6 +1226,27 @@ static void test_summary(void)
                            "times)\n");
         free(t);
         p->totals.threads = 2;
+
+        /* Sampled: the leak is an estimate too, not only the line with the peak. */
+        free(p->mode);
+        p->mode = xstrdup("sampled");
+        p->sample_interval = 524288;
+        capture_begin(&c);
+        ap_report_summary(c.f, p, NULL);
+        t = capture_end(&c);
+        ASSERT_CONTAINS(t, "peak 5.61 MiB in 1,234 blocks (estimated)\n");
+        ASSERT_CONTAINS(t, "allocprof: leaked 4.00 MiB in 24 blocks (estimated)\n");
+        free(t);
+        p->totals.leaked_blocks = 1;
+        capture_begin(&c);
+        ap_report_summary(c.f, p, NULL);
+        t = capture_end(&c);
+        ASSERT_CONTAINS(t, "allocprof: leaked 4.00 MiB in 1 block (estimated)\n");
+        free(t);
+        p->totals.leaked_blocks = 24;
+        free(p->mode);
+        p->mode = xstrdup("full");
+        p->sample_interval = 0;
 
         /* A path a shell would split is quoted in the hint. */
         capture_begin(&c);
