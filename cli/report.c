@@ -777,8 +777,19 @@ static void put_header(const struct out *o, const struct ap_profile *p)
                         say(o, ", started %s", when);
         }
         say(o, "\n");
+        /* Several intervals: one process attached again with another --sample, or a merge
+         * (of profiles of different runs, or one of them a full-mode profile, which counts
+         * as 1 byte): a merge cannot tell which, and must not claim the first. */
         if (is_sampled(p) && p->sample_interval_min != 0 &&
-            p->sample_interval_min != p->sample_interval_max)
+            p->sample_interval_min != p->sample_interval_max && p->merged_from > 1)
+                say(o,
+                    "  mode sampled: one sample per %s to %s allocated on average (the merged "
+                    "profiles were\n  recorded at different intervals%s); figures are "
+                    "estimates\n",
+                    fmt_size(p->sample_interval_min).s, fmt_size(p->sample_interval_max).s,
+                    p->sample_interval_min == 1 ? ", 1 B meaning every allocation" : "");
+        else if (is_sampled(p) && p->sample_interval_min != 0 &&
+                 p->sample_interval_min != p->sample_interval_max)
                 say(o,
                     "  mode sampled: one sample per %s to %s allocated on average (the "
                     "interval changed while it was recorded); figures are estimates\n",

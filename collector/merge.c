@@ -290,6 +290,13 @@ int ap_profile_merge(struct ap_profile *const *in, size_t n, size_t main_index,
                 free(m.module_map);
                 m.frame_map = m.module_map = NULL;
         }
+        /* Full-mode profiles merged with sampled ones: their figures are what an interval
+         * of 1 byte gives (every byte a sample point: exact), which the range must show,
+         * or the report would call every figure sampled at the sampled profiles' rate. */
+        for (size_t i = 0; i < n; i++)
+                if (strcmp(o->mode, "full") != 0 &&
+                    strcmp(in[i]->mode ? in[i]->mode : "full", "full") == 0)
+                        ap_range_widen(&o->sample_interval_min, &o->sample_interval_max, 1);
         o->duration_ns = end > o->start_unix_ns ? end - o->start_unix_ns : 0;
         /* The drain time of all the events merged: events / it stays the drain rate. */
         for (size_t i = 0; i < n; i++)

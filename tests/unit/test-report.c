@@ -1744,6 +1744,56 @@ static void test_merge_saturates(void)
         ap_profile_free(p);
 }
 
+/* A merge's intervals: a full-mode profile counts as 1 byte (every allocation recorded), and
+ * the text says the merged profiles differ, not that one's interval changed. */
+static void test_merge_intervals(void)
+{
+        struct ap_profile *full = build_known(), *a = build_known(), *b = build_known(), *m;
+        char *t;
+
+        free(a->mode);
+        a->mode = xstrdup("sampled");
+        a->sample_interval = a->sample_interval_min = a->sample_interval_max = 1024;
+        free(b->mode);
+        b->mode = xstrdup("sampled");
+        b->sample_interval = b->sample_interval_min = b->sample_interval_max = 524288;
+
+        struct ap_profile *sampled_full[] = {a, full};
+        ASSERT_OK(ap_profile_merge(sampled_full, 2, 1, &m));
+        ASSERT_STREQ(m->mode, "sampled");
+        ASSERT_EQ(m->sample_interval_min, 1u);
+        ASSERT_EQ(m->sample_interval_max, 1024u);
+        t = render_text(m, 10, AP_SORT_BYTES, false);
+        ASSERT_CONTAINS(t, "\n  mode sampled: one sample per 1 B to 1.00 KiB allocated on average "
+                           "(the merged profiles were\n  recorded at different intervals, 1 B "
+                           "meaning every allocation); figures are estimates\n");
+        ASSERT_NOT_CONTAINS(t, "changed while");
+        free(t);
+        ap_profile_free(m);
+
+        struct ap_profile *two_sampled[] = {b, a};
+        ASSERT_OK(ap_profile_merge(two_sampled, 2, 0, &m));
+        ASSERT_EQ(m->sample_interval_min, 1024u);
+        ASSERT_EQ(m->sample_interval_max, 524288u);
+        t = render_text(m, 10, AP_SORT_BYTES, false);
+        ASSERT_CONTAINS(t, "one sample per 1.00 KiB to 512.00 KiB allocated on average (the merged "
+                           "profiles were\n  recorded at different intervals); figures are "
+                           "estimates\n");
+        ASSERT_NOT_CONTAINS(t, "changed while");
+        free(t);
+        ap_profile_free(m);
+
+        struct ap_profile *two_full[] = {full, full};
+        ASSERT_OK(ap_profile_merge(two_full, 2, 0, &m));
+        ASSERT_STREQ(m->mode, "full");
+        ASSERT_EQ(m->sample_interval_min, 0u);
+        ASSERT_EQ(m->sample_interval_max, 0u);
+        ap_profile_free(m);
+        ap_profile_free(full);
+        ap_profile_free(a);
+        ap_profile_free(b);
+}
+
 int main(void)
 {
         ASSERT_NOT_NULL(mkdtemp(tmpdir));
@@ -1765,6 +1815,7 @@ int main(void)
         test_command();
         test_merge_many_modules();
         test_merge_saturates();
+        test_merge_intervals();
         ASSERT_EQ(rmdir(tmpdir), 0);
         printf("report: all tests passed\n");
         return 0;
