@@ -1194,12 +1194,18 @@ int ap_cmd_run(int argc, char **argv)
          * a FIFO (/dev/null): then here.  (Looked at once: the program's own profile is
          * written last.) */
         bool output_special = output != NULL && ap_profile_dest_of(output) == AP_DEST_INTO;
+        /* The command line of our own child is known exactly, beyond what /proc gave (at
+         * most 256 arguments and 64 KiB) -- but only for the image we started: one that
+         * an exec replaced it with has the command line of that exec. */
+        bool main_first = true;
+        for (size_t i = 0; i < rs.nended; i++)
+                if (&rs.ended[i] != main_img && rs.ended[i].pid == child && rs.ended[i].by_exec)
+                        main_first = false;
         for (size_t i = 0; i < rs.nended; i++) {
                 struct ended *e = &rs.ended[i];
-                /* The command line of our own child is known exactly. */
-                if (e == main_img && e->p != NULL)
+                if (e == main_img && main_first && e->p != NULL)
                         ap_process_set_command(e->p, prog_argv, prog_argc);
-                if (e == main_img && e->prof != NULL)
+                if (e == main_img && main_first && e->prof != NULL)
                         set_profile_command(e->prof, prog_argv, prog_argc);
                 struct ap_profile *prof = e->prof;
                 e->prof = NULL;

@@ -248,6 +248,8 @@ cd .. && mkdir execd && cd execd || exit 1
 "$AP" run -q -o main.approf -- sh -c 'ls / >/dev/null; exec ls / >/dev/null'
 check_eq "report --all after an exec: 3 images, 2 threads (the exec'ed image goes on in its thread)" "3 2" \
         "$("$AP" report --all --json | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["process"]["merged_from"], d["totals"]["threads"])')"
+check_eq "the program's last image, exec'ed by the shell: its own command line, not the shell's" \
+        "ls /" "$(json_of main.approf '" ".join(d["process"]["command"])')"
 # --- report PID once the process has ended: the profile written for it -------------------
 cd .. && mkdir ended && cd ended || exit 1
 "$AP" run -q -- sh -c 'echo $$ >prog.pid; ls / >/dev/null' &
