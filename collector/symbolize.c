@@ -1401,7 +1401,7 @@ static int build_symtab(struct sym_module *m)
 
 /* The symbol whose [addr, addr + size) holds pc; a sizeless symbol (hand-written assembly)
  * only when it is the nearest one before pc and in the same section. */
-static int symtab_lookup(struct sym_module *m, GElf_Addr pc, const char **ret)
+static int symtab_entry(struct sym_module *m, GElf_Addr pc, const struct sym_entry **ret)
 {
         *ret = NULL;
         if (!m->symtab_built) {
@@ -1428,13 +1428,22 @@ static int symtab_lookup(struct sym_module *m, GElf_Addr pc, const char **ret)
         for (size_t k = 0; k < 8 && k < lo; k++) {
                 const struct sym_entry *e = &m->syms[lo - 1 - k];
                 if (e->size && pc - e->addr < e->size) {
-                        *ret = e->name;
+                        *ret = e;
                         return 0;
                 }
         }
         if (m->syms[lo - 1].size == 0 && pc < m->syms[lo - 1].limit)
-                *ret = m->syms[lo - 1].name;
+                *ret = &m->syms[lo - 1];
         return 0;
+}
+
+/* As symtab_entry, the symbol's name. */
+static int symtab_lookup(struct sym_module *m, GElf_Addr pc, const char **ret)
+{
+        const struct sym_entry *e;
+        int r = symtab_entry(m, pc, &e);
+        *ret = e ? e->name : NULL;
+        return r;
 }
 
 /* ---- names and files -------------------------------------------------------------------- */
@@ -1792,6 +1801,28 @@ static int symbolize_dwarf(struct sym_module *m, uint64_t offset, struct frame_b
         return 0;
 }
 
+/* How the code at module address pc unwinds: 1 as a signal frame (the kernel's
+ * trampoline), 0 as an ordinary function, -1 not at all (no unwind information covers it:
+ * padding between functions, or a module without any). */
+static int unwind_kind(struct sym_module *m, GElf_Addr pc)
+{
+        Dwarf_CFI *(*const tables[])(Dwfl_Module *, Dwarf_Addr *) = {dwfl_module_eh_cfi,
+                                                                     dwfl_module_dwarf_cfi};
+        for (size_t i = 0; i < sizeof(tables) / sizeof(tables[0]); i++) {
+                Dwarf_Addr bias = 0;
+                Dwarf_CFI *cfi = tables[i](m->mod, &bias);
+                Dwarf_Frame *frame = NULL;
+                if (cfi == NULL || pc < bias || dwarf_cfi_addrframe(cfi, pc - bias, &frame) != 0)
+                        continue;
+                Dwarf_Addr start, end;
+                bool signal = false;
+                dwarf_frame_info(frame, &start, &end, &signal);
+                free(frame);
+                return signal ? 1 : 0;
+        }
+        return -1;
+}
+
 static int symbolize(struct sym_module *m, uint64_t offset, struct cached_result **ret)
 {
         struct frame_buf *buf = calloc(1, sizeof(*buf));
@@ -1811,6 +1842,27 @@ static int symbolize(struct sym_module *m, uint64_t offset, struct cached_result
                 r = symtab_lookup(m, offset + m->elf_bias, &name);
                 if (r < 0)
                         goto out;
+                /* Return addresses that no call pushed: the kernel's signal trampoline
+                 * (glibc's __restore_rt, where a handler returns to) and makecontext's
+                 * __start_context (where a context's function returns to).  The byte
+                 * before, asked for here, is then not the call: the trampoline's unwind
+                 * information (marked as a signal frame) starts one byte early for
+                 * unwinders that look up the return address minus one, and
+                 * __start_context follows padding that no function covers.  In both, the
+                 * frame is the function at the return address, without the source line
+                 * of the byte before.  The byte before code that unwinds as a function's
+                 * is that function's, named or not (a stripped static function ending in
+                 * a call that does not return), and stays so. */
+                int kind = unwind_kind(m, offset + m->elf_bias);
+                const struct sym_entry *at = NULL;
+                if ((kind > 0 || (kind < 0 && !name)) &&
+                    (r = symtab_entry(m, offset + 1 + m->elf_bias, &at)) < 0)
+                        goto out;
+                if (at && (kind > 0 || at->addr == offset + 1 + m->elf_bias)) {
+                        name = at->name;
+                        phys->file = NULL;
+                        phys->line = 0;
+                }
                 if (name) {
                         r = display_name(m, name, &phys->function);
                         if (r < 0)
