@@ -1,4 +1,4 @@
-/* `allocprof report [FILE|PID] [--json] [--top N] [--sort KEY] [--color|--no-color]`:
+/* `allocprof report [FILE|PID] [--json|--folded] [--top N] [--sort KEY] [--color|--no-color]`:
  * reads a profile file (by default the newest one in the current directory) and prints
  * the text or JSON report.
  *
@@ -31,6 +31,7 @@ enum {
         OPT_COLOR,
         OPT_NO_COLOR,
         OPT_ALL,
+        OPT_FOLDED,
 };
 
 static void usage(FILE *out)
@@ -47,6 +48,9 @@ static void usage(FILE *out)
                      "  --all                every profile of the newest run here (all the\n"
                      "                       processes one 'allocprof run' profiled), merged\n"
                      "  --json               the JSON report (schema in USAGE.md)\n"
+                     "  --folded             folded stacks for flame graphs: a line per\n"
+                     "                       call site, its frames outermost first joined\n"
+                     "                       by ';', a space, its --sort figure\n"
                      "  --top N              call sites to show (default 10; JSON: all); 0 = all\n"
                      "  --sort KEY           allocations, bytes (default), leaked or peak\n"
                      "  --color, --no-color  force colors on or off (default: on for a terminal,\n"
@@ -534,6 +538,7 @@ int ap_cmd_report(int argc, char **argv)
 {
         static const struct option opts[] = {
                 {"json", no_argument, NULL, OPT_JSON},
+                {"folded", no_argument, NULL, OPT_FOLDED},
                 {"top", required_argument, NULL, OPT_TOP},
                 {"sort", required_argument, NULL, OPT_SORT},
                 {"color", no_argument, NULL, OPT_COLOR},
@@ -548,7 +553,7 @@ int ap_cmd_report(int argc, char **argv)
         struct ap_profile *p = NULL;
         const char *file = NULL;
         char *path = NULL, *err = NULL;
-        bool json = false, top_set = false, all = false;
+        bool json = false, folded = false, top_set = false, all = false;
         int color = -1; /* -1 = decide from the terminal */
         int c, r;
 
@@ -559,6 +564,9 @@ int ap_cmd_report(int argc, char **argv)
                 switch (c) {
                 case OPT_JSON:
                         json = true;
+                        break;
+                case OPT_FOLDED:
+                        folded = true;
                         break;
                 case OPT_TOP:
                         if (parse_top(optarg, &ro.top) < 0) {
@@ -611,9 +619,13 @@ int ap_cmd_report(int argc, char **argv)
                         return 2;
                 }
         }
-        if (json && !top_set)
+        if (json && folded) {
+                fprintf(stderr, "allocprof: --json and --folded are two formats: choose one\n");
+                return 2;
+        }
+        if ((json || folded) && !top_set)
                 ro.top = 0;
-        ro.color = !json && (color >= 0 ? color == 1 : want_color());
+        ro.color = !json && !folded && (color >= 0 ? color == 1 : want_color());
 
         if (all || argc - optind > 1) {
                 r = load_many(argc - optind, argv + optind, all, &p);
@@ -641,7 +653,9 @@ int ap_cmd_report(int argc, char **argv)
                 }
         }
 render:
-        r = json ? ap_report_json(stdout, p, &ro) : ap_report_text(stdout, p, &ro);
+        r = json     ? ap_report_json(stdout, p, &ro)
+            : folded ? ap_report_folded(stdout, p, &ro)
+                     : ap_report_text(stdout, p, &ro);
         if (r < 0)
                 fprintf(stderr, "allocprof: cannot write the report: %s\n", strerror(-r));
         ap_profile_free(p);

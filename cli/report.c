@@ -1575,6 +1575,92 @@ static void json_end_rows(FILE *f, uint32_t n)
         fputs(n ? "\n  ]" : "]", f);
 }
 
+/* ------------------------------------------------------------------------------------ */
+/* Folded stacks */
+
+/* A frame's name as folded-stack tools (flamegraph.pl, inferno, speedscope) split it: their
+ * separators cannot occur in it, so ';' becomes ':' and a control character '?' (a
+ * profile's strings come from the profiled program's files). */
+static void put_folded_str(FILE *f, const char *s)
+{
+        for (const unsigned char *u = (const unsigned char *)s; *u; u++) {
+                if (*u < 0x20 || *u == 0x7f)
+                        fputc('?', f);
+                else if (u[0] == 0xc2 && u[1] >= 0x80 && u[1] <= 0x9f)
+                        fputc('?', f), u++;
+                else
+                        fputc(*u == ';' ? ':' : *u, f);
+        }
+}
+
+/* The function; without one, module+0xADDR as perf's stackcollapse writes it. */
+static void put_folded_frame(FILE *f, const struct ap_profile *p, const struct ap_pframe *fr)
+{
+        const char *fn = fr ? pstr(p, fr->function) : NULL;
+        const char *mod = fr ? ap_path_base(module_path(p, fr->module)) : NULL;
+
+        if (fn != NULL) {
+                put_folded_str(f, fn);
+                return;
+        }
+        if (mod != NULL) {
+                put_folded_str(f, mod);
+                fputc('+', f);
+        }
+        fprintf(f, "0x%" PRIx64, fr ? fr->address : 0);
+}
+
+static uint64_t site_value(const struct ap_psite *s, enum ap_sort sort)
+{
+        switch (sort) {
+        case AP_SORT_ALLOCATIONS:
+                return s->allocations;
+        case AP_SORT_LEAKED:
+                return s->leaked_bytes;
+        case AP_SORT_PEAK:
+                return s->peak_bytes;
+        case AP_SORT_BYTES:
+                break;
+        }
+        return s->bytes;
+}
+
+int ap_report_folded(FILE *out, const struct ap_profile *p, const struct ap_report_opts *opts)
+{
+        /* All sites in the file's order, or the first --top N in the --sort order. */
+        const bool ordered = opts->top != 0;
+        uint32_t *frank = ordered ? frame_ranks(p) : NULL;
+        struct site_order order = {0};
+        int r = ordered ? site_order_init(&order, p, opts->sort, frank) : 0;
+
+        if (r < 0)
+                goto out;
+        for (uint32_t i = 0, n = shown(opts->top, p->nsites); i < n; i++) {
+                const struct ap_psite *s = &p->sites[ordered ? site_at(&order, i) : i];
+                uint64_t v = site_value(s, opts->sort);
+                if (v == 0)
+                        continue;
+                /* Outermost first; a cut stack under a root of its own, not among the
+                 * stacks that start in main. */
+                if (s->truncated)
+                        fputs("[truncated];", out);
+                if (s->nframes == 0)
+                        fputs("[no stack]", out);
+                for (uint32_t k = s->nframes; k-- > 0;) {
+                        put_folded_frame(out, p, pframe(p, s->frames[k]));
+                        if (k > 0)
+                                fputc(';', out);
+                }
+                fprintf(out, " %" PRIu64 "\n", v);
+        }
+        if (fflush(out) != 0 || ferror(out))
+                r = -EIO;
+out:
+        site_order_free(&order);
+        free(frank);
+        return r;
+}
+
 int ap_report_json(FILE *out, const struct ap_profile *p, const struct ap_report_opts *opts)
 {
         uint32_t *frank = frame_ranks(p), *mods = sorted_modules(p);

@@ -22,6 +22,13 @@ struct ap_report_opts {
  * shown as blocks live now, never as leaks.  Returns 0 or -errno (write error). */
 int ap_report_text(FILE *out, const struct ap_profile *p, const struct ap_report_opts *o);
 
+/* Folded stacks, the input of flame-graph tools: a line per call site with a non-zero
+ * figure (by o->sort: allocations, bytes, leaked bytes, bytes at the peak), its frames
+ * from the outermost to the allocation site separated by ';', then a space and the
+ * figure.  All sites in the file's order when o->top is 0, else the first o->top in
+ * o->sort's order.  Returns 0 or -errno. */
+int ap_report_folded(FILE *out, const struct ap_profile *p, const struct ap_report_opts *o);
+
 /* The JSON report (schema documented in USAGE.md).  Returns 0 or -errno. */
 int ap_report_json(FILE *out, const struct ap_profile *p, const struct ap_report_opts *o);
 

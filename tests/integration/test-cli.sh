@@ -37,6 +37,23 @@ check_eq "simple leak site" "copy_text main" \
         "$(json simple.json '" ".join(f["function"] for f in [s for s in d["sites"] if s["leaked_blocks"]][0]["frames"][:2])')"
 check_eq "simple leak line" "$(grep -n 'greeting = copy_text' "$SRC/examples/simple.c" | cut -d: -f1)" \
         "$(json simple.json '[f["line"] for f in [s for s in d["sites"] if s["leaked_blocks"]][0]["frames"] if f["function"]=="main"][0]')"
+# Folded stacks (flame graphs): a line per site, outermost frame first, its --sort figure.
+"$AP" report simple.approf --folded >simple.folded
+check_eq "--folded exit" 0 $?
+check_eq "--folded: the sites' bytes add up to the total" 422 \
+        "$(awk '{ s += $NF } END { print s }' simple.folded)"
+check_eq "--folded --sort allocations: the calls add up" 3 \
+        "$("$AP" report simple.approf --folded --sort allocations | awk '{ s += $NF } END { print s }')"
+check_eq "--folded --sort leaked: the one leak, ending in main;copy_text" "1 main;copy_text 12" \
+        "$("$AP" report simple.approf --folded --sort leaked >leak.folded; wc -l <leak.folded | tr -d ' ') $(sed -n 's/.*;\(main;copy_text\) \([0-9]*\)$/\1 \2/p' leak.folded)"
+check_eq "--folded: outermost frame first" "_start" "$(head -1 simple.folded | cut -d';' -f1)"
+"$AP" report simple.approf --folded --json >/dev/null 2>both.err
+check_eq "--folded with --json: a usage error" 2 $?
+check_contains "--folded with --json: said" both.err "choose one"
+# A hostile name cannot add a frame or a line, nor reach the terminal.
+edit_profile simple.approf hostile.approf 'd["strings"]=[("a;b\x1b[31m\nc" if s=="copy_text" else s) for s in d["strings"]]'
+check_eq "--folded: separators and controls in a name are replaced" "a:b?[31m?c 12" \
+        "$("$AP" report hostile.approf --folded --sort leaked | sed 's/.*;//')"
 check_eq "schema" "1 allocprof full" "$(json simple.json 'd["schema_version"], d["tool"]["name"], d["mode"]')"
 "$AP" report simple.approf ./simple.approf --json >twice.json 2>twice.err
 check_eq "the same file named twice counts once" "3 422" \
