@@ -1744,6 +1744,28 @@ static void test_merge_saturates(void)
         ap_profile_free(p);
 }
 
+static void make_sampled(struct ap_profile *p, uint64_t interval)
+{
+        free(p->mode);
+        p->mode = xstrdup("sampled");
+        p->sample_interval = p->sample_interval_min = p->sample_interval_max = interval;
+}
+
+/* Merges in[0..n) (the program: in[main]), checks the merge's interval range, and returns
+ * its text report. */
+static char *merged_text(struct ap_profile **in, size_t n, size_t main, uint64_t min, uint64_t max)
+{
+        struct ap_profile *m;
+        ASSERT_OK(ap_profile_merge(in, n, main, &m));
+        ASSERT_STREQ(m->mode, "sampled");
+        ASSERT_EQ(m->sample_interval_min, min);
+        ASSERT_EQ(m->sample_interval_max, max);
+        char *t = render_text(m, 10, AP_SORT_BYTES, false);
+        ASSERT_NOT_CONTAINS(t, "changed while");
+        ap_profile_free(m);
+        return t;
+}
+
 /* A merge's intervals: a full-mode profile counts as 1 byte (every allocation recorded), and
  * the text says the merged profiles differ, not that one's interval changed. */
 static void test_merge_intervals(void)
@@ -1751,37 +1773,28 @@ static void test_merge_intervals(void)
         struct ap_profile *full = build_known(), *a = build_known(), *b = build_known(), *m;
         char *t;
 
-        free(a->mode);
-        a->mode = xstrdup("sampled");
-        a->sample_interval = a->sample_interval_min = a->sample_interval_max = 1024;
-        free(b->mode);
-        b->mode = xstrdup("sampled");
-        b->sample_interval = b->sample_interval_min = b->sample_interval_max = 524288;
-
-        struct ap_profile *sampled_full[] = {a, full};
-        ASSERT_OK(ap_profile_merge(sampled_full, 2, 1, &m));
-        ASSERT_STREQ(m->mode, "sampled");
-        ASSERT_EQ(m->sample_interval_min, 1u);
-        ASSERT_EQ(m->sample_interval_max, 1024u);
-        t = render_text(m, 10, AP_SORT_BYTES, false);
-        ASSERT_CONTAINS(t, "\n  mode sampled: one sample per 1 B to 1.00 KiB allocated on average "
-                           "(the merged profiles were\n  recorded at different intervals, 1 B "
-                           "meaning every allocation); figures are estimates\n");
-        ASSERT_NOT_CONTAINS(t, "changed while");
-        free(t);
-        ap_profile_free(m);
-
-        struct ap_profile *two_sampled[] = {b, a};
-        ASSERT_OK(ap_profile_merge(two_sampled, 2, 0, &m));
-        ASSERT_EQ(m->sample_interval_min, 1024u);
-        ASSERT_EQ(m->sample_interval_max, 524288u);
-        t = render_text(m, 10, AP_SORT_BYTES, false);
-        ASSERT_CONTAINS(t, "one sample per 1.00 KiB to 512.00 KiB allocated on average (the merged "
-                           "profiles were\n  recorded at different intervals); figures are "
-                           "estimates\n");
-        ASSERT_NOT_CONTAINS(t, "changed while");
-        free(t);
-        ap_profile_free(m);
+        make_sampled(a, 1024);
+        make_sampled(b, 524288);
+        struct ap_profile *sampled_full[] = {a, full}, *two_sampled[] = {b, a};
+        const struct {
+                struct ap_profile **in;
+                size_t main;
+                uint64_t min, max;
+                const char *says;
+        } cases[] = {
+                {sampled_full, 1, 1, 1024,
+                 "\n  mode sampled: one sample per 1 B to 1.00 KiB allocated on average (the "
+                 "merged profiles were\n  recorded at different intervals, 1 B meaning every "
+                 "allocation); figures are estimates\n"},
+                {two_sampled, 0, 1024, 524288,
+                 "one sample per 1.00 KiB to 512.00 KiB allocated on average (the merged "
+                 "profiles were\n  recorded at different intervals); figures are estimates\n"},
+        };
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+                t = merged_text(cases[i].in, 2, cases[i].main, cases[i].min, cases[i].max);
+                ASSERT_CONTAINS(t, cases[i].says);
+                free(t);
+        }
 
         struct ap_profile *two_full[] = {full, full};
         ASSERT_OK(ap_profile_merge(two_full, 2, 0, &m));
