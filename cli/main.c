@@ -19,7 +19,7 @@ static void usage(FILE *out)
                 "  run [-o FILE] [-q] [--sample BYTES] [--unwind dwarf|fp|libunwind] [--no-follow]\n"
                 "      [--output-dir DIR] [--dormant] [--no-daemon] [--] PROG [ARGS...]\n"
                 "                          profile PROG (and the processes it starts)\n"
-                "  report [FILE|PID]... [--all] [--json] [--top N]\n"
+                "  report [FILE|PID]... [--all] [--json|--folded] [--top N]\n"
                 "      [--sort allocations|bytes|leaked|peak] [--color|--no-color]\n"
                 "                          show a profile (default: the newest one here);\n"
                 "                          several, or --all of one run, are merged; a PID\n"
