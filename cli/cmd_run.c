@@ -556,6 +556,9 @@ static void run_signals(sigset_t *set)
 {
         sigemptyset(set);
         sigaddset(set, SIGCHLD);
+        /* Blocked, a SIGCONT still continues us, and stays pending: follow_stop reads it
+         * to learn that it was stopped, and handle_signals drops it. */
+        sigaddset(set, SIGCONT);
         for (size_t i = 0; i < sizeof(g_forwarded) / sizeof(g_forwarded[0]); i++)
                 sigaddset(set, g_forwarded[i]);
         /* glibc keeps the two it uses itself out of any mask */
@@ -599,6 +602,120 @@ static void catch_late_signals(void)
         sigaction(SIGXFSZ, &ign, NULL);
 }
 
+/* Our controlling terminal, opened for a moment (its foreground process group), or -1. */
+static int open_ctty(void)
+{
+        return open("/dev/tty", O_RDWR | O_NOCTTY | O_CLOEXEC | O_NONBLOCK);
+}
+
+/* Makes `pgrp` the foreground process group of terminal `tty`, as a shell does, from the
+ * background too (SIGTTOU blocked: a background tcsetpgrp would stop us). */
+static void give_tty(int tty, pid_t pgrp)
+{
+        sigset_t ttou, old;
+        sigemptyset(&ttou);
+        sigaddset(&ttou, SIGTTOU);
+        pthread_sigmask(SIG_BLOCK, &ttou, &old);
+        (void)tcsetpgrp(tty, pgrp);
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+}
+
+/* The state letter in a /proc/PID/stat file ('T' stopped, 'Z' a zombie), or 0 if the
+ * process is gone.  Only system calls: for the watcher, a child of a threaded process. */
+static char raw_state(const char *stat_path)
+{
+        char buf[512];
+        int fd = open(stat_path, O_RDONLY | O_CLOEXEC);
+        ssize_t n = fd >= 0 ? read(fd, buf, sizeof(buf) - 1) : -1;
+        if (fd >= 0)
+                close(fd);
+        if (n <= 0)
+                return 0;
+        /* "pid (comm) state ...": comm may hold anything, so from the last ')' */
+        char *rp = NULL;
+        for (ssize_t i = 0; i < n; i++)
+                if (buf[i] == ')')
+                        rp = buf + i;
+        return rp != NULL && rp + 2 < buf + n ? rp[2] : 0;
+}
+
+/* While we are stopped with the program, a process of ours that continues us when the
+ * program is continued by someone else (`kill -CONT PID`, a debugger), as its shell would
+ * see it run again: nothing of ours runs while we are stopped.  Returns its pid, or -1
+ * (then someone must continue us too). */
+static pid_t start_stop_watcher(pid_t child)
+{
+        char path[64], ours[64];
+        pid_t us = getpid();
+        snprintf(path, sizeof(path), "/proc/%d/stat", (int)child);
+        snprintf(ours, sizeof(ours), "/proc/%d/stat", (int)us);
+        pid_t w = fork();
+        if (w != 0)
+                return w;
+        (void)prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+        const struct timespec tick = {0, 20 * 1000 * 1000};
+        /* Until we have stopped too: a SIGCONT that came first would be discarded by
+         * our stop (a stop signal discards a pending SIGCONT). */
+        while (getppid() == us && (raw_state(path) == 'T' || raw_state(ours) != 'T'))
+                nanosleep(&tick, NULL);
+        kill(us, SIGCONT);
+        _exit(0);
+}
+
+/* The program stopped by signal `sig` on its own (`kill -STOP $$`, raise(SIGTSTP), a
+ * shell's `suspend`) rather than with us (a ^Z stops the whole foreground group).  The
+ * shell that would see it stop, take the terminal back and list it as a job waits for us
+ * instead, and would hang: so we stop too, by the same signal.  Once continued (fg, bg,
+ * kill -CONT), we give the terminal back to the program's process group if it had it
+ * (the shell gave it to ours), and continue the program if that did not. */
+static void follow_stop(pid_t child, int sig)
+{
+        struct ap_proc_stat ps;
+        /* Continued already: a ^Z stopped us both, and `fg` continued the child (the
+         * kernel signals a group's newest members first), then us.  Nothing to follow. */
+        if (!ap_proc_stat(child, &ps) || ps.state != 'T')
+                return;
+        sigset_t cont;
+        sigemptyset(&cont);
+        sigaddset(&cont, SIGCONT);
+        const struct timespec now = {0, 0};
+        while (sigtimedwait(&cont, NULL, &now) == SIGCONT) /* an old one says nothing */
+                ;
+        pid_t cpg = getpgid(child);
+        int tty = open_ctty();
+        bool child_fg = tty >= 0 && cpg > 0 && cpg != getpgrp() && tcgetpgrp(tty) == cpg;
+        struct sigaction dfl = {.sa_handler = SIG_DFL}, old;
+        sigemptyset(&dfl.sa_mask);
+        if (sig != SIGSTOP)
+                sigaction(sig, &dfl, &old);
+        pid_t watcher = start_stop_watcher(child);
+        raise(sig); /* stops every thread of ours before it returns */
+        if (sig != SIGSTOP)
+                sigaction(sig, &old, NULL);
+        if (watcher > 0) {
+                kill(watcher, SIGKILL);
+                waitpid(watcher, NULL, 0);
+        }
+        /* Not stopped after all (the kernel drops SIGTSTP, SIGTTIN and SIGTTOU for an
+         * orphaned process group): no one to continue the program but who stopped it. */
+        if (sigtimedwait(&cont, NULL, &now) != SIGCONT) {
+                if (tty >= 0)
+                        close(tty);
+                return;
+        }
+        if (child_fg && tcgetpgrp(tty) == getpgrp())
+                give_tty(tty, cpg);
+        if (tty >= 0)
+                close(tty);
+        /* Continued by someone else (the watcher saw it): it runs already. */
+        if (!ap_proc_stat(child, &ps) || ps.state != 'T')
+                return;
+        if (cpg > 0 && cpg != getpgrp())
+                killpg(cpg, SIGCONT); /* as a shell resumes a job: its whole group */
+        else
+                kill(child, SIGCONT); /* `kill -CONT` reached us alone */
+}
+
 /* Handles what the signalfd has: the child's end (status into *status), and signals
  * sent to us alone, forwarded to the child.  Returns true once the child ended. */
 static bool handle_signals(int sfd, pid_t child, bool child_done, int *status)
@@ -608,12 +725,17 @@ static bool handle_signals(int sfd, pid_t child, bool child_done, int *status)
                 if (si.ssi_signo == SIGCHLD) {
                         int st;
                         pid_t w;
-                        while ((w = waitpid(-1, &st, WNOHANG)) > 0) {
-                                if (w == child) {
+                        while ((w = waitpid(-1, &st, WNOHANG | WUNTRACED)) > 0) {
+                                if (w == child && WIFSTOPPED(st)) {
+                                        follow_stop(child, WSTOPSIG(st));
+                                } else if (w == child) {
                                         *status = st;
                                         child_done = true;
                                 }
                         }
+                } else if (si.ssi_signo == SIGCONT) {
+                        /* Not forwarded: the program got it with us, or follow_stop
+                         * continues it. */
                 } else if (!child_done) {
                         /* A terminal's ^C already reached the whole foreground group, the
                          * program included: forward only signals sent to us alone (kill,

@@ -251,5 +251,56 @@ else
         echo "note: not root: the privilege-dropping worker is not checked"
 fi
 
+# --- job control in an interactive shell on a terminal ------------------------------------
+# A program that stops on its own (kill -STOP $$, a shell's `suspend`) is a stopped job
+# for the shell that runs it, which takes the terminal back; `fg` gives the terminal back
+# to it and continues it.  allocprof stops with it, by the same signal, and on `fg` hands
+# the terminal back to the program's process group.
+if command -v bash >/dev/null 2>&1; then
+        cat >ptyscript <<EOF
+expect \$ 
+send "$AP" run -q -o stop.approf -- sh -c 'kill -STOP \$\$; echo "resumed \$((6 * 7))"'; echo "rc=\$?"\r
+expect rc=147
+send fg\r
+expect resumed 42
+send "$AP" run -q -o suspend.approf -- bash --norc --noprofile -i\r
+expect \$ 
+send PS1='inner\$ '; suspend\r
+expect Stopped
+send echo "outer \$((2 * 3))"\r
+expect outer 6
+send fg\r
+send echo "inner \$((2 * 4))"\r
+expect inner 8
+send exit 7\r
+expect \$ 
+send echo "rc=\$?"\r
+expect rc=7
+EOF
+        python3 "$SRC/tests/integration/ptyshell.py" <ptyscript >pty.out 2>&1
+        checks=$((checks + 1))
+        grep -q TIMEOUT pty.out && { fail "job control on a terminal:"; sed 's/^/    /' pty.out; }
+        check_eq "job control: the programs that stopped themselves were stopped jobs" 2 \
+                "$(grep -c '^\[1\]+  Stopped ' pty.out)"
+else
+        echo "note: no bash: job control is not checked"
+fi
+
+# Stopped alone and continued alone by someone else (kill -STOP PID, then kill -CONT PID):
+# allocprof, stopped with it, is continued too, and ends with it.
+"$AP" run -q -o stopcont.approf -- sh -c 'echo $$ >cpid; kill -STOP $$; echo "continued $((3 * 5))"' >stopcont.out &
+apid=$!
+state() { sed 's/.*) \(.\).*/\1/' "/proc/$1/stat" 2>/dev/null; }
+for i in $(seq 200); do [ -s cpid ] && [ "$(state "$(cat cpid)")" = T ] && [ "$(state $apid)" = T ] && break; sleep 0.05; done
+check_eq "a program that stopped itself: allocprof stopped with it" T "$(state $apid)"
+kill -CONT "$(cat cpid)"
+for i in $(seq 200); do case $(state $apid) in Z | "") break ;; esac; sleep 0.05; done
+check_eq "the program continued by someone else: allocprof went on and ended" ended \
+        "$(case $(state $apid) in Z | "") echo ended ;; *) state $apid ;; esac)"
+kill -CONT $apid 2>/dev/null
+wait $apid
+check_eq "the program continued by someone else: its exit status and output" "0 continued 15" \
+        "$? $(cat stopcont.out)"
+
 echo "$checks checks, $fails failed"
 [ "$fails" -eq 0 ]
