@@ -1128,6 +1128,9 @@ int ap_cmd_run(int argc, char **argv)
          * see which of its processes still run, whether they have registered yet or not,
          * and give them their grace time (orphans_running). */
         (void)prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+        /* In the foreground of the terminal our messages go to (see below, after the
+         * program). */
+        const bool tty_fg = isatty(STDERR_FILENO) && tcgetpgrp(STDERR_FILENO) == getpgrp();
         fflush(NULL);
         pid_t child = -1;
         int exec_errno = 0;
@@ -1225,6 +1228,17 @@ int ap_cmd_run(int argc, char **argv)
          * before the profiles are written. */
         catch_late_signals();
         sigprocmask(SIG_SETMASK, &orig, NULL);
+        /* The program made another process group the terminal's foreground (a full-screen
+         * program, an interactive shell killed before it gave the terminal back) and left
+         * it so.  A shell that ran it would take the terminal back now; we are in the
+         * background until we end, and with `stty tostop` our summary would stop us.  We
+         * were in the foreground: write as if we still were. */
+        if (tty_fg && tcgetpgrp(STDERR_FILENO) != getpgrp()) {
+                sigset_t ttou;
+                sigemptyset(&ttou);
+                sigaddset(&ttou, SIGTTOU);
+                sigprocmask(SIG_BLOCK, &ttou, NULL);
+        }
 
         int exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
         int term_sig = WIFSIGNALED(status) ? WTERMSIG(status) : 0;

@@ -282,6 +282,18 @@ EOF
         grep -q TIMEOUT pty.out && { fail "job control on a terminal:"; sed 's/^/    /' pty.out; }
         check_eq "job control: the programs that stopped themselves were stopped jobs" 2 \
                 "$(grep -c '^\[1\]+  Stopped ' pty.out)"
+        # A program that leaves another process group in the terminal's foreground: a
+        # shell would take the terminal back; allocprof's summary, written from what is now
+        # the background, is not stopped by `stty tostop`.
+        cat >ptyscript <<EOF
+expect \$ 
+send stty tostop; "$AP" run -o tostop.approf -- python3 -c 'import os, signal; signal.signal(signal.SIGTTOU, signal.SIG_IGN); os.setpgid(0, 0); os.tcsetpgrp(0, os.getpgrp())'; echo "rc=\$?"\r
+expect profile written to tostop.approf
+expect rc=0
+EOF
+        python3 "$SRC/tests/integration/ptyshell.py" <ptyscript >pty.out 2>&1
+        checks=$((checks + 1))
+        grep -q TIMEOUT pty.out && { fail "the terminal left to another group, stty tostop:"; sed 's/^/    /' pty.out; }
 else
         echo "note: no bash: job control is not checked"
 fi
