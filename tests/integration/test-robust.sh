@@ -251,6 +251,15 @@ else
         echo "note: not root: the privilege-dropping worker is not checked"
 fi
 
+# --- the environment the program sees: its own, and the variables USAGE.md names --------
+env | grep -v '^_=' | sort >env.native
+"$AP" run -q -o env.approf -- env | grep -v '^_=' | sort >env.run
+check_eq "environment: the variables run adds" \
+        "ALLOCPROF_SECCOMP ALLOCPROF_SOCKET ALLOCPROF_UNWIND" \
+        "$(comm -13 env.native env.run | cut -d= -f1 | grep -v '^LD_PRELOAD$' | tr '\n' ' ' | sed 's/ $//')"
+check_eq "environment: nothing else changed or removed" "" \
+        "$(comm -23 env.native env.run | grep -v '^LD_PRELOAD=')"
+
 # --- job control in an interactive shell on a terminal ------------------------------------
 # A program that stops on its own (kill -STOP $$, a shell's `suspend`) is a stopped job
 # for the shell that runs it, which takes the terminal back; `fg` gives the terminal back
