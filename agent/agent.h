@@ -218,3 +218,16 @@ AP_HIDDEN void ap_thread_release(void);
 AP_HIDDEN int ap_stacks_init(void);
 
 AP_HIDDEN void ap_count(enum ap_counter c, uint64_t n);
+
+/* exec.c: looks up the C library's exec functions (the constructor calls it). */
+AP_HIDDEN void ap_exec_resolve(void);
+/* syscall(2) with `number` about to run (its arguments 0, 1 and 4): if it is execve or
+ * execveat, says the exec begins as exec.c's wrappers do and returns a handle for
+ * ap_exec_syscall_failed, else NULL. */
+AP_HIDDEN void *ap_exec_syscall_begin(long number, long a0, long a1, long a4);
+/* The call of ap_exec_syscall_begin's handle h returned (NULL: nothing to say). */
+AP_HIDDEN void ap_exec_syscall_failed(void *h);
+/* session.c: the getcwd system call, straight (no fallback that could allocate, as the C
+ * library's getcwd has for a long path): the length written, NUL included, or -1 (errno
+ * set; also when the program installed a seccomp filter, which might forbid it). */
+AP_HIDDEN long ap_sys_getcwd(char *buf, size_t size);

@@ -890,13 +890,24 @@ __attribute__((visibility("default"))) long syscall(long number, ...)
                         return -1;
                 }
         }
+        /* An exec by system call is said as exec.c's wrappers say theirs. */
+        void *exec_h = ap_exec_syscall_begin(number, a[0], a[1], a[4]);
         long r = f(number, a[0], a[1], a[2], a[3], a[4], a[5]);
+        ap_exec_syscall_failed(exec_h);
         /* SECCOMP_SET_MODE_STRICT (0) and _FILTER (1); a filter with a listener returns
          * its descriptor. */
         if (r >= 0 && ((number == SYS_seccomp && (unsigned long)a[0] <= SECCOMP_SET_MODE_FILTER) ||
                        (number == SYS_prctl && a[0] == PR_SET_SECCOMP)))
                 ap_store_relaxed(&g_sandboxed, 1);
         return r;
+}
+
+AP_HIDDEN long ap_sys_getcwd(char *buf, size_t size)
+{
+        syscall_fn f = ap_load_relaxed(&g_real_syscall);
+        if (f == NULL || ap_load_relaxed(&g_sandboxed))
+                return -1;
+        return f(SYS_getcwd, (long)buf, (long)size, 0, 0, 0, 0);
 }
 
 /* Started by `allocprof run` (ALLOCPROF_SECCOMP set), are we under seccomp filters it
@@ -980,6 +991,7 @@ __attribute__((constructor(101))) static void ap_agent_ctor(void)
                 load_libunwind();
         ap_resolve_getattr();
         resolve_wrapped();
+        ap_exec_resolve();
         find_foreign_malloc();
         ap_session_ensure();
         static int atfork_done;

@@ -1299,11 +1299,13 @@ int ap_cmd_run(int argc, char **argv)
                 e->job = NULL;
         }
         /* The program's exit status goes on its last image: still raw, or finalized
-         * already (by allocprofd, or early when that image was replaced by an exec into
-         * a program we lost). */
-        if (main_img != NULL && main_img->p != NULL)
+         * already (by allocprofd) -- unless an exec replaced that image with a program
+         * that could not be profiled: the status is that program's, and the profile says
+         * that the image ended by the exec. */
+        bool status_its = main_img != NULL && !main_img->by_exec;
+        if (status_its && main_img->p != NULL)
                 ap_process_set_exit(main_img->p, exit_code, term_sig);
-        if (main_img != NULL && main_img->prof != NULL) {
+        if (status_its && main_img->prof != NULL) {
                 main_img->prof->exit_status = exit_code;
                 main_img->prof->term_signal = term_sig;
         }

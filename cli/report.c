@@ -762,6 +762,11 @@ static void put_header(const struct out *o, const struct ap_profile *p)
                         say_in(o, SGR_RED, "killed by SIG%s", abbrev);
                 else
                         say_in(o, SGR_RED, "killed by signal %d", p->term_signal);
+        } else if (p->by_exec) {
+                /* The process went on as another program: its end is not this image's. */
+                say(o, ", replaced by an exec of ");
+                put_str(o, p->exec_path ? p->exec_path : "a program", 0);
+                say(o, "%s", p->exec_profiled ? " (profiled on its own)" : " (not profiled)");
         } else if (p->exit_status >= 0) {
                 say(o, ", exited with status %d", p->exit_status);
         }
@@ -808,6 +813,20 @@ static void put_header(const struct out *o, const struct ap_profile *p)
         }
 }
 
+/* Whether the "leaked" counters hold blocks that are not leaks: those live now (a
+ * snapshot), or those live at the exec that replaced the image (its memory went with
+ * it).  Either is normal: not red. */
+static bool not_leaks(const struct ap_profile *p)
+{
+        return p->live || p->by_exec;
+}
+
+/* What those counters hold, in a few words: "live now", "live at the exec", "leaked". */
+static const char *held(const struct ap_profile *p)
+{
+        return p->live ? "live now" : p->by_exec ? "live at the exec" : "leaked";
+}
+
 /* One summary row: label, a count column, a size column, then free text. */
 static void summary_row(const struct out *o, const char *label, const char *count, const char *size,
                         const char *color)
@@ -838,21 +857,25 @@ static void put_summary(const struct out *o, const struct ap_profile *p, uint32_
         if (t->peak_t_ns)
                 say(o, ", at %s", fmt_duration(t->peak_t_ns).s);
         say(o, "\n");
-        /* In a snapshot the "leaked" counters hold what is live now: normal, so not red. */
-        summary_row(o, p->live ? "live now" : "leaked", fmt_count(t->leaked_blocks).s,
-                    fmt_size(t->leaked_bytes).s, t->leaked_blocks && !p->live ? SGR_RED : NULL);
+        summary_row(o, held(p), fmt_count(t->leaked_blocks).s, fmt_size(t->leaked_bytes).s,
+                    t->leaked_blocks && !not_leaks(p) ? SGR_RED : NULL);
         if (t->leaked_blocks)
                 say(o, "  %s bytes %s, from %s call site%s\n", fmt_count(t->leaked_bytes).s,
-                    p->live ? "not freed yet" : "never freed", fmt_count(leaking_sites).s,
-                    leaking_sites == 1 ? "" : "s");
+                    p->live      ? "not freed yet"
+                    : p->by_exec ? "not freed before the exec"
+                                 : "never freed",
+                    fmt_count(leaking_sites).s, leaking_sites == 1 ? "" : "s");
         else if (is_sampled(p)) /* blocks never sampled may have leaked all the same */
                 say(o, "  %s\n",
-                    p->live ? "every sampled block allocated so far was freed"
-                            : "every sampled block was freed (a leak of blocks no sample fell "
-                              "on would not show)");
+                    p->live      ? "every sampled block allocated so far was freed"
+                    : p->by_exec ? "every sampled block was freed before the exec"
+                                 : "every sampled block was freed (a leak of blocks no sample "
+                                   "fell on would not show)");
         else
                 say(o, "  %s\n",
-                    p->live ? "every block allocated so far was freed" : "every block was freed");
+                    p->live      ? "every block allocated so far was freed"
+                    : p->by_exec ? "every block was freed before the exec"
+                                 : "every block was freed");
         summary_row(o, "temporary", fmt_count(t->temporary).s,
                     fmt_percent(t->temporary, t->allocations).s, NULL);
         say(o, "  of allocations were freed before their thread allocated again\n");
@@ -876,7 +899,8 @@ static void put_summary(const struct out *o, const struct ap_profile *p, uint32_
                        fmt_count(t->dropped_events).s);
                 if (t->dropped_frees)
                         say_in(o, SGR_RED, " (%s of them frees: %s may be overstated)",
-                               fmt_count(t->dropped_frees).s, p->live ? "live blocks" : "leaks");
+                               fmt_count(t->dropped_frees).s,
+                               not_leaks(p) ? "live blocks" : "leaks");
                 say_in(o, SGR_RED, "; figures are incomplete");
                 say(o, "\n");
         }
@@ -886,7 +910,7 @@ static void put_summary(const struct out *o, const struct ap_profile *p, uint32_
                        "warning: %s sampled blocks were not tracked (the agent's set of "
                        "sampled blocks was full): their frees were not seen, so %s may be "
                        "overstated",
-                       fmt_count(t->untracked_samples).s, p->live ? "live blocks" : "leaks");
+                       fmt_count(t->untracked_samples).s, not_leaks(p) ? "live blocks" : "leaks");
                 say(o, "\n");
         }
         if (p->foreign_malloc != NULL) {
@@ -929,14 +953,14 @@ static void put_site_headline(const struct out *o, const struct ap_profile *p,
         say_in(o, SGR_BOLD, "#%-3" PRIu32, rank);
         say(o, " ");
         if (sort == AP_SORT_LEAKED) {
-                say_in(o, p->live ? SGR_BOLD : SGR_BOLD SGR_RED, "%s %s",
-                       fmt_size(s->leaked_bytes).s, p->live ? "live now" : "leaked");
+                say_in(o, not_leaks(p) ? SGR_BOLD : SGR_BOLD SGR_RED, "%s %s",
+                       fmt_size(s->leaked_bytes).s, held(p));
                 say(o, " in %s block%s (of %s allocated)", fmt_count(s->leaked_blocks).s,
                     s->leaked_blocks == 1 ? "" : "s", fmt_count(s->allocations).s);
                 if (p->totals.leaked_bytes)
                         say(o, ", %s of all %s bytes",
                             fmt_percent(s->leaked_bytes, p->totals.leaked_bytes).s,
-                            p->live ? "live" : "leaked");
+                            not_leaks(p) ? "live" : "leaked");
                 say(o, "\n");
                 return;
         }
@@ -960,8 +984,8 @@ static void put_site_headline(const struct out *o, const struct ap_profile *p,
                 say(o, ", %s realloc%s", fmt_count(s->reallocs).s, s->reallocs == 1 ? "" : "s");
         if (s->leaked_blocks || s->leaked_bytes) {
                 say(o, ", ");
-                say_in(o, p->live ? "" : SGR_RED, "%s %s", fmt_size(s->leaked_bytes).s,
-                       p->live ? "live now" : "leaked");
+                say_in(o, not_leaks(p) ? "" : SGR_RED, "%s %s", fmt_size(s->leaked_bytes).s,
+                       held(p));
         }
         say(o, "\n");
 }
@@ -971,7 +995,7 @@ static void put_hot_sites(const struct out *o, const struct ap_profile *p, struc
 {
         uint32_t n = shown(opts->top, p->nsites);
         const char *by =
-                p->live && opts->sort == AP_SORT_LEAKED ? "live bytes" : sort_name(opts->sort);
+                not_leaks(p) && opts->sort == AP_SORT_LEAKED ? "live bytes" : sort_name(opts->sort);
         char title[192];
 
         if (n < p->nsites)
@@ -1032,7 +1056,7 @@ static void put_modules(const struct out *o, const struct ap_profile *p, const u
         }
         sgr(o, SGR_DIM);
         say(o, "  %-*s  %13s  %10s  %7s  %10s\n", (int)wname, "module", "allocations", "bytes",
-            "share", p->live ? "live" : "leaked");
+            "share", not_leaks(p) ? "live" : "leaked");
         sgr(o, SGR_RESET);
         for (uint32_t i = 0; order && i < p->nmodules; i++) {
                 const struct ap_pmodule *m = &p->modules[order[i]];
@@ -1046,7 +1070,7 @@ static void put_modules(const struct out *o, const struct ap_profile *p, const u
                 put_str(o, name ? name : "?", wname);
                 say(o, "  %13s  %10s  %7s  ", fmt_count(m->allocations).s, fmt_size(m->bytes).s,
                     fmt_percent(m->bytes, p->totals.bytes).s);
-                say_in(o, m->leaked_bytes && !p->live ? SGR_RED : "", "%10s",
+                say_in(o, m->leaked_bytes && !not_leaks(p) ? SGR_RED : "", "%10s",
                        fmt_size(m->leaked_bytes).s);
                 say(o, "\n");
         }
@@ -1062,25 +1086,32 @@ static void put_leaks(const struct out *o, const struct ap_profile *p, struct si
 {
         uint32_t n = shown(top, leaking);
 
-        section(o, p->live ? "Live now" : "Leaks");
+        section(o, p->live ? "Live now" : p->by_exec ? "Live at the exec" : "Leaks");
         if (leaking == 0 && p->totals.leaked_blocks == 0) {
                 say(o, "  ");
                 say_in(o, SGR_GREEN, "%s",
-                       p->live ? is_sampled(p) ? "nothing live: every sampled block allocated "
-                                                 "so far was freed"
-                                               : "nothing live: every block allocated so far "
-                                                 "was freed"
+                       p->live      ? is_sampled(p) ? "nothing live: every sampled block allocated "
+                                                      "so far was freed"
+                                                    : "nothing live: every block allocated so far "
+                                                      "was freed"
+                       : p->by_exec ? is_sampled(p)
+                                              ? "nothing live: every sampled block was freed "
+                                                "before the exec"
+                                              : "nothing live: every allocated block was freed "
+                                                "before the exec"
                        : is_sampled(p) ? "no leaks seen: every sampled block was freed before exit"
                                        : "no leaks: every allocated block was freed before exit");
                 say(o, "\n");
                 return;
         }
         say(o, "  ");
-        say_in(o, p->live ? SGR_BOLD : SGR_RED, "%s in %s blocks",
+        say_in(o, not_leaks(p) ? SGR_BOLD : SGR_RED, "%s in %s blocks",
                fmt_size(p->totals.leaked_bytes).s, fmt_count(p->totals.leaked_blocks).s);
         say(o, " were still allocated %s, from %s call site%s\n",
-            p->live ? "when the snapshot was taken" : "at exit", fmt_count(leaking).s,
-            leaking == 1 ? "" : "s");
+            p->live      ? "when the snapshot was taken"
+            : p->by_exec ? "when an exec replaced the image (not leaks: its memory went with it)"
+                         : "at exit",
+            fmt_count(leaking).s, leaking == 1 ? "" : "s");
         if (p->totals.dropped_frees)
                 say_in(o, SGR_YELLOW,
                        "  (%s frees were dropped: some of these blocks may have "
@@ -1100,8 +1131,8 @@ static void put_leaks(const struct out *o, const struct ap_profile *p, struct si
         if (n < leaking) {
                 bool one = leaking - n == 1;
                 const char *what =
-                        p->live ? (one ? "site with live blocks" : "sites with live blocks")
-                                : (one ? "leaking site" : "leaking sites");
+                        not_leaks(p) ? (one ? "site with live blocks" : "sites with live blocks")
+                                     : (one ? "leaking site" : "leaking sites");
 
                 say_in(o, SGR_DIM, "\n  ... and %s more %s (use --top 0 to see all)\n",
                        fmt_count(leaking - n).s, what);
@@ -1260,9 +1291,10 @@ static void put_hints(const struct out *o, const struct ap_profile *p,
                 kind++;
         }
 
-        /* Big leaks, biggest first. */
+        /* Big leaks, biggest first.  (Blocks live at an exec were not leaked: an exec
+         * replaces the whole image, its memory included.) */
         kind = 0;
-        for (uint32_t i = 0; i < leaking && kind < HINT_MAX_PER_KIND; i++) {
+        for (uint32_t i = 0; i < leaking && kind < HINT_MAX_PER_KIND && !p->by_exec; i++) {
                 const struct ap_psite *s = &p->sites[site_at(by_leak, i)];
                 bool big =
                         s->leaked_bytes >= HINT_LEAK_BYTES ||
@@ -1528,6 +1560,17 @@ static void json_process(struct jobj *root, const struct ap_profile *p)
                 fprintf(f, "%d", p->term_signal);
         else
                 fputs("null", f);
+        jkey(&o, "exec");
+        if (p->by_exec) {
+                fputs("{\"path\": ", f);
+                if (p->exec_path)
+                        json_str(f, p->exec_path);
+                else
+                        fputs("null", f);
+                fprintf(f, ", \"profiled\": %s}", p->exec_profiled ? "true" : "false");
+        } else {
+                fputs("null", f);
+        }
         jkey_u64(&o, "start_unix_ns", p->start_unix_ns);
         jkey_u64(&o, "duration_ns", p->duration_ns);
         jkey_u64(&o, "drain_cpu_ns", p->drain_cpu_ns);
@@ -1815,6 +1858,15 @@ void ap_report_summary(FILE *out, const struct ap_profile *p, const char *profil
             fmt_count(t->allocations).s, fmt_size(t->bytes).s, fmt_count(t->frees).s,
             fmt_size(t->peak_bytes).s, fmt_count(t->peak_blocks).s,
             is_sampled(p) ? " (estimated)" : "");
+        if (p->by_exec) {
+                say(&o, "allocprof: pid %" PRIu32 " (%s) was replaced by an exec of ", p->pid,
+                    p->exe ? ap_path_base(p->exe) : "?");
+                put_str(&o, p->exec_path ? p->exec_path : "a program", 0);
+                say(&o, "%s\n",
+                    p->exec_profiled ? ", which has a profile of its own"
+                                     : ", which could not be profiled: this "
+                                       "profile ends at the exec");
+        }
         /* The first line's "(estimated)" reads as the peak's: the leak line says it too. */
         const char *est = is_sampled(p) ? " (estimated)" : "";
         if (p->live && t->leaked_blocks)
@@ -1822,6 +1874,14 @@ void ap_report_summary(FILE *out, const struct ap_profile *p, const char *profil
                     fmt_count(t->leaked_blocks).s, t->leaked_blocks == 1 ? "" : "s", est);
         else if (p->live)
                 say(&o, "allocprof: nothing live now\n");
+        else if (p->by_exec && t->leaked_blocks)
+                say(&o,
+                    "allocprof: %s in %s block%s live at the exec (not leaks: the exec replaced "
+                    "the image)%s\n",
+                    fmt_size(t->leaked_bytes).s, fmt_count(t->leaked_blocks).s,
+                    t->leaked_blocks == 1 ? "" : "s", est);
+        else if (p->by_exec)
+                say(&o, "allocprof: nothing live at the exec\n");
         else if (t->leaked_blocks)
                 say(&o, "allocprof: leaked %s in %s block%s%s\n", fmt_size(t->leaked_bytes).s,
                     fmt_count(t->leaked_blocks).s, t->leaked_blocks == 1 ? "" : "s", est);
@@ -1845,14 +1905,14 @@ void ap_report_summary(FILE *out, const struct ap_profile *p, const char *profil
                     fmt_count(t->dropped_events).s);
                 if (t->dropped_frees)
                         say(&o, " (%s frees: %s may be overstated)", fmt_count(t->dropped_frees).s,
-                            p->live ? "live blocks" : "leaks");
+                            not_leaks(p) ? "live blocks" : "leaks");
                 say(&o, "; figures are incomplete\n");
         }
         if (t->untracked_samples)
                 say(&o,
                     "allocprof: warning: %s sampled blocks were not tracked (the agent's "
                     "set of sampled blocks was full): %s may be overstated\n",
-                    fmt_count(t->untracked_samples).s, p->live ? "live blocks" : "leaks");
+                    fmt_count(t->untracked_samples).s, not_leaks(p) ? "live blocks" : "leaks");
         /* Malformed, or more than the collector had memory for: either way not counted. */
         if (t->invalid_records)
                 say(&o,

@@ -532,6 +532,10 @@ int ap_process_finalize(struct ap_process *p, struct ap_symbolizer *sym, struct 
                 goto out;
         prof->exit_status = p->exit_code;
         prof->term_signal = p->term_signal;
+        prof->by_exec = p->by_exec;
+        prof->exec_profiled = p->exec_profiled;
+        if (p->exec_path != NULL && (prof->exec_path = strdup(p->exec_path)) == NULL)
+                goto out;
         prof->start_unix_ns = p->start_unix_ns;
         ap_process_calibrate(p);
         /* How long the image ran: from the agent's start to when we saw it end (now, if

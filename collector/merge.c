@@ -323,6 +323,12 @@ int ap_profile_merge(struct ap_profile *const *in, size_t n, size_t main_index,
          * processes' has not. */
         if (n == 1 && r >= 0) {
                 size_t size = in[0]->ntimeline * sizeof(*o->timeline);
+                /* (Of several, the sums hold leaks too: no single image's ending says
+                 * what they are.) */
+                o->by_exec = in[0]->by_exec;
+                o->exec_profiled = in[0]->exec_profiled;
+                if (in[0]->exec_path != NULL && (o->exec_path = strdup(in[0]->exec_path)) == NULL)
+                        r = -ENOMEM;
                 o->totals.peak_t_ns = in[0]->totals.peak_t_ns;
                 if (size > 0 && (o->timeline = malloc(size)) == NULL) {
                         r = -ENOMEM;

@@ -74,6 +74,10 @@ struct ap_process {
         int argc;
         char *exe;
         int exit_code, term_signal;
+        /* The image ended by an exec (ap_process_set_exec): of exec_path (NULL: unknown),
+         * which registered as a profiled image of its own or not. */
+        bool by_exec, exec_profiled;
+        char *exec_path;
 
         struct ap_slot slots[AP_NSLOTS];
         uint32_t threads;

@@ -157,6 +157,7 @@ void ap_process_free(struct ap_process *p)
                 free(p->argv[i]);
         free(p->argv);
         free(p->exe);
+        free(p->exec_path);
         free(p->scratch);
         if (p->map != NULL) {
                 const uint64_t page = (uint64_t)getpagesize();
@@ -215,6 +216,7 @@ struct ap_process *ap_process_snapshot(const struct ap_process *src)
         p->argv = NULL;
         p->argc = 0;
         p->exe = NULL;
+        p->exec_path = NULL;
 
         bool failed = false;
         if (src->nstacks > 0 && (p->stacks = calloc(src->nstacks, sizeof(*p->stacks))) != NULL) {
@@ -261,6 +263,8 @@ struct ap_process *ap_process_snapshot(const struct ap_process *src)
         }
         if (!failed)
                 p->exe = strdup_or_null(src->exe, &failed);
+        if (!failed)
+                p->exec_path = strdup_or_null(src->exec_path, &failed);
         if (failed) {
                 ap_process_free(p);
                 return NULL;
@@ -351,6 +355,36 @@ void ap_process_set_exit(struct ap_process *p, int exit_code, int term_signal)
 {
         p->exit_code = exit_code;
         p->term_signal = term_signal;
+}
+
+int ap_process_set_exec(struct ap_process *p, const char *path, bool profiled)
+{
+        char *copy = path != NULL ? strdup(path) : NULL;
+        free(p->exec_path);
+        p->exec_path = copy;
+        p->by_exec = true;
+        p->exec_profiled = profiled;
+        return path != NULL && copy == NULL ? -ENOMEM : 0;
+}
+
+bool ap_process_exec_begun(const struct ap_process *p, char *path, size_t path_len)
+{
+        /* Acquire pairs with the agent's release bump (exec.c): the path written before
+         * it is there.  A snapshot's header is a copy: it says what it said then. */
+        uint64_t begun = ap_load_acquire(&p->hdr->xcounters[AP_CNT_EXECS]);
+        uint64_t failed = ap_load_relaxed(&p->hdr->xcounters[AP_CNT_EXECS_FAILED]);
+        if (begun <= failed)
+                return false;
+        if (path_len == 0)
+                return true;
+        size_t n = 0;
+        const volatile char *src = p->hdr->exec_path; /* the agent may be writing it */
+        while (n + 1 < path_len && n < AP_EXEC_PATH_BYTES && src[n] != '\0') {
+                unsigned char ch = (unsigned char)src[n];
+                path[n++] = ch < 0x20 || ch == 0x7f ? '?' : (char)ch;
+        }
+        path[n] = '\0';
+        return true;
 }
 
 void ap_process_take_new_modules(struct ap_process *p,

@@ -41,6 +41,15 @@ void ap_process_set_command(struct ap_process *p, char **argv, int argc);
 
 /* The process image ended: normally (exit code), by a signal, or by exec (both < 0). */
 void ap_process_set_exit(struct ap_process *p, int exit_code, int term_signal);
+/* The process image ended by an exec of path (NULL: not known; copied), which registered
+ * as an image of its own (profiled) or did not (a program the agent cannot reach).
+ * Returns 0 or -ENOMEM (the path is then left out). */
+int ap_process_set_exec(struct ap_process *p, const char *path, bool profiled);
+/* Whether the image's agent said that an exec began which has not failed (wire.h:
+ * AP_CNT_EXECS): the image is being, or was, replaced.  If so, and path_len > 0, the path
+ * it said (control characters as '?', cut to fit, "" if none) goes to path.  The agent's
+ * word, a hint: it spoils nothing but this process's profile. */
+bool ap_process_exec_begun(const struct ap_process *p, char *path, size_t path_len);
 /* Notes that the process image has ended (it exited or exec'ed), now, for its running
  * time; later calls change nothing. */
 void ap_process_mark_ended(struct ap_process *p);

@@ -37,6 +37,8 @@
  *               "foreign_malloc":S (optional: the module whose malloc the program's calls
  *               reached instead of the agent's),
  *               "exit_status","term_signal","start_unix_ns","duration_ns",
+ *               "exec":{"path":S|null,"profiled":B} (optional: the image ended by an exec
+ *               of that program, which registered as an image of its own or not),
  *               "drain_cpu_ns" (optional), "ring_waits","ring_wait_ns" (optional, both
  *               or neither)},
  *    "live":true,                                      (snapshots of a running process only)
@@ -198,6 +200,7 @@ void ap_profile_free(struct ap_profile *p)
         free(p->exe);
         free(p->run_id);
         free(p->foreign_malloc);
+        free(p->exec_path);
         free(p->mode);
         for (uint32_t i = 0; i < p->nstrings; i++)
                 free(p->strings[i]);
@@ -1028,6 +1031,14 @@ static void out_process(struct fd_sink *sink, const struct ap_profile *p)
         out_i64(sink, p->exit_status);
         out_lit(sink, ",\"term_signal\":");
         out_i64(sink, p->term_signal);
+        if (p->by_exec) {
+                out_lit(sink, ",\"exec\":{\"path\":");
+                out_str(sink, p->exec_path);
+                if (p->exec_profiled)
+                        out_lit(sink, ",\"profiled\":true}");
+                else
+                        out_lit(sink, ",\"profiled\":false}");
+        }
         out_lit(sink, ",\"start_unix_ns\":");
         out_u64(sink, p->start_unix_ns);
         out_lit(sink, ",\"duration_ns\":");
@@ -2101,6 +2112,25 @@ static int read_term_signal(struct rctx *rc, struct ap_profile *p, const struct 
         return 0;
 }
 
+/* Optional: only an image that ended by an exec has it. */
+static int read_exec(struct rctx *rc, struct ap_profile *p, const struct ap_json *proc,
+                     const struct loc *parent)
+{
+        struct loc l = at_key(parent, "exec"), lp = at_key(&l, "profiled");
+        const struct ap_json *e = NULL, *v = NULL;
+        int r;
+
+        if (ap_json_get(proc, "exec") == NULL)
+                return 0;
+        if ((r = get_object(rc, proc, parent, "exec", &e)) < 0 ||
+            (r = field_strdup(rc, e, &l, "path", true, &p->exec_path)) < 0 ||
+            (r = member(rc, e, &l, "profiled", &v)) < 0 ||
+            (r = as_bool(rc, v, &lp, &p->exec_profiled)) < 0)
+                return r;
+        p->by_exec = true;
+        return 0;
+}
+
 static int read_process(struct rctx *rc, struct ap_profile *p, const struct ap_json *root)
 {
         struct loc l = at_key(NULL, "process"), lc = at_key(&l, "command");
@@ -2112,7 +2142,7 @@ static int read_process(struct rctx *rc, struct ap_profile *p, const struct ap_j
             (r = field_u32(rc, proc, &l, "pid", &p->pid)) < 0 ||
             (r = field_u32(rc, proc, &l, "ppid", &p->ppid)) < 0 ||
             (r = field_int(rc, proc, &l, "exit_status", -1, 255, &p->exit_status)) < 0 ||
-            (r = read_term_signal(rc, p, proc, &l)) < 0 ||
+            (r = read_term_signal(rc, p, proc, &l)) < 0 || (r = read_exec(rc, p, proc, &l)) < 0 ||
             (r = field_u64(rc, proc, &l, "start_unix_ns", &p->start_unix_ns)) < 0 ||
             (r = field_u64(rc, proc, &l, "duration_ns", &p->duration_ns)) < 0 ||
             (ap_json_get(proc, "drain_cpu_ns") != NULL &&

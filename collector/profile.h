@@ -62,6 +62,12 @@ struct ap_profile {
         char *foreign_malloc;
         uint32_t merged_from; /* > 1: a merge of that many profiles (not stored in files) */
         bool live; /* a snapshot of a running process: "leaked" figures are live now */
+        /* The image ended by an exec: the process went on as exec_path (NULL: not known),
+         * a program that registered as an image of its own (exec_profiled) or could not
+         * be profiled.  Its "leaked" figures are the blocks live at the exec, which went
+         * with the image: not leaks. */
+        bool by_exec, exec_profiled;
+        char *exec_path;
         int exit_status;          /* exit code, or -1 if unknown / killed */
         int term_signal;          /* signal that killed it, 0 if none */
         char *mode;               /* "full" */

@@ -44,7 +44,8 @@ struct tracked {
         int pidfd; /* -1: gone at registration, or no pidfd_open (see proc_start) */
         uint64_t proc_start; /* without a pidfd: its start time in /proc, watched instead */
         bool ended;
-        char *exe;        /* /proc/PID/exe at registration, to notice an exec we cannot follow */
+        char *exe;        /* /proc/PID/exe at registration (or of an exec since that may
+                           * register yet), to notice an exec we cannot follow */
         uid_t uid;        /* of the registering process (SO_PEERCRED) */
         pid_t ppid;       /* its parent at registration (the agent's word: only shown) */
         uint64_t session; /* run session it belongs to, 0 = none */

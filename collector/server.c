@@ -24,7 +24,9 @@
 #include "server-internal.h"
 #include "warm.h"
 
-/* How often registered processes are checked for an exec into an unprofilable image. */
+/* How often registered processes are checked for an exec into an unprofilable image that
+ * their agent did not tell of (an exec by a system call of the program's own, an agent
+ * before it told): one it told of is checked every round. */
 #define EXE_CHECK_NS (100ull * 1000 * 1000)
 
 void ap_collector_set_warmer(struct ap_collector *c, struct ap_warmer *w)
@@ -284,6 +286,47 @@ void ap_collector_retire(struct ap_collector *c, size_t i, bool by_exec)
                 c->done(c->userdata, t.p, by_exec);
 }
 
+/* procs[i]'s image ended by an exec of path (NULL: not known) into a program that did not
+ * register: it is finalized as such, and, unless `quiet`, that is said, with why (NULL:
+ * not known) if anyone listens. */
+static void exec_unprofiled(struct ap_collector *c, size_t i, const char *path, const char *why,
+                            bool quiet)
+{
+        struct tracked *tp = &c->procs[i];
+        pid_t pid = ap_process_pid(tp->p);
+        if (!quiet && (c->note != NULL || tp->session != 0)) {
+                char *msg;
+                if (why != NULL)
+                        msg = ap_asprintf("pid %d exec'ed %s, which is %s: not profiled from "
+                                          "there on",
+                                          (int)pid, path ? path : "a program", why);
+                else
+                        msg = ap_asprintf("pid %d exec'ed %s, which did not register with the "
+                                          "collector (statically linked, setuid, file "
+                                          "capabilities, no LD_PRELOAD in its environment, or "
+                                          "a seccomp filter): not profiled from there on",
+                                          (int)pid, path ? path : "a program");
+                /* A run session's client prints it, as a private collector would. */
+                if (msg != NULL && !ap_control_note(c, tp, msg) && c->note != NULL)
+                        c->note(c->note_userdata, (int)pid, msg);
+                free(msg);
+        }
+        ap_process_set_exit(tp->p, -1, 0);
+        (void)ap_process_set_exec(tp->p, path, false); /* no memory: the path goes unsaid */
+        ap_collector_retire(c, i, true);
+}
+
+/* procs[i] has ended, and its agent said an exec began (the pid lives on in another
+ * program) into `said` ("" when it could not tell): by the time the pid ended, no new
+ * image had registered, so the program could not be profiled.  Why, when its path says
+ * it (an absolute one: a relative one was the process's). */
+static void exec_ended(struct ap_collector *c, size_t i, const char *said)
+{
+        enum ap_exe_why why = said[0] == '/' ? ap_exe_unprofilable(said) : AP_EXE_PROFILABLE;
+        exec_unprofiled(c, i, said[0] != '\0' ? said : NULL,
+                        why != AP_EXE_PROFILABLE ? ap_exe_why_text(why) : NULL, false);
+}
+
 static void say_unregistered(struct ap_collector *c, pid_t pid, uid_t uid, const char *why);
 
 /* Returns the reply to send: AP_REPLY_ACCEPTED if the process is now tracked. */
@@ -325,9 +368,11 @@ static uint32_t register_process(struct ap_collector *c, int memfd, pid_t pid, u
                 return AP_REPLY_FAILED;
         }
         /* Same pid registering again: the previous image exec'ed into this one. */
+        char *exe = proc_exe(pid);
         for (size_t i = 0; i < c->nprocs; i++) {
                 if (ap_process_pid(c->procs[i].p) == pid) {
                         ap_process_set_exit(c->procs[i].p, -1, 0);
+                        (void)ap_process_set_exec(c->procs[i].p, exe, true);
                         ap_collector_retire(c, i, true);
                         break;
                 }
@@ -335,6 +380,7 @@ static uint32_t register_process(struct ap_collector *c, int memfd, pid_t pid, u
         read_cmdline(p, pid);
         if (AP_GROW(c->procs, c->procs_cap, c->nprocs + 1) < 0) {
                 ap_process_free(p);
+                free(exe);
                 say_unregistered(c, pid, uid, "the collector is out of memory");
                 return AP_REPLY_FAILED;
         }
@@ -348,7 +394,7 @@ static uint32_t register_process(struct ap_collector *c, int memfd, pid_t pid, u
                                                  .pidfd = pidfd,
                                                  .proc_start = start,
                                                  .ended = pidfd < 0 && start == 0,
-                                                 .exe = proc_exe(pid),
+                                                 .exe = exe,
                                                  .uid = uid,
                                                  .ppid = (pid_t)hello->ppid,
                                                  .session = session};
@@ -397,6 +443,16 @@ static void unregistered(struct ap_collector *c, pid_t pid, uid_t uid,
                 break;
         }
         say_unregistered(c, pid, uid, why);
+        /* An exec'ed image: the one before it ends here, and the note says what became of
+         * the program. */
+        for (size_t i = 0; i < c->nprocs; i++) {
+                if (ap_process_pid(c->procs[i].p) == pid) {
+                        char *exe = proc_exe(pid);
+                        exec_unprofiled(c, i, exe, NULL, true);
+                        free(exe);
+                        break;
+                }
+        }
 }
 
 /* Says that pid could not register, and why (one line, see AP_NOTE_UNREGISTERED). */
@@ -610,32 +666,29 @@ int ap_collector_step(struct ap_collector *c, int timeout_ms, int extra_fd)
                 accept_all(c);
 
         /* An image that exec'ed a program which will never register (static, setuid) is
-         * over: finalize it now and say why nothing follows. */
-        if (now - c->exe_checked > EXE_CHECK_NS) {
+         * over: finalize it now and say why nothing follows.  Looked at each round when
+         * its agent said an exec began, else every EXE_CHECK_NS. */
+        bool check_all = now - c->exe_checked > EXE_CHECK_NS;
+        if (check_all)
                 c->exe_checked = now;
-                for (size_t i = c->nprocs; i-- > 0;) {
-                        struct tracked *tp = &c->procs[i];
-                        char *exe = tp->exe && !tp->ended ? proc_exe(ap_process_pid(tp->p)) : NULL;
-                        enum ap_exe_why why = exe && strcmp(exe, tp->exe) != 0
-                                                      ? ap_exe_unprofilable(exe)
-                                                      : AP_EXE_PROFILABLE;
-                        if (why != AP_EXE_PROFILABLE && (c->note != NULL || tp->session != 0)) {
-                                char *msg = ap_asprintf(
-                                        "pid %d exec'ed %s, which is %s: not profiled "
-                                        "from there on",
-                                        (int)ap_process_pid(tp->p), exe, ap_exe_why_text(why));
-                                /* A run session's client prints it, as a private
-                                 * collector would. */
-                                if (msg != NULL && !ap_control_note(c, tp, msg) &&
-                                    c->note != NULL)
-                                        c->note(c->note_userdata, (int)ap_process_pid(tp->p), msg);
-                                free(msg);
-                        }
+        for (size_t i = c->nprocs; i-- > 0;) {
+                struct tracked *tp = &c->procs[i];
+                if (tp->ended || tp->exe == NULL ||
+                    !(check_all || ap_process_exec_begun(tp->p, NULL, 0)))
+                        continue;
+                char *exe = proc_exe(ap_process_pid(tp->p));
+                if (exe == NULL || strcmp(exe, tp->exe) == 0) {
                         free(exe);
-                        if (why != AP_EXE_PROFILABLE) {
-                                ap_process_set_exit(tp->p, -1, 0);
-                                ap_collector_retire(c, i, true);
-                        }
+                        continue;
+                }
+                enum ap_exe_why why = ap_exe_unprofilable(exe);
+                if (why != AP_EXE_PROFILABLE) {
+                        exec_unprofiled(c, i, exe, ap_exe_why_text(why), false);
+                        free(exe);
+                } else {
+                        /* A program that may register yet: judged once. */
+                        free(tp->exe);
+                        tp->exe = exe;
                 }
         }
 
@@ -653,9 +706,15 @@ int ap_collector_step(struct ap_collector *c, int timeout_ms, int extra_fd)
         c->drain_wait_ms = ap_next_wait_ms(c->drain_wait_ms, moved > 0, backlog,
                                            now - c->last_round_ns, &c->idle_rounds, c->nprocs > 0);
         c->last_round_ns = now;
-        for (size_t i = c->nprocs; i-- > 0;)
-                if (c->procs[i].ended)
+        for (size_t i = c->nprocs; i-- > 0;) {
+                char said[AP_EXEC_PATH_BYTES];
+                if (!c->procs[i].ended)
+                        continue;
+                if (ap_process_exec_begun(c->procs[i].p, said, sizeof(said)))
+                        exec_ended(c, i, said);
+                else
                         ap_collector_retire(c, i, false);
+        }
         /* Timed detaches, finishing run sessions, finished jobs, client deadlines. */
         ap_control_tick(c, now);
         return extra ? 1 : 0;

@@ -62,6 +62,7 @@
 #define AP_MODULE_LOG_BYTES (4ull << 20)
 #define AP_MAX_PATH 4096
 #define AP_MAX_BUILD_ID 64
+#define AP_EXEC_PATH_BYTES 1024 /* ap_shm_header.exec_path */
 
 /* Agent modes, in ap_shm_header.xmode (written by the collector or agent). */
 enum ap_mode {
@@ -101,6 +102,17 @@ enum ap_counter {
                                        calls reach when it is not the agent's (an
                                        executable with its own allocator), else 0; set
                                        before registration */
+        AP_CNT_EXECS,               /* exec* calls the process made (agent/exec.c), bumped
+                                       with release after exec_path was written, right
+                                       before the real call */
+        AP_CNT_EXECS_FAILED,        /* of those, the ones that returned (failed).  More
+                                       EXECS than EXECS_FAILED: an exec is under way or
+                                       done, so if the process ends without a new image
+                                       registering, it ended as a program that could not
+                                       be profiled.  Hints, as every counter: a thread that
+                                       exits the process while another is in exec, or an
+                                       exec that fails past the point of no return, can
+                                       leave one counted that did not replace the image */
         AP_CNT__MAX = 16,
 };
 
@@ -144,6 +156,16 @@ struct ap_shm_header {
 
         /* cache lines 4-5: counters */
         _Atomic uint64_t xcounters[AP_CNT__MAX];
+
+        /* The path the process last gave an exec* call (made absolute if it was relative
+         * to a directory; a name that execvp looks up in PATH as given; for fexecve the
+         * descriptor's file), NUL-terminated, cut to fit; written before AP_CNT_EXECS is
+         * bumped, by the process that registered the header only (not by a vfork child
+         * that shares its memory).  A hint for the collector to name the program that
+         * replaced the image: two threads that exec at once may leave it garbled.  Added
+         * in the header page's unused rest, which agents before it left zero and
+         * collectors before it do not read: layout version 3 still. */
+        char exec_path[AP_EXEC_PATH_BYTES];
 };
 
 /* One per slot, followed by ring_bytes of data.  Producer and consumer fields live on
@@ -335,6 +357,7 @@ struct ap_unregistered {
 _Static_assert(sizeof(struct ap_shm_header) <= 4096, "header fits one page");
 _Static_assert(offsetof(struct ap_shm_header, xmode) == 128, "control line");
 _Static_assert(offsetof(struct ap_shm_header, xslot_hwm) == 192, "status line");
+_Static_assert(offsetof(struct ap_shm_header, exec_path) == 384, "exec path after the counters");
 _Static_assert(sizeof(struct ap_ring_ctl) == 192, "ring ctl layout");
 _Static_assert(sizeof(struct ap_rec_hdr) == 8, "record header");
 _Static_assert(sizeof(struct ap_rec_alloc) == 32, "alloc record");

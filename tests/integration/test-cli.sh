@@ -1460,9 +1460,9 @@ else
 fi
 
 # --- the agent exports the malloc family, operator new and delete, pthread_getattr_np, prctl,
-# syscall, no more
-exported=$(nm -D --defined-only "$AGENT" | awk '$2 ~ /[TW]/ {print $3}' | sort | tr '\n' ' ')
-check_eq "agent exports" "_ZdaPv _ZdaPvRKSt9nothrow_t _ZdaPvm _ZdlPv _ZdlPvRKSt9nothrow_t _ZdlPvm _Znam _ZnamRKSt9nothrow_t _Znwm _ZnwmRKSt9nothrow_t aligned_alloc calloc free malloc memalign posix_memalign prctl pthread_getattr_np pvalloc realloc reallocarray syscall valloc " "$exported"
+# syscall, the exec family, no more
+exported=$(nm -D --defined-only "$AGENT" | awk '$2 ~ /[TW]/ {print $3}' | LC_ALL=C sort | tr '\n' ' ')
+check_eq "agent exports" "_ZdaPv _ZdaPvRKSt9nothrow_t _ZdaPvm _ZdlPv _ZdlPvRKSt9nothrow_t _ZdlPvm _Znam _ZnamRKSt9nothrow_t _Znwm _ZnwmRKSt9nothrow_t aligned_alloc calloc execl execle execlp execv execve execveat execvp execvpe fexecve free malloc memalign posix_memalign prctl pthread_getattr_np pvalloc realloc reallocarray syscall valloc " "$exported"
 
 # --- ALLOCPROF_AGENT naming no file: that is what run says, not "set ALLOCPROF_AGENT"
 ALLOCPROF_AGENT="$T/no-such-agent.so" "$AP" run -q -o noagent.approf -- "$SIMPLE" 2>noagent.err

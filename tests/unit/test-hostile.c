@@ -7,6 +7,7 @@
  */
 #include <fcntl.h>
 #include <pthread.h>
+#include <string.h>
 #include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
@@ -158,6 +159,37 @@ int main(void)
                 ASSERT_OK(ap_profile_write(prof, path));
                 ASSERT_OK(unlink(path));
                 ap_profile_free(prof);
+                ap_process_free(p);
+                munmap(g_h, g_total);
+                close(fd);
+        }
+        /* The exec the agent says began: counters and a path are its word.  A path without
+         * a NUL, full of control characters, comes out cut and printable; fewer exec'ed
+         * than failed (counters that wrapped) is no exec. */
+        {
+                int fd = memfd_create("hostile", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+                ASSERT_OK(ftruncate(fd, (off_t)g_total));
+                ASSERT_OK(fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW));
+                g_h = mmap(NULL, g_total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+                ASSERT_TRUE(g_h != MAP_FAILED);
+                ap_shm_init_layout(g_h);
+                struct ap_hello hello = {.magic = AP_HELLO_MAGIC,
+                                         .layout_version = AP_LAYOUT_VERSION};
+                struct ap_process *p = NULL;
+                char *err = NULL, got[AP_EXEC_PATH_BYTES + 64], want[AP_EXEC_PATH_BYTES];
+                ASSERT_OK(ap_process_new(dup(fd), getpid(), &hello, &p, &err));
+                ASSERT_FALSE(ap_process_exec_begun(p, got, sizeof(got)));
+                memset(g_h->exec_path, '\033', AP_EXEC_PATH_BYTES);
+                ap_store_relaxed(&g_h->xcounters[AP_CNT_EXECS], 1);
+                ASSERT_TRUE(ap_process_exec_begun(p, got, sizeof(got)));
+                memset(want, '?', AP_EXEC_PATH_BYTES - 1);
+                want[AP_EXEC_PATH_BYTES - 1] = '\0';
+                ASSERT_EQ(strlen(got), (size_t)AP_EXEC_PATH_BYTES);
+                ASSERT_EQ(memcmp(got, want, AP_EXEC_PATH_BYTES - 1), 0);
+                ASSERT_TRUE(ap_process_exec_begun(p, got, 8)); /* cut to fit */
+                ASSERT_STREQ(got, "???????");
+                ap_store_relaxed(&g_h->xcounters[AP_CNT_EXECS_FAILED], UINT64_MAX);
+                ASSERT_FALSE(ap_process_exec_begun(p, got, sizeof(got)));
                 ap_process_free(p);
                 munmap(g_h, g_total);
                 close(fd);

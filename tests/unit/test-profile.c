@@ -223,6 +223,9 @@ static void assert_same_renumbered(const struct ap_profile *a, const struct ap_p
         ASSERT_EQ(a->start_unix_ns, b->start_unix_ns);
         ASSERT_EQ(a->duration_ns, b->duration_ns);
         ASSERT_EQ(a->live, b->live);
+        ASSERT_EQ(a->by_exec, b->by_exec);
+        ASSERT_EQ(a->exec_profiled, b->exec_profiled);
+        ASSERT_STREQ(a->exec_path, b->exec_path);
 
         ASSERT_EQ(a->totals.allocations, b->totals.allocations);
         ASSERT_EQ(a->totals.bytes, b->totals.bytes);
@@ -1108,6 +1111,33 @@ static void test_live(void)
         ap_profile_free(q);
         p->totals.untracked_samples = 0;
 
+        /* An image an exec replaced: "exec" in "process", only then. */
+        ASSERT_OK(ap_profile_write(p, path));
+        text = slurp(path, &len);
+        ASSERT_NOT_CONTAINS(text, "\"exec\"");
+        free(text);
+        p->by_exec = true;
+        p->exec_path = xstrdup("/usr/bin/go-thing");
+        ASSERT_OK(ap_profile_write(p, path));
+        text = slurp(path, &len);
+        ASSERT_CONTAINS(text, ",\"exec\":{\"path\":\"/usr/bin/go-thing\",\"profiled\":false},");
+        free(text);
+        q = read_ok(path);
+        ASSERT_TRUE(q->by_exec);
+        assert_same(p, q);
+        ap_profile_free(q);
+        free(p->exec_path);
+        p->exec_path = NULL; /* not known */
+        p->exec_profiled = true;
+        ASSERT_OK(ap_profile_write(p, path));
+        text = slurp(path, &len);
+        ASSERT_CONTAINS(text, ",\"exec\":{\"path\":null,\"profiled\":true},");
+        free(text);
+        q = read_ok(path);
+        assert_same(p, q);
+        ap_profile_free(q);
+        p->by_exec = p->exec_profiled = false;
+
         /* Children that could not register: likewise. */
         p->totals.unprofiled_children = 3;
         ASSERT_OK(ap_profile_write(p, path));
@@ -1204,6 +1234,14 @@ static void test_hostile_documents(void)
                               "process.foreign_malloc: expected a string");
         expect_mutation_error("process", "foreign_malloc", json_integer(7), E,
                               "process.foreign_malloc: expected a string");
+        expect_mutation_error("process", "exec", json_null(), E,
+                              "process.exec: expected an object");
+        expect_mutation_error("process", "exec", json_pack("{s:i,s:b}", "path", 1, "profiled", 0),
+                              E, "process.exec.path: expected a string or null");
+        expect_mutation_error("process", "exec", json_pack("{s:n}", "path"), E,
+                              "process.exec.profiled: missing");
+        expect_mutation_error("process", "exec", json_pack("{s:n,s:i}", "path", "profiled", 1), E,
+                              "process.exec.profiled: expected a boolean");
         /* The intervals a sampled profile was recorded at, around its sample_interval. */
         expect_mutation_error("", "sample_intervals", json_pack("[i,i]", 1, 2), E,
                               "sample_intervals: present in a profile with no sample interval");

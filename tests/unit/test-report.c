@@ -383,13 +383,11 @@ static void test_json_schema(void)
                                                 "histogram",
                                                 "timeline",
                                                 NULL};
-        static const char *const process_keys[] = {"pid",           "ppid",
-                                                   "command",       "exe",
-                                                   "run_id",        "foreign_malloc",
-                                                   "exit_status",   "term_signal",
-                                                   "start_unix_ns", "duration_ns",
-                                                   "drain_cpu_ns",  "ring_waits",
-                                                   "ring_wait_ns",  NULL};
+        static const char *const process_keys[] = {
+                "pid",        "ppid",           "command",     "exe",
+                "run_id",     "foreign_malloc", "exit_status", "term_signal",
+                "exec",       "start_unix_ns",  "duration_ns", "drain_cpu_ns",
+                "ring_waits", "ring_wait_ns",   NULL};
         static const char *const totals_keys[] = {"allocations",
                                                   "bytes",
                                                   "frees",
@@ -1361,6 +1359,83 @@ static void test_live(void)
         ap_profile_free(p);
 }
 
+/* An image that an exec replaced: the blocks it held went with it, live at the exec, not
+ * leaked; it has no exit status of its own, and the report names the program exec'ed. */
+static void test_by_exec(void)
+{
+        struct ap_profile *p = build_known();
+        struct capture c;
+        json_t *doc;
+        char *t;
+
+        p->by_exec = true;
+        p->exec_path = strdup("/opt/go/bin/server");
+        ASSERT_NOT_NULL(p->exec_path);
+        p->exit_status = -1;
+        t = render_text(p, 10, AP_SORT_BYTES, false);
+        ASSERT_CONTAINS(t, "\n  pid 4242 (parent 4200), replaced by an exec of /opt/go/bin/server "
+                           "(not profiled), ran ");
+        ASSERT_CONTAINS(t, "\n  live at the exec           24    4.00 MiB  4,197,504 bytes not "
+                           "freed before the exec, from 3 call sites\n");
+        ASSERT_CONTAINS(t, "4.00 MiB live at the exec\n");
+        ASSERT_CONTAINS(t, "\nLive at the exec\n  4.00 MiB in 24 blocks were still allocated when "
+                           "an exec replaced the image (not leaks: its memory went with it), from "
+                           "3 call sites\n");
+        ASSERT_NOT_CONTAINS(t, "leaked");
+        ASSERT_NOT_CONTAINS(t, "Leaks");
+        ASSERT_NOT_CONTAINS(t, "never freed");
+        ASSERT_NOT_CONTAINS(t, "exited");
+        ASSERT_NOT_CONTAINS(t, "free it, or make sure"); /* no leak hint */
+        free(t);
+        /* Not an error: not red. */
+        t = render_text(p, 10, AP_SORT_BYTES, true);
+        ASSERT_NOT_CONTAINS(t, "\033[31m4.00 MiB");
+        free(t);
+        t = render_text(p, 1, AP_SORT_LEAKED, false);
+        ASSERT_CONTAINS(t, "by live bytes)");
+        ASSERT_CONTAINS(t, "more sites with live blocks");
+        free(t);
+
+        doc = render_json(p, 0, AP_SORT_BYTES);
+        ASSERT_TRUE(json_is_false(jget(doc, "live")));
+        assert_null(jget(doc, "process"), "exit_status");
+        ASSERT_STREQ(json_string_value(json_object_get(jget(jget(doc, "process"), "exec"), "path")),
+                     "/opt/go/bin/server");
+        ASSERT_TRUE(json_is_false(json_object_get(jget(jget(doc, "process"), "exec"), "profiled")));
+        ASSERT_EQ(jint(jget(doc, "totals"), "leaked_bytes"), 4197504);
+        json_decref(doc);
+
+        capture_begin(&c);
+        ap_report_summary(c.f, p, NULL);
+        t = capture_end(&c);
+        ASSERT_CONTAINS(t, "allocprof: pid 4242 (tree-bench) was replaced by an exec of "
+                           "/opt/go/bin/server, which could not be profiled: this profile ends "
+                           "at the exec\n");
+        ASSERT_CONTAINS(t, "allocprof: 4.00 MiB in 24 blocks live at the exec (not leaks: the "
+                           "exec replaced the image)\n");
+        ASSERT_NOT_CONTAINS(t, "leaked");
+        free(t);
+
+        /* Into a program that has a profile of its own; the path not known. */
+        p->exec_profiled = true;
+        free(p->exec_path);
+        p->exec_path = NULL;
+        t = render_text(p, 10, AP_SORT_BYTES, false);
+        ASSERT_CONTAINS(t, "replaced by an exec of a program (profiled on its own)");
+        free(t);
+        doc = render_json(p, 0, AP_SORT_BYTES);
+        assert_null(jget(jget(doc, "process"), "exec"), "path");
+        ASSERT_TRUE(json_is_true(json_object_get(jget(jget(doc, "process"), "exec"), "profiled")));
+        json_decref(doc);
+
+        /* An image that exited: "exec" is null. */
+        p->by_exec = false;
+        doc = render_json(p, 0, AP_SORT_BYTES);
+        assert_null(jget(doc, "process"), "exec");
+        json_decref(doc);
+        ap_profile_free(p);
+}
+
 /* ---- the command -------------------------------------------------------------------- */
 
 struct run {
@@ -1825,6 +1900,7 @@ int main(void)
         test_summary();
         test_unnamed_label();
         test_live();
+        test_by_exec();
         test_command();
         test_merge_many_modules();
         test_merge_saturates();
