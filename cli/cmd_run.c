@@ -77,14 +77,20 @@ struct run_state {
         /* Other images that could not register: the first is said, the rest counted (a
          * build under `ulimit -v` would say it of each of its thousand processes). */
         size_t unregistered;
+        /* Likewise other images that exec'ed a program that could not be profiled (a
+         * build's shell running a Go compiler for each file). */
+        size_t exec_unprofiled;
 };
 
 /* Says what the collector had to say of a process (see ap_collector_note_fn). */
 static void say_note(struct run_state *rs, int pid, const char *why)
 {
         bool unreg = strstr(why, AP_NOTE_UNREGISTERED) != NULL;
+        bool exec_lost = strstr(why, AP_NOTE_EXEC_UNPROFILED) != NULL;
         rs->child_said |= pid == rs->child;
         if (unreg && pid != rs->child && rs->unregistered++ > 0)
+                return;
+        if (exec_lost && pid != rs->child && rs->exec_unprofiled++ > 0)
                 return;
         fprintf(stderr, "allocprof: %s\n", why);
 }
@@ -1452,6 +1458,11 @@ int ap_cmd_run(int argc, char **argv)
                         "allocprof: %zu more process image%s could not register with the "
                         "collector and ran unprofiled\n",
                         rs.unregistered - 1, rs.unregistered == 2 ? "" : "s");
+        if (rs.exec_unprofiled > 1)
+                fprintf(stderr,
+                        "allocprof: %zu more process image%s exec'ed a program that could not "
+                        "be profiled\n",
+                        rs.exec_unprofiled - 1, rs.exec_unprofiled == 2 ? "" : "s");
         if (norphans > 0) {
                 fprintf(stderr, "allocprof: %zu process%s the program started (pid", norphans,
                         norphans == 1 ? "" : "es");

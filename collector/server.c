@@ -297,14 +297,14 @@ static void exec_unprofiled(struct ap_collector *c, size_t i, const char *path, 
         if (!quiet && (c->note != NULL || tp->session != 0)) {
                 char *msg;
                 if (why != NULL)
-                        msg = ap_asprintf("pid %d exec'ed %s, which is %s: not profiled from "
-                                          "there on",
-                                          (int)pid, path ? path : "a program", why);
+                        msg = ap_asprintf(
+                                "pid %d exec'ed %s, which is %s: " AP_NOTE_EXEC_UNPROFILED,
+                                (int)pid, path ? path : "a program", why);
                 else
                         msg = ap_asprintf("pid %d exec'ed %s, which did not register with the "
                                           "collector (statically linked, setuid, file "
                                           "capabilities, no LD_PRELOAD in its environment, or "
-                                          "a seccomp filter): not profiled from there on",
+                                          "a seccomp filter): " AP_NOTE_EXEC_UNPROFILED,
                                           (int)pid, path ? path : "a program");
                 /* A run session's client prints it, as a private collector would. */
                 if (msg != NULL && !ap_control_note(c, tp, msg) && c->note != NULL)

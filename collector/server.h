@@ -38,6 +38,9 @@ typedef void (*ap_collector_note_fn)(void *userdata, int pid, const char *why);
 /* Also called for an image that could not register and said why (wire.h: struct
  * ap_unregistered): then `why` contains this. */
 #define AP_NOTE_UNREGISTERED "could not register with the collector"
+/* And for an image that exec'ed a program that could not be profiled: then `why` ends
+ * with this. */
+#define AP_NOTE_EXEC_UNPROFILED "not profiled from there on"
 void ap_collector_set_note(struct ap_collector *c, ap_collector_note_fn fn, void *userdata);
 
 /* Hands every module a stack starts to use to `w` (loads its debug information while

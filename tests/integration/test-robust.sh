@@ -133,6 +133,13 @@ if cc -O2 -static -o st3 st.c 2>/dev/null; then
                 "replaced by an exec of $PWD/st3 (not profiled)"
         check_contains "sh exec static: the report's section" a.txt "Live at the exec"
         check_eq "sh exec static: the report has no leaks" 0 "$(grep -ci 'leaked' a.txt)"
+        # Other processes that do it (a build's shell running a Go tool for each file):
+        # the first is said, the others counted.
+        out=$("$AP" run -q -o loop.approf -- sh -c 'for i in 1 2 3; do sh -c "exec ./st3 $i"; done' 2>loop.err)
+        check_eq "three shells exec static: output and exit status" "static 1 static 2 static 3 3" "$(echo $out) $?"
+        check_eq "three shells exec static: one said, two counted" \
+                "1 allocprof: 2 more process images exec'ed a program that could not be profiled" \
+                "$(grep -c "exec'ed $PWD/st3, which is statically linked" loop.err) $(tail -1 loop.err)"
         # Every call of the exec family (the static program exits at once).
         for how in execv execve execvp execvpe execl execle execlp fexecve execveat syscall; do
                 out=$("$AP" run -q -o $how.approf -- "$WL/exec_calls" $how "$PWD/st3" $how 2>$how.err)
