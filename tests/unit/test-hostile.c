@@ -73,6 +73,30 @@ static void scribble(uint64_t *seed)
                 memcpy(base + off, &v, 8);
 }
 
+/* A memfd sized and sealed as an agent leaves it, its layout initialized, mapped at g_h.
+ * Returns the descriptor. */
+static int sealed_layout(void)
+{
+        int fd = memfd_create("hostile", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+        ASSERT_TRUE(fd >= 0);
+        ASSERT_OK(ftruncate(fd, (off_t)g_total));
+        ASSERT_OK(fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW));
+        g_h = mmap(NULL, g_total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        ASSERT_TRUE(g_h != MAP_FAILED);
+        ap_shm_init_layout(g_h);
+        return fd;
+}
+
+/* The collector's process for the memory behind fd, registered as ours. */
+static struct ap_process *take(int fd)
+{
+        struct ap_hello hello = {.magic = AP_HELLO_MAGIC, .layout_version = AP_LAYOUT_VERSION};
+        struct ap_process *p = NULL;
+        char *err = NULL;
+        ASSERT_OK(ap_process_new(dup(fd), getpid(), &hello, &p, &err));
+        return p;
+}
+
 static void *hostile(void *arg)
 {
         uint64_t seed = (uint64_t)(uintptr_t)arg;
@@ -97,18 +121,8 @@ int main(void)
         uint64_t invalid = 0;
 
         for (int round = 0; round < 20; round++) {
-                int fd = memfd_create("hostile", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-                ASSERT_TRUE(fd >= 0);
-                ASSERT_OK(ftruncate(fd, (off_t)g_total));
-                ASSERT_OK(fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW));
-                g_h = mmap(NULL, g_total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-                ASSERT_TRUE(g_h != MAP_FAILED);
-                ap_shm_init_layout(g_h);
-                struct ap_hello hello = {.magic = AP_HELLO_MAGIC,
-                                         .layout_version = AP_LAYOUT_VERSION};
-                struct ap_process *p = NULL;
-                char *err = NULL;
-                ASSERT_OK(ap_process_new(dup(fd), getpid(), &hello, &p, &err));
+                int fd = sealed_layout();
+                struct ap_process *p = take(fd);
 
                 atomic_store(&g_stop, 0);
                 pthread_t th;
@@ -135,20 +149,12 @@ int main(void)
         /* A process that says it samples at an interval of 0 (its agent samples every byte
          * then, as at 1): the profile says 1, which its reader takes. */
         {
-                int fd = memfd_create("hostile", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-                ASSERT_OK(ftruncate(fd, (off_t)g_total));
-                ASSERT_OK(fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW));
-                g_h = mmap(NULL, g_total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-                ASSERT_TRUE(g_h != MAP_FAILED);
-                ap_shm_init_layout(g_h);
+                int fd = sealed_layout();
                 ap_store_relaxed(&g_h->xmode, AP_MODE_SAMPLED);
                 ap_store_relaxed(&g_h->xsample_interval, 0);
-                struct ap_hello hello = {.magic = AP_HELLO_MAGIC,
-                                         .layout_version = AP_LAYOUT_VERSION};
-                struct ap_process *p = NULL;
+                struct ap_process *p = take(fd);
                 struct ap_profile *prof = NULL;
-                char *err = NULL, path[] = "/tmp/ap-test-hostile.XXXXXX";
-                ASSERT_OK(ap_process_new(dup(fd), getpid(), &hello, &p, &err));
+                char path[] = "/tmp/ap-test-hostile.XXXXXX";
                 ap_process_drain(p, true);
                 ASSERT_OK(ap_process_finalize(p, sym, &prof));
                 ASSERT_STREQ(prof->mode, "sampled");
@@ -167,17 +173,9 @@ int main(void)
          * a NUL, full of control characters, comes out cut and printable; fewer exec'ed
          * than failed (counters that wrapped) is no exec. */
         {
-                int fd = memfd_create("hostile", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-                ASSERT_OK(ftruncate(fd, (off_t)g_total));
-                ASSERT_OK(fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW));
-                g_h = mmap(NULL, g_total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-                ASSERT_TRUE(g_h != MAP_FAILED);
-                ap_shm_init_layout(g_h);
-                struct ap_hello hello = {.magic = AP_HELLO_MAGIC,
-                                         .layout_version = AP_LAYOUT_VERSION};
-                struct ap_process *p = NULL;
-                char *err = NULL, got[AP_EXEC_PATH_BYTES + 64], want[AP_EXEC_PATH_BYTES];
-                ASSERT_OK(ap_process_new(dup(fd), getpid(), &hello, &p, &err));
+                int fd = sealed_layout();
+                struct ap_process *p = take(fd);
+                char got[AP_EXEC_PATH_BYTES + 64], want[AP_EXEC_PATH_BYTES];
                 ASSERT_FALSE(ap_process_exec_begun(p, got, sizeof(got)));
                 memset(g_h->exec_path, '\033', AP_EXEC_PATH_BYTES);
                 ap_store_relaxed(&g_h->xcounters[AP_CNT_EXECS], 1);

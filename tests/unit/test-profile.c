@@ -702,6 +702,20 @@ static char *slurp_raw(const char *path, size_t *len)
         return buf;
 }
 
+/* Writes p to path, checks that the file says `says`, reads it back and checks it is p.
+ * Returns what was read (the caller checks more, then frees it). */
+static struct ap_profile *write_says(const struct ap_profile *p, const char *path, const char *says)
+{
+        size_t len;
+        ASSERT_OK(ap_profile_write(p, path));
+        char *text = slurp(path, &len);
+        ASSERT_CONTAINS(text, says);
+        free(text);
+        struct ap_profile *q = read_ok(path);
+        assert_same(p, q);
+        return q;
+}
+
 /* Control characters, quotes and backslashes are escaped on write and come back exactly;
  * the file spells them the way JSON's short escapes do where there is one. */
 static void test_escapes(void)
@@ -1101,13 +1115,8 @@ static void test_live(void)
 
         /* Sampled blocks the agent could not track: in the totals when there are any. */
         p->totals.untracked_samples = 77;
-        ASSERT_OK(ap_profile_write(p, path));
-        text = slurp(path, &len);
-        ASSERT_CONTAINS(text, ",\"untracked_samples\":77},");
-        free(text);
-        q = read_ok(path);
+        q = write_says(p, path, ",\"untracked_samples\":77},");
         ASSERT_EQ(q->totals.untracked_samples, 77u);
-        assert_same(p, q);
         ap_profile_free(q);
         p->totals.untracked_samples = 0;
 
@@ -1118,35 +1127,19 @@ static void test_live(void)
         free(text);
         p->by_exec = true;
         p->exec_path = xstrdup("/usr/bin/go-thing");
-        ASSERT_OK(ap_profile_write(p, path));
-        text = slurp(path, &len);
-        ASSERT_CONTAINS(text, ",\"exec\":{\"path\":\"/usr/bin/go-thing\",\"profiled\":false},");
-        free(text);
-        q = read_ok(path);
+        q = write_says(p, path, ",\"exec\":{\"path\":\"/usr/bin/go-thing\",\"profiled\":false},");
         ASSERT_TRUE(q->by_exec);
-        assert_same(p, q);
         ap_profile_free(q);
         free(p->exec_path);
         p->exec_path = NULL; /* not known */
         p->exec_profiled = true;
-        ASSERT_OK(ap_profile_write(p, path));
-        text = slurp(path, &len);
-        ASSERT_CONTAINS(text, ",\"exec\":{\"path\":null,\"profiled\":true},");
-        free(text);
-        q = read_ok(path);
-        assert_same(p, q);
-        ap_profile_free(q);
+        ap_profile_free(write_says(p, path, ",\"exec\":{\"path\":null,\"profiled\":true},"));
         p->by_exec = p->exec_profiled = false;
 
         /* Children that could not register: likewise. */
         p->totals.unprofiled_children = 3;
-        ASSERT_OK(ap_profile_write(p, path));
-        text = slurp(path, &len);
-        ASSERT_CONTAINS(text, ",\"unprofiled_children\":3},");
-        free(text);
-        q = read_ok(path);
+        q = write_says(p, path, ",\"unprofiled_children\":3},");
         ASSERT_EQ(q->totals.unprofiled_children, 3u);
-        assert_same(p, q);
         ap_profile_free(q);
         p->totals.unprofiled_children = 0;
 
