@@ -506,6 +506,35 @@ check_eq "attached at three intervals: the last, the smallest, the largest" "524
 check_contains "text report: the intervals it was recorded at" intervals.txt \
         "one sample per 1 B to 512.00 KiB allocated on average (the interval changed while it was recorded)"
 
+# Attached at 1 byte, the window is exact even when the collector falls behind: the
+# program waits for ring space as in full mode instead of dropping records after one nap
+# as a sampler does, and so do the frees of its blocks after a detach.  The daemon is
+# stopped while the program makes (then frees) 200,000 blocks, far more records than a
+# ring holds, and continued a second later (a wait is given up only after 5 s).
+drv_start exact env LD_PRELOAD="$AGENT" ALLOCPROF_SOCKET="$SOCK" ALLOCPROF_MODE=dormant "$ATTACHEE"
+X=${DPID[exact]}
+"$AP" attach "$X" --sample 1 2>/dev/null
+stopped_say() { # line : says it to exact while the daemon is stopped for a second
+        local ans=timeout
+        kill -STOP "$D1"
+        echo "$1" >&"${DW[exact]}"
+        sleep 1
+        kill -CONT "$D1"
+        read -r -t 30 ans <&"${DR[exact]}"
+        echo "$ans"
+}
+check_eq "attached at 1, collector stopped: 200,000 blocks" ok "$(stopped_say 'alloc 200000 16')"
+check_eq "attached at 1, collector stopped: every block counted, nothing dropped" \
+        "200000 3200000 200000 0" \
+        "$(json_of "$X" "sum(s['allocations'] for s in $site), sum(s['bytes'] for s in $site), sum(s['leaked_blocks'] for s in $site), d['totals']['dropped_events']")"
+"$AP" detach "$X" 2>/dev/null
+check_eq "detached, collector stopped: the blocks freed" ok "$(stopped_say free-alloc)"
+check_eq "detached, collector stopped: every free counted, nothing live, nothing dropped" \
+        "200000 0 0" \
+        "$(json_of "$X" "sum(s['frees'] for s in $site), d['totals']['leaked_blocks'], d['totals']['dropped_events']")"
+drv_exit exact 0
+check_eq "attached at 1, collector stopped: exit" 0 "$EXITED"
+
 # Refusals: a program recording everything, a program without the agent, no process.
 drv_start full env LD_PRELOAD="$AGENT" ALLOCPROF_SOCKET="$SOCK" "$ATTACHEE"
 F=${DPID[full]}
