@@ -72,6 +72,11 @@ struct run_state {
         size_t nended_at_end; /* images that had ended when the program did */
         bool dormant;         /* started dormant */
         size_t never_attached; /* images of other processes dropped by on_done */
+        /* The pids of those that were still running when dropped (the collector stopped
+         * following them as the run ended): they did register, unlike the orphans that
+         * unregistered_orphans looks for. */
+        pid_t *dormant_running;
+        size_t ndormant_running, dormant_running_cap;
         struct ap_warmer *warmer; /* runs early_job, NULL in the daemon's case */
         bool child_said;          /* the collector said why the program could not register */
         /* Other images that could not register: the first is said, the rest counted (a
@@ -128,6 +133,8 @@ static size_t unregistered_orphans(const struct run_state *rs, pid_t *out, size_
                 bool known = false;
                 for (size_t i = 0; i < rs->nended && !known; i++)
                         known = rs->ended[i].pid == pid;
+                for (size_t i = 0; i < rs->ndormant_running && !known; i++)
+                        known = rs->dormant_running[i] == pid;
                 if (!known && n++ < max)
                         out[n - 1] = pid;
         }
@@ -202,6 +209,11 @@ static void on_done(void *userdata, struct ap_process *p, bool by_exec)
          * and exit status come at the end. */
         if (rs->dormant && ap_process_pid(p) != rs->child && !ap_process_recorded(p)) {
                 rs->never_attached++;
+                pid_t pid = ap_process_pid(p);
+                if (!by_exec && still_running(pid) &&
+                    AP_GROW(rs->dormant_running, rs->dormant_running_cap,
+                            rs->ndormant_running + 1) == 0)
+                        rs->dormant_running[rs->ndormant_running++] = pid;
                 ap_process_free(p);
                 return;
         }
@@ -1490,6 +1502,7 @@ int ap_cmd_run(int argc, char **argv)
                 ap_profile_free(rs.ended[i].prof);
         }
         free(rs.ended);
+        free(rs.dormant_running);
         ap_symbolizer_free(sym);
         free(sock);
         free(sock_dir);

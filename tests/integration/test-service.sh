@@ -674,6 +674,15 @@ for how in private daemon; do
         check_eq "never attached ($how), 200 children: exit, two lines" "0 2" "$? $(wc -l <never-$how.err)"
         check_contains "never attached ($how), 200 children: one line for them" never-$how.err \
                 "200 other process images started dormant were never attached: no profile"
+        # A child still running when the program ends registered (dormant) all the same:
+        # one of those never attached, not one that "had not registered" yet.
+        ALLOCPROF_DAEMON_SOCKET="$env_sock" "$AP" run --dormant -o never-$how.approf -- \
+                sh -c 'sleep 30 & echo $! >never-bg.pid; sleep 0.5' 2>never-bg-$how.err
+        check_eq "never attached ($how), a child still running: exit, not 'had not registered'" \
+                "0 0" "$? $(grep -c 'had not registered' never-bg-$how.err)"
+        check_contains "never attached ($how), a child still running: counted as never attached" \
+                never-bg-$how.err "started dormant w"
+        kill "$(cat never-bg.pid)"
 done
 
 # ps asks each collector once, under whatever name: the daemon's socket is also the one a
