@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -282,6 +283,19 @@ char *ap_ctl_environ_socket(pid_t pid)
         return found;
 }
 
+/* The process (thread group) that the thread pid belongs to: pid itself for a process,
+ * 0 if unknown. */
+static pid_t thread_group(pid_t pid)
+{
+        char path[64], *status = NULL;
+        snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+        ssize_t n = ap_read_file(path, &status, 1 << 16);
+        const char *line = n > 0 ? strstr(status, "\nTgid:") : NULL;
+        long tgid = line != NULL ? strtol(line + 6, NULL, 10) : 0;
+        free(status);
+        return tgid > 0 && tgid <= INT_MAX ? (pid_t)tgid : 0;
+}
+
 /* Whether the agent is mapped into pid. */
 static bool has_agent(pid_t pid)
 {
@@ -356,6 +370,15 @@ int ap_ctl_for_pid(pid_t *ppid, struct ap_ctl **ret)
                         "profile it\n",
                         (int)pid, (unsigned)st.st_uid);
                 return 1;
+        }
+        /* A thread's id (from `top -H`, `ps -L`, a log line) has a /proc entry of its own,
+         * but the collector knows processes: "not profiled by this collector" would be
+         * untrue.  The process is meant. */
+        pid_t tgid = thread_group(pid);
+        if (tgid > 0 && tgid != pid) {
+                fprintf(stderr, "allocprof: %d is a thread of pid %d; using that process\n",
+                        (int)pid, (int)tgid);
+                pid = *ppid = tgid;
         }
         /* An ended process its parent has not reaped yet shows no maps: not "no agent". */
         struct ap_proc_stat ps;

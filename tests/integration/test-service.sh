@@ -586,6 +586,25 @@ for c in attach detach snapshot; do
 done
 kill "$SL"
 wait "$SL" 2>/dev/null
+# A thread's id (top -H shows them) stands for its process, which is said.
+env LD_PRELOAD="$AGENT" ALLOCPROF_SOCKET="$SOCK" ALLOCPROF_MODE=dormant \
+        "$PY" -c 'import threading, time; threading.Thread(target=time.sleep, args=(30,)).start(); time.sleep(30)' &
+TP=$!
+tid=""
+for i in $(seq 100); do
+        tid=$(ls "/proc/$TP/task" 2>/dev/null | grep -vx "$TP" | head -1)
+        [ -n "$tid" ] && [ "$(ps_of "$TP" 'p["mode"]' 2>/dev/null)" = dormant ] && break
+        sleep 0.05
+done
+for c in attach detach; do
+        "$AP" $c "$tid" 2>thread-$c.err
+        check_eq "$c of a thread id: done on its process" 0 $?
+        check_contains "$c of a thread id: says so" thread-$c.err "$tid is a thread of pid $TP; using that process"
+done
+check_eq "report of a thread id: its process, live" "$TP True" \
+        "$("$AP" report "$tid" --json 2>/dev/null | py 'd["process"]["pid"], d["live"]')"
+kill "$TP"
+wait "$TP" 2>/dev/null
 cd "$T" || exit 1
 echo "d. attach/detach: $(($(now_ms) - t0)) ms"
 
