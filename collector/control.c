@@ -669,6 +669,16 @@ static void cmd_snapshot(struct ap_collector *c, struct ap_client *cl, json_t *r
         /* What the agent published until now is in (one round: a busy process would
          * keep a loop here busy for ever). */
         ap_process_drain(t->p, false);
+        /* Started dormant and never attached: there is nothing to show, and an empty
+         * profile would read "mode full: every allocation recorded; counts are exact"
+         * over zeros, as if the program had allocated nothing. */
+        if (ap_process_mode(t->p, NULL) == AP_MODE_DORMANT && !ap_process_recorded(t->p)) {
+                reply_error(cl, AP_PROTO_E_STATE,
+                            "pid %d is dormant and was never attached: nothing is recorded "
+                            "yet ('allocprof attach %d' starts recording)",
+                            (int)ap_process_pid(t->p), (int)ap_process_pid(t->p));
+                return;
+        }
         struct ap_job *j = calloc(1, sizeof(*j));
         struct ap_process *copy = j ? ap_process_snapshot(t->p) : NULL;
         if (copy == NULL) {

@@ -369,6 +369,11 @@ check_eq "ps: command and parent" "True True" \
         "$(ps_of "$A" "p['command'].endswith('attachee'), p['ppid']==$$")"
 check_eq "ps (text): the dormant program" "$A $$ dormant dormant 0" \
         "$("$AP" ps | awk -v p="$A" '$1 == p {print $1, $2, $3, $4, $5}')"
+"$AP" report "$A" >/dev/null 2>dormant-report.err
+check_eq "report of a dormant program never attached: refused" 1 $?
+check_eq "report of a dormant program never attached: one line saying why" \
+        "allocprof: pid $A is dormant and was never attached: nothing is recorded yet ('allocprof attach $A' starts recording)" \
+        "$(cat dormant-report.err)"
 
 "$AP" attach "$A" --sample 1K 2>attach.err
 check_eq "attach --sample 1K" 0 $?
