@@ -245,6 +245,29 @@ const char *ap_ctl_error(json_t *resp)
         return e ? e : "the collector refused without saying why";
 }
 
+void ap_ctl_print_refusal(struct ap_ctl *c, pid_t pid, json_t *resp)
+{
+        const char *code = json_string_value(json_object_get(resp, "code"));
+        struct ucred cred;
+        socklen_t len = sizeof(cred);
+        struct ap_proc_stat prog, coll;
+        /* The agent registers once, with the collector that listened when the process
+         * started: one started later (allocprofd restarted after being killed) has never
+         * heard of it, and "not profiled by this collector" alone leaves a user who sees
+         * the agent loaded and the daemon running to guess why. */
+        if (code != NULL && strcmp(code, AP_PROTO_E_NO_PROCESS) == 0 &&
+            getsockopt(ap_ctl_fd(c), SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0 && cred.pid > 0 &&
+            ap_proc_stat(pid, &prog) && ap_proc_stat(cred.pid, &coll) && prog.start < coll.start) {
+                fprintf(stderr,
+                        "allocprof: %s: it started before this collector (pid %d) did, and its "
+                        "agent talks only to the one it found when it started: restart the "
+                        "program to profile it\n",
+                        ap_ctl_error(resp), (int)cred.pid);
+                return;
+        }
+        fprintf(stderr, "allocprof: %s\n", ap_ctl_error(resp));
+}
+
 bool ap_parse_pid(const char *s, pid_t *ret)
 {
         char *end;
@@ -425,8 +448,12 @@ int ap_ctl_for_pid(pid_t *ppid, struct ap_ctl **ret)
                 }
         }
         if (r < 0) {
-                fprintf(stderr, "allocprof: pid %d: %s (its collector is gone?)\n", (int)pid,
-                        err ? err : strerror(-r));
+                /* Nothing listens at the socket, or it was removed: the collector has
+                 * ended (killed, or its run is over), and the agent has stopped for good. */
+                fprintf(stderr, "allocprof: pid %d: %s (%s)\n", (int)pid, err ? err : strerror(-r),
+                        r == -ECONNREFUSED || r == -ENOENT
+                                ? "its collector is gone: the program runs on unprofiled"
+                                : "its collector is gone?");
                 free(err);
                 free(sock);
                 return 1;
@@ -461,7 +488,7 @@ int ap_ctl_snapshot(struct ap_ctl *c, pid_t pid, struct ap_profile **ret)
                 return 1;
         }
         if (!json_is_true(json_object_get(resp, "ok"))) {
-                fprintf(stderr, "allocprof: %s\n", ap_ctl_error(resp));
+                ap_ctl_print_refusal(c, pid, resp);
                 json_decref(resp);
                 close(mfd);
                 return 1;

@@ -45,6 +45,10 @@ int ap_ctl_read(struct ap_ctl *c, int timeout_ms, json_t **msg, int *ret_fd, cha
 /* The "error" text of a failed answer (never NULL). */
 const char *ap_ctl_error(json_t *resp);
 
+/* Prints the one line saying why c refused a request about pid (resp, a failed answer),
+ * with the likely cause when c does not know a process that started before it. */
+void ap_ctl_print_refusal(struct ap_ctl *c, pid_t pid, json_t *resp);
+
 /* Where to reach the collector that profiles *pid: the connection, or an exit status
  * after printing one clear line (no such process, no agent in it and how to start it
  * so that it can be attached, collector gone).  A pid of `allocprof run` itself stands

@@ -311,12 +311,13 @@ static int call_for_pid(pid_t *ppid, json_t *req, json_t **ret_resp)
                 ap_ctl_close(ctl);
                 return 1;
         }
-        ap_ctl_close(ctl);
         if (!json_is_true(json_object_get(resp, "ok"))) {
-                fprintf(stderr, "allocprof: %s\n", ap_ctl_error(resp));
+                ap_ctl_print_refusal(ctl, pid, resp);
+                ap_ctl_close(ctl);
                 json_decref(resp);
                 return 1;
         }
+        ap_ctl_close(ctl);
         if (ret_resp != NULL)
                 *ret_resp = resp;
         else

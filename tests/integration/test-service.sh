@@ -840,6 +840,10 @@ while :; do
         sleep 0.05
 done
 check_eq "SIGKILL: the daemon is profiling the programs (one of them for allocprof run)" "4 1" "$recording"
+# A dormant program registered with the daemon that is about to die.
+drv_start survivor env LD_PRELOAD="$AGENT" ALLOCPROF_SOCKET="$SOCK" ALLOCPROF_MODE=dormant "$ATTACHEE"
+SV=${DPID[survivor]}
+check_eq "SIGKILL: a dormant program registered too" dormant "$(ps_of "$SV" 'p["mode"]')"
 # The bursts start; the daemon dies in the middle of them.  Times count from here.
 go_ms=$(now_ms)
 touch go
@@ -867,6 +871,13 @@ checks=$((checks + 1))
 if grep -q 'never registered' k4.err; then
         fail "daemon SIGKILLed: allocprof run claims its program never registered: $(grep 'never registered' k4.err)"
 fi
+for c in attach report; do
+        "$AP" $c "$SV" >/dev/null 2>gone-$c.err
+        check_eq "daemon SIGKILLed: $c of its program fails" 1 $?
+        check_eq "daemon SIGKILLed: $c says the collector is gone, in one line" \
+                "allocprof: pid $SV: cannot connect to $SOCK: Connection refused (its collector is gone: the program runs on unprofiled)" \
+                "$(cat gone-$c.err)"
+done
 # A program started while the socket is dead runs normally; `run` uses its own collector.
 out=$(printf 'alloc 10 100\nexit 6\n' | "${UNDER[@]}" "$ATTACHEE")
 st=$?
@@ -884,6 +895,17 @@ DAEMONS="$DAEMONS $D2"
 check_eq "restarted daemon: a run profiled exactly" "4404 4360 44 0" \
         "$(json_of restarted.approf '" ".join(str(d["totals"][k]) for k in ("allocations","frees","leaked_blocks","dropped_events"))')"
 check_eq "restarted daemon served that run" "$D2" "$(daemon_pid "$SOCK")"
+# The program registered with the killed daemon is unknown to the new one, which is said.
+for c in attach detach report; do
+        "$AP" $c "$SV" >/dev/null 2>restarted-$c.err
+        check_eq "restarted daemon: $c of a program of the killed one fails" 1 $?
+        check_eq "restarted daemon: $c says why, in one line" \
+                "allocprof: pid $SV is not profiled by this collector: it started before this collector (pid $D2) did, and its agent talks only to the one it found when it started: restart the program to profile it" \
+                "$(cat restarted-$c.err)"
+done
+check_eq "restarted daemon: the killed one's program goes on" ok "$(say survivor 'alloc 10 100')"
+drv_exit survivor 3
+check_eq "restarted daemon: the killed one's program exits as it would" 3 "$EXITED"
 "${UNDER[@]}" "$THREADS" &
 p=$!
 wait "$p"
