@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -828,6 +829,14 @@ static void cmd_finish(struct ap_collector *c, struct ap_client *cl, json_t *req
         s->deadline = ap_clock_mono_ns() + (grace > 60000 ? 60000 : grace) * MS;
 }
 
+/* Whether the client has closed its connection (POLLHUP: both ways, not only its
+ * writing side, as `socat` does once it has sent a request and waits for the answer). */
+static bool client_hung_up(const struct ap_client *cl)
+{
+        struct pollfd pfd = {.fd = cl->fd, .events = 0};
+        return poll(&pfd, 1, 0) == 1 && (pfd.revents & POLLHUP) != 0;
+}
+
 static void handle_request(struct ap_collector *c, struct ap_client *cl, const char *line,
                            size_t len)
 {
@@ -855,6 +864,14 @@ static void handle_request(struct ap_collector *c, struct ap_client *cl, const c
                             (long long)json_integer_value(v), AP_PROTO_VERSION);
         else if (cmd == NULL)
                 reply_error(cl, AP_PROTO_E_BAD_REQUEST, "no \"cmd\"");
+        else if ((strcmp(cmd, "attach") == 0 || strcmp(cmd, "detach") == 0 ||
+                  strcmp(cmd, "snapshot") == 0) &&
+                 client_hung_up(cl))
+                /* The client gave up waiting (a collector stopped or busy for longer than
+                 * the CLI's 10 s) and told its user the request failed: carried out now,
+                 * an attach or detach would take effect behind their back, and a
+                 * snapshot nobody reads is work for nothing. */
+                client_finish(cl);
         else if (strcmp(cmd, "hello") == 0)
                 cmd_hello(c, cl);
         else if (strcmp(cmd, "ps") == 0)

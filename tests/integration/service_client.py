@@ -4,6 +4,9 @@ tests/integration/test-service.sh: it says what the CLI never would.  Every subc
 prints one "key value" line per finding, for the shell script to compare.
 
   service_client.py call SOCK JSON [memfd|pipe]   one request; prints "response JSON"
+  service_client.py abandon SOCK JSON [memfd]     one request, then the connection closed
+                                                  without waiting for the answer (a
+                                                  client that gave up); prints "sent"
   service_client.py connect SOCK                  "connect ok" or "connect EACCES"...
   service_client.py denied SOCK PID               each command as another user: its
                                                   code and whether the connection closed
@@ -125,6 +128,16 @@ def cmd_call(path, text, kind=None):
         os.close(f)
     line = read_line(s)
     print("response", line.decode().strip() if line else "EOF")
+
+
+def cmd_abandon(path, text, kind=None):
+    s = connect(path)
+    fd, to_close = fd_for(kind)
+    send(s, text.encode() + b"\n", fd)
+    for f in to_close:
+        os.close(f)
+    s.close()
+    print("sent")
 
 
 def cmd_connect(path):
@@ -393,6 +406,8 @@ def main(argv):
     cmd, path = argv[1], argv[2]
     if cmd == "call":
         cmd_call(path, argv[3], argv[4] if len(argv) > 4 else None)
+    elif cmd == "abandon":
+        cmd_abandon(path, argv[3], argv[4] if len(argv) > 4 else None)
     elif cmd == "connect":
         cmd_connect(path)
     elif cmd == "denied":

@@ -610,6 +610,29 @@ check_eq "report of a thread id: its process, live" "$TP True" \
         "$("$AP" report "$tid" --json 2>/dev/null | py 'd["process"]["pid"], d["live"]')"
 kill "$TP"
 wait "$TP" 2>/dev/null
+# A request whose client gave up before the collector got to it (stopped for longer than
+# the CLI waits, which then tells its user "did not answer", exit 1) is not carried out
+# when the collector goes on: the attach or detach would take effect behind their back.
+drv_start late env LD_PRELOAD="$AGENT" ALLOCPROF_SOCKET="$SOCK" ALLOCPROF_MODE=dormant "$ATTACHEE"
+L=${DPID[late]}
+abandoned() { # request : sent while the daemon is stopped, its client gone before it goes on
+        kill -STOP "$D1"
+        $PY "$HELPER" abandon "$SOCK" "$1"
+        kill -CONT "$D1"
+        sleep 0.3
+}
+check_eq "attach abandoned by its client while the daemon was stopped" sent \
+        "$(abandoned "{\"v\":1,\"cmd\":\"attach\",\"pid\":$L,\"sample\":1}")"
+check_eq "abandoned attach: not carried out once the daemon goes on" "dormant dormant" \
+        "$(ps_of "$L" 'p["mode"], p["state"]')"
+"$AP" attach "$L" --sample 1 2>/dev/null
+check_eq "detach abandoned by its client while the daemon was stopped" sent \
+        "$(abandoned "{\"v\":1,\"cmd\":\"detach\",\"pid\":$L}")"
+check_eq "abandoned detach: not carried out once the daemon goes on" "sampled recording" \
+        "$(ps_of "$L" 'p["mode"], p["state"]')"
+check_eq "abandoned requests: the program goes on" ok "$(say late 'alloc 10 100')"
+drv_exit late 0
+check_eq "abandoned requests: exit" 0 "$EXITED"
 cd "$T" || exit 1
 echo "d. attach/detach: $(($(now_ms) - t0)) ms"
 
