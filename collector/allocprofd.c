@@ -164,14 +164,13 @@ int main(int argc, char **argv)
                 case 'V':
                         printf("allocprofd %s\n", AP_VERSION);
                         return 0;
-                default:
-                        usage(stderr);
+                default: /* getopt said what is wrong, in one line: enough */
                         return 2;
                 }
         }
         if (optind < argc) {
-                fprintf(stderr, "allocprofd: unexpected argument '%s'\n", argv[optind]);
-                usage(stderr);
+                fprintf(stderr, "allocprofd: unexpected argument '%s' (see allocprofd --help)\n",
+                        argv[optind]);
                 return 2;
         }
         /* Resolved now: the daemon's working directory becomes /. */
@@ -195,8 +194,21 @@ int main(int argc, char **argv)
         if (r < 0)
                 goto fail;
         if (listen_fd < 0) {
+                /* Relative: to the directory we were started in, not to / where the
+                 * daemon goes (it listened on /NAME), and absolute in what the programs and
+                 * hello are told. */
+                char cwd[PATH_MAX];
+                if (sock_opt != NULL && sock_opt[0] != '/' && getcwd(cwd, sizeof(cwd)) == NULL) {
+                        r = -errno;
+                        err = ap_asprintf("--socket %s: cannot tell the current directory: %s",
+                                          sock_opt, strerror(-r));
+                        goto fail;
+                }
                 if (sock_opt != NULL)
-                        sock = strdup(sock_opt);
+                        sock = sock_opt[0] == '/'
+                                       ? strdup(sock_opt)
+                                       : ap_asprintf("%s%s%s", cwd,
+                                                     strcmp(cwd, "/") != 0 ? "/" : "", sock_opt);
                 else if ((r = ap_service_socket_path(true, &sock, &err)) < 0)
                         goto fail;
         }

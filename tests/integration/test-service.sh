@@ -193,6 +193,28 @@ check_eq "ALLOCPROF_DAEMON_SOCKET: listens there" True "$([ -n "$e1" ] && echo T
 [ -n "$e1" ] && kill -TERM "$e1" && wait_gone "$e1" 5
 ALLOCPROF_DAEMON_SOCKET="rel.sock" "$APD" --output-dir "$T/out" 2>rel.err
 check_eq "relative ALLOCPROF_DAEMON_SOCKET refused" 1 $?
+# A relative --socket is taken from the directory allocprofd was started in, not from /
+# where the daemon goes, and it is told absolute.
+mkdir -m 700 xrel
+(cd xrel && "$APD" --socket rel.sock --output-dir "$T/out")
+check_eq "relative --socket: starts" 0 $?
+r1=$(daemon_call "$T/xrel/rel.sock" '{"v":1,"cmd":"hello"}')
+DAEMONS="$DAEMONS $(echo "$r1" | py 'd.get("pid", "")' 2>/dev/null)"
+check_eq "relative --socket: listens in the directory it was started in, says so absolute" \
+        "$T/xrel/rel.sock" "$(echo "$r1" | py 'd.get("socket")' 2>/dev/null)"
+rp=$(echo "$r1" | py 'd.get("pid", "")' 2>/dev/null)
+checks=$((checks + 1))
+if [ -e /rel.sock ]; then
+        fail "relative --socket: a socket was made at /rel.sock"
+        [ -n "$rp" ] || rp=$(daemon_pid /rel.sock) # stopped below all the same
+        DAEMONS="$DAEMONS $rp"
+fi
+[ -n "$rp" ] && kill -TERM "$rp" && wait_gone "$rp" 5
+# Bad usage: exit 2 and one line, not the whole help.
+"$APD" --no-such-option 2>badopt.err
+check_eq "allocprofd with an unknown option: exit 2, one line" "2 1" "$? $(wc -l <badopt.err)"
+"$APD" extra 2>badarg.err
+check_eq "allocprofd with an argument: exit 2, one line" "2 1" "$? $(wc -l <badarg.err)"
 
 # Socket activation (systemd's LISTEN_FDS/LISTEN_PID), if the tool is there.
 if command -v systemd-socket-activate >/dev/null; then
