@@ -248,15 +248,30 @@ const char *ap_ctl_error(json_t *resp)
 void ap_ctl_print_refusal(struct ap_ctl *c, pid_t pid, json_t *resp)
 {
         const char *code = json_string_value(json_object_get(resp, "code"));
-        struct ucred cred;
-        socklen_t len = sizeof(cred);
-        struct ap_proc_stat prog, coll;
+        if (code == NULL || strcmp(code, AP_PROTO_E_NO_PROCESS) != 0) {
+                fprintf(stderr, "allocprof: %s\n", ap_ctl_error(resp));
+                return;
+        }
+        /* LD_PRELOAD without ALLOCPROF_SOCKET: the agent is loaded but stays inactive.
+         * (The daemon was asked all the same: a program that rewrites its environment
+         * block for its title, as servers do, hides a socket it did start with.) */
+        char *sock = ap_ctl_environ_socket(pid);
+        if (sock == NULL) {
+                fprintf(stderr,
+                        "allocprof: %s: its environment has no " AP_ENV_SOCKET
+                        ", without which the agent it loaded stays inactive\n",
+                        ap_ctl_error(resp));
+                return;
+        }
+        free(sock);
         /* The agent registers once, with the collector that listened when the process
          * started: one started later (allocprofd restarted after being killed) has never
          * heard of it, and "not profiled by this collector" alone leaves a user who sees
          * the agent loaded and the daemon running to guess why. */
-        if (code != NULL && strcmp(code, AP_PROTO_E_NO_PROCESS) == 0 &&
-            getsockopt(ap_ctl_fd(c), SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0 && cred.pid > 0 &&
+        struct ucred cred;
+        socklen_t len = sizeof(cred);
+        struct ap_proc_stat prog, coll;
+        if (getsockopt(ap_ctl_fd(c), SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0 && cred.pid > 0 &&
             ap_proc_stat(pid, &prog) && ap_proc_stat(cred.pid, &coll) && prog.start < coll.start) {
                 fprintf(stderr,
                         "allocprof: %s: it started before this collector (pid %d) did, and its "

@@ -587,6 +587,21 @@ check_contains "no agent: says how" noagent.err "allocprof run --dormant"
 check_eq "report PID without the agent" 1 $?
 kill "$SL"
 wait "$SL" 2>/dev/null
+# The agent preloaded without ALLOCPROF_SOCKET stays inactive: the daemon, asked all the
+# same, does not know the process, and the line says why.
+env LD_PRELOAD="$AGENT" ALLOCPROF_MODE=dormant sleep 30 &
+SL=$!
+for i in $(seq 100); do
+        grep -q liballocprof "/proc/$SL/maps" 2>/dev/null && break
+        sleep 0.05
+done
+"$AP" attach "$SL" 2>nosock.err
+check_eq "attach to a program with the agent but no ALLOCPROF_SOCKET" 1 $?
+check_eq "agent but no ALLOCPROF_SOCKET: one line saying why" \
+        "allocprof: pid $SL is not profiled by this collector: its environment has no ALLOCPROF_SOCKET, without which the agent it loaded stays inactive" \
+        "$(cat nosock.err)"
+kill "$SL"
+wait "$SL" 2>/dev/null
 nopid=4194000
 while [ -e /proc/$nopid ]; do nopid=$((nopid + 1)); done
 "$AP" attach $nopid 2>nopid.err
