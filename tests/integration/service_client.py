@@ -120,23 +120,23 @@ def code_of(line):
     return m.get("code", "no-code")
 
 
-def cmd_call(path, text, kind=None):
+def send_request(path, text, kind):
+    """Connects, sends one request line (with a descriptor of `kind`), returns the socket."""
     s = connect(path)
     fd, to_close = fd_for(kind)
     send(s, text.encode() + b"\n", fd)
     for f in to_close:
         os.close(f)
-    line = read_line(s)
+    return s
+
+
+def cmd_call(path, text, kind=None):
+    line = read_line(send_request(path, text, kind))
     print("response", line.decode().strip() if line else "EOF")
 
 
 def cmd_abandon(path, text, kind=None):
-    s = connect(path)
-    fd, to_close = fd_for(kind)
-    send(s, text.encode() + b"\n", fd)
-    for f in to_close:
-        os.close(f)
-    s.close()
+    send_request(path, text, kind).close()
     print("sent")
 
 
