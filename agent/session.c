@@ -649,7 +649,7 @@ static int check_limits(const char *sock_path, uint64_t total)
         g_slots_allowed = AP_NSLOTS - 1;
         if (getrlimit(RLIMIT_AS, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) {
                 const uint64_t share = rl.rlim_cur / AP_AS_SHARE;
-                const uint64_t initial = g_head_len + g_tail_len;
+                const uint64_t initial = ap_shm_registration_bytes(g_page);
                 if (initial > share) {
                         say_unregistered(sock_path, AP_UNREG_AS_LIMIT, 0, rl.rlim_cur);
                         return -ENOMEM;

@@ -1284,9 +1284,7 @@ int ap_cmd_run(int argc, char **argv)
          * stays out of the way of a program whose address-space limit is less than
          * AP_AS_SHARE times that (it says so itself: this is for an agent that could not). */
         struct rlimit as_lim;
-        const uint64_t page = (uint64_t)getpagesize();
-        const uint64_t shm_min =
-                ap_shm_head_bytes(page) + ap_shm_total_bytes() - ap_shm_tail_off(page);
+        const uint64_t shm_min = ap_shm_registration_bytes((uint64_t)getpagesize());
         bool as_small = getrlimit(RLIMIT_AS, &as_lim) == 0 && as_lim.rlim_cur != RLIM_INFINITY &&
                         as_lim.rlim_cur < AP_AS_SHARE * shm_min;
         noted |= rs.child_said;

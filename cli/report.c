@@ -475,21 +475,27 @@ static size_t text_width(const char *s)
         return n;
 }
 
-/* Writes a string from the profile.  Control characters (C0, DEL and C1) are replaced so a
- * crafted profile cannot drive the terminal, and padded to `width` columns. */
+/* Writes a string from the profile with its control characters (C0, DEL and C1) replaced
+ * by '?', so that a crafted profile cannot drive the terminal; `semicolon`: what to write
+ * for ';' (the frame separator of folded stacks), ';' itself elsewhere. */
+static void put_clean(FILE *f, const char *s, char semicolon)
+{
+        for (const unsigned char *u = (const unsigned char *)s; *u; u++) {
+                if (*u < 0x20 || *u == 0x7f)
+                        fputc('?', f);
+                else if (u[0] == 0xc2 && u[1] >= 0x80 && u[1] <= 0x9f)
+                        fputc('?', f), u++;
+                else
+                        fputc(*u == ';' ? semicolon : *u, f);
+        }
+}
+
+/* Writes a string from the profile (put_clean), padded to `width` columns. */
 static void put_str(const struct out *o, const char *s, size_t width)
 {
-        const unsigned char *u = (const unsigned char *)s;
         size_t w = text_width(s);
 
-        for (; *u; u++) {
-                if (*u < 0x20 || *u == 0x7f)
-                        fputc('?', o->f);
-                else if (u[0] == 0xc2 && u[1] >= 0x80 && u[1] <= 0x9f)
-                        fputc('?', o->f), u++;
-                else
-                        fputc(*u, o->f);
-        }
+        put_clean(o->f, s, ';');
         for (; w < width; w++)
                 fputc(' ', o->f);
 }
@@ -1626,14 +1632,7 @@ static void json_end_rows(FILE *f, uint32_t n)
  * profile's strings come from the profiled program's files). */
 static void put_folded_str(FILE *f, const char *s)
 {
-        for (const unsigned char *u = (const unsigned char *)s; *u; u++) {
-                if (*u < 0x20 || *u == 0x7f)
-                        fputc('?', f);
-                else if (u[0] == 0xc2 && u[1] >= 0x80 && u[1] <= 0x9f)
-                        fputc('?', f), u++;
-                else
-                        fputc(*u == ';' ? ':' : *u, f);
-        }
+        put_clean(f, s, ':');
 }
 
 /* The function; without one, module+0xADDR as perf's stackcollapse writes it. */

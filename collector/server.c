@@ -410,9 +410,7 @@ static void unregistered(struct ap_collector *c, pid_t pid, uid_t uid,
         if (u->layout_version != AP_LAYOUT_VERSION || u->why < 1 || u->why > AP_UNREG__MAX ||
             u->err >= 4096 || (c->accept != NULL && !c->accept(c->accept_userdata, pid)))
                 return;
-        const uint64_t page = (uint64_t)getpagesize();
-        const uint64_t initial =
-                ap_shm_head_bytes(page) + ap_shm_total_bytes() - ap_shm_tail_off(page);
+        const uint64_t initial = ap_shm_registration_bytes((uint64_t)getpagesize());
         const char *err = u->err != 0 ? strerror((int)u->err) : "failed";
         char why[256];
         switch (u->why) {

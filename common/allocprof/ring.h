@@ -117,6 +117,13 @@ static inline uint64_t ap_shm_tail_off(uint64_t page)
         return ap_shm_slot_off(AP_NSLOTS) & ~(page - 1);
 }
 
+/* What registration maps, the head and the tail: the address space a process needs to
+ * be profiled at all (about 70 MiB; ulimit -v is weighed against it). */
+static inline uint64_t ap_shm_registration_bytes(uint64_t page)
+{
+        return ap_shm_head_bytes(page) + ap_shm_total_bytes() - ap_shm_tail_off(page);
+}
+
 /* Maps the page-aligned file range [off, off + len) given `from`, the address at which
  * the page-aligned offset from_off <= off is mapped (MAP_SHARED): mremap(2) with an old
  * size of 0 makes a second mapping of the same pages, from from_off on and as long as

@@ -276,6 +276,16 @@ static char *render_text(const struct ap_profile *p, unsigned top, enum ap_sort 
         return capture_end(&c);
 }
 
+/* What `allocprof run` prints at its end for p (profile_path: where it says p went). */
+static char *summary_text(const struct ap_profile *p, const char *profile_path)
+{
+        struct capture c;
+
+        capture_begin(&c);
+        ap_report_summary(c.f, p, profile_path);
+        return capture_end(&c);
+}
+
 static json_t *render_json(const struct ap_profile *p, unsigned top, enum ap_sort sort)
 {
         struct ap_report_opts o = {.top = top, .sort = sort, .color = true};
@@ -1125,9 +1135,7 @@ static void test_degenerate(void)
         ASSERT_CONTAINS(t, "no leaks seen: every sampled block was freed before exit");
         ASSERT_NOT_CONTAINS(t, "no leaks: every allocated block");
         free(t);
-        capture_begin(&c);
-        ap_report_summary(c.f, p, NULL);
-        t = capture_end(&c);
+        t = summary_text(p, NULL);
         ASSERT_CONTAINS(t, "allocprof: no leaks among the sampled blocks\n");
         free(t);
         free(p->mode);
@@ -1155,14 +1163,11 @@ static void test_degenerate(void)
 static void test_summary(void)
 {
         struct ap_profile *p = build_known();
-        struct capture c;
         char *t, *line, *save = NULL;
         unsigned lines = 0;
 
         p->totals.dropped_events = 5;
-        capture_begin(&c);
-        ap_report_summary(c.f, p, "allocprof.tree-bench.4242.approf");
-        t = capture_end(&c);
+        t = summary_text(p, "allocprof.tree-bench.4242.approf");
         ASSERT_CONTAINS(
                 t,
                 "allocprof: 52,736 allocations (16.02 MiB), 52,712 frees, peak 5.61 MiB in 1,234 blocks\n");
@@ -1187,9 +1192,7 @@ static void test_summary(void)
         free(t);
         ASSERT_EQ(p->totals.invalid_records, 0u);
         p->totals.invalid_records = 1234;
-        capture_begin(&c);
-        ap_report_summary(c.f, p, NULL);
-        t = capture_end(&c);
+        t = summary_text(p, NULL);
         ASSERT_CONTAINS(t, "allocprof: warning: 1,234 records from the process were malformed or "
                            "could not be kept, and were ignored; figures are incomplete\n");
         free(t);
@@ -1202,24 +1205,18 @@ static void test_summary(void)
         /* Waits for ring space, from 1 ms and 1% of the run (2.35 s) on. */
         p->ring_waits = 3;
         p->ring_wait_ns = 23000000;
-        capture_begin(&c);
-        ap_report_summary(c.f, p, NULL);
-        t = capture_end(&c);
+        t = summary_text(p, NULL);
         ASSERT_NOT_CONTAINS(t, "waited");
         free(t);
         p->ring_wait_ns = 1500000000;
-        capture_begin(&c);
-        ap_report_summary(c.f, p, NULL);
-        t = capture_end(&c);
+        t = summary_text(p, NULL);
         ASSERT_CONTAINS(t,
                         "allocprof: the program's threads waited 1.50 s in all for the collector "
                         "(their rings were full 3 times)\n");
         free(t);
         /* One thread: its waits are the program's. */
         p->totals.threads = 1;
-        capture_begin(&c);
-        ap_report_summary(c.f, p, NULL);
-        t = capture_end(&c);
+        t = summary_text(p, NULL);
         ASSERT_CONTAINS(t, "allocprof: the program waited 1.50 s for the collector (its ring was full 3 "
                            "times)\n");
         free(t);
@@ -1229,16 +1226,12 @@ static void test_summary(void)
         free(p->mode);
         p->mode = xstrdup("sampled");
         p->sample_interval = 524288;
-        capture_begin(&c);
-        ap_report_summary(c.f, p, NULL);
-        t = capture_end(&c);
+        t = summary_text(p, NULL);
         ASSERT_CONTAINS(t, "peak 5.61 MiB in 1,234 blocks (estimated)\n");
         ASSERT_CONTAINS(t, "allocprof: leaked 4.00 MiB in 24 blocks (estimated)\n");
         free(t);
         p->totals.leaked_blocks = 1;
-        capture_begin(&c);
-        ap_report_summary(c.f, p, NULL);
-        t = capture_end(&c);
+        t = summary_text(p, NULL);
         ASSERT_CONTAINS(t, "allocprof: leaked 4.00 MiB in 1 block (estimated)\n");
         free(t);
         p->totals.leaked_blocks = 24;
@@ -1247,9 +1240,7 @@ static void test_summary(void)
         p->sample_interval = 0;
 
         /* A path a shell would split is quoted in the hint. */
-        capture_begin(&c);
-        ap_report_summary(c.f, p, "/tmp/my dir/it's.approf");
-        t = capture_end(&c);
+        t = summary_text(p, "/tmp/my dir/it's.approf");
         ASSERT_CONTAINS(t, "allocprof report '/tmp/my dir/it'\\''s.approf'\n");
         free(t);
         ap_profile_free(p);
@@ -1260,7 +1251,6 @@ static void test_summary(void)
 static void test_live(void)
 {
         struct ap_profile *p = build_known();
-        struct capture c;
         json_t *doc;
         char *t;
 
@@ -1317,9 +1307,7 @@ static void test_live(void)
         ASSERT_EQ(jint(jget(doc, "totals"), "leaked_bytes"), 4197504);
         json_decref(doc);
 
-        capture_begin(&c);
-        ap_report_summary(c.f, p, NULL);
-        t = capture_end(&c);
+        t = summary_text(p, NULL);
         ASSERT_CONTAINS(t, "allocprof: 4.00 MiB in 24 blocks live now\n");
         ASSERT_CONTAINS(t, "(3 frees: live blocks may be overstated)");
         ASSERT_NOT_CONTAINS(t, "leak");
@@ -1350,9 +1338,7 @@ static void test_live(void)
         ASSERT_NOT_CONTAINS(t, "leak");
         ASSERT_NOT_CONTAINS(t, "exit");
         free(t);
-        capture_begin(&c);
-        ap_report_summary(c.f, p, NULL);
-        t = capture_end(&c);
+        t = summary_text(p, NULL);
         ASSERT_CONTAINS(t, "allocprof: nothing live now\n");
         ASSERT_NOT_CONTAINS(t, "leak");
         free(t);
@@ -1364,7 +1350,6 @@ static void test_live(void)
 static void test_by_exec(void)
 {
         struct ap_profile *p = build_known();
-        struct capture c;
         json_t *doc;
         char *t;
 
@@ -1405,9 +1390,7 @@ static void test_by_exec(void)
         ASSERT_EQ(jint(jget(doc, "totals"), "leaked_bytes"), 4197504);
         json_decref(doc);
 
-        capture_begin(&c);
-        ap_report_summary(c.f, p, NULL);
-        t = capture_end(&c);
+        t = summary_text(p, NULL);
         ASSERT_CONTAINS(t, "allocprof: pid 4242 (tree-bench) was replaced by an exec of "
                            "/opt/go/bin/server, which could not be profiled: this profile ends "
                            "at the exec\n");
@@ -1722,7 +1705,6 @@ static void test_command(void)
 static void test_unnamed_label(void)
 {
         struct ap_profile *p = build_known();
-        struct capture c;
         char *t;
 
         site(p, (struct ap_psite){.allocations = 7, .bytes = 700u << 20, .peak_bytes = 1u << 20}, 4,
@@ -1730,9 +1712,7 @@ static void test_unnamed_label(void)
                               {"zcalloc", NULL, 0, M_ZLIB, 0x7e00, false},
                               {NULL, NULL, 0, M_ZLIB, 0x7e80, false},
                               {"inflate_block", NULL, 0, M_ZLIB, 0x7f00, false}});
-        capture_begin(&c);
-        ap_report_summary(c.f, p, NULL);
-        t = capture_end(&c);
+        t = summary_text(p, NULL);
         ASSERT_CONTAINS(t, "0x7d00 (libz.so.1) from inflate_block\n");
         free(t);
         ap_profile_free(p);
