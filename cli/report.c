@@ -909,6 +909,11 @@ static void put_summary(const struct out *o, const struct ap_profile *p, uint32_
                                not_leaks(p) ? "live blocks" : "leaks");
                 say_in(o, SGR_RED, "; figures are incomplete");
                 say(o, "\n");
+                if (t->dropped_no_ring)
+                        say(o,
+                            "  %s of them by threads that had no ring to record into (see the "
+                            "hints)\n",
+                            fmt_count(t->dropped_no_ring).s);
         }
         if (t->untracked_samples) {
                 say(o, "  ");
@@ -1349,12 +1354,24 @@ static void put_hints(const struct out *o, const struct ap_profile *p,
                     "    far fewer records).\n",
                     fmt_count(p->ring_waits).s, fmt_duration(p->ring_wait_ns).s);
         }
-        if (t->dropped_events) {
+        uint64_t no_ring =
+                t->dropped_no_ring < t->dropped_events ? t->dropped_no_ring : t->dropped_events;
+        if (t->dropped_events > no_ring) {
                 hint_start(o, &count, p, NULL, "dropped events");
                 say(o,
                     "    the profiled program outran the collector and %s events were lost:\n"
                     "    the figures above are incomplete.\n",
-                    fmt_count(t->dropped_events).s);
+                    fmt_count(t->dropped_events - no_ring).s);
+        }
+        if (no_ring) {
+                hint_start(o, &count, p, NULL, "threads without a ring");
+                say(o,
+                    "    %s events were lost by threads that had no ring to record into: more\n"
+                    "    threads at once than the agent's %u rings, an address-space limit\n"
+                    "    (ulimit -v) with room for no more, or a sandbox that refuses mremap(2)\n"
+                    "    (a program run inside valgrind records its main thread only).  The\n"
+                    "    figures above are incomplete.\n",
+                    fmt_count(no_ring).s, (unsigned)AP_NSLOTS);
         }
         if (count == 0) {
                 section(o, "Hints");
@@ -1605,6 +1622,7 @@ static void json_totals(struct jobj *root, const struct ap_profile *p)
         jkey_u64(&o, "reallocs", t->reallocs);
         jkey_u64(&o, "dropped_events", t->dropped_events);
         jkey_u64(&o, "dropped_frees", t->dropped_frees);
+        jkey_u64(&o, "dropped_no_ring", t->dropped_no_ring);
         jkey_u64(&o, "untracked_samples", t->untracked_samples);
         jkey_u64(&o, "unprofiled_children", t->unprofiled_children);
         jkey_u64(&o, "unmatched_frees", t->unmatched_frees);
@@ -1906,6 +1924,12 @@ void ap_report_summary(FILE *out, const struct ap_profile *p, const char *profil
                         say(&o, " (%s frees: %s may be overstated)", fmt_count(t->dropped_frees).s,
                             not_leaks(p) ? "live blocks" : "leaks");
                 say(&o, "; figures are incomplete\n");
+                if (t->dropped_no_ring)
+                        say(&o,
+                            "allocprof: %s of them by threads that had no ring to record into "
+                            "(too many threads at once, ulimit -v, or a sandbox that refuses "
+                            "mremap, such as valgrind)\n",
+                            fmt_count(t->dropped_no_ring).s);
         }
         if (t->untracked_samples)
                 say(&o,

@@ -563,6 +563,7 @@ int ap_process_finalize(struct ap_process *p, struct ap_symbolizer *sym, struct 
         prof->totals.dropped_events = ap_load_relaxed(&h->xcounters[AP_CNT_DROP_RING_FULL]) +
                                       ap_load_relaxed(&h->xcounters[AP_CNT_DROP_NO_SLOT]);
         prof->totals.dropped_frees = ap_load_relaxed(&h->xcounters[AP_CNT_DROP_FREE]);
+        prof->totals.dropped_no_ring = ap_load_relaxed(&h->xcounters[AP_CNT_DROP_NO_SLOT]);
         prof->totals.untracked_samples = ap_load_relaxed(&h->xcounters[AP_CNT_SAMPLED_SET_FULL]);
         prof->totals.unprofiled_children =
                 ap_load_relaxed(&h->xcounters[AP_CNT_CHILDREN_UNPROFILED]);

@@ -253,6 +253,7 @@ int ap_profile_merge(struct ap_profile *const *in, size_t n, size_t main_index,
                 add_sat(&o->totals.dropped_events, p->totals.dropped_events);
                 add_sat(&o->totals.dropped_frees, p->totals.dropped_frees);
                 add_sat(&o->totals.untracked_samples, p->totals.untracked_samples);
+                add_sat(&o->totals.dropped_no_ring, p->totals.dropped_no_ring);
                 add_sat(&o->totals.unprofiled_children, p->totals.unprofiled_children);
                 add_sat(&o->totals.unmatched_frees, p->totals.unmatched_frees);
                 add_sat(&o->totals.invalid_records, p->totals.invalid_records);

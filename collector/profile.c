@@ -44,8 +44,8 @@
  *    "live":true,                                      (snapshots of a running process only)
  *    "mode":S|null, "sample_interval":N,
  *    "sample_intervals":[min, max],   (sampled profiles whose interval changed only)
- *    "totals":{one key per field of ap_profile.totals ("untracked_samples" only when
- *              not 0)},
+ *    "totals":{one key per field of ap_profile.totals ("untracked_samples",
+ *              "unprofiled_children" and "dropped_no_ring" only when not 0)},
  *    "strings":[S...],
  *    "modules":[{"path":I|null,"build_id":I|null,"allocations","bytes","leaked_blocks",
  *                "leaked_bytes"}...],
@@ -625,6 +625,7 @@ static const struct bound totals_bounds[] = {
         TOTAL_BOUND(leaked_blocks, allocations),
         TOTAL_BOUND(freed_bytes, bytes),
         TOTAL_BOUND(leaked_bytes, bytes),
+        TOTAL_BOUND(dropped_no_ring, dropped_events),
 };
 
 static uint64_t bound_value(const void *base, size_t offset)
@@ -1274,6 +1275,10 @@ static int out_document(struct fd_sink *sink, const struct ap_profile *p, const 
         if (p->totals.unprofiled_children) { /* likewise */
                 out_lit(sink, ",\"unprofiled_children\":");
                 out_u64(sink, p->totals.unprofiled_children);
+        }
+        if (p->totals.dropped_no_ring) { /* likewise */
+                out_lit(sink, ",\"dropped_no_ring\":");
+                out_u64(sink, p->totals.dropped_no_ring);
         }
         out_char(sink, '}');
         out_lit(sink, ",\"strings\":[");
@@ -2742,6 +2747,7 @@ static int read_document(struct rctx *rc, struct ap_profile *p, const struct ap_
                     0 ||
             (r = optional_u64(rc, o, &ltot, "unprofiled_children",
                               &p->totals.unprofiled_children)) < 0 ||
+            (r = optional_u64(rc, o, &ltot, "dropped_no_ring", &p->totals.dropped_no_ring)) < 0 ||
             (r = check_totals(rc, p)) < 0 || (r = read_process(rc, p, root)) < 0 ||
             (r = read_strings(rc, p, root)) < 0 || (r = read_modules(rc, p, root)) < 0)
                 return r;

@@ -100,6 +100,10 @@ struct ap_profile {
                  * unprofiled (a chroot, no descriptor left, a seccomp filter).  In the
                  * file only when not 0. */
                 uint64_t unprofiled_children;
+                /* Of dropped_events, those of threads that had no ring to write to (every
+                 * slot taken, an address-space limit, a sandbox that refuses mremap): not
+                 * the collector falling behind.  In the file only when not 0. */
+                uint64_t dropped_no_ring;
         } totals;
 
         char **strings;

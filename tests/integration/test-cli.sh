@@ -399,6 +399,8 @@ nrec=$(json_of noslot.approf 'sum(s["allocations"] for s in d["sites"] if s["fra
 check_eq "no ring for new threads: their events and the unrecorded handler ones dropped, counted" \
         "1 $((320000 + 2 * (nhits - nrec))) $((160000 + nhits - nrec))" \
         "$(json_of noslot.approf '" ".join(str(x) for x in [sum(s["allocations"] for s in d["sites"] if s["frames"] and s["frames"][0]["function"] == "noslot_alloc"), d["totals"]["dropped_events"], d["totals"]["dropped_frees"]])')"
+check_eq "no ring for new threads: every dropped event counted as a thread's without a ring" \
+        True "$(json_of noslot.approf 'd["totals"]["dropped_no_ring"] == d["totals"]["dropped_events"]')"
 check_true "no ring for new threads: mapping tried now and then ($ntries tries), not per call" \
         "$([ "$ntries" -lt 1000 ] && echo True)"
 

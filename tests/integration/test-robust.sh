@@ -279,6 +279,11 @@ else
         check_eq "ulimit -v 300 MiB: threads' exit" 0 $?
         check_eq "ulimit -v 300 MiB: every allocation recorded or counted as dropped, some dropped" \
                 "4404 True" "$(json_of as4.approf '"%d %s" % (d["totals"]["allocations"] + d["totals"]["dropped_events"] - d["totals"]["dropped_frees"], d["totals"]["dropped_events"] > 0)')"
+        check_eq "ulimit -v 300 MiB: every dropped event counted as a thread's without a ring" \
+                True "$(json_of as4.approf 'd["totals"]["dropped_no_ring"] == d["totals"]["dropped_events"]')"
+        "$AP" report as4.approf >as4.rep
+        check_contains "ulimit -v 300 MiB: the report says why" as4.rep \
+                "events were lost by threads that had no ring to record into"
         # Room for each process's agent, not for the collector's mappings of them all at
         # once (run's own collector is under the limit too): those it cannot take are
         # said, not silently left unprofiled.

@@ -243,6 +243,7 @@ static void assert_same_renumbered(const struct ap_profile *a, const struct ap_p
         ASSERT_EQ(a->totals.unmatched_frees, b->totals.unmatched_frees);
         ASSERT_EQ(a->totals.untracked_samples, b->totals.untracked_samples);
         ASSERT_EQ(a->totals.unprofiled_children, b->totals.unprofiled_children);
+        ASSERT_EQ(a->totals.dropped_no_ring, b->totals.dropped_no_ring);
         ASSERT_EQ(a->totals.invalid_records, b->totals.invalid_records);
         ASSERT_EQ(a->totals.threads, b->totals.threads);
         ASSERT_EQ(a->ring_waits, b->ring_waits);
@@ -1098,6 +1099,7 @@ static void test_live(void)
         ASSERT_NOT_CONTAINS(text, "\"live\"");
         ASSERT_NOT_CONTAINS(text, "untracked_samples"); /* written only when not 0 */
         ASSERT_NOT_CONTAINS(text, "unprofiled_children");
+        ASSERT_NOT_CONTAINS(text, "dropped_no_ring");
         free(text);
         q = read_ok(path);
         ASSERT_FALSE(q->live);
@@ -1119,6 +1121,12 @@ static void test_live(void)
         ASSERT_EQ(q->totals.untracked_samples, 77u);
         ap_profile_free(q);
         p->totals.untracked_samples = 0;
+        /* Events of threads that had no ring: likewise (the sample dropped 112). */
+        p->totals.dropped_no_ring = 40;
+        q = write_says(p, path, ",\"dropped_no_ring\":40},");
+        ASSERT_EQ(q->totals.dropped_no_ring, 40u);
+        ap_profile_free(q);
+        p->totals.dropped_no_ring = 0;
 
         /* An image an exec replaced: "exec" in "process", only then. */
         ASSERT_OK(ap_profile_write(p, path));
@@ -1410,6 +1418,9 @@ static void test_hostile_documents(void)
                               "(118)");
         expect_mutation_error("totals", "freed_bytes", json_integer(120), E,
                               "totals.freed_bytes: freed_bytes (120) is more than bytes (119)");
+        expect_mutation_error("totals", "dropped_no_ring", json_integer(113), E,
+                              "totals.dropped_no_ring: dropped_no_ring (113) is more than "
+                              "dropped_events (112)");
         expect_mutation_error("totals", "leaked_bytes", json_integer(INT64_MAX), E,
                               "totals.leaked_bytes: leaked_bytes (9223372036854775807) is more "
                               "than bytes (119)");

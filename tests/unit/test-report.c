@@ -411,6 +411,7 @@ static void test_json_schema(void)
                                                   "reallocs",
                                                   "dropped_events",
                                                   "dropped_frees",
+                                                  "dropped_no_ring",
                                                   "untracked_samples",
                                                   "unprofiled_children",
                                                   "unmatched_frees",
@@ -955,11 +956,45 @@ static void test_text(void)
                    "    52,736 allocations, but never more than 100 blocks live at once (527x):\n"
                    "    reuse objects or buffers instead of freeing and allocating them again.\n"
                    "    The busiest site is make_node (src/tree.c:42).\n");
-        ASSERT_CONTAINS(t, "  * dropped events\n");
+        ASSERT_CONTAINS(t, "  * dropped events\n"
+                           "    the profiled program outran the collector and 12 events were "
+                           "lost:\n");
         ASSERT_NOT_CONTAINS(t, "waits for the collector");
         ASSERT_NOT_CONTAINS(t, "\033");
         ASSERT_NOT_CONTAINS(t, "not tracked");
+        ASSERT_NOT_CONTAINS(t, "no ring");
         free(t);
+        /* Some of them by threads that had no ring: told apart, in the summary and the
+         * hints; all of them: the collector was not behind. */
+        p->totals.dropped_no_ring = 5;
+        t = render_text(p, 10, AP_SORT_BYTES, false);
+        ASSERT_CONTAINS(t, "figures are incomplete\n"
+                           "  5 of them by threads that had no ring to record into (see the "
+                           "hints)\n");
+        ASSERT_CONTAINS(t, "    the profiled program outran the collector and 7 events were "
+                           "lost:\n");
+        ASSERT_CONTAINS(t, "  * threads without a ring\n"
+                           "    5 events were lost by threads that had no ring to record into: "
+                           "more\n"
+                           "    threads at once than the agent's 1024 rings, an address-space "
+                           "limit\n");
+        free(t);
+        p->totals.dropped_no_ring = 12;
+        t = render_text(p, 10, AP_SORT_BYTES, false);
+        ASSERT_NOT_CONTAINS(t, "outran the collector");
+        ASSERT_CONTAINS(t, "  * threads without a ring\n"
+                           "    12 events were lost by threads that had no ring");
+        free(t);
+        t = summary_text(p, NULL);
+        ASSERT_CONTAINS(t, "figures are incomplete\n"
+                           "allocprof: 12 of them by threads that had no ring to record into "
+                           "(too many threads at once, ulimit -v, or a sandbox that refuses "
+                           "mremap, such as valgrind)\n");
+        free(t);
+        doc = render_json(p, 0, AP_SORT_BYTES);
+        ASSERT_EQ(jint(jget(doc, "totals"), "dropped_no_ring"), 12ll);
+        json_decref(doc);
+        p->totals.dropped_no_ring = 0;
         /* Sampled blocks the agent's set could not hold: warned about, and at the leaks. */
         p->totals.untracked_samples = 31;
         t = render_text(p, 10, AP_SORT_BYTES, false);
