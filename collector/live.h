@@ -29,6 +29,7 @@ _Static_assert(sizeof(struct ap_live) == 32, "live cells are half a cache line")
  * of a block that had lived 3.5 to 7 s, modulo 7 s, was taken for a stale one, and the
  * block for a leak.) */
 #define AP_LIVE_REUSED 1u
+/* Bit 31 of flags is live.c's own, while the table grows. */
 
 struct ap_live_table {
         struct ap_live *cells;
