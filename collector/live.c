@@ -92,8 +92,10 @@ static int grow(struct ap_live_table *t)
         struct ap_live *cells = cells_resize(t->cells, old_cap, cap);
         if (cells == NULL)
                 return -ENOMEM;
-        *t = (struct ap_live_table){
-                .cells = cells, .cap = cap, .len = t->len, .shift = 64u - (unsigned)__builtin_ctzll(cap)};
+        *t = (struct ap_live_table){.cells = cells,
+                                    .cap = cap,
+                                    .len = t->len,
+                                    .shift = 64u - (unsigned)__builtin_ctzll(cap)};
         size_t mask = cap - 1;
         for (size_t i = 0; i < old_cap; i++)
                 if (cells[i].addr != 0)
