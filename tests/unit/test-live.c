@@ -111,9 +111,32 @@ static void grows_in_place(void)
         ap_live_clear(&t);
 }
 
+/* Small tables stay at most half full; from 2^21 cells (64 MiB) on, three quarters: 1.5 M
+ * live blocks fit 2^21 cells rather than taking 128 MiB. */
+static void dense_when_big(void)
+{
+        const uint32_t n = 1500000;
+        struct ap_live_table t = {0};
+        for (uint32_t k = 0; k < n; k++) {
+                struct ap_live *e, old;
+                ASSERT_EQ(ap_live_insert(&t, 0x7f0000000000ull + (uint64_t)k * 48, &e, &old), 0);
+                e->stack = k;
+                if (k == 400000)
+                        ASSERT_EQ(t.cap, (size_t)1 << 20); /* 400,001 members: half full */
+        }
+        ASSERT_EQ(t.cap, (size_t)1 << 21);
+        for (uint32_t k = 0; k < n; k += 7) {
+                struct ap_live *e = ap_live_find(&t, 0x7f0000000000ull + (uint64_t)k * 48);
+                ASSERT_NOT_NULL(e);
+                ASSERT_EQ(e->stack, k);
+        }
+        ap_live_clear(&t);
+}
+
 int main(void)
 {
         grows_in_place();
+        dense_when_big();
 
         struct ap_live_table t = {0};
         size_t len = 0;
