@@ -1,8 +1,9 @@
 /* Tests for collector/live.c, the live-block table: every insert, find and removal checked
  * against a plain reference array over 300,000 addresses (clustered, as heap blocks are),
  * through growth past the size where the table moves to huge pages and back to empty,
- * with removals in random order exercising the backward shift; and that a growing table
- * holds no more memory than its final size (it grows in place, not by copying).
+ * with removals in random order exercising the backward shift; that a growing table
+ * holds no more memory than its final size (it grows in place, not by copying); and a
+ * big table three quarters full, with removals.
  *
  * SPDX-License-Identifier: MIT OR Apache-2.0
  */
@@ -125,8 +126,20 @@ static void dense_when_big(void)
                         ASSERT_EQ(t.cap, (size_t)1 << 20); /* 400,001 members: half full */
         }
         ASSERT_EQ(t.cap, (size_t)1 << 21);
-        for (uint32_t k = 0; k < n; k += 7) {
+        /* Three quarters full, the probe runs are long: take every third member out (the
+         * backward shift moves many) and find each of the rest where it should be. */
+        for (uint32_t k = 0; k < n; k += 3) {
                 struct ap_live *e = ap_live_find(&t, 0x7f0000000000ull + (uint64_t)k * 48);
+                ASSERT_NOT_NULL(e);
+                ap_live_remove(&t, e);
+        }
+        ASSERT_EQ(t.len, (size_t)n - (n + 2) / 3);
+        for (uint32_t k = 0; k < n; k++) {
+                struct ap_live *e = ap_live_find(&t, 0x7f0000000000ull + (uint64_t)k * 48);
+                if (k % 3 == 0) {
+                        ASSERT_NULL(e);
+                        continue;
+                }
                 ASSERT_NOT_NULL(e);
                 ASSERT_EQ(e->stack, k);
         }
