@@ -331,6 +331,16 @@ static int finalize_sites(struct fin *f)
         uint32_t nprev = 0;
         int r = 0;
 
+        /* At most a site per stack: sized once.  Grown by doubling, the array of a program
+         * with 68,000 stacks took 12 MiB of the collector's 46 MiB peak, twice what its
+         * sites needed. */
+        if (p->nstacks > f->nsites_cap) {
+                struct ap_psite *sites = realloc(prof->sites, p->nstacks * sizeof(*sites));
+                if (sites == NULL)
+                        return -ENOMEM;
+                prof->sites = sites;
+                f->nsites_cap = p->nstacks;
+        }
         for (size_t si = 0; si < p->nstacks; si++) {
                 struct ap_cstack *s = &p->stacks[si];
                 if (s->allocations == 0)
