@@ -1140,6 +1140,16 @@ static void out_frames(struct fd_sink *sink, const struct ap_profile *p, const s
         out_char(sink, '}');
 }
 
+/* How many sites ahead out_sites starts loading one (a few hundred ns of a miss against
+ * some tens of ns of writing a number). */
+#define SITE_AHEAD 16
+
+static inline void prefetch_site(const struct ap_psite *s)
+{
+        __builtin_prefetch(s);
+        __builtin_prefetch((const char *)s + sizeof(*s) - 1);
+}
+
 static void out_sites(struct fd_sink *sink, const struct ap_profile *p, const struct plan *plan)
 {
         for (size_t c = 0; c < ARRAY_SIZE(site_columns); c++) {
@@ -1147,6 +1157,10 @@ static void out_sites(struct fd_sink *sink, const struct ap_profile *p, const st
                 out_key(sink, site_columns[c].name);
                 out_char(sink, '[');
                 for (uint32_t i = 0; i < p->nsites; i++) {
+                        /* The sites are read in file order, scattered over the array: a
+                         * cache miss each, ten times over, unless fetched ahead. */
+                        if (i + SITE_AHEAD < p->nsites)
+                                prefetch_site(plan->sites[i + SITE_AHEAD].site);
                         out_sep(sink, i);
                         out_wrapped(sink, site_encode(plan->sites[i].site, &site_columns[c]));
                 }
@@ -1183,6 +1197,8 @@ static void out_sites(struct fd_sink *sink, const struct ap_profile *p, const st
          * was cut at AP_MAX_FRAMES. */
         bool any = false;
         for (uint32_t i = 0; i < p->nsites; i++) {
+                if (i + SITE_AHEAD < p->nsites)
+                        prefetch_site(plan->sites[i + SITE_AHEAD].site);
                 if (!plan->sites[i].site->truncated)
                         continue;
                 if (any)
