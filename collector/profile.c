@@ -1183,6 +1183,10 @@ static void out_sites(struct fd_sink *sink, const struct ap_profile *p, const st
                                : s->shared ? (int64_t)s->frames[s->shared - 1]
                                            : -1;
 
+                if (i + SITE_AHEAD < p->nsites) { /* each site's frames are apart too */
+                        const struct site_ref *a = &plan->sites[i + SITE_AHEAD];
+                        __builtin_prefetch(a->frames + a->shared);
+                }
                 out_sep(sink, i);
                 out_char(sink, '[');
                 for (uint32_t j = s->shared; j < s->nframes; j++) {
