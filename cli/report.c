@@ -1354,8 +1354,9 @@ static void put_hints(const struct out *o, const struct ap_profile *p,
                     "    far fewer records).\n",
                     fmt_count(p->ring_waits).s, fmt_duration(p->ring_wait_ns).s);
         }
-        uint64_t no_ring =
-                t->dropped_no_ring < t->dropped_events ? t->dropped_no_ring : t->dropped_events;
+        /* Never more than dropped_events: the collector sums them so, and the reader
+         * checks it. */
+        uint64_t no_ring = t->dropped_no_ring;
         if (t->dropped_events > no_ring) {
                 hint_start(o, &count, p, NULL, "dropped events");
                 say(o,

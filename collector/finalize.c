@@ -570,10 +570,13 @@ int ap_process_finalize(struct ap_process *p, struct ap_symbolizer *sym, struct 
         prof->totals.peak_t_ns = ap_process_ticks_to_ns(p, p->t.peak_ts);
         prof->totals.temporary = cnt(p->t.temporary);
         prof->totals.reallocs = cnt(p->t.reallocs);
-        prof->totals.dropped_events = ap_load_relaxed(&h->xcounters[AP_CNT_DROP_RING_FULL]) +
-                                      ap_load_relaxed(&h->xcounters[AP_CNT_DROP_NO_SLOT]);
+        /* Summed without wrapping (the counters are the process's to write): the events
+         * of threads without a ring stay a part of all dropped ones, as readers check. */
+        uint64_t ring_full = ap_load_relaxed(&h->xcounters[AP_CNT_DROP_RING_FULL]);
+        uint64_t no_ring = ap_load_relaxed(&h->xcounters[AP_CNT_DROP_NO_SLOT]);
+        prof->totals.dropped_events = ring_full + no_ring < no_ring ? UINT64_MAX : ring_full + no_ring;
         prof->totals.dropped_frees = ap_load_relaxed(&h->xcounters[AP_CNT_DROP_FREE]);
-        prof->totals.dropped_no_ring = ap_load_relaxed(&h->xcounters[AP_CNT_DROP_NO_SLOT]);
+        prof->totals.dropped_no_ring = no_ring;
         prof->totals.untracked_samples = ap_load_relaxed(&h->xcounters[AP_CNT_SAMPLED_SET_FULL]);
         prof->totals.unprofiled_children =
                 ap_load_relaxed(&h->xcounters[AP_CNT_CHILDREN_UNPROFILED]);
