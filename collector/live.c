@@ -14,28 +14,29 @@
  * pages its prefetch also missed the TLB (a compiler's table is several MiB). */
 #define HUGE_TABLE_BYTES (2u << 20)
 
-/* Tables are at most half full, and from this many cells (64 MiB) on three quarters.  A
+/* Tables are at most half full, and from this many cells (32 MiB) on three quarters.  A
  * table that fits the caches pays for the longer probes of a fuller one (the churn's
  * 20,000 live blocks at three quarters: drain 70 -> 105 ms); a big one pays for its
  * memory: each cell is a cache miss anyway, and every page of a new table is one the
- * kernel must clear.  At half, jq with 2.2 M live blocks doubled to 256 MiB and its drain
- * took 0.72 s against 0.38, the program waiting 0.4 s for ring space against 80 ms. */
+ * kernel must clear.  At half, jq with 2.2 M live blocks (in 32-byte cells then) doubled
+ * to 256 MiB and its drain took 0.72 s against 0.38, the program waiting 0.4 s for ring
+ * space against 80 ms. */
 #define DENSE_CELLS ((size_t)1 << 21)
 
-/* In flags, only while grow() runs: the member is still where the smaller table put it. */
+/* In a cell's stack, only while grow() runs: the member is still where the smaller table
+ * put it (members' stacks are below 2^31). */
 #define MOVING (1u << 31)
-_Static_assert((AP_LIVE_REUSED & MOVING) == 0, "grow's mark is a bit of its own");
 
 static inline size_t home(const struct ap_live_table *t, uint64_t addr)
 {
         return ap_live_home(t, addr);
 }
 
-static struct ap_live *cells_alloc(size_t cap)
+static struct ap_live_cell *cells_alloc(size_t cap)
 {
-        size_t bytes = cap * sizeof(struct ap_live);
+        size_t bytes = cap * sizeof(struct ap_live_cell);
         if (bytes < HUGE_TABLE_BYTES)
-                return calloc(cap, sizeof(struct ap_live));
+                return calloc(cap, sizeof(struct ap_live_cell));
         void *m = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (m == MAP_FAILED)
                 return NULL;
@@ -43,14 +44,14 @@ static struct ap_live *cells_alloc(size_t cap)
         return m;
 }
 
-static void cells_free(struct ap_live *cells, size_t cap)
+static void cells_free(struct ap_live_cell *cells, size_t cap)
 {
         if (cells == NULL)
                 return;
-        if (cap * sizeof(struct ap_live) < HUGE_TABLE_BYTES)
+        if (cap * sizeof(struct ap_live_cell) < HUGE_TABLE_BYTES)
                 free(cells);
         else
-                munmap(cells, cap * sizeof(struct ap_live));
+                munmap(cells, cap * sizeof(struct ap_live_cell));
 }
 
 /* Makes cells room for cap cells, keeping the first old_cap and zeroing the rest; NULL
@@ -61,19 +62,19 @@ static void cells_free(struct ap_live *cells, size_t cap)
  * virtual machine whose host backs first-touched memory lazily, that clearing was most
  * of the collector's time on programs with a million live blocks (perl, jq), and the
  * program waited for it on a full ring. */
-static struct ap_live *cells_resize(struct ap_live *cells, size_t old_cap, size_t cap)
+static struct ap_live_cell *cells_resize(struct ap_live_cell *cells, size_t old_cap, size_t cap)
 {
-        size_t old_bytes = old_cap * sizeof(struct ap_live);
-        size_t bytes = cap * sizeof(struct ap_live);
+        size_t old_bytes = old_cap * sizeof(struct ap_live_cell);
+        size_t bytes = cap * sizeof(struct ap_live_cell);
         if (bytes < HUGE_TABLE_BYTES) {
-                struct ap_live *n = realloc(cells, bytes);
+                struct ap_live_cell *n = realloc(cells, bytes);
                 if (n == NULL)
                         return NULL;
                 memset(n + old_cap, 0, bytes - old_bytes);
                 return n;
         }
         if (old_bytes < HUGE_TABLE_BYTES) {
-                struct ap_live *n = cells_alloc(cap);
+                struct ap_live_cell *n = cells_alloc(cap);
                 if (n == NULL)
                         return NULL;
                 if (old_cap != 0)
@@ -97,28 +98,27 @@ static int grow(struct ap_live_table *t)
 {
         size_t old_cap = t->cap;
         size_t cap = old_cap ? old_cap * 2 : 1024;
-        struct ap_live *cells = cells_resize(t->cells, old_cap, cap);
+        struct ap_live_cell *cells = cells_resize(t->cells, old_cap, cap);
         if (cells == NULL)
                 return -ENOMEM;
-        *t = (struct ap_live_table){.cells = cells,
-                                    .cap = cap,
-                                    .len = t->len,
-                                    .shift = 64u - (unsigned)__builtin_ctzll(cap)};
+        t->cells = cells;
+        t->cap = cap;
+        t->shift = 64u - (unsigned)__builtin_ctzll(cap);
         size_t mask = cap - 1;
         for (size_t i = 0; i < old_cap; i++)
                 if (cells[i].addr != 0)
-                        cells[i].flags |= MOVING;
+                        cells[i].stack |= MOVING;
         for (size_t i = 0; i < old_cap; i++) {
-                if (cells[i].addr == 0 || !(cells[i].flags & MOVING))
+                if (cells[i].addr == 0 || !(cells[i].stack & MOVING))
                         continue;
-                struct ap_live e = cells[i];
-                cells[i] = (struct ap_live){0};
+                struct ap_live_cell e = cells[i];
+                cells[i] = (struct ap_live_cell){0};
                 for (;;) {
-                        e.flags &= ~MOVING;
+                        e.stack &= ~MOVING;
                         size_t j = home(t, e.addr);
-                        while (cells[j].addr != 0 && !(cells[j].flags & MOVING))
+                        while (cells[j].addr != 0 && !(cells[j].stack & MOVING))
                                 j = (j + 1) & mask;
-                        struct ap_live next = cells[j];
+                        struct ap_live_cell next = cells[j];
                         cells[j] = e;
                         if (next.addr == 0)
                                 break;
@@ -135,33 +135,82 @@ static bool is_full(const struct ap_live_table *t)
         return t->cap >= DENSE_CELLS ? n * 4 > t->cap * 3 : n * 2 > t->cap;
 }
 
-int ap_live_insert(struct ap_live_table *t, uint64_t addr, struct ap_live **ret,
-                   struct ap_live *old)
+/* Takes an extra entry (its index, AP_LIVE_EXTRA set) holding e's weights and flags;
+ * 0 if none could be had. */
+static uint32_t extra_take(struct ap_live_table *t, const struct ap_live *e)
 {
+        uint32_t i;
+        if (t->extra_free != 0) {
+                i = t->extra_free - 1;
+                t->extra_free = t->extra[i].next_free;
+        } else {
+                if (t->nextra == AP_LIVE_EXTRA)
+                        return 0;
+                if (t->nextra == t->extra_cap) {
+                        uint32_t cap = t->extra_cap ? t->extra_cap * 2 : 64;
+                        if (cap > AP_LIVE_EXTRA)
+                                cap = AP_LIVE_EXTRA;
+                        struct ap_live_extra *x = realloc(t->extra, (size_t)cap * sizeof(*x));
+                        if (x == NULL)
+                                return 0;
+                        t->extra = x;
+                        t->extra_cap = cap;
+                }
+                i = t->nextra++;
+        }
+        t->extra[i] =
+                (struct ap_live_extra){.wbytes = e->wbytes, .wcount = e->wcount, .flags = e->flags};
+        return i | AP_LIVE_EXTRA;
+}
+
+static void extra_release(struct ap_live_table *t, uint32_t val)
+{
+        if (!(val & AP_LIVE_EXTRA))
+                return;
+        uint32_t i = val & ~AP_LIVE_EXTRA;
+        t->extra[i].next_free = t->extra_free;
+        t->extra_free = i + 1;
+}
+
+/* Whether e fits its cell whole (see struct ap_live_cell). */
+static bool packs(const struct ap_live *e)
+{
+        return e->wcount == AP_LIVE_ONE && e->flags == 0 && e->wbytes < AP_LIVE_EXTRA;
+}
+
+int ap_live_insert(struct ap_live_table *t, const struct ap_live *e, struct ap_live *old)
+{
+        if (e->stack & MOVING)
+                return -EINVAL;
+        uint32_t val = (uint32_t)e->wbytes;
+        if (!packs(e) && (val = extra_take(t, e)) == 0)
+                return -ENOMEM;
         if (is_full(t)) {
                 int r = grow(t);
-                if (r < 0)
+                if (r < 0) {
+                        extra_release(t, val);
                         return r;
+                }
         }
         size_t mask = t->cap - 1;
-        size_t i = home(t, addr);
-        while (t->cells[i].addr != 0 && t->cells[i].addr != addr)
+        size_t i = home(t, e->addr);
+        while (t->cells[i].addr != 0 && t->cells[i].addr != e->addr)
                 i = (i + 1) & mask;
-        struct ap_live *e = &t->cells[i];
-        int existed = e->addr == addr;
-        if (existed)
-                *old = *e;
-        else
+        struct ap_live_cell *c = &t->cells[i];
+        int existed = c->addr == e->addr;
+        if (existed) {
+                ap_live_get(t, c, old);
+                extra_release(t, c->val);
+        } else {
                 t->len++;
-        memset(e, 0, sizeof(*e));
-        e->addr = addr;
-        *ret = e;
+        }
+        *c = (struct ap_live_cell){.addr = e->addr, .stack = e->stack, .val = val};
         return existed;
 }
 
-struct ap_live *ap_live_find(struct ap_live_table *t, uint64_t addr)
+struct ap_live_cell *ap_live_find(struct ap_live_table *t, uint64_t addr)
 {
-        if (t->cap == 0)
+        if (t->cap == 0 || addr == 0)
                 return NULL;
         size_t mask = t->cap - 1;
         for (size_t i = home(t, addr);; i = (i + 1) & mask) {
@@ -172,10 +221,29 @@ struct ap_live *ap_live_find(struct ap_live_table *t, uint64_t addr)
         }
 }
 
-void ap_live_remove(struct ap_live_table *t, struct ap_live *e)
+int ap_live_set_flags(struct ap_live_table *t, struct ap_live_cell *c, uint32_t flags)
+{
+        if (c->val & AP_LIVE_EXTRA) {
+                t->extra[c->val & ~AP_LIVE_EXTRA].flags = flags;
+                return 0;
+        }
+        if (flags == 0)
+                return 0;
+        struct ap_live e;
+        ap_live_get(t, c, &e);
+        e.flags = flags;
+        uint32_t val = extra_take(t, &e);
+        if (val == 0)
+                return -ENOMEM;
+        c->val = val;
+        return 0;
+}
+
+void ap_live_remove(struct ap_live_table *t, struct ap_live_cell *c)
 {
         size_t mask = t->cap - 1;
-        size_t i = (size_t)(e - t->cells);
+        size_t i = (size_t)(c - t->cells);
+        extra_release(t, c->val);
         /* Backward shift: pull later members of the probe run into the hole unless their
          * home lies cyclically in (hole, j]. */
         for (size_t j = (i + 1) & mask; t->cells[j].addr != 0; j = (j + 1) & mask) {
@@ -186,13 +254,13 @@ void ap_live_remove(struct ap_live_table *t, struct ap_live *e)
                 t->cells[i] = t->cells[j];
                 i = j;
         }
-        t->cells[i].addr = 0;
+        t->cells[i] = (struct ap_live_cell){0};
         t->len--;
 }
 
 void ap_live_clear(struct ap_live_table *t)
 {
         cells_free(t->cells, t->cap);
-        t->cells = NULL;
-        t->cap = t->len = 0;
+        free(t->extra);
+        *t = (struct ap_live_table){0};
 }

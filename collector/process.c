@@ -730,17 +730,19 @@ static void block_gone(struct ap_process *p, const struct ap_live *l, bool tempo
 static void do_free(struct ap_process *p, struct ap_slot *slot, uint64_t addr, uint64_t ts,
                     int temporary)
 {
-        struct ap_live *l = ap_live_find(&p->live, addr);
-        if (l == NULL) {
+        struct ap_live_cell *c = ap_live_find(&p->live, addr);
+        if (c == NULL) {
                 p->t.unmatched_frees++;
                 return;
         }
-        if ((l->flags & AP_LIVE_REUSED) != 0) {
+        struct ap_live l;
+        ap_live_get(&p->live, c, &l);
+        if ((l.flags & AP_LIVE_REUSED) != 0) {
                 /* The first free since the address was handed out again while we still
                  * had it live (see do_alloc): if it was stamped before that allocation,
                  * it is the late free of the earlier block, whose end we already
                  * inferred.  Either way, later frees are this block's own. */
-                l->flags &= ~AP_LIVE_REUSED;
+                (void)ap_live_set_flags(&p->live, c, l.flags & ~AP_LIVE_REUSED);
                 uint64_t *since = ap_map_get(&p->reused, addr);
                 bool stale = since != NULL && ts < *since;
                 ap_map_del(&p->reused, addr);
@@ -749,13 +751,15 @@ static void do_free(struct ap_process *p, struct ap_slot *slot, uint64_t addr, u
                         return;
                 }
         }
-        block_gone(p, l, temporary < 0 ? slot->last_alloc == addr : temporary > 0);
-        ap_live_remove(&p->live, l);
+        block_gone(p, &l, temporary < 0 ? slot->last_alloc == addr : temporary > 0);
+        ap_live_remove(&p->live, c);
         /* Frees of other blocks leave it: a block is temporary if its thread allocated
          * nothing else before freeing it (USAGE.md), whatever it freed meanwhile. */
         if (slot->last_alloc == addr)
                 slot->last_alloc = 0;
 }
+
+_Static_assert(AP_CW == AP_LIVE_ONE, "the live table's unit of allocations is the process's");
 
 /* A new block at addr from `stack`, standing for wcount/AP_CW allocations of wbytes bytes
  * (exactly 1 and its size in full mode; estimates in sampled mode). */
@@ -763,8 +767,11 @@ static void do_alloc(struct ap_process *p, struct ap_slot *slot, uint32_t stack,
                      uint64_t size, uint64_t wbytes, uint64_t wcount, uint64_t ts, bool realloc)
 {
         struct ap_cstack *s = &p->stacks[stack];
-        struct ap_live *l, old;
-        int r = ap_live_insert(&p->live, addr, &l, &old);
+        struct ap_live old;
+        int r = ap_live_insert(
+                &p->live,
+                &(struct ap_live){.addr = addr, .wbytes = wbytes, .wcount = wcount, .stack = stack},
+                &old);
         if (r < 0)
                 return;
         if (r > 0) {
@@ -772,16 +779,14 @@ static void do_alloc(struct ap_process *p, struct ap_slot *slot, uint32_t stack,
                  * thread's ring: account for that free now; the late record is stale. */
                 p->t.conflicts++;
                 block_gone(p, &old, false);
+                /* Remember when the new block came, for the late free of the block
+                 * before it (without memory for that, the late free will end this block
+                 * instead, as if it had not been marked). */
+                struct ap_live_cell *c = ap_live_find(&p->live, addr);
+                if (c != NULL && ap_map_put(&p->reused, addr, ts) == 0 &&
+                    ap_live_set_flags(&p->live, c, AP_LIVE_REUSED) < 0)
+                        ap_map_del(&p->reused, addr);
         }
-        /* A block at an address we had live: remember when it came, for the late free
-         * of the block before it (without memory for that, the late free will end this
-         * block instead, as if it had not been marked). */
-        bool reused = r > 0 && ap_map_put(&p->reused, addr, ts) == 0;
-        *l = (struct ap_live){.addr = addr,
-                              .wbytes = wbytes,
-                              .wcount = wcount,
-                              .flags = reused ? AP_LIVE_REUSED : 0,
-                              .stack = stack};
 
         peak_touch(p, s);
         s->allocations += wcount;

@@ -3,7 +3,9 @@
  * through growth past the size where the table moves to huge pages and back to empty,
  * with removals in random order exercising the backward shift; that a growing table
  * holds no more memory than its final size (it grows in place, not by copying); and a
- * big table three quarters full, with removals.
+ * big table three quarters full, with removals; members that do not fit a cell whole
+ * (weights of sampled blocks, sizes of 2 GiB and more, flags) kept out of line, their
+ * entries reused once freed.
  *
  * SPDX-License-Identifier: MIT OR Apache-2.0
  */
@@ -28,43 +30,134 @@ static uint64_t addr_of(uint32_t k)
         return 0x555500000000ull + (uint64_t)k * 48;
 }
 
-/* in[k]: whether addr_of(k) is in the table, with stack k (our payload). */
+/* in[k]: whether addr_of(k) is in the table, with member_of(k) (our payload). */
 static bool in[N];
+
+/* Most members fit their cell; every 7th has a sampled block's weights, every 11th a
+ * flag, every 13th a size of 2 GiB or more: those have an extra entry. */
+static struct ap_live member_of(uint32_t k)
+{
+        struct ap_live e = {
+                .addr = addr_of(k), .wbytes = (uint64_t)k * 3, .wcount = AP_LIVE_ONE, .stack = k};
+        if (k % 7 == 0)
+                e.wcount = AP_LIVE_ONE * 3 + k;
+        if (k % 11 == 0)
+                e.flags = AP_LIVE_REUSED;
+        if (k % 13 == 0)
+                e.wbytes = ((uint64_t)1 << 31) + k;
+        return e;
+}
 
 static void check_all(struct ap_live_table *t, size_t expect_len)
 {
         ASSERT_EQ(t->len, expect_len);
         for (uint32_t k = 0; k < N; k++) {
-                struct ap_live *e = ap_live_find(t, addr_of(k));
+                struct ap_live_cell *c = ap_live_find(t, addr_of(k));
                 if (!in[k]) {
-                        ASSERT_NULL(e);
+                        ASSERT_NULL(c);
                         continue;
                 }
-                ASSERT_NOT_NULL(e);
-                ASSERT_EQ(e->addr, addr_of(k));
-                ASSERT_EQ(e->stack, k);
-                ASSERT_EQ(e->wbytes, (uint64_t)k * 3);
+                ASSERT_NOT_NULL(c);
+                struct ap_live e, want = member_of(k);
+                ap_live_get(t, c, &e);
+                ASSERT_EQ(e.addr, want.addr);
+                ASSERT_EQ(e.stack, want.stack);
+                ASSERT_EQ(e.wbytes, want.wbytes);
+                ASSERT_EQ(e.wcount, want.wcount);
+                ASSERT_EQ(e.flags, want.flags);
         }
 }
 
 static void insert(struct ap_live_table *t, uint32_t k)
 {
-        struct ap_live *e, old;
-        int r = ap_live_insert(t, addr_of(k), &e, &old);
+        struct ap_live old, e = member_of(k);
+        int r = ap_live_insert(t, &e, &old);
         ASSERT_EQ(r, in[k] ? 1 : 0);
-        if (r == 1)
+        if (r == 1) {
                 ASSERT_EQ(old.stack, k);
-        e->stack = k;
-        e->wbytes = (uint64_t)k * 3;
+                ASSERT_EQ(old.wbytes, e.wbytes);
+                ASSERT_EQ(old.wcount, e.wcount);
+                ASSERT_EQ(old.flags, e.flags);
+        }
         in[k] = true;
 }
 
 static void remove_one(struct ap_live_table *t, uint32_t k)
 {
-        struct ap_live *e = ap_live_find(t, addr_of(k));
-        ASSERT_NOT_NULL(e);
-        ap_live_remove(t, e);
+        struct ap_live_cell *c = ap_live_find(t, addr_of(k));
+        ASSERT_NOT_NULL(c);
+        ap_live_remove(t, c);
         in[k] = false;
+}
+
+/* Extra entries: flags set and cleared on a member that fits its cell and on one that
+ * does not; freed entries are taken again rather than new ones; a stack of 2^31 or more
+ * is refused. */
+static void extra_entries(void)
+{
+        struct ap_live_table t = {0};
+        struct ap_live old, e;
+        ASSERT_EQ(ap_live_insert(
+                          &t,
+                          &(struct ap_live){
+                                  .addr = 0x1000, .wbytes = 48, .wcount = AP_LIVE_ONE, .stack = 5},
+                          &old),
+                  0);
+        ASSERT_EQ(t.nextra, 0u); /* fits its cell */
+        struct ap_live_cell *c = ap_live_find(&t, 0x1000);
+        ASSERT_NOT_NULL(c);
+        ASSERT_EQ(ap_live_set_flags(&t, c, AP_LIVE_REUSED), 0);
+        ASSERT_EQ(t.nextra, 1u);
+        ap_live_get(&t, ap_live_find(&t, 0x1000), &e);
+        ASSERT_EQ(e.flags, AP_LIVE_REUSED);
+        ASSERT_EQ(e.wbytes, 48u);
+        ASSERT_EQ(e.wcount, AP_LIVE_ONE);
+        ASSERT_EQ(e.stack, 5u);
+        ASSERT_EQ(ap_live_set_flags(&t, ap_live_find(&t, 0x1000), 0), 0);
+        ap_live_get(&t, ap_live_find(&t, 0x1000), &e);
+        ASSERT_EQ(e.flags, 0u);
+        ASSERT_EQ(e.wbytes, 48u);
+        /* Replacing a member frees its entry (after taking the new one's, so that a
+         * failure leaves the table as it was). */
+        ASSERT_EQ(ap_live_insert(&t,
+                                 &(struct ap_live){.addr = 0x1000,
+                                                   .wbytes = 7,
+                                                   .wcount = 2 * AP_LIVE_ONE,
+                                                   .stack = 6},
+                                 &old),
+                  1);
+        ASSERT_EQ(old.stack, 5u);
+        ASSERT_EQ(old.wbytes, 48u);
+        ASSERT_EQ(t.nextra, 2u);
+        /* A thousand out-of-line members in and out, a hundred at a time: the free
+         * entry and 99 new ones, no more. */
+        for (uint32_t round = 0; round < 10; round++) {
+                for (uint32_t k = 0; k < 100; k++)
+                        ASSERT_EQ(ap_live_insert(&t,
+                                                 &(struct ap_live){.addr = 0x2000 + 16 * k,
+                                                                   .wbytes = k,
+                                                                   .wcount = k + 1,
+                                                                   .stack = k},
+                                                 &old),
+                                  0);
+                for (uint32_t k = 0; k < 100; k++) {
+                        c = ap_live_find(&t, 0x2000 + 16 * k);
+                        ASSERT_NOT_NULL(c);
+                        ap_live_get(&t, c, &e);
+                        ASSERT_EQ(e.wcount, (uint64_t)k + 1);
+                        ap_live_remove(&t, c);
+                }
+        }
+        ASSERT_EQ(t.nextra, 101u);
+        ASSERT_EQ(t.len, 1u);
+        ASSERT_EQ(ap_live_insert(&t,
+                                 &(struct ap_live){
+                                         .addr = 0x3000, .wcount = AP_LIVE_ONE, .stack = 1u << 31},
+                                 &old),
+                  -EINVAL);
+        ASSERT_EQ(t.len, 1u);
+        ap_live_clear(&t);
+        ASSERT_EQ(t.nextra, 0u);
 }
 
 /* Peak resident size of this process so far, in bytes (VmHWM); 0 if unknown. */
@@ -82,7 +175,7 @@ static uint64_t peak_rss(void)
         return kib << 10;
 }
 
-/* Growing to 2^21 cells (64 MiB) must not hold the old table beside the new one (96
+/* Growing to 2^21 cells (32 MiB) must not hold the old table beside the new one (48
  * MiB at the last doubling), nor clear memory beyond the final size: it is what the
  * collector pays for a program with a million live blocks. */
 static void grows_in_place(void)
@@ -91,37 +184,51 @@ static void grows_in_place(void)
         struct ap_live_table t = {0};
         uint64_t before = peak_rss();
         for (uint32_t k = 0; k < n; k++) {
-                struct ap_live *e, old;
-                ASSERT_EQ(ap_live_insert(&t, 0x555500000000ull + (uint64_t)k * 32, &e, &old), 0);
-                e->stack = k;
+                struct ap_live old;
+                ASSERT_EQ(ap_live_insert(
+                                  &t,
+                                  &(struct ap_live){.addr = 0x555500000000ull + (uint64_t)k * 32,
+                                                    .wbytes = k,
+                                                    .wcount = AP_LIVE_ONE,
+                                                    .stack = k},
+                                  &old),
+                          0);
         }
         uint64_t after = peak_rss();
         ASSERT_EQ(t.cap, (size_t)1 << 21);
-        size_t bytes = t.cap * sizeof(struct ap_live);
+        size_t bytes = t.cap * sizeof(struct ap_live_cell);
         if (before != 0 && after != 0) {
                 printf("live: growing to %zu MiB raised the peak by %" PRIu64 " MiB\n", bytes >> 20,
                        (after - before) >> 20);
                 ASSERT_TRUE(after - before <= bytes + bytes / 8);
         }
         for (uint32_t k = 0; k < n; k++) {
-                struct ap_live *e = ap_live_find(&t, 0x555500000000ull + (uint64_t)k * 32);
-                ASSERT_NOT_NULL(e);
-                ASSERT_EQ(e->stack, k);
-                ASSERT_EQ(e->flags, 0u);
+                struct ap_live_cell *c = ap_live_find(&t, 0x555500000000ull + (uint64_t)k * 32);
+                ASSERT_NOT_NULL(c);
+                struct ap_live e;
+                ap_live_get(&t, c, &e);
+                ASSERT_EQ(e.stack, k);
+                ASSERT_EQ(e.wbytes, k);
+                ASSERT_EQ(e.flags, 0u);
         }
         ap_live_clear(&t);
 }
 
-/* Small tables stay at most half full; from 2^21 cells (64 MiB) on, three quarters: 1.5 M
- * live blocks fit 2^21 cells rather than taking 128 MiB. */
+/* Small tables stay at most half full; from 2^21 cells (32 MiB) on, three quarters: 1.5 M
+ * live blocks fit 2^21 cells rather than taking 64 MiB. */
 static void dense_when_big(void)
 {
         const uint32_t n = 1500000;
         struct ap_live_table t = {0};
         for (uint32_t k = 0; k < n; k++) {
-                struct ap_live *e, old;
-                ASSERT_EQ(ap_live_insert(&t, 0x7f0000000000ull + (uint64_t)k * 48, &e, &old), 0);
-                e->stack = k;
+                struct ap_live old;
+                ASSERT_EQ(ap_live_insert(
+                                  &t,
+                                  &(struct ap_live){.addr = 0x7f0000000000ull + (uint64_t)k * 48,
+                                                    .wcount = AP_LIVE_ONE,
+                                                    .stack = k},
+                                  &old),
+                          0);
                 if (k == 400000)
                         ASSERT_EQ(t.cap, (size_t)1 << 20); /* 400,001 members: half full */
         }
@@ -129,25 +236,26 @@ static void dense_when_big(void)
         /* Three quarters full, the probe runs are long: take every third member out (the
          * backward shift moves many) and find each of the rest where it should be. */
         for (uint32_t k = 0; k < n; k += 3) {
-                struct ap_live *e = ap_live_find(&t, 0x7f0000000000ull + (uint64_t)k * 48);
-                ASSERT_NOT_NULL(e);
-                ap_live_remove(&t, e);
+                struct ap_live_cell *c = ap_live_find(&t, 0x7f0000000000ull + (uint64_t)k * 48);
+                ASSERT_NOT_NULL(c);
+                ap_live_remove(&t, c);
         }
         ASSERT_EQ(t.len, (size_t)n - (n + 2) / 3);
         for (uint32_t k = 0; k < n; k++) {
-                struct ap_live *e = ap_live_find(&t, 0x7f0000000000ull + (uint64_t)k * 48);
+                struct ap_live_cell *c = ap_live_find(&t, 0x7f0000000000ull + (uint64_t)k * 48);
                 if (k % 3 == 0) {
-                        ASSERT_NULL(e);
+                        ASSERT_NULL(c);
                         continue;
                 }
-                ASSERT_NOT_NULL(e);
-                ASSERT_EQ(e->stack, k);
+                ASSERT_NOT_NULL(c);
+                ASSERT_EQ(c->stack, k);
         }
         ap_live_clear(&t);
 }
 
 int main(void)
 {
+        extra_entries();
         grows_in_place();
         dense_when_big();
 
@@ -192,7 +300,15 @@ int main(void)
                         len--;
                 }
         check_all(&t, 0);
+        /* Every entry back in the free list: a third of the members, in again, take
+         * no new ones. */
+        uint32_t nextra = t.nextra;
+        for (uint32_t k = 0; k < N; k += 3)
+                insert(&t, k);
+        ASSERT_EQ(t.nextra, nextra);
+        check_all(&t, (N + 2) / 3);
         ap_live_clear(&t);
+        memset(in, 0, sizeof(in));
         ASSERT_EQ(t.cap, 0u);
         ASSERT_NULL(ap_live_find(&t, addr_of(7)));
 
