@@ -93,7 +93,14 @@ static struct ap_live_cell *cells_resize(struct ap_live_cell *cells, size_t old_
  * each is taken out and placed by probing from its new home, past placed members only:
  * a MOVING cell on the way is taken over and its member placed next.  A placed
  * member's probe sequence therefore crosses only placed members, which stay where they
- * are, so no later step opens a hole in it. */
+ * are, so no later step opens a hole in it.
+ *
+ * That holds in any order; the old cells are taken from the last down.  A home is the top
+ * bits of the address's hash, so a member at i, usually near its home, goes near 2i:
+ * into cells already emptied or placed, and the taking and the placing are two
+ * sequential sweeps.  Taken from the first up, a member's new place was usually held by
+ * another still to move, whose own was another's, each a jump to a random cache line
+ * (1.65 M members into 4 M cells: 47-66 ms of doublings against 14-19). */
 static int grow(struct ap_live_table *t)
 {
         size_t old_cap = t->cap;
@@ -108,7 +115,7 @@ static int grow(struct ap_live_table *t)
         for (size_t i = 0; i < old_cap; i++)
                 if (cells[i].addr != 0)
                         cells[i].stack |= MOVING;
-        for (size_t i = 0; i < old_cap; i++) {
+        for (size_t i = old_cap; i-- > 0;) {
                 if (cells[i].addr == 0 || !(cells[i].stack & MOVING))
                         continue;
                 struct ap_live_cell e = cells[i];
