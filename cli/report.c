@@ -13,6 +13,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <time.h>
 
@@ -508,6 +509,24 @@ static void section(const struct out *o, const char *title)
 }
 
 /* "func (file:line)" for the innermost frame of a site: the code that allocated. */
+/* Whether a function's name, outside its template arguments and parameters, says that it
+ * allocates: a program's or a library's own allocation wrapper (xmalloc, g_malloc0,
+ * jv_mem_alloc, Perl_safesysmalloc, PyMem_Malloc, a vector's _M_realloc_insert), which
+ * many of its sites go through. */
+static bool names_allocator(const char *fn)
+{
+        unsigned depth = 0;
+        for (const char *c = fn; *c; c++) {
+                if (*c == '<' || *c == '(')
+                        depth++;
+                else if ((*c == '>' || *c == ')') && depth > 0)
+                        depth--;
+                else if (depth == 0 && strncasecmp(c, "alloc", 5) == 0)
+                        return true;
+        }
+        return false;
+}
+
 static void put_site_label(const struct out *o, const struct ap_profile *p,
                            const struct ap_psite *s)
 {
@@ -536,19 +555,20 @@ static void put_site_label(const struct out *o, const struct ap_profile *p,
                 put_str(o, mod, 0);
                 say(o, ")");
         }
-        /* An address without a name (a stripped library) tells sites apart badly: add the
-         * nearest caller that has one, past the library's own allocation wrappers
-         * (sqlite3Malloc, PyMem_Malloc, xmalloc: every site of the library goes through
-         * them), unless there is nothing else. */
+        /* An address without a name (a stripped library) or an allocation wrapper tells
+         * sites apart badly (every site of jq is "jv_mem_alloc"): add the nearest caller
+         * that has a name, past further wrappers (sqlite3Malloc, PyMem_Malloc, xmalloc:
+         * every site of the library goes through them), unless there is nothing else. */
         const char *from = NULL;
-        for (uint32_t i = 1; !fn && i < s->nframes; i++) {
+        bool wrapped = !fn || names_allocator(fn);
+        for (uint32_t i = 1; wrapped && i < s->nframes; i++) {
                 const struct ap_pframe *c = pframe(p, s->frames[i]);
                 const char *cfn = c ? pstr(p, c->function) : NULL;
                 if (cfn == NULL)
                         continue;
                 if (from == NULL)
                         from = cfn;
-                if (strcasestr(cfn, "alloc") == NULL) {
+                if (!names_allocator(cfn)) {
                         from = cfn;
                         break;
                 }

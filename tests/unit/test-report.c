@@ -1213,8 +1213,10 @@ static void test_summary(void)
                 "allocprof: top call sites by bytes:\n"
                 "allocprof:     8.58 MiB in     2,400 calls  strbuf_append (src/strbuf.c:58)\n"
                 "allocprof:     4.00 MiB in         1 call   load_config (src/config.c:88)\n"
-                "allocprof:     1.91 MiB in       300 calls  std::vector<Node*, std::allocator<Node*> >"
-                "::_M_realloc_insert(Node* const&) (/usr/include/c++/12/bits/vector.tcc:449)\n");
+                "allocprof:     1.91 MiB in       300 calls  std::vector<Node*, "
+                "std::allocator<Node*> >"
+                "::_M_realloc_insert(Node* const&) (/usr/include/c++/12/bits/vector.tcc:449) from "
+                "Tree::rebalance()\n");
         ASSERT_NOT_CONTAINS(t, "make_node"); /* only three sites */
         ASSERT_CONTAINS(t, "allocprof: warning: 5 events were dropped; figures are incomplete\n");
         ASSERT_CONTAINS(t, "allocprof: profile written to allocprof.tree-bench.4242.approf\n");
@@ -1753,6 +1755,34 @@ static void test_unnamed_label(void)
         ap_profile_free(p);
 }
 
+/* A site whose first frame is an allocation wrapper (every site of jq is jv_mem_alloc) is
+ * labelled with its nearest named caller that is not one; "allocator" in a template
+ * argument does not make a function one. */
+static void test_wrapper_label(void)
+{
+        struct ap_profile *p = build_known();
+        char *t;
+
+        site(p, (struct ap_psite){.allocations = 9, .bytes = 900u << 20}, 4,
+             (struct fspec[]){{"jv_mem_alloc", NULL, 0, M_ZLIB, 0x7d00, false},
+                              {NULL, NULL, 0, M_ZLIB, 0x7e00, false},
+                              {"Perl_safesysMalloc", NULL, 0, M_ZLIB, 0x7e80, false},
+                              {"jv_array_sized", NULL, 0, M_ZLIB, 0x7f00, false}});
+        site(p, (struct ap_psite){.allocations = 8, .bytes = 800u << 20}, 2,
+             (struct fspec[]){{"std::vector<Foo, std::allocator<Foo> >::push_back(Foo&&)", NULL, 0,
+                               M_ZLIB, 0x8000, false},
+                              {"fill", NULL, 0, M_ZLIB, 0x8100, false}});
+        site(p, (struct ap_psite){.allocations = 7, .bytes = 700u << 20}, 1,
+             (struct fspec[]){{"xmalloc", NULL, 0, M_ZLIB, 0x8200, false}});
+        t = summary_text(p, NULL);
+        ASSERT_CONTAINS(t, "calls  jv_mem_alloc (libz.so.1) from jv_array_sized\n");
+        ASSERT_CONTAINS(t, "calls  std::vector<Foo, std::allocator<Foo> >::push_back(Foo&&) "
+                           "(libz.so.1)\n");
+        ASSERT_CONTAINS(t, "calls  xmalloc (libz.so.1)\n"); /* no caller to name */
+        free(t);
+        ap_profile_free(p);
+}
+
 /* Merging (`report A B`, `report --all`) looked each frame of each stack up again, and
  * its module by a walk over all the modules merged so far: a profile of n modules and a
  * stack of n frames, one in each, took n^2 steps (a minute for 200,000, a file of a few
@@ -1914,6 +1944,7 @@ int main(void)
         test_degenerate();
         test_summary();
         test_unnamed_label();
+        test_wrapper_label();
         test_live();
         test_by_exec();
         test_command();
