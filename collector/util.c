@@ -137,19 +137,36 @@ void ap_map_clear(struct ap_map *m)
         m->cap = m->len = 0;
 }
 
+/* The 128-bit product of a and b, its halves folded together. */
+static inline uint64_t fold_mul(uint64_t a, uint64_t b)
+{
+        unsigned __int128 r = (unsigned __int128)a * b;
+        return (uint64_t)r ^ (uint64_t)(r >> 64);
+}
+
+/* 16 bytes a step, one wide multiplication each, the state mixed into both factors and
+ * added back (a factor that comes out 0 then loses one word, not the state); then a full
+ * mix.  A word at a time through ap_mix64, two dependent multiplications each, was a
+ * tenth of the collector's time on a program with a million distinct stacks (each stack's
+ * return addresses are hashed when it arrives and its frames when its site is made). */
 uint64_t ap_hash_bytes(const void *p, size_t n)
 {
         const uint8_t *b = p;
         uint64_t h = 0xcbf29ce484222325ull ^ n;
         size_t i = 0;
-        for (; i + 8 <= n; i += 8) {
-                uint64_t w;
-                memcpy(&w, b + i, 8);
-                h = ap_mix64(h ^ w);
+        for (; i + 16 <= n; i += 16) {
+                uint64_t w0, w1;
+                memcpy(&w0, b + i, 8);
+                memcpy(&w1, b + i + 8, 8);
+                h += fold_mul(w0 ^ h ^ 0xa0761d6478bd642full, w1 ^ 0xe7037ed1a0b428dbull);
         }
-        uint64_t tail = 0;
-        memcpy(&tail, b + i, n - i);
-        return ap_mix64(h ^ tail ^ 0x5bd1e995);
+        uint64_t t0 = 0, t1 = 0;
+        size_t rest = n - i;
+        memcpy(&t0, b + i, rest < 8 ? rest : 8);
+        if (rest > 8)
+                memcpy(&t1, b + i + 8, rest - 8);
+        h += fold_mul(t0 ^ h ^ 0x8ebc6af09c88c6e3ull, t1 ^ 0x589965cc75374cc3ull);
+        return ap_mix64(h);
 }
 
 size_t ap_utf8_len(const unsigned char *s)
