@@ -346,6 +346,7 @@ static int finalize_sites(struct fin *f)
                 if (s->allocations == 0)
                         continue;
                 const uint32_t depth = s->depth;
+                const uint64_t *ips = ap_cstack_ips(p, s);
                 if (depth > AP_MAX_FRAMES) { /* process.c refuses such stacks */
                         r = -EINVAL;
                         goto out;
@@ -353,7 +354,7 @@ static int finalize_sites(struct fin *f)
                 /* The outer frames it shares with the stack before. */
                 uint32_t shared = 0;
                 while (shared < depth && shared < nprev &&
-                       prev[shared].ip == s->ips[depth - 1 - shared])
+                       prev[shared].ip == ips[depth - 1 - shared])
                         shared++;
                 /* The outermost frames, while they are entry code (never frame 0): j counts
                  * them from the outermost. */
@@ -363,7 +364,7 @@ static int finalize_sites(struct fin *f)
                         if (nentry < shared && prev[nentry].entry != 0) {
                                 entry = prev[nentry].entry == 1;
                         } else {
-                                r = entry_ip(f, s->ips[depth - 1 - nentry], &entry);
+                                r = entry_ip(f, ips[depth - 1 - nentry], &entry);
                                 if (r < 0)
                                         goto out;
                         }
@@ -382,7 +383,7 @@ static int finalize_sites(struct fin *f)
                                 c->entry = entry;
                                 continue;
                         }
-                        uint64_t ip = s->ips[depth - 1 - j];
+                        uint64_t ip = ips[depth - 1 - j];
                         long a = symbolize_ip(f, ip, outer);
                         if (a < 0) {
                                 r = (int)a;

@@ -16,7 +16,8 @@
 
 /* A distinct raw stack (return addresses), and what was allocated from it. */
 struct ap_cstack {
-        uint64_t *ips;
+        size_t ips_at; /* its return addresses, innermost first: ips[ips_at, + depth) of the
+                        * process */
         uint32_t depth;
         uint64_t hash;
         uint64_t allocations, bytes, frees, freed_bytes;
@@ -84,6 +85,11 @@ struct ap_process {
 
         struct ap_cstack *stacks;
         size_t nstacks, stacks_cap;
+        /* Every stack's return addresses, one after the other: one block to grow and to
+         * free, where a block per stack cost a malloc and its overhead each (a program
+         * with a million stacks) and a free each when the process went. */
+        uint64_t *ips;
+        size_t nips, ips_cap;
         struct ap_map stack_by_hash; /* ips hash -> stack index + 1 (chained by probing) */
         uint64_t drain_cpu_ns;       /* thread CPU time of the drains that found records */
         uint64_t backlog;            /* ap_process_backlog() */
@@ -144,6 +150,12 @@ struct ap_process {
 
         uint8_t *scratch; /* a record's fixed part, copied out of the ring before validation */
 };
+
+/* Stack s's return addresses (valid until the next stack is interned). */
+static inline const uint64_t *ap_cstack_ips(const struct ap_process *p, const struct ap_cstack *s)
+{
+        return p->ips + s->ips_at;
+}
 
 /* The module mapped at ip: the newest load covering it, preferring one that is still
  * loaded.  Returns its index in modules, or UINT32_MAX. */

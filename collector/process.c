@@ -137,9 +137,8 @@ void ap_process_free(struct ap_process *p)
 {
         if (p == NULL)
                 return;
-        for (size_t i = 0; i < p->nstacks; i++)
-                free(p->stacks[i].ips);
         free(p->stacks);
+        free(p->ips);
         ap_map_clear(&p->stack_by_hash);
         ap_map_clear(&p->reused);
         ap_map_clear(&p->tids);
@@ -209,6 +208,8 @@ struct ap_process *ap_process_snapshot(const struct ap_process *src)
         p->scratch = NULL;
         p->stacks = NULL;
         p->nstacks = p->stacks_cap = 0;
+        p->ips = NULL;
+        p->nips = p->ips_cap = 0;
         p->modules = NULL;
         p->nmodules = p->modules_cap = 0;
         p->timeline = NULL;
@@ -219,20 +220,17 @@ struct ap_process *ap_process_snapshot(const struct ap_process *src)
         p->exec_path = NULL;
 
         bool failed = false;
-        if (src->nstacks > 0 && (p->stacks = calloc(src->nstacks, sizeof(*p->stacks))) != NULL) {
-                for (size_t i = 0; i < src->nstacks && !failed; i++) {
-                        p->stacks[i] = src->stacks[i];
-                        p->stacks[i].ips = malloc(sizeof(uint64_t) * src->stacks[i].depth);
-                        if (p->stacks[i].ips == NULL) {
-                                failed = true;
-                                break;
-                        }
-                        memcpy(p->stacks[i].ips, src->stacks[i].ips,
-                               sizeof(uint64_t) * src->stacks[i].depth);
-                        p->nstacks = p->stacks_cap = i + 1;
+        if (src->nstacks > 0) {
+                p->stacks = malloc(src->nstacks * sizeof(*p->stacks));
+                p->ips = malloc((src->nips ? src->nips : 1) * sizeof(*p->ips));
+                if (p->stacks != NULL && p->ips != NULL) {
+                        memcpy(p->stacks, src->stacks, src->nstacks * sizeof(*p->stacks));
+                        memcpy(p->ips, src->ips, src->nips * sizeof(*p->ips));
+                        p->nstacks = p->stacks_cap = src->nstacks;
+                        p->nips = p->ips_cap = src->nips;
+                } else {
+                        failed = true;
                 }
-        } else if (src->nstacks > 0) {
-                failed = true;
         }
         if (!failed && src->nmodules > 0 &&
             (p->modules = calloc(src->nmodules, sizeof(*p->modules))) != NULL) {
@@ -541,17 +539,16 @@ static uint32_t stack_intern_ips(struct ap_process *p, const uint64_t *ips, uint
                 if (v == NULL)
                         break;
                 struct ap_cstack *s = &p->stacks[*v - 1];
-                if (s->depth == depth && memcmp(s->ips, ips, 8ull * depth) == 0)
+                if (s->depth == depth && memcmp(ap_cstack_ips(p, s), ips, 8ull * depth) == 0)
                         return (uint32_t)(*v - 1);
         }
-        if (AP_GROW(p->stacks, p->stacks_cap, p->nstacks + 1) < 0)
+        if (AP_GROW(p->stacks, p->stacks_cap, p->nstacks + 1) < 0 ||
+            AP_GROW(p->ips, p->ips_cap, p->nips + depth) < 0)
                 return UINT32_MAX;
         struct ap_cstack *s = &p->stacks[p->nstacks];
         memset(s, 0, sizeof(*s));
-        s->ips = malloc(8ull * depth);
-        if (s->ips == NULL)
-                return UINT32_MAX;
-        memcpy(s->ips, ips, 8ull * depth);
+        s->ips_at = p->nips;
+        memcpy(p->ips + p->nips, ips, 8ull * depth);
         s->depth = depth;
         s->hash = hash;
         /* A new stack: note the modules it runs through (a few compares per frame, once
@@ -563,8 +560,9 @@ static uint32_t stack_intern_ips(struct ap_process *p, const uint64_t *ips, uint
          * with it. */
         const struct ap_cstack *prev = p->nstacks > 0 ? &p->stacks[p->nstacks - 1] : NULL;
         uint32_t shared = 0;
+        const uint64_t *prev_ips = prev != NULL ? ap_cstack_ips(p, prev) : NULL;
         while (prev != NULL && shared < depth && shared < prev->depth &&
-               ips[depth - 1 - shared] == prev->ips[prev->depth - 1 - shared])
+               ips[depth - 1 - shared] == prev_ips[prev->depth - 1 - shared])
                 shared++;
         for (uint32_t d = 0; d + shared < depth; d++) {
                 if (d > 0 && d + 3 >= depth)
@@ -592,10 +590,9 @@ static uint32_t stack_intern_ips(struct ap_process *p, const uint64_t *ips, uint
                                 p->new_addrs[p->nnew_addrs++] = a;
                 }
         }
-        if (ap_map_put(&p->stack_by_hash, key ? key : 1, p->nstacks + 1) < 0) {
-                free(s->ips);
-                return UINT32_MAX;
-        }
+        if (ap_map_put(&p->stack_by_hash, key ? key : 1, p->nstacks + 1) < 0)
+                return UINT32_MAX; /* its addresses are overwritten by the next stack's */
+        p->nips += depth;
         return (uint32_t)p->nstacks++;
 }
 
