@@ -72,6 +72,17 @@ static bool is_sampled(const struct ap_profile *p)
         return p->mode && strcmp(p->mode, "sampled") == 0;
 }
 
+/* Whether the figures are estimates: sampled at an interval above 1 byte.  At 1 byte (and
+ * only that one, not merged with others) every byte is a sample point: every allocation
+ * is recorded with its own size, as in full mode, and the figures are exact. */
+static bool is_estimate(const struct ap_profile *p)
+{
+        bool every_byte = p->sample_interval == 1 &&
+                          (p->sample_interval_min == 0 ||
+                           (p->sample_interval_min == 1 && p->sample_interval_max == 1));
+        return is_sampled(p) && !every_byte;
+}
+
 static double share(uint64_t part, uint64_t whole)
 {
         return whole ? 100.0 * (double)part / (double)whole : 0.0;
@@ -825,11 +836,14 @@ static void put_header(const struct out *o, const struct ap_profile *p)
                     "  mode sampled: one sample per %s to %s allocated on average (the "
                     "interval changed while it was recorded); figures are estimates\n",
                     fmt_size(p->sample_interval_min).s, fmt_size(p->sample_interval_max).s);
-        else if (is_sampled(p))
+        else if (is_estimate(p))
                 say(o,
                     "  mode sampled: one sample per %s allocated on average; figures are "
                     "estimates\n",
                     fmt_size(p->sample_interval).s);
+        else if (is_sampled(p))
+                say(o, "  mode sampled at every byte: every allocation recorded; counts are "
+                       "exact\n");
         else if (p->mode && strcmp(p->mode, "full") == 0)
                 say(o, "  mode full: every allocation recorded; counts are exact\n");
         else {
@@ -891,7 +905,7 @@ static void put_summary(const struct out *o, const struct ap_profile *p, uint32_
                     : p->by_exec ? "not freed before the exec"
                                  : "never freed",
                     fmt_count(leaking_sites).s, leaking_sites == 1 ? "" : "s");
-        else if (is_sampled(p)) /* blocks never sampled may have leaked all the same */
+        else if (is_estimate(p)) /* blocks never sampled may have leaked all the same */
                 say(o, "  %s\n",
                     p->live      ? "every sampled block allocated so far was freed"
                     : p->by_exec ? "every sampled block was freed before the exec"
@@ -1121,17 +1135,17 @@ static void put_leaks(const struct out *o, const struct ap_profile *p, struct si
         if (leaking == 0 && p->totals.leaked_blocks == 0) {
                 say(o, "  ");
                 say_in(o, SGR_GREEN, "%s",
-                       p->live      ? is_sampled(p) ? "nothing live: every sampled block allocated "
-                                                      "so far was freed"
-                                                    : "nothing live: every block allocated so far "
-                                                      "was freed"
-                       : p->by_exec ? is_sampled(p)
-                                              ? "nothing live: every sampled block was freed "
-                                                "before the exec"
-                                              : "nothing live: every allocated block was freed "
-                                                "before the exec"
-                       : is_sampled(p) ? "no leaks seen: every sampled block was freed before exit"
-                                       : "no leaks: every allocated block was freed before exit");
+                       p->live ? is_estimate(p) ? "nothing live: every sampled block allocated "
+                                                  "so far was freed"
+                                                : "nothing live: every block allocated so far "
+                                                  "was freed"
+                       : p->by_exec     ? is_estimate(p)
+                                                  ? "nothing live: every sampled block was freed "
+                                                    "before the exec"
+                                                  : "nothing live: every allocated block was freed "
+                                                    "before the exec"
+                       : is_estimate(p) ? "no leaks seen: every sampled block was freed before exit"
+                                        : "no leaks: every allocated block was freed before exit");
                 say(o, "\n");
                 return;
         }
@@ -1770,7 +1784,7 @@ int ap_report_json(FILE *out, const struct ap_profile *p, const struct ap_report
         jkey_u64(&root, "sample_interval_max",
                  p->sample_interval_max ? p->sample_interval_max : p->sample_interval);
         jkey(&root, "estimated");
-        fputs(is_sampled(p) ? "true" : "false", out);
+        fputs(is_estimate(p) ? "true" : "false", out);
         json_totals(&root, p);
         jkey_str(&root, "sort", sort_name(opts->sort));
         jkey_u64(&root, "sites_total", p->nsites);
@@ -1895,7 +1909,7 @@ void ap_report_summary(FILE *out, const struct ap_profile *p, const char *profil
         say(&o, "allocprof: %s allocations (%s), %s frees, peak %s in %s blocks%s\n",
             fmt_count(t->allocations).s, fmt_size(t->bytes).s, fmt_count(t->frees).s,
             fmt_size(t->peak_bytes).s, fmt_count(t->peak_blocks).s,
-            is_sampled(p) ? " (estimated)" : "");
+            is_estimate(p) ? " (estimated)" : "");
         if (p->by_exec) {
                 say(&o, "allocprof: pid %" PRIu32 " (%s) was replaced by an exec of ", p->pid,
                     p->exe ? ap_path_base(p->exe) : "?");
@@ -1906,7 +1920,7 @@ void ap_report_summary(FILE *out, const struct ap_profile *p, const char *profil
                                        "profile ends at the exec");
         }
         /* The first line's "(estimated)" reads as the peak's: the leak line says it too. */
-        const char *est = is_sampled(p) ? " (estimated)" : "";
+        const char *est = is_estimate(p) ? " (estimated)" : "";
         if (p->live && t->leaked_blocks)
                 say(&o, "allocprof: %s in %s block%s live now%s\n", fmt_size(t->leaked_bytes).s,
                     fmt_count(t->leaked_blocks).s, t->leaked_blocks == 1 ? "" : "s", est);
@@ -1923,7 +1937,7 @@ void ap_report_summary(FILE *out, const struct ap_profile *p, const char *profil
         else if (t->leaked_blocks)
                 say(&o, "allocprof: leaked %s in %s block%s%s\n", fmt_size(t->leaked_bytes).s,
                     fmt_count(t->leaked_blocks).s, t->leaked_blocks == 1 ? "" : "s", est);
-        else if (is_sampled(p))
+        else if (is_estimate(p))
                 say(&o, "allocprof: no leaks among the sampled blocks\n");
         else
                 say(&o, "allocprof: no leaks\n");

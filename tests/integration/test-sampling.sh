@@ -88,12 +88,17 @@ echo "--- live set, --sample 1 against full"
         { echo "FAIL: live set, sampled"; exit 1; }
 "$AP" report lfull.approf --json >lfull.json
 "$AP" report l1.approf --json >l1.json
+"$AP" report l1.approf | grep -q "mode sampled at every byte: every allocation recorded; counts are exact" ||
+        { echo "FAIL: --sample 1: the text report does not say the counts are exact"; rc=1; }
 python3 - lfull.json l1.json <<'PY' || rc=1
 import json, sys
 full, smp = (json.load(open(p)) for p in sys.argv[1:3])
 fails = 0
 if smp["mode"] != "sampled" or smp.get("sample_interval") != 1:
     print("FAIL: mode", smp["mode"], smp.get("sample_interval"))
+    fails += 1
+if smp.get("estimated") is not False:  # every allocation recorded: exact, and said so
+    print("FAIL: --sample 1 reported as estimates")
     fails += 1
 for k in ("allocations", "bytes", "frees", "freed_bytes", "leaked_blocks", "leaked_bytes",
           "peak_bytes", "dropped_events", "unmatched_frees", "untracked_samples"):

@@ -804,7 +804,25 @@ static void test_json_exit_status(void)
         ASSERT_EQ(jint(doc, "sample_interval"), 524288);
         ASSERT_EQ(jint(doc, "sample_interval_min"), 1024);
         ASSERT_EQ(jint(doc, "sample_interval_max"), 1048576);
+        ASSERT_TRUE(json_is_true(jget(doc, "estimated")));
         json_decref(doc);
+        /* At 1 byte every allocation is recorded with its own size: exact; merged with
+         * profiles of other intervals, estimates again. */
+        p->sample_interval = 1;
+        p->sample_interval_min = p->sample_interval_max = 0;
+        doc = render_json(p, 1, AP_SORT_BYTES);
+        ASSERT_TRUE(json_is_false(jget(doc, "estimated")));
+        ASSERT_STREQ(json_string_value(jget(doc, "mode")), "sampled");
+        json_decref(doc);
+        p->sample_interval_min = p->sample_interval_max = 1;
+        doc = render_json(p, 1, AP_SORT_BYTES);
+        ASSERT_TRUE(json_is_false(jget(doc, "estimated")));
+        json_decref(doc);
+        p->sample_interval_max = 4096;
+        doc = render_json(p, 1, AP_SORT_BYTES);
+        ASSERT_TRUE(json_is_true(jget(doc, "estimated")));
+        json_decref(doc);
+        p->sample_interval = 524288;
         p->sample_interval_min = p->sample_interval_max = 0;
 
         /* Counters beyond INT64_MAX saturate rather than wrap negative. */
@@ -1173,6 +1191,19 @@ static void test_degenerate(void)
         t = summary_text(p, NULL);
         ASSERT_CONTAINS(t, "allocprof: no leaks among the sampled blocks\n");
         free(t);
+        /* At 1 byte every block is sampled: a leak would show, and nothing is estimated. */
+        p->sample_interval = 1;
+        t = render_text(p, 10, AP_SORT_BYTES, false);
+        ASSERT_CONTAINS(t, "\n  mode sampled at every byte: every allocation recorded; counts "
+                           "are exact\n");
+        ASSERT_CONTAINS(t, "no leaks: every allocated block was freed before exit");
+        ASSERT_NOT_CONTAINS(t, "estimate");
+        free(t);
+        t = summary_text(p, NULL);
+        ASSERT_CONTAINS(t, "allocprof: no leaks\n");
+        ASSERT_NOT_CONTAINS(t, "estimated");
+        free(t);
+        p->sample_interval = 524288;
         free(p->mode);
         p->mode = NULL;
         p->sample_interval = 0;
