@@ -162,7 +162,8 @@ uint64_t ap_hash_bytes(const void *p, size_t n)
         }
         uint64_t t0 = 0, t1 = 0;
         size_t rest = n - i;
-        memcpy(&t0, b + i, rest < 8 ? rest : 8);
+        if (rest > 0) /* p may be NULL when n is 0 */
+                memcpy(&t0, b + i, rest < 8 ? rest : 8);
         if (rest > 8)
                 memcpy(&t1, b + i + 8, rest - 8);
         h += fold_mul(t0 ^ h ^ 0x8ebc6af09c88c6e3ull, t1 ^ 0x589965cc75374cc3ull);

@@ -288,6 +288,45 @@ static void test_timestamps(void)
         close(fd);
 }
 
+/* A free of address 0 (no agent sends one: a hostile process can) matches no block: it
+ * once matched an empty cell of the live table, whose count of members it then took one
+ * from, wrapping it, after which every allocation doubled the table. */
+static void test_free_of_null(void)
+{
+        int fd;
+        uint64_t total;
+        struct ap_process *p = new_area(&fd, &total, 1);
+        struct ap_producer pr;
+        claim_slot(0, &pr);
+        const uint64_t base = g_h->start_ticks - (1ull << 30);
+        put_alloc(&pr, base, 0x10000, 100, &one_ip, 1);
+        for (uint32_t i = 0; i < 3; i++)
+                put_free(&pr, base + 1 + i, 0);
+        ap_process_drain(p, false);
+        for (uint32_t i = 0; i < 1000; i++)
+                put_alloc(&pr, base + 10 + i, 0x20000 + 16 * i, 10, &one_ip, 1);
+        ap_process_drain(p, false);
+        for (uint32_t i = 0; i < 1000; i++)
+                put_free(&pr, base + 2000 + i, 0x20000 + 16 * i);
+        put_free(&pr, base + 3000, 0x10000);
+        ap_process_drain(p, true);
+
+        struct ap_symbolizer *sym = NULL;
+        ASSERT_OK(ap_symbolizer_new(&sym));
+        struct ap_profile *prof = NULL;
+        ASSERT_OK(ap_process_finalize(p, sym, &prof));
+        ASSERT_EQ(prof->totals.allocations, 1001);
+        ASSERT_EQ(prof->totals.bytes, 100 + 1000 * 10);
+        ASSERT_EQ(prof->totals.frees, 1001);
+        ASSERT_EQ(prof->totals.leaked_blocks, 0);
+        ASSERT_EQ(prof->totals.unmatched_frees, 3);
+        ap_profile_free(prof);
+        ap_symbolizer_free(sym);
+        ap_process_free(p);
+        munmap(g_h, total);
+        close(fd);
+}
+
 int main(void)
 {
         int fd;
@@ -357,6 +396,7 @@ int main(void)
         printf("ok: %d threads x %d allocations, %ld records drained\n", THREADS, PER_THREAD,
                drained);
         test_timestamps();
+        test_free_of_null();
         printf("ok: long-lived blocks and a late free\n");
         test_slot_reuse();
         printf("ok: %d threads taking turns on %d slots, %d times each\n", REUSE_THREADS,
