@@ -53,6 +53,23 @@ static uint64_t cnt(uint64_t units)
         return (units + AP_CW / 2) / AP_CW;
 }
 
+/* A process writes its own records, and sizes or weights made up to wrap the sums make
+ * counters that contradict each other (more freed than allocated).  Its profile must
+ * still be one that can be written and read again: a count past its bound is cut to it
+ * (no record could have made it, and the report says how many records were malformed). */
+static void keep_bounds(uint64_t allocations, uint64_t *frees, uint64_t *leaked_blocks,
+                        uint64_t bytes, uint64_t *freed_bytes, uint64_t *leaked_bytes)
+{
+        if (*frees > allocations)
+                *frees = allocations;
+        if (*leaked_blocks > allocations)
+                *leaked_blocks = allocations;
+        if (*freed_bytes > bytes)
+                *freed_bytes = bytes;
+        if (*leaked_bytes > bytes)
+                *leaked_bytes = bytes;
+}
+
 static bool is_agent_module(const struct ap_cmodule *m)
 {
         return strncmp(ap_path_base(m->path), "liballocprof", 12) == 0;
@@ -485,6 +502,8 @@ static int finalize_sites(struct fin *f)
                 site->leaked_blocks = cnt(site->leaked_blocks);
                 site->temporary = cnt(site->temporary);
                 site->reallocs = cnt(site->reallocs);
+                keep_bounds(site->allocations, &site->frees, &site->leaked_blocks, site->bytes,
+                            &site->freed_bytes, &site->leaked_bytes);
         }
         for (uint32_t i = 0; i < prof->nmodules; i++) {
                 prof->modules[i].allocations = cnt(prof->modules[i].allocations);
@@ -571,6 +590,8 @@ int ap_process_finalize(struct ap_process *p, struct ap_symbolizer *sym, struct 
         prof->totals.peak_t_ns = ap_process_ticks_to_ns(p, p->t.peak_ts);
         prof->totals.temporary = cnt(p->t.temporary);
         prof->totals.reallocs = cnt(p->t.reallocs);
+        keep_bounds(prof->totals.allocations, &prof->totals.frees, &prof->totals.leaked_blocks,
+                    prof->totals.bytes, &prof->totals.freed_bytes, &prof->totals.leaked_bytes);
         /* Summed without wrapping (the counters are the process's to write): the events
          * of threads without a ring stay a part of all dropped ones, as readers check. */
         uint64_t ring_full = ap_load_relaxed(&h->xcounters[AP_CNT_DROP_RING_FULL]);

@@ -21,6 +21,9 @@
 #include <time.h>
 
 #define TIMELINE_MAX 2048
+/* No block can be larger than the biggest user address space (57 bits, with five-level
+ * page tables): a record that says so is malformed. */
+#define MAX_BLOCK (1ull << 56)
 #define RECORD_MAX (sizeof(struct ap_rec_realloc) + 8 * AP_MAX_FRAMES)
 /* How long a program runs before the C library's DWARF is warmed anyway. */
 #define LIBC_WARM_DELAY_NS (100ull * 1000 * 1000)
@@ -662,9 +665,13 @@ static uint32_t stack_resolve(struct ap_process *p, const struct ap_rec_hdr *rh,
 
 /* ---- live blocks and accounting ---------------------------------------------------- */
 
+/* The histogram bucket of a size: bucket i holds [2^(i-1), 2^i), the last one every size
+ * from 2^62 up.  A size of 2^63 or more (which no allocation that succeeded can have, but
+ * a record can say) once indexed one past the end, over the process's own fields. */
 static unsigned hist_bucket(uint64_t size)
 {
-        return size == 0 ? 0 : (unsigned)(64 - __builtin_clzll(size));
+        unsigned b = size == 0 ? 0 : (unsigned)(64 - __builtin_clzll(size));
+        return b < AP_HIST_BUCKETS ? b : AP_HIST_BUCKETS - 1;
 }
 
 /* The site's live bytes are about to change: remember what they were at the last peak. */
@@ -971,7 +978,7 @@ static void process_record(struct ap_process *p, struct ap_slot *slot, const uin
                 struct ap_rec_alloc r;
                 memcpy(&r, p->scratch, sizeof(r));
                 stack = stack_resolve(p, &rh, ring_rec, sizeof(r));
-                if (stack == UINT32_MAX || r.addr == 0) {
+                if (stack == UINT32_MAX || r.addr == 0 || r.size > MAX_BLOCK) {
                         p->t.invalid_records++;
                         return;
                 }
@@ -983,7 +990,7 @@ static void process_record(struct ap_process *p, struct ap_slot *slot, const uin
                 memcpy(&r, p->scratch, sizeof(r));
                 stack = stack_resolve(p, &rh, ring_rec, sizeof(r));
                 if (stack == UINT32_MAX || r.addr == 0 || r.weight == 0 ||
-                    r.weight > (1ull << 48)) {
+                    r.weight > (1ull << 48) || r.size > MAX_BLOCK) {
                         p->t.invalid_records++;
                         return;
                 }
@@ -1009,7 +1016,7 @@ static void process_record(struct ap_process *p, struct ap_slot *slot, const uin
                 struct ap_rec_realloc r;
                 memcpy(&r, p->scratch, sizeof(r));
                 stack = stack_resolve(p, &rh, ring_rec, sizeof(r));
-                if (stack == UINT32_MAX || r.new_addr == 0) {
+                if (stack == UINT32_MAX || r.new_addr == 0 || r.size > MAX_BLOCK) {
                         p->t.invalid_records++;
                         return;
                 }

@@ -113,6 +113,131 @@ static void *hostile(void *arg)
         return NULL;
 }
 
+/* Well-formed records whose fields take edge values: addresses 0, 1 and near 2^64, a
+ * few addresses used over and over (conflicts, double frees, frees of blocks never
+ * seen), sizes and weights at and around every limit (2^31, 2^32, 2^48, 2^63, 2^64 - 1),
+ * stamps at 0 and at the end of time, every flag.  Random bytes rarely make a record the
+ * collector takes; these are well formed, and whatever they say, the process's profile
+ * must still be one that its writer accepts and its reader reads back.  (A size of 2^63
+ * once indexed the size histogram one past its end, over the process's own fields; sums
+ * of made-up sizes once made a profile with more bytes freed than allocated, which the
+ * writer refused.) */
+static uint64_t edge(uint64_t *seed, const uint64_t *vals, size_t n)
+{
+        uint64_t r = rng(seed);
+        return r % 4 == 0 ? rng(seed) : vals[r / 4 % n];
+}
+
+static void edge_records(struct ap_symbolizer *sym, uint64_t seed, bool sampled)
+{
+        int fd = sealed_layout();
+        g_h->clock_kind = AP_CLOCK_KIND;
+        g_h->start_ticks = ap_clock_ticks();
+        if (sampled) {
+                ap_store_relaxed(&g_h->xmode, AP_MODE_SAMPLED);
+                ap_store_relaxed(&g_h->xsample_interval, 4096);
+        }
+        ap_store_relaxed(&g_h->xslot_hwm, 1);
+        struct ap_ring_ctl *ctl = (struct ap_ring_ctl *)((uint8_t *)g_h + g_h->slots_offset);
+        uint32_t state = AP_SLOT_FREE;
+        ASSERT_TRUE(ap_cas_acq_rel(&ctl->xstate, &state, AP_SLOT_OWNED));
+        struct ap_producer pr;
+        ap_producer_attach(&pr, ctl);
+        struct ap_process *p = take(fd);
+
+        const uint64_t s0 = g_h->start_ticks;
+        const uint64_t addrs[] = {
+                0, 1, 16, 0x10000, 0x10010, 0x10020, 1ull << 63, UINT64_MAX - 15, UINT64_MAX};
+        const uint64_t sizes[] = {0,          1,          100,        (1ull << 31) - 1, 1ull << 31,
+                                  1ull << 32, 1ull << 48, 1ull << 63, UINT64_MAX};
+        const uint64_t weights[] = {0,         1, 4096, 1ull << 31, 1ull << 48, (1ull << 48) + 1,
+                                    UINT64_MAX};
+        const uint64_t stamps[] = {0, s0, s0 + 1, s0 + 1000, UINT64_MAX};
+        const uint64_t ips[2] = {0x401000, 0x402000};
+        for (int i = 0; i < 20000; i++) {
+                uint64_t kind = rng(&seed) % 4, depth = 1 + rng(&seed) % 2;
+                uint8_t flags = (uint8_t)(rng(&seed) & 0xe);
+                uint32_t n = 0;
+                uint8_t *w;
+                if (kind == 0 || kind == 3) { /* ALLOC, ALLOC_SAMPLED */
+                        struct ap_rec_alloc_sampled r = {
+                                .hdr = {.type = kind ? AP_REC_ALLOC_SAMPLED : AP_REC_ALLOC,
+                                        .flags = (uint8_t)(flags | AP_RECF_INLINE_STACK),
+                                        .aux = (uint32_t)depth},
+                                .ts = edge(&seed, stamps, 5),
+                                .addr = edge(&seed, addrs, 9),
+                                .size = edge(&seed, sizes, 9),
+                                .weight = edge(&seed, weights, 7)};
+                        uint32_t fixed = kind ? sizeof(r) : sizeof(struct ap_rec_alloc);
+                        n = fixed + 8 * (uint32_t)depth;
+                        r.hdr.nwords = (uint16_t)(n / 8);
+                        if ((w = ap_ring_try_reserve(&pr, n, AP_RING_FREE_RESERVE)) == NULL)
+                                break;
+                        memcpy(w, &r, fixed);
+                        memcpy(w + fixed, ips, 8 * depth);
+                } else if (kind == 1) { /* FREE */
+                        struct ap_rec_free r = {.hdr = {.type = AP_REC_FREE,
+                                                        .flags = flags,
+                                                        .nwords = sizeof(r) / 8},
+                                                .ts = edge(&seed, stamps, 5),
+                                                .addr = edge(&seed, addrs, 9)};
+                        n = sizeof(r);
+                        if ((w = ap_ring_try_reserve(&pr, n, 0)) == NULL)
+                                break;
+                        memcpy(w, &r, n);
+                } else { /* REALLOC */
+                        struct ap_rec_realloc r = {
+                                .hdr = {.type = AP_REC_REALLOC,
+                                        .flags = (uint8_t)(flags | AP_RECF_INLINE_STACK),
+                                        .aux = (uint32_t)depth},
+                                .ts = edge(&seed, stamps, 5),
+                                .ts_free = edge(&seed, stamps, 5),
+                                .old_addr = edge(&seed, addrs, 9),
+                                .new_addr = edge(&seed, addrs, 9),
+                                .size = edge(&seed, sizes, 9)};
+                        n = sizeof(r) + 8 * (uint32_t)depth;
+                        r.hdr.nwords = (uint16_t)(n / 8);
+                        if ((w = ap_ring_try_reserve(&pr, n, AP_RING_FREE_RESERVE)) == NULL)
+                                break;
+                        memcpy(w, &r, sizeof(r));
+                        memcpy(w + sizeof(r), ips, 8 * depth);
+                }
+                ap_ring_commit(&pr, n);
+                if (i % 512 == 511)
+                        ap_process_drain(p, false);
+        }
+        ap_process_drain(p, true);
+
+        struct ap_profile *prof = NULL, *back = NULL;
+        char *err = NULL;
+        ASSERT_OK(ap_process_finalize(p, sym, &prof));
+        char path[] = "/tmp/ap-test-hostile-edge.XXXXXX";
+        int tfd = mkstemp(path);
+        ASSERT_TRUE(tfd >= 0);
+        close(tfd);
+        int r = ap_profile_write(prof, path);
+        if (r < 0)
+                fprintf(stderr, "edge records (seed %" PRIu64 "): the profile was refused: %s\n",
+                        seed, ap_profile_write_strerror(r));
+        ASSERT_OK(r);
+        r = ap_profile_read(path, &back, &err);
+        if (r < 0)
+                fprintf(stderr, "edge records: the profile does not read back: %s\n",
+                        err ? err : "?");
+        ASSERT_OK(r);
+        ASSERT_EQ(back->totals.allocations, prof->totals.allocations);
+        ASSERT_TRUE(prof->totals.invalid_records > 0); /* the sizes no block can have */
+        ASSERT_TRUE(prof->totals.frees <= prof->totals.allocations);
+        ASSERT_TRUE(prof->totals.leaked_bytes <= prof->totals.bytes);
+        ASSERT_OK(unlink(path));
+        free(err);
+        ap_profile_free(back);
+        ap_profile_free(prof);
+        ap_process_free(p);
+        munmap(g_h, g_total);
+        close(fd);
+}
+
 int main(void)
 {
         g_total = ap_shm_total_bytes();
@@ -145,6 +270,9 @@ int main(void)
                 close(fd);
         }
         ASSERT_TRUE(invalid > 0);
+
+        for (uint64_t seed = 1; seed <= 6; seed++)
+                edge_records(sym, seed * 104729, seed % 2 == 0);
 
         /* A process that says it samples at an interval of 0 (its agent samples every byte
          * then, as at 1): the profile says 1, which its reader takes. */
