@@ -144,6 +144,16 @@ static void edge_records(struct ap_symbolizer *sym, uint64_t seed, bool sampled)
         struct ap_producer pr;
         ap_producer_attach(&pr, ctl);
         struct ap_process *p = take(fd);
+        /* A stack in the heap (id 8), then the layout's offsets rewritten after the
+         * registration, and a module log said to be in use: the collector must read the
+         * heap and the log where they are, not where the header now says. */
+        const uint64_t ips[2] = {0x401000, 0x402000};
+        uint8_t *heap = (uint8_t *)g_h + g_h->stacks_offset;
+        struct ap_stack_entry entry = {.depth = 2};
+        memcpy(heap + 64, &entry, sizeof(entry));
+        memcpy(heap + 64 + sizeof(entry), ips, sizeof(ips));
+        g_h->stacks_offset = g_h->modules_offset = UINT64_MAX / 4;
+        ap_store_release(&g_h->xmodules_used, 4096);
 
         const uint64_t s0 = g_h->start_ticks;
         const uint64_t addrs[] = {
@@ -153,17 +163,22 @@ static void edge_records(struct ap_symbolizer *sym, uint64_t seed, bool sampled)
         const uint64_t weights[] = {0,         1, 4096, 1ull << 31, 1ull << 48, (1ull << 48) + 1,
                                     UINT64_MAX};
         const uint64_t stamps[] = {0, s0, s0 + 1, s0 + 1000, UINT64_MAX};
-        const uint64_t ips[2] = {0x401000, 0x402000};
+        const uint64_t ids[] = {0, 1, 8, 1u << 31, UINT32_MAX};
         for (int i = 0; i < 20000; i++) {
                 uint64_t kind = rng(&seed) % 4, depth = 1 + rng(&seed) % 2;
                 uint8_t flags = (uint8_t)(rng(&seed) & 0xe);
                 uint32_t n = 0;
                 uint8_t *w;
+                bool by_id = rng(&seed) % 3 == 0; /* a stack of the heap, by its id */
+                if (by_id)
+                        depth = 0;
                 if (kind == 0 || kind == 3) { /* ALLOC, ALLOC_SAMPLED */
                         struct ap_rec_alloc_sampled r = {
                                 .hdr = {.type = kind ? AP_REC_ALLOC_SAMPLED : AP_REC_ALLOC,
-                                        .flags = (uint8_t)(flags | AP_RECF_INLINE_STACK),
-                                        .aux = (uint32_t)depth},
+                                        .flags = (uint8_t)(flags |
+                                                           (by_id ? 0 : AP_RECF_INLINE_STACK)),
+                                        .aux = by_id ? (uint32_t)edge(&seed, ids, 5)
+                                                     : (uint32_t)depth},
                                 .ts = edge(&seed, stamps, 5),
                                 .addr = edge(&seed, addrs, 9),
                                 .size = edge(&seed, sizes, 9),
@@ -188,8 +203,10 @@ static void edge_records(struct ap_symbolizer *sym, uint64_t seed, bool sampled)
                 } else { /* REALLOC */
                         struct ap_rec_realloc r = {
                                 .hdr = {.type = AP_REC_REALLOC,
-                                        .flags = (uint8_t)(flags | AP_RECF_INLINE_STACK),
-                                        .aux = (uint32_t)depth},
+                                        .flags = (uint8_t)(flags |
+                                                           (by_id ? 0 : AP_RECF_INLINE_STACK)),
+                                        .aux = by_id ? (uint32_t)edge(&seed, ids, 5)
+                                                     : (uint32_t)depth},
                                 .ts = edge(&seed, stamps, 5),
                                 .ts_free = edge(&seed, stamps, 5),
                                 .old_addr = edge(&seed, addrs, 9),
