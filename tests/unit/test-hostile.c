@@ -165,60 +165,57 @@ static void edge_records(struct ap_symbolizer *sym, uint64_t seed, bool sampled)
         const uint64_t stamps[] = {0, s0, s0 + 1, s0 + 1000, UINT64_MAX};
         const uint64_t ids[] = {0, 1, 8, 1u << 31, UINT32_MAX};
         for (int i = 0; i < 20000; i++) {
-                uint64_t kind = rng(&seed) % 4, depth = 1 + rng(&seed) % 2;
-                uint8_t flags = (uint8_t)(rng(&seed) & 0xe);
-                uint32_t n = 0;
-                uint8_t *w;
+                uint64_t kind = rng(&seed) % 4;
+                uint32_t depth = 1 + (uint32_t)(rng(&seed) % 2);
                 bool by_id = rng(&seed) % 3 == 0; /* a stack of the heap, by its id */
-                if (by_id)
+                struct ap_rec_hdr hdr = {.flags = (uint8_t)(rng(&seed) & 0xe)};
+                if (kind == 1) {
+                        hdr.type = AP_REC_FREE;
                         depth = 0;
-                if (kind == 0 || kind == 3) { /* ALLOC, ALLOC_SAMPLED */
-                        struct ap_rec_alloc_sampled r = {
-                                .hdr = {.type = kind ? AP_REC_ALLOC_SAMPLED : AP_REC_ALLOC,
-                                        .flags = (uint8_t)(flags |
-                                                           (by_id ? 0 : AP_RECF_INLINE_STACK)),
-                                        .aux = by_id ? (uint32_t)edge(&seed, ids, 5)
-                                                     : (uint32_t)depth},
-                                .ts = edge(&seed, stamps, 5),
-                                .addr = edge(&seed, addrs, 9),
-                                .size = edge(&seed, sizes, 9),
-                                .weight = edge(&seed, weights, 7)};
-                        uint32_t fixed = kind ? sizeof(r) : sizeof(struct ap_rec_alloc);
-                        n = fixed + 8 * (uint32_t)depth;
-                        r.hdr.nwords = (uint16_t)(n / 8);
-                        if ((w = ap_ring_try_reserve(&pr, n, AP_RING_FREE_RESERVE)) == NULL)
-                                break;
-                        memcpy(w, &r, fixed);
-                        memcpy(w + fixed, ips, 8 * depth);
-                } else if (kind == 1) { /* FREE */
-                        struct ap_rec_free r = {.hdr = {.type = AP_REC_FREE,
-                                                        .flags = flags,
-                                                        .nwords = sizeof(r) / 8},
-                                                .ts = edge(&seed, stamps, 5),
-                                                .addr = edge(&seed, addrs, 9)};
-                        n = sizeof(r);
-                        if ((w = ap_ring_try_reserve(&pr, n, 0)) == NULL)
-                                break;
-                        memcpy(w, &r, n);
-                } else { /* REALLOC */
-                        struct ap_rec_realloc r = {
-                                .hdr = {.type = AP_REC_REALLOC,
-                                        .flags = (uint8_t)(flags |
-                                                           (by_id ? 0 : AP_RECF_INLINE_STACK)),
-                                        .aux = by_id ? (uint32_t)edge(&seed, ids, 5)
-                                                     : (uint32_t)depth},
-                                .ts = edge(&seed, stamps, 5),
-                                .ts_free = edge(&seed, stamps, 5),
-                                .old_addr = edge(&seed, addrs, 9),
-                                .new_addr = edge(&seed, addrs, 9),
-                                .size = edge(&seed, sizes, 9)};
-                        n = sizeof(r) + 8 * (uint32_t)depth;
-                        r.hdr.nwords = (uint16_t)(n / 8);
-                        if ((w = ap_ring_try_reserve(&pr, n, AP_RING_FREE_RESERVE)) == NULL)
-                                break;
-                        memcpy(w, &r, sizeof(r));
-                        memcpy(w + sizeof(r), ips, 8 * depth);
+                } else {
+                        hdr.type = kind == 0   ? AP_REC_ALLOC
+                                   : kind == 3 ? AP_REC_ALLOC_SAMPLED
+                                               : AP_REC_REALLOC;
+                        hdr.flags |= by_id ? 0 : AP_RECF_INLINE_STACK;
+                        hdr.aux = by_id ? (uint32_t)edge(&seed, ids, 5) : depth;
+                        depth = by_id ? 0 : depth;
                 }
+                union {
+                        struct ap_rec_alloc alloc;
+                        struct ap_rec_alloc_sampled sampled;
+                        struct ap_rec_free free;
+                        struct ap_rec_realloc realloc;
+                } r;
+                uint32_t fixed;
+                if (kind == 1) {
+                        r.free = (struct ap_rec_free){.hdr = hdr,
+                                                      .ts = edge(&seed, stamps, 5),
+                                                      .addr = edge(&seed, addrs, 9)};
+                        fixed = sizeof(r.free);
+                } else if (kind == 2) {
+                        r.realloc = (struct ap_rec_realloc){.hdr = hdr,
+                                                            .ts = edge(&seed, stamps, 5),
+                                                            .ts_free = edge(&seed, stamps, 5),
+                                                            .old_addr = edge(&seed, addrs, 9),
+                                                            .new_addr = edge(&seed, addrs, 9),
+                                                            .size = edge(&seed, sizes, 9)};
+                        fixed = sizeof(r.realloc);
+                } else { /* ALLOC reads the same fields but weight */
+                        r.sampled =
+                                (struct ap_rec_alloc_sampled){.hdr = hdr,
+                                                              .ts = edge(&seed, stamps, 5),
+                                                              .addr = edge(&seed, addrs, 9),
+                                                              .size = edge(&seed, sizes, 9),
+                                                              .weight = edge(&seed, weights, 7)};
+                        fixed = kind == 3 ? sizeof(r.sampled) : sizeof(r.alloc);
+                }
+                uint32_t n = fixed + 8 * depth;
+                r.free.hdr.nwords = (uint16_t)(n / 8);
+                uint8_t *w = ap_ring_try_reserve(&pr, n, kind == 1 ? 0 : AP_RING_FREE_RESERVE);
+                if (w == NULL)
+                        break;
+                memcpy(w, &r, fixed);
+                memcpy(w + fixed, ips, 8ull * depth);
                 ap_ring_commit(&pr, n);
                 if (i % 512 == 511)
                         ap_process_drain(p, false);

@@ -1179,31 +1179,39 @@ static void test_degenerate(void)
         ASSERT_CONTAINS(t, "no leaks");
         ASSERT_CONTAINS(t, "nothing stands out");
         free(t);
-        /* Sampled: no leak among the samples is not no leak. */
+        /* Sampled: no leak among the samples is not no leak -- unless every block is
+         * sampled (at 1 byte), where a leak would show and nothing is estimated. */
         p->mode = xstrdup("sampled");
-        p->sample_interval = 524288;
-        t = render_text(p, 10, AP_SORT_BYTES, false);
-        ASSERT_CONTAINS(t, "  every sampled block was freed (a leak of blocks no sample fell on "
-                           "would not show)\n");
-        ASSERT_CONTAINS(t, "no leaks seen: every sampled block was freed before exit");
-        ASSERT_NOT_CONTAINS(t, "no leaks: every allocated block");
-        free(t);
-        t = summary_text(p, NULL);
-        ASSERT_CONTAINS(t, "allocprof: no leaks among the sampled blocks\n");
-        free(t);
-        /* At 1 byte every block is sampled: a leak would show, and nothing is estimated. */
-        p->sample_interval = 1;
-        t = render_text(p, 10, AP_SORT_BYTES, false);
-        ASSERT_CONTAINS(t, "\n  mode sampled at every byte: every allocation recorded; counts "
-                           "are exact\n");
-        ASSERT_CONTAINS(t, "no leaks: every allocated block was freed before exit");
-        ASSERT_NOT_CONTAINS(t, "estimate");
-        free(t);
-        t = summary_text(p, NULL);
-        ASSERT_CONTAINS(t, "allocprof: no leaks\n");
-        ASSERT_NOT_CONTAINS(t, "estimated");
-        free(t);
-        p->sample_interval = 524288;
+        const struct {
+                uint64_t interval;
+                const char *text[2], *not_text, *summary, *not_summary;
+        } sampled[] = {
+                {524288,
+                 {"  every sampled block was freed (a leak of blocks no sample fell on would "
+                  "not show)\n",
+                  "no leaks seen: every sampled block was freed before exit"},
+                 "no leaks: every allocated block",
+                 "allocprof: no leaks among the sampled blocks\n",
+                 "allocprof: no leaks\n"},
+                {1,
+                 {"\n  mode sampled at every byte: every allocation recorded; counts are exact\n",
+                  "no leaks: every allocated block was freed before exit"},
+                 "estimate",
+                 "allocprof: no leaks\n",
+                 "estimated"},
+        };
+        for (size_t i = 0; i < sizeof(sampled) / sizeof(sampled[0]); i++) {
+                p->sample_interval = sampled[i].interval;
+                t = render_text(p, 10, AP_SORT_BYTES, false);
+                ASSERT_CONTAINS(t, sampled[i].text[0]);
+                ASSERT_CONTAINS(t, sampled[i].text[1]);
+                ASSERT_NOT_CONTAINS(t, sampled[i].not_text);
+                free(t);
+                t = summary_text(p, NULL);
+                ASSERT_CONTAINS(t, sampled[i].summary);
+                ASSERT_NOT_CONTAINS(t, sampled[i].not_summary);
+                free(t);
+        }
         free(p->mode);
         p->mode = NULL;
         p->sample_interval = 0;

@@ -146,6 +146,21 @@ static void *reuser(void *arg)
 
 static struct ap_process *new_area(int *fd, uint64_t *total, uint32_t slots);
 
+/* Drains what is left of p, finalizes it, and releases p and the area (new_area's). */
+static struct ap_profile *finish_area(struct ap_process *p, int fd, uint64_t total)
+{
+        ap_process_drain(p, true);
+        struct ap_symbolizer *sym = NULL;
+        ASSERT_OK(ap_symbolizer_new(&sym));
+        struct ap_profile *prof = NULL;
+        ASSERT_OK(ap_process_finalize(p, sym, &prof));
+        ap_symbolizer_free(sym);
+        ap_process_free(p);
+        munmap(g_h, total);
+        close(fd);
+        return prof;
+}
+
 static void test_slot_reuse(void)
 {
         int fd;
@@ -173,10 +188,7 @@ static void test_slot_reuse(void)
                 ASSERT_EQ(ap_load_relaxed(&c->xhead), 0);
                 ASSERT_EQ(ap_load_relaxed(&c->xtail), 0);
         }
-        struct ap_symbolizer *sym = NULL;
-        ASSERT_OK(ap_symbolizer_new(&sym));
-        struct ap_profile *prof = NULL;
-        ASSERT_OK(ap_process_finalize(p, sym, &prof));
+        struct ap_profile *prof = finish_area(p, fd, total);
         ASSERT_EQ(prof->totals.allocations, owners * REUSE_ALLOCS);
         ASSERT_EQ(prof->totals.bytes, owners * REUSE_ALLOCS * 8);
         ASSERT_EQ(prof->totals.frees, owners * REUSE_ALLOCS / 2);
@@ -184,10 +196,6 @@ static void test_slot_reuse(void)
         ASSERT_EQ(prof->totals.invalid_records, 0);
         ASSERT_EQ(prof->totals.threads, REUSE_THREADS);
         ap_profile_free(prof);
-        ap_symbolizer_free(sym);
-        ap_process_free(p);
-        munmap(g_h, total);
-        close(fd);
 }
 
 /* A fresh shared area in g_h with `slots` slots in use, and the collector's process on
@@ -268,12 +276,8 @@ static void test_timestamps(void)
          * the new block's own free, more than half a wrap later, still ends it. */
         const uint64_t u = base + 6 * wrap;
         reuse(p, pr, 0x30000, u, 400, 500, 0, u + 1000 + wrap / 2 + wrap / 8);
-        ap_process_drain(p, true);
 
-        struct ap_symbolizer *sym = NULL;
-        ASSERT_OK(ap_symbolizer_new(&sym));
-        struct ap_profile *prof = NULL;
-        ASSERT_OK(ap_process_finalize(p, sym, &prof));
+        struct ap_profile *prof = finish_area(p, fd, total);
         ASSERT_EQ(prof->totals.allocations, 7);
         ASSERT_EQ(prof->totals.bytes, 3 * 100 + 200 + 300 + 400 + 500);
         ASSERT_EQ(prof->totals.frees, 7);
@@ -282,15 +286,11 @@ static void test_timestamps(void)
         ASSERT_EQ(prof->totals.unmatched_frees, 0);
         ASSERT_EQ(prof->totals.invalid_records, 0);
         ap_profile_free(prof);
-        ap_symbolizer_free(sym);
-        ap_process_free(p);
-        munmap(g_h, total);
-        close(fd);
 }
 
 /* A free of address 0 (no agent sends one: a hostile process can) matches no block: it
- * once matched an empty cell of the live table, whose count of members it then took one
- * from, wrapping it, after which every allocation doubled the table. */
+ * once matched an empty cell of the live table and took one from the table's count of
+ * members, which then let the table fill past its load until an insert probed forever. */
 static void test_free_of_null(void)
 {
         int fd;
@@ -309,22 +309,14 @@ static void test_free_of_null(void)
         for (uint32_t i = 0; i < 1000; i++)
                 put_free(&pr, base + 2000 + i, 0x20000 + 16 * i);
         put_free(&pr, base + 3000, 0x10000);
-        ap_process_drain(p, true);
 
-        struct ap_symbolizer *sym = NULL;
-        ASSERT_OK(ap_symbolizer_new(&sym));
-        struct ap_profile *prof = NULL;
-        ASSERT_OK(ap_process_finalize(p, sym, &prof));
+        struct ap_profile *prof = finish_area(p, fd, total);
         ASSERT_EQ(prof->totals.allocations, 1001);
         ASSERT_EQ(prof->totals.bytes, 100 + 1000 * 10);
         ASSERT_EQ(prof->totals.frees, 1001);
         ASSERT_EQ(prof->totals.leaked_blocks, 0);
         ASSERT_EQ(prof->totals.unmatched_frees, 3);
         ap_profile_free(prof);
-        ap_symbolizer_free(sym);
-        ap_process_free(p);
-        munmap(g_h, total);
-        close(fd);
 }
 
 int main(void)
