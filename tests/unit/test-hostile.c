@@ -9,6 +9,7 @@
 #include <pthread.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -252,6 +253,101 @@ static void edge_records(struct ap_symbolizer *sym, uint64_t seed, bool sampled)
         close(fd);
 }
 
+/* Module records whose fields take edge values (paths that are no ELF file, a device, a
+ * FIFO, empty or not UTF-8; ranges empty, reversed, overlapping, at the ends of the
+ * address space; biases that wrap; build-ids of every length), then stacks whose
+ * addresses fall in them: the collector looks each module up and opens its file to
+ * symbolize the stacks at the end, and must neither hang nor crash, and the profile must
+ * still be written and read back. */
+static void edge_modules(struct ap_symbolizer *sym, uint64_t seed, const char *fifo)
+{
+        int fd = sealed_layout();
+        g_h->clock_kind = AP_CLOCK_KIND;
+        g_h->start_ticks = ap_clock_ticks();
+        ap_store_relaxed(&g_h->xslot_hwm, 1);
+        struct ap_ring_ctl *ctl = (struct ap_ring_ctl *)((uint8_t *)g_h + g_h->slots_offset);
+        uint32_t state = AP_SLOT_FREE;
+        ASSERT_TRUE(ap_cas_acq_rel(&ctl->xstate, &state, AP_SLOT_OWNED));
+        struct ap_producer pr;
+        ap_producer_attach(&pr, ctl);
+        struct ap_process *p = take(fd);
+
+        const char *paths[] = {"/dev/zero",
+                               fifo,
+                               "",
+                               "/",
+                               "/proc/self/mem",
+                               "/etc/passwd",
+                               "\xff\xfe not utf-8",
+                               "/nonexistent/lib.so",
+                               "/bin/true"};
+        const uint64_t ends[] = {
+                0, 0x1000, 0x400000, 0x7fffffffffff, 1ull << 63, UINT64_MAX - 4096, UINT64_MAX};
+        uint8_t *log = (uint8_t *)g_h + g_h->modules_offset;
+        uint64_t used = 0;
+        for (int i = 0; i < 40; i++) {
+                const char *path = paths[rng(&seed) % 9];
+                size_t len = strlen(path);
+                struct ap_module_rec m = {
+                        .kind = (uint16_t)(1 + rng(&seed) % 3), /* load, unload, unknown */
+                        .path_len = (uint16_t)len,
+                        .ts = g_h->start_ticks + (uint64_t)i,
+                        .bias = edge(&seed, ends, 7),
+                        .lo = edge(&seed, ends, 7),
+                        .hi = edge(&seed, ends, 7),
+                        .build_id_len = (uint32_t)(rng(&seed) % (AP_MAX_BUILD_ID + 2))};
+                memset(m.build_id, 0xab, sizeof(m.build_id));
+                m.nbytes = (uint32_t)((sizeof(m) + len + 7) / 8 * 8);
+                if (used + m.nbytes > AP_MODULE_LOG_BYTES)
+                        break;
+                memcpy(log + used, &m, sizeof(m));
+                memcpy(log + used + sizeof(m), path, len);
+                used += m.nbytes;
+        }
+        ap_store_release(&g_h->xmodules_used, used);
+        const uint64_t s0 = g_h->start_ticks;
+        for (uint64_t i = 0; i < 200; i++) {
+                uint64_t ips[3] = {edge(&seed, ends, 7) + i, edge(&seed, ends, 7),
+                                   0x400000 + 16 * i};
+                uint32_t n = sizeof(struct ap_rec_alloc) + sizeof(ips);
+                struct ap_rec_alloc r = {.hdr = {.type = AP_REC_ALLOC,
+                                                 .flags = AP_RECF_INLINE_STACK,
+                                                 .nwords = (uint16_t)(n / 8),
+                                                 .aux = 3},
+                                         .ts = s0 + 100 + i,
+                                         .addr = 0x10000 + 16 * i,
+                                         .size = 32};
+                uint8_t *w = ap_ring_try_reserve(&pr, n, AP_RING_FREE_RESERVE);
+                ASSERT_NOT_NULL(w);
+                memcpy(w, &r, sizeof(r));
+                memcpy(w + sizeof(r), ips, sizeof(ips));
+                ap_ring_commit(&pr, n);
+        }
+        ap_process_drain(p, true);
+
+        struct ap_profile *prof = NULL, *back = NULL;
+        char *err = NULL;
+        ASSERT_OK(ap_process_finalize(p, sym, &prof));
+        ASSERT_EQ(prof->totals.allocations, 200);
+        char path[] = "/tmp/ap-test-hostile-mod.XXXXXX";
+        int tfd = mkstemp(path);
+        ASSERT_TRUE(tfd >= 0);
+        close(tfd);
+        ASSERT_OK(ap_profile_write(prof, path));
+        int r = ap_profile_read(path, &back, &err);
+        if (r < 0)
+                fprintf(stderr, "edge modules: the profile does not read back: %s\n",
+                        err ? err : "?");
+        ASSERT_OK(r);
+        ASSERT_OK(unlink(path));
+        free(err);
+        ap_profile_free(back);
+        ap_profile_free(prof);
+        ap_process_free(p);
+        munmap(g_h, g_total);
+        close(fd);
+}
+
 int main(void)
 {
         g_total = ap_shm_total_bytes();
@@ -287,6 +383,16 @@ int main(void)
 
         for (uint64_t seed = 1; seed <= 6; seed++)
                 edge_records(sym, seed * 104729, seed % 2 == 0);
+        {
+                char dir[] = "/tmp/ap-test-hostile-fifo.XXXXXX", fifo[64];
+                ASSERT_NOT_NULL(mkdtemp(dir));
+                snprintf(fifo, sizeof(fifo), "%s/lib.so", dir);
+                ASSERT_OK(mkfifo(fifo, 0600));
+                for (uint64_t seed = 1; seed <= 6; seed++)
+                        edge_modules(sym, seed * 7919, fifo);
+                ASSERT_OK(unlink(fifo));
+                ASSERT_OK(rmdir(dir));
+        }
 
         /* A process that says it samples at an interval of 0 (its agent samples every byte
          * then, as at 1): the profile says 1, which its reader takes. */
