@@ -129,9 +129,11 @@ static uint64_t edge(uint64_t *seed, const uint64_t *vals, size_t n)
         return r % 4 == 0 ? rng(seed) : vals[r / 4 % n];
 }
 
-static void edge_records(struct ap_symbolizer *sym, uint64_t seed, bool sampled)
+/* A fresh area (*fd) in g_h, in sampled mode or full, with slot 0 claimed by pr as a thread
+ * of the agent would, and the collector's process on it. */
+static struct ap_process *edge_start(int *fd, struct ap_producer *pr, bool sampled)
 {
-        int fd = sealed_layout();
+        *fd = sealed_layout();
         g_h->clock_kind = AP_CLOCK_KIND;
         g_h->start_ticks = ap_clock_ticks();
         if (sampled) {
@@ -142,9 +144,47 @@ static void edge_records(struct ap_symbolizer *sym, uint64_t seed, bool sampled)
         struct ap_ring_ctl *ctl = (struct ap_ring_ctl *)((uint8_t *)g_h + g_h->slots_offset);
         uint32_t state = AP_SLOT_FREE;
         ASSERT_TRUE(ap_cas_acq_rel(&ctl->xstate, &state, AP_SLOT_OWNED));
+        ap_producer_attach(pr, ctl);
+        return take(*fd);
+}
+
+/* Drains and finalizes p, writes its profile and reads it back (both must work, whatever
+ * the process sent), releases p and the area; the profile for the caller to check. */
+static struct ap_profile *edge_finish(struct ap_process *p, int fd, struct ap_symbolizer *sym,
+                                      const char *what)
+{
+        ap_process_drain(p, true);
+        struct ap_profile *prof = NULL, *back = NULL;
+        char *err = NULL;
+        ASSERT_OK(ap_process_finalize(p, sym, &prof));
+        char path[] = "/tmp/ap-test-hostile-edge.XXXXXX";
+        int tfd = mkstemp(path);
+        ASSERT_TRUE(tfd >= 0);
+        close(tfd);
+        int r = ap_profile_write(prof, path);
+        if (r < 0)
+                fprintf(stderr, "%s: the profile was refused: %s\n", what,
+                        ap_profile_write_strerror(r));
+        ASSERT_OK(r);
+        r = ap_profile_read(path, &back, &err);
+        if (r < 0)
+                fprintf(stderr, "%s: the profile does not read back: %s\n", what, err ? err : "?");
+        ASSERT_OK(r);
+        ASSERT_EQ(back->totals.allocations, prof->totals.allocations);
+        ASSERT_OK(unlink(path));
+        free(err);
+        ap_profile_free(back);
+        ap_process_free(p);
+        munmap(g_h, g_total);
+        close(fd);
+        return prof;
+}
+
+static void edge_records(struct ap_symbolizer *sym, uint64_t seed, bool sampled)
+{
+        int fd;
         struct ap_producer pr;
-        ap_producer_attach(&pr, ctl);
-        struct ap_process *p = take(fd);
+        struct ap_process *p = edge_start(&fd, &pr, sampled);
         /* A stack in the heap (id 8), then the layout's offsets rewritten after the
          * registration, and a module log said to be in use: the collector must read the
          * heap and the log where they are, not where the header now says. */
@@ -221,36 +261,11 @@ static void edge_records(struct ap_symbolizer *sym, uint64_t seed, bool sampled)
                 if (i % 512 == 511)
                         ap_process_drain(p, false);
         }
-        ap_process_drain(p, true);
-
-        struct ap_profile *prof = NULL, *back = NULL;
-        char *err = NULL;
-        ASSERT_OK(ap_process_finalize(p, sym, &prof));
-        char path[] = "/tmp/ap-test-hostile-edge.XXXXXX";
-        int tfd = mkstemp(path);
-        ASSERT_TRUE(tfd >= 0);
-        close(tfd);
-        int r = ap_profile_write(prof, path);
-        if (r < 0)
-                fprintf(stderr, "edge records (seed %" PRIu64 "): the profile was refused: %s\n",
-                        seed, ap_profile_write_strerror(r));
-        ASSERT_OK(r);
-        r = ap_profile_read(path, &back, &err);
-        if (r < 0)
-                fprintf(stderr, "edge records: the profile does not read back: %s\n",
-                        err ? err : "?");
-        ASSERT_OK(r);
-        ASSERT_EQ(back->totals.allocations, prof->totals.allocations);
-        ASSERT_TRUE(prof->totals.invalid_records > 0); /* the sizes no block can have */
+        struct ap_profile *prof = edge_finish(p, fd, sym, "edge records");
         ASSERT_TRUE(prof->totals.frees <= prof->totals.allocations);
         ASSERT_TRUE(prof->totals.leaked_bytes <= prof->totals.bytes);
-        ASSERT_OK(unlink(path));
-        free(err);
-        ap_profile_free(back);
+        ASSERT_TRUE(prof->totals.invalid_records > 0); /* the sizes no block can have */
         ap_profile_free(prof);
-        ap_process_free(p);
-        munmap(g_h, g_total);
-        close(fd);
 }
 
 /* Module records whose fields take edge values (paths that are no ELF file, a device, a
@@ -261,16 +276,9 @@ static void edge_records(struct ap_symbolizer *sym, uint64_t seed, bool sampled)
  * still be written and read back. */
 static void edge_modules(struct ap_symbolizer *sym, uint64_t seed, const char *fifo)
 {
-        int fd = sealed_layout();
-        g_h->clock_kind = AP_CLOCK_KIND;
-        g_h->start_ticks = ap_clock_ticks();
-        ap_store_relaxed(&g_h->xslot_hwm, 1);
-        struct ap_ring_ctl *ctl = (struct ap_ring_ctl *)((uint8_t *)g_h + g_h->slots_offset);
-        uint32_t state = AP_SLOT_FREE;
-        ASSERT_TRUE(ap_cas_acq_rel(&ctl->xstate, &state, AP_SLOT_OWNED));
+        int fd;
         struct ap_producer pr;
-        ap_producer_attach(&pr, ctl);
-        struct ap_process *p = take(fd);
+        struct ap_process *p = edge_start(&fd, &pr, false);
 
         const char *paths[] = {"/dev/zero",
                                fifo,
@@ -323,29 +331,9 @@ static void edge_modules(struct ap_symbolizer *sym, uint64_t seed, const char *f
                 memcpy(w + sizeof(r), ips, sizeof(ips));
                 ap_ring_commit(&pr, n);
         }
-        ap_process_drain(p, true);
-
-        struct ap_profile *prof = NULL, *back = NULL;
-        char *err = NULL;
-        ASSERT_OK(ap_process_finalize(p, sym, &prof));
+        struct ap_profile *prof = edge_finish(p, fd, sym, "edge modules");
         ASSERT_EQ(prof->totals.allocations, 200);
-        char path[] = "/tmp/ap-test-hostile-mod.XXXXXX";
-        int tfd = mkstemp(path);
-        ASSERT_TRUE(tfd >= 0);
-        close(tfd);
-        ASSERT_OK(ap_profile_write(prof, path));
-        int r = ap_profile_read(path, &back, &err);
-        if (r < 0)
-                fprintf(stderr, "edge modules: the profile does not read back: %s\n",
-                        err ? err : "?");
-        ASSERT_OK(r);
-        ASSERT_OK(unlink(path));
-        free(err);
-        ap_profile_free(back);
         ap_profile_free(prof);
-        ap_process_free(p);
-        munmap(g_h, g_total);
-        close(fd);
 }
 
 int main(void)
