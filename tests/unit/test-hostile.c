@@ -258,8 +258,18 @@ static void edge_records(struct ap_symbolizer *sym, uint64_t seed, bool sampled)
                 memcpy(w, &r, fixed);
                 memcpy(w + fixed, ips, 8ull * depth);
                 ap_ring_commit(&pr, n);
-                if (i % 512 == 511)
+                if (i % 512 == 511) {
+                        /* The control fields are the process's too: any mode, any interval,
+                         * changed between two drains. */
+                        const uint64_t modes[] = {AP_MODE_FULL, AP_MODE_SAMPLED, AP_MODE_DORMANT,
+                                                  AP_MODE_DETACHED, 77};
+                        const uint64_t intervals[] = {0, 1, 4096, 1ull << 48, UINT64_MAX};
+                        if (sampled) {
+                                ap_store_relaxed(&g_h->xmode, (uint32_t)edge(&seed, modes, 5));
+                                ap_store_relaxed(&g_h->xsample_interval, edge(&seed, intervals, 5));
+                        }
                         ap_process_drain(p, false);
+                }
         }
         struct ap_profile *prof = edge_finish(p, fd, sym, "edge records");
         ASSERT_TRUE(prof->totals.frees <= prof->totals.allocations);
