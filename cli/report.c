@@ -519,7 +519,6 @@ static void section(const struct out *o, const char *title)
         say(o, "\n");
 }
 
-/* "func (file:line)" for the innermost frame of a site: the code that allocated. */
 /* Whether a function's name, outside its template arguments and parameters, says that it
  * allocates: a program's or a library's own allocation wrapper (xmalloc, g_malloc0,
  * jv_mem_alloc, Perl_safesysmalloc, PyMem_Malloc, a vector's _M_realloc_insert), which
@@ -538,6 +537,7 @@ static bool names_allocator(const char *fn)
         return false;
 }
 
+/* "func (file:line)" for the innermost frame of a site: the code that allocated. */
 static void put_site_label(const struct out *o, const struct ap_profile *p,
                            const struct ap_psite *s)
 {

@@ -21,11 +21,6 @@
 #include <time.h>
 
 #define TIMELINE_MAX 2048
-/* Where the stack heap and the module log start: our own layout's numbers, which
- * ap_process_new insists the header has.  Read from the header at each use, they were the
- * process's to change after it registered, and a drain read wherever they pointed. */
-#define STACKS_OFF (4096 + (uint64_t)AP_NSLOTS * AP_SLOT_STRIDE)
-#define MODULES_OFF (STACKS_OFF + AP_STACK_HEAP_BYTES)
 /* No block can be larger than the biggest user address space (57 bits, with five-level
  * page tables): a record that says so is malformed. */
 #define MAX_BLOCK (1ull << 56)
@@ -98,9 +93,9 @@ int ap_process_new(int memfd, pid_t pid, const struct ap_hello *hello, struct ap
          * offset read from the mapping is ever used. */
         if (h->magic != AP_SHM_MAGIC || h->layout_version != AP_LAYOUT_VERSION ||
             h->total_bytes != expect || h->nslots != AP_NSLOTS || h->ring_bytes != AP_RING_BYTES ||
-            h->slots_offset != 4096 || h->slot_stride != AP_SLOT_STRIDE ||
-            h->stacks_offset != STACKS_OFF || h->stacks_bytes != AP_STACK_HEAP_BYTES ||
-            h->modules_offset != MODULES_OFF || h->modules_bytes != AP_MODULE_LOG_BYTES) {
+            h->slots_offset != ap_shm_slot_off(0) || h->slot_stride != AP_SLOT_STRIDE ||
+            h->stacks_offset != ap_shm_stacks_off() || h->stacks_bytes != AP_STACK_HEAP_BYTES ||
+            h->modules_offset != ap_shm_modules_off() || h->modules_bytes != AP_MODULE_LOG_BYTES) {
                 munmap(map, head_bytes);
                 munmap(tail, expect - tail_off);
                 return fail(err, -EPROTO, "shared memory header is invalid");
@@ -476,7 +471,10 @@ static void read_modules(struct ap_process *p)
         uint64_t used = ap_load_acquire(&h->xmodules_used);
         if (used > AP_MODULE_LOG_BYTES)
                 used = AP_MODULE_LOG_BYTES;
-        const uint8_t *log = p->tail + (MODULES_OFF - p->tail_off);
+        /* Our layout's offset, which ap_process_new insisted the header had: read from the
+         * header here, it was the process's to change after it registered, and the drain
+         * read wherever it pointed. */
+        const uint8_t *log = p->tail + (ap_shm_modules_off() - p->tail_off);
         struct ap_module_rec m;
 
         while (p->modules_read + sizeof(m) <= used) {
@@ -653,7 +651,8 @@ static uint32_t stack_resolve(struct ap_process *p, const struct ap_rec_hdr *rh,
                 return UINT32_MAX;
         if (table[id] != 0)
                 return table[id] - 1;
-        const uint8_t *base = p->tail + (STACKS_OFF - p->tail_off);
+        const uint8_t *base =
+                p->tail + (ap_shm_stacks_off() - p->tail_off); /* as in read_modules */
         memcpy(&e, base + off, sizeof(e));
         if (e.depth == 0 || e.depth > AP_MAX_FRAMES ||
             off + sizeof(e) + 8ull * e.depth > AP_STACK_HEAP_BYTES)

@@ -92,6 +92,17 @@ static inline uint64_t ap_shm_slot_off(uint32_t i)
         return 4096 + (uint64_t)i * AP_SLOT_STRIDE;
 }
 
+/* Where the stack heap and the module log start (past the last slot). */
+static inline uint64_t ap_shm_stacks_off(void)
+{
+        return ap_shm_slot_off(AP_NSLOTS);
+}
+
+static inline uint64_t ap_shm_modules_off(void)
+{
+        return ap_shm_stacks_off() + AP_STACK_HEAP_BYTES;
+}
+
 /* Where slot i's mapping starts (the page holding its ring_ctl) and how long it is, for
  * pages of `page` bytes; slot 0's lies within the head, [0, ap_shm_head_bytes). */
 static inline uint64_t ap_shm_slot_page(uint32_t i, uint64_t page)
@@ -114,7 +125,7 @@ static inline uint64_t ap_shm_head_bytes(uint64_t page)
 /* The tail: the stack heap and the module log (stacks_offset on), from this page. */
 static inline uint64_t ap_shm_tail_off(uint64_t page)
 {
-        return ap_shm_slot_off(AP_NSLOTS) & ~(page - 1);
+        return ap_shm_stacks_off() & ~(page - 1);
 }
 
 /* What registration maps, the head and the tail: the address space a process needs to
@@ -149,11 +160,11 @@ static inline void ap_shm_init_layout(struct ap_shm_header *h)
         h->total_bytes = ap_shm_total_bytes();
         h->nslots = AP_NSLOTS;
         h->ring_bytes = AP_RING_BYTES;
-        h->slots_offset = 4096;
+        h->slots_offset = ap_shm_slot_off(0);
         h->slot_stride = AP_SLOT_STRIDE;
-        h->stacks_offset = h->slots_offset + (uint64_t)AP_NSLOTS * AP_SLOT_STRIDE;
+        h->stacks_offset = ap_shm_stacks_off();
         h->stacks_bytes = AP_STACK_HEAP_BYTES;
-        h->modules_offset = h->stacks_offset + AP_STACK_HEAP_BYTES;
+        h->modules_offset = ap_shm_modules_off();
         h->modules_bytes = AP_MODULE_LOG_BYTES;
         /* Stack ids are offsets/8 and 0 means "none": skip the first word. */
         ap_store_relaxed(&h->xstacks_used, 8);

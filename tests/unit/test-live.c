@@ -30,6 +30,18 @@ static uint64_t addr_of(uint32_t k)
         return 0x555500000000ull + (uint64_t)k * 48;
 }
 
+/* ap_live_insert of a member with these fields (no flags); *old as it fills it, if not
+ * NULL. */
+static int put(struct ap_live_table *t, uint64_t addr, uint64_t wbytes, uint64_t wcount,
+               uint32_t stack, struct ap_live *old)
+{
+        struct ap_live ignored;
+        return ap_live_insert(
+                t,
+                &(struct ap_live){.addr = addr, .wbytes = wbytes, .wcount = wcount, .stack = stack},
+                old ? old : &ignored);
+}
+
 /* in[k]: whether addr_of(k) is in the table, with member_of(k) (our payload). */
 static bool in[N];
 
@@ -97,12 +109,7 @@ static void extra_entries(void)
 {
         struct ap_live_table t = {0};
         struct ap_live old, e;
-        ASSERT_EQ(ap_live_insert(
-                          &t,
-                          &(struct ap_live){
-                                  .addr = 0x1000, .wbytes = 48, .wcount = AP_LIVE_ONE, .stack = 5},
-                          &old),
-                  0);
+        ASSERT_EQ(put(&t, 0x1000, 48, AP_LIVE_ONE, 5, NULL), 0);
         ASSERT_EQ(t.nextra, 0u); /* fits its cell */
         struct ap_live_cell *c = ap_live_find(&t, 0x1000);
         ASSERT_NOT_NULL(c);
@@ -119,13 +126,7 @@ static void extra_entries(void)
         ASSERT_EQ(e.wbytes, 48u);
         /* Replacing a member frees its entry (after taking the new one's, so that a
          * failure leaves the table as it was). */
-        ASSERT_EQ(ap_live_insert(&t,
-                                 &(struct ap_live){.addr = 0x1000,
-                                                   .wbytes = 7,
-                                                   .wcount = 2 * AP_LIVE_ONE,
-                                                   .stack = 6},
-                                 &old),
-                  1);
+        ASSERT_EQ(put(&t, 0x1000, 7, 2 * AP_LIVE_ONE, 6, &old), 1);
         ASSERT_EQ(old.stack, 5u);
         ASSERT_EQ(old.wbytes, 48u);
         ASSERT_EQ(t.nextra, 2u);
@@ -133,13 +134,7 @@ static void extra_entries(void)
          * entry and 99 new ones, no more. */
         for (uint32_t round = 0; round < 10; round++) {
                 for (uint32_t k = 0; k < 100; k++)
-                        ASSERT_EQ(ap_live_insert(&t,
-                                                 &(struct ap_live){.addr = 0x2000 + 16 * k,
-                                                                   .wbytes = k,
-                                                                   .wcount = k + 1,
-                                                                   .stack = k},
-                                                 &old),
-                                  0);
+                        ASSERT_EQ(put(&t, 0x2000 + 16 * k, k, k + 1, k, NULL), 0);
                 for (uint32_t k = 0; k < 100; k++) {
                         c = ap_live_find(&t, 0x2000 + 16 * k);
                         ASSERT_NOT_NULL(c);
@@ -150,11 +145,7 @@ static void extra_entries(void)
         }
         ASSERT_EQ(t.nextra, 101u);
         ASSERT_EQ(t.len, 1u);
-        ASSERT_EQ(ap_live_insert(&t,
-                                 &(struct ap_live){
-                                         .addr = 0x3000, .wcount = AP_LIVE_ONE, .stack = 1u << 31},
-                                 &old),
-                  -EINVAL);
+        ASSERT_EQ(put(&t, 0x3000, 0, AP_LIVE_ONE, 1u << 31, NULL), -EINVAL);
         ASSERT_EQ(t.len, 1u);
         ap_live_clear(&t);
         ASSERT_EQ(t.nextra, 0u);
@@ -184,14 +175,7 @@ static void grows_in_place(void)
         struct ap_live_table t = {0};
         uint64_t before = peak_rss();
         for (uint32_t k = 0; k < n; k++) {
-                struct ap_live old;
-                ASSERT_EQ(ap_live_insert(
-                                  &t,
-                                  &(struct ap_live){.addr = 0x555500000000ull + (uint64_t)k * 32,
-                                                    .wbytes = k,
-                                                    .wcount = AP_LIVE_ONE,
-                                                    .stack = k},
-                                  &old),
+                ASSERT_EQ(put(&t, 0x555500000000ull + (uint64_t)k * 32, k, AP_LIVE_ONE, k, NULL),
                           0);
         }
         uint64_t after = peak_rss();
@@ -221,13 +205,7 @@ static void dense_when_big(void)
         const uint32_t n = 1500000;
         struct ap_live_table t = {0};
         for (uint32_t k = 0; k < n; k++) {
-                struct ap_live old;
-                ASSERT_EQ(ap_live_insert(
-                                  &t,
-                                  &(struct ap_live){.addr = 0x7f0000000000ull + (uint64_t)k * 48,
-                                                    .wcount = AP_LIVE_ONE,
-                                                    .stack = k},
-                                  &old),
+                ASSERT_EQ(put(&t, 0x7f0000000000ull + (uint64_t)k * 48, 0, AP_LIVE_ONE, k, NULL),
                           0);
                 if (k == 400000)
                         ASSERT_EQ(t.cap, (size_t)1 << 20); /* 400,001 members: half full */
